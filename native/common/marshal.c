@@ -1,0 +1,192 @@
+/* See marshal.h. */
+#include "marshal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_HANDLES 8192
+#define HANDLE_MAGIC 0x76677075u /* "vgpu" */
+
+typedef struct handle_slot {
+    uint32_t magic;
+    uint32_t type;
+    uint64_t id;
+} handle_slot;
+
+static handle_slot handles[MAX_HANDLES];
+static unsigned handle_count;
+static pthread_mutex_t handle_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void *vgpu_handle_for(unsigned type, uint64_t id) {
+    if (!id) return NULL;
+    void *found = NULL;
+    pthread_mutex_lock(&handle_lock);
+    for (unsigned i = 0; i < handle_count && !found; i++)
+        if (handles[i].type == type && handles[i].id == id) found = &handles[i];
+    if (!found && handle_count < MAX_HANDLES) {
+        handles[handle_count] = (handle_slot){HANDLE_MAGIC, type, id};
+        found = &handles[handle_count++];
+    }
+    pthread_mutex_unlock(&handle_lock);
+    return found;
+}
+
+int vgpu_handle_id(unsigned type, const void *handle, uint64_t *id) {
+    const handle_slot *slot = handle;
+    if (slot < handles || slot >= handles + MAX_HANDLES) return -1;
+    if (((const char *)slot - (const char *)handles) % sizeof *slot) return -1;
+    if (slot->magic != HANDLE_MAGIC || slot->type != type) return -1;
+    *id = slot->id;
+    return 0;
+}
+
+typedef struct out_buf {
+    uint8_t *data;
+    size_t len, cap;
+} out_buf;
+
+static int put(out_buf *b, const void *src, size_t n) {
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->len + n) cap *= 2;
+        uint8_t *data = realloc(b->data, cap);
+        if (!data) return -1;
+        b->data = data;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static int put_u8(out_buf *b, uint8_t v) { return put(b, &v, 1); }
+static int put_u32(out_buf *b, uint32_t v) { return put(b, &v, 4); }
+
+/* The current value of a count or capacity parameter (by value or behind a pointer). */
+static uint64_t count_of(const vgpu_function *fn, void *const *args, int index) {
+    const vgpu_param *p = &fn->params[index];
+    const void *where = args[index];
+    if (p->kind == VGPU_K_INOUT) {
+        where = *(void *const *)args[index];
+        if (!where) return 0;
+    }
+    if (p->size == 8) { uint64_t v; memcpy(&v, where, 8); return v; }
+    if (p->size == 2) { uint16_t v; memcpy(&v, where, 2); return v; }
+    uint32_t v;
+    memcpy(&v, where, 4);
+    return v;
+}
+
+static int encode(const vgpu_function *fn, void *const *args, out_buf *b) {
+    for (int i = 0; i < fn->nparams; i++) {
+        const vgpu_param *p = &fn->params[i];
+        void *ptr = p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE ? NULL : *(void *const *)args[i];
+        int err = 0;
+        switch (p->kind) {
+        case VGPU_K_VALUE:
+            err = put(b, args[i], p->size);
+            break;
+        case VGPU_K_HANDLE: {
+            uint64_t id;
+            if (vgpu_handle_id(p->handle_type, *(void *const *)args[i], &id) < 0) return VGPU_CALL_BAD_HANDLE;
+            err = put(b, &id, 8);
+            break;
+        }
+        case VGPU_K_CSTRING:
+            if (!ptr) err = put_u32(b, 0xffffffffu);
+            else {
+                size_t n = strlen(ptr);
+                err = put_u32(b, (uint32_t)n) || put(b, ptr, n);
+            }
+            break;
+        case VGPU_K_IN:
+        case VGPU_K_INOUT:
+            err = put_u8(b, ptr != NULL) || (ptr && put(b, ptr, p->size));
+            break;
+        case VGPU_K_HANDLE_OUT:
+            err = put_u8(b, ptr != NULL);
+            break;
+        case VGPU_K_BUFFER: {
+            uint64_t cap = p->count >= 0 ? count_of(fn, args, p->count) : p->size;
+            err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)cap));
+            break;
+        }
+        case VGPU_K_ARRAY: {
+            uint64_t n = count_of(fn, args, p->count);
+            if (n > (1u << 20)) n = 1u << 20;
+            err = put_u8(b, ptr != NULL) || (ptr && (put_u32(b, (uint32_t)n) || put(b, ptr, n * p->size)));
+            break;
+        }
+        default:
+            return VGPU_CALL_UNSUPPORTED;
+        }
+        if (err) return VGPU_CALL_FAILED;
+    }
+    return VGPU_CALL_DONE;
+}
+
+/* Copy the reply's outputs into the caller's memory, never past what the caller provided. */
+static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, size_t len) {
+    size_t pos = 4;
+    uint64_t caps[32];
+    for (int i = 0; i < fn->nparams && i < 32; i++) {
+        const vgpu_param *p = &fn->params[i];
+        caps[i] = (p->kind == VGPU_K_BUFFER) ? (p->count >= 0 ? count_of(fn, args, p->count) : p->size)
+                : (p->kind == VGPU_K_ARRAY) ? count_of(fn, args, p->count) : 0;
+    }
+    for (int i = 0; i < fn->nparams; i++) {
+        const vgpu_param *p = &fn->params[i];
+        if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN)
+            continue;
+        void *ptr = *(void *const *)args[i];
+        if (!ptr) continue;
+        if (p->kind == VGPU_K_INOUT) {
+            if (pos + p->size > len) return -1;
+            memcpy(ptr, r + pos, p->size);
+            pos += p->size;
+            for (const vgpu_handle_field *h = p->handle_fields; h && h->offset >= 0; h++) {
+                uint64_t id;
+                memcpy(&id, (uint8_t *)ptr + h->offset, sizeof id);
+                void *handle = vgpu_handle_for(h->type, id);
+                memcpy((uint8_t *)ptr + h->offset, &handle, sizeof handle);
+            }
+        } else if (p->kind == VGPU_K_HANDLE_OUT) {
+            uint64_t id;
+            if (pos + 8 > len) return -1;
+            memcpy(&id, r + pos, 8);
+            pos += 8;
+            if (id) *(void **)ptr = vgpu_handle_for(p->handle_type, id);
+        } else {
+            uint32_t n;
+            if (pos + 4 > len) return -1;
+            memcpy(&n, r + pos, 4);
+            pos += 4;
+            size_t unit = p->kind == VGPU_K_BUFFER ? 1 : p->size;
+            if (pos + (size_t)n * unit > len || n > caps[i]) return -1;
+            memcpy(ptr, r + pos, (size_t)n * unit);
+            pos += (size_t)n * unit;
+        }
+    }
+    return pos == len ? 0 : -1;
+}
+
+int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc) {
+    if (!vgpu_implemented(api, fn->op)) return VGPU_CALL_UNSUPPORTED;
+    static __thread out_buf request;
+    request.len = 0;
+    int status = encode(fn, args, &request);
+    if (status != VGPU_CALL_DONE) return status;
+    int extra = fn->wait_param >= 0 ? (int)count_of(fn, args, fn->wait_param) : 0;
+    const uint8_t *reply;
+    size_t reply_len;
+    if (vgpu_call(api, fn->op, request.data, request.len, &reply, &reply_len, extra) != VGPU_OK)
+        return VGPU_CALL_FAILED;
+    if (reply_len < 4) return VGPU_CALL_FAILED;
+    memcpy(rc, reply, 4);
+    if (decode(fn, args, reply, reply_len) < 0) {
+        vgpu_log(1, api->prefix, "%s: malformed reply from vgpud (%zu bytes)", fn->name, reply_len);
+        return VGPU_CALL_FAILED;
+    }
+    return VGPU_CALL_DONE;
+}

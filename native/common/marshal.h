@@ -1,0 +1,45 @@
+/* Generic marshalling of one API call from its generated parameter descriptors.
+ * The encoding is documented in vgpu/wire/codec.py. */
+#pragma once
+#include <stdint.h>
+#include "transport.h"
+
+enum vgpu_kind { /* mirrors vgpu.api.manifest.Kind */
+    VGPU_K_VALUE = 1, VGPU_K_HANDLE = 2, VGPU_K_CSTRING = 3, VGPU_K_IN = 4, VGPU_K_INOUT = 5,
+    VGPU_K_HANDLE_OUT = 6, VGPU_K_BUFFER = 7, VGPU_K_ARRAY = 8, VGPU_K_OPAQUE = 9,
+};
+
+typedef struct vgpu_handle_field {
+    int16_t offset;      /* offset of a handle inside a struct, -1 ends the list */
+    uint8_t type;        /* index into the API's handle types */
+} vgpu_handle_field;
+
+typedef struct vgpu_param {
+    uint8_t kind;
+    uint8_t handle_type; /* index into the API's handle types (HANDLE, HANDLE_OUT) */
+    int8_t count;        /* parameter holding a capacity or count, or -1 */
+    uint32_t size;       /* value, pointee or element size; fixed capacity of a BUFFER */
+    const vgpu_handle_field *handle_fields; /* INOUT: handles inside the struct travel as ids; or NULL */
+} vgpu_param;
+
+typedef struct vgpu_function {
+    const char *name;
+    uint16_t op;
+    uint8_t nparams;
+    int8_t wait_param;   /* parameter holding a wait in ms, or -1 */
+    const vgpu_param *params;
+} vgpu_function;
+
+/* Outcome of a marshalled call, for the API shim to turn into its own codes. */
+enum vgpu_call_status {
+    VGPU_CALL_DONE = 0,          /* *rc holds the server's return code */
+    VGPU_CALL_UNSUPPORTED = 1,   /* vgpud does not serve it, or it cannot be marshalled */
+    VGPU_CALL_BAD_HANDLE = 2,    /* a handle argument is not one this library issued */
+    VGPU_CALL_FAILED = 3,        /* transport failure (see transport.h) */
+};
+
+int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);
+
+/* Handles: stable pointers that stand for the server's 64-bit ids. */
+void *vgpu_handle_for(unsigned type, uint64_t id);
+int vgpu_handle_id(unsigned type, const void *handle, uint64_t *id);

@@ -1,0 +1,289 @@
+/* See transport.h.  Every wait is bounded by VGPU_TIMEOUT_MS (default 3000). */
+#define _GNU_SOURCE
+#include "transport.h"
+#include "vgpu_wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct vgpu_conn {
+    int fd;
+    pid_t pid;
+    int generation;
+    uint32_t seq;
+    uint8_t *buf;
+    size_t cap;
+} vgpu_conn;
+
+static pthread_key_t conn_key;
+static pthread_once_t conn_key_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t api_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void conn_free(void *ptr) {
+    vgpu_conn *conn = ptr;
+    if (!conn) return;
+    /* A child after fork() must not touch its parent's connection. */
+    if (conn->fd >= 0 && conn->pid == getpid()) close(conn->fd);
+    free(conn->buf);
+    free(conn);
+}
+
+static void conn_key_make(void) { pthread_key_create(&conn_key, conn_free); }
+
+int vgpu_log_level(void) {
+    static int level = -1;
+    if (level < 0) {
+        const char *env = getenv("VGPU_LOG");
+        if (!env || !*env || !strcmp(env, "warn")) level = 1;
+        else if (!strcmp(env, "off") || !strcmp(env, "0")) level = 0;
+        else if (!strcmp(env, "info") || !strcmp(env, "2")) level = 2;
+        else if (!strcmp(env, "debug") || !strcmp(env, "3")) level = 3;
+        else level = 1;
+    }
+    return level;
+}
+
+void vgpu_log(int level, const char *prefix, const char *fmt, ...) {
+    if (vgpu_log_level() < level) return;
+    char line[1024];
+    int n = snprintf(line, sizeof line, "%s[%d]: ", prefix, (int)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    size_t len = strlen(line);
+    if (len + 1 < sizeof line) { line[len++] = '\n'; }
+    ssize_t ignored = write(2, line, len);
+    (void)ignored;
+}
+
+static int timeout_ms(void) {
+    static int value = -1;
+    if (value < 0) {
+        const char *env = getenv("VGPU_TIMEOUT_MS");
+        value = env && atoi(env) > 0 ? atoi(env) : 3000;
+    }
+    return value;
+}
+
+const char *vgpu_socket_path(char *buf, size_t len) {
+    const char *env = getenv(VGPU_SOCKET_ENV);
+    struct stat st;
+    if (env && *env) snprintf(buf, len, "%s", env);
+    else if (stat(VGPU_SYSTEM_SOCKET, &st) == 0) snprintf(buf, len, "%s", VGPU_SYSTEM_SOCKET);
+    else snprintf(buf, len, "/tmp/vgpu-%u/vgpud.sock", (unsigned)getuid());
+    return buf;
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int io_all(int fd, void *data, size_t len, int writing, long long deadline) {
+    uint8_t *p = data;
+    while (len) {
+        ssize_t n = writing ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
+        if (n > 0) { p += n; len -= (size_t)n; continue; }
+        if (n == 0) return -1;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        long long left = deadline - now_ms();
+        if (left <= 0) return -1;
+        struct pollfd pfd = {fd, (short)(writing ? POLLOUT : POLLIN), 0};
+        if (poll(&pfd, 1, (int)left) <= 0 && errno != EINTR) return -1;
+    }
+    return 0;
+}
+
+static int reserve(vgpu_conn *conn, size_t need) {
+    if (need <= conn->cap) return 0;
+    size_t cap = conn->cap ? conn->cap : 4096;
+    while (cap < need) cap *= 2;
+    uint8_t *buf = realloc(conn->buf, cap);
+    if (!buf) return -1;
+    conn->buf = buf;
+    conn->cap = cap;
+    return 0;
+}
+
+/* One frame out, one frame in; the reply lands in conn->buf. */
+static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_len,
+                    const uint8_t **reply, size_t *reply_len, int extra_ms) {
+    if (reserve(conn, 12 + req_len) < 0) return VGPU_NO_MEMORY;
+    uint32_t seq = ++conn->seq;
+    uint32_t len32 = (uint32_t)req_len;
+    uint16_t op16 = (uint16_t)op, flags = 0;
+    memcpy(conn->buf, &len32, 4);
+    memcpy(conn->buf + 4, &op16, 2);
+    memcpy(conn->buf + 6, &flags, 2);
+    memcpy(conn->buf + 8, &seq, 4);
+    if (req_len) memcpy(conn->buf + 12, req, req_len);
+    long long deadline = now_ms() + timeout_ms() + extra_ms;
+    if (io_all(conn->fd, conn->buf, 12 + req_len, 1, deadline) < 0) return VGPU_LOST;
+    uint8_t header[12];
+    if (io_all(conn->fd, header, 12, 0, deadline) < 0) return VGPU_LOST;
+    uint32_t rlen, rseq;
+    uint16_t rop, rflags;
+    memcpy(&rlen, header, 4);
+    memcpy(&rop, header + 4, 2);
+    memcpy(&rflags, header + 6, 2);
+    memcpy(&rseq, header + 8, 4);
+    if (rseq != seq || rop != op16 || !(rflags & VGPU_FLAG_REPLY) || rlen > VGPU_MAX_PAYLOAD) return VGPU_LOST;
+    if (reserve(conn, rlen ? rlen : 1) < 0) return VGPU_NO_MEMORY;
+    if (rlen && io_all(conn->fd, conn->buf, rlen, 0, deadline) < 0) return VGPU_LOST;
+    *reply = conn->buf;
+    *reply_len = rlen;
+    return VGPU_OK;
+}
+
+static int handshake(vgpu_api *api, vgpu_conn *conn) {
+    char exe[512];
+    ssize_t exe_len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (exe_len < 0) exe_len = 0;
+    uint8_t req[VGPU_HELLO_REQUEST_SIZE + 2 + sizeof exe];
+    memset(req, 0, sizeof req);
+    uint32_t version = VGPU_PROTOCOL_VERSION;
+    memcpy(req, VGPU_MAGIC, 4);
+    memcpy(req + 4, &version, 4);
+    strncpy((char *)req + 8, api->name, 15);
+    memcpy(req + 24, api->digest, 64);
+    uint16_t exe16 = (uint16_t)exe_len;
+    memcpy(req + VGPU_HELLO_REQUEST_SIZE, &exe16, 2);
+    memcpy(req + VGPU_HELLO_REQUEST_SIZE + 2, exe, (size_t)exe_len);
+    const uint8_t *reply;
+    size_t reply_len;
+    int rc = exchange(conn, VGPU_OP_HELLO, req, VGPU_HELLO_REQUEST_SIZE + 2 + (size_t)exe_len, &reply, &reply_len, 0);
+    if (rc != VGPU_OK) return rc;
+    if (reply_len < VGPU_HELLO_REPLY_SIZE) return VGPU_LOST;
+    int32_t status;
+    uint32_t bitmap_len;
+    memcpy(&status, reply, 4);
+    memcpy(&bitmap_len, reply + 16, 4);
+    if (VGPU_HELLO_REPLY_SIZE + (size_t)bitmap_len + 2 > reply_len) return VGPU_LOST;
+    if (status != VGPU_HELLO_OK) {
+        uint16_t msg_len;
+        memcpy(&msg_len, reply + VGPU_HELLO_REPLY_SIZE + bitmap_len, 2);
+        const char *msg = (const char *)reply + VGPU_HELLO_REPLY_SIZE + bitmap_len + 2;
+        size_t avail = reply_len - VGPU_HELLO_REPLY_SIZE - bitmap_len - 2;
+        vgpu_log(1, api->prefix, "vgpud refused the connection: %.*s", (int)(msg_len < avail ? msg_len : avail), msg);
+        return VGPU_MISMATCH;
+    }
+    pthread_mutex_lock(&api_lock);
+    if (!api->implemented) api->implemented = calloc((api->op_count + 7) / 8, 1);
+    if (api->implemented) {
+        size_t n = bitmap_len < (api->op_count + 7) / 8 ? bitmap_len : (api->op_count + 7) / 8;
+        memcpy(api->implemented, reply + VGPU_HELLO_REPLY_SIZE, n);
+    }
+    pthread_mutex_unlock(&api_lock);
+    return VGPU_OK;
+}
+
+static int connect_conn(vgpu_api *api, vgpu_conn *conn) {
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    vgpu_socket_path(path, sizeof path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return VGPU_NO_DAEMON;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
+        int err = errno;
+        close(fd);
+        static int told;
+        if (!__atomic_exchange_n(&told, 1, __ATOMIC_SEQ_CST))
+            vgpu_log(1, api->prefix, "no vgpud at %s (%s); start one with `vgpu up`, or run the program under `vgpu run -- CMD`",
+                     path, strerror(err));
+        return VGPU_NO_DAEMON;
+    }
+    conn->fd = fd;
+    conn->pid = getpid();
+    conn->seq = 0;
+    int rc = handshake(api, conn);
+    if (rc != VGPU_OK) {
+        close(fd);
+        conn->fd = -1;
+        if (rc == VGPU_LOST) vgpu_log(1, api->prefix, "vgpud at %s did not complete the handshake", path);
+    }
+    return rc;
+}
+
+static vgpu_conn *thread_conn(void) {
+    pthread_once(&conn_key_once, conn_key_make);
+    vgpu_conn *conn = pthread_getspecific(conn_key);
+    if (!conn) {
+        conn = calloc(1, sizeof *conn);
+        if (!conn) return NULL;
+        conn->fd = -1;
+        pthread_setspecific(conn_key, conn);
+    }
+    if (conn->fd >= 0 && conn->pid != getpid()) conn->fd = -1; /* forked child: reconnect */
+    return conn;
+}
+
+int vgpu_open(vgpu_api *api) {
+    vgpu_conn *conn = thread_conn();
+    if (!conn) return VGPU_NO_MEMORY;
+    __atomic_add_fetch(&api->generation, 1, __ATOMIC_SEQ_CST);
+    if (conn->fd >= 0 && conn->pid == getpid()) close(conn->fd);
+    conn->fd = -1;
+    int rc = connect_conn(api, conn);
+    if (rc == VGPU_OK) {
+        conn->generation = api->generation;
+        api->lost = 0;
+    }
+    return rc;
+}
+
+void vgpu_close(vgpu_api *api) {
+    __atomic_add_fetch(&api->generation, 1, __ATOMIC_SEQ_CST);
+    vgpu_conn *conn = thread_conn();
+    if (conn && conn->fd >= 0) close(conn->fd);
+    if (conn) conn->fd = -1;
+}
+
+int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
+              const uint8_t **reply, size_t *reply_len, int extra_ms) {
+    if (api->lost) return VGPU_LOST;
+    vgpu_conn *conn = thread_conn();
+    if (!conn) return VGPU_NO_MEMORY;
+    if (conn->fd >= 0 && conn->generation != api->generation) {
+        close(conn->fd);
+        conn->fd = -1;
+    }
+    if (conn->fd < 0) {
+        int rc = connect_conn(api, conn);
+        if (rc != VGPU_OK) {
+            if (rc == VGPU_NO_DAEMON) rc = VGPU_LOST; /* it was there at init */
+            api->lost = 1;
+            return rc;
+        }
+        conn->generation = api->generation;
+    }
+    int rc = exchange(conn, op, req, req_len, reply, reply_len, extra_ms);
+    if (rc == VGPU_LOST) {
+        char path[108];
+        if (!__atomic_exchange_n(&api->lost, 1, __ATOMIC_SEQ_CST))
+            vgpu_log(1, api->prefix, "lost vgpud at %s (no answer to op 0x%x); calls fail until the next init",
+                     vgpu_socket_path(path, sizeof path), op);
+        close(conn->fd);
+        conn->fd = -1;
+    }
+    return rc;
+}
+
+int vgpu_implemented(const vgpu_api *api, unsigned int op) {
+    unsigned index = op - api->op_base;
+    if (!api->implemented || index >= api->op_count) return 0;
+    return (api->implemented[index / 8] >> (index % 8)) & 1;
+}

@@ -1,0 +1,42 @@
+/* Client side of the vgpu wire protocol: one connection per thread and process,
+ * a handshake per connection, bounded waits, no hang when vgpud dies. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+enum vgpu_status {
+    VGPU_OK = 0,
+    VGPU_NO_DAEMON = -1,     /* nothing listening: behave as a host without a driver */
+    VGPU_LOST = -2,          /* the daemon went away or stopped answering */
+    VGPU_MISMATCH = -3,      /* protocol version or manifest digest differs */
+    VGPU_NO_MEMORY = -4,
+};
+
+typedef struct vgpu_api {
+    const char *name;          /* "nvml" */
+    const char *digest;        /* manifest digest, 64 hex digits */
+    const char *prefix;        /* log prefix, e.g. "vgpu-nvml" */
+    unsigned int op_base;
+    unsigned int op_count;
+    /* filled by the first handshake */
+    unsigned char *implemented; /* bitmap of ops vgpud serves */
+    int generation;            /* bumped by vgpu_open; older connections reconnect */
+    int lost;                  /* set when a connection failed mid-session */
+} vgpu_api;
+
+/* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */
+int vgpu_log_level(void);
+void vgpu_log(int level, const char *prefix, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Connect this thread and handshake; resets the lost flag.  Returns a vgpu_status. */
+int vgpu_open(vgpu_api *api);
+/* Drop every connection of this API (the next vgpu_open starts afresh). */
+void vgpu_close(vgpu_api *api);
+/* Send one request and wait for its reply (at most timeout_ms beyond extra_ms).
+ * The reply stays valid until this thread's next call. */
+int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
+              const uint8_t **reply, size_t *reply_len, int extra_ms);
+/* Whether vgpud implements op (after a successful vgpu_open). */
+int vgpu_implemented(const vgpu_api *api, unsigned int op);
+/* The socket path clients use: $VGPU_SOCKET, the system socket if present, else /tmp/vgpu-UID/vgpud.sock. */
+const char *vgpu_socket_path(char *buf, size_t len);

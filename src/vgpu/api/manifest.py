@@ -1,0 +1,228 @@
+"""The API manifest as objects: functions with classified parameters, op ids, ctypes layouts.
+
+Both the C generator and vgpud's dispatch read the manifest through this module,
+so the native stubs and the Python side agree on every op id and encoding.
+
+>>> api = load("nvml")
+>>> api.function("nvmlDeviceGetName").params[1].kind
+<Kind.BUFFER: 7>
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+
+#: First op id of each API; ids below 0x1000 are the protocol's own control ops.
+OP_BASE = {"nvml": 0x1000, "cuda": 0x4000}
+
+_SCALARS: dict[str, type] = {
+    "char": ctypes.c_char, "signed char": ctypes.c_byte, "unsigned char": ctypes.c_ubyte,
+    "short": ctypes.c_short, "unsigned short": ctypes.c_ushort,
+    "int": ctypes.c_int, "unsigned": ctypes.c_uint, "unsigned int": ctypes.c_uint,
+    "long": ctypes.c_long, "unsigned long": ctypes.c_ulong,
+    "long long": ctypes.c_longlong, "signed long long": ctypes.c_longlong,
+    "unsigned long long": ctypes.c_ulonglong,
+    "float": ctypes.c_float, "double": ctypes.c_double,
+}
+
+
+class Kind(enum.IntEnum):
+    """How a parameter travels on the wire (mirrored in the generated C header)."""
+
+    VALUE = 1       #: a scalar or struct passed by value
+    HANDLE = 2      #: an opaque handle, sent as its 64-bit id
+    CSTRING = 3     #: const char *, NUL-terminated input
+    IN = 4          #: const T *, one object sent
+    INOUT = 5       #: T *, one object sent and returned (versioned structs carry their version in)
+    HANDLE_OUT = 6  #: handle *, an id returned
+    BUFFER = 7      #: char * output with a capacity
+    ARRAY = 8       #: T * with an element count held by another parameter
+    OPAQUE = 9      #: cannot be marshalled; the function answers "not supported"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: dict[str, Any]
+    kind: Kind
+    #: index of the parameter holding the capacity or count (BUFFER, ARRAY)
+    count: int | None = None
+    #: fixed capacity in bytes of a BUFFER that has no count parameter
+    fixed: int | None = None
+    #: handle type name for HANDLE and HANDLE_OUT
+    handle: str | None = None
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    op: int
+    returns: dict[str, Any]
+    params: tuple[Param, ...]
+    local: bool
+    #: index of the parameter giving a wait in milliseconds, for calls that may block
+    wait_param: int | None = None
+
+    @property
+    def marshallable(self) -> bool:
+        return not self.local and all(p.kind is not Kind.OPAQUE for p in self.params)
+
+
+@dataclass
+class Api:
+    name: str
+    raw: dict[str, Any]
+    annotations: dict[str, Any]
+    functions: list[Function] = field(default_factory=list)
+
+    def function(self, name: str) -> Function:
+        return self._by_name[name]
+
+    def by_op(self, op: int) -> Function | None:
+        index = op - OP_BASE[self.name]
+        return self.functions[index] if 0 <= index < len(self.functions) else None
+
+    @cached_property
+    def _by_name(self) -> dict[str, Function]:
+        return {f.name: f for f in self.functions}
+
+    @cached_property
+    def digest(self) -> str:
+        """Fingerprint of everything both ends must agree on; exchanged in the handshake."""
+        payload = json.dumps([self.raw["header_sha256"], self.annotations], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    @cached_property
+    def handle_types(self) -> list[str]:
+        """Typedef names that are pointers to opaque structs (nvmlDevice_t, nvmlEventSet_t, ...)."""
+        found = []
+        for name, ref in self.raw["typedefs"].items():
+            if ref["kind"] == "ptr" and ref["to"]["kind"] == "record" and ref["to"]["name"] not in self.raw["records"]:
+                found.append(name)
+        return sorted(found)
+
+    @cached_property
+    def constants(self) -> dict[str, int]:
+        """Every enumerator and integer #define, by name."""
+        merged: dict[str, int] = dict(self.raw["defines"])
+        for values in self.raw["enums"].values():
+            merged.update(values)
+        return merged
+
+    def enum(self, name: str) -> dict[str, int]:
+        return self.raw["enums"][name]
+
+    def resolve(self, ref: dict[str, Any]) -> dict[str, Any]:
+        """Follow typedefs until a pointer, array, record or basic type."""
+        while ref["kind"] == "name" and ref["name"] in self.raw["typedefs"]:
+            const = ref.get("const", False)
+            ref = dict(self.raw["typedefs"][ref["name"]])
+            if const:
+                ref["const"] = True
+        return ref
+
+    def ctype(self, ref: dict[str, Any]) -> type:
+        """The ctypes type laid out exactly as the C compiler lays out ``ref``."""
+        if ref["kind"] == "name" and ref["name"] in self.raw["typedefs"]:
+            return self.ctype_named(ref["name"])
+        if ref["kind"] == "name":
+            return _SCALARS[ref["name"]]
+        if ref["kind"] == "ptr":
+            return ctypes.c_void_p
+        if ref["kind"] == "array":
+            return self.ctype(ref["of"]) * ref["len"]
+        if ref["kind"] == "record":
+            return self.record(ref["name"])
+        raise TypeError(f"no ctypes layout for {ref}")
+
+    def ctype_named(self, name: str) -> type:
+        return self.ctype(self.raw["typedefs"][name])
+
+    def record(self, name: str) -> type:
+        cache_ = self.__dict__.setdefault("_records", {})
+        if name not in cache_:
+            spec = self.raw["records"][name]
+            base = ctypes.Union if spec["union"] else ctypes.Structure
+            cls = type(name, (base,), {})
+            cache_[name] = cls
+            fields = [(f["name"] or f"_anonymous{i}", self.ctype(f["type"])) for i, f in enumerate(spec["fields"])]
+            cls._anonymous_ = [name for (name, _), f in zip(fields, spec["fields"]) if not f["name"]]
+            cls._fields_ = fields
+        return cache_[name]
+
+
+def _is_char(ref: dict[str, Any]) -> bool:
+    return ref["kind"] == "name" and ref["name"] == "char"
+
+
+def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param, ...]:
+    notes = api.annotations
+    names = [p["name"] for p in params]
+    opaque = set(notes.get("opaque", {}).get("params", []))
+    out: list[Param] = []
+    for p in params:
+        key = f"{fname}.{p['name']}"
+        ref = p["type"]
+        resolved = api.resolve(ref)
+        typedef = ref["name"] if ref["kind"] == "name" else None
+        if key in opaque:
+            out.append(Param(p["name"], ref, Kind.OPAQUE))
+        elif typedef in api.handle_types:
+            out.append(Param(p["name"], ref, Kind.HANDLE, handle=typedef))
+        elif resolved["kind"] != "ptr":
+            out.append(Param(p["name"], ref, Kind.VALUE))
+        elif key in notes.get("buffers", {}):
+            capacity = notes["buffers"][key]
+            if isinstance(capacity, int):
+                out.append(Param(p["name"], ref, Kind.BUFFER, fixed=capacity))
+            else:
+                out.append(Param(p["name"], ref, Kind.BUFFER, count=names.index(capacity)))
+        elif key in notes.get("arrays", {}):
+            out.append(Param(p["name"], ref, Kind.ARRAY, count=names.index(notes["arrays"][key])))
+        else:
+            pointee = resolved["to"]
+            pointee_typedef = pointee["name"] if pointee["kind"] == "name" else None
+            target = api.resolve(pointee)
+            if pointee_typedef in api.handle_types:
+                out.append(Param(p["name"], ref, Kind.HANDLE_OUT, handle=pointee_typedef))
+            elif _is_char(target) and pointee.get("const"):
+                out.append(Param(p["name"], ref, Kind.CSTRING))
+            elif target["kind"] in ("ptr", "func") or (target["kind"] == "name" and target["name"] in ("void", "char")):
+                out.append(Param(p["name"], ref, Kind.OPAQUE))
+            elif pointee.get("const"):
+                out.append(Param(p["name"], ref, Kind.IN))
+            else:
+                out.append(Param(p["name"], ref, Kind.INOUT))
+    return tuple(out)
+
+
+@cache
+def load(name: str) -> Api:
+    """Load the manifest and annotations of one API ("nvml")."""
+    raw = json.loads((HERE / f"{name}.json").read_text())
+    annotations = tomllib.loads((HERE / f"{name}_annotations.toml").read_text())
+    api = Api(name, raw, annotations)
+    local = set(annotations.get("local", []))
+    blocking = annotations.get("blocking", {})
+    for index, spec in enumerate(raw["functions"]):
+        param_names = [p["name"] for p in spec["params"]]
+        wait = blocking.get(spec["name"])
+        api.functions.append(Function(
+            name=spec["name"],
+            op=OP_BASE[name] + index,
+            returns=spec["returns"],
+            params=_classify(api, spec["name"], spec["params"]),
+            local=spec["name"] in local,
+            wait_param=param_names.index(wait) if wait else None,
+        ))
+    return api

@@ -1,0 +1,99 @@
+"""GPU sets: which GPUs a vgpud serves, from ``--gpus 2xh100``, ``--gpus h100,l4`` or a TOML file.
+
+Identities (UUID, serial, PCI bus id) follow from the set's description and the
+GPU's position, so the same set always yields the same GPUs and no two GPUs share one.
+
+>>> s = parse("2xh100")
+>>> [g.profile.key for g in s.gpus], s.gpus[0].uuid != s.gpus[1].uuid
+(['h100', 'h100'], True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from vgpu.device.profiles import Profile, get
+
+DEFAULT_DRIVER_VERSION = "590.48.01"
+DEFAULT_CUDA_VERSION = 13010
+#: PCI buses of the eight GPUs of an HGX H100 board; later GPUs continue past them.
+_BUSES = [0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB]
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    index: int
+    profile: Profile
+    uuid: str           #: "GPU-xxxxxxxx-...", NVML's spelling of the 16 bytes
+    uuid_bytes: bytes
+    serial: str
+    pci_bus: int
+
+    @property
+    def pci_bus_id(self) -> str:
+        """NVML's spelling: 8-digit domain."""
+        return f"00000000:{self.pci_bus:02X}:00.0"
+
+    @property
+    def pci_bus_id_legacy(self) -> str:
+        return f"0000:{self.pci_bus:02X}:00.0"
+
+
+@dataclass(frozen=True)
+class GpuSet:
+    spec: str
+    gpus: tuple[GpuIdentity, ...]
+    driver_version: str = DEFAULT_DRIVER_VERSION
+    cuda_version: int = DEFAULT_CUDA_VERSION
+
+
+def _bus(index: int) -> int:
+    return _BUSES[index] if index < len(_BUSES) else 0xE0 + index - len(_BUSES)
+
+
+def build(profiles: list[Profile], spec: str, driver_version: str = DEFAULT_DRIVER_VERSION,
+          cuda_version: int = DEFAULT_CUDA_VERSION) -> GpuSet:
+    if not profiles:
+        raise ValueError("a GPU set needs at least one GPU")
+    if len(profiles) > 32:
+        raise ValueError(f"{len(profiles)} GPUs asked for; a vgpud serves at most 32")
+    canonical = ",".join(p.key for p in profiles)
+    gpus = []
+    for index, profile in enumerate(profiles):
+        digest = hashlib.sha256(f"vgpu:{canonical}:{index}".encode()).digest()
+        ident = uuid.UUID(bytes=digest[:16], version=4)
+        serial = str(1650000000000 + int.from_bytes(digest[16:24], "little") % 10**10)
+        gpus.append(GpuIdentity(index, profile, f"GPU-{ident}", ident.bytes, serial, _bus(index)))
+    return GpuSet(spec, tuple(gpus), driver_version, cuda_version)
+
+
+def parse(spec: str) -> GpuSet:
+    """``2xh100``, ``h100,l4``, ``8xh200`` or the path of a TOML file (see docs/configuration.md)."""
+    path = Path(spec)
+    if spec.endswith(".toml") or path.is_file():
+        return _from_file(path)
+    profiles: list[Profile] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        count, _, key = part.partition("x")
+        if not count.isdigit():
+            count, key = "1", part
+        if int(count) < 1:
+            raise ValueError(f"bad GPU count in {part!r}; write it as 2xh100")
+        profiles.extend([get(key)] * int(count))
+    return build(profiles, spec)
+
+
+def _from_file(path: Path) -> GpuSet:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"GPU set file {path} does not exist") from None
+    profiles: list[Profile] = []
+    for entry in data.get("gpus", []):
+        profiles.extend([get(entry["profile"])] * int(entry.get("count", 1)))
+    return build(profiles, str(path), data.get("driver_version", DEFAULT_DRIVER_VERSION),
+                 int(data.get("cuda_version", DEFAULT_CUDA_VERSION)))

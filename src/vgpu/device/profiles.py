@@ -1,0 +1,83 @@
+"""GPU profiles: what a model of GPU reports, one TOML file per model in ``profiles/``.
+
+>>> get("h100").name
+'NVIDIA H100 80GB HBM3'
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+
+
+@dataclass(frozen=True)
+class Profile:
+    key: str
+    model: str
+    name: str
+    brand: str
+    architecture: str
+    compute_capability: tuple[int, int]
+    sm_count: int
+    memory_total_mib: int
+    memory_reserved_mib: int
+    cuda_total_mib: int
+    bus_width: int
+    max_sm_clock_mhz: int
+    max_mem_clock_mhz: int
+    idle_sm_clock_mhz: int
+    power_limit_w: int
+    power_min_w: int
+    idle_power_w: int
+    pci_device_id: int
+    pci_subsystem_id: int
+    pcie_generation: int
+    pcie_width: int
+    bar1_mib: int
+    ecc: bool
+    fan: bool
+    mig: bool
+    nvlinks: int
+    temp_slowdown_c: int
+    temp_shutdown_c: int
+    #: fields whose value comes from a single or unofficial source
+    unverified: tuple[str, ...] = field(default=())
+
+    @property
+    def memory_total(self) -> int:
+        return self.memory_total_mib << 20
+
+    @property
+    def memory_reserved(self) -> int:
+        return self.memory_reserved_mib << 20
+
+
+def _load(path: Path) -> Profile:
+    data = tomllib.loads(path.read_text())
+    known = {f.name for f in fields(Profile)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown profile fields {sorted(unknown)}")
+    data["compute_capability"] = tuple(data["compute_capability"])
+    data["unverified"] = tuple(data.get("unverified", ()))
+    missing = set(data["unverified"]) - known
+    if missing:
+        raise ValueError(f"{path}: 'unverified' names unknown fields {sorted(missing)}")
+    return Profile(**data)
+
+
+@cache
+def all_profiles() -> dict[str, Profile]:
+    """Every profile, by key, in file-name order."""
+    return {p.key: p for p in map(_load, sorted(PROFILE_DIR.glob("*.toml")))}
+
+
+def get(key: str) -> Profile:
+    try:
+        return all_profiles()[key.lower()]
+    except KeyError:
+        raise KeyError(f"no GPU profile {key!r}; known: {', '.join(all_profiles())} (`vgpu profiles` lists them)") from None

@@ -1,0 +1,107 @@
+"""Control requests (JSON over OP_CONTROL): what the tools and tests ask of vgpud.
+
+Until the CUDA shim exists, ``hold`` and ``run`` are how a session allocates memory and
+does work on a GPU; the NVML telemetry follows from them exactly as it will from CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from vgpu.device.gpu import OutOfMemory
+from vgpu.server.state import Session
+
+if TYPE_CHECKING:
+    from vgpu.server.daemon import Daemon
+
+Reply = dict[str, Any]
+
+
+class ControlError(Exception):
+    pass
+
+
+def _gpu(daemon: Daemon, request: dict[str, Any]):
+    index = request.get("gpu")
+    if not isinstance(index, int) or not 0 <= index < len(daemon.state.gpus):
+        raise ControlError(f"no GPU {index!r}; this vgpud has GPUs 0 to {len(daemon.state.gpus) - 1}")
+    return daemon.state.gpus[index]
+
+
+def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    state = daemon.state
+    gpus = []
+    for gpu in state.gpus:
+        util, mem_util = gpu.utilization()
+        gpus.append({
+            "index": gpu.index, "profile": gpu.profile.key, "name": gpu.profile.name, "uuid": gpu.ident.uuid,
+            "pci_bus_id": gpu.ident.pci_bus_id, "memory_total": gpu.profile.memory_total,
+            "memory_reserved": gpu.profile.memory_reserved, "memory_used": gpu.memory_used_by_processes,
+            "utilization": util, "lost": gpu.lost, "temperature": gpu.temperature_c(),
+            "power_mw": gpu.power_mw(),
+        })
+    sessions = [{
+        "id": s.id, "pid": s.pid, "uid": s.uid, "exe": s.exe, "connections": s.connections, "calls": s.calls,
+        "started": s.started,
+        "held": {str(g.index): g.held[s.id] for g in state.gpus if s.id in g.held},
+    } for s in list(state.sessions.values())]
+    return {"pid": state.pid, "backend": state.backend, "socket": str(daemon.socket_path),
+            "started": state.started, "spec": state.gpuset.spec, "driver_version": state.gpuset.driver_version,
+            "cuda_version": state.gpuset.cuda_version, "gpus": gpus, "sessions": sessions, "you": session.id}
+
+
+def hold(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    gpu = _gpu(daemon, request)
+    try:
+        gpu.hold(session.id, int(request["bytes"]))
+    except OutOfMemory as error:
+        raise ControlError(str(error)) from None
+    return {"held": gpu.held.get(session.id, 0)}
+
+
+def release(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    gpu = _gpu(daemon, request)
+    gpu.release(session.id, request.get("bytes"))
+    return {"held": gpu.held.get(session.id, 0)}
+
+
+def run(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    seconds = float(request.get("seconds", 0))
+    if not 0 <= seconds <= 3600:
+        raise ControlError("seconds must be between 0 and 3600")
+    return {"ends_in": _gpu(daemon, request).run(session.id, seconds) - daemon.state.gpus[0].clock()}
+
+
+def fault(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    gpu = _gpu(daemon, request)
+    try:
+        return {"message": gpu.inject(str(request.get("kind")), int(request.get("xid", 0)))}
+    except ValueError as error:
+        raise ControlError(str(error)) from None
+
+
+def clear(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    targets = daemon.state.gpus if request.get("gpu") is None else [_gpu(daemon, request)]
+    for gpu in targets:
+        gpu.clear()
+    return {"cleared": [gpu.index for gpu in targets]}
+
+
+def stop(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    daemon.stop()
+    return {"stopping": daemon.state.pid}
+
+
+COMMANDS: dict[str, Callable[[Daemon, Session, dict[str, Any]], Reply]] = {
+    "status": status, "hold": hold, "release": release, "run": run, "fault": fault, "clear": clear, "stop": stop,
+}
+
+
+def handle(daemon: Daemon, session: Session, request: Any) -> Reply:
+    command = request.get("cmd") if isinstance(request, dict) else None
+    if command not in COMMANDS:
+        return {"ok": False, "error": f"unknown control command {command!r}; known: {', '.join(COMMANDS)}"}
+    try:
+        return {"ok": True, **COMMANDS[command](daemon, session, request)}
+    except (ControlError, KeyError, TypeError, ValueError) as error:
+        return {"ok": False, "error": str(error)}

@@ -1,0 +1,202 @@
+"""vgpud's listener: accepts connections, runs the handshake, dispatches frames.
+
+One thread per connection (the C shim opens one per client thread), so a call that
+waits (nvmlEventSetWait) holds up nobody else.  A malformed frame closes its own
+connection and nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from vgpu.api.manifest import Kind, load
+from vgpu.device.events import EventSet
+from vgpu.device.gpu import Gpu
+from vgpu.server import control
+from vgpu.server.nvml_service import C, INVALID, NvmlService, device_handle_id
+from vgpu.server.state import DaemonState, Session
+from vgpu.wire import protocol
+from vgpu.wire.codec import DecodeError, FunctionCodec, I32
+from vgpu.wire.protocol import FLAG_REPLY, Frame, ProtocolError
+
+log = logging.getLogger("vgpud")
+_REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
+_PEERCRED = struct.Struct("3i")
+
+
+class NvmlDispatcher:
+    """Turns NVML frames into NvmlService calls and their replies."""
+
+    def __init__(self, state: DaemonState) -> None:
+        self.api = load("nvml")
+        self.state = state
+        self.service = NvmlService(state)
+        self.codecs = {f.op: FunctionCodec(self.api, f) for f in self.api.functions if f.name in self.service.implemented}
+        self.methods = {op: getattr(self.service, codec.function.name) for op, codec in self.codecs.items()}
+        bitmap = bytearray((len(self.api.functions) + 7) // 8)
+        for op in self.codecs:
+            index = op - self.api.functions[0].op
+            bitmap[index // 8] |= 1 << (index % 8)
+        self.bitmap = bytes(bitmap)
+
+    def _resolve(self, handle_type: str, handle_id: int, session: Session) -> Any:
+        if handle_type == "nvmlDevice_t" and 1 <= handle_id <= len(self.state.gpus):
+            return self.state.gpus[handle_id - 1]
+        if handle_type == "nvmlEventSet_t":
+            return self.state.events.get(handle_id, session.id)
+        return None
+
+    @staticmethod
+    def handle_id(obj: Any) -> int:
+        if isinstance(obj, Gpu):
+            return device_handle_id(obj)
+        if isinstance(obj, EventSet):
+            return obj.id
+        raise TypeError(f"no handle id for {obj!r}")
+
+    def call(self, session: Session, op: int, payload: bytes) -> bytes:
+        codec = self.codecs.get(op)
+        if codec is None:
+            return I32.pack(C["NVML_ERROR_NOT_SUPPORTED"])
+        args = codec.decode(payload)
+        for index, param in enumerate(codec.function.params):
+            if param.kind is Kind.HANDLE:
+                obj = self._resolve(param.handle, args[index], session)
+                if obj is None:
+                    return codec.encode_reply(INVALID, args, self.handle_id)
+                if isinstance(obj, Gpu) and obj.lost:
+                    return codec.encode_reply(C["NVML_ERROR_GPU_IS_LOST"], args, self.handle_id)
+                args[index] = obj
+            elif param.kind in _REQUIRED_OUTPUTS and args[index] is None:
+                return codec.encode_reply(INVALID, args, self.handle_id)
+        try:
+            rc = self.methods[op](session, *args)
+        except Exception:
+            log.exception("%s failed in vgpud", codec.function.name)
+            rc = C["NVML_ERROR_UNKNOWN"]
+        return codec.encode_reply(rc, args, self.handle_id)
+
+
+class Daemon:
+    def __init__(self, state: DaemonState, socket_path: Path) -> None:
+        self.state = state
+        self.socket_path = socket_path
+        self.nvml = NvmlDispatcher(state)
+        self.stopping = threading.Event()
+        self._listener: socket.socket | None = None
+
+    # lifecycle ------------------------------------------------------------------------
+    def bind(self) -> None:
+        path = self.socket_path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                raise RuntimeError(f"a vgpud already listens at {path}; stop it with `vgpu down` "
+                                   f"or choose another socket with {protocol.SOCKET_ENV}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # left behind by a daemon that died
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(128)
+        self._listener = listener
+
+    def serve_forever(self) -> None:
+        assert self._listener is not None, "bind() first"
+        log.info("vgpud %d serving %d GPU(s) at %s", os.getpid(), len(self.state.gpus), self.socket_path)
+        self._listener.settimeout(0.2)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        finally:
+            self._listener.close()
+            self.socket_path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # one connection -------------------------------------------------------------------
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(None)
+        pid, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        session: Session | None = None
+        try:
+            frame = protocol.read_frame(conn)
+            session = self._hello(conn, frame, pid, uid)
+            if session is None:
+                return
+            while True:
+                frame = protocol.read_frame(conn)
+                session.calls += 1
+                reply = self._handle(session, frame)
+                conn.sendall(protocol.pack_frame(frame.op, reply, frame.seq, FLAG_REPLY))
+                if frame.op == protocol.OP_CONTROL and self.stopping.is_set():
+                    return
+        except EOFError:
+            pass
+        except (ProtocolError, DecodeError) as error:
+            log.warning("closing connection of pid %d: %s", pid, error)
+        except OSError as error:
+            log.info("connection of pid %d ended: %s", pid, error)
+        finally:
+            conn.close()
+            if session is not None:
+                self.state.detach(session)
+
+    def _hello(self, conn: socket.socket, frame: Frame, pid: int, uid: int) -> Session | None:
+        if frame.op != protocol.OP_HELLO or len(frame.payload) < protocol.HELLO_REQUEST.size + 2:
+            raise ProtocolError(f"expected a handshake, got op 0x{frame.op:x} of {len(frame.payload)} bytes")
+        magic, version, api_raw, digest_raw = protocol.HELLO_REQUEST.unpack_from(frame.payload)
+        (exe_len,) = struct.unpack_from("<H", frame.payload, protocol.HELLO_REQUEST.size)
+        exe = frame.payload[protocol.HELLO_REQUEST.size + 2:][:exe_len].decode(errors="replace")
+        api = api_raw.rstrip(b"\0").decode(errors="replace")
+        digest = digest_raw.decode(errors="replace")
+        status, message, bitmap = protocol.HELLO_OK, "", b""
+        if magic != protocol.MAGIC or version != protocol.PROTOCOL_VERSION:
+            status, message = protocol.HELLO_BAD_VERSION, (
+                f"protocol version {version} not served (vgpud speaks {protocol.PROTOCOL_VERSION}); "
+                "use the vgpu libraries from the same install as vgpud")
+        elif api == "nvml":
+            bitmap = self.nvml.bitmap
+            if digest != self.nvml.api.digest:
+                status, message = protocol.HELLO_BAD_DIGEST, (
+                    f"NVML manifest {digest[:12]} differs from vgpud's {self.nvml.api.digest[:12]}; "
+                    "use the vgpu libraries from the same install as vgpud")
+        elif api != "control":
+            status, message = protocol.HELLO_UNKNOWN_API, f"unknown API {api!r}"
+        session = self.state.attach(pid, uid, exe) if status == protocol.HELLO_OK else None
+        text = message.encode()
+        reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
+                                          session.connections if session else 0, len(bitmap))
+        conn.sendall(protocol.pack_frame(frame.op, reply + bitmap + struct.pack("<H", len(text)) + text,
+                                         frame.seq, FLAG_REPLY))
+        if session is None:
+            log.warning("refused pid %d (%s): %s", pid, exe, message)
+        return session
+
+    def _handle(self, session: Session, frame: Frame) -> bytes:
+        if frame.op == protocol.OP_PING:
+            return frame.payload
+        if frame.op == protocol.OP_CONTROL:
+            try:
+                request = json.loads(frame.payload)
+            except ValueError as error:
+                raise ProtocolError(f"control request is not JSON: {error}") from None
+            return json.dumps(control.handle(self, session, request)).encode()
+        if self.nvml.api.by_op(frame.op) is not None:
+            return self.nvml.call(session, frame.op, frame.payload)
+        raise ProtocolError(f"unknown op 0x{frame.op:04x}")

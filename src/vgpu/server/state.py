@@ -1,0 +1,69 @@
+"""What one vgpud holds: its GPUs, the client sessions and their event sets."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from vgpu.api.manifest import load
+from vgpu.device.events import EventHub
+from vgpu.device.gpu import Gpu
+from vgpu.device.gpuset import GpuSet
+
+
+@dataclass
+class Session:
+    """One client process; its connections (one per thread) share it."""
+
+    id: int
+    pid: int
+    uid: int
+    exe: str
+    started: float = field(default_factory=time.time)
+    connections: int = 0
+    calls: int = 0
+
+
+class DaemonState:
+    def __init__(self, gpuset: GpuSet, backend: str = "sim") -> None:
+        nvml = load("nvml")
+        self.gpuset = gpuset
+        self.backend = backend
+        self.started = time.time()
+        self.pid = os.getpid()
+        self.events = EventHub({k: v for k, v in nvml.constants.items() if k.startswith("nvmlEventType")})
+        self.gpus = [Gpu(ident, self.events) for ident in gpuset.gpus]
+        self.sessions: dict[int, Session] = {}
+        self._by_pid: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def attach(self, pid: int, uid: int, exe: str) -> Session:
+        """The session of a process, made on its first connection."""
+        with self._lock:
+            session = self._by_pid.get(pid)
+            if session is None:
+                session = Session(next(self._ids), pid, uid, exe)
+                self.sessions[session.id] = session
+                self._by_pid[pid] = session
+            session.connections += 1
+            return session
+
+    def detach(self, session: Session) -> None:
+        """Drop one connection; the last one frees everything the process held."""
+        with self._lock:
+            session.connections -= 1
+            if session.connections > 0:
+                return
+            self.sessions.pop(session.id, None)
+            if self._by_pid.get(session.pid) is session:
+                del self._by_pid[session.pid]
+        for gpu in self.gpus:
+            gpu.release(session.id)
+        self.events.free_owned_by(session.id)
+
+    def session_of_pid(self, pid: int) -> Session | None:
+        return self._by_pid.get(pid)

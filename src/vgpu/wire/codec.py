@@ -1,0 +1,132 @@
+"""Per-function payload encodings, derived from the manifest's parameter kinds.
+
+Request: parameters in order.  VALUE: the object's bytes.  HANDLE: u64 id.
+CSTRING: u32 length (0xffffffff for NULL) and bytes.  IN, INOUT, HANDLE_OUT:
+u8 present, then the object's bytes (IN, INOUT).  BUFFER: u8 present, u32
+capacity.  ARRAY: u8 present, u32 count, the elements.
+Reply: i32 return code, then for each present INOUT the object, for each
+HANDLE_OUT a u64 id, for each BUFFER u32 length and bytes, for each ARRAY u32
+count and elements.  native/nvml/call.c implements the other side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vgpu.api.manifest import Api, Function, Kind
+
+U8 = struct.Struct("<B")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+I32 = struct.Struct("<i")
+NULL_STRING = 0xFFFFFFFF
+
+
+class DecodeError(ValueError):
+    """A payload does not match the function's encoding."""
+
+
+@dataclass
+class HandleOut:
+    """Where an implementation puts a handle it returns."""
+
+    value: Any = None
+
+
+@dataclass
+class Buffer:
+    """A char* output: the implementation stores bytes (without NUL) in ``value``."""
+
+    capacity: int
+    value: bytes = b""
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, size: int) -> memoryview:
+        end = self.pos + size
+        if end > len(self.data):
+            raise DecodeError(f"payload ends at byte {len(self.data)}, needed {end}")
+        view = memoryview(self.data)[self.pos:end]
+        self.pos = end
+        return view
+
+    def unpack(self, fmt: struct.Struct) -> int:
+        return fmt.unpack(self.take(fmt.size))[0]
+
+
+class FunctionCodec:
+    """Decodes requests and encodes replies for one function (vgpud's side)."""
+
+    def __init__(self, api: Api, function: Function) -> None:
+        self.function = function
+        self.types: list[type | None] = []
+        for param in function.params:
+            resolved = api.resolve(param.type)
+            if param.kind is Kind.VALUE:
+                self.types.append(api.ctype(param.type))
+            elif param.kind in (Kind.IN, Kind.INOUT, Kind.ARRAY):
+                self.types.append(api.ctype(resolved["to"]))
+            else:
+                self.types.append(None)
+
+    def decode(self, payload: bytes) -> list[Any]:
+        reader = _Reader(payload)
+        args: list[Any] = []
+        for param, ctype in zip(self.function.params, self.types):
+            kind = param.kind
+            if kind is Kind.VALUE:
+                obj = ctype.from_buffer_copy(reader.take(ctypes.sizeof(ctype)))
+                args.append(obj.value if hasattr(obj, "value") and not isinstance(obj, ctypes.Array) else obj)
+            elif kind is Kind.HANDLE:
+                args.append(reader.unpack(U64))
+            elif kind is Kind.CSTRING:
+                length = reader.unpack(U32)
+                args.append(None if length == NULL_STRING else bytes(reader.take(length)))
+            elif not reader.unpack(U8):
+                args.append(None)
+            elif kind in (Kind.IN, Kind.INOUT):
+                args.append(ctype.from_buffer_copy(reader.take(ctypes.sizeof(ctype))))
+            elif kind is Kind.HANDLE_OUT:
+                args.append(HandleOut())
+            elif kind is Kind.BUFFER:
+                args.append(Buffer(reader.unpack(U32)))
+            elif kind is Kind.ARRAY:
+                count = reader.unpack(U32)
+                array_type = ctype * count
+                args.append(array_type.from_buffer_copy(reader.take(ctypes.sizeof(array_type))))
+            else:
+                raise DecodeError(f"{self.function.name}: parameter {param.name} cannot be marshalled")
+        if reader.pos != len(payload):
+            raise DecodeError(f"{self.function.name}: {len(payload) - reader.pos} trailing bytes")
+        return args
+
+    def encode_reply(self, rc: int, args: list[Any], handle_id: Callable[[Any], int]) -> bytes:
+        out = [I32.pack(rc)]
+        for index, (param, arg) in enumerate(zip(self.function.params, args)):
+            if arg is None:
+                continue
+            kind = param.kind
+            if kind is Kind.INOUT:
+                out.append(bytes(arg))
+            elif kind is Kind.HANDLE_OUT:
+                out.append(U64.pack(handle_id(arg.value) if arg.value is not None else 0))
+            elif kind is Kind.BUFFER:
+                data = arg.value[: max(arg.capacity - 1, 0)] + b"\0" if arg.capacity else b""
+                out.append(U32.pack(len(data)) + data)
+            elif kind is Kind.ARRAY:
+                count = len(arg)
+                holder = args[param.count]
+                if isinstance(holder, ctypes._SimpleCData):
+                    count = min(count, holder.value)
+                size = ctypes.sizeof(arg) // len(arg) if len(arg) else 0
+                out.append(U32.pack(count) + bytes(arg)[: count * size])
+        return b"".join(out)

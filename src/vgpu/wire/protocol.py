@@ -1,0 +1,108 @@
+"""The vgpu wire protocol: frames, the handshake, and where sockets live.
+
+A frame is a 12-byte little-endian header (payload length u32, op u16, flags
+u16, sequence u32) and its payload.  Op ids below 0x1000 are control ops;
+the API ops come from the manifests (``vgpu.api.manifest.OP_BASE``).  The C
+transport includes a header generated from these constants, so this module is
+their one definition.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+PROTOCOL_VERSION = 1
+MAGIC = b"VGPU"
+HEADER = struct.Struct("<IHHI")
+MAX_PAYLOAD = 64 << 20
+
+# flags
+FLAG_REPLY = 0x1
+FLAG_NO_REPLY = 0x2   # asynchronous work: the sender does not wait (batched CUDA calls)
+FLAG_SHM = 0x4        # payload lives in the session's shared-memory segment (bulk data)
+
+# control ops
+OP_HELLO = 0x0001
+OP_PING = 0x0002
+OP_CONTROL = 0x0003   # JSON request and reply, for tools (status, faults, sessions, activity)
+
+# handshake answers
+HELLO_OK = 0
+HELLO_BAD_VERSION = 1
+HELLO_BAD_DIGEST = 2
+HELLO_UNKNOWN_API = 3
+HELLO_REFUSED = 4
+
+#: HELLO request: magic, protocol version, API name, manifest digest (hex), then u16 + executable path
+HELLO_REQUEST = struct.Struct("<4sI16s64s")
+#: HELLO reply: status, session id, process's connection count, bitmap length; then bitmap, u16 + message
+HELLO_REPLY = struct.Struct("<iQII")
+
+SOCKET_ENV = "VGPU_SOCKET"
+SYSTEM_SOCKET = "/run/vgpu/vgpud.sock"
+
+
+class ProtocolError(Exception):
+    """A peer sent something that is not a valid frame; the connection is closed."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    op: int
+    flags: int
+    seq: int
+    payload: bytes
+
+
+def default_socket_path() -> Path:
+    """Where vgpud listens and clients connect: $VGPU_SOCKET, the system daemon's socket
+    if one exists, else a per-user path under /tmp.  native/transport.c follows the same rule."""
+    if os.environ.get(SOCKET_ENV):
+        return Path(os.environ[SOCKET_ENV])
+    if Path(SYSTEM_SOCKET).exists():
+        return Path(SYSTEM_SOCKET)
+    return Path(f"/tmp/vgpu-{os.getuid()}/vgpud.sock")
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            if chunks:
+                raise ProtocolError(f"connection closed inside a frame ({len(chunks)} of {size} bytes)")
+            raise EOFError
+        chunks += chunk
+    return bytes(chunks)
+
+
+def read_frame(sock: socket.socket) -> Frame:
+    """Read one frame; EOFError on a clean close, ProtocolError on a malformed one."""
+    length, op, flags, seq = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    return Frame(op, flags, seq, _recv_exact(sock, length) if length else b"")
+
+
+def pack_frame(op: int, payload: bytes, seq: int = 0, flags: int = 0) -> bytes:
+    return HEADER.pack(len(payload), op, flags, seq) + payload
+
+
+def c_header() -> str:
+    """The constants above as a C header for the native transport."""
+    lines = ["/* Generated from vgpu/wire/protocol.py; do not edit. */", "#pragma once",
+             f"#define VGPU_PROTOCOL_VERSION {PROTOCOL_VERSION}u",
+             f'#define VGPU_MAGIC "{MAGIC.decode()}"',
+             f"#define VGPU_MAX_PAYLOAD {MAX_PAYLOAD}u",
+             f'#define VGPU_SOCKET_ENV "{SOCKET_ENV}"',
+             f'#define VGPU_SYSTEM_SOCKET "{SYSTEM_SOCKET}"']
+    for name, value in sorted(globals().items()):
+        if name.startswith(("FLAG_", "OP_", "HELLO_")) and isinstance(value, int):
+            lines.append(f"#define VGPU_{name} {value}")
+    lines.append(f"#define VGPU_HELLO_REQUEST_SIZE {HELLO_REQUEST.size}")
+    lines.append(f"#define VGPU_HELLO_REPLY_SIZE {HELLO_REPLY.size}")
+    return "\n".join(lines) + "\n"
