@@ -1,0 +1,169 @@
+"""Starting and stopping vgpud, and the environment that makes programs find the vgpu libraries.
+
+``vgpu run`` starts a private vgpud for one command; ``vgpu up`` / ``down`` manage a
+long-lived one at the default socket.  Programs find the libraries through a folder
+of ``libnvidia-ml.so.1`` links put first on ``LD_LIBRARY_PATH``; nothing is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vgpu.wire import protocol
+from vgpu.wire.client import Client, DaemonUnavailable
+
+NATIVE_DIR = Path(__file__).resolve().parent.parent / "_native"
+#: library file in the package -> the names applications dlopen
+LIBRARIES = {"libvgpu-nvml.so": ("libnvidia-ml.so.1", "libnvidia-ml.so")}
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def runtime_dir() -> Path:
+    path = Path(f"/tmp/vgpu-{os.getuid()}")
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def library_path(name: str = "libvgpu-nvml.so") -> Path:
+    path = NATIVE_DIR / name
+    if not path.exists():
+        raise LaunchError(f"{path} is missing; reinstall vgpu (`pip install .`) so the native libraries are built")
+    return path
+
+
+def link_dir(folder: Path | None = None) -> Path:
+    """A folder of links with the driver libraries' names, pointing at the vgpu libraries."""
+    folder = folder or runtime_dir() / "lib"
+    folder.mkdir(parents=True, exist_ok=True)
+    for library, names in LIBRARIES.items():
+        target = library_path(library)
+        for name in names:
+            link = folder / name
+            if link.is_symlink() and os.readlink(link) == str(target):
+                continue
+            tmp = folder / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)
+    return folder
+
+
+def client_environment(socket_path: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libs = str(link_dir())
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH", "")]))
+    env[protocol.SOCKET_ENV] = str(socket_path)
+    return env
+
+
+def start_daemon(gpus: str, socket_path: Path, log_path: Path, detach: bool) -> subprocess.Popen:
+    """Start vgpud and wait until it answers; raise LaunchError with its log otherwise."""
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vgpu.server.main", "--gpus", gpus, "--socket", str(socket_path)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach, close_fds=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"vgpud exited with status {process.returncode}:\n{log_path.read_text().strip()}")
+        try:
+            with Client(socket_path, timeout=1):
+                return process
+        except (DaemonUnavailable, OSError):
+            time.sleep(0.05)
+    process.kill()
+    raise LaunchError(f"vgpud did not answer at {socket_path} within 15 s; see {log_path}")
+
+
+def run(gpus: str, command: list[str]) -> int:
+    """Run a command against a private vgpud; returns the command's exit status."""
+    if not command:
+        raise LaunchError("nothing to run: give a command after --, as in `vgpu run -- vgpu smi`")
+    private = Path(tempfile.mkdtemp(prefix="run-", dir=runtime_dir()))
+    socket_path = private / "vgpud.sock"
+    try:
+        daemon = start_daemon(gpus, socket_path, private / "vgpud.log", detach=False)
+        try:
+            return _wait_for(command, client_environment(socket_path))
+        finally:
+            _stop(daemon)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _wait_for(command: list[str], env: dict[str, str]) -> int:
+    """Run the command, passing SIGINT and SIGTERM on to it; its exit status as a shell reports it."""
+    try:
+        child = subprocess.Popen(command, env=env)
+    except FileNotFoundError:
+        raise LaunchError(f"command not found: {command[0]}") from None
+    forwarded = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = child.wait()
+    finally:
+        for sig, handler in forwarded.items():
+            signal.signal(sig, handler)
+    return status if status >= 0 else 128 - status
+
+
+def _stop(daemon: subprocess.Popen) -> None:
+    daemon.terminate()
+    try:
+        daemon.wait(5)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
+def up(gpus: str, socket_path: Path | None = None) -> tuple[Path, int]:
+    """Start a long-lived vgpud (if none answers there); returns its socket and pid."""
+    socket_path = socket_path or protocol.default_socket_path()
+    try:
+        with Client(socket_path, timeout=2) as client:
+            status = client.control("status")
+        if status["spec"] != gpus:
+            raise LaunchError(f"a vgpud (pid {status['pid']}) already serves {status['spec']!r} at {socket_path}; "
+                              "`vgpu down` first to change its GPUs")
+        return socket_path, status["pid"]
+    except DaemonUnavailable:
+        pass
+    socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    process = start_daemon(gpus, socket_path, socket_path.with_suffix(".log"), detach=True)
+    return socket_path, process.pid
+
+
+def down(socket_path: Path | None = None, timeout: float = 10) -> int | None:
+    """Stop the vgpud at the socket; returns its pid, or None when none was running."""
+    socket_path = socket_path or protocol.default_socket_path()
+    try:
+        with Client(socket_path, timeout=2) as client:
+            pid = client.control("stop")["stopping"]
+    except DaemonUnavailable:
+        return None
+    deadline = time.monotonic() + timeout
+    while socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
+
+
+def env_lines(socket_path: Path | None = None) -> list[str]:
+    """``export`` lines for a POSIX shell (``eval "$(vgpu env)"``)."""
+    env = client_environment(socket_path or protocol.default_socket_path(), base={
+        "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")})
+    return [f"export {key}={_quote(env[key])}" for key in ("LD_LIBRARY_PATH", protocol.SOCKET_ENV)]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"

@@ -1,0 +1,217 @@
+"""The ``vgpu`` command: a thin layer over the launcher, smi, profiles and the wire client."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vgpu import launcher
+from vgpu.device.profiles import all_profiles
+from vgpu.wire.client import Client, ControlFailed, DaemonUnavailable
+
+DEFAULT_GPUS = os.environ.get("VGPU_GPUS", "h100")
+gpus_option = click.option("--gpus", default=DEFAULT_GPUS, show_default=True,
+                           help="GPU set: 2xh100, h100,l4, or a TOML file (default from $VGPU_GPUS).")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"vgpu: {message}", err=True)
+    sys.exit(1)
+
+
+def _client() -> Client:
+    try:
+        return Client()
+    except DaemonUnavailable as error:
+        _fail(str(error))
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """NVIDIA GPUs for machines that have none."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@gpus_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(gpus: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND with a private vgpud serving GPUS; exits with COMMAND's status."""
+    try:
+        sys.exit(launcher.run(gpus, list(command)))
+    except launcher.LaunchError as error:
+        _fail(str(error))
+
+
+@main.command()
+@gpus_option
+def up(gpus: str) -> None:
+    """Start a long-lived vgpud at the default socket."""
+    try:
+        socket_path, pid = launcher.up(gpus)
+    except launcher.LaunchError as error:
+        _fail(str(error))
+    click.echo(f"vgpud {pid} serves {gpus} at {socket_path}")
+
+
+@main.command()
+def down() -> None:
+    """Stop the long-lived vgpud."""
+    pid = launcher.down()
+    click.echo("no vgpud was running" if pid is None else f"vgpud {pid} stopped")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print vgpud's status as JSON.")
+def status(as_json: bool) -> None:
+    """Show the running vgpud: its GPUs and client sessions."""
+    with _client() as client:
+        state = client.control("status")
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    console = Console()
+    console.print(f"vgpud {state['pid']} ({state['backend']}) at {state['socket']}, driver "
+                  f"{state['driver_version']}, up {time.time() - state['started']:.0f} s")
+    gpus = Table("GPU", "name", "memory used / total", "util", "temp", "power", "state")
+    for g in state["gpus"]:
+        gpus.add_row(str(g["index"]), g["name"], f"{g['memory_used'] >> 20} / {g['memory_total'] >> 20} MiB",
+                     f"{g['utilization']}%", f"{g['temperature']}C", f"{g['power_mw'] / 1000:.0f} W",
+                     "lost" if g["lost"] else "ok")
+    console.print(gpus)
+    sessions = Table("session", "pid", "executable", "connections", "calls", "memory held")
+    for s in state["sessions"]:
+        held = ", ".join(f"GPU {k}: {v >> 20} MiB" for k, v in s["held"].items()) or "-"
+        sessions.add_row(str(s["id"]), str(s["pid"]), s["exe"], str(s["connections"]), str(s["calls"]), held)
+    console.print(sessions)
+
+
+@main.command()
+def env() -> None:
+    """Print export lines that point programs at vgpu: eval "$(vgpu env)"."""
+    for line in launcher.env_lines():
+        click.echo(line)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def profiles(as_json: bool) -> None:
+    """List the GPU profiles --gpus accepts."""
+    known = all_profiles()
+    if as_json:
+        click.echo(json.dumps({k: {**vars(p), "compute_capability": list(p.compute_capability)}
+                               for k, p in known.items()}, indent=2))
+        return
+    table = Table("profile", "name", "memory", "SMs", "CC", "power", "unverified values")
+    for key, p in known.items():
+        table.add_row(key, p.name, f"{p.memory_total_mib} MiB", str(p.sm_count),
+                      ".".join(map(str, p.compute_capability)), f"{p.power_limit_w} W", ", ".join(p.unverified) or "-")
+    Console().print(table)
+
+
+@main.command()
+@click.option("--query-gpu", "query", help="Comma-separated fields, e.g. index,name,memory.total.")
+@click.option("--format", "fmt", default="csv", help="csv[,noheader][,nounits]")
+@click.option("-q", "--query", "long_report", is_flag=True, help="The long per-GPU report.")
+@click.option("--json", "as_json", is_flag=True, help="Everything read, as JSON.")
+def smi(query: str | None, fmt: str, long_report: bool, as_json: bool) -> None:
+    """nvidia-smi for vgpu, reading through libnvidia-ml.so.1 like any NVML client."""
+    import pynvml
+
+    from vgpu.smi import render, snapshot
+
+    try:
+        snap = snapshot.take()
+    except pynvml.NVMLError as error:
+        _fail(f"NVML: {error}")
+    if as_json:
+        click.echo(json.dumps(snap.to_json(), indent=2))
+    elif query:
+        options = {o.strip() for o in fmt.split(",")}
+        if "csv" not in options:
+            _fail("--query-gpu needs --format=csv")
+        try:
+            click.echo(render.query_csv(snap, query.split(","), "noheader" not in options, "nounits" not in options))
+        except ValueError as error:
+            _fail(str(error))
+    elif long_report:
+        click.echo(render.query_text(snap))
+    else:
+        click.echo(render.table(snap))
+
+
+@main.group()
+def fault() -> None:
+    """Inject or clear GPU faults (Xid events, ECC errors, a lost GPU)."""
+
+
+@fault.command("inject")
+@click.option("--gpu", type=int, required=True)
+@click.argument("kind")
+def fault_inject(gpu: int, kind: str) -> None:
+    """KIND: xid=N, ecc-sbe, ecc-dbe or lost."""
+    name, _, value = kind.partition("=")
+    if name == "xid" and not value.isdigit():
+        _fail("write an Xid as xid=N, for example xid=79")
+    with _client() as client:
+        try:
+            reply = client.control("fault", gpu=gpu, kind=name, xid=int(value or 0))
+        except ControlFailed as error:
+            _fail(str(error))
+    click.echo(reply["message"])
+
+
+@fault.command("clear")
+@click.option("--gpu", type=int, default=None, help="One GPU (default: all).")
+def fault_clear(gpu: int | None) -> None:
+    """Clear faults: a lost GPU answers again, volatile ECC counters reset."""
+    with _client() as client:
+        try:
+            reply = client.control("clear", gpu=gpu)
+        except ControlFailed as error:
+            _fail(str(error))
+    click.echo(f"cleared GPU(s) {', '.join(map(str, reply['cleared']))}")
+
+
+@main.command()
+@click.option("--gpu", type=int, default=0, show_default=True)
+@click.option("--memory", default="0", help="Device memory to hold, e.g. 20g, 512m.")
+@click.option("--utilization", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Share of each second the GPU is kept busy.")
+@click.option("--seconds", type=float, default=10, show_default=True)
+def workload(gpu: int, memory: str, utilization: int, seconds: float) -> None:
+    """Hold memory and keep a GPU busy, as a CUDA process would (for demos and tests)."""
+    size = _parse_size(memory)
+    with _client() as client:
+        try:
+            if size:
+                client.control("hold", gpu=gpu, bytes=size)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if utilization:
+                    client.control("run", gpu=gpu, seconds=utilization / 1000)
+                time.sleep(0.1)
+        except ControlFailed as error:
+            _fail(str(error))
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        _fail(f"bad size {text!r}; write it as 20g, 512m or a byte count")
+        raise
+
+
+if __name__ == "__main__":
+    main()
