@@ -38,10 +38,10 @@ class HandleOut:
 
 @dataclass
 class Buffer:
-    """A char* output: the implementation stores bytes (without NUL) in ``value``."""
+    """A char* output: the implementation stores bytes (without NUL) in ``value``; None leaves it untouched."""
 
     capacity: int
-    value: bytes = b""
+    value: bytes | None = None
 
 
 class _Reader:
@@ -120,7 +120,7 @@ class FunctionCodec:
             elif kind is Kind.HANDLE_OUT:
                 out.append(U64.pack(handle_id(arg.value) if arg.value is not None else 0))
             elif kind is Kind.BUFFER:
-                data = arg.value[: max(arg.capacity - 1, 0)] + b"\0" if arg.capacity else b""
+                data = b"" if arg.value is None or not arg.capacity else arg.value[: arg.capacity - 1] + b"\0"
                 out.append(U32.pack(len(data)) + data)
             elif kind is Kind.ARRAY:
                 count = len(arg)
