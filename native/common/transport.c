@@ -132,18 +132,28 @@ static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_le
     if (req_len) memcpy(conn->buf + 12, req, req_len);
     long long deadline = now_ms() + timeout_ms() + extra_ms;
     if (io_all(conn->fd, conn->buf, 12 + req_len, 1, deadline) < 0) return VGPU_LOST;
-    uint8_t header[12];
-    if (io_all(conn->fd, header, 12, 0, deadline) < 0) return VGPU_LOST;
+    /* One recv usually brings the whole reply; the header comes first. */
+    size_t have = 0;
+    if (reserve(conn, 4096) < 0) return VGPU_NO_MEMORY;
+    while (have < 12) {
+        ssize_t n = recv(conn->fd, conn->buf + have, conn->cap - have, 0);
+        if (n > 0) { have += (size_t)n; continue; }
+        if (n == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) return VGPU_LOST;
+        long long left = deadline - now_ms();
+        struct pollfd pfd = {conn->fd, POLLIN, 0};
+        if (left <= 0 || (poll(&pfd, 1, (int)left) <= 0 && errno != EINTR)) return VGPU_LOST;
+    }
     uint32_t rlen, rseq;
     uint16_t rop, rflags;
-    memcpy(&rlen, header, 4);
-    memcpy(&rop, header + 4, 2);
-    memcpy(&rflags, header + 6, 2);
-    memcpy(&rseq, header + 8, 4);
+    memcpy(&rlen, conn->buf, 4);
+    memcpy(&rop, conn->buf + 4, 2);
+    memcpy(&rflags, conn->buf + 6, 2);
+    memcpy(&rseq, conn->buf + 8, 4);
     if (rseq != seq || rop != op16 || !(rflags & VGPU_FLAG_REPLY) || rlen > VGPU_MAX_PAYLOAD) return VGPU_LOST;
-    if (reserve(conn, rlen ? rlen : 1) < 0) return VGPU_NO_MEMORY;
-    if (rlen && io_all(conn->fd, conn->buf, rlen, 0, deadline) < 0) return VGPU_LOST;
-    *reply = conn->buf;
+    if (have > 12 + (size_t)rlen) return VGPU_LOST; /* more than one reply: out of step */
+    if (reserve(conn, 12 + (size_t)rlen) < 0) return VGPU_NO_MEMORY;
+    if (12 + rlen > have && io_all(conn->fd, conn->buf + have, 12 + rlen - have, 0, deadline) < 0) return VGPU_LOST;
+    *reply = conn->buf + 12;
     *reply_len = rlen;
     return VGPU_OK;
 }

@@ -1,8 +1,9 @@
 """vgpud's listener: accepts connections, runs the handshake, dispatches frames.
 
-One thread per connection (the C shim opens one per client thread), so a call that
-waits (nvmlEventSetWait) holds up nobody else.  A malformed frame closes its own
-connection and nothing more.
+One thread serves every connection through a selector: a call is answered where it
+is read, which keeps a round trip close to the socket's own latency.  Calls that may
+wait (nvmlEventSetWait) run on a thread of their own and answer when done, so they
+hold up nobody else.  A malformed frame closes its own connection and nothing more.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import socket
 import struct
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,29 @@ from vgpu.server.nvml_service import C, INVALID, NvmlService, device_handle_id
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire import protocol
 from vgpu.wire.codec import DecodeError, FunctionCodec, I32
-from vgpu.wire.protocol import FLAG_REPLY, Frame, ProtocolError
+from vgpu.wire.protocol import FLAG_REPLY, Frame, FrameParser, ProtocolError
 
 log = logging.getLogger("vgpud")
 _REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
 _PEERCRED = struct.Struct("3i")
+#: a client that does not take its replies within this time is disconnected
+SEND_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Connection:
+    sock: socket.socket
+    pid: int
+    uid: int
+    parser: FrameParser = field(default_factory=FrameParser)
+    #: reused for every recv: a fresh 64 KiB bytes object per call costs more than the call
+    inbox: bytearray = field(default_factory=lambda: bytearray(1 << 16))
+    session: Session | None = None
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, frame: Frame, payload: bytes) -> None:
+        with self.send_lock:
+            self.sock.sendall(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
 
 
 class NvmlDispatcher:
@@ -114,50 +135,81 @@ class Daemon:
     def serve_forever(self) -> None:
         assert self._listener is not None, "bind() first"
         log.info("vgpud %d serving %d GPU(s) at %s", os.getpid(), len(self.state.gpus), self.socket_path)
-        self._listener.settimeout(0.2)
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
         try:
             while not self.stopping.is_set():
-                try:
-                    conn, _ = self._listener.accept()
-                except TimeoutError:
-                    continue
-                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+                for key, _ in selector.select(timeout=0.2):
+                    if key.data is None:
+                        self._accept(selector)
+                    else:
+                        self._readable(selector, key.data)
         finally:
+            for key in list(selector.get_map().values()):
+                if key.data is not None:
+                    self._close(selector, key.data)
             self._listener.close()
             self.socket_path.unlink(missing_ok=True)
 
     def stop(self) -> None:
         self.stopping.set()
 
-    # one connection -------------------------------------------------------------------
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(None)
-        pid, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        session: Session | None = None
+    # connections ----------------------------------------------------------------------
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        sock, _ = self._listener.accept()
+        # Blocking, so a recv after the selector's word costs one syscall; the kernel bounds sends.
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT_S), 0))
+        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        selector.register(sock, selectors.EVENT_READ, Connection(sock, pid, uid))
+
+    def _close(self, selector: selectors.BaseSelector, conn: Connection) -> None:
+        selector.unregister(conn.sock)
+        conn.sock.close()
+        if conn.session is not None:
+            self.state.detach(conn.session)
+            conn.session = None
+
+    def _readable(self, selector: selectors.BaseSelector, conn: Connection) -> None:
         try:
-            frame = protocol.read_frame(conn)
-            session = self._hello(conn, frame, pid, uid)
-            if session is None:
+            size = conn.sock.recv_into(conn.inbox)
+            if not size:
+                self._close(selector, conn)
                 return
-            while True:
-                frame = protocol.read_frame(conn)
-                session.calls += 1
-                reply = self._handle(session, frame)
-                conn.sendall(protocol.pack_frame(frame.op, reply, frame.seq, FLAG_REPLY))
+            for frame in conn.parser.feed(memoryview(conn.inbox)[:size]):
+                if conn.session is None:
+                    conn.session = self._hello(conn, frame)
+                    if conn.session is None:
+                        self._close(selector, conn)
+                        return
+                    continue
+                conn.session.calls += 1
+                if self._blocking(frame):
+                    threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
+                else:
+                    conn.send(frame, self._handle(conn.session, frame))
                 if frame.op == protocol.OP_CONTROL and self.stopping.is_set():
                     return
-        except EOFError:
-            pass
         except (ProtocolError, DecodeError) as error:
-            log.warning("closing connection of pid %d: %s", pid, error)
+            log.warning("closing connection of pid %d: %s", conn.pid, error)
+            self._close(selector, conn)
         except OSError as error:
-            log.info("connection of pid %d ended: %s", pid, error)
-        finally:
-            conn.close()
-            if session is not None:
-                self.state.detach(session)
+            log.info("connection of pid %d ended: %s", conn.pid, error)
+            self._close(selector, conn)
 
-    def _hello(self, conn: socket.socket, frame: Frame, pid: int, uid: int) -> Session | None:
+    def _blocking(self, frame: Frame) -> bool:
+        function = self.nvml.api.by_op(frame.op)
+        return function is not None and function.wait_param is not None
+
+    def _answer(self, conn: Connection, frame: Frame) -> None:
+        """A call that may wait, on its own thread; a failure closes the socket, and the selector the rest."""
+        try:
+            conn.send(frame, self._handle(conn.session, frame))
+        except (ProtocolError, DecodeError, OSError) as error:
+            log.warning("closing connection of pid %d: %s", conn.pid, error)
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def _hello(self, conn: Connection, frame: Frame) -> Session | None:
         if frame.op != protocol.OP_HELLO or len(frame.payload) < protocol.HELLO_REQUEST.size + 2:
             raise ProtocolError(f"expected a handshake, got op 0x{frame.op:x} of {len(frame.payload)} bytes")
         magic, version, api_raw, digest_raw = protocol.HELLO_REQUEST.unpack_from(frame.payload)
@@ -178,14 +230,13 @@ class Daemon:
                     "use the vgpu libraries from the same install as vgpud")
         elif api != "control":
             status, message = protocol.HELLO_UNKNOWN_API, f"unknown API {api!r}"
-        session = self.state.attach(pid, uid, exe) if status == protocol.HELLO_OK else None
+        session = self.state.attach(conn.pid, conn.uid, exe) if status == protocol.HELLO_OK else None
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
                                           session.connections if session else 0, len(bitmap))
-        conn.sendall(protocol.pack_frame(frame.op, reply + bitmap + struct.pack("<H", len(text)) + text,
-                                         frame.seq, FLAG_REPLY))
+        conn.send(frame, reply + bitmap + struct.pack("<H", len(text)) + text)
         if session is None:
-            log.warning("refused pid %d (%s): %s", pid, exe, message)
+            log.warning("refused pid %d (%s): %s", conn.pid, exe, message)
         return session
 
     def _handle(self, session: Session, frame: Frame) -> bytes:

@@ -38,6 +38,7 @@ class Client:
             self.sock.close()
             raise DaemonUnavailable(f"no vgpud at {self.path} ({error.strerror}); start one with `vgpu up`") from None
         self.seq = 0
+        self.reader = protocol.FrameReader(self.sock)
         self.session, self.bitmap = self._hello(api, digest)
 
     def _hello(self, api: str, digest: str) -> tuple[int, bytes]:
@@ -61,7 +62,7 @@ class Client:
         self.seq += 1
         self.sock.sendall(protocol.pack_frame(op, payload, self.seq))
         try:
-            frame = protocol.read_frame(self.sock)
+            frame = self.reader.read()
         except EOFError:
             raise DaemonUnavailable(f"vgpud at {self.path} closed the connection") from None
         if frame.seq != self.seq or not frame.flags & FLAG_REPLY:

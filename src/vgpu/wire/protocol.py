@@ -68,24 +68,47 @@ def default_socket_path() -> Path:
     return Path(f"/tmp/vgpu-{os.getuid()}/vgpud.sock")
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            if chunks:
-                raise ProtocolError(f"connection closed inside a frame ({len(chunks)} of {size} bytes)")
-            raise EOFError
-        chunks += chunk
-    return bytes(chunks)
+class FrameParser:
+    """Cuts frames out of a byte stream as it arrives (vgpud's non-blocking connections)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
+        """Frames completed by ``data``; ProtocolError on a malformed one."""
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= HEADER.size:
+            length, op, flags, seq = HEADER.unpack_from(self.buffer)
+            if length > MAX_PAYLOAD:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+            end = HEADER.size + length
+            if len(self.buffer) < end:
+                break
+            frames.append(Frame(op, flags, seq, bytes(self.buffer[HEADER.size:end])))
+            del self.buffer[:end]
+        return frames
 
 
-def read_frame(sock: socket.socket) -> Frame:
-    """Read one frame; EOFError on a clean close, ProtocolError on a malformed one."""
-    length, op, flags, seq = HEADER.unpack(_recv_exact(sock, HEADER.size))
-    if length > MAX_PAYLOAD:
-        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
-    return Frame(op, flags, seq, _recv_exact(sock, length) if length else b"")
+class FrameReader:
+    """Reads frames from a blocking socket, one recv per frame when it can (the Python client)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.parser = FrameParser()
+        self.pending: list[Frame] = []
+        self.inbox = bytearray(1 << 16)
+
+    def read(self) -> Frame:
+        """The next frame; EOFError on a clean close, ProtocolError on a malformed one."""
+        while not self.pending:
+            size = self.sock.recv_into(self.inbox)
+            if not size:
+                if self.parser.buffer:
+                    raise ProtocolError(f"connection closed inside a frame ({len(self.parser.buffer)} bytes)")
+                raise EOFError
+            self.pending.extend(self.parser.feed(memoryview(self.inbox)[:size]))
+        return self.pending.pop(0)
 
 
 def pack_frame(op: int, payload: bytes, seq: int = 0, flags: int = 0) -> bytes:
