@@ -4,7 +4,6 @@
 #include "vgpu_wire.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +22,7 @@ typedef struct vgpu_conn {
     uint32_t seq;
     uint8_t *buf;
     size_t cap;
+    int timeout_ms;  /* the socket's current SO_RCVTIMEO */
 } vgpu_conn;
 
 static pthread_key_t conn_key;
@@ -91,20 +91,25 @@ static long long now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Blocking I/O whose every syscall the kernel bounds (SO_RCVTIMEO, SO_SNDTIMEO); the
+ * deadline bounds the whole exchange across partial transfers and signals. */
 static int io_all(int fd, void *data, size_t len, int writing, long long deadline) {
     uint8_t *p = data;
     while (len) {
         ssize_t n = writing ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
-        if (n > 0) { p += n; len -= (size_t)n; continue; }
-        if (n == 0) return -1;
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-        long long left = deadline - now_ms();
-        if (left <= 0) return -1;
-        struct pollfd pfd = {fd, (short)(writing ? POLLOUT : POLLIN), 0};
-        if (poll(&pfd, 1, (int)left) <= 0 && errno != EINTR) return -1;
+        if (n > 0) { p += n; len -= (size_t)n; }
+        else if (n == 0 || errno != EINTR) return -1; /* closed, timed out (EAGAIN) or broken */
+        if (len && now_ms() > deadline) return -1;
     }
     return 0;
+}
+
+static void set_timeout(vgpu_conn *conn, int ms) {
+    if (conn->timeout_ms == ms) return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(conn->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    conn->timeout_ms = ms;
 }
 
 static int reserve(vgpu_conn *conn, size_t need) {
@@ -130,6 +135,7 @@ static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_le
     memcpy(conn->buf + 6, &flags, 2);
     memcpy(conn->buf + 8, &seq, 4);
     if (req_len) memcpy(conn->buf + 12, req, req_len);
+    set_timeout(conn, timeout_ms() + extra_ms);
     long long deadline = now_ms() + timeout_ms() + extra_ms;
     if (io_all(conn->fd, conn->buf, 12 + req_len, 1, deadline) < 0) return VGPU_LOST;
     /* One recv usually brings the whole reply; the header comes first. */
@@ -137,11 +143,9 @@ static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_le
     if (reserve(conn, 4096) < 0) return VGPU_NO_MEMORY;
     while (have < 12) {
         ssize_t n = recv(conn->fd, conn->buf + have, conn->cap - have, 0);
-        if (n > 0) { have += (size_t)n; continue; }
-        if (n == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) return VGPU_LOST;
-        long long left = deadline - now_ms();
-        struct pollfd pfd = {conn->fd, POLLIN, 0};
-        if (left <= 0 || (poll(&pfd, 1, (int)left) <= 0 && errno != EINTR)) return VGPU_LOST;
+        if (n > 0) have += (size_t)n;
+        else if (n == 0 || errno != EINTR) return VGPU_LOST;
+        if (have < 12 && now_ms() > deadline) return VGPU_LOST;
     }
     uint32_t rlen, rseq;
     uint16_t rop, rflags;
@@ -203,11 +207,11 @@ static int handshake(vgpu_api *api, vgpu_conn *conn) {
 static int connect_conn(vgpu_api *api, vgpu_conn *conn) {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     vgpu_socket_path(path, sizeof path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return VGPU_NO_DAEMON;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
         int err = errno;
         close(fd);
         static int told;
@@ -219,6 +223,7 @@ static int connect_conn(vgpu_api *api, vgpu_conn *conn) {
     conn->fd = fd;
     conn->pid = getpid();
     conn->seq = 0;
+    conn->timeout_ms = -1;
     int rc = handshake(api, conn);
     if (rc != VGPU_OK) {
         close(fd);

@@ -7,6 +7,7 @@ of ``libnvidia-ml.so.1`` links put first on ``LD_LIBRARY_PATH``; nothing is inst
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -42,8 +43,12 @@ def library_path(name: str = "libvgpu-nvml.so") -> Path:
 
 
 def link_dir(folder: Path | None = None) -> Path:
-    """A folder of links with the driver libraries' names, pointing at the vgpu libraries."""
-    folder = folder or runtime_dir() / "lib"
+    """A folder of links with the driver libraries' names, pointing at the vgpu libraries.
+
+    Each installation gets its own folder, so two checkouts or virtual environments never
+    point each other's programs at the wrong library."""
+    install = hashlib.sha256(str(NATIVE_DIR).encode()).hexdigest()[:12]
+    folder = folder or runtime_dir() / f"lib-{install}"
     folder.mkdir(parents=True, exist_ok=True)
     for library, names in LIBRARIES.items():
         target = library_path(library)
