@@ -27,13 +27,15 @@ def main() -> None:
     parser.add_argument("--refreshes", type=int, default=50)
     args = parser.parse_args()
     from conftest import start_vgpud
-    from nvml_latency import socket_floor
+    from nvml_latency import pin_client, pin_server, socket_floor
 
     from vgpu.smi.snapshot import load_library
 
+    pin_client()
     daemon = start_vgpud("8xh100", Path(tempfile.mkdtemp()))
     try:
         os.environ["VGPU_SOCKET"] = str(daemon.socket)
+        pin_server(daemon.process.pid)
         load_library()
         import gpustat
         import pynvml

@@ -20,6 +20,7 @@ typedef struct vgpu_param {
     int8_t count;        /* parameter holding a capacity or count, or -1 */
     uint32_t size;       /* value, pointee or element size; fixed capacity of a BUFFER */
     const vgpu_handle_field *handle_fields; /* INOUT: handles inside the struct travel as ids; or NULL */
+    uint8_t record;      /* IN, INOUT: the pointee is a struct (its contents are part of a published key) */
 } vgpu_param;
 
 typedef struct vgpu_function {
@@ -27,6 +28,7 @@ typedef struct vgpu_function {
     uint16_t op;
     uint8_t nparams;
     int8_t wait_param;   /* parameter holding a wait in ms, or -1 */
+    uint8_t published;   /* vgpud publishes its answers in shared memory */
     const vgpu_param *params;
 } vgpu_function;
 

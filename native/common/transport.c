@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -162,6 +164,65 @@ static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_le
     return VGPU_OK;
 }
 
+/* Map vgpud's published answers.  A mapping is kept for the life of the process (readers
+ * on other threads may hold it); a new daemon at init gets a new one. */
+static void map_published(vgpu_api *api, const char *path) {
+    static char mapped_path[4096];
+    if (api->published && !strcmp(mapped_path, path)) return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    size_t size = VGPU_PUBLISHED_HEADER_SIZE + (size_t)VGPU_PUBLISHED_SLOTS * VGPU_PUBLISHED_SLOT_SIZE;
+    struct stat st;
+    void *map = fstat(fd, &st) == 0 && (size_t)st.st_size >= size ? mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+                                                                     : MAP_FAILED;
+    close(fd);
+    if (map == MAP_FAILED || memcmp(map, VGPU_PUBLISHED_MAGIC, 8)) {
+        if (map != MAP_FAILED) munmap(map, size);
+        return;
+    }
+    snprintf(mapped_path, sizeof mapped_path, "%s", path);
+    __atomic_store_n(&api->published, (const uint8_t *)map, __ATOMIC_RELEASE);
+}
+
+static uint32_t fnv1a(const uint8_t *data, size_t len) {
+    uint32_t value = 0x811c9dc5u;
+    for (size_t i = 0; i < len; i++) value = (value ^ data[i]) * 0x01000193u;
+    return value;
+}
+
+int vgpu_published_answer(const vgpu_api *api, const uint8_t *key, size_t key_len, uint8_t *buf) {
+    const uint8_t *base = __atomic_load_n(&api->published, __ATOMIC_ACQUIRE);
+    if (!base || api->lost || key_len > VGPU_PUBLISHED_KEY_MAX) return -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    uint32_t start = fnv1a(key, key_len);
+    for (unsigned probe = 0; probe < VGPU_PUBLISHED_PROBES; probe++) {
+        const uint8_t *slot = base + VGPU_PUBLISHED_HEADER_SIZE +
+                              (size_t)((start + probe) % VGPU_PUBLISHED_SLOTS) * VGPU_PUBLISHED_SLOT_SIZE;
+        for (int attempt = 0; attempt < 4; attempt++) {
+            uint32_t before = __atomic_load_n((const uint32_t *)slot, __ATOMIC_ACQUIRE);
+            if (before & 1) continue; /* being written */
+            uint16_t slot_key_len, answer_len;
+            uint64_t stamp;
+            memcpy(&slot_key_len, slot + 4, 2);
+            memcpy(&answer_len, slot + 6, 2);
+            memcpy(&stamp, slot + 8, 8);
+            int same = slot_key_len == key_len && !memcmp(slot + 16, key, key_len);
+            if (same && answer_len <= VGPU_PUBLISHED_ANSWER_MAX)
+                memcpy(buf, slot + 16 + VGPU_PUBLISHED_KEY_MAX, answer_len);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n((const uint32_t *)slot, __ATOMIC_RELAXED) != before) continue;
+            if (slot_key_len == 0) return -1; /* an empty slot ends the probe */
+            if (!same) break;
+            if (answer_len > VGPU_PUBLISHED_ANSWER_MAX || now - stamp > VGPU_PUBLISHED_MAX_AGE_MS * 1000000ull)
+                return -1;
+            return answer_len;
+        }
+    }
+    return -1;
+}
+
 static int handshake(vgpu_api *api, vgpu_conn *conn) {
     char exe[512];
     ssize_t exe_len = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -199,6 +260,16 @@ static int handshake(vgpu_api *api, vgpu_conn *conn) {
     if (api->implemented) {
         size_t n = bitmap_len < (api->op_count + 7) / 8 ? bitmap_len : (api->op_count + 7) / 8;
         memcpy(api->implemented, reply + VGPU_HELLO_REPLY_SIZE, n);
+    }
+    size_t pos = VGPU_HELLO_REPLY_SIZE + bitmap_len, msg_len = 0, path_len = 0;
+    if (pos + 2 <= reply_len) { uint16_t v; memcpy(&v, reply + pos, 2); msg_len = v; }
+    pos += 2 + msg_len;
+    if (pos + 2 <= reply_len) { uint16_t v; memcpy(&v, reply + pos, 2); path_len = v; }
+    if (path_len && pos + 2 + path_len <= reply_len && path_len < 4096) {
+        char path[4096];
+        memcpy(path, reply + pos + 2, path_len);
+        path[path_len] = 0;
+        map_published(api, path);
     }
     pthread_mutex_unlock(&api_lock);
     return VGPU_OK;

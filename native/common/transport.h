@@ -22,6 +22,7 @@ typedef struct vgpu_api {
     unsigned char *implemented; /* bitmap of ops vgpud serves */
     int generation;            /* bumped by vgpu_open; older connections reconnect */
     int lost;                  /* set when a connection failed mid-session */
+    const uint8_t *published;  /* vgpud's published answers, mapped read-only, or NULL */
 } vgpu_api;
 
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */
@@ -36,6 +37,9 @@ void vgpu_close(vgpu_api *api);
  * The reply stays valid until this thread's next call. */
 int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
               const uint8_t **reply, size_t *reply_len, int extra_ms);
+/* Look a key up among vgpud's published answers; copies a fresh answer into buf
+ * (VGPU_PUBLISHED_ANSWER_MAX bytes) and returns its length, or -1. */
+int vgpu_published_answer(const vgpu_api *api, const uint8_t *key, size_t key_len, uint8_t *buf);
 /* Whether vgpud implements op (after a successful vgpu_open). */
 int vgpu_implemented(const vgpu_api *api, unsigned int op);
 /* The socket path clients use: $VGPU_SOCKET, the system socket if present, else /tmp/vgpu-UID/vgpud.sock. */

@@ -63,8 +63,9 @@ def _descriptor(api: Api, function: Function, index: int) -> str:
     param = function.params[index]
     fields = f"H_{function.name}_{param.name}" if _handle_fields(api, function, index) else "NULL"
     count = param.count if param.count is not None else -1
+    record = int(param.kind in (Kind.IN, Kind.INOUT) and api.resolve(api.resolve(param.type)["to"])["kind"] == "record")
     return (f"{{{int(param.kind)}, {handle_index[param.handle] if param.handle else 0}, {count}, "
-            f"{_size_expr(api, function, index)}, {fields}}}")
+            f"{_size_expr(api, function, index)}, {fields}, {record}}}")
 
 
 def _stub(api: Api, function: Function, prefix: str) -> str:
@@ -77,7 +78,7 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
     wait = function.wait_param if function.wait_param is not None else -1
     return (
         f"{table}static const vgpu_function F_{name} = "
-        f'{{"{name}", 0x{function.op:04x}, {len(function.params)}, {wait}, '
+        f'{{"{name}", 0x{function.op:04x}, {len(function.params)}, {wait}, {int(function.published)}, '
         f"{f'P_{name}' if function.params else 'NULL'}}};\n"
         f"VGPU_EXPORT {c_decl(function.returns, name)}({params_c}) {{\n"
         + (f"    void *const args[] = {{{args}}};\n" if function.params else "    void *const *args = NULL;\n")

@@ -50,6 +50,10 @@ class Kind(enum.IntEnum):
     OPAQUE = 9      #: cannot be marshalled; the function answers "not supported"
 
 
+#: parameter kinds a published function may have (its cache key is built from them)
+PUBLISHABLE = frozenset({Kind.VALUE, Kind.HANDLE, Kind.IN, Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER})
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -72,6 +76,8 @@ class Function:
     local: bool
     #: index of the parameter giving a wait in milliseconds, for calls that may block
     wait_param: int | None = None
+    #: vgpud publishes its answers in shared memory (see vgpu.server.published)
+    published: bool = False
 
     @property
     def marshallable(self) -> bool:
@@ -213,6 +219,7 @@ def load(name: str) -> Api:
     annotations = tomllib.loads((HERE / f"{name}_annotations.toml").read_text())
     api = Api(name, raw, annotations)
     local = set(annotations.get("local", []))
+    published = set(annotations.get("published", []))
     blocking = annotations.get("blocking", {})
     for index, spec in enumerate(raw["functions"]):
         param_names = [p["name"] for p in spec["params"]]
@@ -224,5 +231,9 @@ def load(name: str) -> Api:
             params=_classify(api, spec["name"], spec["params"]),
             local=spec["name"] in local,
             wait_param=param_names.index(wait) if wait else None,
+            published=spec["name"] in published,
         ))
+    for function in api.functions:
+        if function.published and any(p.kind not in PUBLISHABLE for p in function.params):
+            raise ValueError(f"{function.name} cannot be published: its parameters are not all fixed-size")
     return api

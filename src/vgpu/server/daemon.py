@@ -24,6 +24,7 @@ from vgpu.device.events import EventSet
 from vgpu.device.gpu import Gpu
 from vgpu.server import control
 from vgpu.server.nvml_service import C, INVALID, NvmlService, device_handle_id
+from vgpu.server.published import Published
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire import protocol
 from vgpu.wire.codec import DecodeError, FunctionCodec, I32
@@ -112,6 +113,9 @@ class Daemon:
         self.nvml = NvmlDispatcher(state)
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
+        self.published: Published | None = None
+        #: the session published answers are computed in: vgpud itself
+        self._own_session = Session(0, os.getpid(), os.getuid(), "vgpud")
 
     # lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -131,6 +135,9 @@ class Daemon:
         listener.bind(str(path))
         listener.listen(128)
         self._listener = listener
+        self.published = Published(path.with_name(path.name + ".published"),
+                                   lambda op, payload: self.nvml.call(self._own_session, op, payload),
+                                   per_op_limit=8 * len(self.state.gpus))
 
     def serve_forever(self) -> None:
         assert self._listener is not None, "bind() first"
@@ -139,17 +146,19 @@ class Daemon:
         selector.register(self._listener, selectors.EVENT_READ)
         try:
             while not self.stopping.is_set():
-                for key, _ in selector.select(timeout=0.2):
+                for key, _ in selector.select(timeout=protocol.PUBLISHED_REFRESH_MS / 1000):
                     if key.data is None:
                         self._accept(selector)
                     else:
                         self._readable(selector, key.data)
+                self.published.refresh_if_due()
         finally:
             for key in list(selector.get_map().values()):
                 if key.data is not None:
                     self._close(selector, key.data)
             self._listener.close()
             self.socket_path.unlink(missing_ok=True)
+            self.published.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -169,6 +178,7 @@ class Daemon:
         if conn.session is not None:
             self.state.detach(conn.session)
             conn.session = None
+            self.published.refresh()  # the process's memory may be free now
 
     def _readable(self, selector: selectors.BaseSelector, conn: Connection) -> None:
         try:
@@ -234,7 +244,9 @@ class Daemon:
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
                                           session.connections if session else 0, len(bitmap))
-        conn.send(frame, reply + bitmap + struct.pack("<H", len(text)) + text)
+        published = str(self.published.path).encode() if api == "nvml" else b""
+        conn.send(frame, reply + bitmap + struct.pack("<H", len(text)) + text
+                  + struct.pack("<H", len(published)) + published)
         if session is None:
             log.warning("refused pid %d (%s): %s", conn.pid, exe, message)
         return session
@@ -247,7 +259,14 @@ class Daemon:
                 request = json.loads(frame.payload)
             except ValueError as error:
                 raise ProtocolError(f"control request is not JSON: {error}") from None
-            return json.dumps(control.handle(self, session, request)).encode()
-        if self.nvml.api.by_op(frame.op) is not None:
-            return self.nvml.call(session, frame.op, frame.payload)
+            reply = json.dumps(control.handle(self, session, request)).encode()
+            self.published.refresh()  # control requests change what GPUs report
+            return reply
+        function = self.nvml.api.by_op(frame.op)
+        if function is not None:
+            reply = self.nvml.call(session, frame.op, frame.payload)
+            if function.published and function.name in self.nvml.service.implemented:
+                key = self.nvml.codecs[frame.op].published_key(frame.payload)
+                self.published.file(key, frame.op, frame.payload, reply)
+            return reply
         raise ProtocolError(f"unknown op 0x{frame.op:04x}")

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from vgpu.api.manifest import Api, Function, Kind
 
 U8 = struct.Struct("<B")
+U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 I32 = struct.Struct("<i")
@@ -69,6 +70,7 @@ class FunctionCodec:
     def __init__(self, api: Api, function: Function) -> None:
         self.function = function
         self.types: list[type | None] = []
+        self.struct_out: list[bool] = []
         for param in function.params:
             resolved = api.resolve(param.type)
             if param.kind is Kind.VALUE:
@@ -77,6 +79,30 @@ class FunctionCodec:
                 self.types.append(api.ctype(resolved["to"]))
             else:
                 self.types.append(None)
+            self.struct_out.append(param.kind is Kind.INOUT and api.resolve(resolved["to"])["kind"] == "record")
+
+    def published_key(self, payload: bytes) -> bytes:
+        """The key a published answer is filed under: the request without the contents of
+        scalar outputs, which the answer does not depend on.  native/common/marshal.c
+        builds the same key."""
+        reader = _Reader(payload)
+        key = [U16.pack(self.function.op)]
+        for param, ctype, struct_out in zip(self.function.params, self.types, self.struct_out):
+            kind = param.kind
+            if kind is Kind.VALUE:
+                key.append(bytes(reader.take(ctypes.sizeof(ctype))))
+            elif kind is Kind.HANDLE:
+                key.append(bytes(reader.take(8)))
+            else:
+                present = reader.unpack(U8)
+                key.append(U8.pack(present))
+                if present and kind in (Kind.IN, Kind.INOUT):
+                    data = bytes(reader.take(ctypes.sizeof(ctype)))
+                    if kind is Kind.IN or struct_out:
+                        key.append(data)
+                elif present and kind is Kind.BUFFER:
+                    key.append(bytes(reader.take(4)))
+        return b"".join(key)
 
     def decode(self, payload: bytes) -> list[Any]:
         reader = _Reader(payload)

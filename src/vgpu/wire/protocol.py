@@ -39,8 +39,24 @@ HELLO_REFUSED = 4
 
 #: HELLO request: magic, protocol version, API name, manifest digest (hex), then u16 + executable path
 HELLO_REQUEST = struct.Struct("<4sI16s64s")
-#: HELLO reply: status, session id, process's connection count, bitmap length; then bitmap, u16 + message
+#: HELLO reply: status, session id, process's connection count, bitmap length; then the bitmap,
+#: a u16-prefixed message and a u16-prefixed path of the published-answers file (may be empty)
 HELLO_REPLY = struct.Struct("<iQII")
+
+#: Published answers (vgpu.server.published): a file of fixed slots, each a seqlock-guarded
+#: (key, answer) pair with the time it was computed.
+PUBLISHED_MAGIC = b"VGPUPUB1"
+PUBLISHED_HEADER = struct.Struct("<8sIII")   # magic, slot count, slot size, key size
+PUBLISHED_HEADER_SIZE = 64
+PUBLISHED_SLOTS = 1024
+PUBLISHED_SLOT = struct.Struct("<IHHQ")       # seq (odd while written), key length, answer length, time (ns)
+PUBLISHED_KEY_MAX = 64
+PUBLISHED_SLOT_SIZE = 256
+PUBLISHED_ANSWER_MAX = PUBLISHED_SLOT_SIZE - PUBLISHED_SLOT.size - PUBLISHED_KEY_MAX
+PUBLISHED_PROBES = 16
+PUBLISHED_REFRESH_MS = 100
+#: an answer older than this is not used: the daemon may be gone or stuck
+PUBLISHED_MAX_AGE_MS = 250
 
 SOCKET_ENV = "VGPU_SOCKET"
 SYSTEM_SOCKET = "/run/vgpu/vgpud.sock"
@@ -126,6 +142,10 @@ def c_header() -> str:
     for name, value in sorted(globals().items()):
         if name.startswith(("FLAG_", "OP_", "HELLO_")) and isinstance(value, int):
             lines.append(f"#define VGPU_{name} {value}")
+    for name in ("PUBLISHED_HEADER_SIZE", "PUBLISHED_SLOTS", "PUBLISHED_KEY_MAX", "PUBLISHED_SLOT_SIZE",
+                 "PUBLISHED_ANSWER_MAX", "PUBLISHED_PROBES", "PUBLISHED_MAX_AGE_MS"):
+        lines.append(f"#define VGPU_{name} {globals()[name]}")
+    lines.append(f'#define VGPU_PUBLISHED_MAGIC "{PUBLISHED_MAGIC.decode()}"')
     lines.append(f"#define VGPU_HELLO_REQUEST_SIZE {HELLO_REQUEST.size}")
     lines.append(f"#define VGPU_HELLO_REPLY_SIZE {HELLO_REPLY.size}")
     return "\n".join(lines) + "\n"
