@@ -11,64 +11,57 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import pinned_vgpud, socket_floor
+
+from vgpu.smi.snapshot import load_library
+
+
+def count_nvml_calls(pynvml, action) -> int:
+    """How many NVML functions ``action`` calls through pynvml."""
+    calls = 0
+    original = pynvml._nvmlGetFunctionPointer
+
+    def counting(name):
+        function = original(name)
+
+        def counted(*args):
+            nonlocal calls
+            calls += 1
+            return function(*args)
+        return counted
+
+    pynvml._nvmlGetFunctionPointer = counting
+    try:
+        action()
+    finally:
+        pynvml._nvmlGetFunctionPointer = original
+    return calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refreshes", type=int, default=50)
     args = parser.parse_args()
-    from conftest import start_vgpud
-    from nvml_latency import pin_client, pin_server, socket_floor
-
-    from vgpu.smi.snapshot import load_library
-
-    pin_client()
-    daemon = start_vgpud("8xh100", Path(tempfile.mkdtemp()))
-    try:
-        os.environ["VGPU_SOCKET"] = str(daemon.socket)
-        pin_server(daemon.process.pid)
+    with pinned_vgpud("8xh100"):
         load_library()
-        import gpustat
+        import gpustat.core
         import pynvml
 
-        import gpustat.core
-
         pynvml.nvmlInit()
-        calls = {"n": 0}
-        slept = []
+        slept: list[float] = []
         gpustat.core.time = type("NoSleep", (), {"sleep": staticmethod(slept.append), "time": time.time})
-        original = pynvml._nvmlGetFunctionPointer
-
-        def counting(name):
-            function = original(name)
-
-            def wrapper(*a):
-                calls["n"] += 1
-                return function(*a)
-            return wrapper
-
         samples = []
         for _ in range(args.refreshes):
             start = time.perf_counter()
-            gpustat.new_query()
+            gpustat.core.new_query()
             samples.append(time.perf_counter() - start)
-        pynvml._nvmlGetFunctionPointer = counting
-        gpustat.new_query()
-        pynvml._nvmlGetFunctionPointer = original
+        calls = count_nvml_calls(pynvml, gpustat.core.new_query)
         refresh = statistics.median(samples)
-        floor = socket_floor(2000) * calls["n"]
-    finally:
-        daemon.stop()
-    print(json.dumps({"gpus": 8, "nvml_calls_per_refresh": calls["n"], "refresh_ms": round(refresh * 1e3, 2),
+        floor = socket_floor(2000) * calls
+    print(json.dumps({"gpus": 8, "nvml_calls_per_refresh": calls, "refresh_ms": round(refresh * 1e3, 2),
                       "floor_ms": round(floor * 1e3, 2), "ratio": round(refresh / floor, 2),
                       "gpustat_own_sleep_ms": round(sum(slept) / (args.refreshes + 1) * 1e3)}, indent=2))
 

@@ -110,10 +110,16 @@ def test_nvitop_calls(nvml):
         if p.mig:
             assert n.nvmlDeviceGetMigMode(handle) == [0, 0]
             assert n.nvmlDeviceGetMaxMigDeviceCount(handle) == 7
+            with pytest.raises(n.NVMLError_NotFound):
+                n.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)
         else:
             with pytest.raises(n.NVMLError_NotSupported):
                 n.nvmlDeviceGetMigMode(handle)
         assert n.nvmlDeviceIsMigDeviceHandle(handle).value == 0  # pynvml returns the c_uint itself
+        with pytest.raises(n.NVMLError_NotSupported):
+            n.nvmlDeviceGetGpuInstanceId(handle)  # not a MIG device, as the real library answers
+        with pytest.raises(n.NVMLError_InvalidArgument):
+            n.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
         assert n.nvmlDeviceGetMPSComputeRunningProcesses(handle) == []
         assert n.nvmlDeviceGetHandleByPciBusId(n.nvmlDeviceGetPciInfo(handle).busId)
         fields = n.nvmlDeviceGetFieldValues(handle, [n.NVML_FI_DEV_NVLINK_LINK_COUNT])

@@ -476,6 +476,11 @@ class NvmlService:
         isMigDevice.value = 0
         return SUCCESS
 
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, s: Session, device: Gpu, index: int, migDevice: HandleOut) -> int:
+        if not device.profile.mig:
+            return NOT_SUPPORTED
+        return NOT_FOUND  # MIG is disabled: no MIG device at any index
+
     def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, s: Session, migDevice: Gpu, device: HandleOut) -> int:
         return INVALID  # no MIG device exists while MIG is disabled
 

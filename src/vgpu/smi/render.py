@@ -144,6 +144,11 @@ def query_csv(snap: Snapshot, fields: list[str], header: bool = True, units: boo
     return "\n".join(rows)
 
 
+def _unit(value: Any, suffix: str) -> str | None:
+    """A reading with its unit, or None (printed N/A) when there is no reading."""
+    return None if value is None else f"{value}{suffix}"
+
+
 def query_text(snap: Snapshot, now: float | None = None) -> str:
     """``-q``: the long per-GPU report."""
     out = ["", "==============NVSMI LOG==============", "",
@@ -172,8 +177,8 @@ def query_text(snap: Snapshot, now: float | None = None) -> str:
         item(2, "Device Id", None if gpu.pci_device_id is None else f"0x{gpu.pci_device_id:08X}")
         item(2, "Sub System Id", None if gpu.pci_subsystem_id is None else f"0x{gpu.pci_subsystem_id:08X}")
         item(2, "Link Generation", gpu.pcie_generation)
-        item(2, "Link Width", None if gpu.pcie_width is None else f"{gpu.pcie_width}x")
-        item(1, "Fan Speed", None if gpu.fan_speed is None else f"{gpu.fan_speed} %")
+        item(2, "Link Width", _unit(gpu.pcie_width, "x"))
+        item(1, "Fan Speed", _unit(gpu.fan_speed, " %"))
         item(1, "Performance State", None if gpu.pstate is None else f"P{gpu.pstate}")
         item(1, "FB Memory Usage")
         for key, value in (("Total", gpu.memory_total), ("Reserved", gpu.memory_reserved),
@@ -184,10 +189,10 @@ def query_text(snap: Snapshot, now: float | None = None) -> str:
         item(2, "Used", None if gpu.bar1_used is None else f"{gpu.bar1_used // MIB} MiB")
         item(1, "Compute Mode", "Default")
         item(1, "Utilization")
-        item(2, "GPU", None if gpu.utilization_gpu is None else f"{gpu.utilization_gpu} %")
-        item(2, "Memory", None if gpu.utilization_memory is None else f"{gpu.utilization_memory} %")
-        item(2, "Encoder", None if gpu.encoder is None else f"{gpu.encoder} %")
-        item(2, "Decoder", None if gpu.decoder is None else f"{gpu.decoder} %")
+        item(2, "GPU", _unit(gpu.utilization_gpu, " %"))
+        item(2, "Memory", _unit(gpu.utilization_memory, " %"))
+        item(2, "Encoder", _unit(gpu.encoder, " %"))
+        item(2, "Decoder", _unit(gpu.decoder, " %"))
         item(1, "ECC Mode")
         item(2, "Current", None if gpu.ecc_enabled is None else ("Enabled" if gpu.ecc_enabled else "Disabled"))
         item(1, "ECC Errors")
@@ -195,20 +200,20 @@ def query_text(snap: Snapshot, now: float | None = None) -> str:
         item(2, "Volatile Uncorrectable", gpu.ecc_uncorrected_volatile)
         item(2, "Aggregate Uncorrectable", gpu.ecc_uncorrected_aggregate)
         item(1, "Temperature")
-        item(2, "GPU Current Temp", None if gpu.temperature is None else f"{gpu.temperature} C")
-        item(2, "GPU Shutdown Temp", None if gpu.temperature_shutdown is None else f"{gpu.temperature_shutdown} C")
-        item(2, "GPU Slowdown Temp", None if gpu.temperature_slowdown is None else f"{gpu.temperature_slowdown} C")
+        item(2, "GPU Current Temp", _unit(gpu.temperature, " C"))
+        item(2, "GPU Shutdown Temp", _unit(gpu.temperature_shutdown, " C"))
+        item(2, "GPU Slowdown Temp", _unit(gpu.temperature_slowdown, " C"))
         item(1, "GPU Power Readings")
         for key, value in (("Power Draw", gpu.power_draw_mw), ("Current Power Limit", gpu.power_limit_mw),
                            ("Min Power Limit", gpu.power_min_mw), ("Max Power Limit", gpu.power_max_mw)):
             item(2, key, None if value is None else f"{value / 1000:.2f} W")
         item(1, "Clocks")
-        item(2, "Graphics", None if gpu.clock_graphics is None else f"{gpu.clock_graphics} MHz")
-        item(2, "SM", None if gpu.clock_sm is None else f"{gpu.clock_sm} MHz")
-        item(2, "Memory", None if gpu.clock_mem is None else f"{gpu.clock_mem} MHz")
+        item(2, "Graphics", _unit(gpu.clock_graphics, " MHz"))
+        item(2, "SM", _unit(gpu.clock_sm, " MHz"))
+        item(2, "Memory", _unit(gpu.clock_mem, " MHz"))
         item(1, "Max Clocks")
-        item(2, "SM", None if gpu.clock_max_sm is None else f"{gpu.clock_max_sm} MHz")
-        item(2, "Memory", None if gpu.clock_max_mem is None else f"{gpu.clock_max_mem} MHz")
+        item(2, "SM", _unit(gpu.clock_max_sm, " MHz"))
+        item(2, "Memory", _unit(gpu.clock_max_mem, " MHz"))
         item(1, "Processes", "" if gpu.processes else "None")
         for proc in gpu.processes:
             item(2, "Process ID", proc.pid)
