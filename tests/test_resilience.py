@@ -179,3 +179,42 @@ def test_sessions_end_with_their_process(vgpud):
     while time.monotonic() < deadline and pid in {s["pid"] for s in vgpud.control("status")["sessions"]}:
         time.sleep(0.05)
     assert pid not in {s["pid"] for s in vgpud.control("status")["sessions"]} and pid not in before
+
+
+RESTART = """
+import sys, time, pynvml as n
+n.nvmlInit()
+h = n.nvmlDeviceGetHandleByIndex(0)
+first = n.nvmlDeviceGetName(h), n.nvmlDeviceGetTemperature(h, 0)
+print("ready", flush=True)
+sys.stdin.readline()
+time.sleep(0.3)
+try:
+    n.nvmlDeviceGetTemperature(h, 0)
+except n.NVMLError_GpuIsLost:
+    print("lost")
+n.nvmlShutdown()
+n.nvmlInit()
+h = n.nvmlDeviceGetHandleByIndex(0)
+print(n.nvmlDeviceGetName(h), n.nvmlDeviceGetCount())
+"""
+
+
+def test_a_restarted_daemon_is_found_again_after_init(tmp_path):
+    from tests.conftest import start_vgpud
+
+    first = start_vgpud("h100", tmp_path)
+    second = None
+    child = subprocess.Popen([sys.executable, "-c", RESTART], env=first.env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        first.process.kill()
+        first.process.wait()
+        second = start_vgpud("2xl4", tmp_path)  # same socket, a new published-answers file
+        out, err = child.communicate("go\n", timeout=30)
+        assert out.splitlines() == ["lost", "NVIDIA L4 2"], err
+    finally:
+        child.kill()
+        for daemon in filter(None, (first, second)):
+            daemon.stop()

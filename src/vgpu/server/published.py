@@ -37,7 +37,10 @@ class Published:
         self.compute = compute
         self.per_op_limit = per_op_limit
         size = p.PUBLISHED_HEADER_SIZE + p.PUBLISHED_SLOTS * p.PUBLISHED_SLOT_SIZE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # A new file, never the old one truncated: clients of a previous daemon may still
+        # have that one mapped, and a shrinking mapping would crash them.
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, size)
             self.map = mmap.mmap(fd, size)
