@@ -34,8 +34,7 @@ static pthread_mutex_t api_lock = PTHREAD_MUTEX_INITIALIZER;
 static void conn_free(void *ptr) {
     vgpu_conn *conn = ptr;
     if (!conn) return;
-    /* A child after fork() must not touch its parent's connection. */
-    if (conn->fd >= 0 && conn->pid == getpid()) close(conn->fd);
+    if (conn->fd >= 0) close(conn->fd);
     free(conn->buf);
     free(conn);
 }
@@ -313,7 +312,12 @@ static vgpu_conn *thread_conn(void) {
         conn->fd = -1;
         pthread_setspecific(conn_key, conn);
     }
-    if (conn->fd >= 0 && conn->pid != getpid()) conn->fd = -1; /* forked child: reconnect */
+    if (conn->fd >= 0 && conn->pid != getpid()) {
+        /* A forked child: drop its copy of the parent's socket (the parent's connection
+         * lives on) and make a connection, and a session, of its own. */
+        close(conn->fd);
+        conn->fd = -1;
+    }
     return conn;
 }
 
@@ -321,7 +325,7 @@ int vgpu_open(vgpu_api *api) {
     vgpu_conn *conn = thread_conn();
     if (!conn) return VGPU_NO_MEMORY;
     __atomic_add_fetch(&api->generation, 1, __ATOMIC_SEQ_CST);
-    if (conn->fd >= 0 && conn->pid == getpid()) close(conn->fd);
+    if (conn->fd >= 0) close(conn->fd);
     conn->fd = -1;
     int rc = connect_conn(api, conn);
     if (rc == VGPU_OK) {

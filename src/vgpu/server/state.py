@@ -64,6 +64,3 @@ class DaemonState:
         for gpu in self.gpus:
             gpu.release(session.id)
         self.events.free_owned_by(session.id)
-
-    def session_of_pid(self, pid: int) -> Session | None:
-        return self._by_pid.get(pid)
