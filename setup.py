@@ -59,7 +59,9 @@ nvml = Extension(
     ],
     include_dirs=["native/common", "native/nvml", str(GENERATED.relative_to(ROOT))],
     extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-Wl,-z,defs", "-lpthread"],
+    # nodelete: clients such as Ollama dlclose the library after each query; thread-exit
+    # destructors and published-answer mappings must outlive that.
+    extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-Wl,-z,defs", "-Wl,-z,nodelete", "-lpthread"],
 )
 
 setup(ext_modules=[nvml], cmdclass={"build_ext": BuildNative})
