@@ -218,3 +218,37 @@ def test_a_restarted_daemon_is_found_again_after_init(tmp_path):
         child.kill()
         for daemon in filter(None, (first, second)):
             daemon.stop()
+
+
+def test_random_payloads_never_take_vgpud_down(vgpud):
+    """Every implemented NVML op, fed truncated, padded and random payloads."""
+    import random
+
+    from vgpu.api.manifest import load
+
+    api = load("nvml")
+    rng = random.Random(1234)
+    client = Client(vgpud.socket, api="nvml", digest=api.digest)
+    ops = [f.op for f in api.functions if client.bitmap[(f.op - 0x1000) // 8] >> ((f.op - 0x1000) % 8) & 1]
+    assert len(ops) > 100
+    answered = closed = 0
+    for _ in range(1500):
+        function = api.by_op(rng.choice(ops))
+        op = function.op
+        payload = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 5, 9, 13, 17, 24, 40, 64, 200])))
+        if function.params and function.params[0].handle == "nvmlDevice_t" and rng.random() < 0.8:
+            payload = struct.pack("<Q", rng.randint(1, 4)) + payload  # a real GPU, random arguments
+        try:
+            reply = client.request(op, payload)
+            assert len(reply) >= 4
+            answered += 1
+        except (ConnectionError, protocol.ProtocolError, EOFError, OSError):
+            closed += 1
+            client.close()
+            client = Client(vgpud.socket, api="nvml", digest=api.digest)
+    client.close()
+    assert answered and closed
+    assert vgpud.control("status")["gpus"], "vgpud still serves"
+    assert vgpud.process.poll() is None
+    log = vgpud.log.read_text()
+    assert "failed in vgpud" not in log and "internal error" not in log, log

@@ -206,6 +206,9 @@ class Daemon:
         except OSError as error:
             log.info("connection of pid %d ended: %s", conn.pid, error)
             self._close(selector, conn)
+        except Exception:  # a bug of ours: it costs this connection, never the daemon
+            log.exception("closing connection of pid %d after an internal error", conn.pid)
+            self._close(selector, conn)
 
     def _blocking(self, frame: Frame) -> bool:
         function = self.nvml.api.by_op(frame.op)
