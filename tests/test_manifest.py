@@ -39,11 +39,11 @@ def test_library_identifies_as_libnvidia_ml():
     assert set(needed) <= {"libc.so.6", "ld-linux-x86-64.so.2", "libpthread.so.0"}
 
 
-def test_committed_manifest_matches_the_header(tmp_path):
-    header = extract.find_nvml_header()
-    fresh = extract.extract(header, API.raw["source"])
-    committed = json.loads((HERE / "nvml.json").read_text())
-    assert fresh == committed, "regenerate with `python -m vgpu.api.extract`"
+@pytest.mark.parametrize("api", sorted(extract.SPECS))
+def test_committed_manifests_match_the_headers(api):
+    committed = json.loads((HERE / f"{api}.json").read_text())
+    fresh = extract.extract(api, extract.find_header(api), committed["source"])
+    assert fresh == committed, f"regenerate with `python -m vgpu.api.extract {api}`"
 
 
 def test_every_pointer_parameter_is_classified():
@@ -77,7 +77,7 @@ def test_ctypes_layouts_match_the_c_compiler(tmp_path):
     lines.append("    return 0;\n}")
     program.write_text("\n".join(lines))
     binary = tmp_path / "sizes"
-    subprocess.run(["cc", "-o", str(binary), str(program), f"-I{extract.find_nvml_header().parent}"], check=True)
+    subprocess.run(["cc", "-o", str(binary), str(program), f"-I{extract.find_header('nvml').parent}"], check=True)
     sizes = dict(line.split() for line in subprocess.run([str(binary)], capture_output=True, text=True).stdout.splitlines())
     assert len(sizes) == len(records) > 50
     for name in records:

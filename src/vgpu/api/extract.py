@@ -1,9 +1,10 @@
-"""Extract an API manifest (functions, types, enums, constants) from an NVIDIA header.
+"""Extract an API manifest (functions, types, enums, constants) from NVIDIA's headers.
 
 The manifest is the single source of truth for the native stubs, the wire
-encodings and the Python dispatch.  It is committed (``nvml.json``) so a build
-does not need a parser, and ``python -m vgpu.api.extract`` regenerates it from
-the header shipped in the ``nvidia-nvml-dev`` wheel.
+encodings and the Python dispatch.  It is committed (``nvml.json``, ``cuda.json``)
+so a build does not need a parser; ``python -m vgpu.api.extract nvml|cuda``
+regenerates it from the headers in NVIDIA's wheels (nvidia-nvml-dev for nvml.h,
+nvidia-cuda-runtime for cuda.h and cudaTypedefs.h).
 """
 
 from __future__ import annotations
@@ -14,20 +15,46 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pycparser import CParser, c_ast
+from pycparser.c_generator import CGenerator
 
 TypeRef = dict[str, Any]
 
+FAKE_LIBC = Path(__file__).with_name("fake_libc")
+_PFN = re.compile(r"\(\s*(?:CUDAAPI\s*)?\*\s*PFN_(cu\w+?)_v(\d+)(_ptds|_ptsz)?\s*\)")
 _DEFINE = re.compile(r"^\s*#\s*define\s+([A-Za-z_]\w*)\s+(.+?)\s*(?://.*|/\*.*)?$")
 _INT_LITERAL = re.compile(r"^\(?\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*(?:[uUlL]{0,3})\s*\)?$")
 
 
-def preprocess(header: Path, defines: list[str]) -> str:
+@dataclass(frozen=True)
+class HeaderSpec:
+    """Where an API's header lives and how to read every exported name out of it."""
+
+    header: str
+    wheel: str
+    #: preprocessor definitions under which the header declares every exported name
+    defines: tuple[str, ...]
+    #: prefixes of the integer #defines worth keeping
+    prefixes: tuple[str, ...]
+
+
+SPECS = {
+    # Without the auto-upgrade macros nvml.h declares every name, old and new.
+    "nvml": HeaderSpec("nvml.h", "nvidia-nvml-dev", ("NVML_NO_UNVERSIONED_FUNC_DEFS",), ("NVML_", "nvml")),
+    # NVIDIA's own build flag: plain, versioned, _ptds and _ptsz names all declared.
+    "cuda": HeaderSpec("cuda.h", "nvidia-cuda-runtime", ("__CUDA_API_VERSION_INTERNAL",), ("CU_", "CUDA_")),
+}
+
+
+def preprocess(header: Path, defines: tuple[str, ...]) -> str:
     """Run the C preprocessor so pycparser sees plain declarations."""
-    args = ["cc", "-E", "-P", "-D__attribute__(x)="] + [f"-D{d}" for d in defines] + [str(header)]
+    args = ["cc", "-E", "-P", "-nostdinc", f"-I{FAKE_LIBC}", f"-I{header.parent}", "-D__attribute__(x)="]
+    args += [f"-D{d}" for d in defines] + [str(header)]
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
@@ -66,6 +93,24 @@ class _Extractor:
         self.functions: dict[str, dict[str, Any]] = {}
         self.evaluate = _Evaluator()
         self._anonymous = 0
+        #: arrays whose length only the C compiler can work out, with the expression
+        self.compiler_sized: list[tuple[dict[str, Any], str]] = []
+
+    def size_with_compiler(self, header: Path, defines: tuple[str, ...]) -> None:
+        """Fill in array lengths such as ``64 - sizeof(x)`` by compiling a program that prints them."""
+        if not self.compiler_sized:
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            program = Path(folder) / "sizes.c"
+            lines = [f"#define {d}" for d in defines] + ["#include <stdio.h>", f'#include "{header}"',
+                                                         "int main(void) {"]
+            lines += [f'    printf("%lld\\n", (long long)({expr}));' for _, expr in self.compiler_sized]
+            program.write_text("\n".join(lines + ["    return 0;", "}"]))
+            binary = Path(folder) / "sizes"
+            subprocess.run(["cc", "-w", "-o", str(binary), str(program)], check=True)
+            values = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout.split()
+        for (array, _), value in zip(self.compiler_sized, values):
+            array["len"] = int(value)
 
     def type_ref(self, node: c_ast.Node, hint: str) -> TypeRef:
         if isinstance(node, c_ast.TypeDecl):
@@ -75,8 +120,13 @@ class _Extractor:
         if isinstance(node, c_ast.PtrDecl):
             return {"kind": "ptr", "to": self.type_ref(node.type, hint)}
         if isinstance(node, c_ast.ArrayDecl):
-            length = self.evaluate(node.dim) if node.dim is not None else 0
-            return {"kind": "array", "of": self.type_ref(node.type, hint), "len": length}
+            array = {"kind": "array", "of": self.type_ref(node.type, hint), "len": 0}
+            if node.dim is not None:
+                try:
+                    array["len"] = self.evaluate(node.dim)
+                except (ValueError, KeyError):  # sizeof and friends: the C compiler tells
+                    self.compiler_sized.append((array, CGenerator().visit(node.dim)))
+            return array
         if isinstance(node, c_ast.IdentifierType):
             return {"kind": "name", "name": " ".join(node.names)}
         if isinstance(node, (c_ast.Struct, c_ast.Union)):
@@ -137,48 +187,89 @@ def integer_defines(text: str, prefixes: tuple[str, ...]) -> dict[str, int]:
     return found
 
 
-def extract(header: Path, source: str) -> dict[str, Any]:
+def proc_address_table(typedefs_header: Path, functions: set[str]) -> dict[str, list[list[Any]]]:
+    """cuGetProcAddress's map, from cudaTypedefs.h's PFN_<name>_v<version>[_ptds|_ptsz] typedefs:
+    for each name, rows [CUDA version, symbol, per-thread-stream symbol or "", its version or 0]
+    in version order.
+
+    The i-th version of a name is its i-th exported symbol (name, name_v2, name_v3, ...), and a
+    per-thread variant belongs to the newest plain version not newer than itself; both hold for
+    every name in CUDA 13's headers and are checked here."""
+    text = preprocess(typedefs_header, SPECS["cuda"].defines)
+    versions: dict[str, set[int]] = {}
+    per_thread: dict[str, list[tuple[int, str]]] = {}
+    for name, version, variant in _PFN.findall(text):
+        if variant:
+            per_thread.setdefault(name, []).append((int(version), variant))
+        else:
+            versions.setdefault(name, set()).add(int(version))
+    table: dict[str, list[list[Any]]] = {}
+    for name, found in sorted(versions.items()):
+        numbered = sorted((int(f[len(name) + 2:]), f) for f in functions
+                          if f.startswith(name + "_v") and f[len(name) + 2:].isdigit())
+        symbols = ([name] if name in functions else []) + [symbol for _, symbol in numbered]
+        if len(symbols) != len(found):
+            raise ValueError(f"{name}: versions {sorted(found)} do not pair with symbols {symbols}")
+        rows = [[version, symbol, "", 0] for version, symbol in zip(sorted(found), symbols)]
+        for version, variant in per_thread.get(name, []):
+            row = max((r for r in rows if r[0] <= version), key=lambda r: r[0])
+            if row[1] + variant not in functions:
+                raise ValueError(f"{name}: no symbol {row[1] + variant} for PFN_{name}_v{version}{variant}")
+            row[2], row[3] = row[1] + variant, version
+        table[name] = rows
+    return table
+
+
+def extract(api: str, header: Path, source: str) -> dict[str, Any]:
+    spec = SPECS[api]
     text = header.read_text()
     extractor = _Extractor()
-    # Without the auto-upgrade macros every exported name, old and new, is declared.
-    ast = CParser().parse(preprocess(header, ["NVML_NO_UNVERSIONED_FUNC_DEFS"]), header.name)
+    ast = CParser().parse(preprocess(header, spec.defines), header.name)
     for decl in ast.ext:
         extractor.visit(decl)
-    return {
-        "api": "nvml",
+    extractor.size_with_compiler(header, spec.defines)
+    manifest = {
+        "api": api,
         "source": source,
         "header_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "functions": [extractor.functions[name] for name in sorted(extractor.functions)],
         "typedefs": extractor.typedefs,
         "records": extractor.records,
         "enums": extractor.enums,
-        "defines": integer_defines(text, ("NVML_", "nvml")),
+        "defines": integer_defines(text, spec.prefixes),
     }
+    if api == "cuda":
+        manifest["proc_address"] = proc_address_table(header.with_name("cudaTypedefs.h"), set(extractor.functions))
+    return manifest
 
 
-def find_nvml_header() -> Path:
-    """Locate nvml.h inside the installed ``nvidia-nvml-dev`` wheel."""
+def find_header(api: str) -> Path:
+    """Locate an API's header inside the installed NVIDIA wheel."""
     import nvidia  # namespace package from the NVIDIA wheels
 
+    spec = SPECS[api]
     for root in nvidia.__path__:
-        for candidate in sorted(Path(root).glob("*/include/nvml.h")):
+        for candidate in sorted(Path(root).glob(f"*/include/{spec.header}")):
             return candidate
-    raise FileNotFoundError("nvml.h not found; install it with `pip install nvidia-nvml-dev`")
+    raise FileNotFoundError(f"{spec.header} not found; install it with `pip install {spec.wheel}`")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--header", type=Path, help="nvml.h (default: the nvidia-nvml-dev wheel's)")
+    parser.add_argument("api", choices=sorted(SPECS))
+    parser.add_argument("--header", type=Path, help="the header (default: the NVIDIA wheel's)")
     parser.add_argument("--source", default="", help="where the header came from, recorded in the manifest")
-    parser.add_argument("-o", "--output", type=Path, default=Path(__file__).with_name("nvml.json"))
+    parser.add_argument("-o", "--output", type=Path, help="default: API.json beside this file")
     args = parser.parse_args(argv)
-    header = args.header or find_nvml_header()
+    header = args.header or find_header(args.api)
     source = args.source
     if not source:
         from importlib.metadata import version
 
-        source = f"nvidia-nvml-dev {version('nvidia-nvml-dev')}"
-    manifest = extract(header, source)
+        wheel = SPECS[args.api].wheel
+        source = f"{wheel} {version(wheel)}"
+    args.output = args.output or Path(__file__).with_name(f"{args.api}.json")
+    manifest = extract(args.api, header, source)
     args.output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     print(f"{args.output}: {len(manifest['functions'])} functions from {header} ({source})", file=sys.stderr)
     return 0
