@@ -15,17 +15,18 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent
 GENERATED = ROOT / "build" / "generated"
-NATIVE_FILES = {"vgpu._native.libvgpu-nvml": "libvgpu-nvml.so"}
+NATIVE_FILES = {"vgpu._native.libvgpu-nvml": "libvgpu-nvml.so", "vgpu._native.libvgpu-cuda": "libvgpu-cuda.so"}
 _BY_LAST_PART = {name.rsplit(".", 1)[1]: file for name, file in NATIVE_FILES.items()}
 
 
-def nvml_include_dir() -> str:
-    import nvidia  # the nvidia-nvml-dev build requirement
+def include_dir(header: str) -> str:
+    """The folder of an NVIDIA header from the build requirements' wheels."""
+    import nvidia  # nvidia-nvml-dev and nvidia-cuda-runtime, build requirements
 
     for root in nvidia.__path__:
-        for header in sorted(Path(root).glob("*/include/nvml.h")):
-            return str(header.parent)
-    raise RuntimeError("nvml.h not found: the build needs nvidia-nvml-dev (see pyproject.toml)")
+        for found in sorted(Path(root).glob(f"*/include/{header}")):
+            return str(found.parent)
+    raise RuntimeError(f"{header} not found: the build needs NVIDIA's wheels (see pyproject.toml)")
 
 
 class BuildNative(build_ext):
@@ -35,7 +36,7 @@ class BuildNative(build_ext):
 
         gen_c.main([str(GENERATED)])
         for ext in self.extensions:
-            ext.include_dirs.append(nvml_include_dir())
+            ext.include_dirs.extend(include_dir(h) for h in ("nvml.h", "cuda.h"))
         super().run()
 
     def get_ext_filename(self, fullname):
@@ -49,19 +50,20 @@ class BuildNative(build_ext):
         return []  # not a Python module: no PyInit_ symbol
 
 
-nvml = Extension(
-    "vgpu._native.libvgpu-nvml",
-    sources=[
-        "native/common/transport.c",
-        "native/common/marshal.c",
-        "native/nvml/nvml_shim.c",
-        str(GENERATED.relative_to(ROOT) / "nvml_generated.c"),
-    ],
-    include_dirs=["native/common", "native/nvml", str(GENERATED.relative_to(ROOT))],
-    extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    # nodelete: clients such as Ollama dlclose the library after each query; thread-exit
-    # destructors and published-answer mappings must outlive that.
-    extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-Wl,-z,defs", "-Wl,-z,nodelete", "-lpthread"],
-)
+def shim(api: str, soname: str) -> Extension:
+    """One driver library: the shared transport, the API's core, its generated stubs."""
+    generated = str(GENERATED.relative_to(ROOT))
+    return Extension(
+        f"vgpu._native.libvgpu-{api}",
+        sources=["native/common/transport.c", "native/common/marshal.c", f"native/{api}/{api}_shim.c",
+                 f"{generated}/{api}_generated.c"],
+        include_dirs=["native/common", f"native/{api}", generated],
+        extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        # nodelete: clients such as Ollama dlclose the library after each query; thread-exit
+        # destructors and published-answer mappings must outlive that.
+        extra_link_args=[f"-Wl,-soname,{soname}", "-Wl,-z,defs", "-Wl,-z,nodelete", "-lpthread"],
+    )
 
-setup(ext_modules=[nvml], cmdclass={"build_ext": BuildNative})
+
+setup(ext_modules=[shim("nvml", "libnvidia-ml.so.1"), shim("cuda", "libcuda.so.1")],
+      cmdclass={"build_ext": BuildNative})

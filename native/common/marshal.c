@@ -200,8 +200,24 @@ static size_t published_key(const vgpu_function *fn, const uint8_t *req, size_t 
     return out;
 }
 
+static void log_unsupported(vgpu_api *api, const vgpu_function *fn) {
+    unsigned index = fn->op - api->op_base;
+    if (!api->logged) {
+        unsigned char *fresh = calloc(api->op_count, 1);
+        unsigned char *expected = NULL;
+        if (fresh && !__atomic_compare_exchange_n(&api->logged, &expected, fresh, 0, __ATOMIC_SEQ_CST,
+                                                  __ATOMIC_SEQ_CST))
+            free(fresh);
+    }
+    if (api->logged && index < api->op_count && !__atomic_exchange_n(&api->logged[index], 1, __ATOMIC_SEQ_CST))
+        vgpu_log(2, api->prefix, "%s is not implemented: answered \"not supported\"", fn->name);
+}
+
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc) {
-    if (!vgpu_implemented(api, fn->op)) return VGPU_CALL_UNSUPPORTED;
+    if (!vgpu_implemented(api, fn->op)) {
+        log_unsupported(api, fn);
+        return VGPU_CALL_UNSUPPORTED;
+    }
     static __thread out_buf request;
     request.len = 0;
     int status = encode(fn, args, &request);

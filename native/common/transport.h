@@ -23,6 +23,7 @@ typedef struct vgpu_api {
     int generation;            /* bumped by vgpu_open; older connections reconnect */
     int lost;                  /* set when a connection failed mid-session */
     const uint8_t *published;  /* vgpud's published answers, mapped read-only, or NULL */
+    unsigned char *logged;     /* ops already logged as not implemented */
 } vgpu_api;
 
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */

@@ -4,13 +4,11 @@
 #define NVML_NO_UNVERSIONED_FUNC_DEFS
 #include <nvml.h>
 #include <pthread.h>
-#include <stdlib.h>
 
 #include "nvml_shim.h"
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static int init_count;
-static unsigned char *logged_unsupported;
 
 static vgpu_api api = {.name = "nvml", .prefix = "vgpu-nvml"};
 
@@ -25,7 +23,6 @@ static nvmlReturn_t init_with_flags(unsigned int flags) {
     api.digest = vgpu_nvml_digest;
     api.op_base = vgpu_nvml_op_base;
     api.op_count = vgpu_nvml_op_count;
-    if (!logged_unsupported) logged_unsupported = calloc(vgpu_nvml_op_count, 1);
     int rc = vgpu_open(&api);
     nvmlReturn_t result = NVML_SUCCESS;
     if (rc == VGPU_OK) init_count = 1;
@@ -59,13 +56,8 @@ int vgpu_nvml_dispatch(const vgpu_function *fn, void *const *args) {
     case VGPU_CALL_DONE:
         vgpu_log(3, api.prefix, "%s -> %d", fn->name, rc);
         return rc;
-    case VGPU_CALL_UNSUPPORTED: {
-        unsigned index = fn->op - api.op_base;
-        if (logged_unsupported && index < api.op_count &&
-            !__atomic_exchange_n(&logged_unsupported[index], 1, __ATOMIC_SEQ_CST))
-            vgpu_log(2, api.prefix, "%s is not implemented: NVML_ERROR_NOT_SUPPORTED", fn->name);
+    case VGPU_CALL_UNSUPPORTED:
         return NVML_ERROR_NOT_SUPPORTED;
-    }
     case VGPU_CALL_BAD_HANDLE:
         return NVML_ERROR_INVALID_ARGUMENT;
     default:

@@ -69,6 +69,7 @@ def _descriptor(api: Api, function: Function, index: int) -> str:
 
 
 def _stub(api: Api, function: Function, prefix: str) -> str:
+    """The function's parameter table and, unless the shim's core defines it, its export."""
     descriptors = ",\n    ".join(_descriptor(api, function, i) for i in range(len(function.params)))
     name = function.name
     params_c = ", ".join(c_decl(p.type, p.name) for p in function.params) or "void"
@@ -76,48 +77,75 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
     fields = "".join(_handle_fields(api, function, i) for i in range(len(function.params)))
     table = fields + (f"static const vgpu_param P_{name}[] = {{\n    {descriptors}\n}};\n" if function.params else "")
     wait = function.wait_param if function.wait_param is not None else -1
-    return (
-        f"{table}static const vgpu_function F_{name} = "
+    text = (
+        f"{table}const vgpu_function {prefix}_fn_{name} = "
         f'{{"{name}", 0x{function.op:04x}, {len(function.params)}, {wait}, {int(function.published)}, '
         f"{f'P_{name}' if function.params else 'NULL'}}};\n"
+    )
+    if function.local:
+        return text
+    return text + (
         f"VGPU_EXPORT {c_decl(function.returns, name)}({params_c}) {{\n"
-        + (f"    void *const args[] = {{{args}}};\n" if function.params else "    void *const *args = NULL;\n")
-        + f"    return ({c_decl(function.returns)}){prefix}_dispatch(&F_{name}, args);\n}}\n"
+        + (f"    void *const vgpu_args[] = {{{args}}};\n" if function.params else "    void *const *vgpu_args = NULL;\n")
+        + f"    return ({c_decl(function.returns)}){prefix}_dispatch(&{prefix}_fn_{name}, vgpu_args);\n}}\n"
     )
 
 
-def nvml_source(api: Api) -> str:
-    errors = api.annotations["error_strings"]
-    codes = api.enum("nvmlReturn_enum")
-    cases = "\n".join(f'    case {codes[name]}: return "{text}";' for name, text in errors.items())
-    stubs = "\n".join(_stub(api, f, "vgpu_nvml") for f in api.functions if not f.local)
-    first = api.functions[0].op
-    return f"""/* Generated from vgpu/api/nvml.json by vgpu.api.gen_c; do not edit. */
-#define NVML_NO_UNVERSIONED_FUNC_DEFS
+def _switch(function: str, cases: dict[int, str], default: str) -> str:
+    body = "\n".join(f'    case {code}: return "{text}";' for code, text in cases.items())
+    fallback = f'"{default}"' if default else "NULL"
+    return f"const char *{function}(int code) {{\n    switch (code) {{\n{body}\n    default: return {fallback};\n    }}\n}}\n"
+
+
+def api_source(api: Api, prelude: str, prefix: str, error_enum: str, unknown_text: str) -> str:
+    """One API's generated C: digest and op range, nvmlErrorString-style texts, every stub."""
+    codes = api.enum(error_enum)
+    texts = {codes[name]: text for name, text in api.annotations["error_strings"].items()}
+    stubs = "\n".join(_stub(api, f, prefix) for f in api.functions)
+    return f"""/* Generated from vgpu/api/{api.name}.json by vgpu.api.gen_c; do not edit. */
+{prelude}
 #include <stddef.h>
-#include <nvml.h>
 #include "marshal.h"
-#include "nvml_shim.h"
+#include "{api.name}_shim.h"
 
-const char vgpu_nvml_digest[] = "{api.digest}";
-const unsigned vgpu_nvml_op_base = 0x{first:04x};
-const unsigned vgpu_nvml_op_count = {len(api.functions)};
+const char {prefix}_digest[] = "{api.digest}";
+const unsigned {prefix}_op_base = 0x{api.functions[0].op:04x};
+const unsigned {prefix}_op_count = {len(api.functions)};
 
-const char *vgpu_nvml_error_text(int code) {{
-    switch (code) {{
-{cases}
-    default: return "Unknown Error";
-    }}
-}}
-
+{_switch(f"{prefix}_error_text", texts, unknown_text)}
 {stubs}"""
+
+
+def cuda_extras(api: Api) -> str:
+    """cuGetErrorName's names and cuGetProcAddress's table (name, version, symbols)."""
+    names: dict[int, str] = {}
+    for name, code in sorted(api.enum("cudaError_enum").items(), key=lambda item: item[1]):
+        names.setdefault(code, name)
+    rows = []
+    for name, versions in sorted(api.raw["proc_address"].items()):
+        for version, symbol, per_thread, per_thread_version in versions:
+            thread_symbol = f"(void *){per_thread}" if per_thread else "NULL"
+            rows.append(f'    {{"{name}", {version}, (void *){symbol}, {thread_symbol}, {per_thread_version}}},')
+    return f"""
+{_switch("vgpu_cuda_error_name", names, "")}
+const vgpu_proc_entry vgpu_cuda_procs[] = {{
+{chr(10).join(rows)}
+}};
+const unsigned vgpu_cuda_proc_count = {len(rows)};
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
     (out / "vgpu_wire.h").write_text(protocol.c_header())
-    (out / "nvml_generated.c").write_text(nvml_source(load("nvml")))
+    (out / "nvml_generated.c").write_text(api_source(
+        load("nvml"), "#define NVML_NO_UNVERSIONED_FUNC_DEFS\n#include <nvml.h>", "vgpu_nvml",
+        "nvmlReturn_enum", "Unknown Error"))
+    cuda = load("cuda")
+    (out / "cuda_generated.c").write_text(api_source(
+        cuda, "#define __CUDA_API_VERSION_INTERNAL\n#include <cuda.h>", "vgpu_cuda", "cudaError_enum", "")
+        + cuda_extras(cuda))
     return 0
 
 

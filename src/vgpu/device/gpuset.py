@@ -51,6 +51,18 @@ class GpuSet:
     cuda_version: int = DEFAULT_CUDA_VERSION
 
 
+def parse_pci_bus_id(text: bytes) -> tuple[int, int, int] | None:
+    """(domain, bus, device) from "0000:18:00.0", "00000000:18:00.0" or "18:00.0", any case."""
+    try:
+        parts = text.decode().strip().lower().split(":")
+        if len(parts) == 2:
+            parts.insert(0, "0")
+        domain, bus, rest = parts
+        return int(domain, 16), int(bus, 16), int(rest.split(".")[0], 16)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _bus(index: int) -> int:
     return _BUSES[index] if index < len(_BUSES) else 0xE0 + index - len(_BUSES)
 

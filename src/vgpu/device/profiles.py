@@ -12,6 +12,8 @@ from functools import cache
 from pathlib import Path
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
+#: per-architecture CUDA attributes live beside the profiles (vgpu.device.cuda_attributes)
+ARCHITECTURES = PROFILE_DIR / "architectures.toml"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Profile:
     memory_total_mib: int
     memory_reserved_mib: int
     cuda_total_mib: int
+    l2_cache_mib: int
     bus_width: int
     max_sm_clock_mhz: int
     max_mem_clock_mhz: int
@@ -73,7 +76,7 @@ def _load(path: Path) -> Profile:
 @cache
 def all_profiles() -> dict[str, Profile]:
     """Every profile, by key, in file-name order."""
-    return {p.key: p for p in map(_load, sorted(PROFILE_DIR.glob("*.toml")))}
+    return {p.key: p for p in map(_load, sorted(set(PROFILE_DIR.glob("*.toml")) - {ARCHITECTURES}))}
 
 
 def get(key: str) -> Profile:

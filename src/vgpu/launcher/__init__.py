@@ -22,7 +22,8 @@ from vgpu.wire.client import Client, DaemonUnavailable
 
 NATIVE_DIR = Path(__file__).resolve().parent.parent / "_native"
 #: library file in the package -> the names applications dlopen
-LIBRARIES = {"libvgpu-nvml.so": ("libnvidia-ml.so.1", "libnvidia-ml.so")}
+LIBRARIES = {"libvgpu-nvml.so": ("libnvidia-ml.so.1", "libnvidia-ml.so"),
+             "libvgpu-cuda.so": ("libcuda.so.1", "libcuda.so")}
 
 
 class LaunchError(RuntimeError):

@@ -19,19 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vgpu.api.manifest import Kind, load
-from vgpu.device.events import EventSet
-from vgpu.device.gpu import Gpu
 from vgpu.server import control
-from vgpu.server.nvml_service import C, INVALID, NvmlService, device_handle_id
+from vgpu.server.cuda_service import CudaService
+from vgpu.server.dispatch import ApiDispatcher
+from vgpu.server.nvml_service import NvmlService
 from vgpu.server.published import Published
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire import protocol
-from vgpu.wire.codec import DecodeError, FunctionCodec, I32
+from vgpu.wire.codec import DecodeError
 from vgpu.wire.protocol import FLAG_REPLY, Frame, FrameParser, ProtocolError
 
 log = logging.getLogger("vgpud")
-_REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
 _PEERCRED = struct.Struct("3i")
 #: a client that does not take its replies within this time is disconnected
 SEND_TIMEOUT_S = 5.0
@@ -53,64 +51,12 @@ class Connection:
             self.sock.sendall(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
 
 
-class NvmlDispatcher:
-    """Turns NVML frames into NvmlService calls and their replies."""
-
-    def __init__(self, state: DaemonState) -> None:
-        self.api = load("nvml")
-        self.state = state
-        self.service = NvmlService(state)
-        self.codecs = {f.op: FunctionCodec(self.api, f) for f in self.api.functions if f.name in self.service.implemented}
-        self.methods = {op: getattr(self.service, codec.function.name) for op, codec in self.codecs.items()}
-        bitmap = bytearray((len(self.api.functions) + 7) // 8)
-        for op in self.codecs:
-            index = op - self.api.functions[0].op
-            bitmap[index // 8] |= 1 << (index % 8)
-        self.bitmap = bytes(bitmap)
-
-    def _resolve(self, handle_type: str, handle_id: int, session: Session) -> Any:
-        if handle_type == "nvmlDevice_t" and 1 <= handle_id <= len(self.state.gpus):
-            return self.state.gpus[handle_id - 1]
-        if handle_type == "nvmlEventSet_t":
-            return self.state.events.get(handle_id, session.id)
-        return None
-
-    @staticmethod
-    def handle_id(obj: Any) -> int:
-        if isinstance(obj, Gpu):
-            return device_handle_id(obj)
-        if isinstance(obj, EventSet):
-            return obj.id
-        raise TypeError(f"no handle id for {obj!r}")
-
-    def call(self, session: Session, op: int, payload: bytes) -> bytes:
-        codec = self.codecs.get(op)
-        if codec is None:
-            return I32.pack(C["NVML_ERROR_NOT_SUPPORTED"])
-        args = codec.decode(payload)
-        for index, param in enumerate(codec.function.params):
-            if param.kind is Kind.HANDLE:
-                obj = self._resolve(param.handle, args[index], session)
-                if obj is None:
-                    return codec.encode_reply(INVALID, args, self.handle_id)
-                if isinstance(obj, Gpu) and obj.lost:
-                    return codec.encode_reply(C["NVML_ERROR_GPU_IS_LOST"], args, self.handle_id)
-                args[index] = obj
-            elif param.kind in _REQUIRED_OUTPUTS and args[index] is None:
-                return codec.encode_reply(INVALID, args, self.handle_id)
-        try:
-            rc = self.methods[op](session, *args)
-        except Exception:
-            log.exception("%s failed in vgpud", codec.function.name)
-            rc = C["NVML_ERROR_UNKNOWN"]
-        return codec.encode_reply(rc, args, self.handle_id)
-
-
 class Daemon:
     def __init__(self, state: DaemonState, socket_path: Path) -> None:
         self.state = state
         self.socket_path = socket_path
-        self.nvml = NvmlDispatcher(state)
+        #: one dispatcher per API, by the name the handshake gives
+        self.apis = {"nvml": ApiDispatcher(NvmlService(state)), "cuda": ApiDispatcher(CudaService(state))}
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
         self.published: Published | None = None
@@ -136,7 +82,7 @@ class Daemon:
         listener.listen(128)
         self._listener = listener
         self.published = Published(path.with_name(path.name + ".published"),
-                                   lambda op, payload: self.nvml.call(self._own_session, op, payload),
+                                   lambda op, payload: self._dispatcher(op).call(self._own_session, op, payload),
                                    per_op_limit=8 * len(self.state.gpus))
 
     def serve_forever(self) -> None:
@@ -210,9 +156,15 @@ class Daemon:
             log.exception("closing connection of pid %d after an internal error", conn.pid)
             self._close(selector, conn)
 
+    def _dispatcher(self, op: int) -> ApiDispatcher | None:
+        for dispatcher in self.apis.values():
+            if dispatcher.api.by_op(op) is not None:
+                return dispatcher
+        return None
+
     def _blocking(self, frame: Frame) -> bool:
-        function = self.nvml.api.by_op(frame.op)
-        return function is not None and function.wait_param is not None
+        dispatcher = self._dispatcher(frame.op)
+        return dispatcher is not None and dispatcher.api.by_op(frame.op).wait_param is not None
 
     def _answer(self, conn: Connection, frame: Frame) -> None:
         """A call that may wait, on its own thread; a failure closes the socket, and the selector the rest."""
@@ -235,11 +187,12 @@ class Daemon:
             status, message = protocol.HELLO_BAD_VERSION, (
                 f"protocol version {version} not served (vgpud speaks {protocol.PROTOCOL_VERSION}); "
                 "use the vgpu libraries from the same install as vgpud")
-        elif api == "nvml":
-            bitmap = self.nvml.bitmap
-            if digest != self.nvml.api.digest:
+        elif api in self.apis:
+            served = self.apis[api]
+            bitmap = served.bitmap
+            if digest != served.api.digest:
                 status, message = protocol.HELLO_BAD_DIGEST, (
-                    f"NVML manifest {digest[:12]} differs from vgpud's {self.nvml.api.digest[:12]}; "
+                    f"{api} manifest {digest[:12]} differs from vgpud's {served.api.digest[:12]}; "
                     "use the vgpu libraries from the same install as vgpud")
         elif api != "control":
             status, message = protocol.HELLO_UNKNOWN_API, f"unknown API {api!r}"
@@ -247,7 +200,7 @@ class Daemon:
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
                                           session.connections if session else 0, len(bitmap))
-        published = str(self.published.path).encode() if api == "nvml" else b""
+        published = str(self.published.path).encode() if api in self.apis else b""
         conn.send(frame, reply + bitmap + struct.pack("<H", len(text)) + text
                   + struct.pack("<H", len(published)) + published)
         if session is None:
@@ -265,11 +218,11 @@ class Daemon:
             reply = json.dumps(control.handle(self, session, request)).encode()
             self.published.refresh()  # control requests change what GPUs report
             return reply
-        function = self.nvml.api.by_op(frame.op)
-        if function is not None:
-            reply = self.nvml.call(session, frame.op, frame.payload)
-            if function.published and function.name in self.nvml.service.implemented:
-                key = self.nvml.codecs[frame.op].published_key(frame.payload)
-                self.published.file(key, frame.op, frame.payload, reply)
+        dispatcher = self._dispatcher(frame.op)
+        if dispatcher is not None:
+            reply = dispatcher.call(session, frame.op, frame.payload)
+            codec = dispatcher.codecs.get(frame.op)
+            if codec is not None and codec.function.published:
+                self.published.file(codec.published_key(frame.payload), frame.op, frame.payload, reply)
             return reply
         raise ProtocolError(f"unknown op 0x{frame.op:04x}")

@@ -19,6 +19,7 @@ from typing import Any
 from vgpu.api.manifest import load
 from vgpu.device.events import EventSet
 from vgpu.device.gpu import Gpu
+from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire.codec import Buffer, HandleOut
 
@@ -52,25 +53,37 @@ def _string(buffer: Buffer, text: str) -> int:
     return SUCCESS
 
 
-def _parse_bus_id(text: bytes) -> tuple[int, int, int] | None:
-    """(domain, bus, device) from "0000:18:00.0", "00000000:18:00.0" or "18:00.0"."""
-    try:
-        parts = text.decode().strip().lower().split(":")
-        if len(parts) == 2:
-            parts.insert(0, "0")
-        domain, bus, rest = parts
-        device = rest.split(".")[0]
-        return int(domain, 16), int(bus, 16), int(device, 16)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 class NvmlService:
     """The NVML functions vgpud serves."""
+
+    api = API
+    INVALID_HANDLE = INVALID_ARGUMENT = INVALID
+    NOT_SUPPORTED = NOT_SUPPORTED
+    INTERNAL_ERROR = C["NVML_ERROR_UNKNOWN"]
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
         self.implemented = {f.name for f in API.functions if f.marshallable and hasattr(self, f.name)}
+
+    def resolve(self, handle_type: str, handle_id: int, session: Session) -> Any:
+        if handle_type == "nvmlDevice_t" and 1 <= handle_id <= len(self.state.gpus):
+            return self.state.gpus[handle_id - 1]
+        if handle_type == "nvmlEventSet_t":
+            return self.state.events.get(handle_id, session.id)
+        return None
+
+    @staticmethod
+    def handle_id(obj: Any) -> int:
+        if isinstance(obj, Gpu):
+            return device_handle_id(obj)
+        if isinstance(obj, EventSet):
+            return obj.id
+        raise TypeError(f"no handle id for {obj!r}")
+
+    @staticmethod
+    def refusal(obj: Any) -> int | None:
+        """A lost GPU answers nothing but NVML_ERROR_GPU_IS_LOST."""
+        return C["NVML_ERROR_GPU_IS_LOST"] if isinstance(obj, Gpu) and obj.lost else None
 
     # system -------------------------------------------------------------------------
     def nvmlSystemGetDriverVersion(self, s: Session, version: Buffer, length: int) -> int:
@@ -134,7 +147,7 @@ class NvmlService:
         return self._handle_where(device, lambda g: g.ident.serial.encode() == serial)
 
     def nvmlDeviceGetHandleByPciBusId_v2(self, s: Session, pciBusId: bytes | None, device: HandleOut) -> int:
-        wanted = _parse_bus_id(pciBusId) if pciBusId is not None else None
+        wanted = parse_pci_bus_id(pciBusId) if pciBusId is not None else None
         if wanted is None:
             return INVALID
         return self._handle_where(device, lambda g: (0, g.ident.pci_bus, 0) == wanted)

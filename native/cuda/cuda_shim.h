@@ -1,0 +1,28 @@
+/* The CUDA driver shim's hand-written core, shared with the generated stubs. */
+#pragma once
+#include "marshal.h"
+
+#define VGPU_EXPORT __attribute__((visibility("default")))
+
+extern const char vgpu_cuda_digest[];
+extern const unsigned vgpu_cuda_op_base;
+extern const unsigned vgpu_cuda_op_count;
+
+/* One row of cuGetProcAddress's table, generated from cudaTypedefs.h: the symbol for a name
+ * from a CUDA version on, and its per-thread-default-stream variant from its own version on. */
+typedef struct vgpu_proc_entry {
+    const char *name;
+    int version;
+    void *symbol;
+    void *per_thread;
+    int per_thread_version;
+} vgpu_proc_entry;
+
+extern const vgpu_proc_entry vgpu_cuda_procs[];
+extern const unsigned vgpu_cuda_proc_count;
+extern const vgpu_function vgpu_cuda_fn_cuDriverGetVersion;
+
+const char *vgpu_cuda_error_text(int code);
+const char *vgpu_cuda_error_name(int code);
+/* Run one generated stub's call through vgpud, with the driver's answers for every failure. */
+int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);

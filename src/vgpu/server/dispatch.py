@@ -1,0 +1,71 @@
+"""From frames to service calls and back, for any API described by a manifest.
+
+A service (NvmlService, CudaService) names its methods after the API's functions and
+says how its handles resolve, which objects refuse calls (a lost GPU) and which codes
+mean "invalid handle", "invalid argument", "not supported" and "internal error".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from vgpu.api.manifest import Api, Kind
+from vgpu.server.state import Session
+from vgpu.wire.codec import I32, FunctionCodec
+
+log = logging.getLogger("vgpud")
+_REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
+
+
+class Service(Protocol):
+    api: Api
+    implemented: set[str]
+    INVALID_HANDLE: int
+    INVALID_ARGUMENT: int
+    NOT_SUPPORTED: int
+    INTERNAL_ERROR: int
+
+    def resolve(self, handle_type: str, handle_id: int, session: Session) -> Any: ...
+
+    def handle_id(self, obj: Any) -> int: ...
+
+    def refusal(self, obj: Any) -> int | None: ...
+
+
+class ApiDispatcher:
+    def __init__(self, service: Service) -> None:
+        self.api = service.api
+        self.service = service
+        self.codecs = {f.op: FunctionCodec(self.api, f) for f in self.api.functions if f.name in service.implemented}
+        self.methods = {op: getattr(service, codec.function.name) for op, codec in self.codecs.items()}
+        bitmap = bytearray((len(self.api.functions) + 7) // 8)
+        for op in self.codecs:
+            index = op - self.api.functions[0].op
+            bitmap[index // 8] |= 1 << (index % 8)
+        #: the ops served, sent to the shim in the handshake
+        self.bitmap = bytes(bitmap)
+
+    def call(self, session: Session, op: int, payload: bytes) -> bytes:
+        service = self.service
+        codec = self.codecs.get(op)
+        if codec is None:
+            return I32.pack(service.NOT_SUPPORTED)
+        args = codec.decode(payload)
+        for index, param in enumerate(codec.function.params):
+            if param.kind is Kind.HANDLE:
+                obj = service.resolve(param.handle, args[index], session)
+                if obj is None:
+                    return codec.encode_reply(service.INVALID_HANDLE, args, service.handle_id)
+                refusal = service.refusal(obj)
+                if refusal is not None:
+                    return codec.encode_reply(refusal, args, service.handle_id)
+                args[index] = obj
+            elif param.kind in _REQUIRED_OUTPUTS and args[index] is None:
+                return codec.encode_reply(service.INVALID_ARGUMENT, args, service.handle_id)
+        try:
+            rc = self.methods[op](session, *args)
+        except Exception:
+            log.exception("%s failed in vgpud", codec.function.name)
+            rc = service.INTERNAL_ERROR
+        return codec.encode_reply(rc, args, service.handle_id)

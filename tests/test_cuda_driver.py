@@ -1,0 +1,165 @@
+"""libvgpu-cuda.so (libcuda.so.1): exports, cuGetProcAddress, versions and devices,
+through cuda-python's driver bindings and nvitop's own libcuda wrapper."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from tests.conftest import run_python
+from vgpu.api.manifest import load
+from vgpu.device.gpuset import parse
+from vgpu.launcher import library_path
+
+API = load("cuda")
+C = API.constants
+SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return ctypes.CDLL(str(library_path("libvgpu-cuda.so")))
+
+
+def address(lib, name: str) -> int:
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+
+
+def test_exports_every_function_of_cuda_h_under_every_name():
+    with open(library_path("libvgpu-cuda.so"), "rb") as handle:
+        elf = ELFFile(handle)
+        exported = {s.name for s in elf.get_section_by_name(".dynsym").iter_symbols()
+                    if s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] != "SHN_UNDEF"}
+        soname = [t.soname for t in elf.get_section_by_name(".dynamic").iter_tags() if t.entry.d_tag == "DT_SONAME"]
+    assert soname == ["libcuda.so.1"]
+    assert exported == {f.name for f in API.functions}
+    for name in ("cuMemAlloc", "cuMemAlloc_v2", "cuMemcpyHtoD_v2_ptds", "cuStreamSynchronize_ptsz",
+                 "cuCtxCreate_v4", "cuGetProcAddress_v2", "cuLogsRegisterCallback"):
+        assert name in exported
+
+
+@pytest.mark.parametrize("name,version,flags,symbol", [
+    ("cuMemAlloc", 2000, 0, "cuMemAlloc"),
+    ("cuMemAlloc", 3020, 0, "cuMemAlloc_v2"),
+    ("cuMemAlloc", 13000, 0, "cuMemAlloc_v2"),
+    ("cuCtxGetDevice", 12090, 0, "cuCtxGetDevice"),
+    ("cuCtxGetDevice", 13000, 0, "cuCtxGetDevice_v2"),
+    ("cuCtxSynchronize", 13000, 0, "cuCtxSynchronize_v2"),
+    ("cuMemPrefetchAsync", 12010, 0, "cuMemPrefetchAsync"),
+    ("cuMemPrefetchAsync", 12020, 0, "cuMemPrefetchAsync_v2"),
+    ("cuMemAdvise", 12020, 0, "cuMemAdvise_v2"),
+    ("cuGetProcAddress", 11030, 0, "cuGetProcAddress"),
+    ("cuGetProcAddress", 12000, 0, "cuGetProcAddress_v2"),
+    ("cuMemcpyHtoD", 13000, 2, "cuMemcpyHtoD_v2_ptds"),      # per-thread default stream
+    ("cuMemcpyHtoD", 13000, 1, "cuMemcpyHtoD_v2"),           # legacy stream
+    ("cuStreamSynchronize", 13000, 2, "cuStreamSynchronize_ptsz"),
+    ("cuStreamSynchronize", 6050, 2, "cuStreamSynchronize"),  # before per-thread streams existed
+])
+def test_get_proc_address(lib, name, version, flags, symbol):
+    pfn, status = ctypes.c_void_p(), ctypes.c_int(-1)
+    assert lib.cuGetProcAddress_v2(name.encode(), ctypes.byref(pfn), version, ctypes.c_uint64(flags),
+                                   ctypes.byref(status)) == 0
+    assert status.value == C["CU_GET_PROC_ADDRESS_SUCCESS"]
+    assert pfn.value == address(lib, symbol)
+
+
+def test_get_proc_address_misses(lib):
+    pfn, status = ctypes.c_void_p(1), ctypes.c_int(-1)
+    assert lib.cuGetProcAddress_v2(b"cuMemAlloc", ctypes.byref(pfn), 1000, ctypes.c_uint64(0),
+                                   ctypes.byref(status)) == C["CUDA_ERROR_NOT_FOUND"]
+    assert status.value == C["CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT"] and pfn.value is None
+    for name in (b"", b"cuNoSuchThing", b"cuGLGetDevices_missing"):
+        assert lib.cuGetProcAddress_v2(name, ctypes.byref(pfn), 13000, ctypes.c_uint64(0),
+                                       ctypes.byref(status)) == C["CUDA_ERROR_NOT_FOUND"]
+        assert status.value == C["CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND"]
+    assert lib.cuGetProcAddress(b"cuInit", None, 13000, ctypes.c_uint64(0)) == C["CUDA_ERROR_INVALID_VALUE"]
+
+
+def test_error_names_and_strings(lib):
+    text = ctypes.c_char_p()
+    for name, code in API.enum("cudaError_enum").items():
+        assert lib.cuGetErrorName(code, ctypes.byref(text)) == 0
+        assert text.value.decode() in {n for n, c in API.enum("cudaError_enum").items() if c == code}
+        assert lib.cuGetErrorString(code, ctypes.byref(text)) == 0 and text.value
+    assert lib.cuGetErrorString(C["CUDA_ERROR_OUT_OF_MEMORY"], ctypes.byref(text)) == 0
+    assert text.value == b"out of memory"
+    assert lib.cuGetErrorName(12345, ctypes.byref(text)) == C["CUDA_ERROR_INVALID_VALUE"] and text.value is None
+
+
+DEVICES = """
+import json
+from cuda.bindings import driver as cu
+out = {"before_init": int(cu.cuDeviceGetCount()[0])}
+out["init"] = int(cu.cuInit(0)[0])
+out["version"] = cu.cuDriverGetVersion()[1]
+count = cu.cuDeviceGetCount()[1]
+A = cu.CUdevice_attribute
+devices = []
+for i in range(count):
+    d = cu.cuDeviceGet(i)[1]
+    attr = lambda a: cu.cuDeviceGetAttribute(a, d)[1]
+    bus = cu.cuDeviceGetPCIBusId(32, d)[1].split(b"\\0")[0]
+    devices.append({
+        "name": cu.cuDeviceGetName(96, d)[1].split(b"\\0")[0].decode(),
+        "uuid": bytes(cu.cuDeviceGetUuid(d)[1].bytes).hex(),
+        "total": cu.cuDeviceTotalMem(d)[1],
+        "sms": attr(A.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        "cc": [attr(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR), attr(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)],
+        "threads": attr(A.CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK),
+        "warp": attr(A.CU_DEVICE_ATTRIBUTE_WARP_SIZE),
+        "vmm": attr(A.CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED),
+        "ecc": attr(A.CU_DEVICE_ATTRIBUTE_ECC_ENABLED),
+        "pci_bus": attr(A.CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+        "bus_id": bus.decode(),
+        "by_bus": int(cu.cuDeviceGetByPCIBusId(bus)[1]),
+    })
+out["devices"] = devices
+out["bad_device"] = int(cu.cuDeviceGetName(96, cu.CUdevice(99))[0])
+out["bad_attribute"] = int(cu.cuDeviceGetAttribute(9999, cu.cuDeviceGet(0)[1])[0])
+out["alloc"] = int(cu.cuMemAlloc(1024)[0])
+print(json.dumps(out))
+"""
+
+
+def test_devices_through_cuda_python(vgpud):
+    result = run_python(DEVICES, vgpud.env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["before_init"] == C["CUDA_ERROR_NOT_INITIALIZED"] and out["init"] == 0
+    assert out["version"] == SET.cuda_version
+    assert len(out["devices"]) == 4
+    for index, (device, ident) in enumerate(zip(out["devices"], SET.gpus)):
+        p = ident.profile
+        assert device["name"] == p.name
+        assert device["uuid"] == ident.uuid_bytes.hex(), "the same 16 bytes NVML prints"
+        assert device["total"] == p.cuda_total_mib << 20 < p.memory_total_mib << 20
+        assert device["sms"] == p.sm_count and device["cc"] == list(p.compute_capability)
+        assert device["threads"] == 1024 and device["warp"] == 32 and device["vmm"] == 1
+        assert device["ecc"] == int(p.ecc) and device["pci_bus"] == ident.pci_bus
+        assert device["bus_id"] == ident.pci_bus_id_legacy and device["by_bus"] == index
+    assert out["bad_device"] == C["CUDA_ERROR_INVALID_DEVICE"]
+    assert out["bad_attribute"] == C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["alloc"] == C["CUDA_ERROR_NOT_SUPPORTED"], "memory comes with the next step"
+
+
+def test_nvitop_maps_cuda_devices_to_nvml_devices(vgpud):
+    """nvitop asks libcuda for each CUDA device's UUID and finds the NVML device with it."""
+    result = run_python("from nvitop import Device\nprint(Device.parse_cuda_visible_devices())", vgpud.env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 1, 2, 3]"
+
+
+def test_no_daemon_means_no_device(tmp_path):
+    from vgpu import launcher
+
+    env = launcher.client_environment(tmp_path / "nobody.sock")
+    result = run_python("from cuda.bindings import driver as cu\n"
+                        "print(int(cu.cuInit(0)[0]), cu.cuDriverGetVersion()[1], int(cu.cuDeviceGetCount()[0]))", env)
+    init, version, count = result.stdout.split()
+    assert int(init) == C["CUDA_ERROR_NO_DEVICE"]
+    assert int(version) == API.constants["CUDA_VERSION"], "the version still answers, from the header"
+    assert int(count) == C["CUDA_ERROR_NOT_INITIALIZED"]
+    assert result.stderr.count("no vgpud") == 1
