@@ -163,3 +163,25 @@ def test_no_daemon_means_no_device(tmp_path):
     assert int(version) == API.constants["CUDA_VERSION"], "the version still answers, from the header"
     assert int(count) == C["CUDA_ERROR_NOT_INITIALIZED"]
     assert result.stderr.count("no vgpud") == 1
+
+
+@pytest.mark.parametrize("visible,expected", [
+    ("2,0", [2, 0]),
+    ("3", [3]),
+    ("1,9,0", [1]),            # the list ends at a device that does not exist
+    ("0,0,1", [0]),            # ... or at a repeat
+    ("GPU-{l4}", [2]),         # a full UUID
+    ("{l4_prefix},1", [2, 1]), # a UUID prefix without "GPU-"
+])
+def test_cuda_visible_devices(vgpud, visible, expected):
+    l4 = SET.gpus[2].uuid.removeprefix("GPU-")
+    env = {**vgpud.env, "CUDA_VISIBLE_DEVICES": visible.format(l4=l4, l4_prefix=l4[:8])}
+    result = run_python("from nvitop import Device\nprint(Device.parse_cuda_visible_devices())", env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(expected)
+
+
+def test_no_visible_device_fails_init(vgpud):
+    env = {**vgpud.env, "CUDA_VISIBLE_DEVICES": ""}
+    result = run_python("from cuda.bindings import driver as cu\nprint(int(cu.cuInit(0)[0]))", env)
+    assert int(result.stdout) == C["CUDA_ERROR_NO_DEVICE"]

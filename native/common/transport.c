@@ -226,7 +226,12 @@ static int handshake(vgpu_api *api, vgpu_conn *conn) {
     char exe[512];
     ssize_t exe_len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (exe_len < 0) exe_len = 0;
-    uint8_t req[VGPU_HELLO_REQUEST_SIZE + 2 + sizeof exe];
+    /* The environment the driver honours, as it is now (a program may have set it after start). */
+    const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+    char env[1024];
+    int env_len = visible ? snprintf(env, sizeof env, "CUDA_VISIBLE_DEVICES=%s", visible) : 0;
+    if (env_len < 0 || env_len >= (int)sizeof env) env_len = 0;
+    uint8_t req[VGPU_HELLO_REQUEST_SIZE + 2 + sizeof exe + 2 + sizeof env];
     memset(req, 0, sizeof req);
     uint32_t version = VGPU_PROTOCOL_VERSION;
     memcpy(req, VGPU_MAGIC, 4);
@@ -236,9 +241,13 @@ static int handshake(vgpu_api *api, vgpu_conn *conn) {
     uint16_t exe16 = (uint16_t)exe_len;
     memcpy(req + VGPU_HELLO_REQUEST_SIZE, &exe16, 2);
     memcpy(req + VGPU_HELLO_REQUEST_SIZE + 2, exe, (size_t)exe_len);
+    size_t env_at = VGPU_HELLO_REQUEST_SIZE + 2 + (size_t)exe_len;
+    uint16_t env16 = (uint16_t)env_len;
+    memcpy(req + env_at, &env16, 2);
+    memcpy(req + env_at + 2, env, (size_t)env_len);
     const uint8_t *reply;
     size_t reply_len;
-    int rc = exchange(conn, VGPU_OP_HELLO, req, VGPU_HELLO_REQUEST_SIZE + 2 + (size_t)exe_len, &reply, &reply_len, 0);
+    int rc = exchange(conn, VGPU_OP_HELLO, req, env_at + 2 + (size_t)env_len, &reply, &reply_len, 0);
     if (rc != VGPU_OK) return rc;
     if (reply_len < VGPU_HELLO_REPLY_SIZE) return VGPU_LOST;
     int32_t status;

@@ -25,17 +25,30 @@ static int connect_locked(void) {
     return rc;
 }
 
+/* How many GPUs this process sees (CUDA_VISIBLE_DEVICES applied by vgpud), or -1. */
+static int visible_count(void) {
+    int count = 0, *where = &count;
+    int32_t rc = CUDA_ERROR_UNKNOWN;
+    void *const args[] = {(void *)&where};
+    if (vgpu_marshal_call(&api, &vgpu_cuda_fn_cuDeviceGetCount, args, &rc) != VGPU_CALL_DONE || rc != CUDA_SUCCESS)
+        return -1;
+    return count;
+}
+
 VGPU_EXPORT CUresult cuInit(unsigned int Flags) {
     if (Flags != 0) return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&init_lock);
     int rc = initialized ? VGPU_OK : connect_locked();
-    if (rc == VGPU_OK) initialized = 1;
+    CUresult result = CUDA_SUCCESS;
+    if (rc == VGPU_OK && !initialized) {
+        if (visible_count() > 0) initialized = 1;
+        else result = CUDA_ERROR_NO_DEVICE; /* none left by CUDA_VISIBLE_DEVICES */
+    } else if (rc == VGPU_MISMATCH) result = CUDA_ERROR_SYSTEM_DRIVER_MISMATCH;
+    else if (rc == VGPU_NO_MEMORY) result = CUDA_ERROR_OUT_OF_MEMORY;
+    else if (rc != VGPU_OK) result = CUDA_ERROR_NO_DEVICE; /* what a host without a driver answers */
     pthread_mutex_unlock(&init_lock);
-    vgpu_log(3, api.prefix, "cuInit -> %d", rc);
-    if (rc == VGPU_OK) return CUDA_SUCCESS;
-    if (rc == VGPU_MISMATCH) return CUDA_ERROR_SYSTEM_DRIVER_MISMATCH;
-    if (rc == VGPU_NO_MEMORY) return CUDA_ERROR_OUT_OF_MEMORY;
-    return CUDA_ERROR_NO_DEVICE; /* what a host without a driver answers */
+    vgpu_log(3, api.prefix, "cuInit -> %d", result);
+    return result;
 }
 
 /* Works before cuInit, as the real driver's does: vgpud's version when it answers, else the

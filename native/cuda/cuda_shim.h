@@ -21,6 +21,7 @@ typedef struct vgpu_proc_entry {
 extern const vgpu_proc_entry vgpu_cuda_procs[];
 extern const unsigned vgpu_cuda_proc_count;
 extern const vgpu_function vgpu_cuda_fn_cuDriverGetVersion;
+extern const vgpu_function vgpu_cuda_fn_cuDeviceGetCount;
 
 const char *vgpu_cuda_error_text(int code);
 const char *vgpu_cuda_error_name(int code);

@@ -179,7 +179,16 @@ class Daemon:
             raise ProtocolError(f"expected a handshake, got op 0x{frame.op:x} of {len(frame.payload)} bytes")
         magic, version, api_raw, digest_raw = protocol.HELLO_REQUEST.unpack_from(frame.payload)
         (exe_len,) = struct.unpack_from("<H", frame.payload, protocol.HELLO_REQUEST.size)
-        exe = frame.payload[protocol.HELLO_REQUEST.size + 2:][:exe_len].decode(errors="replace")
+        at = protocol.HELLO_REQUEST.size + 2
+        exe = frame.payload[at:at + exe_len].decode(errors="replace")
+        at += exe_len
+        env: dict[str, str] = {}
+        if len(frame.payload) >= at + 2:
+            (env_len,) = struct.unpack_from("<H", frame.payload, at)
+            for item in frame.payload[at + 2:at + 2 + env_len].decode(errors="replace").split("\0"):
+                key, _, value = item.partition("=")
+                if key:
+                    env[key] = value
         api = api_raw.rstrip(b"\0").decode(errors="replace")
         digest = digest_raw.decode(errors="replace")
         status, message, bitmap = protocol.HELLO_OK, "", b""
@@ -196,7 +205,7 @@ class Daemon:
                     "use the vgpu libraries from the same install as vgpud")
         elif api != "control":
             status, message = protocol.HELLO_UNKNOWN_API, f"unknown API {api!r}"
-        session = self.state.attach(conn.pid, conn.uid, exe) if status == protocol.HELLO_OK else None
+        session = self.state.attach(conn.pid, conn.uid, exe, env) if status == protocol.HELLO_OK else None
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
                                           session.connections if session else 0, len(bitmap))

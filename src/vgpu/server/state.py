@@ -25,6 +25,8 @@ class Session:
     started: float = field(default_factory=time.time)
     connections: int = 0
     calls: int = 0
+    #: the environment the driver honours, as the process's first connection reported it
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class DaemonState:
@@ -41,12 +43,12 @@ class DaemonState:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def attach(self, pid: int, uid: int, exe: str) -> Session:
+    def attach(self, pid: int, uid: int, exe: str, env: dict[str, str] | None = None) -> Session:
         """The session of a process, made on its first connection."""
         with self._lock:
             session = self._by_pid.get(pid)
             if session is None:
-                session = Session(next(self._ids), pid, uid, exe)
+                session = Session(next(self._ids), pid, uid, exe, env=env or {})
                 self.sessions[session.id] = session
                 self._by_pid[pid] = session
             session.connections += 1

@@ -45,7 +45,11 @@ class Client:
         exe = os.path.realpath(sys.executable).encode()
         payload = protocol.HELLO_REQUEST.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, api.encode(),
                                               digest.encode().ljust(64, b"0"))
-        reply = self.request(protocol.OP_HELLO, payload + struct.pack("<H", len(exe)) + exe)
+        env = b""
+        if "CUDA_VISIBLE_DEVICES" in os.environ:
+            env = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}".encode()
+        reply = self.request(protocol.OP_HELLO, payload + struct.pack("<H", len(exe)) + exe
+                             + struct.pack("<H", len(env)) + env)
         status, session, _, bitmap_len = protocol.HELLO_REPLY.unpack_from(reply)
         bitmap = reply[protocol.HELLO_REPLY.size:protocol.HELLO_REPLY.size + bitmap_len]
         if status != protocol.HELLO_OK:

@@ -37,7 +37,9 @@ HELLO_BAD_DIGEST = 2
 HELLO_UNKNOWN_API = 3
 HELLO_REFUSED = 4
 
-#: HELLO request: magic, protocol version, API name, manifest digest (hex), then u16 + executable path
+#: HELLO request: magic, protocol version, API name, manifest digest (hex), then a u16-prefixed
+#: executable path and a u16-prefixed "KEY=VALUE" list (NUL-separated) of the environment the
+#: driver honours (CUDA_VISIBLE_DEVICES)
 HELLO_REQUEST = struct.Struct("<4sI16s64s")
 #: HELLO reply: status, session id, process's connection count, bitmap length; then the bitmap,
 #: a u16-prefixed message and a u16-prefixed path of the published-answers file (may be empty)
