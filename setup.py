@@ -8,6 +8,7 @@ not Python modules, hence the custom file names and link flags.
 
 import os
 import sys
+from glob import glob
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -55,7 +56,7 @@ def shim(api: str, soname: str) -> Extension:
     generated = str(GENERATED.relative_to(ROOT))
     return Extension(
         f"vgpu._native.libvgpu-{api}",
-        sources=["native/common/transport.c", "native/common/marshal.c", f"native/{api}/{api}_shim.c",
+        sources=["native/common/transport.c", "native/common/marshal.c", *sorted(glob(f"native/{api}/*.c")),
                  f"{generated}/{api}_generated.c"],
         include_dirs=["native/common", f"native/{api}", generated],
         extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -4,6 +4,9 @@
 #define __CUDA_API_VERSION_INTERNAL
 #include <cuda.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_shim.h"
@@ -102,17 +105,6 @@ VGPU_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVe
     return cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, NULL);
 }
 
-/* The private tables NVIDIA's runtime asks for are not served yet: refused the way a driver
- * refuses an id it does not know, with no table. */
-VGPU_EXPORT CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {
-    if (!ppExportTable || !pExportTableId) return CUDA_ERROR_INVALID_VALUE;
-    *ppExportTable = NULL;
-    const unsigned char *id = (const unsigned char *)pExportTableId->bytes;
-    vgpu_log(2, api.prefix, "cuGetExportTable(%02x%02x%02x%02x-...) refused: not served yet", id[0], id[1], id[2],
-             id[3]);
-    return CUDA_ERROR_INVALID_VALUE;
-}
-
 VGPU_EXPORT CUresult cuGetErrorName(CUresult error, const char **pStr) {
     if (!pStr) return CUDA_ERROR_INVALID_VALUE;
     *pStr = vgpu_cuda_error_name((int)error);
@@ -124,6 +116,137 @@ VGPU_EXPORT CUresult cuGetErrorString(CUresult error, const char **pStr) {
     *pStr = vgpu_cuda_error_name((int)error) ? vgpu_cuda_error_text((int)error) : NULL;
     if (*pStr == NULL && vgpu_cuda_error_name((int)error)) *pStr = "unknown error";
     return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+void vgpu_cuda_log(int level, const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    vgpu_log(level, api.prefix, "%s", line);
+}
+
+/* ---- contexts: primary contexts, and each thread's current context ----
+ * A primary context is a handle standing for (this process, device); vgpud learns of
+ * contexts when work names them.  The current context is per thread, as in the driver. */
+
+#define PRIMARY_CONTEXT_ID 0x100000000ull
+
+typedef struct primary_state {
+    int retained;
+    unsigned flags;
+} primary_state;
+
+static primary_state primaries[64];
+static __thread CUcontext current_context;
+
+static int context_device(CUcontext ctx, CUdevice *dev) {
+    uint64_t id;
+    if (!ctx || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 || !(id & PRIMARY_CONTEXT_ID)) return -1;
+    *dev = (CUdevice)(id & 0xffffffffu);
+    return 0;
+}
+
+CUresult vgpu_cuda_primary_context(CUcontext *ctx, CUdevice dev) {
+    if (!ctx) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    CUdevice checked;
+    CUresult rc = cuDeviceGet(&checked, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (dev < 0 || dev >= (int)(sizeof primaries / sizeof *primaries)) return CUDA_ERROR_INVALID_DEVICE;
+    *ctx = vgpu_handle_for(vgpu_cuda_handle_CUcontext, PRIMARY_CONTEXT_ID | (uint64_t)dev);
+    return *ctx ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
+    CUresult rc = vgpu_cuda_primary_context(pctx, dev);
+    if (rc == CUDA_SUCCESS) __atomic_add_fetch(&primaries[dev].retained, 1, __ATOMIC_SEQ_CST);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+    CUcontext ctx;
+    CUresult rc = vgpu_cuda_primary_context(&ctx, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (__atomic_load_n(&primaries[dev].retained, __ATOMIC_SEQ_CST) <= 0) return CUDA_ERROR_INVALID_CONTEXT;
+    if (__atomic_sub_fetch(&primaries[dev].retained, 1, __ATOMIC_SEQ_CST) == 0)
+        vgpu_cuda_context_storage_release(ctx);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) { return cuDevicePrimaryCtxRelease_v2(dev); }
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active) {
+    CUcontext ctx;
+    if (!flags || !active) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = vgpu_cuda_primary_context(&ctx, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    *flags = primaries[dev].flags;
+    *active = __atomic_load_n(&primaries[dev].retained, __ATOMIC_SEQ_CST) > 0;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxSetFlags_v2(CUdevice dev, unsigned int flags) {
+    CUcontext ctx;
+    CUresult rc = vgpu_cuda_primary_context(&ctx, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (flags & ~(0x07u | CU_CTX_MAP_HOST | CU_CTX_LMEM_RESIZE_TO_MAX | CU_CTX_COREDUMP_ENABLE |
+                  CU_CTX_USER_COREDUMP_ENABLE | CU_CTX_SYNC_MEMOPS))
+        return CUDA_ERROR_INVALID_VALUE;
+    primaries[dev].flags = flags;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxSetFlags(CUdevice dev, unsigned int flags) {
+    return cuDevicePrimaryCtxSetFlags_v2(dev, flags);
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+    CUcontext ctx;
+    CUresult rc = vgpu_cuda_primary_context(&ctx, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    vgpu_cuda_context_storage_release(ctx);
+    primaries[dev].flags = 0;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { return cuDevicePrimaryCtxReset_v2(dev); }
+
+VGPU_EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx) {
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    *pctx = current_context;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
+    CUdevice dev;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (ctx && context_device(ctx, &dev) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    current_context = ctx;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuCtxGetDevice(CUdevice *device) {
+    if (!device) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    return context_device(current_context, device) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+VGPU_EXPORT CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
+    if (!device) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    return context_device(ctx ? ctx : current_context, device) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+/* Lazy unless CUDA_MODULE_LOADING=EAGER, as in drivers since CUDA 12.2. */
+VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
+    if (!mode) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    const char *env = getenv("CUDA_MODULE_LOADING");
+    *mode = env && !strcmp(env, "EAGER") ? CU_MODULE_EAGER_LOADING : CU_MODULE_LAZY_LOADING;
+    return CUDA_SUCCESS;
 }
 
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {

@@ -1,5 +1,7 @@
 /* The CUDA driver shim's hand-written core, shared with the generated stubs. */
 #pragma once
+#include <cuda.h>
+
 #include "marshal.h"
 
 #define VGPU_EXPORT __attribute__((visibility("default")))
@@ -23,7 +25,14 @@ extern const unsigned vgpu_cuda_proc_count;
 extern const vgpu_function vgpu_cuda_fn_cuDriverGetVersion;
 extern const vgpu_function vgpu_cuda_fn_cuDeviceGetCount;
 
+extern const unsigned vgpu_cuda_handle_CUcontext;
+
 const char *vgpu_cuda_error_text(int code);
+void vgpu_cuda_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The primary context of a device (not retained), as CUDART_INTERFACE hands it out. */
+CUresult vgpu_cuda_primary_context(CUcontext *ctx, CUdevice dev);
+/* Run the destructors cudart registered in a context's local storage, and forget it. */
+void vgpu_cuda_context_storage_release(CUcontext ctx);
 const char *vgpu_cuda_error_name(int code);
 /* Run one generated stub's call through vgpud, with the driver's answers for every failure. */
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);

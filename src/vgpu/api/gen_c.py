@@ -102,6 +102,7 @@ def api_source(api: Api, prelude: str, prefix: str, error_enum: str, unknown_tex
     codes = api.enum(error_enum)
     texts = {codes[name]: text for name, text in api.annotations["error_strings"].items()}
     stubs = "\n".join(_stub(api, f, prefix) for f in api.functions)
+    handles = "\n".join(f"const unsigned {prefix}_handle_{name} = {index};" for index, name in enumerate(api.handle_types))
     return f"""/* Generated from vgpu/api/{api.name}.json by vgpu.api.gen_c; do not edit. */
 {prelude}
 #include <stddef.h>
@@ -109,6 +110,7 @@ def api_source(api: Api, prelude: str, prefix: str, error_enum: str, unknown_tex
 #include "{api.name}_shim.h"
 
 const char {prefix}_digest[] = "{api.digest}";
+{handles}
 const unsigned {prefix}_op_base = 0x{api.functions[0].op:04x};
 const unsigned {prefix}_op_count = {len(api.functions)};
 
