@@ -1,0 +1,106 @@
+"""NVIDIA's runtime on the simulated GPUs: programs built with nvcc (cudart 13, static and
+shared) and cudart 12 from the nvidia-cuda-runtime-cu12 wheel."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_python
+from vgpu.device.cuda_attributes import attributes
+from vgpu.device.gpuset import parse
+
+CLIENTS = Path(__file__).parent / "clients"
+SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+
+
+@pytest.fixture(scope="module", params=["static", "shared"])
+def device_query(request, tmp_path_factory) -> Path:
+    if NVCC is None:
+        pytest.skip("nvcc is not on this machine")
+    binary = tmp_path_factory.mktemp("nvcc") / f"device_query_{request.param}"
+    subprocess.run([NVCC, f"-cudart={request.param}", "-o", str(binary), str(CLIENTS / "device_query.cu")],
+                   check=True, capture_output=True)
+    return binary
+
+
+def parse_report(text: str) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
+    overall, devices = {}, {}
+    for line in text.splitlines():
+        where, key, value = line.split(" ", 2)
+        if where == "-":
+            overall[key] = value
+        else:
+            devices.setdefault(int(where), {})[key] = value
+    return overall, devices
+
+
+def test_nvcc_device_query(vgpud, device_query):
+    result = subprocess.run([str(device_query)], env=vgpud.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    overall, devices = parse_report(result.stdout)
+    assert overall["driver"] == str(SET.cuda_version) and overall["count"] == "4"
+    for index, ident in enumerate(SET.gpus):
+        p, d = ident.profile, devices[index]
+        values = attributes(ident)
+        assert d["rc"] == "0" and d["name"] == p.name
+        assert d["uuid"] == ident.uuid_bytes.hex(), "cudart's UUID is NVML's"
+        assert int(d["totalGlobalMem"]) == p.cuda_total_mib << 20
+        assert int(d["multiProcessorCount"]) == p.sm_count
+        assert (int(d["major"]), int(d["minor"])) == p.compute_capability
+        assert d["warpSize"] == "32" and d["maxThreadsPerBlock"] == "1024"
+        assert int(d["maxThreadsPerMultiProcessor"]) == values["MAX_THREADS_PER_MULTIPROCESSOR"]
+        assert int(d["sharedMemPerMultiprocessor"]) == values["MAX_SHARED_MEMORY_PER_MULTIPROCESSOR"]
+        assert int(d["l2CacheSize"]) == p.l2_cache_mib << 20 and int(d["memoryBusWidth"]) == p.bus_width
+        assert int(d["pciBusID"]) == ident.pci_bus and d["busId"] == ident.pci_bus_id_legacy
+        assert d["ECCEnabled"] == str(int(p.ecc)) and d["integrated"] == "0" and d["unifiedAddressing"] == "1"
+
+
+def test_nvcc_device_query_with_visible_devices(vgpud, device_query):
+    env = {**vgpud.env, "CUDA_VISIBLE_DEVICES": "3,1"}
+    result = subprocess.run([str(device_query)], env=env, capture_output=True, text=True, timeout=60)
+    overall, devices = parse_report(result.stdout)
+    assert overall["count"] == "2"
+    assert [devices[i]["name"] for i in (0, 1)] == ["NVIDIA GeForce RTX 4090", "NVIDIA H100 80GB HBM3"]
+
+
+def test_nvcc_program_without_vgpud(tmp_path, device_query):
+    from vgpu import launcher
+
+    result = subprocess.run([str(device_query)], env=launcher.client_environment(tmp_path / "none.sock"),
+                            capture_output=True, text=True, timeout=60)
+    overall, _ = parse_report(result.stdout)
+    assert overall["count"] == "0" and overall["count_rc"] == "100"  # cudaErrorNoDevice
+
+
+CUDART12 = """
+import ctypes, json, pathlib
+import nvidia.cuda_runtime
+folder = pathlib.Path(nvidia.cuda_runtime.__path__[0]) / "lib"
+rt = ctypes.CDLL(str(folder / "libcudart.so.12"))
+count, version = ctypes.c_int(), ctypes.c_int()
+out = {"count_rc": rt.cudaGetDeviceCount(ctypes.byref(count)), "count": count.value}
+rt.cudaRuntimeGetVersion(ctypes.byref(version))
+out["runtime"] = version.value
+prop = ctypes.create_string_buffer(4096)
+out["props_rc"] = rt.cudaGetDeviceProperties_v2(prop, 2)
+out["name"] = prop.raw[:256].split(b"\\0")[0].decode()
+out["uuid"] = prop.raw[256:272].hex()
+print(json.dumps(out))
+"""
+
+
+def test_cudart12_from_the_wheel(vgpud):
+    result = run_python(CUDART12, vgpud.env)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    out = json.loads(result.stdout)
+    assert out["runtime"] // 1000 == 12
+    assert out["count_rc"] == 0 and out["count"] == 4
+    assert out["props_rc"] == 0 and out["name"] == "NVIDIA L4" and out["uuid"] == SET.gpus[2].uuid_bytes.hex()
