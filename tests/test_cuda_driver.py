@@ -142,7 +142,7 @@ def test_devices_through_cuda_python(vgpud):
         assert device["bus_id"] == ident.pci_bus_id_legacy and device["by_bus"] == index
     assert out["bad_device"] == C["CUDA_ERROR_INVALID_DEVICE"]
     assert out["bad_attribute"] == C["CUDA_ERROR_INVALID_VALUE"]
-    assert out["alloc"] == C["CUDA_ERROR_NOT_SUPPORTED"], "memory comes with the next step"
+    assert out["alloc"] == C["CUDA_ERROR_INVALID_CONTEXT"], "no context is current on this thread"
 
 
 def test_nvitop_maps_cuda_devices_to_nvml_devices(vgpud):

@@ -79,7 +79,11 @@ static uint64_t count_of(const vgpu_function *fn, void *const *args, int index) 
     return v;
 }
 
-static int encode(const vgpu_function *fn, void *const *args, out_buf *b) {
+static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *args, out_buf *b) {
+    if (api->call_context) {
+        uint64_t context = api->call_context();
+        if (put(b, &context, 8)) return VGPU_CALL_FAILED;
+    }
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
         void *ptr = p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE ? NULL : *(void *const *)args[i];
@@ -113,10 +117,13 @@ static int encode(const vgpu_function *fn, void *const *args, out_buf *b) {
             err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)cap));
             break;
         }
-        case VGPU_K_ARRAY: {
-            uint64_t n = count_of(fn, args, p->count);
-            if (n > (1u << 20)) n = 1u << 20;
-            err = put_u8(b, ptr != NULL) || (ptr && (put_u32(b, (uint32_t)n) || put(b, ptr, n * p->size)));
+        case VGPU_K_ARRAY:
+        case VGPU_K_ARRAY_IN:
+        case VGPU_K_ARRAY_OUT: {
+            uint64_t n = ptr ? count_of(fn, args, p->count) : 0;
+            if (n * p->size > VGPU_MAX_PAYLOAD - 4096) return VGPU_CALL_TOO_BIG;
+            err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)n));
+            if (!err && ptr && p->kind != VGPU_K_ARRAY_OUT) err = put(b, ptr, n * p->size);
             break;
         }
         default:
@@ -134,11 +141,12 @@ static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, 
     for (int i = 0; i < fn->nparams && i < 32; i++) {
         const vgpu_param *p = &fn->params[i];
         caps[i] = (p->kind == VGPU_K_BUFFER) ? (p->count >= 0 ? count_of(fn, args, p->count) : p->size)
-                : (p->kind == VGPU_K_ARRAY) ? count_of(fn, args, p->count) : 0;
+                : (p->kind == VGPU_K_ARRAY || p->kind == VGPU_K_ARRAY_OUT) ? count_of(fn, args, p->count) : 0;
     }
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
-        if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN)
+        if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN ||
+            p->kind == VGPU_K_ARRAY_IN)
             continue;
         void *ptr = *(void *const *)args[i];
         if (!ptr) continue;
@@ -175,7 +183,7 @@ static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, 
 /* The key vgpud files a published answer under: the request without the contents of
  * scalar outputs.  vgpu.wire.codec.FunctionCodec.published_key builds the same. */
 static size_t published_key(const vgpu_function *fn, const uint8_t *req, size_t len, uint8_t *key) {
-    size_t pos = 0, out = 0;
+    size_t pos = 0, out = 0; /* published APIs have no per-call context prefix */
     uint16_t op = fn->op;
     memcpy(key, &op, 2);
     out = 2;
@@ -220,7 +228,7 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
     }
     static __thread out_buf request;
     request.len = 0;
-    int status = encode(fn, args, &request);
+    int status = encode(api, fn, args, &request);
     if (status != VGPU_CALL_DONE) return status;
     if (fn->published) {
         uint8_t key[VGPU_PUBLISHED_KEY_MAX], answer[VGPU_PUBLISHED_ANSWER_MAX];

@@ -7,6 +7,7 @@
 enum vgpu_kind { /* mirrors vgpu.api.manifest.Kind */
     VGPU_K_VALUE = 1, VGPU_K_HANDLE = 2, VGPU_K_CSTRING = 3, VGPU_K_IN = 4, VGPU_K_INOUT = 5,
     VGPU_K_HANDLE_OUT = 6, VGPU_K_BUFFER = 7, VGPU_K_ARRAY = 8, VGPU_K_OPAQUE = 9,
+    VGPU_K_ARRAY_IN = 10, VGPU_K_ARRAY_OUT = 11,
 };
 
 typedef struct vgpu_handle_field {
@@ -38,6 +39,7 @@ enum vgpu_call_status {
     VGPU_CALL_UNSUPPORTED = 1,   /* vgpud does not serve it, or it cannot be marshalled */
     VGPU_CALL_BAD_HANDLE = 2,    /* a handle argument is not one this library issued */
     VGPU_CALL_FAILED = 3,        /* transport failure (see transport.h) */
+    VGPU_CALL_TOO_BIG = 4,       /* the request or its reply would not fit in a frame */
 };
 
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);

@@ -24,6 +24,9 @@ typedef struct vgpu_api {
     int lost;                  /* set when a connection failed mid-session */
     const uint8_t *published;  /* vgpud's published answers, mapped read-only, or NULL */
     unsigned char *logged;     /* ops already logged as not implemented */
+    /* For APIs with per-thread state (CUDA's current context): a u64 sent before every
+     * request's parameters; NULL when the API has none. */
+    uint64_t (*call_context)(void);
 } vgpu_api;
 
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */

@@ -10,12 +10,16 @@
 #include <string.h>
 
 #include "cuda_shim.h"
+#include "vgpu_wire.h"
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
 static int connected; /* a connection exists, perhaps only for cuDriverGetVersion */
 
-static vgpu_api api = {.name = "cuda", .prefix = "vgpu-cuda"};
+static __thread CUcontext current_context;
+static uint64_t current_context_id(void);
+
+static vgpu_api api = {.name = "cuda", .prefix = "vgpu-cuda", .call_context = current_context_id};
 
 /* Connect once (under init_lock); the answer as a vgpu_status. */
 static int connect_locked(void) {
@@ -139,7 +143,13 @@ typedef struct primary_state {
 } primary_state;
 
 static primary_state primaries[64];
-static __thread CUcontext current_context;
+
+/* Sent with every call: vgpud's driver needs the calling thread's current context. */
+static uint64_t current_context_id(void) {
+    uint64_t id = 0;
+    if (current_context) vgpu_handle_id(vgpu_cuda_handle_CUcontext, current_context, &id);
+    return id;
+}
 
 static int context_device(CUcontext ctx, CUdevice *dev) {
     uint64_t id;
@@ -260,6 +270,10 @@ int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {
         return CUDA_ERROR_NOT_SUPPORTED;
     case VGPU_CALL_BAD_HANDLE:
         return CUDA_ERROR_INVALID_HANDLE;
+    case VGPU_CALL_TOO_BIG:
+        vgpu_log(1, api.prefix, "%s: transfers above %u MiB in one call are not supported yet", fn->name,
+                 (unsigned)(VGPU_MAX_PAYLOAD >> 20));
+        return CUDA_ERROR_INVALID_VALUE;
     default:
         return CUDA_ERROR_DEVICE_UNAVAILABLE;
     }

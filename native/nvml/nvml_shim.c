@@ -59,6 +59,7 @@ int vgpu_nvml_dispatch(const vgpu_function *fn, void *const *args) {
     case VGPU_CALL_UNSUPPORTED:
         return NVML_ERROR_NOT_SUPPORTED;
     case VGPU_CALL_BAD_HANDLE:
+    case VGPU_CALL_TOO_BIG:
         return NVML_ERROR_INVALID_ARGUMENT;
     default:
         return NVML_ERROR_GPU_IS_LOST;

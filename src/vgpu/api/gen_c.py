@@ -31,9 +31,11 @@ def _size_expr(api: Api, function: Function, index: int) -> str:
     param = function.params[index]
     if param.kind is Kind.VALUE:
         return f"sizeof({c_decl(param.type)})"
-    if param.kind in (Kind.IN, Kind.INOUT, Kind.ARRAY):
+    if param.kind in (Kind.IN, Kind.INOUT, Kind.ARRAY, Kind.ARRAY_IN, Kind.ARRAY_OUT):
         pointee = dict(api.resolve(param.type)["to"])
         pointee.pop("const", None)
+        if api.resolve(pointee) == {"kind": "name", "name": "void"}:
+            return "1"  # a byte array
         return f"sizeof({c_decl(pointee)})"
     if param.kind is Kind.BUFFER and param.fixed is not None:
         return str(param.fixed)

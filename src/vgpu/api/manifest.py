@@ -33,6 +33,7 @@ _SCALARS: dict[str, type] = {
     "long long": ctypes.c_longlong, "signed long long": ctypes.c_longlong,
     "unsigned long long": ctypes.c_ulonglong,
     "float": ctypes.c_float, "double": ctypes.c_double,
+    "void": ctypes.c_ubyte,  # only as the element of a byte array (Kind.ARRAY_IN, ARRAY_OUT)
 }
 
 
@@ -48,10 +49,14 @@ class Kind(enum.IntEnum):
     BUFFER = 7      #: char * output with a capacity
     ARRAY = 8       #: T * with an element count held by another parameter
     OPAQUE = 9      #: cannot be marshalled; the function answers "not supported"
+    ARRAY_IN = 10   #: const T * (or const void *, bytes) with a count: sent, not returned
+    ARRAY_OUT = 11  #: T * (or void *, bytes) with a count: returned, not sent
 
 
 #: parameter kinds a published function may have (its cache key is built from them)
 PUBLISHABLE = frozenset({Kind.VALUE, Kind.HANDLE, Kind.IN, Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER})
+#: kinds that carry a count of elements held by another parameter
+COUNTED = frozenset({Kind.ARRAY, Kind.ARRAY_IN, Kind.ARRAY_OUT})
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,10 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
             else:
                 out.append(Param(p["name"], ref, Kind.BUFFER, count=names.index(capacity)))
         elif key in notes.get("arrays", {}):
-            out.append(Param(p["name"], ref, Kind.ARRAY, count=names.index(notes["arrays"][key])))
+            kind = Kind.ARRAY_IN if resolved["to"].get("const") else Kind.ARRAY
+            out.append(Param(p["name"], ref, kind, count=names.index(notes["arrays"][key])))
+        elif key in notes.get("arrays_out", {}):
+            out.append(Param(p["name"], ref, Kind.ARRAY_OUT, count=names.index(notes["arrays_out"][key])))
         else:
             pointee = resolved["to"]
             pointee_typedef = pointee["name"] if pointee["kind"] == "name" else None

@@ -17,6 +17,7 @@ from typing import Callable
 
 from vgpu.device.events import EventHub
 from vgpu.device.gpuset import GpuIdentity
+from vgpu.device.memory import DeviceMemory
 
 AMBIENT_C = 30.0
 THERMAL_TAU_S = 20.0
@@ -57,6 +58,7 @@ class Gpu:
 
     def __post_init__(self) -> None:
         self.profile = self.ident.profile
+        self.memory = DeviceMemory(self.ident.index)
         self._last = self.clock()
         self._power_w = float(self.profile.idle_power_w)
         self._temp_c = self._equilibrium(self._power_w)
@@ -75,13 +77,24 @@ class Gpu:
     def memory_free(self) -> int:
         return self.profile.memory_total - self.profile.memory_reserved - self.memory_used_by_processes
 
-    def hold(self, session: int, nbytes: int) -> None:
-        """Account ``nbytes`` of device memory to a session (its allocations)."""
+    @property
+    def cuda_total(self) -> int:
+        """What CUDA reports as the GPU's memory (less than NVML's total, as on real cards)."""
+        return self.profile.cuda_total_mib << 20
+
+    @property
+    def cuda_free(self) -> int:
+        return max(self.cuda_total - self.memory_used_by_processes, 0)
+
+    def hold(self, session: int, nbytes: int, cuda: bool = False) -> None:
+        """Account ``nbytes`` of device memory to a session (its allocations); CUDA's
+        allocations are bounded by CUDA's total, which is less than NVML's free memory."""
         with self.lock:
             if nbytes < 0:
                 raise ValueError("a negative allocation")
-            if nbytes > self.memory_free:
-                raise OutOfMemory(f"GPU {self.index}: {nbytes} bytes asked, {self.memory_free} free")
+            free = self.cuda_free if cuda else self.memory_free
+            if nbytes > free:
+                raise OutOfMemory(f"GPU {self.index}: {nbytes} bytes asked, {free} free")
             self.held[session] = self.held.get(session, 0) + nbytes
 
     def release(self, session: int, nbytes: int | None = None) -> None:

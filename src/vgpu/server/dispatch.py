@@ -8,19 +8,30 @@ mean "invalid handle", "invalid argument", "not supported" and "internal error".
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vgpu.api.manifest import Api, Kind
 from vgpu.server.state import Session
-from vgpu.wire.codec import I32, FunctionCodec
+from vgpu.wire.codec import I32, U64, DecodeError, FunctionCodec
 
 log = logging.getLogger("vgpud")
 _REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who calls, for APIs with per-thread state: the session and the thread's current context id."""
+
+    session: Session
+    context: int
+
+
 class Service(Protocol):
     api: Api
     implemented: set[str]
+    #: requests start with the calling thread's current context (a u64), and methods get a Caller
+    CONTEXT_PREFIX: bool
     INVALID_HANDLE: int
     INVALID_ARGUMENT: int
     NOT_SUPPORTED: int
@@ -51,10 +62,16 @@ class ApiDispatcher:
         codec = self.codecs.get(op)
         if codec is None:
             return I32.pack(service.NOT_SUPPORTED)
+        caller: Session | Caller = session
+        if service.CONTEXT_PREFIX:
+            if len(payload) < 8:
+                raise DecodeError(f"{codec.function.name}: no calling context")
+            caller = Caller(session, U64.unpack_from(payload)[0])
+            payload = payload[8:]
         args = codec.decode(payload)
         for index, param in enumerate(codec.function.params):
             if param.kind is Kind.HANDLE:
-                obj = service.resolve(param.handle, args[index], session)
+                obj = service.resolve(param.handle, args[index], caller)
                 if obj is None:
                     return codec.encode_reply(service.INVALID_HANDLE, args, service.handle_id)
                 refusal = service.refusal(obj)
@@ -64,7 +81,7 @@ class ApiDispatcher:
             elif param.kind in _REQUIRED_OUTPUTS and args[index] is None:
                 return codec.encode_reply(service.INVALID_ARGUMENT, args, service.handle_id)
         try:
-            rc = self.methods[op](session, *args)
+            rc = self.methods[op](caller, *args)
         except Exception:
             log.exception("%s failed in vgpud", codec.function.name)
             rc = service.INTERNAL_ERROR

@@ -57,6 +57,7 @@ class NvmlService:
     """The NVML functions vgpud serves."""
 
     api = API
+    CONTEXT_PREFIX = False
     INVALID_HANDLE = INVALID_ARGUMENT = INVALID
     NOT_SUPPORTED = NOT_SUPPORTED
     INTERNAL_ERROR = C["NVML_ERROR_UNKNOWN"]

@@ -64,5 +64,6 @@ class DaemonState:
             if self._by_pid.get(session.pid) is session:
                 del self._by_pid[session.pid]
         for gpu in self.gpus:
+            gpu.memory.free_owned_by(session.id)
             gpu.release(session.id)
         self.events.free_owned_by(session.id)

@@ -3,10 +3,12 @@
 Request: parameters in order.  VALUE: the object's bytes.  HANDLE: u64 id.
 CSTRING: u32 length (0xffffffff for NULL) and bytes.  IN, INOUT, HANDLE_OUT:
 u8 present, then the object's bytes (IN, INOUT).  BUFFER: u8 present, u32
-capacity.  ARRAY: u8 present, u32 count, the elements.
+capacity.  ARRAY, ARRAY_IN: u8 present, u32 count, the elements.  ARRAY_OUT: u8 present,
+u32 count.
 Reply: i32 return code, then for each present INOUT the object, for each
-HANDLE_OUT a u64 id, for each BUFFER u32 length and bytes, for each ARRAY u32
-count and elements.  native/nvml/call.c implements the other side.
+HANDLE_OUT a u64 id, for each BUFFER u32 length and bytes, for each ARRAY and
+ARRAY_OUT u32 count and elements.  An API whose calls carry the caller's current context
+(CUDA) prefixes every request with it as a u64 (see vgpu.server.dispatch).  native/nvml/call.c implements the other side.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vgpu.api.manifest import Api, Function, Kind
+from vgpu.api.manifest import COUNTED, Api, Function, Kind
+from vgpu.wire.protocol import MAX_PAYLOAD
 
 U8 = struct.Struct("<B")
 U16 = struct.Struct("<H")
@@ -24,6 +27,8 @@ U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 I32 = struct.Struct("<i")
 NULL_STRING = 0xFFFFFFFF
+#: the largest output array a request may ask for: its reply must fit in a frame
+MAX_ARRAY_BYTES = MAX_PAYLOAD - 4096
 
 
 class DecodeError(ValueError):
@@ -75,7 +80,7 @@ class FunctionCodec:
             resolved = api.resolve(param.type)
             if param.kind is Kind.VALUE:
                 self.types.append(api.ctype(param.type))
-            elif param.kind in (Kind.IN, Kind.INOUT, Kind.ARRAY):
+            elif param.kind in (Kind.IN, Kind.INOUT) or param.kind in COUNTED:
                 self.types.append(api.ctype(resolved["to"]))
             else:
                 self.types.append(None)
@@ -125,10 +130,15 @@ class FunctionCodec:
                 args.append(HandleOut())
             elif kind is Kind.BUFFER:
                 args.append(Buffer(reader.unpack(U32)))
-            elif kind is Kind.ARRAY:
+            elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
                 count = reader.unpack(U32)
                 array_type = ctype * count
                 args.append(array_type.from_buffer_copy(reader.take(ctypes.sizeof(array_type))))
+            elif kind is Kind.ARRAY_OUT:
+                count = reader.unpack(U32)
+                if count * ctypes.sizeof(ctype) > MAX_ARRAY_BYTES:
+                    raise DecodeError(f"{self.function.name}: {count} elements of {param.name} asked for")
+                args.append((ctype * count)())
             else:
                 raise DecodeError(f"{self.function.name}: parameter {param.name} cannot be marshalled")
         if reader.pos != len(payload):
@@ -148,7 +158,7 @@ class FunctionCodec:
             elif kind is Kind.BUFFER:
                 data = b"" if arg.value is None or not arg.capacity else arg.value[: arg.capacity - 1] + b"\0"
                 out.append(U32.pack(len(data)) + data)
-            elif kind is Kind.ARRAY:
+            elif kind in (Kind.ARRAY, Kind.ARRAY_OUT):
                 count = len(arg)
                 holder = args[param.count]
                 if isinstance(holder, ctypes._SimpleCData):

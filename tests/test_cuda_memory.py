@@ -1,0 +1,122 @@
+"""Device memory through the driver API (cuda-python): exact contents kept in vgpud,
+allocation limits, errors for bad pointers, isolation between processes, NVML's view."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import run_python, wait_for
+from vgpu.api.manifest import load
+from vgpu.device.gpuset import parse
+
+C = load("cuda").constants
+SET = parse("2xh100,l4,rtx4090")
+
+PRELUDE = """
+import json, os, random
+from cuda.bindings import driver as cu
+def ok(result):
+    err = result[0] if isinstance(result, tuple) else result
+    assert int(err) == 0, err
+    if not isinstance(result, tuple) or len(result) == 1:
+        return None
+    return result[1] if len(result) == 2 else result[1:]
+ok(cu.cuInit(0))
+def use(ordinal):
+    ctx = ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(ordinal))))
+    ok(cu.cuCtxSetCurrent(ctx))
+    return ctx
+"""
+
+ROUND_TRIPS = PRELUDE + """
+use(2)
+rng = random.Random(7)
+out = {}
+free0, total = ok(cu.cuMemGetInfo())
+out["total"] = total
+sizes = [1, 511, 4096, 65537, 3 << 20]
+ptrs = [ok(cu.cuMemAlloc(n)) for n in sizes]
+out["aligned"] = all(int(p) % 512 == 0 for p in ptrs)
+out["distinct"] = len({int(p) for p in ptrs}) == len(ptrs)
+free1, _ = ok(cu.cuMemGetInfo())
+out["used"] = free0 - free1
+checks = []
+for p, n in zip(ptrs, sizes):
+    data = bytes(rng.getrandbits(8) for _ in range(n))
+    ok(cu.cuMemcpyHtoD(p, data, n))
+    back = bytearray(n)
+    ok(cu.cuMemcpyDtoH(back, p, n))
+    checks.append(bytes(back) == data)
+out["round_trips"] = checks
+# device to device, and into the middle of an allocation
+big, small = ptrs[4], ptrs[2]
+ok(cu.cuMemcpyDtoD(int(big) + 1000, small, 4096))
+a, b = bytearray(4096), bytearray(4096)
+ok(cu.cuMemcpyDtoH(a, int(big) + 1000, 4096)); ok(cu.cuMemcpyDtoH(b, small, 4096))
+out["dtod"] = a == b
+# memsets of 8, 16 and 32 bits
+ok(cu.cuMemsetD8(big, 0xAB, 10)); ok(cu.cuMemsetD16(int(big) + 10, 0x1234, 3)); ok(cu.cuMemsetD32(int(big) + 16, 0xDEADBEEF, 2))
+head = bytearray(24); ok(cu.cuMemcpyDtoH(head, big, 24))
+out["memset"] = head.hex()
+# unwritten memory reads as zeros
+fresh = ok(cu.cuMemAlloc(1 << 20)); zeros = bytearray(1 << 20); ok(cu.cuMemcpyDtoH(zeros, fresh, 1 << 20))
+out["zeros"] = not any(zeros)
+base, size = ok(cu.cuMemGetAddressRange(int(big) + 5))
+out["range"] = [int(base) == int(big), size == 3 << 20]
+# errors a real driver gives
+out["past_end"] = int(cu.cuMemcpyHtoD(int(small) + 4000, bytes(200), 200)[0])
+out["wild"] = int(cu.cuMemcpyDtoH(bytearray(8), 0x1234, 8)[0])
+out["zero_alloc"] = int(cu.cuMemAlloc(0)[0])
+out["oom"] = int(cu.cuMemAlloc(total)[0])
+out["double_free"] = [int(cu.cuMemFree(fresh)[0]), int(cu.cuMemFree(fresh)[0])]
+for p in ptrs:
+    ok(cu.cuMemFree(p))
+out["freed"] = ok(cu.cuMemGetInfo())[0] == free0
+print(json.dumps(out))
+"""
+
+
+def test_round_trips_and_errors(vgpud):
+    result = run_python(ROUND_TRIPS, vgpud.env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["total"] == SET.gpus[2].profile.cuda_total_mib << 20
+    assert out["aligned"] and out["distinct"] and out["used"] >= sum([1, 511, 4096, 65537, 3 << 20])
+    assert out["round_trips"] == [True] * 5 and out["dtod"] and out["zeros"] and out["range"] == [True, True]
+    assert out["memset"] == "ab" * 10 + "3412" * 3 + "efbeadde" * 2 + "00" * 0
+    assert out["past_end"] == C["CUDA_ERROR_INVALID_VALUE"] and out["wild"] == C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["zero_alloc"] == C["CUDA_ERROR_INVALID_VALUE"] and out["oom"] == C["CUDA_ERROR_OUT_OF_MEMORY"]
+    assert out["double_free"] == [0, C["CUDA_ERROR_INVALID_VALUE"]] and out["freed"]
+
+
+HOLDER = PRELUDE + """
+import sys, time
+use(1)
+p = ok(cu.cuMemAlloc(256 << 20))
+ok(cu.cuMemcpyHtoD(p, b"secret" * 10, 60))
+print(json.dumps({"pid": os.getpid(), "ptr": int(p)}), flush=True)
+time.sleep(60)
+"""
+
+
+def test_isolation_and_nvml_view(vgpud):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=vgpud.env, stdout=subprocess.PIPE, text=True)
+    try:
+        held = json.loads(holder.stdout.readline())
+        thief = run_python(PRELUDE + f"""
+use(1)
+stolen = bytearray(60)
+print(json.dumps([int(cu.cuMemcpyDtoH(stolen, {held['ptr']}, 60)[0]), int(cu.cuMemFree({held['ptr']})[0]),
+                  int(cu.cuMemsetD8({held['ptr']}, 0, 60)[0]), bytes(stolen) == bytes(60)]))
+""", vgpud.env)
+        assert json.loads(thief.stdout) == [C["CUDA_ERROR_INVALID_VALUE"]] * 3 + [True], thief.stderr
+        nvml = run_python("import json, pynvml as n\nn.nvmlInit()\nh = n.nvmlDeviceGetHandleByIndex(1)\n"
+                          "print(json.dumps([[p.pid, p.usedGpuMemory] for p in n.nvmlDeviceGetComputeRunningProcesses(h)]))",
+                          vgpud.env)
+        assert json.loads(nvml.stdout) == [[held["pid"], 256 << 20]]
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for(lambda: vgpud.control("status")["gpus"][1]["memory_used"] == 0, timeout=1.0)
