@@ -104,3 +104,26 @@ def test_cudart12_from_the_wheel(vgpud):
     assert out["runtime"] // 1000 == 12
     assert out["count_rc"] == 0 and out["count"] == 4
     assert out["props_rc"] == 0 and out["name"] == "NVIDIA L4" and out["uuid"] == SET.gpus[2].uuid_bytes.hex()
+
+
+@pytest.fixture(scope="module")
+def memory_round_trip(tmp_path_factory) -> Path:
+    if NVCC is None:
+        pytest.skip("nvcc is not on this machine")
+    binary = tmp_path_factory.mktemp("nvcc") / "memory_round_trip"
+    subprocess.run([NVCC, "-o", str(binary), str(CLIENTS / "memory_round_trip.cu")], check=True, capture_output=True)
+    return binary
+
+
+@pytest.mark.parametrize("size", [1 << 20, 70 << 20])  # the second is above a frame: sent in pieces
+def test_cudart_memory_round_trip(vgpud, memory_round_trip, size):
+    result = subprocess.run([str(memory_round_trip), str(size)], env=vgpud.env, capture_output=True, text=True,
+                            timeout=120)
+    report = dict(line.split() for line in result.stdout.splitlines())
+    assert int(report["total"]) == SET.gpus[0].profile.cuda_total_mib << 20
+    for step in ("meminfo", "malloc", "malloc2", "h2d", "d2d", "d2h", "memset", "d2h2", "free", "free2", "sync"):
+        assert report[step] == "0", f"{step}: {result.stdout}{result.stderr}"
+    assert report["equal"] == "1" and report["memset_ok"] == "1"
+    assert int(report["used"]) >= 2 * size
+    assert report["oom"] == "2"       # cudaErrorMemoryAllocation
+    assert report["bad_copy"] == "1"  # cudaErrorInvalidValue

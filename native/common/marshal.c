@@ -7,6 +7,7 @@
 #include <string.h>
 
 #define MAX_HANDLES 8192
+#define SPECIAL_HANDLES 4096 /* handle values below this are constants, not table slots */
 #define HANDLE_MAGIC 0x76677075u /* "vgpu" */
 
 typedef struct handle_slot {
@@ -93,8 +94,13 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             err = put(b, args[i], p->size);
             break;
         case VGPU_K_HANDLE: {
-            uint64_t id;
-            if (vgpu_handle_id(p->handle_type, *(void *const *)args[i], &id) < 0) return VGPU_CALL_BAD_HANDLE;
+            void *handle = *(void *const *)args[i];
+            uint64_t id = (uintptr_t)handle;
+            /* NULL and the small constants some APIs give meaning to (CU_STREAM_LEGACY,
+             * CU_STREAM_PER_THREAD) travel as they are, for vgpud to judge; anything else
+             * must be a handle this library issued. */
+            if ((uintptr_t)handle >= SPECIAL_HANDLES && vgpu_handle_id(p->handle_type, handle, &id) < 0)
+                return VGPU_CALL_BAD_HANDLE;
             err = put(b, &id, 8);
             break;
         }

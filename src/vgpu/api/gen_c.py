@@ -86,11 +86,42 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
     )
     if function.local:
         return text
+    chunked = api.annotations.get("chunked", {}).get(name)
+    if chunked:
+        return text + _chunked_stub(api, function, prefix, params_c, chunked)
     return text + (
         f"VGPU_EXPORT {c_decl(function.returns, name)}({params_c}) {{\n"
         + (f"    void *const vgpu_args[] = {{{args}}};\n" if function.params else "    void *const *vgpu_args = NULL;\n")
         + f"    return ({c_decl(function.returns)}){prefix}_dispatch(&{prefix}_fn_{name}, vgpu_args);\n}}\n"
     )
+
+
+def _chunked_stub(api: Api, function: Function, prefix: str, params_c: str, chunked: dict[str, Any]) -> str:
+    """An export that sends a large transfer as pieces of VGPU_BULK_CHUNK bytes, advancing
+    its addresses (integers or pointers) piece by piece; the first failure ends it."""
+    lines = [f"VGPU_EXPORT {c_decl(function.returns, function.name)}({params_c}) {{",
+             f"    size_t vgpu_total = {chunked['count']}, vgpu_done = 0;",
+             "    for (;;) {",
+             "        size_t vgpu_step = vgpu_total - vgpu_done < VGPU_BULK_CHUNK ? vgpu_total - vgpu_done : VGPU_BULK_CHUNK;"]
+    names = []
+    for param in function.params:
+        piece = f"{param.name}_piece"
+        names.append(f"(void *)&{piece}")
+        if param.name == chunked["count"]:
+            value = "vgpu_step"
+        elif param.name in chunked["advance"]:
+            pointer = api.resolve(param.type)["kind"] == "ptr"
+            value = (f"({c_decl(param.type)})((const char *){param.name} + vgpu_done)" if pointer
+                     else f"{param.name} + vgpu_done")
+        else:
+            value = param.name
+        lines.append(f"        {c_decl(param.type, piece)} = {value};")
+    lines += [f"        void *const vgpu_args[] = {{{', '.join(names)}}};",
+              f"        int vgpu_rc = {prefix}_dispatch(&{prefix}_fn_{function.name}, vgpu_args);",
+              "        vgpu_done += vgpu_step;",
+              f"        if (vgpu_rc != 0 || vgpu_done >= vgpu_total) return ({c_decl(function.returns)})vgpu_rc;",
+              "    }", "}", ""]
+    return "\n".join(lines)
 
 
 def _switch(function: str, cases: dict[int, str], default: str) -> str:
@@ -109,6 +140,7 @@ def api_source(api: Api, prelude: str, prefix: str, error_enum: str, unknown_tex
 {prelude}
 #include <stddef.h>
 #include "marshal.h"
+#include "vgpu_wire.h"
 #include "{api.name}_shim.h"
 
 const char {prefix}_digest[] = "{api.digest}";

@@ -25,6 +25,8 @@ C = API.constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 INVALID_DEVICE = C["CUDA_ERROR_INVALID_DEVICE"]
+#: the streams every context has: NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD
+DEFAULT_STREAMS = {0: "default", 1: "legacy", 2: "per-thread"}
 #: the shim's ids for primary contexts: this bit and the device ordinal (native/cuda/cuda_shim.c)
 PRIMARY_CONTEXT = 1 << 32
 #: attribute number -> its names without the CU_DEVICE_ATTRIBUTE_ prefix (old and new names share numbers)
@@ -72,7 +74,11 @@ class CudaService:
         self._attributes = [attributes(gpu.ident) for gpu in state.gpus]
 
     def resolve(self, handle_type: str, handle_id: int, caller: Caller) -> Any:
-        return None  # contexts, streams and the rest come with the next steps
+        if handle_type == "CUstream" and handle_id in DEFAULT_STREAMS:
+            return DEFAULT_STREAMS[handle_id]
+        if handle_type == "CUcontext" and (handle_id == 0 or handle_id & PRIMARY_CONTEXT):
+            return handle_id  # a primary context, or NULL for the current one
+        return None  # created streams, events and the rest come with the next steps
 
     @staticmethod
     def handle_id(obj: Any) -> int:
@@ -179,7 +185,17 @@ class CudaService:
     def cuCtxSynchronize(self, c: Caller) -> int:
         return self._context_gpu(c)[1]  # nothing runs asynchronously yet: all work is done
 
-    cuCtxSynchronize_v2 = cuCtxSynchronize
+    def cuCtxSynchronize_v2(self, c: Caller, ctx: int) -> int:
+        return self._context_gpu(Caller(c.session, ctx) if ctx else c)[1]
+
+    def cuStreamSynchronize(self, c: Caller, hStream: str) -> int:
+        return self._context_gpu(c)[1]
+
+    def cuStreamQuery(self, c: Caller, hStream: str) -> int:
+        return self._context_gpu(c)[1]  # CUDA_SUCCESS: all work is done
+
+    cuStreamSynchronize_ptsz = cuStreamSynchronize
+    cuStreamQuery_ptsz = cuStreamQuery
 
     def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
         gpu, rc = self._context_gpu(c)

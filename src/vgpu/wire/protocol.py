@@ -19,6 +19,8 @@ PROTOCOL_VERSION = 1
 MAGIC = b"VGPU"
 HEADER = struct.Struct("<IHHI")
 MAX_PAYLOAD = 64 << 20
+#: bulk transfers travel in pieces of at most this many bytes
+BULK_CHUNK = 16 << 20
 
 # flags
 FLAG_REPLY = 0x1
@@ -139,6 +141,7 @@ def c_header() -> str:
              f"#define VGPU_PROTOCOL_VERSION {PROTOCOL_VERSION}u",
              f'#define VGPU_MAGIC "{MAGIC.decode()}"',
              f"#define VGPU_MAX_PAYLOAD {MAX_PAYLOAD}u",
+             f"#define VGPU_BULK_CHUNK {BULK_CHUNK}u",
              f'#define VGPU_SOCKET_ENV "{SOCKET_ENV}"',
              f'#define VGPU_SYSTEM_SOCKET "{SYSTEM_SOCKET}"']
     for name, value in sorted(globals().items()):
