@@ -127,3 +127,28 @@ def test_cudart_memory_round_trip(vgpud, memory_round_trip, size):
     assert int(report["used"]) >= 2 * size
     assert report["oom"] == "2"       # cudaErrorMemoryAllocation
     assert report["bad_copy"] == "1"  # cudaErrorInvalidValue
+
+
+@pytest.fixture(scope="module")
+def streams_events(tmp_path_factory) -> Path:
+    if NVCC is None:
+        pytest.skip("nvcc is not on this machine")
+    binary = tmp_path_factory.mktemp("nvcc") / "streams_events"
+    subprocess.run([NVCC, "-o", str(binary), str(CLIENTS / "streams_events.cu")], check=True, capture_output=True)
+    return binary
+
+
+def test_streams_events_and_pinned_memory(vgpud, streams_events):
+    result = subprocess.run([str(streams_events)], env=vgpud.env, capture_output=True, text=True, timeout=120)
+    report = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines()}
+    for step in ("mallochost", "hostalloc", "priority_range", "untimed_create", "event_sync", "event_query",
+                 "elapsed_rc", "sync"):
+        assert report[step] == "0", f"{step}: {result.stdout}{result.stderr}"
+    assert report["priorities"] == "0 -5" and report["stream_priority"] == "-5"
+    assert report["created"] == report["async"] == report["equal"] == report["destroyed"] == "1"
+    assert report["freehost"] == "0 0"
+    assert report["untimed_rc"] == "400"  # cudaErrorInvalidResourceHandle: timing disabled
+    # stream 0 ran an 8 MiB copy each way; the model times a PCIe 5 x16 link at about 50 GB/s
+    h100 = SET.gpus[0].profile
+    one_way = 5e-6 + (8 << 20) / (0.8 * h100.pcie_width * 0.985e9 * 2 ** (h100.pcie_generation - 3))
+    assert float(report["elapsed_ms"]) == pytest.approx(2 * one_way * 1000, rel=0.01)

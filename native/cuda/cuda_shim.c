@@ -250,6 +250,135 @@ VGPU_EXPORT CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
     return context_device(ctx ? ctx : current_context, device) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
+#define CONTEXT_STACK_DEPTH 64
+static __thread CUcontext context_stack[CONTEXT_STACK_DEPTH];
+static __thread int context_depth;
+
+VGPU_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
+    CUdevice dev;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (context_device(ctx, &dev) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    if (context_depth == CONTEXT_STACK_DEPTH) return CUDA_ERROR_OUT_OF_MEMORY;
+    context_stack[context_depth++] = current_context;
+    current_context = ctx;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pctx) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!current_context) return CUDA_ERROR_INVALID_CONTEXT;
+    if (pctx) *pctx = current_context;
+    current_context = context_depth ? context_stack[--context_depth] : NULL;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuCtxPushCurrent(CUcontext ctx) { return cuCtxPushCurrent_v2(ctx); }
+VGPU_EXPORT CUresult cuCtxPopCurrent(CUcontext *pctx) { return cuCtxPopCurrent_v2(pctx); }
+
+/* ---- page-locked host memory: plain host memory here, remembered so the driver's
+ * questions about it (flags, device pointer, registration) get the driver's answers ---- */
+
+typedef struct host_range {
+    char *start;
+    size_t size;
+    unsigned flags;
+    int allocated; /* by cuMemHostAlloc (freed by cuMemFreeHost), else registered */
+} host_range;
+
+static host_range *host_ranges;
+static size_t host_count, host_cap;
+static pthread_mutex_t host_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static host_range *host_find(const void *p) { /* call with host_lock held */
+    for (size_t i = 0; i < host_count; i++)
+        if ((const char *)p >= host_ranges[i].start && (const char *)p < host_ranges[i].start + host_ranges[i].size)
+            return &host_ranges[i];
+    return NULL;
+}
+
+static CUresult host_remember(void *p, size_t size, unsigned flags, int allocated) {
+    pthread_mutex_lock(&host_lock);
+    CUresult rc = CUDA_SUCCESS;
+    if (host_find(p) || host_find((char *)p + size - 1)) rc = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    else if (host_count == host_cap) {
+        size_t cap = host_cap ? host_cap * 2 : 16;
+        host_range *grown = realloc(host_ranges, cap * sizeof *grown);
+        if (!grown) rc = CUDA_ERROR_OUT_OF_MEMORY;
+        else { host_ranges = grown; host_cap = cap; }
+    }
+    if (rc == CUDA_SUCCESS) host_ranges[host_count++] = (host_range){p, size, flags, allocated};
+    pthread_mutex_unlock(&host_lock);
+    return rc;
+}
+
+/* Forget the range starting at p made the given way; whether there was one. */
+static int host_forget(void *p, int allocated) {
+    pthread_mutex_lock(&host_lock);
+    host_range *found = host_find(p);
+    int ok = found && found->start == p && found->allocated == allocated;
+    if (ok) *found = host_ranges[--host_count];
+    pthread_mutex_unlock(&host_lock);
+    return ok;
+}
+
+VGPU_EXPORT CUresult cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
+    if (!pp || !bytesize) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (Flags & ~(unsigned)(CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED))
+        return CUDA_ERROR_INVALID_VALUE;
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = host_remember(p, bytesize, Flags, 1);
+    if (rc != CUDA_SUCCESS) free(p);
+    else *pp = p;
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
+VGPU_EXPORT CUresult cuMemAllocHost(void **pp, unsigned int bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
+
+VGPU_EXPORT CUresult cuMemFreeHost(void *p) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!host_forget(p, 1)) return CUDA_ERROR_INVALID_VALUE;
+    free(p);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
+    if (!p || !bytesize) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    return host_remember(p, bytesize, Flags, 0);
+}
+
+VGPU_EXPORT CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags) {
+    return cuMemHostRegister_v2(p, bytesize, Flags);
+}
+
+VGPU_EXPORT CUresult cuMemHostUnregister(void *p) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    return host_forget(p, 0) ? CUDA_SUCCESS : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+}
+
+VGPU_EXPORT CUresult cuMemHostGetFlags(unsigned int *pFlags, void *p) {
+    if (!pFlags) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&host_lock);
+    host_range *found = host_find(p);
+    if (found) *pFlags = found->flags;
+    pthread_mutex_unlock(&host_lock);
+    return found ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* With unified addressing, page-locked memory has the same address on the device. */
+VGPU_EXPORT CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned int Flags) {
+    if (!pdptr || Flags) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&host_lock);
+    int found = host_find(p) != NULL;
+    pthread_mutex_unlock(&host_lock);
+    if (!found) return CUDA_ERROR_INVALID_VALUE;
+    *pdptr = (CUdeviceptr)(uintptr_t)p;
+    return CUDA_SUCCESS;
+}
+
 /* Lazy unless CUDA_MODULE_LOADING=EAGER, as in drivers since CUDA 12.2. */
 VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     if (!mode) return CUDA_ERROR_INVALID_VALUE;

@@ -9,6 +9,8 @@ driver; UUID bytes and PCI location are the same as NVML's.
 from __future__ import annotations
 
 import ctypes
+import itertools
+from dataclasses import dataclass
 from typing import Any
 
 from vgpu.api.manifest import load
@@ -27,6 +29,10 @@ INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 INVALID_DEVICE = C["CUDA_ERROR_INVALID_DEVICE"]
 #: the streams every context has: NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD
 DEFAULT_STREAMS = {0: "default", 1: "legacy", 2: "per-thread"}
+#: ids of created streams and events start here (below are the default streams' constants)
+STREAM_IDS_FROM = 4096
+#: a copy's fixed cost in the model (driver and DMA set-up), seconds
+COPY_LATENCY = 5e-6
 #: the shim's ids for primary contexts: this bit and the device ordinal (native/cuda/cuda_shim.c)
 PRIMARY_CONTEXT = 1 << 32
 #: attribute number -> its names without the CU_DEVICE_ATTRIBUTE_ prefix (old and new names share numbers)
@@ -56,6 +62,34 @@ def visible_devices(spec: str | None, uuids: list[str]) -> list[int]:
     return chosen
 
 
+@dataclass
+class Stream:
+    """An ordered queue of work on one GPU, on the process's modelled timeline: work takes
+    the time the cost model gives it, and the host's clock moves only when it waits."""
+
+    id: int
+    owner: int
+    gpu: Gpu
+    flags: int = 0
+    priority: int = 0
+    #: when the last queued work ends, in modelled seconds
+    ready_at: float = 0.0
+
+    def queue(self, now: float, seconds: float) -> float:
+        """Queue work of a modelled duration, no earlier than the host's ``now``; when it ends."""
+        self.ready_at = max(now, self.ready_at) + seconds
+        self.gpu.run(self.owner, seconds)  # NVML's utilisation follows the work
+        return self.ready_at
+
+
+@dataclass
+class Event:
+    id: int
+    owner: int
+    flags: int
+    recorded_at: float | None = None
+
+
 class CudaService:
     """The CUDA driver functions vgpud serves."""
 
@@ -72,16 +106,57 @@ class CudaService:
         # cuDriverGetVersion is answered by the shim itself, but asks vgpud first
         self.implemented.add("cuDriverGetVersion")
         self._attributes = [attributes(gpu.ident) for gpu in state.gpus]
+        self.streams: dict[int, Stream] = {}
+        self.events: dict[int, Event] = {}
+        self.default_streams: dict[tuple[int, int], Stream] = {}
+        #: each process's host clock on the modelled timeline (moves when the host waits)
+        self.host_time: dict[int, float] = {}
+        self._ids = itertools.count(STREAM_IDS_FROM)
+        state.on_detach.append(self._forget)
+
+    def _forget(self, session: Session) -> None:
+        """A process ended: its streams and events go with it."""
+        for table in (self.streams, self.events):
+            for key in [k for k, v in table.items() if v.owner == session.id]:
+                del table[key]
+        for key in [k for k in self.default_streams if k[0] == session.id]:
+            del self.default_streams[key]
+        self.host_time.pop(session.id, None)
+
+    def _wait_until(self, c: Caller, moment: float) -> None:
+        """The host waited for work that ends at ``moment``."""
+        self.host_time[c.session.id] = max(self.host_time.get(c.session.id, 0.0), moment)
+
+    def _session_streams(self, c: Caller) -> list[Stream]:
+        mine = [s for s in self.streams.values() if s.owner == c.session.id]
+        return mine + [s for (owner, _), s in self.default_streams.items() if owner == c.session.id]
 
     def resolve(self, handle_type: str, handle_id: int, caller: Caller) -> Any:
-        if handle_type == "CUstream" and handle_id in DEFAULT_STREAMS:
-            return DEFAULT_STREAMS[handle_id]
+        if handle_type == "CUstream":
+            if handle_id in DEFAULT_STREAMS:
+                return self._default_stream(caller)
+            found = self.streams.get(handle_id)
+            return found if found is not None and found.owner == caller.session.id else None
+        if handle_type == "CUevent":
+            found = self.events.get(handle_id)
+            return found if found is not None and found.owner == caller.session.id else None
         if handle_type == "CUcontext" and (handle_id == 0 or handle_id & PRIMARY_CONTEXT):
             return handle_id  # a primary context, or NULL for the current one
-        return None  # created streams, events and the rest come with the next steps
+        return None
 
-    @staticmethod
-    def handle_id(obj: Any) -> int:
+    def _default_stream(self, c: Caller) -> Stream | None:
+        """The current context's default stream (NULL, legacy and per-thread alike)."""
+        gpu, _ = self._context_gpu(c)
+        if gpu is None:
+            return None
+        key = (c.session.id, gpu.index)
+        if key not in self.default_streams:
+            self.default_streams[key] = Stream(0, c.session.id, gpu)
+        return self.default_streams[key]
+
+    def handle_id(self, obj: Any) -> int:
+        if isinstance(obj, (Stream, Event)):
+            return obj.id
         raise TypeError(f"no handle id for {obj!r}")
 
     @staticmethod
@@ -183,16 +258,21 @@ class CudaService:
         return gpu, rc if gpu is not None or rc != INVALID_DEVICE else C["CUDA_ERROR_INVALID_CONTEXT"]
 
     def cuCtxSynchronize(self, c: Caller) -> int:
-        return self._context_gpu(c)[1]  # nothing runs asynchronously yet: all work is done
+        gpu, rc = self._context_gpu(c)
+        for stream in self._session_streams(c):
+            if stream.gpu is gpu:
+                self._wait_until(c, stream.ready_at)
+        return rc
 
     def cuCtxSynchronize_v2(self, c: Caller, ctx: int) -> int:
-        return self._context_gpu(Caller(c.session, ctx) if ctx else c)[1]
+        return self.cuCtxSynchronize(Caller(c.session, ctx) if ctx else c)
 
-    def cuStreamSynchronize(self, c: Caller, hStream: str) -> int:
-        return self._context_gpu(c)[1]
+    def cuStreamSynchronize(self, c: Caller, hStream: Stream) -> int:
+        self._wait_until(c, hStream.ready_at)  # the work itself was done when it was queued
+        return SUCCESS
 
-    def cuStreamQuery(self, c: Caller, hStream: str) -> int:
-        return self._context_gpu(c)[1]  # CUDA_SUCCESS: all work is done
+    def cuStreamQuery(self, c: Caller, hStream: Stream) -> int:
+        return SUCCESS
 
     cuStreamSynchronize_ptsz = cuStreamSynchronize
     cuStreamQuery_ptsz = cuStreamQuery
@@ -259,36 +339,171 @@ class CudaService:
             return INVALID_VALUE
         return SUCCESS
 
-    def cuMemcpyHtoD_v2(self, c: Caller, dstDevice: int, srcHost: Any, ByteCount: int) -> int:
+    # copies and memsets: done at once (contents are exact), timed on a stream by the model.
+    # The synchronous forms run on the current context's default stream.
+    def _timed(self, c: Caller, stream: Stream | None, seconds: float, action: Any, *addresses: int) -> int:
+        """Do a copy or memset and queue its modelled time; without a stream (the synchronous
+        forms) on the default stream, with the host waiting for it."""
+        queue_on = stream if stream is not None else self._default_stream(c)
+        if queue_on is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        rc = self._access(c, action, *addresses)
+        if rc == SUCCESS:
+            end = queue_on.queue(self.host_time.get(c.session.id, 0.0), seconds)
+            if stream is None:
+                self._wait_until(c, end)
+        return rc
+
+    @staticmethod
+    def _pcie_seconds(gpu: Gpu | None, nbytes: int) -> float:
+        """Host-device transfer time: about 3.94 GB/s per PCIe 4/5 lane-generation unit, 80 % used."""
+        if gpu is None:
+            return COPY_LATENCY
+        p = gpu.profile
+        bandwidth = 0.8 * p.pcie_width * 0.985e9 * 2 ** (p.pcie_generation - 3)
+        return COPY_LATENCY + nbytes / bandwidth
+
+    @staticmethod
+    def _memory_seconds(gpu: Gpu | None, nbytes: int) -> float:
+        """On-device traffic at the profile's memory bandwidth (bus width x double data rate)."""
+        if gpu is None:
+            return COPY_LATENCY
+        p = gpu.profile
+        return COPY_LATENCY + nbytes / (p.bus_width / 8 * p.max_mem_clock_mhz * 1e6 * 2)
+
+    def cuMemcpyHtoDAsync_v2(self, c: Caller, dstDevice: int, srcHost: Any, ByteCount: int,
+                             hStream: Stream | None = None) -> int:
         if srcHost is None:
             return INVALID_VALUE
-        return self._access(c, lambda m: m.write(c.session.id, dstDevice, memoryview(srcHost)), dstDevice)
+        return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(dstDevice), ByteCount),
+                           lambda m: m.write(c.session.id, dstDevice, memoryview(srcHost)), dstDevice)
 
-    def cuMemcpyDtoH_v2(self, c: Caller, dstHost: Any, srcDevice: int, ByteCount: int) -> int:
+    def cuMemcpyDtoHAsync_v2(self, c: Caller, dstHost: Any, srcDevice: int, ByteCount: int,
+                             hStream: Stream | None = None) -> int:
         if dstHost is None:
             return INVALID_VALUE
-        return self._access(c, lambda m: m.read(c.session.id, srcDevice, ByteCount, memoryview(dstHost).cast("B")),
-                            srcDevice)
+        return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(srcDevice), ByteCount),
+                           lambda m: m.read(c.session.id, srcDevice, ByteCount, memoryview(dstHost).cast("B")),
+                           srcDevice)
 
-    def cuMemcpyDtoD_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int) -> int:
-        return self._access(c, lambda m: m.copy(c.session.id, dstDevice, srcDevice, ByteCount), dstDevice, srcDevice)
+    def cuMemcpyDtoDAsync_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int,
+                             hStream: Stream | None = None) -> int:
+        return self._timed(c, hStream, self._memory_seconds(self._gpu_of_address(dstDevice), 2 * ByteCount),
+                           lambda m: m.copy(c.session.id, dstDevice, srcDevice, ByteCount), dstDevice, srcDevice)
 
-    def _memset(self, c: Caller, dstDevice: int, pattern: bytes, N: int) -> int:
-        return self._access(c, lambda m: m.fill(c.session.id, dstDevice, pattern, N), dstDevice)
+    def _memset(self, c: Caller, stream: Stream | None, dstDevice: int, pattern: bytes, N: int) -> int:
+        seconds = self._memory_seconds(self._gpu_of_address(dstDevice), len(pattern) * N)
+        return self._timed(c, stream, seconds, lambda m: m.fill(c.session.id, dstDevice, pattern, N), dstDevice)
 
-    def cuMemsetD8_v2(self, c: Caller, dstDevice: int, uc: int, N: int) -> int:
-        return self._memset(c, dstDevice, uc.to_bytes(1, "little"), N)
+    def cuMemsetD8Async(self, c: Caller, dstDevice: int, uc: int, N: int, hStream: Stream | None = None) -> int:
+        return self._memset(c, hStream, dstDevice, uc.to_bytes(1, "little"), N)
 
-    def cuMemsetD16_v2(self, c: Caller, dstDevice: int, us: int, N: int) -> int:
-        return self._memset(c, dstDevice, us.to_bytes(2, "little"), N)
+    def cuMemsetD16Async(self, c: Caller, dstDevice: int, us: int, N: int, hStream: Stream | None = None) -> int:
+        return self._memset(c, hStream, dstDevice, us.to_bytes(2, "little"), N)
 
-    def cuMemsetD32_v2(self, c: Caller, dstDevice: int, ui: int, N: int) -> int:
-        return self._memset(c, dstDevice, ui.to_bytes(4, "little"), N)
+    def cuMemsetD32Async(self, c: Caller, dstDevice: int, ui: int, N: int, hStream: Stream | None = None) -> int:
+        return self._memset(c, hStream, dstDevice, ui.to_bytes(4, "little"), N)
 
-    # the per-thread-default-stream names do the same synchronous work
+    cuMemcpyHtoD_v2 = cuMemcpyHtoDAsync_v2
+    cuMemcpyDtoH_v2 = cuMemcpyDtoHAsync_v2
+    cuMemcpyDtoD_v2 = cuMemcpyDtoDAsync_v2
+    cuMemsetD8_v2 = cuMemsetD8Async
+    cuMemsetD16_v2 = cuMemsetD16Async
+    cuMemsetD32_v2 = cuMemsetD32Async
+    # the per-thread-default-stream names do the same work
     cuMemcpyHtoD_v2_ptds = cuMemcpyHtoD_v2
     cuMemcpyDtoH_v2_ptds = cuMemcpyDtoH_v2
     cuMemcpyDtoD_v2_ptds = cuMemcpyDtoD_v2
     cuMemsetD8_v2_ptds = cuMemsetD8_v2
     cuMemsetD16_v2_ptds = cuMemsetD16_v2
     cuMemsetD32_v2_ptds = cuMemsetD32_v2
+    cuMemcpyHtoDAsync_v2_ptsz = cuMemcpyHtoDAsync_v2
+    cuMemcpyDtoHAsync_v2_ptsz = cuMemcpyDtoHAsync_v2
+    cuMemcpyDtoDAsync_v2_ptsz = cuMemcpyDtoDAsync_v2
+    cuMemsetD8Async_ptsz = cuMemsetD8Async
+    cuMemsetD16Async_ptsz = cuMemsetD16Async
+    cuMemsetD32Async_ptsz = cuMemsetD32Async
+
+    # streams and events ------------------------------------------------------------------
+    def cuCtxGetStreamPriorityRange(self, c: Caller, leastPriority: Any, greatestPriority: Any) -> int:
+        if leastPriority is not None:
+            leastPriority.value = 0
+        if greatestPriority is not None:
+            greatestPriority.value = -5
+        return SUCCESS
+
+    def cuStreamCreateWithPriority(self, c: Caller, phStream: Any, flags: int, priority: int) -> int:
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        if flags & ~C["CU_STREAM_NON_BLOCKING"]:
+            return INVALID_VALUE
+        stream = Stream(next(self._ids), c.session.id, gpu, flags, max(-5, min(0, priority)))
+        self.streams[stream.id] = stream
+        phStream.value = stream
+        return SUCCESS
+
+    def cuStreamCreate(self, c: Caller, phStream: Any, Flags: int) -> int:
+        return self.cuStreamCreateWithPriority(c, phStream, Flags, 0)
+
+    def cuStreamDestroy_v2(self, c: Caller, hStream: Stream) -> int:
+        if hStream.id == 0:
+            return C["CUDA_ERROR_INVALID_HANDLE"]
+        del self.streams[hStream.id]
+        return SUCCESS
+
+    def cuStreamGetPriority(self, c: Caller, hStream: Stream, priority: Any) -> int:
+        priority.value = hStream.priority
+        return SUCCESS
+
+    def cuStreamGetFlags(self, c: Caller, hStream: Stream, flags: Any) -> int:
+        flags.value = hStream.flags
+        return SUCCESS
+
+    def cuStreamWaitEvent(self, c: Caller, hStream: Stream, hEvent: Event, Flags: int) -> int:
+        if hEvent.recorded_at is not None:  # later work on the stream starts after the event
+            hStream.ready_at = max(hStream.ready_at, hEvent.recorded_at)
+        return SUCCESS
+
+    def cuEventCreate(self, c: Caller, phEvent: Any, Flags: int) -> int:
+        known = C["CU_EVENT_BLOCKING_SYNC"] | C["CU_EVENT_DISABLE_TIMING"] | C["CU_EVENT_INTERPROCESS"]
+        if Flags & ~known:
+            return INVALID_VALUE
+        event = Event(next(self._ids), c.session.id, Flags)
+        self.events[event.id] = event
+        phEvent.value = event
+        return SUCCESS
+
+    def cuEventDestroy_v2(self, c: Caller, hEvent: Event) -> int:
+        del self.events[hEvent.id]
+        return SUCCESS
+
+    def cuEventRecord(self, c: Caller, hEvent: Event, hStream: Stream) -> int:
+        hEvent.recorded_at = max(hStream.ready_at, self.host_time.get(c.session.id, 0.0))
+        return SUCCESS
+
+    def cuEventRecordWithFlags(self, c: Caller, hEvent: Event, hStream: Stream, flags: int) -> int:
+        return self.cuEventRecord(c, hEvent, hStream)
+
+    def cuEventQuery(self, c: Caller, hEvent: Event) -> int:
+        return SUCCESS  # the work an event follows is done when queued
+
+    def cuEventSynchronize(self, c: Caller, hEvent: Event) -> int:
+        if hEvent.recorded_at is not None:
+            self._wait_until(c, hEvent.recorded_at)
+        return SUCCESS
+
+    def cuEventElapsedTime_v2(self, c: Caller, pMilliseconds: Any, hStart: Event, hEnd: Event) -> int:
+        if (hStart.flags | hEnd.flags) & C["CU_EVENT_DISABLE_TIMING"]:
+            return C["CUDA_ERROR_INVALID_HANDLE"]
+        if hStart.recorded_at is None or hEnd.recorded_at is None:
+            return C["CUDA_ERROR_INVALID_HANDLE"]
+        pMilliseconds.value = (hEnd.recorded_at - hStart.recorded_at) * 1000
+        return SUCCESS
+
+    cuEventElapsedTime = cuEventElapsedTime_v2
+    cuStreamWaitEvent_ptsz = cuStreamWaitEvent
+    cuEventRecord_ptsz = cuEventRecord
+    cuEventRecordWithFlags_ptsz = cuEventRecordWithFlags
+    cuStreamGetPriority_ptsz = cuStreamGetPriority
+    cuStreamGetFlags_ptsz = cuStreamGetFlags

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from vgpu.api.manifest import load
 from vgpu.device.events import EventHub
@@ -42,6 +43,8 @@ class DaemonState:
         self._by_pid: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        #: called with each session that ends, after its memory is freed (services' clean-up)
+        self.on_detach: list[Callable[[Session], None]] = []
 
     def attach(self, pid: int, uid: int, exe: str, env: dict[str, str] | None = None) -> Session:
         """The session of a process, made on its first connection."""
@@ -67,3 +70,5 @@ class DaemonState:
             gpu.memory.free_owned_by(session.id)
             gpu.release(session.id)
         self.events.free_owned_by(session.id)
+        for forget in self.on_detach:
+            forget(session)
