@@ -91,6 +91,15 @@ prop = ctypes.create_string_buffer(4096)
 out["props_rc"] = rt.cudaGetDeviceProperties_v2(prop, 2)
 out["name"] = prop.raw[:256].split(b"\\0")[0].decode()
 out["uuid"] = prop.raw[256:272].hex()
+rt.cudaSetDevice(1)
+data = bytes(range(256)) * 4096
+back = ctypes.create_string_buffer(len(data))
+ptr = ctypes.c_void_p()
+out["malloc"] = rt.cudaMalloc(ctypes.byref(ptr), len(data))
+out["h2d"] = rt.cudaMemcpy(ptr, data, len(data), 1)
+out["d2h"] = rt.cudaMemcpy(back, ptr, len(data), 2)
+out["equal"] = back.raw == data
+out["free"] = rt.cudaFree(ptr)
 print(json.dumps(out))
 """
 
@@ -104,6 +113,7 @@ def test_cudart12_from_the_wheel(vgpud):
     assert out["runtime"] // 1000 == 12
     assert out["count_rc"] == 0 and out["count"] == 4
     assert out["props_rc"] == 0 and out["name"] == "NVIDIA L4" and out["uuid"] == SET.gpus[2].uuid_bytes.hex()
+    assert [out["malloc"], out["h2d"], out["d2h"], out["free"]] == [0, 0, 0, 0] and out["equal"]
 
 
 @pytest.fixture(scope="module")
