@@ -2,8 +2,9 @@
 
 - a synchronous driver call (cuCtxSynchronize on an idle context) against a raw
   Unix-socket round trip between two processes;
-- host-to-device and device-to-host bandwidth for 4 KiB, 1 MiB, 64 MiB and 1 GiB against
-  plain memcpy in the same process;
+- host-to-device and device-to-host bandwidth for 4 KiB, 1 MiB, 64 MiB and 1 GiB, from
+  page-locked memory (cuMemAllocHost: vgpud maps it) and from ordinary memory (through the
+  socket), against plain memcpy in the same process;
 - start-up: process start to the first cudaGetDeviceCount returning 8 GPUs (a program built
   with nvcc, when nvcc is on the machine).
 
@@ -48,6 +49,37 @@ def check(rc: int, what: str) -> None:
         raise RuntimeError(f"{what} answered {rc}")
 
 
+def host_buffer(cuda: ctypes.CDLL, memory: str, size: int) -> ctypes.c_void_p:
+    """Page-locked memory from the driver (which vgpud maps), or ordinary memory."""
+    if memory == "pageable":
+        return ctypes.cast(ctypes.create_string_buffer(size), ctypes.c_void_p)
+    pointer = ctypes.c_void_p()
+    check(cuda.cuMemAllocHost_v2(ctypes.byref(pointer), ctypes.c_size_t(size)), "cuMemAllocHost")
+    return pointer
+
+
+def bandwidth(cuda: ctypes.CDLL, memory: str, names: list[str]) -> dict[str, dict[str, float]]:
+    figures = {}
+    for name in names:
+        size = SIZES[name]
+        repeats = max(3, min(200, (256 << 20) // size))
+        host, other = host_buffer(cuda, memory, size), host_buffer(cuda, memory, size)
+        ctypes.memset(host, 0x5A, size)
+        dptr = ctypes.c_uint64()
+        check(cuda.cuMemAlloc_v2(ctypes.byref(dptr), ctypes.c_size_t(size)), "cuMemAlloc")
+        memcpy = median_seconds(lambda: ctypes.memmove(other, host, size), repeats)
+        h2d = median_seconds(lambda: check(cuda.cuMemcpyHtoD_v2(dptr, host, ctypes.c_size_t(size)), "HtoD"), repeats)
+        d2h = median_seconds(lambda: check(cuda.cuMemcpyDtoH_v2(other, dptr, ctypes.c_size_t(size)), "DtoH"), repeats)
+        check(cuda.cuMemFree_v2(dptr), "cuMemFree")
+        if memory == "pinned":
+            check(cuda.cuMemFreeHost(host), "cuMemFreeHost")
+            check(cuda.cuMemFreeHost(other), "cuMemFreeHost")
+        figures[name] = {"memcpy_GBps": round(size / memcpy / 1e9, 2),
+                         "h2d_GBps": round(size / h2d / 1e9, 3), "d2h_GBps": round(size / d2h / 1e9, 3),
+                         "h2d_ratio": round(memcpy / h2d, 3), "d2h_ratio": round(memcpy / d2h, 3)}
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10000)
@@ -64,25 +96,8 @@ def main() -> None:
         sync = median_seconds(lambda: cuda.cuCtxSynchronize(), args.calls)
         results["sync_call"] = {"floor_us": round(floor * 1e6, 2), "cuCtxSynchronize_us": round(sync * 1e6, 2),
                                 "ratio": round(sync / floor, 2)}
-        bandwidth = {}
-        for name, size in SIZES.items():
-            if name == "1GiB" and args.no_gib:
-                continue
-            repeats = max(3, min(200, (256 << 20) // size))
-            host = ctypes.create_string_buffer(size)
-            other = ctypes.create_string_buffer(size)
-            dptr = ctypes.c_uint64()
-            check(cuda.cuMemAlloc_v2(ctypes.byref(dptr), ctypes.c_size_t(size)), "cuMemAlloc")
-            memcpy = median_seconds(lambda: ctypes.memmove(other, host, size), repeats)
-            h2d = median_seconds(lambda: check(cuda.cuMemcpyHtoD_v2(dptr, host, ctypes.c_size_t(size)), "HtoD"),
-                                 repeats)
-            d2h = median_seconds(lambda: check(cuda.cuMemcpyDtoH_v2(other, dptr, ctypes.c_size_t(size)), "DtoH"),
-                                 repeats)
-            check(cuda.cuMemFree_v2(dptr), "cuMemFree")
-            bandwidth[name] = {"memcpy_GBps": round(size / memcpy / 1e9, 2),
-                               "h2d_GBps": round(size / h2d / 1e9, 3), "d2h_GBps": round(size / d2h / 1e9, 3),
-                               "h2d_ratio": round(memcpy / h2d, 3), "d2h_ratio": round(memcpy / d2h, 3)}
-        results["bandwidth"] = bandwidth
+        for memory in ("pinned", "pageable"):
+            results[f"bandwidth_{memory}"] = bandwidth(cuda, memory, [n for n in SIZES if n != "1GiB" or not args.no_gib])
         nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
         if Path(nvcc).exists():
             folder = Path(tempfile.mkdtemp())

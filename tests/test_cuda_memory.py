@@ -120,3 +120,33 @@ print(json.dumps([int(cu.cuMemcpyDtoH(stolen, {held['ptr']}, 60)[0]), int(cu.cuM
         holder.kill()
         holder.wait()
     wait_for(lambda: vgpud.control("status")["gpus"][1]["memory_used"] == 0, timeout=1.0)
+
+
+PINNED = PRELUDE + """
+import ctypes, sys
+from vgpu.wire.client import Client
+use(0)
+size = 40 << 20
+host = ok(cu.cuMemAllocHost(size))
+back = ok(cu.cuMemAllocHost(size))
+pattern = bytes(range(251)) * (size // 251 + 1)
+ctypes.memmove(host, pattern, size)
+dev = ok(cu.cuMemAlloc(size))
+ok(cu.cuMemcpyHtoD(dev, host, size))
+ok(cu.cuMemcpyDtoH(back, dev, size))
+same = ctypes.string_at(back, size) == pattern[:size]
+with Client(sys.argv[1]) as c:
+    windows = next(s["shared_windows"] for s in c.control("status")["sessions"] if s["pid"] == os.getpid())
+ok(cu.cuMemFreeHost(host)); ok(cu.cuMemFreeHost(back))
+with Client(sys.argv[1]) as c:
+    after = next(s["shared_windows"] for s in c.control("status")["sessions"] if s["pid"] == os.getpid())
+print(json.dumps([same, windows, after]))
+"""
+
+
+def test_page_locked_memory_is_shared_with_vgpud(vgpud):
+    """cuMemAllocHost memory is a file vgpud maps: transfers from and to it skip the socket."""
+    result = subprocess.run([sys.executable, "-c", PINNED, str(vgpud.socket)], env=vgpud.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True, 2, 0]

@@ -127,6 +127,12 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
         case VGPU_K_ARRAY_IN:
         case VGPU_K_ARRAY_OUT: {
             uint64_t n = ptr ? count_of(fn, args, p->count) : 0;
+            if (p->kind != VGPU_K_ARRAY && n && vgpu_shared(ptr, n * p->size)) {
+                /* in a shared window: vgpud reads or writes it in place */
+                uint64_t address = (uintptr_t)ptr;
+                err = put_u8(b, 2) || put_u32(b, (uint32_t)n) || put(b, &address, 8);
+                break;
+            }
             if (n * p->size > VGPU_MAX_PAYLOAD - 4096) return VGPU_CALL_TOO_BIG;
             err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)n));
             if (!err && ptr && p->kind != VGPU_K_ARRAY_OUT) err = put(b, ptr, n * p->size);
@@ -178,7 +184,9 @@ static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, 
             memcpy(&n, r + pos, 4);
             pos += 4;
             size_t unit = p->kind == VGPU_K_BUFFER ? 1 : p->size;
-            if (pos + (size_t)n * unit > len || n > caps[i]) return -1;
+            if (n > caps[i]) return -1;
+            if (p->kind == VGPU_K_ARRAY_OUT && n && vgpu_shared(ptr, caps[i] * unit)) continue; /* written in place */
+            if (pos + (size_t)n * unit > len) return -1;
             memcpy(ptr, r + pos, (size_t)n * unit);
             pos += (size_t)n * unit;
         }

@@ -386,3 +386,54 @@ int vgpu_implemented(const vgpu_api *api, unsigned int op) {
     if (!api->implemented || index >= api->op_count) return 0;
     return (api->implemented[index / 8] >> (index % 8)) & 1;
 }
+
+/* ---- shared-memory windows ---- */
+
+typedef struct window {
+    const char *start;
+    size_t size;
+} window;
+
+static window windows[256];
+static int window_count;
+static pthread_mutex_t window_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int vgpu_share(vgpu_api *api, const void *address, size_t size, int fd) {
+    uint8_t req[VGPU_SHARE_REQUEST_SIZE];
+    uint64_t addr64 = (uintptr_t)address, size64 = size;
+    int32_t fd32 = fd;
+    memcpy(req, &addr64, 8);
+    memcpy(req + 8, &size64, 8);
+    memcpy(req + 16, &fd32, 4);
+    pthread_mutex_lock(&window_lock);
+    if (size == 0) { /* withdraw locally first: no transfer may name it from now on */
+        for (int i = 0; i < window_count; i++)
+            if (windows[i].start == address) windows[i] = windows[--window_count];
+    }
+    pthread_mutex_unlock(&window_lock);
+    const uint8_t *reply;
+    size_t reply_len;
+    int rc = vgpu_call(api, VGPU_OP_SHARE, req, sizeof req, &reply, &reply_len, 0);
+    if (rc != VGPU_OK || size == 0) return rc;
+    int32_t status = -1;
+    if (reply_len == 4) memcpy(&status, reply, 4);
+    if (status != 0) {
+        vgpu_log(2, api->prefix, "vgpud could not map shared memory (errno %d): transfers go through the socket",
+                 status);
+        return VGPU_LOST;
+    }
+    pthread_mutex_lock(&window_lock);
+    if (window_count < (int)(sizeof windows / sizeof *windows)) windows[window_count++] = (window){address, size};
+    pthread_mutex_unlock(&window_lock);
+    return VGPU_OK;
+}
+
+int vgpu_shared(const void *address, size_t size) {
+    const char *p = address;
+    int found = 0;
+    pthread_mutex_lock(&window_lock);
+    for (int i = 0; i < window_count && !found; i++)
+        found = p >= windows[i].start && p + size <= windows[i].start + windows[i].size;
+    pthread_mutex_unlock(&window_lock);
+    return found;
+}

@@ -44,6 +44,11 @@ int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
 /* Look a key up among vgpud's published answers; copies a fresh answer into buf
  * (VGPU_PUBLISHED_ANSWER_MAX bytes) and returns its length, or -1. */
 int vgpu_published_answer(const vgpu_api *api, const uint8_t *key, size_t key_len, uint8_t *buf);
+/* Share [address, address + size) with vgpud through fd, a file that maps it; size 0 withdraws
+ * it.  VGPU_OK when vgpud mapped it: transfers in that range then skip the socket. */
+int vgpu_share(vgpu_api *api, const void *address, size_t size, int fd);
+/* Whether [address, address + size) lies in one shared window. */
+int vgpu_shared(const void *address, size_t size);
 /* Whether vgpud implements op (after a successful vgpu_open). */
 int vgpu_implemented(const vgpu_api *api, unsigned int op);
 /* The socket path clients use: $VGPU_SOCKET, the system socket if present, else /tmp/vgpu-UID/vgpud.sock. */

@@ -1,9 +1,12 @@
 /* libvgpu-cuda.so: the CUDA driver's library state (cuInit), its local answers (versions,
  * entry points, error texts) and the translation of transport failures into CUresult codes.
  * Every other export is a generated stub that calls vgpu_cuda_dispatch. */
+#define _GNU_SOURCE
 #define __CUDA_API_VERSION_INTERNAL
 #include <cuda.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -283,6 +286,7 @@ typedef struct host_range {
     size_t size;
     unsigned flags;
     int allocated; /* by cuMemHostAlloc (freed by cuMemFreeHost), else registered */
+    int fd;        /* the memfd behind allocated memory, shared with vgpud */
 } host_range;
 
 static host_range *host_ranges;
@@ -296,7 +300,7 @@ static host_range *host_find(const void *p) { /* call with host_lock held */
     return NULL;
 }
 
-static CUresult host_remember(void *p, size_t size, unsigned flags, int allocated) {
+static CUresult host_remember(void *p, size_t size, unsigned flags, int allocated, int fd) {
     pthread_mutex_lock(&host_lock);
     CUresult rc = CUDA_SUCCESS;
     if (host_find(p) || host_find((char *)p + size - 1)) rc = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
@@ -306,17 +310,21 @@ static CUresult host_remember(void *p, size_t size, unsigned flags, int allocate
         if (!grown) rc = CUDA_ERROR_OUT_OF_MEMORY;
         else { host_ranges = grown; host_cap = cap; }
     }
-    if (rc == CUDA_SUCCESS) host_ranges[host_count++] = (host_range){p, size, flags, allocated};
+    if (rc == CUDA_SUCCESS) host_ranges[host_count++] = (host_range){p, size, flags, allocated, fd};
     pthread_mutex_unlock(&host_lock);
     return rc;
 }
 
-/* Forget the range starting at p made the given way; whether there was one. */
-static int host_forget(void *p, int allocated) {
+/* Forget the range starting at p made the given way; whether there was one (and its size and fd). */
+static int host_forget(void *p, int allocated, size_t *size, int *fd) {
     pthread_mutex_lock(&host_lock);
     host_range *found = host_find(p);
     int ok = found && found->start == p && found->allocated == allocated;
-    if (ok) *found = host_ranges[--host_count];
+    if (ok) {
+        *size = found->size;
+        *fd = found->fd;
+        *found = host_ranges[--host_count];
+    }
     pthread_mutex_unlock(&host_lock);
     return ok;
 }
@@ -326,28 +334,45 @@ VGPU_EXPORT CUresult cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Fla
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
     if (Flags & ~(unsigned)(CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED))
         return CUDA_ERROR_INVALID_VALUE;
-    void *p = NULL;
-    if (posix_memalign(&p, 4096, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = host_remember(p, bytesize, Flags, 1);
-    if (rc != CUDA_SUCCESS) free(p);
-    else *pp = p;
-    return rc;
+    /* Memory a file backs, which vgpud maps too: transfers from and to it skip the socket,
+     * as DMA skips the staging copy with real page-locked memory. */
+    int fd = memfd_create("vgpu-pinned", MFD_CLOEXEC);
+    void *p = MAP_FAILED;
+    if (fd >= 0 && ftruncate(fd, (off_t)bytesize) == 0)
+        p = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        if (fd >= 0) close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    CUresult rc = host_remember(p, bytesize, Flags, 1, fd);
+    if (rc != CUDA_SUCCESS) {
+        munmap(p, bytesize);
+        close(fd);
+        return rc;
+    }
+    vgpu_share(&api, p, bytesize, fd); /* if vgpud cannot map it, the socket carries the data */
+    *pp = p;
+    return CUDA_SUCCESS;
 }
 
 VGPU_EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
 VGPU_EXPORT CUresult cuMemAllocHost(void **pp, unsigned int bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
 
 VGPU_EXPORT CUresult cuMemFreeHost(void *p) {
+    size_t size;
+    int fd;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    if (!host_forget(p, 1)) return CUDA_ERROR_INVALID_VALUE;
-    free(p);
+    if (!host_forget(p, 1, &size, &fd)) return CUDA_ERROR_INVALID_VALUE;
+    vgpu_share(&api, p, 0, fd);
+    munmap(p, size);
+    close(fd);
     return CUDA_SUCCESS;
 }
 
 VGPU_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
     if (!p || !bytesize) return CUDA_ERROR_INVALID_VALUE;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    return host_remember(p, bytesize, Flags, 0);
+    return host_remember(p, bytesize, Flags, 0, -1);
 }
 
 VGPU_EXPORT CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags) {
@@ -356,7 +381,9 @@ VGPU_EXPORT CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Fl
 
 VGPU_EXPORT CUresult cuMemHostUnregister(void *p) {
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    return host_forget(p, 0) ? CUDA_SUCCESS : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    size_t size;
+    int fd;
+    return host_forget(p, 0, &size, &fd) ? CUDA_SUCCESS : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
 }
 
 VGPU_EXPORT CUresult cuMemHostGetFlags(unsigned int *pFlags, void *p) {

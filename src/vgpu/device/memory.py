@@ -11,11 +11,12 @@ import bisect
 import threading
 from dataclasses import dataclass
 
-PAGE = 1 << 16
+PAGE = 1 << 20
 #: where each GPU's allocations start: GPUs never share an address (unified addressing)
 BASE = 0x2000_0000_0000
 SPAN = 1 << 38
 ZEROS = bytes(PAGE)
+ZERO_VIEW = memoryview(ZEROS)
 SMALL_ALIGNMENT = 512
 LARGE_ALIGNMENT = 2 << 20
 
@@ -110,7 +111,8 @@ class DeviceMemory:
                         done += chunk
                         continue  # zeros over unwritten memory: nothing to keep
                     stored = self._pages[page] = bytearray(PAGE)
-                stored[offset:offset + chunk] = view[done:done + chunk]
+                # through a memoryview: a bytearray slice assignment would copy the source first
+                memoryview(stored)[offset:offset + chunk] = view[done:done + chunk]
                 done += chunk
 
     def read(self, owner: int, address: int, length: int, into: memoryview | None = None) -> memoryview:
@@ -122,7 +124,7 @@ class DeviceMemory:
                 page, offset = divmod(address + done, PAGE)
                 chunk = min(PAGE - offset, length - done)
                 stored = self._pages.get(page)
-                out[done:done + chunk] = stored[offset:offset + chunk] if stored is not None else bytes(chunk)
+                out[done:done + chunk] = memoryview(stored)[offset:offset + chunk] if stored is not None else ZERO_VIEW[:chunk]
                 done += chunk
         return out
 

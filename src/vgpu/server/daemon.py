@@ -219,6 +219,14 @@ class Daemon:
     def _handle(self, session: Session, frame: Frame) -> bytes:
         if frame.op == protocol.OP_PING:
             return frame.payload
+        if frame.op == protocol.OP_SHARE:
+            if len(frame.payload) != protocol.SHARE_REQUEST.size:
+                raise ProtocolError(f"a share request of {len(frame.payload)} bytes")
+            address, size, fd = protocol.SHARE_REQUEST.unpack(frame.payload)
+            if size == 0:
+                session.windows.withdraw(address)
+                return struct.pack("<i", 0)
+            return struct.pack("<i", session.windows.share(address, size, fd))
         if frame.op == protocol.OP_CONTROL:
             try:
                 request = json.loads(frame.payload)

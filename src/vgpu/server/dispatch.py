@@ -68,7 +68,7 @@ class ApiDispatcher:
                 raise DecodeError(f"{codec.function.name}: no calling context")
             caller = Caller(session, U64.unpack_from(payload)[0])
             payload = payload[8:]
-        args = codec.decode(payload)
+        args = codec.decode(payload, session.windows)
         for index, param in enumerate(codec.function.params):
             if param.kind is Kind.HANDLE:
                 obj = service.resolve(param.handle, args[index], caller)

@@ -13,6 +13,7 @@ from vgpu.api.manifest import load
 from vgpu.device.events import EventHub
 from vgpu.device.gpu import Gpu
 from vgpu.device.gpuset import GpuSet
+from vgpu.server.windows import Windows
 
 
 @dataclass
@@ -28,6 +29,12 @@ class Session:
     calls: int = 0
     #: the environment the driver honours, as the process's first connection reported it
     env: dict[str, str] = field(default_factory=dict)
+    #: the process's shared-memory windows (bulk data without the socket)
+    windows: Windows | None = None
+
+    def __post_init__(self) -> None:
+        if self.windows is None:
+            self.windows = Windows(self.pid)
 
 
 class DaemonState:
@@ -72,3 +79,4 @@ class DaemonState:
         self.events.free_owned_by(session.id)
         for forget in self.on_detach:
             forget(session)
+        session.windows.close()

@@ -4,7 +4,8 @@ Request: parameters in order.  VALUE: the object's bytes.  HANDLE: u64 id.
 CSTRING: u32 length (0xffffffff for NULL) and bytes.  IN, INOUT, HANDLE_OUT:
 u8 present, then the object's bytes (IN, INOUT).  BUFFER: u8 present, u32
 capacity.  ARRAY, ARRAY_IN: u8 present, u32 count, the elements.  ARRAY_OUT: u8 present,
-u32 count.
+u32 count.  An ARRAY_IN or ARRAY_OUT inside a shared-memory window has present = 2,
+u32 count and its u64 address instead (vgpu.server.windows); its reply is the count alone.
 Reply: i32 return code, then for each present INOUT the object, for each
 HANDLE_OUT a u64 id, for each BUFFER u32 length and bytes, for each ARRAY and
 ARRAY_OUT u32 count and elements.  An API whose calls carry the caller's current context
@@ -27,6 +28,8 @@ U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 I32 = struct.Struct("<i")
 NULL_STRING = 0xFFFFFFFF
+#: the presence byte of an array that lives in a shared-memory window
+SHARED = b"\x02"
 #: the largest output array a request may ask for: its reply must fit in a frame
 MAX_ARRAY_BYTES = MAX_PAYLOAD - 4096
 
@@ -109,7 +112,8 @@ class FunctionCodec:
                     key.append(bytes(reader.take(4)))
         return b"".join(key)
 
-    def decode(self, payload: bytes) -> list[Any]:
+    def decode(self, payload: bytes, windows: Any = None) -> list[Any]:
+        """The arguments; arrays in a shared window come as memoryviews of it."""
         reader = _Reader(payload)
         args: list[Any] = []
         for param, ctype in zip(self.function.params, self.types):
@@ -122,6 +126,13 @@ class FunctionCodec:
             elif kind is Kind.CSTRING:
                 length = reader.unpack(U32)
                 args.append(None if length == NULL_STRING else bytes(reader.take(length)))
+            elif kind in (Kind.ARRAY_IN, Kind.ARRAY_OUT) and payload[reader.pos:reader.pos + 1] == SHARED:
+                reader.pos += 1
+                count, address = reader.unpack(U32), reader.unpack(U64)
+                view = windows.view(address, count * ctypes.sizeof(ctype)) if windows is not None else None
+                if view is None:
+                    raise DecodeError(f"{self.function.name}: {param.name} is outside the caller's shared windows")
+                args.append(view)
             elif not reader.unpack(U8):
                 args.append(None)
             elif kind in (Kind.IN, Kind.INOUT):
@@ -158,6 +169,8 @@ class FunctionCodec:
             elif kind is Kind.BUFFER:
                 data = b"" if arg.value is None or not arg.capacity else arg.value[: arg.capacity - 1] + b"\0"
                 out.append(U32.pack(len(data)) + data)
+            elif kind is Kind.ARRAY_OUT and isinstance(arg, memoryview):
+                out.append(U32.pack(len(arg) // ctypes.sizeof(self.types[index])))  # written in place
             elif kind in (Kind.ARRAY, Kind.ARRAY_OUT):
                 count = len(arg)
                 holder = args[param.count]

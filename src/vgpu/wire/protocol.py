@@ -31,6 +31,7 @@ FLAG_SHM = 0x4        # payload lives in the session's shared-memory segment (bu
 OP_HELLO = 0x0001
 OP_PING = 0x0002
 OP_CONTROL = 0x0003   # JSON request and reply, for tools (status, faults, sessions, activity)
+OP_SHARE = 0x0004     # a client's shared-memory window: vgpud maps it, bulk data skips the socket
 
 # handshake answers
 HELLO_OK = 0
@@ -43,6 +44,9 @@ HELLO_REFUSED = 4
 #: executable path and a u16-prefixed "KEY=VALUE" list (NUL-separated) of the environment the
 #: driver honours (CUDA_VISIBLE_DEVICES)
 HELLO_REQUEST = struct.Struct("<4sI16s64s")
+#: SHARE request: the window's address in the client, its size (0 to withdraw it), and a file
+#: descriptor of the client's that maps it (vgpud opens /proc/PID/fd/FD); reply: i32 errno (0 ok)
+SHARE_REQUEST = struct.Struct("<QQi")
 #: HELLO reply: status, session id, process's connection count, bitmap length; then the bitmap,
 #: a u16-prefixed message and a u16-prefixed path of the published-answers file (may be empty)
 HELLO_REPLY = struct.Struct("<iQII")
@@ -152,5 +156,6 @@ def c_header() -> str:
         lines.append(f"#define VGPU_{name} {globals()[name]}")
     lines.append(f'#define VGPU_PUBLISHED_MAGIC "{PUBLISHED_MAGIC.decode()}"')
     lines.append(f"#define VGPU_HELLO_REQUEST_SIZE {HELLO_REQUEST.size}")
+    lines.append(f"#define VGPU_SHARE_REQUEST_SIZE {SHARE_REQUEST.size}")
     lines.append(f"#define VGPU_HELLO_REPLY_SIZE {HELLO_REPLY.size}")
     return "\n".join(lines) + "\n"
