@@ -185,3 +185,27 @@ def test_no_visible_device_fails_init(vgpud):
     env = {**vgpud.env, "CUDA_VISIBLE_DEVICES": ""}
     result = run_python("from cuda.bindings import driver as cu\nprint(int(cu.cuInit(0)[0]))", env)
     assert int(result.stdout) == C["CUDA_ERROR_NO_DEVICE"]
+
+
+def test_device_facts_cost_one_round_trip_each(vgpud):
+    code = """
+import json, os, sys
+from cuda.bindings import driver as cu
+from vgpu.wire.client import Client
+def calls():
+    with Client(sys.argv[1]) as c:
+        return next(s["calls"] for s in c.control("status")["sessions"] if s["pid"] == os.getpid())
+cu.cuInit(0)
+A = cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+first = [cu.cuDeviceGetAttribute(A, d)[1] for d in range(4)]
+before = calls()
+again = [cu.cuDeviceGetAttribute(A, d)[1] for d in range(4) for _ in range(25)]
+names = [cu.cuDeviceGetName(64, d)[1] for d in range(4) for _ in range(2)]
+print(json.dumps([first, sorted(set(again)), calls() - before]))
+"""
+    import subprocess, sys
+    result = subprocess.run([sys.executable, "-c", code, str(vgpud.socket)], env=vgpud.env, capture_output=True,
+                            text=True, timeout=60)
+    first, again, extra = json.loads(result.stdout)
+    assert first == [132, 132, 58, 128] and again == [58, 128, 132]
+    assert extra <= 4 + 1, "100 repeated attribute queries reached vgpud"  # 4 first name queries, 1 status

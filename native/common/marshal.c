@@ -197,7 +197,7 @@ static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, 
 /* The key vgpud files a published answer under: the request without the contents of
  * scalar outputs.  vgpu.wire.codec.FunctionCodec.published_key builds the same. */
 static size_t published_key(const vgpu_function *fn, const uint8_t *req, size_t len, uint8_t *key) {
-    size_t pos = 0, out = 0; /* published APIs have no per-call context prefix */
+    size_t pos = 0, out = 0;
     uint16_t op = fn->op;
     memcpy(key, &op, 2);
     out = 2;
@@ -235,6 +235,66 @@ static void log_unsupported(vgpu_api *api, const vgpu_function *fn) {
         vgpu_log(2, api->prefix, "%s is not implemented: answered \"not supported\"", fn->name);
 }
 
+/* ---- answers to immutable calls, per process ---- */
+
+#define MEMO_SLOTS 4096
+
+typedef struct memo_entry {
+    uint8_t key[VGPU_PUBLISHED_KEY_MAX];
+    size_t key_len, answer_len;
+    uint8_t *answer;
+} memo_entry;
+
+struct vgpu_memo {
+    pthread_mutex_t lock;
+    memo_entry slots[MEMO_SLOTS];
+};
+
+static memo_entry *memo_slot(struct vgpu_memo *memo, const uint8_t *key, size_t key_len) {
+    uint32_t hash = 2166136261u;
+    for (size_t i = 0; i < key_len; i++) hash = (hash ^ key[i]) * 16777619u;
+    for (unsigned probe = 0; probe < 64; probe++) {
+        memo_entry *e = &memo->slots[(hash + probe) % MEMO_SLOTS];
+        if (!e->answer || (e->key_len == key_len && !memcmp(e->key, key, key_len))) return e;
+    }
+    return NULL;
+}
+
+/* A kept answer copied into buf (at most cap bytes); its length, or 0. */
+static size_t memo_find(vgpu_api *api, const uint8_t *key, size_t key_len, uint8_t *buf, size_t cap) {
+    if (!api->memo) return 0;
+    size_t found = 0;
+    pthread_mutex_lock(&api->memo->lock);
+    memo_entry *e = memo_slot(api->memo, key, key_len);
+    if (e && e->answer && e->answer_len <= cap) {
+        memcpy(buf, e->answer, e->answer_len);
+        found = e->answer_len;
+    }
+    pthread_mutex_unlock(&api->memo->lock);
+    return found;
+}
+
+static void memo_keep(vgpu_api *api, const uint8_t *key, size_t key_len, const uint8_t *answer, size_t len) {
+    if (!api->memo) {
+        struct vgpu_memo *fresh = calloc(1, sizeof *fresh), *expected = NULL;
+        if (!fresh) return;
+        pthread_mutex_init(&fresh->lock, NULL);
+        if (!__atomic_compare_exchange_n(&api->memo, &expected, fresh, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            free(fresh);
+    }
+    pthread_mutex_lock(&api->memo->lock);
+    memo_entry *e = memo_slot(api->memo, key, key_len);
+    uint8_t *copy = e && !e->answer ? malloc(len) : NULL;
+    if (copy) {
+        memcpy(copy, answer, len);
+        memcpy(e->key, key, key_len);
+        e->key_len = key_len;
+        e->answer_len = len;
+        e->answer = copy;
+    }
+    pthread_mutex_unlock(&api->memo->lock);
+}
+
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc) {
     if (!vgpu_implemented(api, fn->op)) {
         log_unsupported(api, fn);
@@ -244,10 +304,13 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
     request.len = 0;
     int status = encode(api, fn, args, &request);
     if (status != VGPU_CALL_DONE) return status;
-    if (fn->published) {
-        uint8_t key[VGPU_PUBLISHED_KEY_MAX], answer[VGPU_PUBLISHED_ANSWER_MAX];
-        size_t key_len = published_key(fn, request.data, request.len, key);
-        int answer_len = key_len ? vgpu_published_answer(api, key, key_len, answer) : -1;
+    size_t prefix = api->call_context ? 8 : 0;
+    uint8_t key[VGPU_PUBLISHED_KEY_MAX];
+    size_t key_len = fn->published || fn->immutable ? published_key(fn, request.data + prefix, request.len - prefix, key) : 0;
+    if (key_len) {
+        uint8_t answer[VGPU_PUBLISHED_ANSWER_MAX];
+        int answer_len = fn->published ? vgpu_published_answer(api, key, key_len, answer)
+                                       : (int)memo_find(api, key, key_len, answer, sizeof answer);
         if (answer_len >= 4 && decode(fn, args, answer, (size_t)answer_len) == 0) {
             memcpy(rc, answer, 4);
             return VGPU_CALL_DONE;
@@ -264,5 +327,7 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
         vgpu_log(1, api->prefix, "%s: malformed reply from vgpud (%zu bytes)", fn->name, reply_len);
         return VGPU_CALL_FAILED;
     }
+    if (fn->immutable && key_len && *rc == 0 && reply_len <= VGPU_PUBLISHED_ANSWER_MAX)
+        memo_keep(api, key, key_len, reply, reply_len);
     return VGPU_CALL_DONE;
 }

@@ -30,6 +30,7 @@ typedef struct vgpu_function {
     uint8_t nparams;
     int8_t wait_param;   /* parameter holding a wait in ms, or -1 */
     uint8_t published;   /* vgpud publishes its answers in shared memory */
+    uint8_t immutable;   /* the first successful answer holds for the life of the process */
     const vgpu_param *params;
 } vgpu_function;
 

@@ -27,6 +27,7 @@ typedef struct vgpu_api {
     /* For APIs with per-thread state (CUDA's current context): a u64 sent before every
      * request's parameters; NULL when the API has none. */
     uint64_t (*call_context)(void);
+    struct vgpu_memo *memo;    /* answers to immutable calls, kept by the marshaller */
 } vgpu_api;
 
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */

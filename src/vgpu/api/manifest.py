@@ -83,6 +83,8 @@ class Function:
     wait_param: int | None = None
     #: vgpud publishes its answers in shared memory (see vgpu.server.published)
     published: bool = False
+    #: answers never change for a process: the shim keeps the first successful one
+    immutable: bool = False
 
     @property
     def marshallable(self) -> bool:
@@ -228,6 +230,7 @@ def load(name: str) -> Api:
     api = Api(name, raw, annotations)
     local = set(annotations.get("local", []))
     published = set(annotations.get("published", []))
+    immutable = set(annotations.get("immutable", []))
     blocking = annotations.get("blocking", {})
     for index, spec in enumerate(raw["functions"]):
         param_names = [p["name"] for p in spec["params"]]
@@ -240,8 +243,9 @@ def load(name: str) -> Api:
             local=spec["name"] in local,
             wait_param=param_names.index(wait) if wait else None,
             published=spec["name"] in published,
+            immutable=spec["name"] in immutable,
         ))
     for function in api.functions:
-        if function.published and any(p.kind not in PUBLISHABLE for p in function.params):
-            raise ValueError(f"{function.name} cannot be published: its parameters are not all fixed-size")
+        if (function.published or function.immutable) and any(p.kind not in PUBLISHABLE for p in function.params):
+            raise ValueError(f"{function.name} cannot be kept: its parameters are not all fixed-size")
     return api
