@@ -157,6 +157,7 @@ def test_streams_events_and_pinned_memory(vgpud, streams_events):
     assert report["priorities"] == "0 -5" and report["stream_priority"] == "-5"
     assert report["created"] == report["async"] == report["equal"] == report["destroyed"] == "1"
     assert report["freehost"] == "0 0"
+    assert report["host_calls"] == "4", "host functions ran before the synchronisations returned"
     assert report["untimed_rc"] == "400"  # cudaErrorInvalidResourceHandle: timing disabled
     # stream 0 ran an 8 MiB copy each way; the model times a PCIe 5 x16 link at about 50 GB/s
     h100 = SET.gpus[0].profile

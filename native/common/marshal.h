@@ -31,6 +31,7 @@ typedef struct vgpu_function {
     int8_t wait_param;   /* parameter holding a wait in ms, or -1 */
     uint8_t published;   /* vgpud publishes its answers in shared memory */
     uint8_t immutable;   /* the first successful answer holds for the life of the process */
+    uint8_t synchronizing; /* waits for queued work: host functions the shim runs come first */
     const vgpu_param *params;
 } vgpu_function;
 

@@ -406,6 +406,208 @@ VGPU_EXPORT CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, u
     return CUDA_SUCCESS;
 }
 
+/* ---- the driver's log: nothing to report, but callers (PyTorch) must be able to register ---- */
+
+static CUlogsCallback log_callbacks[16];
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+VGPU_EXPORT CUresult cuLogsRegisterCallback(CUlogsCallback callbackFunc, void *userData,
+                                            CUlogsCallbackHandle *callback_out) {
+    (void)userData;
+    if (!callbackFunc || !callback_out) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&log_lock);
+    int slot = 0;
+    while (slot < 16 && log_callbacks[slot]) slot++;
+    if (slot < 16) log_callbacks[slot] = callbackFunc;
+    pthread_mutex_unlock(&log_lock);
+    if (slot == 16) return CUDA_ERROR_OUT_OF_MEMORY;
+    *callback_out = vgpu_handle_for(vgpu_cuda_handle_CUlogsCallbackHandle, (uint64_t)slot + 1);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuLogsUnregisterCallback(CUlogsCallbackHandle callback) {
+    uint64_t id;
+    if (vgpu_handle_id(vgpu_cuda_handle_CUlogsCallbackHandle, callback, &id) < 0 || id < 1 || id > 16)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&log_lock);
+    log_callbacks[id - 1] = NULL;
+    pthread_mutex_unlock(&log_lock);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuLogsCurrent(CUlogIterator *iterator_out, unsigned int flags) {
+    if (!iterator_out || flags) return CUDA_ERROR_INVALID_VALUE;
+    *iterator_out = 0;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuLogsDumpToMemory(CUlogIterator *iterator, char *buffer, size_t *size, unsigned int flags) {
+    if (!buffer || !size || flags) return CUDA_ERROR_INVALID_VALUE;
+    if (*size) buffer[0] = 0; /* no entries */
+    *size = 0;
+    (void)iterator;
+    return CUDA_SUCCESS;
+}
+
+/* ---- stream capture: none is ever active until graphs exist ---- */
+
+static __thread CUstreamCaptureMode capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+
+VGPU_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode) {
+    if (!mode) return CUDA_ERROR_INVALID_VALUE;
+    CUstreamCaptureMode previous = capture_mode;
+    capture_mode = *mode;
+    *mode = previous;
+    return CUDA_SUCCESS;
+}
+
+static CUresult capture_info(CUstreamCaptureStatus *status, cuuint64_t *id, CUgraph *graph,
+                             const CUgraphNode **dependencies, const CUgraphEdgeData **edges, size_t *count) {
+    if (!status) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    *status = CU_STREAM_CAPTURE_STATUS_NONE;
+    if (id) *id = 0;
+    if (graph) *graph = NULL;
+    if (dependencies) *dependencies = NULL;
+    if (edges) *edges = NULL;
+    if (count) *count = 0;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
+    (void)hStream;
+    return capture_info(captureStatus, NULL, NULL, NULL, NULL, NULL);
+}
+VGPU_EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
+    return cuStreamIsCapturing(hStream, captureStatus);
+}
+VGPU_EXPORT CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                            cuuint64_t *id_out) {
+    (void)hStream;
+    return capture_info(captureStatus_out, id_out, NULL, NULL, NULL, NULL);
+}
+VGPU_EXPORT CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                                 cuuint64_t *id_out) {
+    return cuStreamGetCaptureInfo(hStream, captureStatus_out, id_out);
+}
+VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                               cuuint64_t *id_out, CUgraph *graph_out,
+                                               const CUgraphNode **dependencies_out, size_t *numDependencies_out) {
+    (void)hStream;
+    return capture_info(captureStatus_out, id_out, graph_out, dependencies_out, NULL, numDependencies_out);
+}
+VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                                    cuuint64_t *id_out, CUgraph *graph_out,
+                                                    const CUgraphNode **dependencies_out, size_t *numDependencies_out) {
+    return cuStreamGetCaptureInfo_v2(hStream, captureStatus_out, id_out, graph_out, dependencies_out,
+                                     numDependencies_out);
+}
+VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                               cuuint64_t *id_out, CUgraph *graph_out,
+                                               const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out,
+                                               size_t *numDependencies_out) {
+    (void)hStream;
+    return capture_info(captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
+}
+VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                                    cuuint64_t *id_out, CUgraph *graph_out,
+                                                    const CUgraphNode **dependencies_out,
+                                                    const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
+    return cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out,
+                                     numDependencies_out);
+}
+
+/* ---- host functions: run in order on one worker thread once the stream's earlier work is
+ * done (it is, when they are queued) ---- */
+
+typedef struct host_call {
+    void (*fn)(void *);
+    void (*callback)(CUstream, CUresult, void *);
+    CUstream stream;
+    void *data;
+    struct host_call *next;
+} host_call;
+
+static host_call *calls_head, *calls_tail;
+static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t calls_ready = PTHREAD_COND_INITIALIZER, calls_done = PTHREAD_COND_INITIALIZER;
+static int worker_started;
+static unsigned long long calls_queued, calls_finished;
+
+/* Before a synchronising call: the host functions queued so far have run. */
+static void wait_host_calls(void) {
+    pthread_mutex_lock(&calls_lock);
+    unsigned long long target = calls_queued;
+    while (calls_finished < target) pthread_cond_wait(&calls_done, &calls_lock);
+    pthread_mutex_unlock(&calls_lock);
+}
+
+static void *host_worker(void *unused) {
+    (void)unused;
+    for (;;) {
+        pthread_mutex_lock(&calls_lock);
+        while (!calls_head) pthread_cond_wait(&calls_ready, &calls_lock);
+        host_call *call = calls_head;
+        calls_head = call->next;
+        if (!calls_head) calls_tail = NULL;
+        pthread_mutex_unlock(&calls_lock);
+        if (call->fn) call->fn(call->data);
+        else call->callback(call->stream, CUDA_SUCCESS, call->data);
+        free(call);
+        pthread_mutex_lock(&calls_lock);
+        calls_finished++;
+        pthread_cond_broadcast(&calls_done);
+        pthread_mutex_unlock(&calls_lock);
+    }
+    return NULL;
+}
+
+static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*callback)(CUstream, CUresult, void *),
+                                void *data) {
+    if (!fn && !callback) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    host_call *call = calloc(1, sizeof *call);
+    if (!call) return CUDA_ERROR_OUT_OF_MEMORY;
+    *call = (host_call){fn, callback, stream, data, NULL};
+    pthread_mutex_lock(&calls_lock);
+    if (!worker_started) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        worker_started = pthread_create(&thread, &attr, host_worker, NULL) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!worker_started) {
+        pthread_mutex_unlock(&calls_lock);
+        free(call);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (calls_tail) calls_tail->next = call;
+    else calls_head = call;
+    calls_tail = call;
+    calls_queued++;
+    pthread_cond_signal(&calls_ready);
+    pthread_mutex_unlock(&calls_lock);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
+    return queue_host_call(hStream, fn, NULL, userData);
+}
+VGPU_EXPORT CUresult cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn, void *userData) {
+    return queue_host_call(hStream, fn, NULL, userData);
+}
+VGPU_EXPORT CUresult cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData,
+                                         unsigned int flags) {
+    if (flags) return CUDA_ERROR_INVALID_VALUE;
+    return queue_host_call(hStream, NULL, callback, userData);
+}
+VGPU_EXPORT CUresult cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback callback, void *userData,
+                                              unsigned int flags) {
+    return cuStreamAddCallback(hStream, callback, userData, flags);
+}
+
 /* Lazy unless CUDA_MODULE_LOADING=EAGER, as in drivers since CUDA 12.2. */
 VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     if (!mode) return CUDA_ERROR_INVALID_VALUE;
@@ -417,6 +619,7 @@ VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
 
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
     int32_t rc = CUDA_ERROR_UNKNOWN;
     switch (vgpu_marshal_call(&api, fn, args, &rc)) {
     case VGPU_CALL_DONE:

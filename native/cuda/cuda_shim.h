@@ -26,6 +26,7 @@ extern const vgpu_function vgpu_cuda_fn_cuDriverGetVersion;
 extern const vgpu_function vgpu_cuda_fn_cuDeviceGetCount;
 
 extern const unsigned vgpu_cuda_handle_CUcontext;
+extern const unsigned vgpu_cuda_handle_CUlogsCallbackHandle;
 
 const char *vgpu_cuda_error_text(int code);
 void vgpu_cuda_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

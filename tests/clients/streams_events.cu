@@ -7,6 +7,9 @@
 
 #define STREAMS 4
 
+static volatile int host_calls = 0;
+static void CUDART_CB count_call(void *data) { host_calls += *(int *)data; }
+
 int main() {
     const size_t n = 8 << 20;
     unsigned char *host = NULL, *back = NULL;
@@ -34,7 +37,10 @@ int main() {
         ok &= cudaMemcpyAsync(device[s], host + s * n, n, cudaMemcpyHostToDevice, streams[s]) == cudaSuccess;
         ok &= cudaMemcpyAsync(back + s * n, device[s], n, cudaMemcpyDeviceToHost, streams[s]) == cudaSuccess;
     }
+    static int one = 1;
+    for (int s = 0; s < STREAMS; s++) ok &= cudaLaunchHostFunc(streams[s], count_call, &one) == cudaSuccess;
     for (int s = 0; s < STREAMS; s++) ok &= cudaStreamSynchronize(streams[s]) == cudaSuccess;
+    printf("host_calls %d\n", host_calls);
     cudaEventRecord(stop, streams[0]);
     cudaEventRecord(untimed, streams[0]);
     printf("async %d\n", ok);

@@ -85,6 +85,8 @@ class Function:
     published: bool = False
     #: answers never change for a process: the shim keeps the first successful one
     immutable: bool = False
+    #: waits for queued work, host functions included: the shim lets those finish first
+    synchronizing: bool = False
 
     @property
     def marshallable(self) -> bool:
@@ -222,15 +224,33 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
     return tuple(out)
 
 
+def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
+    """Every function and parameter the annotations name exists in the header (headers change)."""
+    unknown = []
+    for table in ("local", "published", "immutable", "synchronizing"):
+        unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
+    unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
+    unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
+    for table in ("buffers", "arrays", "arrays_out"):
+        for key in notes.get(table, {}):
+            function, _, param = key.partition(".")
+            if function not in functions or param not in {p["name"] for p in functions[function]["params"]}:
+                unknown.append(f"{table}: {key}")
+    if unknown:
+        raise ValueError(f"{api}_annotations.toml names what {api}'s header does not declare: {', '.join(unknown)}")
+
+
 @cache
 def load(name: str) -> Api:
     """Load the manifest and annotations of one API ("nvml")."""
     raw = json.loads((HERE / f"{name}.json").read_text())
     annotations = tomllib.loads((HERE / f"{name}_annotations.toml").read_text())
+    _check_annotations(name, annotations, {f["name"]: f for f in raw["functions"]})
     api = Api(name, raw, annotations)
     local = set(annotations.get("local", []))
     published = set(annotations.get("published", []))
     immutable = set(annotations.get("immutable", []))
+    synchronizing = set(annotations.get("synchronizing", []))
     blocking = annotations.get("blocking", {})
     for index, spec in enumerate(raw["functions"]):
         param_names = [p["name"] for p in spec["params"]]
@@ -244,6 +264,7 @@ def load(name: str) -> Api:
             wait_param=param_names.index(wait) if wait else None,
             published=spec["name"] in published,
             immutable=spec["name"] in immutable,
+            synchronizing=spec["name"] in synchronizing,
         ))
     for function in api.functions:
         if (function.published or function.immutable) and any(p.kind not in PUBLISHABLE for p in function.params):
