@@ -19,14 +19,26 @@ SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 
 
-@pytest.fixture(scope="module", params=["static", "shared"])
-def device_query(request, tmp_path_factory) -> Path:
+def build(tmp_path_factory, source: str, cudart: str = "static") -> Path:
+    """A client program from tests/clients, compiled with nvcc (skipped where there is none)."""
     if NVCC is None:
         pytest.skip("nvcc is not on this machine")
-    binary = tmp_path_factory.mktemp("nvcc") / f"device_query_{request.param}"
-    subprocess.run([NVCC, f"-cudart={request.param}", "-o", str(binary), str(CLIENTS / "device_query.cu")],
+    binary = tmp_path_factory.mktemp("nvcc") / f"{source}_{cudart}"
+    subprocess.run([NVCC, f"-cudart={cudart}", "-o", str(binary), str(CLIENTS / f"{source}.cu")],
                    check=True, capture_output=True)
     return binary
+
+
+def run_report(binary: Path, env: dict[str, str], *args: str) -> dict[str, str]:
+    """Run a client and read its "name value" lines."""
+    result = subprocess.run([str(binary), *args], env=env, capture_output=True, text=True, timeout=120)
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines()} | \
+        {"_output": result.stdout + result.stderr}
+
+
+@pytest.fixture(scope="module", params=["static", "shared"])
+def device_query(request, tmp_path_factory) -> Path:
+    return build(tmp_path_factory, "device_query", request.param)
 
 
 def parse_report(text: str) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
@@ -118,42 +130,27 @@ def test_cudart12_from_the_wheel(vgpud):
 
 @pytest.fixture(scope="module")
 def memory_round_trip(tmp_path_factory) -> Path:
-    if NVCC is None:
-        pytest.skip("nvcc is not on this machine")
-    binary = tmp_path_factory.mktemp("nvcc") / "memory_round_trip"
-    subprocess.run([NVCC, "-o", str(binary), str(CLIENTS / "memory_round_trip.cu")], check=True, capture_output=True)
-    return binary
+    return build(tmp_path_factory, "memory_round_trip")
 
 
 @pytest.mark.parametrize("size", [1 << 20, 70 << 20])  # the second is above a frame: sent in pieces
 def test_cudart_memory_round_trip(vgpud, memory_round_trip, size):
-    result = subprocess.run([str(memory_round_trip), str(size)], env=vgpud.env, capture_output=True, text=True,
-                            timeout=120)
-    report = dict(line.split() for line in result.stdout.splitlines())
+    report = run_report(memory_round_trip, vgpud.env, str(size))
+    result_text = report["_output"]
     assert int(report["total"]) == SET.gpus[0].profile.cuda_total_mib << 20
     for step in ("meminfo", "malloc", "malloc2", "h2d", "d2d", "d2h", "memset", "d2h2", "free", "free2", "sync"):
-        assert report[step] == "0", f"{step}: {result.stdout}{result.stderr}"
+        assert report[step] == "0", f"{step}: {result_text}"
     assert report["equal"] == "1" and report["memset_ok"] == "1"
     assert int(report["used"]) >= 2 * size
     assert report["oom"] == "2"       # cudaErrorMemoryAllocation
     assert report["bad_copy"] == "1"  # cudaErrorInvalidValue
 
 
-@pytest.fixture(scope="module")
-def streams_events(tmp_path_factory) -> Path:
-    if NVCC is None:
-        pytest.skip("nvcc is not on this machine")
-    binary = tmp_path_factory.mktemp("nvcc") / "streams_events"
-    subprocess.run([NVCC, "-o", str(binary), str(CLIENTS / "streams_events.cu")], check=True, capture_output=True)
-    return binary
-
-
-def test_streams_events_and_pinned_memory(vgpud, streams_events):
-    result = subprocess.run([str(streams_events)], env=vgpud.env, capture_output=True, text=True, timeout=120)
-    report = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines()}
+def test_streams_events_and_pinned_memory(vgpud, tmp_path_factory):
+    report = run_report(build(tmp_path_factory, "streams_events"), vgpud.env)
     for step in ("mallochost", "hostalloc", "priority_range", "untimed_create", "event_sync", "event_query",
                  "elapsed_rc", "sync"):
-        assert report[step] == "0", f"{step}: {result.stdout}{result.stderr}"
+        assert report[step] == "0", f"{step}: {report['_output']}"
     assert report["priorities"] == "0 -5" and report["stream_priority"] == "-5"
     assert report["created"] == report["async"] == report["equal"] == report["destroyed"] == "1"
     assert report["freehost"] == "0 0"
@@ -163,3 +160,13 @@ def test_streams_events_and_pinned_memory(vgpud, streams_events):
     h100 = SET.gpus[0].profile
     one_way = 5e-6 + (8 << 20) / (0.8 * h100.pcie_width * 0.985e9 * 2 ** (h100.pcie_generation - 3))
     assert float(report["elapsed_ms"]) == pytest.approx(2 * one_way * 1000, rel=0.01)
+
+
+def test_pitched_2d_peer_async_and_limits(vgpud, tmp_path_factory):
+    report = run_report(build(tmp_path_factory, "copies_2d_peer"), vgpud.env)
+    for step in ("malloc_pitch", "h2d_2d", "d2h_2d", "can_peer_rc", "enable_peer", "peer_copy", "malloc_async",
+                 "memset_async", "free_async", "stream_sync", "limit_rc", "set_limit"):
+        assert report[step] == "0", f"{step}: {report['_output']}"
+    assert report["pitch"] == "1024"  # 1000 bytes rounded to the 512-byte pitch alignment
+    assert report["equal_2d"] == report["equal_peer"] == report["can_peer"] == "1"
+    assert report["stack"] == "1024" and report["stack_after"] == "4096"

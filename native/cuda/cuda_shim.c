@@ -608,6 +608,96 @@ VGPU_EXPORT CUresult cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback
     return cuStreamAddCallback(hStream, callback, userData, flags);
 }
 
+/* ---- 2D and 3D copies: row by row through the 1D copies (one copy when rows are contiguous) ---- */
+
+typedef struct copy_side {
+    CUmemorytype type;
+    char *host;
+    CUdeviceptr device;
+    size_t x, y, z, pitch, height;
+} copy_side;
+
+static int side_on_device(const copy_side *side) {
+    if (side->type == CU_MEMORYTYPE_DEVICE) return 1;
+    if (side->type != CU_MEMORYTYPE_UNIFIED) return 0;
+    pthread_mutex_lock(&host_lock); /* unified: page-locked host memory this library made is host memory */
+    int host = host_find((const void *)(uintptr_t)side->device) != NULL;
+    pthread_mutex_unlock(&host_lock);
+    return !host;
+}
+
+static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_offset, size_t src_offset,
+                         size_t bytes, CUstream stream, int async) {
+    int dst_device = side_on_device(dst), src_device = side_on_device(src);
+    char *dst_host = dst->host ? dst->host : (char *)(uintptr_t)dst->device;
+    char *src_host = src->host ? src->host : (char *)(uintptr_t)src->device;
+    if (dst_device && src_device)
+        return async ? cuMemcpyDtoDAsync_v2(dst->device + dst_offset, src->device + src_offset, bytes, stream)
+                     : cuMemcpyDtoD_v2(dst->device + dst_offset, src->device + src_offset, bytes);
+    if (dst_device)
+        return async ? cuMemcpyHtoDAsync_v2(dst->device + dst_offset, src_host + src_offset, bytes, stream)
+                     : cuMemcpyHtoD_v2(dst->device + dst_offset, src_host + src_offset, bytes);
+    if (src_device)
+        return async ? cuMemcpyDtoHAsync_v2(dst_host + dst_offset, src->device + src_offset, bytes, stream)
+                     : cuMemcpyDtoH_v2(dst_host + dst_offset, src->device + src_offset, bytes);
+    memmove(dst_host + dst_offset, src_host + src_offset, bytes);
+    return CUDA_SUCCESS;
+}
+
+static CUresult copy_box(const copy_side *dst, const copy_side *src, size_t width, size_t height, size_t depth,
+                         CUstream stream, int async) {
+    if (dst->type == CU_MEMORYTYPE_ARRAY || src->type == CU_MEMORYTYPE_ARRAY) return CUDA_ERROR_NOT_SUPPORTED;
+    if (width > src->pitch || width > dst->pitch) return CUDA_ERROR_INVALID_VALUE;
+    for (size_t z = 0; z < depth; z++) {
+        size_t dst_plane = (dst->z + z) * dst->height * dst->pitch, src_plane = (src->z + z) * src->height * src->pitch;
+        int contiguous = dst->pitch == width && src->pitch == width && !dst->x && !src->x;
+        size_t rows = contiguous ? 1 : height, bytes = contiguous ? width * height : width;
+        for (size_t row = 0; row < rows; row++) {
+            CUresult rc = copy_row(dst, src, dst_plane + (dst->y + row) * dst->pitch + dst->x,
+                                   src_plane + (src->y + row) * src->pitch + src->x, bytes, stream, async);
+            if (rc != CUDA_SUCCESS) return rc;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+static CUresult copy_2d(const CUDA_MEMCPY2D *p, CUstream stream, int async) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    copy_side src = {p->srcMemoryType, (char *)p->srcHost, p->srcDevice, p->srcXInBytes, p->srcY, 0, p->srcPitch, 0};
+    copy_side dst = {p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, 0, p->dstPitch, 0};
+    if (!src.pitch) src.pitch = p->WidthInBytes;
+    if (!dst.pitch) dst.pitch = p->WidthInBytes;
+    return copy_box(&dst, &src, p->WidthInBytes, p->Height, 1, stream, async);
+}
+
+static CUresult copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    copy_side src = {p->srcMemoryType, (char *)p->srcHost, p->srcDevice, p->srcXInBytes, p->srcY, p->srcZ,
+                     p->srcPitch ? p->srcPitch : p->WidthInBytes, p->srcHeight ? p->srcHeight : p->Height};
+    copy_side dst = {p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, p->dstZ,
+                     p->dstPitch ? p->dstPitch : p->WidthInBytes, p->dstHeight ? p->dstHeight : p->Height};
+    return copy_box(&dst, &src, p->WidthInBytes, p->Height, p->Depth ? p->Depth : 1, stream, async);
+}
+
+VGPU_EXPORT CUresult cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
+VGPU_EXPORT CUresult cuMemcpy2D_v2_ptds(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
+VGPU_EXPORT CUresult cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
+VGPU_EXPORT CUresult cuMemcpy2DUnaligned_v2_ptds(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
+VGPU_EXPORT CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream) {
+    return copy_2d(pCopy, hStream, 1);
+}
+VGPU_EXPORT CUresult cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D *pCopy, CUstream hStream) {
+    return copy_2d(pCopy, hStream, 1);
+}
+VGPU_EXPORT CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D *pCopy) { return copy_3d(pCopy, NULL, 0); }
+VGPU_EXPORT CUresult cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *pCopy) { return copy_3d(pCopy, NULL, 0); }
+VGPU_EXPORT CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *pCopy, CUstream hStream) {
+    return copy_3d(pCopy, hStream, 1);
+}
+VGPU_EXPORT CUresult cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D *pCopy, CUstream hStream) {
+    return copy_3d(pCopy, hStream, 1);
+}
+
 /* Lazy unless CUDA_MODULE_LOADING=EAGER, as in drivers since CUDA 12.2. */
 VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     if (!mode) return CUDA_ERROR_INVALID_VALUE;

@@ -31,6 +31,13 @@ INVALID_DEVICE = C["CUDA_ERROR_INVALID_DEVICE"]
 DEFAULT_STREAMS = {0: "default", 1: "legacy", 2: "per-thread"}
 #: ids of created streams and events start here (below are the default streams' constants)
 STREAM_IDS_FROM = 4096
+#: cuMemAllocPitch's row alignment
+PITCH_ALIGNMENT = 512
+#: cuCtxGetLimit's answers until set
+DEFAULT_LIMITS = {C["CU_LIMIT_STACK_SIZE"]: 1024, C["CU_LIMIT_PRINTF_FIFO_SIZE"]: 1 << 20,
+                  C["CU_LIMIT_MALLOC_HEAP_SIZE"]: 8 << 20, C["CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH"]: 2,
+                  C["CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT"]: 2048, C["CU_LIMIT_MAX_L2_FETCH_GRANULARITY"]: 64,
+                  C["CU_LIMIT_PERSISTING_L2_CACHE_SIZE"]: 0}
 #: a copy's fixed cost in the model (driver and DMA set-up), seconds
 COPY_LATENCY = 5e-6
 #: the shim's ids for primary contexts: this bit and the device ordinal (native/cuda/cuda_shim.c)
@@ -90,6 +97,15 @@ class Event:
     recorded_at: float | None = None
 
 
+@dataclass
+class MemoryPool:
+    """A device's default memory pool, per process: allocations are made and freed at once."""
+
+    id: int
+    owner: int
+    gpu: Gpu
+
+
 class CudaService:
     """The CUDA driver functions vgpud serves."""
 
@@ -111,6 +127,10 @@ class CudaService:
         self.default_streams: dict[tuple[int, int], Stream] = {}
         #: each process's host clock on the modelled timeline (moves when the host waits)
         self.host_time: dict[int, float] = {}
+        self.pools: dict[tuple[int, int], MemoryPool] = {}
+        self.pool_ids: dict[int, MemoryPool] = {}
+        self.peer_access: dict[int, set[tuple[int, int]]] = {}
+        self.limits: dict[tuple[int, int], dict[int, int]] = {}
         self._ids = itertools.count(STREAM_IDS_FROM)
         state.on_detach.append(self._forget)
 
@@ -119,9 +139,13 @@ class CudaService:
         for table in (self.streams, self.events):
             for key in [k for k, v in table.items() if v.owner == session.id]:
                 del table[key]
-        for key in [k for k in self.default_streams if k[0] == session.id]:
-            del self.default_streams[key]
+        for table in (self.default_streams, self.pools, self.limits):
+            for key in [k for k in table if k[0] == session.id]:
+                del table[key]
+        for key in [k for k, v in self.pool_ids.items() if v.owner == session.id]:
+            del self.pool_ids[key]
         self.host_time.pop(session.id, None)
+        self.peer_access.pop(session.id, None)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -140,6 +164,9 @@ class CudaService:
         if handle_type == "CUevent":
             found = self.events.get(handle_id)
             return found if found is not None and found.owner == caller.session.id else None
+        if handle_type == "CUmemoryPool":
+            found = self.pool_ids.get(handle_id)
+            return found if found is not None and found.owner == caller.session.id else None
         if handle_type == "CUcontext" and (handle_id == 0 or handle_id & PRIMARY_CONTEXT):
             return handle_id  # a primary context, or NULL for the current one
         return None
@@ -155,7 +182,7 @@ class CudaService:
         return self.default_streams[key]
 
     def handle_id(self, obj: Any) -> int:
-        if isinstance(obj, (Stream, Event)):
+        if isinstance(obj, (Stream, Event, MemoryPool)):
             return obj.id
         raise TypeError(f"no handle id for {obj!r}")
 
@@ -297,6 +324,50 @@ class CudaService:
         dptr.value = gpu.memory.allocate(c.session.id, bytesize).address
         return SUCCESS
 
+    def cuMemAllocPitch_v2(self, c: Caller, dptr: Any, pPitch: Any, WidthInBytes: int, Height: int,
+                           ElementSizeBytes: int) -> int:
+        if ElementSizeBytes not in (4, 8, 16) or not WidthInBytes or not Height:
+            return INVALID_VALUE
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        pitch = -(-WidthInBytes // PITCH_ALIGNMENT) * PITCH_ALIGNMENT
+        rc = self.cuMemAlloc_v2(c, dptr, pitch * Height)
+        if rc == SUCCESS:
+            pPitch.value = pitch
+        return rc
+
+    def cuMemAllocAsync(self, c: Caller, dptr: Any, bytesize: int, hStream: Stream) -> int:
+        """Stream-ordered allocation: the memory exists at once, which honours any order."""
+        rc = self.cuMemAlloc_v2(c, dptr, bytesize)
+        if rc == SUCCESS:
+            hStream.queue(self.host_time.get(c.session.id, 0.0), COPY_LATENCY)
+        return rc
+
+    def cuMemFreeAsync(self, c: Caller, dptr: int, hStream: Stream) -> int:
+        return self.cuMemFree_v2(c, dptr)
+
+    cuMemAllocAsync_ptsz = cuMemAllocAsync
+    cuMemFreeAsync_ptsz = cuMemFreeAsync
+
+    def cuDeviceGetDefaultMemPool(self, c: Caller, pool_out: Any, dev: int) -> int:
+        gpu, rc = self._device_call(c, dev)
+        if gpu is not None:
+            pool_out.value = self._pool(c, gpu)
+        return rc
+
+    cuDeviceGetMemPool = cuDeviceGetDefaultMemPool
+
+    def _pool(self, c: Caller, gpu: Gpu) -> MemoryPool:
+        key = (c.session.id, gpu.index)
+        if key not in self.pools:
+            pool = MemoryPool(next(self._ids), c.session.id, gpu)
+            self.pools[key] = self.pool_ids[pool.id] = pool
+        return self.pools[key]
+
+    def cuMemPoolTrimTo(self, c: Caller, pool: MemoryPool, minBytesToKeep: int) -> int:
+        return SUCCESS  # freed memory is returned at once: there is nothing to trim
+
     def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
         gpu = self._gpu_of_address(dptr)
         if gpu is None:
@@ -321,6 +392,95 @@ class CudaService:
         if psize is not None:
             psize.value = allocation.size
         return SUCCESS
+
+    # peers: every pair of simulated GPUs can reach each other (NVLink or PCIe)
+    def cuDeviceCanAccessPeer(self, c: Caller, canAccessPeer: Any, dev: int, peerDev: int) -> int:
+        first, rc = self._device_call(c, dev)
+        second, peer_rc = self._device_call(c, peerDev)
+        if first is None or second is None:
+            return rc if first is None else peer_rc
+        canAccessPeer.value = int(first is not second)
+        return SUCCESS
+
+    def cuDeviceGetP2PAttribute(self, c: Caller, value: Any, attrib: int, srcDevice: int, dstDevice: int) -> int:
+        first, rc = self._device_call(c, srcDevice)
+        second, peer_rc = self._device_call(c, dstDevice)
+        if first is None or second is None or first is second:
+            return INVALID_DEVICE if first is second else (rc if first is None else peer_rc)
+        nvlink = first.profile.nvlinks and second.profile.nvlinks
+        value.value = {C["CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK"]: 0 if nvlink else 1,
+                       C["CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED"]: 1,
+                       C["CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED"]: int(bool(nvlink)),
+                       C["CU_DEVICE_P2P_ATTRIBUTE_CUDA_ARRAY_ACCESS_SUPPORTED"]: 1}.get(attrib, 0)
+        return SUCCESS
+
+    def cuCtxEnablePeerAccess(self, c: Caller, peerContext: int, Flags: int) -> int:
+        peers = self.peer_access.setdefault(c.session.id, set())
+        key = (c.context, peerContext)
+        if Flags:
+            return INVALID_VALUE
+        if key in peers:
+            return C["CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED"]
+        peers.add(key)
+        return SUCCESS
+
+    def cuCtxDisablePeerAccess(self, c: Caller, peerContext: int) -> int:
+        peers = self.peer_access.setdefault(c.session.id, set())
+        if (c.context, peerContext) not in peers:
+            return C["CUDA_ERROR_PEER_ACCESS_NOT_ENABLED"]
+        peers.discard((c.context, peerContext))
+        return SUCCESS
+
+    def cuMemcpyPeerAsync(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
+                          ByteCount: int, hStream: Stream | None = None) -> int:
+        destination, source = self._gpu_of_address(dstDevice), self._gpu_of_address(srcDevice)
+        if destination is None or source is None:
+            return INVALID_VALUE
+        queue_on = hStream if hStream is not None else self._default_stream(c)
+        if queue_on is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        try:
+            data = source.memory.read(c.session.id, srcDevice, ByteCount)
+            destination.memory.write(c.session.id, dstDevice, data)
+        except InvalidAddress:
+            return INVALID_VALUE
+        end = queue_on.queue(self.host_time.get(c.session.id, 0.0), self._pcie_seconds(source, ByteCount))
+        if hStream is None:
+            self._wait_until(c, end)
+        return SUCCESS
+
+    def cuMemcpyPeer(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
+                     ByteCount: int) -> int:
+        return self.cuMemcpyPeerAsync(c, dstDevice, dstContext, srcDevice, srcContext, ByteCount)
+
+    cuMemcpyPeer_ptds = cuMemcpyPeer
+    cuMemcpyPeerAsync_ptsz = cuMemcpyPeerAsync
+
+    # context limits and settings ---------------------------------------------------------
+    def cuCtxGetLimit(self, c: Caller, pvalue: Any, limit: int) -> int:
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        limits = self.limits.get((c.session.id, gpu.index), {})
+        if limit not in DEFAULT_LIMITS:
+            return C["CUDA_ERROR_UNSUPPORTED_LIMIT"]
+        pvalue.value = limits.get(limit, DEFAULT_LIMITS[limit])
+        return SUCCESS
+
+    def cuCtxSetLimit(self, c: Caller, limit: int, value: int) -> int:
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        if limit not in DEFAULT_LIMITS:
+            return C["CUDA_ERROR_UNSUPPORTED_LIMIT"]
+        self.limits.setdefault((c.session.id, gpu.index), {})[limit] = value
+        return SUCCESS
+
+    def cuCtxGetApiVersion(self, c: Caller, ctx: int, version: Any) -> int:
+        gpu, rc = self._context_gpu(Caller(c.session, ctx) if ctx else c)
+        if gpu is not None:
+            version.value = 3020  # the context API version every current driver reports
+        return rc
 
     def _gpu_of_address(self, address: int) -> Gpu | None:
         return next((gpu for gpu in self.state.gpus if gpu.memory.owns(address)), None)
