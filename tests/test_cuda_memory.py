@@ -150,3 +150,65 @@ def test_page_locked_memory_is_shared_with_vgpud(vgpud):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [True, 2, 0]
+
+
+THREADS_AND_FORK = PRELUDE + """
+import threading
+def worker(index, results):
+    use(index % 2)  # the current context is per thread
+    p = ok(cu.cuMemAlloc(4096))
+    data = bytes([index]) * 4096
+    ok(cu.cuMemcpyHtoD(p, data, 4096))
+    back = bytearray(4096)
+    ok(cu.cuMemcpyDtoH(back, p, 4096))
+    results[index] = bytes(back) == data and int(ok(cu.cuCtxGetDevice())) == index % 2
+    ok(cu.cuMemFree(p))
+results = {}
+threads = [threading.Thread(target=worker, args=(i, results)) for i in range(12)]
+[t.start() for t in threads]; [t.join() for t in threads]
+use(0)
+p = ok(cu.cuMemAlloc(64))
+ok(cu.cuMemcpyHtoD(p, b"parent" * 10, 60))
+pid = os.fork()
+if pid == 0:
+    # a child is a new process: the parent's memory is not its own
+    code = int(cu.cuMemcpyDtoH(bytearray(60), p, 60)[0])
+    os._exit(0 if code == 1 else 1)
+_, status = os.waitpid(pid, 0)
+back = bytearray(60)
+ok(cu.cuMemcpyDtoH(back, p, 60))
+print(json.dumps([sorted(results.items()), os.waitstatus_to_exitcode(status), bytes(back) == b"parent" * 10]))
+"""
+
+
+def test_threads_and_fork(vgpud):
+    result = run_python(THREADS_AND_FORK, vgpud.env)
+    assert result.returncode == 0, result.stderr
+    threads, child, parent_intact = json.loads(result.stdout)
+    assert threads == [[i, True] for i in range(12)]
+    assert child == 0 and parent_intact
+
+
+DYING = PRELUDE + """
+import sys, time
+use(0)
+p = ok(cu.cuMemAlloc(1024))
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+code = int(cu.cuMemcpyHtoD(p, bytes(1024), 1024)[0])
+print(json.dumps([code, time.monotonic() - start, int(cu.cuCtxSynchronize()[0])]))
+"""
+
+
+def test_vgpud_dying_mid_session(vgpud_factory):
+    daemon = vgpud_factory("h100")
+    child = subprocess.Popen([sys.executable, "-c", DYING], env=daemon.env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    daemon.process.kill()
+    daemon.process.wait()
+    out, err = child.communicate("go\n", timeout=30)
+    code, seconds, after = json.loads(out)
+    assert code == after == C["CUDA_ERROR_DEVICE_UNAVAILABLE"] and seconds < 1.0
+    assert "lost vgpud" in err
