@@ -209,3 +209,40 @@ print(json.dumps([first, sorted(set(again)), calls() - before]))
     first, again, extra = json.loads(result.stdout)
     assert first == [132, 132, 58, 128] and again == [58, 128, 132]
     assert extra <= 4 + 1, "100 repeated attribute queries reached vgpud"  # 4 first name queries, 1 status
+
+
+CONTEXTS = """
+import ctypes, json
+from vgpu.launcher import library_path
+cu = ctypes.CDLL(str(library_path("libvgpu-cuda.so")))
+assert cu.cuInit(0) == 0
+ctx, current, dev, flags = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int(), ctypes.c_uint()
+out = {"create": cu.cuCtxCreate_v2(ctypes.byref(ctx), 4, 2)}
+cu.cuCtxGetCurrent(ctypes.byref(current))
+out["made_current"] = current.value == ctx.value
+cu.cuCtxGetDevice(ctypes.byref(dev))
+out["device"] = dev.value
+cu.cuCtxGetFlags(ctypes.byref(flags))
+out["flags"] = flags.value
+free, total = ctypes.c_size_t(), ctypes.c_size_t()
+cu.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total))
+out["total"] = total.value
+primary = ctypes.c_void_p()
+cu.cuDevicePrimaryCtxRetain(ctypes.byref(primary), 0)
+out["destroy_primary"] = cu.cuCtxDestroy_v2(primary)
+out["destroy"] = cu.cuCtxDestroy_v2(ctx)
+cu.cuCtxGetCurrent(ctypes.byref(current))
+out["current_after"] = current.value
+out["use_destroyed"] = cu.cuCtxPushCurrent_v2(ctx)
+print(json.dumps(out))
+"""
+
+
+def test_created_contexts(vgpud):
+    result = run_python(CONTEXTS, vgpud.env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["create"] == 0 and out["made_current"] and out["device"] == 2 and out["flags"] == 4
+    assert out["total"] == SET.gpus[2].profile.cuda_total_mib << 20, "work goes to the context's device"
+    assert out["destroy_primary"] == C["CUDA_ERROR_INVALID_CONTEXT"] and out["destroy"] == 0
+    assert out["current_after"] is None and out["use_destroyed"] == C["CUDA_ERROR_INVALID_CONTEXT"]

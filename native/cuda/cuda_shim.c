@@ -139,6 +139,8 @@ void vgpu_cuda_log(int level, const char *fmt, ...) {
  * contexts when work names them.  The current context is per thread, as in the driver. */
 
 #define PRIMARY_CONTEXT_ID 0x100000000ull
+#define CREATED_CONTEXT_ID 0x200000000ull /* | slot << 16 | device ordinal */
+#define MAX_CREATED_CONTEXTS 1024
 
 typedef struct primary_state {
     int retained;
@@ -154,10 +156,27 @@ static uint64_t current_context_id(void) {
     return id;
 }
 
+#define CONTEXT_STACK_DEPTH 64
+static __thread CUcontext context_stack[CONTEXT_STACK_DEPTH];
+static __thread int context_depth;
+
+typedef struct created_context {
+    int alive;
+    unsigned flags;
+} created_context;
+
+static created_context created[MAX_CREATED_CONTEXTS];
+static pthread_mutex_t created_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int context_device(CUcontext ctx, CUdevice *dev) {
     uint64_t id;
-    if (!ctx || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 || !(id & PRIMARY_CONTEXT_ID)) return -1;
-    *dev = (CUdevice)(id & 0xffffffffu);
+    if (!ctx || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0) return -1;
+    if (id & CREATED_CONTEXT_ID) {
+        if (!__atomic_load_n(&created[(id >> 16) & 0xffff].alive, __ATOMIC_SEQ_CST)) return -1;
+    } else if (!(id & PRIMARY_CONTEXT_ID)) {
+        return -1;
+    }
+    *dev = (CUdevice)(id & 0xffff);
     return 0;
 }
 
@@ -226,6 +245,67 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
 
 VGPU_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { return cuDevicePrimaryCtxReset_v2(dev); }
 
+VGPU_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx);
+
+/* Created contexts: a new handle on a device, made current; vgpud knows the device from the id. */
+VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
+                                    CUdevice dev) {
+    (void)ctxCreateParams;
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    CUcontext probe;
+    CUresult rc = vgpu_cuda_primary_context(&probe, dev); /* checks cuInit and the device */
+    if (rc != CUDA_SUCCESS) return rc;
+    pthread_mutex_lock(&created_lock);
+    int slot = 0;
+    while (slot < MAX_CREATED_CONTEXTS && created[slot].alive) slot++;
+    if (slot < MAX_CREATED_CONTEXTS) created[slot] = (created_context){1, flags};
+    pthread_mutex_unlock(&created_lock);
+    if (slot == MAX_CREATED_CONTEXTS) return CUDA_ERROR_OUT_OF_MEMORY;
+    *pctx = vgpu_handle_for(vgpu_cuda_handle_CUcontext, CREATED_CONTEXT_ID | ((uint64_t)slot << 16) | (uint64_t)dev);
+    return cuCtxPushCurrent_v2(*pctx);
+}
+
+VGPU_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int numParams,
+                                    unsigned int flags, CUdevice dev) {
+    (void)paramsArray;
+    (void)numParams;
+    return cuCtxCreate_v4(pctx, NULL, flags, dev);
+}
+
+VGPU_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev) {
+    return cuCtxCreate_v4(pctx, NULL, flags, dev);
+}
+
+VGPU_EXPORT CUresult cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev) {
+    return cuCtxCreate_v4(pctx, NULL, flags, dev);
+}
+
+VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+    uint64_t id;
+    CUdevice dev;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (context_device(ctx, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 ||
+        !(id & CREATED_CONTEXT_ID))
+        return CUDA_ERROR_INVALID_CONTEXT; /* primary contexts are released, not destroyed */
+    vgpu_cuda_context_storage_release(ctx);
+    __atomic_store_n(&created[(id >> 16) & 0xffff].alive, 0, __ATOMIC_SEQ_CST);
+    if (current_context == ctx) current_context = context_depth ? context_stack[--context_depth] : NULL;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuCtxDestroy(CUcontext ctx) { return cuCtxDestroy_v2(ctx); }
+
+VGPU_EXPORT CUresult cuCtxGetFlags(unsigned int *flags) {
+    uint64_t id;
+    CUdevice dev;
+    if (!flags) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (context_device(current_context, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, current_context, &id) < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *flags = id & CREATED_CONTEXT_ID ? created[(id >> 16) & 0xffff].flags : primaries[dev].flags;
+    return CUDA_SUCCESS;
+}
+
 VGPU_EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx) {
     if (!pctx) return CUDA_ERROR_INVALID_VALUE;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
@@ -253,9 +333,6 @@ VGPU_EXPORT CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
     return context_device(ctx ? ctx : current_context, device) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
-#define CONTEXT_STACK_DEPTH 64
-static __thread CUcontext context_stack[CONTEXT_STACK_DEPTH];
-static __thread int context_depth;
 
 VGPU_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
     CUdevice dev;

@@ -40,8 +40,10 @@ DEFAULT_LIMITS = {C["CU_LIMIT_STACK_SIZE"]: 1024, C["CU_LIMIT_PRINTF_FIFO_SIZE"]
                   C["CU_LIMIT_PERSISTING_L2_CACHE_SIZE"]: 0}
 #: a copy's fixed cost in the model (driver and DMA set-up), seconds
 COPY_LATENCY = 5e-6
-#: the shim's ids for primary contexts: this bit and the device ordinal (native/cuda/cuda_shim.c)
+#: the shim's context ids: a bit for primary or created contexts, the device ordinal in the low
+#: 16 bits (native/cuda/cuda_shim.c)
 PRIMARY_CONTEXT = 1 << 32
+CREATED_CONTEXT = 1 << 33
 #: attribute number -> its names without the CU_DEVICE_ATTRIBUTE_ prefix (old and new names share numbers)
 ATTRIBUTES: dict[int, list[str]] = {}
 for _name, _value in API.enum("CUdevice_attribute_enum").items():
@@ -167,8 +169,8 @@ class CudaService:
         if handle_type == "CUmemoryPool":
             found = self.pool_ids.get(handle_id)
             return found if found is not None and found.owner == caller.session.id else None
-        if handle_type == "CUcontext" and (handle_id == 0 or handle_id & PRIMARY_CONTEXT):
-            return handle_id  # a primary context, or NULL for the current one
+        if handle_type == "CUcontext" and (handle_id == 0 or handle_id & (PRIMARY_CONTEXT | CREATED_CONTEXT)):
+            return handle_id  # a context of the shim's, or NULL for the current one
         return None
 
     def _default_stream(self, c: Caller) -> Stream | None:
@@ -277,11 +279,11 @@ class CudaService:
 
     # contexts and memory ----------------------------------------------------------------
     def _context_gpu(self, c: Caller) -> tuple[Gpu | None, int]:
-        """The GPU of the calling thread's current context (the shim's primary-context ids
-        carry the ordinal), or the code a real driver answers without one."""
-        if not c.context & PRIMARY_CONTEXT:
+        """The GPU of the calling thread's current context (the shim's context ids carry the
+        ordinal), or the code a real driver answers without one."""
+        if not c.context & (PRIMARY_CONTEXT | CREATED_CONTEXT):
             return None, C["CUDA_ERROR_INVALID_CONTEXT"]
-        gpu, rc = self._device_call(c, c.context & 0xFFFFFFFF)
+        gpu, rc = self._device_call(c, c.context & 0xFFFF)
         return gpu, rc if gpu is not None or rc != INVALID_DEVICE else C["CUDA_ERROR_INVALID_CONTEXT"]
 
     def cuCtxSynchronize(self, c: Caller) -> int:
