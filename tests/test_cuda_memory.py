@@ -212,3 +212,36 @@ def test_vgpud_dying_mid_session(vgpud_factory):
     code, seconds, after = json.loads(out)
     assert code == after == C["CUDA_ERROR_DEVICE_UNAVAILABLE"] and seconds < 1.0
     assert "lost vgpud" in err
+
+
+ASYNC = PRELUDE + """
+import sys
+from vgpu.wire.client import Client
+def posted():
+    with Client(sys.argv[1]) as c:
+        return next(s["posted"] for s in c.control("status")["sessions"] if s["pid"] == os.getpid())
+use(0)
+stream = ok(cu.cuStreamCreate(0))
+p = ok(cu.cuMemAlloc(1 << 20))
+before = posted()
+for i in range(100):
+    ok(cu.cuMemsetD32Async(p, i, 1 << 18, stream))
+ok(cu.cuStreamSynchronize(stream))
+back = bytearray(4)
+ok(cu.cuMemcpyDtoH(back, int(p) + 4096, 4))
+sent = posted() - before
+bad = int(cu.cuMemsetD8Async(0x10, 1, 16, stream)[0])      # invalid: accepted, reported later
+first_sync = int(cu.cuStreamSynchronize(stream)[0])
+second_sync = int(cu.cuStreamSynchronize(stream)[0])
+print(json.dumps([sent, int.from_bytes(back, "little"), bad, first_sync, second_sync]))
+"""
+
+
+def test_queued_work_goes_without_waiting_and_reports_errors_at_the_next_sync(vgpud):
+    result = subprocess.run([sys.executable, "-c", ASYNC, str(vgpud.socket)], env=vgpud.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    sent, last_value, bad, first_sync, second_sync = json.loads(result.stdout)
+    assert sent == 100, "each memset was sent without a round trip"
+    assert last_value == 99, "in order: the last memset wins"
+    assert bad == 0 and first_sync == C["CUDA_ERROR_INVALID_VALUE"] and second_sync == 0

@@ -295,6 +295,21 @@ static void memo_keep(vgpu_api *api, const uint8_t *key, size_t key_len, const u
     pthread_mutex_unlock(&api->memo->lock);
 }
 
+/* Whether a call gives nothing back to its caller: no output, or outputs vgpud writes in
+ * place (shared windows); such work can go without waiting. */
+static int returns_nothing(const vgpu_function *fn, void *const *args) {
+    for (int i = 0; i < fn->nparams; i++) {
+        const vgpu_param *p = &fn->params[i];
+        void *ptr = p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE ? NULL : *(void *const *)args[i];
+        if (!ptr) continue;
+        if (p->kind == VGPU_K_INOUT || p->kind == VGPU_K_HANDLE_OUT || p->kind == VGPU_K_BUFFER ||
+            p->kind == VGPU_K_ARRAY)
+            return 0;
+        if (p->kind == VGPU_K_ARRAY_OUT && !vgpu_shared(ptr, count_of(fn, args, p->count) * p->size)) return 0;
+    }
+    return 1;
+}
+
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc) {
     if (!vgpu_implemented(api, fn->op)) {
         log_unsupported(api, fn);
@@ -315,6 +330,12 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
             memcpy(rc, answer, 4);
             return VGPU_CALL_DONE;
         }
+    }
+    if (fn->asynchronous && returns_nothing(fn, args)) {
+        /* queued work: no round trip; vgpud answers its first error at the next synchronising call */
+        if (vgpu_post(api, fn->op, request.data, request.len) != VGPU_OK) return VGPU_CALL_FAILED;
+        *rc = 0;
+        return VGPU_CALL_DONE;
     }
     int extra = fn->wait_param >= 0 ? (int)count_of(fn, args, fn->wait_param) : 0;
     const uint8_t *reply;

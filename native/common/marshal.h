@@ -32,6 +32,7 @@ typedef struct vgpu_function {
     uint8_t published;   /* vgpud publishes its answers in shared memory */
     uint8_t immutable;   /* the first successful answer holds for the life of the process */
     uint8_t synchronizing; /* waits for queued work: host functions the shim runs come first */
+    uint8_t asynchronous; /* queues work: sent without waiting when nothing comes back */
     const vgpu_param *params;
 } vgpu_function;
 

@@ -124,21 +124,29 @@ static int reserve(vgpu_conn *conn, size_t need) {
     return 0;
 }
 
-/* One frame out, one frame in; the reply lands in conn->buf. */
-static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_len,
-                    const uint8_t **reply, size_t *reply_len, int extra_ms) {
-    if (reserve(conn, 12 + req_len) < 0) return VGPU_NO_MEMORY;
+/* One frame out (in conn->buf), without waiting; its sequence number, or 0 on failure. */
+static uint32_t send_frame(vgpu_conn *conn, unsigned op, uint16_t flags, const void *req, size_t req_len,
+                           long long deadline) {
+    if (reserve(conn, 12 + req_len) < 0) return 0;
     uint32_t seq = ++conn->seq;
     uint32_t len32 = (uint32_t)req_len;
-    uint16_t op16 = (uint16_t)op, flags = 0;
+    uint16_t op16 = (uint16_t)op;
     memcpy(conn->buf, &len32, 4);
     memcpy(conn->buf + 4, &op16, 2);
     memcpy(conn->buf + 6, &flags, 2);
     memcpy(conn->buf + 8, &seq, 4);
     if (req_len) memcpy(conn->buf + 12, req, req_len);
+    return io_all(conn->fd, conn->buf, 12 + req_len, 1, deadline) < 0 ? 0 : seq;
+}
+
+/* One frame out, one frame in; the reply lands in conn->buf. */
+static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_len,
+                    const uint8_t **reply, size_t *reply_len, int extra_ms) {
+    uint16_t op16 = (uint16_t)op;
     set_timeout(conn, timeout_ms() + extra_ms);
     long long deadline = now_ms() + timeout_ms() + extra_ms;
-    if (io_all(conn->fd, conn->buf, 12 + req_len, 1, deadline) < 0) return VGPU_LOST;
+    uint32_t seq = send_frame(conn, op, 0, req, req_len, deadline);
+    if (!seq) return VGPU_LOST;
     /* One recv usually brings the whole reply; the header comes first. */
     size_t have = 0;
     if (reserve(conn, 4096) < 0) return VGPU_NO_MEMORY;
@@ -351,24 +359,13 @@ void vgpu_close(vgpu_api *api) {
     if (conn) conn->fd = -1;
 }
 
+static int ready_conn(vgpu_api *api, vgpu_conn **out);
+
 int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
               const uint8_t **reply, size_t *reply_len, int extra_ms) {
-    if (api->lost) return VGPU_LOST;
-    vgpu_conn *conn = thread_conn();
-    if (!conn) return VGPU_NO_MEMORY;
-    if (conn->fd >= 0 && conn->generation != api->generation) {
-        close(conn->fd);
-        conn->fd = -1;
-    }
-    if (conn->fd < 0) {
-        int rc = connect_conn(api, conn);
-        if (rc != VGPU_OK) {
-            if (rc == VGPU_NO_DAEMON) rc = VGPU_LOST; /* it was there at init */
-            api->lost = 1;
-            return rc;
-        }
-        conn->generation = api->generation;
-    }
+    vgpu_conn *conn;
+    int ready = ready_conn(api, &conn);
+    if (ready != VGPU_OK) return ready;
     int rc = exchange(conn, op, req, req_len, reply, reply_len, extra_ms);
     if (rc == VGPU_LOST) {
         char path[108];
@@ -379,6 +376,42 @@ int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
         conn->fd = -1;
     }
     return rc;
+}
+
+/* The thread's connection, made (or remade after fork or re-init) when needed. */
+static int ready_conn(vgpu_api *api, vgpu_conn **out) {
+    if (api->lost) return VGPU_LOST;
+    vgpu_conn *conn = thread_conn();
+    if (!conn) return VGPU_NO_MEMORY;
+    if (conn->fd >= 0 && conn->generation != api->generation) {
+        close(conn->fd);
+        conn->fd = -1;
+    }
+    if (conn->fd < 0) {
+        int rc = connect_conn(api, conn);
+        if (rc != VGPU_OK) {
+            api->lost = 1;
+            return rc == VGPU_NO_DAEMON ? VGPU_LOST : rc;
+        }
+        conn->generation = api->generation;
+    }
+    *out = conn;
+    return VGPU_OK;
+}
+
+int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len) {
+    vgpu_conn *conn;
+    int rc = ready_conn(api, &conn);
+    if (rc != VGPU_OK) return rc;
+    set_timeout(conn, timeout_ms());
+    if (!send_frame(conn, op, VGPU_FLAG_NO_REPLY, req, req_len, now_ms() + timeout_ms())) {
+        if (!__atomic_exchange_n(&api->lost, 1, __ATOMIC_SEQ_CST))
+            vgpu_log(1, api->prefix, "lost vgpud (could not send op 0x%x); calls fail until the next init", op);
+        close(conn->fd);
+        conn->fd = -1;
+        return VGPU_LOST;
+    }
+    return VGPU_OK;
 }
 
 int vgpu_implemented(const vgpu_api *api, unsigned int op) {

@@ -50,6 +50,9 @@ int vgpu_published_answer(const vgpu_api *api, const uint8_t *key, size_t key_le
 int vgpu_share(vgpu_api *api, const void *address, size_t size, int fd);
 /* Whether [address, address + size) lies in one shared window. */
 int vgpu_shared(const void *address, size_t size);
+/* Send one request without waiting for an answer (vgpud keeps the first error for the next
+ * synchronising call).  Ordered with this thread's other requests. */
+int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len);
 /* Whether vgpud implements op (after a successful vgpu_open). */
 int vgpu_implemented(const vgpu_api *api, unsigned int op);
 /* The socket path clients use: $VGPU_SOCKET, the system socket if present, else /tmp/vgpu-UID/vgpud.sock. */

@@ -82,7 +82,7 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
     text = (
         f"{table}const vgpu_function {prefix}_fn_{name} = "
         f'{{"{name}", 0x{function.op:04x}, {len(function.params)}, {wait}, {int(function.published)}, '
-        f'{int(function.immutable)}, {int(function.synchronizing)}, '
+        f'{int(function.immutable)}, {int(function.synchronizing)}, {int(function.asynchronous)}, '
         f"{f'P_{name}' if function.params else 'NULL'}}};\n"
     )
     if function.local:

@@ -85,8 +85,11 @@ class Function:
     published: bool = False
     #: answers never change for a process: the shim keeps the first successful one
     immutable: bool = False
-    #: waits for queued work, host functions included: the shim lets those finish first
+    #: waits for queued work, host functions included: the shim lets those finish first, and
+    #: vgpud answers it with the first error of the work sent without waiting
     synchronizing: bool = False
+    #: queues work: the shim sends it without waiting when nothing comes back to the caller
+    asynchronous: bool = False
 
     @property
     def marshallable(self) -> bool:
@@ -227,7 +230,7 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
 def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
     """Every function and parameter the annotations name exists in the header (headers change)."""
     unknown = []
-    for table in ("local", "published", "immutable", "synchronizing"):
+    for table in ("local", "published", "immutable", "synchronizing", "asynchronous"):
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
@@ -251,6 +254,7 @@ def load(name: str) -> Api:
     published = set(annotations.get("published", []))
     immutable = set(annotations.get("immutable", []))
     synchronizing = set(annotations.get("synchronizing", []))
+    asynchronous = set(annotations.get("asynchronous", []))
     blocking = annotations.get("blocking", {})
     for index, spec in enumerate(raw["functions"]):
         param_names = [p["name"] for p in spec["params"]]
@@ -265,6 +269,7 @@ def load(name: str) -> Api:
             published=spec["name"] in published,
             immutable=spec["name"] in immutable,
             synchronizing=spec["name"] in synchronizing,
+            asynchronous=spec["name"] in asynchronous,
         ))
     for function in api.functions:
         if (function.published or function.immutable) and any(p.kind not in PUBLISHABLE for p in function.params):

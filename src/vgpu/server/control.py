@@ -41,7 +41,7 @@ def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
             "power_mw": gpu.power_mw(),
         })
     sessions = [{
-        "id": s.id, "pid": s.pid, "uid": s.uid, "exe": s.exe, "connections": s.connections, "calls": s.calls,
+        "id": s.id, "pid": s.pid, "uid": s.uid, "exe": s.exe, "connections": s.connections, "calls": s.calls, "posted": s.posted,
         "started": s.started, "shared_windows": len(s.windows),
         "held": {str(g.index): g.held[s.id] for g in state.gpus if s.id in g.held},
     } for s in list(state.sessions.values())]

@@ -140,7 +140,9 @@ class Daemon:
                         return
                     continue
                 conn.session.calls += 1
-                if self._blocking(frame):
+                if frame.flags & protocol.FLAG_NO_REPLY:
+                    self._queued(conn.session, frame)
+                elif self._blocking(frame):
                     threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
                 else:
                     conn.send(frame, self._handle(conn.session, frame))
@@ -155,6 +157,15 @@ class Daemon:
         except Exception:  # a bug of ours: it costs this connection, never the daemon
             log.exception("closing connection of pid %d after an internal error", conn.pid)
             self._close(selector, conn)
+
+    def _queued(self, session: Session, frame: Frame) -> None:
+        """Work sent without waiting: its first error waits for the next synchronising call."""
+        if self._dispatcher(frame.op) is None:
+            raise ProtocolError(f"op 0x{frame.op:04x} cannot be sent without a reply")
+        session.posted += 1
+        rc = struct.unpack_from("<i", self._handle(session, frame))[0]
+        if rc and not session.deferred_error:
+            session.deferred_error = rc
 
     def _dispatcher(self, op: int) -> ApiDispatcher | None:
         for dispatcher in self.apis.values():

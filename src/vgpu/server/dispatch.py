@@ -85,4 +85,6 @@ class ApiDispatcher:
         except Exception:
             log.exception("%s failed in vgpud", codec.function.name)
             rc = service.INTERNAL_ERROR
+        if codec.function.synchronizing and session.deferred_error and rc == 0:
+            rc, session.deferred_error = session.deferred_error, 0  # what queued work left behind
         return codec.encode_reply(rc, args, service.handle_id)

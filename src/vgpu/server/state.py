@@ -31,6 +31,10 @@ class Session:
     env: dict[str, str] = field(default_factory=dict)
     #: the process's shared-memory windows (bulk data without the socket)
     windows: Windows | None = None
+    #: the first error of work sent without waiting, for the next synchronising call
+    deferred_error: int = 0
+    #: frames sent without waiting for an answer
+    posted: int = 0
 
     def __post_init__(self) -> None:
         if self.windows is None:
