@@ -245,3 +245,34 @@ def test_queued_work_goes_without_waiting_and_reports_errors_at_the_next_sync(vg
     assert sent == 100, "each memset was sent without a round trip"
     assert last_value == 99, "in order: the last memset wins"
     assert bad == 0 and first_sync == C["CUDA_ERROR_INVALID_VALUE"] and second_sync == 0
+
+
+POINTERS = PRELUDE + """
+ctx = use(1)
+A = cu.CUpointer_attribute
+p = ok(cu.cuMemAlloc(10000))
+inside = int(p) + 100
+out = {
+    "type": int(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_MEMORY_TYPE, inside))),
+    "ordinal": int(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, inside))),
+    "start": int(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, inside))) == int(p),
+    "size": int(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_RANGE_SIZE, inside))),
+    "context": int(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_CONTEXT, inside))) == int(ctx),
+    "managed": bool(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_IS_MANAGED, inside))),
+    "host_of_device": int(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_HOST_POINTER, inside)[0]),
+    "wild": int(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_MEMORY_TYPE, 0x1000)[0]),
+}
+h = ok(cu.cuMemAllocHost(4096))
+out["pinned_type"] = int(ok(cu.cuPointerGetAttribute(A.CU_POINTER_ATTRIBUTE_MEMORY_TYPE, h)))
+print(json.dumps(out))
+"""
+
+
+def test_pointer_attributes(vgpud):
+    result = run_python(POINTERS, vgpud.env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["type"] == C["CU_MEMORYTYPE_DEVICE"] and out["ordinal"] == 1
+    assert out["start"] and out["size"] == 10000 and out["context"] and out["managed"] is False
+    assert out["host_of_device"] == out["wild"] == C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["pinned_type"] == C["CU_MEMORYTYPE_HOST"]

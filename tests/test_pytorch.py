@@ -33,6 +33,7 @@ out["elapsed_ms"] = start.elapsed_time(stop)
 noise = torch.randint(0, 256, (64 << 20,), dtype=torch.uint8)
 out["bytes_round_trip"] = torch.equal(noise.to("cuda:3").cpu(), noise)
 torch.cuda.synchronize()
+out["pinned"] = [torch.empty(1000).pin_memory().is_pinned(), torch.ones(3).is_pinned()]
 pynvml.nvmlInit()
 handle = pynvml.nvmlDeviceGetHandleByIndex(0)
 mine = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == os.getpid()]
@@ -55,3 +56,4 @@ def test_pytorch_sees_and_uses_the_gpus(vgpud):
     assert out["round_trip"] is True and out["bytes_round_trip"] is True
     assert 0 < out["elapsed_ms"] < 10, "a 40 MB copy over PCIe 5 takes about 0.8 ms in the model"
     assert out["nvml_used0"] == [out["reserved0"]] and out["reserved0"] >= 40_000_000
+    assert out["pinned"] == [True, False], "pointer attributes tell page-locked memory apart"

@@ -685,6 +685,91 @@ VGPU_EXPORT CUresult cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback
     return cuStreamAddCallback(hStream, callback, userData, flags);
 }
 
+/* ---- pointer attributes: page-locked memory answered here, device memory by vgpud ---- */
+
+extern const vgpu_function vgpu_cuda_fn_cuPointerGetAttribute;
+
+/* How many bytes the caller's data takes for an attribute, or 0.  Booleans are ints: cudart's
+ * cudaPointerGetAttributes and cuda-python both read four bytes for them. */
+static size_t attribute_size(CUpointer_attribute attribute) {
+    switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS: case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE: case CU_POINTER_ATTRIBUTE_MAPPED:
+    case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE: case CU_POINTER_ATTRIBUTE_IS_HW_DECOMPRESS_CAPABLE:
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE: case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+    case CU_POINTER_ATTRIBUTE_ACCESS_FLAGS:
+        return 4;
+    case CU_POINTER_ATTRIBUTE_P2P_TOKENS:
+        return 0;
+    default:
+        return 8;
+    }
+}
+
+static CUresult host_attribute(const host_range *range, CUpointer_attribute attribute, CUdeviceptr ptr,
+                               uint64_t *value) {
+    CUdevice dev = 0;
+    switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT: *value = (uintptr_t)current_context; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE: *value = CU_MEMORYTYPE_HOST; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER: case CU_POINTER_ATTRIBUTE_HOST_POINTER: *value = ptr; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID: case CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID:
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR: case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
+        *value = (uintptr_t)range->start; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE: case CU_POINTER_ATTRIBUTE_MAPPING_SIZE: *value = range->size; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MAPPED: *value = 1; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *value = context_device(current_context, &dev) == 0 ? (uint64_t)dev : 0; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_ACCESS_FLAGS: *value = CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_P2P_TOKENS: return CUDA_ERROR_NOT_SUPPORTED;
+    default: *value = 0; return CUDA_SUCCESS;
+    }
+}
+
+VGPU_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr) {
+    if (!data) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    size_t size = attribute_size(attribute);
+    uint64_t value = 0;
+    pthread_mutex_lock(&host_lock);
+    host_range *range = host_find((const void *)(uintptr_t)ptr);
+    host_range found = range ? *range : (host_range){0};
+    pthread_mutex_unlock(&host_lock);
+    CUresult rc;
+    if (range) {
+        rc = host_attribute(&found, attribute, ptr, &value);
+    } else {
+        uint64_t *where = &value;
+        int32_t answer = CUDA_ERROR_UNKNOWN;
+        void *const args[] = {(void *)&where, (void *)&attribute, (void *)&ptr};
+        int status = vgpu_marshal_call(&api, &vgpu_cuda_fn_cuPointerGetAttribute, args, &answer);
+        rc = status == VGPU_CALL_DONE ? (CUresult)answer : CUDA_ERROR_DEVICE_UNAVAILABLE;
+        if (rc == CUDA_SUCCESS && attribute == CU_POINTER_ATTRIBUTE_CONTEXT)
+            value = (uintptr_t)vgpu_handle_for(vgpu_cuda_handle_CUcontext, value);
+    }
+    if (rc != CUDA_SUCCESS) return rc;
+    if (!size) return CUDA_ERROR_NOT_SUPPORTED;
+    memcpy(data, &value, size); /* little-endian: the low bytes */
+    return CUDA_SUCCESS;
+}
+
+/* Unlike cuPointerGetAttribute, a pointer CUDA does not know gives defaults, not an error. */
+VGPU_EXPORT CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data,
+                                            CUdeviceptr ptr) {
+    if (!attributes || !data) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i < numAttributes; i++) {
+        if (!data[i]) continue;
+        CUresult rc = cuPointerGetAttribute(data[i], attributes[i], ptr);
+        if (rc == CUDA_ERROR_NOT_INITIALIZED) return rc;
+        if (rc != CUDA_SUCCESS) {
+            size_t size = attribute_size(attributes[i]);
+            memset(data[i], 0, size);
+            if (attributes[i] == CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL) *(int *)data[i] = -2; /* "no device" */
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
 /* ---- 2D and 3D copies: row by row through the 1D copies (one copy when rows are contiguous) ---- */
 
 typedef struct copy_side {

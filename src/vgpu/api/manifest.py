@@ -92,8 +92,14 @@ class Function:
     asynchronous: bool = False
 
     @property
+    def encodable(self) -> bool:
+        """Every parameter can travel (vgpud may serve it, for a generated stub or the shim's own code)."""
+        return all(p.kind is not Kind.OPAQUE for p in self.params)
+
+    @property
     def marshallable(self) -> bool:
-        return not self.local and all(p.kind is not Kind.OPAQUE for p in self.params)
+        """A generated stub sends it to vgpud."""
+        return not self.local and self.encodable
 
 
 @dataclass
@@ -188,9 +194,10 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
     names = [p["name"] for p in params]
     opaque = set(notes.get("opaque", {}).get("params", []))
     out: list[Param] = []
+    retype = notes.get("retype", {})
     for p in params:
         key = f"{fname}.{p['name']}"
-        ref = p["type"]
+        ref = {"kind": "ptr", "to": {"kind": "name", "name": retype[key]}} if key in retype else p["type"]
         resolved = api.resolve(ref)
         typedef = ref["name"] if ref["kind"] == "name" else None
         if key in opaque:
@@ -234,7 +241,7 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
-    for table in ("buffers", "arrays", "arrays_out"):
+    for table in ("buffers", "arrays", "arrays_out", "retype"):
         for key in notes.get(table, {}):
             function, _, param = key.partition(".")
             if function not in functions or param not in {p["name"] for p in functions[function]["params"]}:

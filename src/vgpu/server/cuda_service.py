@@ -120,9 +120,8 @@ class CudaService:
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
-        self.implemented = {f.name for f in API.functions if f.marshallable and hasattr(self, f.name)}
-        # cuDriverGetVersion is answered by the shim itself, but asks vgpud first
-        self.implemented.add("cuDriverGetVersion")
+        # the shim's own functions may ask vgpud too (cuDriverGetVersion, cuPointerGetAttribute)
+        self.implemented = {f.name for f in API.functions if f.encodable and hasattr(self, f.name)}
         self._attributes = [attributes(gpu.ident) for gpu in state.gpus]
         self.streams: dict[int, Stream] = {}
         self.events: dict[int, Event] = {}
@@ -483,6 +482,34 @@ class CudaService:
         if gpu is not None:
             version.value = 3020  # the context API version every current driver reports
         return rc
+
+    def cuPointerGetAttribute(self, c: Caller, data: Any, attribute: int, ptr: int) -> int:
+        """Facts about a device pointer, each as a u64 (the shim writes the caller's size)."""
+        gpu = self._gpu_of_address(ptr)
+        try:
+            allocation = gpu.memory.find(c.session.id, ptr) if gpu is not None else None
+        except InvalidAddress:
+            allocation = None
+        visible = self._visible(c)
+        if allocation is None or gpu.index not in visible:
+            return INVALID_VALUE
+        ordinal = visible.index(gpu.index)
+        a = {name.removeprefix("CU_POINTER_ATTRIBUTE_"): value
+             for name, value in API.enum("CUpointer_attribute_enum").items()}
+        answers = {
+            a["CONTEXT"]: PRIMARY_CONTEXT | ordinal, a["MEMORY_TYPE"]: C["CU_MEMORYTYPE_DEVICE"],
+            a["DEVICE_POINTER"]: ptr, a["SYNC_MEMOPS"]: 0, a["BUFFER_ID"]: allocation.address,
+            a["IS_MANAGED"]: 0, a["DEVICE_ORDINAL"]: ordinal, a["IS_LEGACY_CUDA_IPC_CAPABLE"]: 1,
+            a["RANGE_START_ADDR"]: allocation.address, a["RANGE_SIZE"]: allocation.size, a["MAPPED"]: 1,
+            a["ALLOWED_HANDLE_TYPES"]: 0, a["IS_GPU_DIRECT_RDMA_CAPABLE"]: 0,
+            a["ACCESS_FLAGS"]: C["CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE"], a["MEMPOOL_HANDLE"]: 0,
+            a["MAPPING_SIZE"]: gpu.memory.footprint(allocation.size), a["MAPPING_BASE_ADDR"]: allocation.address,
+            a["MEMORY_BLOCK_ID"]: allocation.address,
+        }
+        if attribute not in answers:
+            return INVALID_VALUE  # HOST_POINTER of device memory, P2P tokens
+        data.value = answers[attribute]
+        return SUCCESS
 
     def _gpu_of_address(self, address: int) -> Gpu | None:
         return next((gpu for gpu in self.state.gpus if gpu.memory.owns(address)), None)

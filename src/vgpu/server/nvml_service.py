@@ -64,7 +64,7 @@ class NvmlService:
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
-        self.implemented = {f.name for f in API.functions if f.marshallable and hasattr(self, f.name)}
+        self.implemented = {f.name for f in API.functions if f.encodable and hasattr(self, f.name)}
 
     def resolve(self, handle_type: str, handle_id: int, session: Session) -> Any:
         if handle_type == "nvmlDevice_t" and 1 <= handle_id <= len(self.state.gpus):
