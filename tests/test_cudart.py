@@ -71,6 +71,28 @@ def test_nvcc_device_query(vgpud, device_query):
         assert int(d["l2CacheSize"]) == p.l2_cache_mib << 20 and int(d["memoryBusWidth"]) == p.bus_width
         assert int(d["pciBusID"]) == ident.pci_bus and d["busId"] == ident.pci_bus_id_legacy
         assert d["ECCEnabled"] == str(int(p.ecc)) and d["integrated"] == "0" and d["unifiedAddressing"] == "1"
+        expected = {  # every other property, from the architecture table
+            "maxGridSize0": "MAX_GRID_DIM_X", "maxGridSize1": "MAX_GRID_DIM_Y", "maxGridSize2": "MAX_GRID_DIM_Z",
+            "maxThreadsDim0": "MAX_BLOCK_DIM_X", "maxThreadsDim1": "MAX_BLOCK_DIM_Y",
+            "maxThreadsDim2": "MAX_BLOCK_DIM_Z", "totalConstMem": "TOTAL_CONSTANT_MEMORY", "memPitch": "MAX_PITCH",
+            "textureAlignment": "TEXTURE_ALIGNMENT", "texturePitchAlignment": "TEXTURE_PITCH_ALIGNMENT",
+            "canMapHostMemory": "CAN_MAP_HOST_MEMORY", "concurrentKernels": "CONCURRENT_KERNELS",
+            "asyncEngineCount": "ASYNC_ENGINE_COUNT", "persistingL2CacheMaxSize": "MAX_PERSISTING_L2_CACHE_SIZE",
+            "maxBlocksPerMultiProcessor": "MAX_BLOCKS_PER_MULTIPROCESSOR",
+            "accessPolicyMaxWindowSize": "MAX_ACCESS_POLICY_WINDOW_SIZE",
+            "reservedSharedMemPerBlock": "RESERVED_SHARED_MEMORY_PER_BLOCK",
+            "sharedMemPerBlockOptin": "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN",
+            "regsPerMultiprocessor": "MAX_REGISTERS_PER_MULTIPROCESSOR", "managedMemory": "MANAGED_MEMORY",
+            "concurrentManagedAccess": "CONCURRENT_MANAGED_ACCESS",
+            "computePreemptionSupported": "COMPUTE_PREEMPTION_SUPPORTED", "cooperativeLaunch": "COOPERATIVE_LAUNCH",
+            "hostRegisterSupported": "HOST_REGISTER_SUPPORTED", "memoryPoolsSupported": "MEMORY_POOLS_SUPPORTED",
+            "clusterLaunch": "CLUSTER_LAUNCH", "unifiedFunctionPointers": "UNIFIED_FUNCTION_POINTERS",
+            "globalL1CacheSupported": "GLOBAL_L1_CACHE_SUPPORTED", "localL1CacheSupported": "LOCAL_L1_CACHE_SUPPORTED",
+            "streamPrioritiesSupported": "STREAM_PRIORITIES_SUPPORTED", "pciDeviceID": "PCI_DEVICE_ID",
+        }
+        for field, attribute in expected.items():
+            assert int(d[field]) == values.get(attribute, 0), f"{p.key} {field}"
+        assert d["isMultiGpuBoard"] == "0" and d["tccDriver"] == "0"
 
 
 def test_nvcc_device_query_with_visible_devices(vgpud, device_query):
@@ -164,9 +186,11 @@ def test_streams_events_and_pinned_memory(vgpud, tmp_path_factory):
 
 def test_pitched_2d_peer_async_and_limits(vgpud, tmp_path_factory):
     report = run_report(build(tmp_path_factory, "copies_2d_peer"), vgpud.env)
-    for step in ("malloc_pitch", "h2d_2d", "d2h_2d", "can_peer_rc", "enable_peer", "peer_copy", "malloc_async",
+    for step in ("malloc_pitch", "h2d_2d", "d2h_2d", "can_peer_rc", "enable_peer", "peer_copy", "default_pool",
+                 "set_threshold", "malloc_async",
                  "memset_async", "free_async", "stream_sync", "limit_rc", "set_limit"):
         assert report[step] == "0", f"{step}: {report['_output']}"
     assert report["pitch"] == "1024"  # 1000 bytes rounded to the 512-byte pitch alignment
     assert report["equal_2d"] == report["equal_peer"] == report["can_peer"] == "1"
     assert report["stack"] == "1024" and report["stack_after"] == "4096"
+    assert report["threshold"] == str(64 << 20) and report["follow"] == "1" and report["pool_used_ok"] == "1"

@@ -770,6 +770,36 @@ VGPU_EXPORT CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointe
     return CUDA_SUCCESS;
 }
 
+/* ---- memory pool attributes: the first three are ints, the rest cuuint64_t ---- */
+
+extern const vgpu_function vgpu_cuda_fn_cuMemPoolGetAttribute, vgpu_cuda_fn_cuMemPoolSetAttribute;
+
+static size_t pool_attribute_size(CUmemPool_attribute attr) {
+    return attr == CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES || attr == CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC ||
+                   attr == CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES
+               ? sizeof(int) : sizeof(cuuint64_t);
+}
+
+static CUresult pool_attribute(const vgpu_function *fn, CUmemoryPool pool, CUmemPool_attribute attr, uint64_t *value) {
+    void *const args[] = {(void *)&pool, (void *)&attr, (void *)&value};
+    return (CUresult)vgpu_cuda_dispatch(fn, args);
+}
+
+VGPU_EXPORT CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t wide = 0;
+    CUresult rc = pool_attribute(&vgpu_cuda_fn_cuMemPoolGetAttribute, pool, attr, &wide);
+    if (rc == CUDA_SUCCESS) memcpy(value, &wide, pool_attribute_size(attr));
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t wide = 0;
+    memcpy(&wide, value, pool_attribute_size(attr));
+    return pool_attribute(&vgpu_cuda_fn_cuMemPoolSetAttribute, pool, attr, &wide);
+}
+
 /* ---- 2D and 3D copies: row by row through the 1D copies (one copy when rows are contiguous) ---- */
 
 typedef struct copy_side {

@@ -34,7 +34,18 @@ int main() {
     cudaStream_t stream;
     cudaStreamCreate(&stream);
     void *async_mem = NULL;
+    cudaMemPool_t pool;
+    printf("default_pool %d\n", (int)cudaDeviceGetDefaultMemPool(&pool, 1));
+    unsigned long long threshold = 64 << 20, read_back = 0, used = 0;
+    printf("set_threshold %d\n", (int)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &read_back);
+    printf("threshold %llu\n", read_back);
+    int follow = -1;
+    cudaMemPoolGetAttribute(pool, cudaMemPoolReuseFollowEventDependencies, &follow);
+    printf("follow %d\n", follow);
     printf("malloc_async %d\n", (int)cudaMallocAsync(&async_mem, 1 << 20, stream));
+    cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used);
+    printf("pool_used_ok %d\n", used >= (1 << 20));
     printf("memset_async %d\n", (int)cudaMemsetAsync(async_mem, 7, 1 << 20, stream));
     printf("free_async %d\n", (int)cudaFreeAsync(async_mem, stream));
     printf("stream_sync %d\n", (int)cudaStreamSynchronize(stream));

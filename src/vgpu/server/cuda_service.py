@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vgpu.api.manifest import load
@@ -31,6 +31,9 @@ INVALID_DEVICE = C["CUDA_ERROR_INVALID_DEVICE"]
 DEFAULT_STREAMS = {0: "default", 1: "legacy", 2: "per-thread"}
 #: ids of created streams and events start here (below are the default streams' constants)
 STREAM_IDS_FROM = 4096
+#: settable memory pool attributes and their values until set
+POOL_DEFAULTS = {C["CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES"]: 1, C["CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC"]: 1,
+                 C["CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES"]: 1, C["CU_MEMPOOL_ATTR_RELEASE_THRESHOLD"]: 0}
 #: cuMemAllocPitch's row alignment
 PITCH_ALIGNMENT = 512
 #: cuCtxGetLimit's answers until set
@@ -106,6 +109,9 @@ class MemoryPool:
     id: int
     owner: int
     gpu: Gpu
+    #: settable attributes (CUmemPool_attribute -> value)
+    settings: dict[int, int] = field(default_factory=dict)
+    used_high: int = 0
 
 
 class CudaService:
@@ -365,6 +371,29 @@ class CudaService:
             pool = MemoryPool(next(self._ids), c.session.id, gpu)
             self.pools[key] = self.pool_ids[pool.id] = pool
         return self.pools[key]
+
+    def cuMemPoolGetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
+        """Each attribute as a u64 (the shim writes the caller's int or cuuint64_t)."""
+        used = pool.gpu.held.get(c.session.id, 0)
+        pool.used_high = max(pool.used_high, used)
+        live = {C["CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT"]: used, C["CU_MEMPOOL_ATTR_USED_MEM_CURRENT"]: used,
+                C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"]: pool.used_high, C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]: pool.used_high}
+        if attr in live:
+            value.value = live[attr]
+        elif attr in POOL_DEFAULTS:
+            value.value = pool.settings.get(attr, POOL_DEFAULTS[attr])
+        else:
+            return INVALID_VALUE
+        return SUCCESS
+
+    def cuMemPoolSetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
+        if attr in POOL_DEFAULTS:
+            pool.settings[attr] = value.value
+        elif attr in (C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"], C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]) and value.value == 0:
+            pool.used_high = 0  # the high-water marks can only be reset
+        else:
+            return INVALID_VALUE
+        return SUCCESS
 
     def cuMemPoolTrimTo(self, c: Caller, pool: MemoryPool, minBytesToKeep: int) -> int:
         return SUCCESS  # freed memory is returned at once: there is nothing to trim
