@@ -555,17 +555,10 @@ VGPU_EXPORT CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus
     (void)hStream;
     return capture_info(captureStatus, NULL, NULL, NULL, NULL, NULL);
 }
-VGPU_EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
-    return cuStreamIsCapturing(hStream, captureStatus);
-}
 VGPU_EXPORT CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
                                             cuuint64_t *id_out) {
     (void)hStream;
     return capture_info(captureStatus_out, id_out, NULL, NULL, NULL, NULL);
-}
-VGPU_EXPORT CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
-                                                 cuuint64_t *id_out) {
-    return cuStreamGetCaptureInfo(hStream, captureStatus_out, id_out);
 }
 VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
                                                cuuint64_t *id_out, CUgraph *graph_out,
@@ -573,25 +566,12 @@ VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCapture
     (void)hStream;
     return capture_info(captureStatus_out, id_out, graph_out, dependencies_out, NULL, numDependencies_out);
 }
-VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
-                                                    cuuint64_t *id_out, CUgraph *graph_out,
-                                                    const CUgraphNode **dependencies_out, size_t *numDependencies_out) {
-    return cuStreamGetCaptureInfo_v2(hStream, captureStatus_out, id_out, graph_out, dependencies_out,
-                                     numDependencies_out);
-}
 VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
                                                cuuint64_t *id_out, CUgraph *graph_out,
                                                const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out,
                                                size_t *numDependencies_out) {
     (void)hStream;
     return capture_info(captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
-}
-VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
-                                                    cuuint64_t *id_out, CUgraph *graph_out,
-                                                    const CUgraphNode **dependencies_out,
-                                                    const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
-    return cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out,
-                                     numDependencies_out);
 }
 
 /* ---- host functions: run in order on one worker thread once the stream's earlier work is
@@ -672,17 +652,10 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
 VGPU_EXPORT CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
     return queue_host_call(hStream, fn, NULL, userData);
 }
-VGPU_EXPORT CUresult cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn, void *userData) {
-    return queue_host_call(hStream, fn, NULL, userData);
-}
 VGPU_EXPORT CUresult cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData,
                                          unsigned int flags) {
     if (flags) return CUDA_ERROR_INVALID_VALUE;
     return queue_host_call(hStream, NULL, callback, userData);
-}
-VGPU_EXPORT CUresult cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback callback, void *userData,
-                                              unsigned int flags) {
-    return cuStreamAddCallback(hStream, callback, userData, flags);
 }
 
 /* ---- pointer attributes: page-locked memory answered here, device memory by vgpud ---- */
@@ -872,21 +845,12 @@ static CUresult copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async) {
 }
 
 VGPU_EXPORT CUresult cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
-VGPU_EXPORT CUresult cuMemcpy2D_v2_ptds(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
 VGPU_EXPORT CUresult cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
-VGPU_EXPORT CUresult cuMemcpy2DUnaligned_v2_ptds(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
 VGPU_EXPORT CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream) {
     return copy_2d(pCopy, hStream, 1);
 }
-VGPU_EXPORT CUresult cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D *pCopy, CUstream hStream) {
-    return copy_2d(pCopy, hStream, 1);
-}
 VGPU_EXPORT CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D *pCopy) { return copy_3d(pCopy, NULL, 0); }
-VGPU_EXPORT CUresult cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *pCopy) { return copy_3d(pCopy, NULL, 0); }
 VGPU_EXPORT CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *pCopy, CUstream hStream) {
-    return copy_3d(pCopy, hStream, 1);
-}
-VGPU_EXPORT CUresult cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D *pCopy, CUstream hStream) {
     return copy_3d(pCopy, hStream, 1);
 }
 

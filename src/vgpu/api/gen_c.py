@@ -86,7 +86,7 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
         f"{f'P_{name}' if function.params else 'NULL'}}};\n"
     )
     if function.local:
-        return text
+        return text + _per_thread_forward(api, function)
     chunked = api.annotations.get("chunked", {}).get(name)
     if chunked:
         return text + _chunked_stub(api, function, prefix, params_c, chunked)
@@ -95,6 +95,19 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
         + (f"    void *const vgpu_args[] = {{{args}}};\n" if function.params else "    void *const *vgpu_args = NULL;\n")
         + f"    return ({c_decl(function.returns)}){prefix}_dispatch(&{prefix}_fn_{name}, vgpu_args);\n}}\n"
     )
+
+
+def _per_thread_forward(api: Api, function: Function) -> str:
+    """A per-thread-default-stream name (_ptds, _ptsz) of a function the shim defines: the same
+    work (the simulator keeps one default stream per process and device), so it forwards."""
+    base = function.name[:-5] if function.name.endswith(("_ptds", "_ptsz")) else None
+    if base is None or base not in api._by_name or not api.function(base).local:
+        return ""
+    if [p.type for p in api.function(base).params] != [p.type for p in function.params]:
+        return ""
+    params_c = ", ".join(c_decl(p.type, p.name) for p in function.params) or "void"
+    args = ", ".join(p.name for p in function.params)
+    return f"VGPU_EXPORT {c_decl(function.returns, function.name)}({params_c}) {{ return {base}({args}); }}\n"
 
 
 def _chunked_stub(api: Api, function: Function, prefix: str, params_c: str, chunked: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import InvalidAddress
-from vgpu.server.dispatch import Caller
+from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire.codec import Buffer
 
@@ -126,8 +126,7 @@ class CudaService:
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
-        # the shim's own functions may ask vgpud too (cuDriverGetVersion, cuPointerGetAttribute)
-        self.implemented = {f.name for f in API.functions if f.encodable and hasattr(self, f.name)}
+        self.implemented = implemented(self)
         self._attributes = [attributes(gpu.ident) for gpu in state.gpus]
         self.streams: dict[int, Stream] = {}
         self.events: dict[int, Event] = {}
@@ -308,8 +307,6 @@ class CudaService:
     def cuStreamQuery(self, c: Caller, hStream: Stream) -> int:
         return SUCCESS
 
-    cuStreamSynchronize_ptsz = cuStreamSynchronize
-    cuStreamQuery_ptsz = cuStreamQuery
 
     def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
         gpu, rc = self._context_gpu(c)
@@ -354,8 +351,6 @@ class CudaService:
     def cuMemFreeAsync(self, c: Caller, dptr: int, hStream: Stream) -> int:
         return self.cuMemFree_v2(c, dptr)
 
-    cuMemAllocAsync_ptsz = cuMemAllocAsync
-    cuMemFreeAsync_ptsz = cuMemFreeAsync
 
     def cuDeviceGetDefaultMemPool(self, c: Caller, pool_out: Any, dev: int) -> int:
         gpu, rc = self._device_call(c, dev)
@@ -483,8 +478,6 @@ class CudaService:
                      ByteCount: int) -> int:
         return self.cuMemcpyPeerAsync(c, dstDevice, dstContext, srcDevice, srcContext, ByteCount)
 
-    cuMemcpyPeer_ptds = cuMemcpyPeer
-    cuMemcpyPeerAsync_ptsz = cuMemcpyPeerAsync
 
     # context limits and settings ---------------------------------------------------------
     def cuCtxGetLimit(self, c: Caller, pvalue: Any, limit: int) -> int:
@@ -628,19 +621,6 @@ class CudaService:
     cuMemsetD8_v2 = cuMemsetD8Async
     cuMemsetD16_v2 = cuMemsetD16Async
     cuMemsetD32_v2 = cuMemsetD32Async
-    # the per-thread-default-stream names do the same work
-    cuMemcpyHtoD_v2_ptds = cuMemcpyHtoD_v2
-    cuMemcpyDtoH_v2_ptds = cuMemcpyDtoH_v2
-    cuMemcpyDtoD_v2_ptds = cuMemcpyDtoD_v2
-    cuMemsetD8_v2_ptds = cuMemsetD8_v2
-    cuMemsetD16_v2_ptds = cuMemsetD16_v2
-    cuMemsetD32_v2_ptds = cuMemsetD32_v2
-    cuMemcpyHtoDAsync_v2_ptsz = cuMemcpyHtoDAsync_v2
-    cuMemcpyDtoHAsync_v2_ptsz = cuMemcpyDtoHAsync_v2
-    cuMemcpyDtoDAsync_v2_ptsz = cuMemcpyDtoDAsync_v2
-    cuMemsetD8Async_ptsz = cuMemsetD8Async
-    cuMemsetD16Async_ptsz = cuMemsetD16Async
-    cuMemsetD32Async_ptsz = cuMemsetD32Async
 
     # streams and events ------------------------------------------------------------------
     def cuCtxGetStreamPriorityRange(self, c: Caller, leastPriority: Any, greatestPriority: Any) -> int:
@@ -720,8 +700,3 @@ class CudaService:
         return SUCCESS
 
     cuEventElapsedTime = cuEventElapsedTime_v2
-    cuStreamWaitEvent_ptsz = cuStreamWaitEvent
-    cuEventRecord_ptsz = cuEventRecord
-    cuEventRecordWithFlags_ptsz = cuEventRecordWithFlags
-    cuStreamGetPriority_ptsz = cuStreamGetPriority
-    cuStreamGetFlags_ptsz = cuStreamGetFlags

@@ -44,12 +44,30 @@ class Service(Protocol):
     def refusal(self, obj: Any) -> int | None: ...
 
 
+PER_THREAD_SUFFIXES = ("_ptds", "_ptsz")
+
+
+def method_for(service: Any, name: str) -> Any:
+    """The service's method for a function; a per-thread-default-stream name (_ptds, _ptsz)
+    shares its base name's method (vgpud keeps one default stream per process and device)."""
+    method = getattr(service, name, None)
+    if method is None and name.endswith(PER_THREAD_SUFFIXES):
+        method = getattr(service, name[:-5], None)
+    return method
+
+
+def implemented(service: Any) -> set[str]:
+    """The functions a service serves: it has a method and every parameter can travel (the
+    shim's own functions may ask vgpud too, as cuDriverGetVersion and cuPointerGetAttribute do)."""
+    return {f.name for f in service.api.functions if f.encodable and method_for(service, f.name) is not None}
+
+
 class ApiDispatcher:
     def __init__(self, service: Service) -> None:
         self.api = service.api
         self.service = service
         self.codecs = {f.op: FunctionCodec(self.api, f) for f in self.api.functions if f.name in service.implemented}
-        self.methods = {op: getattr(service, codec.function.name) for op, codec in self.codecs.items()}
+        self.methods = {op: method_for(service, codec.function.name) for op, codec in self.codecs.items()}
         bitmap = bytearray((len(self.api.functions) + 7) // 8)
         for op in self.codecs:
             index = op - self.api.functions[0].op

@@ -20,6 +20,7 @@ from vgpu.api.manifest import load
 from vgpu.device.events import EventSet
 from vgpu.device.gpu import Gpu
 from vgpu.device.gpuset import parse_pci_bus_id
+from vgpu.server.dispatch import implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire.codec import Buffer, HandleOut
 
@@ -64,7 +65,7 @@ class NvmlService:
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
-        self.implemented = {f.name for f in API.functions if f.encodable and hasattr(self, f.name)}
+        self.implemented = implemented(self)
 
     def resolve(self, handle_type: str, handle_id: int, session: Session) -> Any:
         if handle_type == "nvmlDevice_t" and 1 <= handle_id <= len(self.state.gpus):
