@@ -187,7 +187,7 @@ def test_no_visible_device_fails_init(vgpud):
     assert int(result.stdout) == C["CUDA_ERROR_NO_DEVICE"]
 
 
-def test_device_facts_cost_one_round_trip_each(vgpud):
+def test_device_facts_come_in_one_bulk_fetch(vgpud):
     code = """
 import json, os, sys
 from cuda.bindings import driver as cu
@@ -196,19 +196,27 @@ def calls():
     with Client(sys.argv[1]) as c:
         return next(s["calls"] for s in c.control("status")["sessions"] if s["pid"] == os.getpid())
 cu.cuInit(0)
-A = cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
-first = [cu.cuDeviceGetAttribute(A, d)[1] for d in range(4)]
 before = calls()
-again = [cu.cuDeviceGetAttribute(A, d)[1] for d in range(4) for _ in range(25)]
-names = [cu.cuDeviceGetName(64, d)[1] for d in range(4) for _ in range(2)]
-print(json.dumps([first, sorted(set(again)), calls() - before]))
+A = cu.CUdevice_attribute
+facts = [[cu.cuDeviceGetAttribute(a, d)[1] for a in (A.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+          A.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, A.CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)]
+         + [cu.cuDeviceTotalMem(d)[1], bytes(cu.cuDeviceGetUuid(d)[1].bytes).hex(),
+            cu.cuDeviceGetName(256, d)[1].split(b"\\0")[0].decode()] for d in range(4) for _ in range(5)]
+after = calls()
+name64 = cu.cuDeviceGetName(64, 0)[1]  # a capacity the bulk fetch did not cover: asked once
+name64_again = cu.cuDeviceGetName(64, 0)[1]
+print(json.dumps([facts[::5], after - before, calls() - after]))
 """
     import subprocess, sys
     result = subprocess.run([sys.executable, "-c", code, str(vgpud.socket)], env=vgpud.env, capture_output=True,
                             text=True, timeout=60)
-    first, again, extra = json.loads(result.stdout)
-    assert first == [132, 132, 58, 128] and again == [58, 128, 132]
-    assert extra <= 4 + 1, "100 repeated attribute queries reached vgpud"  # 4 first name queries, 1 status
+    assert result.returncode == 0, result.stderr
+    facts, during, later = json.loads(result.stdout)
+    assert [f[0] for f in facts] == [132, 132, 58, 128]
+    assert [f[4] for f in facts] == [g.uuid_bytes.hex() for g in SET.gpus]
+    assert [f[5] for f in facts] == [g.profile.name for g in SET.gpus]
+    assert during == 1, "100 fact queries after cuInit reached vgpud: only the status call counts"
+    assert later == 2, "the name with another capacity once, then the status call"
 
 
 CONTEXTS = """

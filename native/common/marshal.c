@@ -295,6 +295,29 @@ static void memo_keep(vgpu_api *api, const uint8_t *key, size_t key_len, const u
     pthread_mutex_unlock(&api->memo->lock);
 }
 
+int vgpu_prefetch_facts(vgpu_api *api) {
+    const uint8_t *reply;
+    size_t len, pos = 0;
+    int rc = vgpu_call(api, VGPU_OP_FACTS, NULL, 0, &reply, &len, 0);
+    if (rc != VGPU_OK) return rc;
+    uint8_t *copy = malloc(len ? len : 1); /* the reply buffer is reused by the calls below */
+    if (!copy) return VGPU_NO_MEMORY;
+    memcpy(copy, reply, len);
+    while (pos + 2 <= len) {
+        uint16_t key_len;
+        uint32_t answer_len;
+        memcpy(&key_len, copy + pos, 2);
+        if (pos + 2 + key_len + 4 > len || key_len > VGPU_PUBLISHED_KEY_MAX) break;
+        memcpy(&answer_len, copy + pos + 2 + key_len, 4);
+        size_t answer_at = pos + 2 + key_len + 4;
+        if (answer_at + answer_len > len || answer_len > VGPU_PUBLISHED_ANSWER_MAX) break;
+        memo_keep(api, copy + pos + 2, key_len, copy + answer_at, answer_len);
+        pos = answer_at + answer_len;
+    }
+    free(copy);
+    return VGPU_OK;
+}
+
 /* Whether a call gives nothing back to its caller: no output, or outputs vgpud writes in
  * place (shared windows); such work can go without waiting. */
 static int returns_nothing(const vgpu_function *fn, void *const *args) {

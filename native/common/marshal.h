@@ -46,6 +46,8 @@ enum vgpu_call_status {
 };
 
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);
+/* Ask vgpud for every immutable answer of the API at once (OP_FACTS) and keep them. */
+int vgpu_prefetch_facts(vgpu_api *api);
 
 /* Handles: stable pointers that stand for the server's 64-bit ids. */
 void *vgpu_handle_for(unsigned type, uint64_t id);

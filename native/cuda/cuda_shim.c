@@ -51,8 +51,12 @@ VGPU_EXPORT CUresult cuInit(unsigned int Flags) {
     int rc = initialized ? VGPU_OK : connect_locked();
     CUresult result = CUDA_SUCCESS;
     if (rc == VGPU_OK && !initialized) {
-        if (visible_count() > 0) initialized = 1;
-        else result = CUDA_ERROR_NO_DEVICE; /* none left by CUDA_VISIBLE_DEVICES */
+        if (visible_count() > 0) {
+            initialized = 1;
+            vgpu_prefetch_facts(&api); /* device facts in one round trip; a failure only costs speed */
+        } else {
+            result = CUDA_ERROR_NO_DEVICE; /* none left by CUDA_VISIBLE_DEVICES */
+        }
     } else if (rc == VGPU_MISMATCH) result = CUDA_ERROR_SYSTEM_DRIVER_MISMATCH;
     else if (rc == VGPU_NO_MEMORY) result = CUDA_ERROR_OUT_OF_MEMORY;
     else if (rc != VGPU_OK) result = CUDA_ERROR_NO_DEVICE; /* what a host without a driver answers */

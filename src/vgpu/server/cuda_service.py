@@ -140,6 +140,17 @@ class CudaService:
         self._ids = itertools.count(STREAM_IDS_FROM)
         state.on_detach.append(self._forget)
 
+    def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
+        """The device facts a runtime asks for at start-up, for the shim's one bulk fetch."""
+        calls: list[tuple[str, dict[str, int]]] = [("cuDeviceGetCount", {})]
+        for ordinal in range(len(self._visible(Caller(session, 0)))):
+            calls += [("cuDeviceGet", {"ordinal": ordinal}), ("cuDeviceGetName", {"len": 256, "dev": ordinal}),
+                      ("cuDeviceGetUuid", {"dev": ordinal}), ("cuDeviceGetUuid_v2", {"dev": ordinal}),
+                      ("cuDeviceTotalMem_v2", {"dev": ordinal}),
+                      ("cuDeviceComputeCapability", {"dev": ordinal})]
+            calls += [("cuDeviceGetAttribute", {"attrib": attribute, "dev": ordinal}) for attribute in ATTRIBUTES]
+        return calls
+
     def _forget(self, session: Session) -> None:
         """A process ended: its streams and events go with it."""
         for table in (self.streams, self.events):

@@ -44,6 +44,7 @@ class Connection:
     #: reused for every recv: a fresh 64 KiB bytes object per call costs more than the call
     inbox: bytearray = field(default_factory=lambda: bytearray(1 << 16))
     session: Session | None = None
+    api: str = ""
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, frame: Frame, payload: bytes) -> None:
@@ -135,6 +136,8 @@ class Daemon:
             for frame in conn.parser.feed(memoryview(conn.inbox)[:size]):
                 if conn.session is None:
                     conn.session = self._hello(conn, frame)
+                    if frame.op == protocol.OP_HELLO and len(frame.payload) >= protocol.HELLO_REQUEST.size:
+                        conn.api = frame.payload[8:24].rstrip(b"\0").decode(errors="replace")
                     if conn.session is None:
                         self._close(selector, conn)
                         return
@@ -142,6 +145,10 @@ class Daemon:
                 conn.session.calls += 1
                 if frame.flags & protocol.FLAG_NO_REPLY:
                     self._queued(conn.session, frame)
+                elif frame.op == protocol.OP_FACTS:
+                    if conn.api not in self.apis:
+                        raise ProtocolError(f"facts asked for on a {conn.api!r} connection")
+                    conn.send(frame, self.apis[conn.api].facts(conn.session))
                 elif self._blocking(frame):
                     threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
                 else:

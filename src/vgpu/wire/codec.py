@@ -112,6 +112,22 @@ class FunctionCodec:
                     key.append(bytes(reader.take(4)))
         return b"".join(key)
 
+    def encode_request(self, values: dict[str, int]) -> bytes:
+        """A request with the given values and empty outputs (vgpud's own calls: the facts it
+        hands out in bulk); only values, outputs of fixed size and buffers."""
+        out = []
+        for param, ctype in zip(self.function.params, self.types):
+            if param.kind is Kind.VALUE:
+                out.append(bytes(ctype(values[param.name])))
+            elif param.kind is Kind.INOUT:
+                out.append(U8.pack(1) + bytes(ctypes.sizeof(ctype)))
+            elif param.kind is Kind.BUFFER:
+                capacity = values[self.function.params[param.count].name] if param.count is not None else param.fixed
+                out.append(U8.pack(1) + U32.pack(capacity))
+            else:
+                raise ValueError(f"{self.function.name}: {param.name} cannot be asked for in bulk")
+        return b"".join(out)
+
     def decode(self, payload: bytes, windows: Any = None) -> list[Any]:
         """The arguments; arrays in a shared window come as memoryviews of it."""
         reader = _Reader(payload)

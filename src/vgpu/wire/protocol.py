@@ -32,6 +32,8 @@ OP_HELLO = 0x0001
 OP_PING = 0x0002
 OP_CONTROL = 0x0003   # JSON request and reply, for tools (status, faults, sessions, activity)
 OP_SHARE = 0x0004     # a client's shared-memory window: vgpud maps it, bulk data skips the socket
+OP_FACTS = 0x0005     # every immutable answer of the connection's API, in one reply (u16 key length, key,
+                      # u32 answer length, answer; repeated)
 
 # handshake answers
 HELLO_OK = 0
