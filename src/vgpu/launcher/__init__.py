@@ -2,7 +2,7 @@
 
 ``vgpu run`` starts a private vgpud for one command; ``vgpu up`` / ``down`` manage a
 long-lived one at the default socket.  Programs find the libraries through a folder
-of ``libnvidia-ml.so.1`` links put first on ``LD_LIBRARY_PATH``; nothing is installed.
+of ``libnvidia-ml.so.1`` and ``libcuda.so.1`` links put first on ``LD_LIBRARY_PATH``; nothing is installed.
 """
 
 from __future__ import annotations
