@@ -276,3 +276,31 @@ def test_pointer_attributes(vgpud):
     assert out["start"] and out["size"] == 10000 and out["context"] and out["managed"] is False
     assert out["host_of_device"] == out["wild"] == C["CUDA_ERROR_INVALID_VALUE"]
     assert out["pinned_type"] == C["CU_MEMORYTYPE_HOST"]
+
+
+DIRECT = PRELUDE + """
+import sys
+from vgpu.wire.client import Client
+use(0)
+size = 3 << 20
+data = bytes(random.Random(5).getrandbits(8) for _ in range(4096)) * (size // 4096)
+dev = ok(cu.cuMemAlloc(size))
+ok(cu.cuMemcpyHtoD(dev, data, size))
+back = bytearray(size)
+ok(cu.cuMemcpyDtoH(back, dev, size))
+with Client(sys.argv[1]) as c:
+    direct = next(s["direct_memory"] for s in c.control("status")["sessions"] if s["pid"] == os.getpid())
+print(json.dumps([bytes(back) == data, direct]))
+"""
+
+
+def test_ordinary_memory_is_reached_directly(vgpud):
+    """vgpud proves at the handshake that it can read the process's memory, then copies
+    large ordinary buffers in place instead of receiving them in frames."""
+    result = subprocess.run([sys.executable, "-c", DIRECT, str(vgpud.socket)], env=vgpud.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True, True]
+    off = subprocess.run([sys.executable, "-c", DIRECT, str(vgpud.socket)],
+                         env={**vgpud.env, "VGPU_DIRECT_MEMORY": "0"}, capture_output=True, text=True, timeout=60)
+    assert json.loads(off.stdout) == [True, False]

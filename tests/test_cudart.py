@@ -155,9 +155,13 @@ def memory_round_trip(tmp_path_factory) -> Path:
     return build(tmp_path_factory, "memory_round_trip")
 
 
-@pytest.mark.parametrize("size", [1 << 20, 70 << 20])  # the second is above a frame: sent in pieces
-def test_cudart_memory_round_trip(vgpud, memory_round_trip, size):
-    report = run_report(memory_round_trip, vgpud.env, str(size))
+@pytest.mark.parametrize("size,direct", [
+    (1 << 20, "1"),
+    (70 << 20, "1"),  # vgpud reads and writes the program's memory itself
+    (70 << 20, "0"),  # in frames, above a frame's size: sent in pieces
+])
+def test_cudart_memory_round_trip(vgpud, memory_round_trip, size, direct):
+    report = run_report(memory_round_trip, {**vgpud.env, "VGPU_DIRECT_MEMORY": direct}, str(size))
     result_text = report["_output"]
     assert int(report["total"]) == SET.gpus[0].profile.cuda_total_mib << 20
     for step in ("meminfo", "malloc", "malloc2", "h2d", "d2d", "d2h", "memset", "d2h2", "free", "free2", "sync"):

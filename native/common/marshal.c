@@ -127,10 +127,10 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
         case VGPU_K_ARRAY_IN:
         case VGPU_K_ARRAY_OUT: {
             uint64_t n = ptr ? count_of(fn, args, p->count) : 0;
-            if (p->kind != VGPU_K_ARRAY && n && vgpu_shared(ptr, n * p->size)) {
-                /* in a shared window: vgpud reads or writes it in place */
+            if (p->kind != VGPU_K_ARRAY && n && vgpu_in_place(api, ptr, n * p->size)) {
+                /* vgpud reads or writes it in place: through a shared window (2) or directly (3) */
                 uint64_t address = (uintptr_t)ptr;
-                err = put_u8(b, 2) || put_u32(b, (uint32_t)n) || put(b, &address, 8);
+                err = put_u8(b, vgpu_shared(ptr, n * p->size) ? 2 : 3) || put_u32(b, (uint32_t)n) || put(b, &address, 8);
                 break;
             }
             if (n * p->size > VGPU_MAX_PAYLOAD - 4096) return VGPU_CALL_TOO_BIG;
@@ -147,7 +147,7 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
 }
 
 /* Copy the reply's outputs into the caller's memory, never past what the caller provided. */
-static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, size_t len) {
+static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *args, const uint8_t *r, size_t len) {
     size_t pos = 4;
     uint64_t caps[32];
     for (int i = 0; i < fn->nparams && i < 32; i++) {
@@ -185,7 +185,7 @@ static int decode(const vgpu_function *fn, void *const *args, const uint8_t *r, 
             pos += 4;
             size_t unit = p->kind == VGPU_K_BUFFER ? 1 : p->size;
             if (n > caps[i]) return -1;
-            if (p->kind == VGPU_K_ARRAY_OUT && n && vgpu_shared(ptr, caps[i] * unit)) continue; /* written in place */
+            if (p->kind == VGPU_K_ARRAY_OUT && n && vgpu_in_place(api, ptr, caps[i] * unit)) continue; /* written in place */
             if (pos + (size_t)n * unit > len) return -1;
             memcpy(ptr, r + pos, (size_t)n * unit);
             pos += (size_t)n * unit;
@@ -320,7 +320,7 @@ int vgpu_prefetch_facts(vgpu_api *api) {
 
 /* Whether a call gives nothing back to its caller: no output, or outputs vgpud writes in
  * place (shared windows); such work can go without waiting. */
-static int returns_nothing(const vgpu_function *fn, void *const *args) {
+static int returns_nothing(const vgpu_api *api, const vgpu_function *fn, void *const *args) {
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
         void *ptr = p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE ? NULL : *(void *const *)args[i];
@@ -328,7 +328,7 @@ static int returns_nothing(const vgpu_function *fn, void *const *args) {
         if (p->kind == VGPU_K_INOUT || p->kind == VGPU_K_HANDLE_OUT || p->kind == VGPU_K_BUFFER ||
             p->kind == VGPU_K_ARRAY)
             return 0;
-        if (p->kind == VGPU_K_ARRAY_OUT && !vgpu_shared(ptr, count_of(fn, args, p->count) * p->size)) return 0;
+        if (p->kind == VGPU_K_ARRAY_OUT && !vgpu_in_place(api, ptr, count_of(fn, args, p->count) * p->size)) return 0;
     }
     return 1;
 }
@@ -349,12 +349,12 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
         uint8_t answer[VGPU_PUBLISHED_ANSWER_MAX];
         int answer_len = fn->published ? vgpu_published_answer(api, key, key_len, answer)
                                        : (int)memo_find(api, key, key_len, answer, sizeof answer);
-        if (answer_len >= 4 && decode(fn, args, answer, (size_t)answer_len) == 0) {
+        if (answer_len >= 4 && decode(api, fn, args, answer, (size_t)answer_len) == 0) {
             memcpy(rc, answer, 4);
             return VGPU_CALL_DONE;
         }
     }
-    if (fn->asynchronous && returns_nothing(fn, args)) {
+    if (fn->asynchronous && returns_nothing(api, fn, args)) {
         /* queued work: no round trip; vgpud answers its first error at the next synchronising call */
         if (vgpu_post(api, fn->op, request.data, request.len) != VGPU_OK) return VGPU_CALL_FAILED;
         *rc = 0;
@@ -367,7 +367,7 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
         return VGPU_CALL_FAILED;
     if (reply_len < 4) return VGPU_CALL_FAILED;
     memcpy(rc, reply, 4);
-    if (decode(fn, args, reply, reply_len) < 0) {
+    if (decode(api, fn, args, reply, reply_len) < 0) {
         vgpu_log(1, api->prefix, "%s: malformed reply from vgpud (%zu bytes)", fn->name, reply_len);
         return VGPU_CALL_FAILED;
     }

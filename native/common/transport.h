@@ -28,6 +28,7 @@ typedef struct vgpu_api {
      * request's parameters; NULL when the API has none. */
     uint64_t (*call_context)(void);
     struct vgpu_memo *memo;    /* answers to immutable calls, kept by the marshaller */
+    int direct;                /* vgpud reads and writes this process's memory itself */
 } vgpu_api;
 
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */
@@ -50,6 +51,9 @@ int vgpu_published_answer(const vgpu_api *api, const uint8_t *key, size_t key_le
 int vgpu_share(vgpu_api *api, const void *address, size_t size, int fd);
 /* Whether [address, address + size) lies in one shared window. */
 int vgpu_shared(const void *address, size_t size);
+/* Whether vgpud reads or writes a buffer in place (a shared window, or direct access to a
+ * large enough ordinary buffer) instead of receiving or sending its bytes. */
+int vgpu_in_place(const vgpu_api *api, const void *address, size_t size);
 /* Send one request without waiting for an answer (vgpud keeps the first error for the next
  * synchronising call).  Ordered with this thread's other requests. */
 int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len);

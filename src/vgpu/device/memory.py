@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 PAGE = 1 << 20
 #: where each GPU's allocations start: GPUs never share an address (unified addressing)
@@ -97,8 +98,27 @@ class DeviceMemory:
             return index >= 0 and address < self._allocations[self._starts[index]].end
 
     # contents -------------------------------------------------------------------------
-    def write(self, owner: int, address: int, data: bytes | memoryview) -> None:
+    def _spans(self, address: int, length: int) -> list[memoryview]:
+        """The page slices holding [address, address + length), pages made as needed."""
+        spans = []
+        done = 0
+        while done < length:
+            page, offset = divmod(address + done, PAGE)
+            chunk = min(PAGE - offset, length - done)
+            stored = self._pages.get(page)
+            if stored is None:
+                stored = self._pages[page] = bytearray(PAGE)
+            spans.append(memoryview(stored)[offset:offset + chunk])
+            done += chunk
+        return spans
+
+    def write(self, owner: int, address: int, data: Any) -> None:
+        """Copy bytes in; ``data`` is bytes-like, or a client buffer that fills the pages itself."""
         self.find(owner, address, len(data))
+        if hasattr(data, "copy_to"):
+            with self._lock:
+                data.copy_to(self._spans(address, len(data)))
+            return
         with self._lock:
             view = memoryview(data).cast("B")
             done = 0
@@ -115,9 +135,14 @@ class DeviceMemory:
                 memoryview(stored)[offset:offset + chunk] = view[done:done + chunk]
                 done += chunk
 
-    def read(self, owner: int, address: int, length: int, into: memoryview | None = None) -> memoryview:
+    def read(self, owner: int, address: int, length: int, into: Any = None) -> Any:
+        """Copy bytes out, into a new buffer, a writable buffer, or a client buffer."""
         self.find(owner, address, length)
-        out = into if into is not None else memoryview(bytearray(length))
+        if hasattr(into, "copy_from"):
+            with self._lock:
+                into.copy_from(self._spans(address, length))
+            return into
+        out = memoryview(into).cast("B") if into is not None else memoryview(bytearray(length))
         with self._lock:
             done = 0
             while done < length:

@@ -42,7 +42,7 @@ def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
         })
     sessions = [{
         "id": s.id, "pid": s.pid, "uid": s.uid, "exe": s.exe, "connections": s.connections, "calls": s.calls, "posted": s.posted,
-        "started": s.started, "shared_windows": len(s.windows),
+        "started": s.started, "shared_windows": len(s.windows), "direct_memory": s.windows.direct,
         "held": {str(g.index): g.held[s.id] for g in state.gpus if s.id in g.held},
     } for s in list(state.sessions.values())]
     return {"pid": state.pid, "backend": state.backend, "socket": str(daemon.socket_path),

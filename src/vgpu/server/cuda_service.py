@@ -598,14 +598,14 @@ class CudaService:
         if srcHost is None:
             return INVALID_VALUE
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(dstDevice), ByteCount),
-                           lambda m: m.write(c.session.id, dstDevice, memoryview(srcHost)), dstDevice)
+                           lambda m: m.write(c.session.id, dstDevice, srcHost), dstDevice)
 
     def cuMemcpyDtoHAsync_v2(self, c: Caller, dstHost: Any, srcDevice: int, ByteCount: int,
                              hStream: Stream | None = None) -> int:
         if dstHost is None:
             return INVALID_VALUE
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(srcDevice), ByteCount),
-                           lambda m: m.read(c.session.id, srcDevice, ByteCount, memoryview(dstHost).cast("B")),
+                           lambda m: m.read(c.session.id, srcDevice, ByteCount, dstHost),
                            srcDevice)
 
     def cuMemcpyDtoDAsync_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int,

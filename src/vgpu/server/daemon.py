@@ -25,6 +25,7 @@ from vgpu.server.dispatch import ApiDispatcher
 from vgpu.server.nvml_service import NvmlService
 from vgpu.server.published import Published
 from vgpu.server.state import DaemonState, Session
+from vgpu.server.windows import can_reach
 from vgpu.wire import protocol
 from vgpu.wire.codec import DecodeError
 from vgpu.wire.protocol import FLAG_REPLY, Frame, FrameParser, ProtocolError
@@ -224,9 +225,18 @@ class Daemon:
         elif api != "control":
             status, message = protocol.HELLO_UNKNOWN_API, f"unknown API {api!r}"
         session = self.state.attach(conn.pid, conn.uid, exe, env) if status == protocol.HELLO_OK else None
+        capabilities = 0
+        if session is not None and "VGPU_PROBE" in env:
+            if not session.windows.direct:
+                address, _, value = env["VGPU_PROBE"].partition(":")
+                try:
+                    session.windows.direct = can_reach(conn.pid, int(address, 16), bytes.fromhex(value))
+                except ValueError:
+                    session.windows.direct = False
+            capabilities |= protocol.CAP_DIRECT_MEMORY if session.windows.direct else 0
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
-                                          session.connections if session else 0, len(bitmap))
+                                          session.connections if session else 0, len(bitmap), capabilities)
         published = str(self.published.path).encode() if api in self.apis else b""
         conn.send(frame, reply + bitmap + struct.pack("<H", len(text)) + text
                   + struct.pack("<H", len(published)) + published)

@@ -1,4 +1,5 @@
-"""Shared-memory windows: client memory vgpud maps, so bulk data skips the socket.
+"""Client memory vgpud reaches directly, so bulk data skips the socket: shared-memory
+windows (page-locked memory) and, where the kernel allows it, ordinary memory.
 
 A client shares a range of its address space that a file of its own maps (page-locked
 host memory made with memfd_create); vgpud maps the same file through /proc/PID/fd/FD.
@@ -9,8 +10,11 @@ memory in place, as a DMA engine does with real page-locked memory.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import mmap
+import os
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -27,6 +31,8 @@ class Windows:
         self.pid = pid
         self._starts: list[int] = []
         self._windows: dict[int, Window] = {}
+        #: vgpud can read and write the client's ordinary memory (checked at the handshake)
+        self.direct = False
 
     def share(self, address: int, size: int, fd: int) -> int:
         """Map a window; an errno on failure (the client then sends its data through the socket)."""
@@ -63,7 +69,66 @@ class Windows:
     def __len__(self) -> int:
         return len(self._windows)
 
+    def remote(self, address: int, length: int) -> RemoteBuffer | None:
+        """The client's ordinary memory [address, address + length), if vgpud may reach it."""
+        return RemoteBuffer(self.pid, address, length) if self.direct else None
+
     def close(self) -> None:
         for address in list(self._windows):
             self.withdraw(address)
 
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_IOV_MAX = 1024
+
+
+def _address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+class RemoteBuffer:
+    """A client's ordinary memory, which vgpud reads and writes with process_vm_readv and
+    process_vm_writev (same user, or root; the shim lets vgpud in where Yama restricts it):
+    one copy, where the socket would take three."""
+
+    def __init__(self, pid: int, address: int, length: int) -> None:
+        self.pid, self.address, self.length = pid, address, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _transfer(self, function: Any, views: list[memoryview]) -> None:
+        remote = self.address
+        for start in range(0, len(views), _IOV_MAX):
+            batch = views[start:start + _IOV_MAX]
+            local = (_IoVec * len(batch))(*[_IoVec(_address(v), len(v)) for v in batch])
+            size = sum(len(v) for v in batch)
+            far = _IoVec(remote, size)
+            done = function(self.pid, local, len(batch), ctypes.byref(far), 1, 0)
+            if done != size:
+                error = ctypes.get_errno()
+                raise OSError(error, f"client memory at 0x{remote:x} ({done} of {size} bytes): {os.strerror(error)}")
+            remote += size
+
+    def copy_to(self, views: list[memoryview]) -> None:
+        """Fill ``views``, in order, from the client's bytes."""
+        self._transfer(_libc.process_vm_readv, views)
+
+    def copy_from(self, views: list[memoryview]) -> None:
+        """Write ``views``, in order, into the client's bytes."""
+        self._transfer(_libc.process_vm_writev, views)
+
+
+def can_reach(pid: int, address: int, expected: bytes) -> bool:
+    """Whether vgpud can read a client's memory: the client's probe value at ``address``."""
+    found = bytearray(len(expected))
+    try:
+        RemoteBuffer(pid, address, len(expected)).copy_to([memoryview(found)])
+    except OSError:
+        return False
+    return bytes(found) == expected

@@ -50,7 +50,7 @@ class Client:
             env = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}".encode()
         reply = self.request(protocol.OP_HELLO, payload + struct.pack("<H", len(exe)) + exe
                              + struct.pack("<H", len(env)) + env)
-        status, session, _, bitmap_len = protocol.HELLO_REPLY.unpack_from(reply)
+        status, session, _, bitmap_len, _ = protocol.HELLO_REPLY.unpack_from(reply)
         bitmap = reply[protocol.HELLO_REPLY.size:protocol.HELLO_REPLY.size + bitmap_len]
         if status != protocol.HELLO_OK:
             (msg_len,) = struct.unpack_from("<H", reply, protocol.HELLO_REPLY.size + bitmap_len)

@@ -30,6 +30,8 @@ I32 = struct.Struct("<i")
 NULL_STRING = 0xFFFFFFFF
 #: the presence byte of an array that lives in a shared-memory window
 SHARED = b"\x02"
+#: the presence byte of an array vgpud reads or writes in the client's memory directly
+DIRECT = b"\x03"
 #: the largest output array a request may ask for: its reply must fit in a frame
 MAX_ARRAY_BYTES = MAX_PAYLOAD - 4096
 
@@ -142,12 +144,16 @@ class FunctionCodec:
             elif kind is Kind.CSTRING:
                 length = reader.unpack(U32)
                 args.append(None if length == NULL_STRING else bytes(reader.take(length)))
-            elif kind in (Kind.ARRAY_IN, Kind.ARRAY_OUT) and payload[reader.pos:reader.pos + 1] == SHARED:
+            elif kind in (Kind.ARRAY_IN, Kind.ARRAY_OUT) and payload[reader.pos:reader.pos + 1] in (SHARED, DIRECT):
+                direct = payload[reader.pos:reader.pos + 1] == DIRECT
                 reader.pos += 1
                 count, address = reader.unpack(U32), reader.unpack(U64)
-                view = windows.view(address, count * ctypes.sizeof(ctype)) if windows is not None else None
+                if windows is None:
+                    raise DecodeError(f"{self.function.name}: {param.name} names client memory on no client")
+                view = (windows.remote(address, count * ctypes.sizeof(ctype)) if direct
+                        else windows.view(address, count * ctypes.sizeof(ctype)))
                 if view is None:
-                    raise DecodeError(f"{self.function.name}: {param.name} is outside the caller's shared windows")
+                    raise DecodeError(f"{self.function.name}: {param.name} is outside the caller's reach")
                 args.append(view)
             elif not reader.unpack(U8):
                 args.append(None)
@@ -185,7 +191,7 @@ class FunctionCodec:
             elif kind is Kind.BUFFER:
                 data = b"" if arg.value is None or not arg.capacity else arg.value[: arg.capacity - 1] + b"\0"
                 out.append(U32.pack(len(data)) + data)
-            elif kind is Kind.ARRAY_OUT and isinstance(arg, memoryview):
+            elif kind is Kind.ARRAY_OUT and (isinstance(arg, memoryview) or hasattr(arg, "copy_from")):
                 out.append(U32.pack(len(arg) // ctypes.sizeof(self.types[index])))  # written in place
             elif kind in (Kind.ARRAY, Kind.ARRAY_OUT):
                 count = len(arg)

@@ -49,9 +49,15 @@ HELLO_REQUEST = struct.Struct("<4sI16s64s")
 #: SHARE request: the window's address in the client, its size (0 to withdraw it), and a file
 #: descriptor of the client's that maps it (vgpud opens /proc/PID/fd/FD); reply: i32 errno (0 ok)
 SHARE_REQUEST = struct.Struct("<QQi")
-#: HELLO reply: status, session id, process's connection count, bitmap length; then the bitmap,
-#: a u16-prefixed message and a u16-prefixed path of the published-answers file (may be empty)
-HELLO_REPLY = struct.Struct("<iQII")
+#: HELLO reply: status, session id, process's connection count, bitmap length, capabilities;
+#: then the bitmap, a u16-prefixed message and a u16-prefixed path of the published-answers file
+HELLO_REPLY = struct.Struct("<iQIII")
+#: capability: vgpud reads and writes the client's ordinary memory itself (process_vm_readv),
+#: proven at the handshake by reading the probe the client names in its environment list
+#: ("VGPU_PROBE=ADDRESS:VALUE", both hex)
+CAP_DIRECT_MEMORY = 0x1
+#: below this many bytes, data travels in the frame even when vgpud could reach it
+DIRECT_MIN = 64 << 10
 
 #: Published answers (vgpu.server.published): a file of fixed slots, each a seqlock-guarded
 #: (key, answer) pair with the time it was computed.
@@ -151,7 +157,7 @@ def c_header() -> str:
              f'#define VGPU_SOCKET_ENV "{SOCKET_ENV}"',
              f'#define VGPU_SYSTEM_SOCKET "{SYSTEM_SOCKET}"']
     for name, value in sorted(globals().items()):
-        if name.startswith(("FLAG_", "OP_", "HELLO_")) and isinstance(value, int):
+        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_")) and isinstance(value, int):
             lines.append(f"#define VGPU_{name} {value}")
     for name in ("PUBLISHED_HEADER_SIZE", "PUBLISHED_SLOTS", "PUBLISHED_KEY_MAX", "PUBLISHED_SLOT_SIZE",
                  "PUBLISHED_ANSWER_MAX", "PUBLISHED_PROBES", "PUBLISHED_MAX_AGE_MS"):
