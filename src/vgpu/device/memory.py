@@ -18,6 +18,8 @@ BASE = 0x2000_0000_0000
 SPAN = 1 << 38
 ZEROS = bytes(PAGE)
 ZERO_VIEW = memoryview(ZEROS)
+#: stands for unwritten pages when they are read through a client buffer (never written)
+ZERO_PAGE = bytearray(PAGE)
 SMALL_ALIGNMENT = 512
 LARGE_ALIGNMENT = 2 << 20
 
@@ -98,17 +100,18 @@ class DeviceMemory:
             return index >= 0 and address < self._allocations[self._starts[index]].end
 
     # contents -------------------------------------------------------------------------
-    def _spans(self, address: int, length: int) -> list[memoryview]:
-        """The page slices holding [address, address + length), pages made as needed."""
+    def _spans(self, address: int, length: int, create: bool) -> list[memoryview]:
+        """The page slices holding [address, address + length); unwritten pages are made when
+        ``create``, else read as zeros."""
         spans = []
         done = 0
         while done < length:
             page, offset = divmod(address + done, PAGE)
             chunk = min(PAGE - offset, length - done)
             stored = self._pages.get(page)
-            if stored is None:
+            if stored is None and create:
                 stored = self._pages[page] = bytearray(PAGE)
-            spans.append(memoryview(stored)[offset:offset + chunk])
+            spans.append(memoryview(stored if stored is not None else ZERO_PAGE)[offset:offset + chunk])
             done += chunk
         return spans
 
@@ -117,7 +120,7 @@ class DeviceMemory:
         self.find(owner, address, len(data))
         if hasattr(data, "copy_to"):
             with self._lock:
-                data.copy_to(self._spans(address, len(data)))
+                data.copy_to(self._spans(address, len(data), create=True))
             return
         with self._lock:
             view = memoryview(data).cast("B")
@@ -140,7 +143,7 @@ class DeviceMemory:
         self.find(owner, address, length)
         if hasattr(into, "copy_from"):
             with self._lock:
-                into.copy_from(self._spans(address, length))
+                into.copy_from(self._spans(address, length, create=False))
             return into
         out = memoryview(into).cast("B") if into is not None else memoryview(bytearray(length))
         with self._lock:
