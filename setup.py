@@ -8,6 +8,7 @@ not Python modules, hence the custom file names and link flags.
 
 import os
 import sys
+import tomllib
 from glob import glob
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 GENERATED = ROOT / "build" / "generated"
 NATIVE_FILES = {"vgpu._native.libvgpu-nvml": "libvgpu-nvml.so", "vgpu._native.libvgpu-cuda": "libvgpu-cuda.so"}
 _BY_LAST_PART = {name.rsplit(".", 1)[1]: file for name, file in NATIVE_FILES.items()}
@@ -60,6 +62,7 @@ def shim(api: str, soname: str) -> Extension:
                  f"{generated}/{api}_generated.c"],
         include_dirs=["native/common", f"native/{api}", generated],
         extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        define_macros=[("VGPU_PACKAGE_VERSION", f'"{VERSION}"')],
         # nodelete: clients such as Ollama dlclose the library after each query; thread-exit
         # destructors and published-answer mappings must outlive that.
         extra_link_args=[f"-Wl,-soname,{soname}", "-Wl,-z,defs", "-Wl,-z,nodelete", "-lpthread"],

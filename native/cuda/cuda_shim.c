@@ -15,6 +15,9 @@
 #include "cuda_shim.h"
 #include "vgpu_wire.h"
 
+/* What `vgpu ps` and `vgpu doctor` read to tell this library from NVIDIA's (pyelftools). */
+__attribute__((section(".vgpu"), used)) static const char vgpu_identity[] = "vgpu libvgpu-cuda.so " VGPU_PACKAGE_VERSION;
+
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
 static int connected; /* a connection exists, perhaps only for cuDriverGetVersion */

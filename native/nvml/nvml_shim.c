@@ -7,6 +7,9 @@
 
 #include "nvml_shim.h"
 
+/* What `vgpu ps` and `vgpu doctor` read to tell this library from NVIDIA's (pyelftools). */
+__attribute__((section(".vgpu"), used)) static const char vgpu_identity[] = "vgpu libvgpu-nvml.so " VGPU_PACKAGE_VERSION;
+
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static int init_count;
 

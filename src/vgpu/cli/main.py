@@ -179,6 +179,68 @@ def fault_clear(gpu: int | None) -> None:
     click.echo(f"cleared GPU(s) {', '.join(map(str, reply['cleared']))}")
 
 
+def _sessions() -> dict[int, dict]:
+    """vgpud's sessions by pid, or none when no vgpud answers."""
+    try:
+        with Client() as client:
+            return {s["pid"]: s for s in client.control("status")["sessions"]}
+    except (DaemonUnavailable, OSError):
+        return {}
+
+
+def _describe(entry) -> tuple[str, str, str]:
+    program = " ".join(entry.cmdline)[:60] or (entry.exe or "?")
+    if entry.unreadable:
+        libraries = f"maps unreadable: {entry.unreadable}"
+    else:
+        libraries = "\n".join(f"{lib.path} ({lib.detail or lib.kind})" for lib in entry.libraries) or "-"
+    if entry.session:
+        held = ", ".join(f"GPU {k}: {v >> 20} MiB" for k, v in entry.session["held"].items()) or "no memory"
+        session = f"session {entry.session['id']}, {held}"
+    else:
+        session = "-"
+    return program, libraries, session
+
+
+@main.command()
+@click.option("--all", "everything", is_flag=True,
+              help="Also processes with only runtime libraries (cudart, cuBLAS, ggml), a vgpud session, or unreadable maps.")
+@click.option("--watch", is_flag=True, help="Poll, printing each process the first time it is seen.")
+@click.option("--interval", type=float, default=0.05, show_default=True, help="Seconds between polls (--watch).")
+@click.option("--seconds", type=float, default=None, help="Stop watching after this long (default: Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="JSON (one object per line with --watch).")
+def ps(everything: bool, watch: bool, interval: float, seconds: float | None, as_json: bool) -> None:
+    """Live processes with GPU libraries mapped, what each library really is, and their vgpud session."""
+    from vgpu.diagnose import processes
+
+    console = Console()
+    if watch:
+        if not as_json:
+            console.print(f"watching every {interval * 1000:.0f} ms: a process that lives less than that can be "
+                          "missed; `vgpu trace -- CMD` sees every one")
+        try:
+            for entry in processes.watch(interval, seconds, _sessions, everything):
+                if as_json:
+                    click.echo(json.dumps(entry.to_json()), nl=True)
+                else:
+                    program, libraries, session = _describe(entry)
+                    console.print(f"{entry.pid} (parent {entry.ppid}) {program}: {libraries.replace(chr(10), '; ')}"
+                                  f" [{session}]")
+        except KeyboardInterrupt:
+            pass
+        return
+    found = processes.scan(_sessions(), everything)
+    if as_json:
+        click.echo(json.dumps([entry.to_json() for entry in found], indent=2))
+        return
+    table = Table("PID", "parent", "program", "GPU libraries mapped (what they are)", "vgpud")
+    for entry in found:
+        table.add_row(str(entry.pid), str(entry.ppid), *_describe(entry))
+    console.print(table)
+    if not found:
+        console.print("no process has a GPU driver library mapped" + ("" if everything else " (--all shows more)"))
+
+
 @main.command()
 @click.option("--gpu", type=int, default=0, show_default=True)
 @click.option("--memory", default="0", help="Device memory to hold, e.g. 20g, 512m.")
