@@ -18,7 +18,8 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 GENERATED = ROOT / "build" / "generated"
-NATIVE_FILES = {"vgpu._native.libvgpu-nvml": "libvgpu-nvml.so", "vgpu._native.libvgpu-cuda": "libvgpu-cuda.so"}
+NATIVE_FILES = {"vgpu._native.libvgpu-nvml": "libvgpu-nvml.so", "vgpu._native.libvgpu-cuda": "libvgpu-cuda.so",
+                "vgpu._native.libvgpu-audit": "libvgpu-audit.so"}
 _BY_LAST_PART = {name.rsplit(".", 1)[1]: file for name, file in NATIVE_FILES.items()}
 
 
@@ -39,6 +40,8 @@ class BuildNative(build_ext):
 
         gen_c.main([str(GENERATED)])
         for ext in self.extensions:
+            if ext.name.endswith("audit"):
+                continue
             ext.include_dirs.extend(include_dir(h) for h in ("nvml.h", "cuda.h"))
         super().run()
 
@@ -69,5 +72,15 @@ def shim(api: str, soname: str) -> Extension:
     )
 
 
-setup(ext_modules=[shim("nvml", "libnvidia-ml.so.1"), shim("cuda", "libcuda.so.1")],
+def audit() -> Extension:
+    """The loader-audit library of `vgpu trace` (LD_AUDIT): libc only, no NVIDIA headers."""
+    return Extension(
+        "vgpu._native.libvgpu-audit",
+        sources=["native/audit/audit.c"],
+        extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        extra_link_args=["-Wl,-soname,libvgpu-audit.so", "-Wl,-z,defs"],
+    )
+
+
+setup(ext_modules=[shim("nvml", "libnvidia-ml.so.1"), shim("cuda", "libcuda.so.1"), audit()],
       cmdclass={"build_ext": BuildNative})

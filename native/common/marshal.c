@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #define MAX_HANDLES 8192
@@ -374,4 +375,12 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
     if (fn->immutable && key_len && *rc == 0 && reply_len <= VGPU_PUBLISHED_ANSWER_MAX)
         memo_keep(api, key, key_len, reply, reply_len);
     return VGPU_CALL_DONE;
+}
+
+void vgpu_trace_result(const vgpu_api *api, const vgpu_function *fn, void *const *args, int rc) {
+    char detail[64] = "";
+    const char *count = strstr(fn->name, "GetCount");
+    if (rc == 0 && count && (!count[8] || !strcmp(count + 8, "_v2")) && fn->nparams == 1)
+        snprintf(detail, sizeof detail, "\"count\":%d", **(int *const *)args[0]);
+    vgpu_trace_call(api->name, fn->name, rc, detail);
 }

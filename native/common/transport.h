@@ -34,6 +34,9 @@ typedef struct vgpu_api {
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */
 int vgpu_log_level(void);
 void vgpu_log(int level, const char *prefix, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Under `vgpu trace` (VGPU_TRACE_DIR set): append one of this process's first calls and its
+ * result to the process's trace file; `detail` is a JSON object's members or "". */
+void vgpu_trace_call(const char *prefix, const char *name, int result, const char *detail);
 
 /* Connect this thread and handshake; resets the lost flag.  Returns a vgpu_status. */
 int vgpu_open(vgpu_api *api);

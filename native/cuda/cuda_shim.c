@@ -65,6 +65,7 @@ VGPU_EXPORT CUresult cuInit(unsigned int Flags) {
     else if (rc != VGPU_OK) result = CUDA_ERROR_NO_DEVICE; /* what a host without a driver answers */
     pthread_mutex_unlock(&init_lock);
     vgpu_log(3, api.prefix, "cuInit -> %d", result);
+    vgpu_trace_call(api.name, "cuInit", result, "");
     return result;
 }
 
@@ -870,7 +871,7 @@ VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     return CUDA_SUCCESS;
 }
 
-int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {
+static int dispatch(const vgpu_function *fn, void *const *args) {
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
     if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
     int32_t rc = CUDA_ERROR_UNKNOWN;
@@ -889,4 +890,10 @@ int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {
     default:
         return CUDA_ERROR_DEVICE_UNAVAILABLE;
     }
+}
+
+int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {
+    int rc = dispatch(fn, args);
+    vgpu_trace_result(&api, fn, args, rc);
+    return rc;
 }

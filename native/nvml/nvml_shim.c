@@ -34,6 +34,7 @@ static nvmlReturn_t init_with_flags(unsigned int flags) {
     else result = NVML_ERROR_DRIVER_NOT_LOADED;
     pthread_mutex_unlock(&init_lock);
     vgpu_log(3, api.prefix, "nvmlInit -> %d", result);
+    vgpu_trace_call(api.name, flags ? "nvmlInitWithFlags" : "nvmlInit_v2", result, "");
     return result;
 }
 
@@ -52,7 +53,7 @@ VGPU_EXPORT nvmlReturn_t nvmlShutdown(void) {
 
 VGPU_EXPORT const char *nvmlErrorString(nvmlReturn_t result) { return vgpu_nvml_error_text((int)result); }
 
-int vgpu_nvml_dispatch(const vgpu_function *fn, void *const *args) {
+static int dispatch(const vgpu_function *fn, void *const *args) {
     if (__atomic_load_n(&init_count, __ATOMIC_SEQ_CST) == 0) return NVML_ERROR_UNINITIALIZED;
     int32_t rc = NVML_ERROR_UNKNOWN;
     switch (vgpu_marshal_call(&api, fn, args, &rc)) {
@@ -67,4 +68,10 @@ int vgpu_nvml_dispatch(const vgpu_function *fn, void *const *args) {
     default:
         return NVML_ERROR_GPU_IS_LOST;
     }
+}
+
+int vgpu_nvml_dispatch(const vgpu_function *fn, void *const *args) {
+    int rc = dispatch(fn, args);
+    vgpu_trace_result(&api, fn, args, rc);
+    return rc;
 }
