@@ -365,9 +365,13 @@ static int connect_conn(vgpu_api *api, vgpu_conn *conn) {
         int err = errno;
         close(fd);
         static int told;
-        if (!__atomic_exchange_n(&told, 1, __ATOMIC_SEQ_CST))
+        if (!__atomic_exchange_n(&told, 1, __ATOMIC_SEQ_CST)) {
             vgpu_log(1, api->prefix, "no vgpud at %s (%s); start one with `vgpu up`, or run the program under `vgpu run -- CMD`",
                      path, strerror(err));
+            char detail[700];
+            snprintf(detail, sizeof detail, "\"socket\":\"%.512s\",\"error\":\"%s\"", path, strerror(err));
+            vgpu_trace_call(api->name, "connect", -err, detail);
+        }
         return VGPU_NO_DAEMON;
     }
     conn->fd = fd;

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -239,6 +241,34 @@ def ps(everything: bool, watch: bool, interval: float, seconds: float | None, as
     console.print(table)
     if not found:
         console.print("no process has a GPU driver library mapped" + ("" if everything else " (--all shows more)"))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the per-process records (default: a new one under /tmp, kept).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as a self-contained HTML page.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON document instead.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def trace(out_dir: Path | None, html_file: Path | None, as_json: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND and show when, where and why each of its processes loaded GPU libraries."""
+    from vgpu.trace import recorder, render
+    from vgpu.trace.report import Report
+
+    out_dir = out_dir or Path(tempfile.mkdtemp(prefix="vgpu-trace-"))
+    # with --json, standard output is the report's alone: the command's own goes to standard error
+    status = recorder.run(list(command), out_dir, stdout=sys.stderr if as_json else None)
+    report = Report.read(out_dir, status)
+    if html_file:
+        html_file.write_text(render.to_html(report))
+    if as_json:
+        click.echo(render.to_json(report))
+    else:
+        console = Console()
+        render.terminal(report, console)
+        console.print(f"records: {out_dir}" + (f"; page: {html_file}" if html_file else "")
+                      + f"; exit status {status}", style="dim")
+    sys.exit(status if status >= 0 else 128 - status)
 
 
 @main.command()

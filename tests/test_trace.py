@@ -1,0 +1,131 @@
+"""`vgpu trace`: the Ollama discovery pattern and the failures a trace must explain."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vgpu.launcher import library_path
+
+CLIENTS = Path(__file__).parent / "clients" / "ollama_pattern"
+CUDA_LIB = Path("/usr/local/cuda/lib64")
+
+
+def vgpu_trace(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vgpu.cli.main", "trace", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def traced_json(tmp_path: Path, command: list[str], env: dict[str, str]) -> dict:
+    done = vgpu_trace("-o", str(tmp_path / "records"), "--json", "--", *command, env=env)
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def ollama_like(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A server, a runner, and a bundle folder with the backend library, cudart 13 and a
+    libcuda.so.1 symlink to the vgpu library, laid out as an operator did for Ollama."""
+    if not (CUDA_LIB / "libcudart.so.13").exists():
+        pytest.skip("cudart 13 is not on this machine")
+    folder = tmp_path_factory.mktemp("ollama")
+    bundle = folder / "lib" / "ollama" / "cuda_v13"
+    bundle.mkdir(parents=True)
+    shutil.copy(CUDA_LIB / "libcudart.so.13", bundle)
+    (bundle / "libcuda.so.1").symlink_to(library_path("libvgpu-cuda.so"))
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(bundle / "libggml-probe.so"), str(CLIENTS / "probe.c"),
+                    f"-L{bundle}", "-l:libcudart.so.13"], check=True)
+    for program in ("server", "runner"):
+        subprocess.run(["cc", "-o", str(folder / program), str(CLIENTS / f"{program}.c")], check=True)
+    return folder / "server", folder / "runner", bundle
+
+
+def test_discovery_in_short_lived_children(vgpud, ollama_like, tmp_path):
+    server, runner, bundle = ollama_like
+    env = dict(vgpud.env)
+    env.pop("LD_LIBRARY_PATH", None)  # only the runners' own bundle folder leads to libcuda.so.1
+    report = traced_json(tmp_path, [str(server), str(bundle), str(runner), "3"], env)
+    root = next(p for p in report["processes"] if p["pid"] in report["roots"])
+    runners = [p for p in report["processes"] if p["exe"] == str(runner)]
+    assert root["exe"] == str(server) and len(runners) == 3
+    assert not root["gpu_loads"], "the server itself never loads a GPU library"
+    for child in runners:
+        assert child["ppid"] == root["pid"] and child["lifetime_ms"] < 100
+        assert child["ld_library_path"].split(":")[0] == str(bundle), "the server's rewrite is recorded"
+        loads = {Path(load["path"]).name: load for load in child["gpu_loads"]}
+        assert loads["libcuda.so.1"]["path"] == str(bundle / "libcuda.so.1")
+        assert loads["libcuda.so.1"]["file"] == str(library_path("libvgpu-cuda.so").resolve())
+        assert loads["libcuda.so.1"]["kind"] == "vgpu"
+        assert loads["libcudart.so.13"]["path"] == str(bundle / "libcudart.so.13")
+        calls = {call["call"]: call for call in child["calls"]}
+        assert calls["cuInit"]["result_name"] == "CUDA_SUCCESS"
+        assert calls["cuDeviceGetCount"]["count"] == 4  # the vgpud fixture's 2xh100,l4,rtx4090
+    diagnosis = "\n".join(report["diagnosis"])
+    assert "libcuda.so.1 was loaded by 3 processes" in diagnosis
+    assert f"never in the process you started (pid {root['pid']}): GPU discovery happened in the children" \
+        in diagnosis
+    assert "initialised, 4 devices reported" in diagnosis
+    assert "first failure" not in diagnosis
+
+
+def test_terminal_and_html_reports(vgpud, ollama_like, tmp_path):
+    server, runner, bundle = ollama_like
+    page = tmp_path / "trace.html"
+    done = vgpu_trace("--html", str(page), "--", str(server), str(bundle), str(runner), "2", env=dict(vgpud.env))
+    assert done.returncode == 0, done.stderr
+    assert "GPU discovery happened in the children" in done.stdout.replace("\n", " ")
+    assert done.stdout.count("█") >= 3, "a timeline bar per process"
+    text = page.read_text()
+    assert text.count("<rect") == 3 and "libvgpu-cuda.so" in text and "<script" not in text
+
+
+def test_undefined_symbol(tmp_path):
+    source = tmp_path / "needs.c"
+    source.write_text("int vgpu_test_missing(void);\nint use(void) { return vgpu_test_missing(); }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libcublas.so.99"), str(source)], check=True)
+    code = f"import ctypes\ntry: ctypes.CDLL({str(tmp_path / 'libcublas.so.99')!r})\nexcept OSError: pass"
+    report = traced_json(tmp_path, [sys.executable, "-c", code], dict(os.environ))
+    assert any("undefined symbol: vgpu_test_missing" in f["text"] for f in report["failures"])
+
+
+def _find_libcuda(tmp_path: Path, folder: Path, env: dict[str, str]) -> dict:
+    env = dict(env, LD_LIBRARY_PATH=str(folder))
+    code = "import ctypes\ntry: ctypes.CDLL('libcuda.so.1')\nexcept OSError: pass"
+    return traced_json(tmp_path, [sys.executable, "-c", code], env)
+
+
+def test_wrong_architecture_library(tmp_path):
+    folder = tmp_path / "arm64"
+    folder.mkdir()
+    image = bytearray(library_path("libvgpu-cuda.so").read_bytes())
+    image[18:20] = (183).to_bytes(2, "little")  # EM_AARCH64: a library built for another machine
+    (folder / "libcuda.so.1").write_bytes(image)
+    report = _find_libcuda(tmp_path, folder, dict(os.environ))
+    texts = [f["text"] for f in report["failures"]]
+    assert any(f"{folder}/libcuda.so.1 (found through LD_LIBRARY_PATH) is a wrong machine" in t for t in texts)
+
+
+def test_dangling_symlink(tmp_path):
+    folder = tmp_path / "cuda_v13"
+    folder.mkdir()
+    (folder / "libcuda.so.1").symlink_to("/usr/lib64/libvgpu-cuda.so.gone")
+    report = _find_libcuda(tmp_path, folder, dict(os.environ))
+    assert any("is a dangling symlink to /usr/lib64/libvgpu-cuda.so.gone" in f["text"] for f in report["failures"])
+
+
+def test_shim_without_vgpud(tmp_path):
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "libcuda.so.1").symlink_to(library_path("libvgpu-cuda.so"))
+    socket = tmp_path / "nobody.sock"
+    env = dict(os.environ, VGPU_SOCKET=str(socket), LD_LIBRARY_PATH=str(folder))
+    code = "import ctypes\nprint(ctypes.CDLL('libcuda.so.1').cuInit(0))"
+    report = traced_json(tmp_path, [sys.executable, "-c", code], env)
+    diagnosis = "\n".join(report["diagnosis"])
+    assert f"could not reach vgpud at {socket}" in diagnosis, diagnosis
+    assert "did not initialise: cuInit returned 100 (CUDA_ERROR_NO_DEVICE)" in diagnosis
