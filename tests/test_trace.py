@@ -15,6 +15,7 @@ from vgpu.launcher import library_path
 
 CLIENTS = Path(__file__).parent / "clients" / "ollama_pattern"
 CUDA_LIB = Path("/usr/local/cuda/lib64")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def vgpu_trace(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -84,6 +85,31 @@ def test_terminal_and_html_reports(vgpud, ollama_like, tmp_path):
     assert text.count("<rect") == 3 and "libvgpu-cuda.so" in text and "<script" not in text
 
 
+def colour_bands(image, colour: tuple[int, int, int]) -> int:
+    """How many separate horizontal bands of the page hold pixels of exactly this colour."""
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    pixels = rgb.load()
+    rows = [any(pixels[x, y] == colour for x in range(width)) for y in range(height)]
+    return sum(1 for y, hit in enumerate(rows) if hit and (y == 0 or not rows[y - 1]))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_html_page_in_headless_chromium(vgpud, ollama_like, tmp_path):
+    from PIL import Image
+
+    server, runner, bundle = ollama_like
+    page, shot = tmp_path / "trace.html", tmp_path / "trace.png"
+    done = vgpu_trace("--html", str(page), "--", str(server), str(bundle), str(runner), "2", env=dict(vgpud.env))
+    assert done.returncode == 0, done.stderr
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1100,900", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    image = Image.open(shot)
+    assert colour_bands(image, (0x1A, 0x7F, 0x37)) == 2, "a green bar for each runner that loaded libcuda.so.1"
+    assert colour_bands(image, (0x8C, 0x95, 0x9F)) == 1, "a grey bar for the server, which loaded none"
+
+
 def test_undefined_symbol(tmp_path):
     source = tmp_path / "needs.c"
     source.write_text("int vgpu_test_missing(void);\nint use(void) { return vgpu_test_missing(); }\n")
@@ -129,3 +155,16 @@ def test_shim_without_vgpud(tmp_path):
     diagnosis = "\n".join(report["diagnosis"])
     assert f"could not reach vgpud at {socket}" in diagnosis, diagnosis
     assert "did not initialise: cuInit returned 100 (CUDA_ERROR_NO_DEVICE)" in diagnosis
+
+
+def test_a_crashing_child_leaves_its_record(vgpud, tmp_path):
+    """The child dies of SIGSEGV after cuInit: everything up to the crash is in the report."""
+    crash = ("import ctypes, os, signal\nctypes.CDLL('libcuda.so.1').cuInit(0)\n"
+             "os.kill(os.getpid(), signal.SIGSEGV)")
+    parent = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {crash!r}])"
+    report = traced_json(tmp_path, [sys.executable, "-c", parent], dict(vgpud.env))
+    child = next(p for p in report["processes"] if p["pid"] not in report["roots"])
+    assert not child["exited"], "no exit is recorded for a crash"
+    assert [c["result_name"] for c in child["calls"] if c["call"] == "cuInit"] == ["CUDA_SUCCESS"]
+    assert any(Path(load["path"]).name == "libcuda.so.1" for load in child["gpu_loads"])
+    assert all(p["exited"] for p in report["processes"] if p["pid"] in report["roots"])

@@ -216,4 +216,4 @@ EXPORT uintptr_t la_symbind64(Elf64_Sym *sym, unsigned int ndx, uintptr_t *refco
     return sym->st_value;
 }
 
-__attribute__((destructor)) static void process_exit(void) { emit("exit", "\"status\":null"); }
+__attribute__((destructor)) static void process_exit(void) { emit("exit", "\"normal\":true"); }

@@ -71,7 +71,7 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 svg text {{ font: 12px monospace; }}
-.vgpu {{ color: #1a7f37; }} .driver {{ color: #9a6700; }} .failure {{ color: #cf222e; }}
+.vgpu {{ color: #116329; }} .driver {{ color: #9a6700; }} .failure {{ color: #cf222e; }}
 td, th {{ text-align: left; padding: 2px 8px; vertical-align: top; font-family: monospace; font-size: 12px; }}
 </style></head><body>
 <h1>vgpu trace</h1>
@@ -90,12 +90,14 @@ def to_html(report: Report) -> str:
     label_width, plot_width, row = 360, 640, 22
     span = max(report.end - report.start, 1e-6)
     rows, table = [], []
-    for index, process in enumerate(_depth_first(report)):
+    ordered = _depth_first(report)
+    for index, process in enumerate(ordered):
         y = 30 + index * row
         x = label_width + (process.start - report.start) / span * plot_width
         width = max(2.0, (process.end - process.start) / span * plot_width)
         colour = "#1a7f37" if process.gpu_loads() else "#8c959f"
-        label = html.escape(f"{process.pid} {process.title}"[:48])
+        program = " ".join([process.exe.rsplit("/", 1)[-1], *process.argv[1:]])
+        label = html.escape(f"{process.pid} {program}"[:48])
         rows.append(f'<text x="4" y="{y + 13}">{label}</text>'
                     f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="16" fill="{colour}">'
                     f'<title>{html.escape(process.title)}: {process.lifetime_ms:.1f} ms</title></rect>')
@@ -113,7 +115,7 @@ def to_html(report: Report) -> str:
     axis = (f'<text x="{label_width}" y="14">0 ms</text>'
             f'<text x="{label_width + plot_width - 60}" y="14">{span * 1000:.1f} ms</text>')
     return _PAGE.format(diagnosis="".join(f"<li>{html.escape(line)}</li>" for line in report.diagnosis()),
-                        width=label_width + plot_width + 10, height=40 + len(rows) * row,
+                        width=label_width + plot_width + 10, height=40 + len(ordered) * row,
                         rows=axis + "".join(rows), table="\n".join(table))
 
 
