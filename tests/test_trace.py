@@ -16,6 +16,7 @@ from vgpu.launcher import library_path
 CLIENTS = Path(__file__).parent / "clients" / "ollama_pattern"
 CUDA_LIB = Path("/usr/local/cuda/lib64")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+GO = shutil.which("go")
 
 
 def vgpu_trace(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -72,6 +73,27 @@ def test_discovery_in_short_lived_children(vgpud, ollama_like, tmp_path):
         in diagnosis
     assert "initialised, 4 devices reported" in diagnosis
     assert "first failure" not in diagnosis
+
+
+@pytest.mark.skipif(GO is None, reason="no Go toolchain (.ci/run installs Debian's golang-go)")
+def test_discovery_from_a_static_go_server(vgpud, ollama_like, tmp_path):
+    """A pure Go server is statically linked: the loader never audits it, the report still
+    places it, from the outside, at the root of its traced runners."""
+    _, runner, bundle = ollama_like
+    server = tmp_path / "server-go"
+    subprocess.run([GO, "build", "-o", str(server), str(CLIENTS / "server.go")], check=True,
+                   env=dict(os.environ, CGO_ENABLED="0", GOCACHE=str(tmp_path / "gocache"), HOME=str(tmp_path)))
+    env = dict(vgpud.env)
+    env.pop("LD_LIBRARY_PATH", None)
+    report = traced_json(tmp_path, [str(server), str(bundle), str(runner), "2"], env)
+    root = next(p for p in report["processes"] if p["pid"] in report["roots"])
+    assert root["traced"] is False and root["exe"] == str(server) and len(root["children"]) == 2
+    runners = [p for p in report["processes"] if p["ppid"] == root["pid"]]
+    assert all(p["exe"] == str(runner) and p["ld_library_path"].startswith(str(bundle)) for p in runners)
+    assert all(c["count"] == 4 for p in runners for c in p["calls"] if c["call"] == "cuDeviceGetCount")
+    diagnosis = "\n".join(report["diagnosis"])
+    assert f"pid {root['pid']} (server-go) was not traced: a statically linked program" in diagnosis
+    assert "GPU discovery happened in the children" in diagnosis
 
 
 def test_terminal_and_html_reports(vgpud, ollama_like, tmp_path):

@@ -257,8 +257,8 @@ def trace(out_dir: Path | None, html_file: Path | None, as_json: bool, command: 
 
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="vgpu-trace-"))
     # with --json, standard output is the report's alone: the command's own goes to standard error
-    status = recorder.run(list(command), out_dir, stdout=sys.stderr if as_json else None)
-    report = Report.read(out_dir, status)
+    run = recorder.run(list(command), out_dir, stdout=sys.stderr if as_json else None)
+    report = Report.read(out_dir, run)
     if html_file:
         html_file.write_text(render.to_html(report))
     if as_json:
@@ -267,8 +267,8 @@ def trace(out_dir: Path | None, html_file: Path | None, as_json: bool, command: 
         console = Console()
         render.terminal(report, console)
         console.print(f"records: {out_dir}" + (f"; page: {html_file}" if html_file else "")
-                      + f"; exit status {status}", style="dim")
-    sys.exit(status if status >= 0 else 128 - status)
+                      + f"; exit status {run.status}", style="dim")
+    sys.exit(run.status if run.status >= 0 else 128 - run.status)
 
 
 @main.command()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -26,12 +28,26 @@ def traced_environment(out_dir: Path, base: dict[str, str] | None = None) -> dic
     return env
 
 
-def run(command: list[str], out_dir: Path, stdout: IO[str] | None = None) -> int:
-    """Run ``command`` traced into ``out_dir``; its exit status (negative: killed by that signal)."""
+@dataclass
+class Run:
+    """The command as its parent saw it: what a static or setuid program, which the loader
+    never traces, leaves for the report."""
+    pid: int | None
+    argv: list[str]
+    start: float
+    end: float
+    status: int  # negative: killed by that signal
+
+
+def run(command: list[str], out_dir: Path, stdout: IO[str] | None = None) -> Run:
+    """Run ``command`` traced into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.jsonl"):
         old.unlink()
+    start = time.time()
     try:
-        return subprocess.call(command, env=traced_environment(out_dir), stdout=stdout)
-    except FileNotFoundError:
-        return 127
+        process = subprocess.Popen(command, env=traced_environment(out_dir), stdout=stdout)
+    except OSError:
+        return Run(None, command, start, time.time(), 127)
+    status = process.wait()
+    return Run(process.pid, command, start, time.time(), status)

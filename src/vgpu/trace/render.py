@@ -32,6 +32,8 @@ def _node(report: Report, process: TracedProcess) -> Text:
     text.append(f" {process.pid} ", style="bold")
     text.append(process.title[:80])
     ended = "" if process.exited else ", no exit recorded (crashed, killed or _exit)"
+    if not process.traced:
+        ended = ", not traced (static or setuid)"
     text.append(f"  +{_offset_ms(report, process.start):.1f} ms, lived {process.lifetime_ms:.1f} ms{ended}",
                 style="dim")
     return text

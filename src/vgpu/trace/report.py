@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 from vgpu.api import manifest
 from vgpu.diagnose.libraries import DRIVER_SONAMES, GPU_LIBRARY, identify
+from vgpu.trace.recorder import Run
 
 #: the driver library each API's calls come from
 API_LIBRARY = {"cuda": "libcuda.so.1", "nvml": "libnvidia-ml.so.1"}
@@ -71,6 +74,7 @@ class TracedProcess:
     start: float = 0.0
     end: float = 0.0
     exited: bool = False         # an exit was recorded: False after a crash, a kill or _exit
+    traced: bool = True          # False: seen only from outside (a static or setuid program)
     execs: list[str] = field(default_factory=list)  # earlier programs of this pid, before exec
     loads: list[Load] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
@@ -96,7 +100,7 @@ class TracedProcess:
         return {"pid": self.pid, "ppid": self.ppid, "exe": self.exe, "argv": self.argv,
                 "ld_library_path": self.ld_library_path, "start": self.start,
                 "end": self.end, "lifetime_ms": round(self.lifetime_ms, 3), "exited": self.exited,
-                "execs": self.execs, "children": self.children,
+                "execs": self.execs, "children": self.children, "traced": self.traced,
                 "gpu_loads": [vars(load) for load in self.gpu_loads()],
                 "loads": [vars(load) for load in self.loads],
                 "calls": [dict(vars(call), result_name=call.result_name) for call in self.calls],
@@ -172,17 +176,24 @@ class Report:
     exit_status: int | None = None
 
     @classmethod
-    def read(cls, trace_dir: Path, exit_status: int | None = None) -> Report:
+    def read(cls, trace_dir: Path, run: Run | None = None) -> Report:
+        """The records in ``trace_dir``; ``run`` adds the command itself where the loader never saw it."""
         by_pid: dict[int, list[dict[str, Any]]] = {}
         for path in trace_dir.glob("*.jsonl"):
             if path.stem.isdigit():
                 by_pid.setdefault(int(path.stem), []).extend(_events(path))
         processes = sorted((_process(pid, events) for pid, events in by_pid.items()), key=lambda p: p.start)
         known = {process.pid: process for process in processes}
+        if run and run.pid and run.pid not in known:
+            outside = TracedProcess(run.pid, ppid=os.getpid(), exe=shutil.which(run.argv[0]) or run.argv[0],
+                                    argv=run.argv, start=run.start, end=run.end, exited=run.status >= 0,
+                                    traced=False)
+            processes.insert(0, outside)
+            known[run.pid] = outside
         for process in processes:
             if process.ppid in known:
                 known[process.ppid].children.append(process.pid)
-        return cls(processes, exit_status)
+        return cls(processes, run.status if run else None)
 
     @property
     def roots(self) -> list[TracedProcess]:
@@ -203,10 +214,12 @@ class Report:
     def diagnosis(self) -> list[str]:
         """The answer in plain words: who loaded the driver libraries, from where, and what came of it."""
         lines = []
-        if not self.processes:
-            return ["nothing was recorded: the command did not start a dynamically linked program (a static "
-                    "binary, or a setuid one, which ignores LD_AUDIT)"]
         roots = self.roots
+        lines += [f"pid {p.pid} ({_short(p)}) was not traced: a statically linked program (a pure Go binary) "
+                  f"or a setuid one, which the dynamic loader does not audit; {len(p.children)} of its child "
+                  "processes were traced" for p in self.processes if not p.traced]
+        if all(not p.traced for p in self.processes):
+            return lines + ["no traced process: the command started no dynamically linked program"]
         for soname in DRIVER_SONAMES:
             loaders = [p for p in self.processes if p.loaded(soname)]
             if not loaders:
