@@ -164,6 +164,10 @@ def test_dangling_symlink(tmp_path):
     (folder / "libcuda.so.1").symlink_to("/usr/lib64/libvgpu-cuda.so.gone")
     report = _find_libcuda(tmp_path, folder, dict(os.environ))
     assert any("is a dangling symlink to /usr/lib64/libvgpu-cuda.so.gone" in f["text"] for f in report["failures"])
+    search = next(s for p in report["processes"] for s in p["searches"] if s["name"] == "libcuda.so.1")
+    assert {"path": str(folder / "libcuda.so.1"), "via": "LD_LIBRARY_PATH", "problem": "dangling symlink",
+            "target": "/usr/lib64/libvgpu-cuda.so.gone"} in search["candidates"]
+    assert search["found"] == ""
 
 
 def test_shim_without_vgpud(tmp_path):

@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.text import Text
 from rich.tree import Tree
 
-from vgpu.trace.report import Report, TracedProcess
+from vgpu.trace.report import Report, TracedProcess, is_gpu_library
 
 TIMELINE_WIDTH = 40
 _KIND_STYLE = {"vgpu": "green", "driver": "yellow", "runtime": "cyan"}
@@ -41,6 +41,15 @@ def _node(report: Report, process: TracedProcess) -> Text:
 
 def _add(report: Report, tree: Tree, process: TracedProcess) -> None:
     branch = tree.add(_node(report, process))
+    for search in process.searches:
+        if is_gpu_library(search.name):
+            tried = branch.add(Text(f"searched {search.name}: {len(search.candidates)} paths tried, "
+                                    + (f"loaded {search.found}" if search.found else "none loaded"), style="dim"))
+            for candidate in search.candidates:
+                if candidate["problem"] != "missing" or len(search.candidates) <= 4:
+                    problem = candidate["problem"] or "usable"
+                    target = f" to {candidate['target']}" if candidate["target"] else ""
+                    tried.add(Text(f"{candidate['path']} ({candidate['via']}): {problem}{target}", style="dim"))
     for load in process.gpu_loads():
         resolved = f" -> {load.file}" if load.file != load.path else ""
         branch.add(Text(f"loaded {load.name or load.path}: {load.path}{resolved} [{load.kind}]",

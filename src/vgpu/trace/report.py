@@ -45,6 +45,15 @@ class Load:
 
 
 @dataclass
+class Search:
+    """One library name looked up, and each path the loader tried for it, in order."""
+    t: float
+    name: str
+    candidates: list[dict[str, str]] = field(default_factory=list)  # path, via, problem ("" = usable)
+    found: str = ""  # the path loaded, "" if none
+
+
+@dataclass
 class Failure:
     t: float
     pid: int
@@ -77,6 +86,7 @@ class TracedProcess:
     traced: bool = True          # False: seen only from outside (a static or setuid program)
     execs: list[str] = field(default_factory=list)  # earlier programs of this pid, before exec
     loads: list[Load] = field(default_factory=list)
+    searches: list[Search] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     children: list[int] = field(default_factory=list)
@@ -103,6 +113,7 @@ class TracedProcess:
                 "execs": self.execs, "children": self.children, "traced": self.traced,
                 "gpu_loads": [vars(load) for load in self.gpu_loads()],
                 "loads": [vars(load) for load in self.loads],
+                "searches": [vars(search) for search in self.searches],
                 "calls": [dict(vars(call), result_name=call.result_name) for call in self.calls],
                 "failures": [failure.text for failure in self.failures]}
 
@@ -120,8 +131,7 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 def _process(pid: int, events: list[dict[str, Any]]) -> TracedProcess:
     process = TracedProcess(pid)
-    searches: dict[str, list[dict[str, Any]]] = {}
-    found: set[str] = set()
+    searches: dict[str, Search] = {}
     for event in sorted(events, key=lambda e: e.get("t", 0)):
         kind, t = event.get("ev"), event.get("t", 0.0)
         process.start = process.start or t
@@ -133,9 +143,11 @@ def _process(pid: int, events: list[dict[str, Any]]) -> TracedProcess:
             process.exe, process.argv = event.get("exe", ""), event.get("argv", [])
             process.ld_library_path = event.get("ld_library_path", "")
         elif kind == "search":
-            searches.setdefault(event["name"], [])
+            searches[event["name"]] = Search(t, event["name"])
+            process.searches.append(searches[event["name"]])
         elif kind == "candidate":
-            searches.setdefault(event["name"], []).append(event)
+            search = searches.setdefault(event["name"], Search(t, event["name"]))
+            search.candidates.append({key: event.get(key, "") for key in ("path", "via", "problem", "target")})
             if event.get("problem") and event["problem"] != "missing" and is_gpu_library(event["name"]):
                 target = f" to {event['target']}" if event.get("target") else ""
                 process.failures.append(Failure(t, pid, f"{event['name']}: {event['path']} (found through "
@@ -146,7 +158,8 @@ def _process(pid: int, events: list[dict[str, Any]]) -> TracedProcess:
             if is_gpu_library(load.name or load.path) or is_gpu_library(load.file):
                 load.kind = identify(Path(load.file)).kind
             process.loads.append(load)
-            found.add(load.name)
+            if load.name in searches:
+                searches[load.name].found = load.path
         elif kind == "dlerror":
             process.failures.append(Failure(t, pid, f"dlopen failed: {event.get('message', '')}"))
         elif kind == "call":
@@ -161,11 +174,10 @@ def _process(pid: int, events: list[dict[str, Any]]) -> TracedProcess:
                 process.failures.append(Failure(t, pid, f"{call.call} returned {call.result} ({call.result_name})"))
         elif kind == "exit":
             process.exited = True
-    for name, candidates in searches.items():
-        if name not in found and is_gpu_library(name) and "/" not in name:
-            when = candidates[0]["t"] if candidates else process.start
-            process.failures.append(Failure(when, pid, f"{name} was not found: {len(candidates)} paths tried, "
-                                                       f"none usable"))
+    for search in process.searches:
+        if not search.found and is_gpu_library(search.name) and "/" not in search.name:
+            process.failures.append(Failure(search.t, pid, f"{search.name} was not found: "
+                                                           f"{len(search.candidates)} paths tried, none usable"))
     process.failures.sort(key=lambda failure: failure.t)
     return process
 
