@@ -67,6 +67,9 @@ def test_discovery_in_short_lived_children(vgpud, ollama_like, tmp_path):
         calls = {call["call"]: call for call in child["calls"]}
         assert calls["cuInit"]["result_name"] == "CUDA_SUCCESS"
         assert calls["cuDeviceGetCount"]["count"] == 4  # the vgpud fixture's 2xh100,l4,rtx4090
+        assert calls["cuInit"]["args"] == [0] and calls["cuDeviceGetCount"]["args"] == [4]
+        device_gets = [call["args"] for call in child["calls"] if call["call"] == "cuDeviceGet"]
+        assert device_gets and all(args[0] == args[1] for args in device_gets), "ordinal in, device out"
     diagnosis = "\n".join(report["diagnosis"])
     assert "libcuda.so.1 was loaded by 3 processes" in diagnosis
     assert f"never in the process you started (pid {root['pid']}): GPU discovery happened in the children" \

@@ -377,10 +377,62 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
     return VGPU_CALL_DONE;
 }
 
+/* One argument as JSON: values as integers, handles by id, strings as text; after a
+ * successful call, what scalar and handle outputs received; other pointers as "ptr" or null. */
+static int trace_argument(const vgpu_param *param, void *arg, int done, char *out, size_t cap) {
+    void *pointer = *(void **)arg;
+    uint64_t id = 0;
+    switch (param->kind) {
+    case VGPU_K_VALUE:
+        switch (param->size) {
+        case 1: return snprintf(out, cap, "%u", *(uint8_t *)arg);
+        case 2: return snprintf(out, cap, "%u", *(uint16_t *)arg);
+        case 4: return snprintf(out, cap, "%d", *(int32_t *)arg);
+        case 8: return snprintf(out, cap, "%lld", (long long)*(int64_t *)arg);
+        default: return snprintf(out, cap, "\"value\"");
+        }
+    case VGPU_K_HANDLE:
+        if (!pointer) return snprintf(out, cap, "null");
+        if (vgpu_handle_id(param->handle_type, pointer, &id) == 0)
+            return snprintf(out, cap, "\"handle %llu\"", (unsigned long long)id);
+        return snprintf(out, cap, "\"%p\"", pointer);
+    case VGPU_K_CSTRING: {
+        if (!pointer) return snprintf(out, cap, "null");
+        size_t n = 0;
+        out[n++] = '"';
+        for (const char *c = pointer; *c && n + 8 < cap && c - (const char *)pointer < 96; c++)
+            if (*c == '"' || *c == '\\') { out[n++] = '\\'; out[n++] = *c; }
+            else if ((unsigned char)*c >= 0x20) out[n++] = *c;
+        out[n++] = '"';
+        out[n] = 0;
+        return (int)n;
+    }
+    case VGPU_K_HANDLE_OUT:
+        if (!pointer) return snprintf(out, cap, "null");
+        if (done && vgpu_handle_id(param->handle_type, *(void **)pointer, &id) == 0)
+            return snprintf(out, cap, "\"handle %llu\"", (unsigned long long)id);
+        return snprintf(out, cap, "\"ptr\"");
+    case VGPU_K_INOUT:
+        if (!pointer) return snprintf(out, cap, "null");
+        if (done && !param->record && param->size == 4) return snprintf(out, cap, "%d", *(int32_t *)pointer);
+        if (done && !param->record && param->size == 8)
+            return snprintf(out, cap, "%lld", (long long)*(int64_t *)pointer);
+        return snprintf(out, cap, "\"ptr\"");
+    default:
+        return snprintf(out, cap, pointer ? "\"ptr\"" : "null");
+    }
+}
+
 void vgpu_trace_result(const vgpu_api *api, const vgpu_function *fn, void *const *args, int rc) {
-    char detail[64] = "";
-    const char *count = strstr(fn->name, "GetCount");
-    if (rc == 0 && count && (!count[8] || !strcmp(count + 8, "_v2")) && fn->nparams == 1)
-        snprintf(detail, sizeof detail, "\"count\":%d", **(int *const *)args[0]);
+    if (!vgpu_tracing()) return;
+    char detail[768];
+    size_t n = (size_t)snprintf(detail, sizeof detail, "\"args\":[");
+    for (unsigned i = 0; i < fn->nparams && n + 120 < sizeof detail; i++) {
+        if (i) detail[n++] = ',';
+        int wrote = trace_argument(&fn->params[i], args[i], rc == 0, detail + n, sizeof detail - n - 2);
+        if (wrote > 0) n += (size_t)wrote < sizeof detail - n - 2 ? (size_t)wrote : 0;
+    }
+    detail[n++] = ']';
+    detail[n] = 0;
     vgpu_trace_call(api->name, fn->name, rc, detail);
 }

@@ -46,7 +46,7 @@ enum vgpu_call_status {
 };
 
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);
-/* Under `vgpu trace`: record a call's result, with the count for the *GetCount calls. */
+/* Under `vgpu trace`: record one of a process's first calls, its arguments and result. */
 void vgpu_trace_result(const vgpu_api *api, const vgpu_function *fn, void *const *args, int rc);
 /* Ask vgpud for every immutable answer of the API at once (OP_FACTS) and keep them. */
 int vgpu_prefetch_facts(vgpu_api *api);

@@ -37,6 +37,8 @@ void vgpu_log(int level, const char *prefix, const char *fmt, ...) __attribute__
 /* Under `vgpu trace` (VGPU_TRACE_DIR set): append one of this process's first calls and its
  * result to the process's trace file; `detail` is a JSON object's members or "". */
 void vgpu_trace_call(const char *prefix, const char *name, int result, const char *detail);
+/* Whether vgpu_trace_call would still record a call (under `vgpu trace`, below its quota). */
+int vgpu_tracing(void);
 
 /* Connect this thread and handshake; resets the lost flag.  Returns a vgpu_status. */
 int vgpu_open(vgpu_api *api);

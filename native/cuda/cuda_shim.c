@@ -65,7 +65,9 @@ VGPU_EXPORT CUresult cuInit(unsigned int Flags) {
     else if (rc != VGPU_OK) result = CUDA_ERROR_NO_DEVICE; /* what a host without a driver answers */
     pthread_mutex_unlock(&init_lock);
     vgpu_log(3, api.prefix, "cuInit -> %d", result);
-    vgpu_trace_call(api.name, "cuInit", result, "");
+    char detail[32];
+    snprintf(detail, sizeof detail, "\"args\":[%u]", Flags);
+    vgpu_trace_call(api.name, "cuInit", result, detail);
     return result;
 }
 

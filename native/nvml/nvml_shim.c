@@ -4,6 +4,7 @@
 #define NVML_NO_UNVERSIONED_FUNC_DEFS
 #include <nvml.h>
 #include <pthread.h>
+#include <stdio.h>
 
 #include "nvml_shim.h"
 
@@ -34,7 +35,9 @@ static nvmlReturn_t init_with_flags(unsigned int flags) {
     else result = NVML_ERROR_DRIVER_NOT_LOADED;
     pthread_mutex_unlock(&init_lock);
     vgpu_log(3, api.prefix, "nvmlInit -> %d", result);
-    vgpu_trace_call(api.name, flags ? "nvmlInitWithFlags" : "nvmlInit_v2", result, "");
+    char detail[32];
+    snprintf(detail, sizeof detail, "\"args\":[%u]", flags);
+    vgpu_trace_call(api.name, flags ? "nvmlInitWithFlags" : "nvmlInit_v2", result, flags ? detail : "");
     return result;
 }
 

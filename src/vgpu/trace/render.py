@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.text import Text
 from rich.tree import Tree
 
-from vgpu.trace.report import Report, TracedProcess, is_gpu_library
+from vgpu.trace.report import Call, Report, TracedProcess, is_gpu_library
 
 TIMELINE_WIDTH = 40
 _KIND_STYLE = {"vgpu": "green", "driver": "yellow", "runtime": "cyan"}
@@ -24,6 +24,11 @@ def _bar(report: Report, process: TracedProcess, width: int = TIMELINE_WIDTH) ->
     first = int((process.start - report.start) / span * (width - 1))
     last = max(first, int((process.end - report.start) / span * (width - 1)))
     return " " * first + "█" * (last - first + 1) + " " * (width - 1 - last)
+
+
+def _call(call: Call) -> str:
+    """cuDeviceGetCount(4) -> CUDA_SUCCESS: arguments as recorded, outputs as received."""
+    return f"{call.call}({', '.join(json.dumps(arg) for arg in call.args)}) -> {call.result_name}"
 
 
 def _node(report: Report, process: TracedProcess) -> Text:
@@ -55,8 +60,7 @@ def _add(report: Report, tree: Tree, process: TracedProcess) -> None:
         branch.add(Text(f"loaded {load.name or load.path}: {load.path}{resolved} [{load.kind}]",
                         style=_KIND_STYLE.get(load.kind, "")))
     for call in process.calls[:8]:
-        count = f", count {call.count}" if call.count is not None else ""
-        branch.add(Text(f"{call.call} -> {call.result_name}{count}", style="green" if call.result == 0 else "red"))
+        branch.add(Text(_call(call), style="green" if call.result == 0 else "red"))
     for failure in process.failures:
         branch.add(Text(failure.text, style="red"))
     by_pid = {p.pid: p for p in report.processes}
@@ -118,7 +122,7 @@ def to_html(report: Report) -> str:
                         f'stroke-width="2"><title>{html.escape(load.path)}</title></line>')
         details = [f'<span class="{load.kind}">loaded {html.escape(load.path)} -&gt; {html.escape(load.file)} '
                    f'[{load.kind}]</span>' for load in process.gpu_loads()]
-        details += [f"{call.call} -&gt; {call.result_name}" for call in process.calls[:8]]
+        details += [html.escape(_call(call)) for call in process.calls[:8]]
         details += [f'<span class="failure">{html.escape(f.text)}</span>' for f in process.failures]
         table.append(f"<tr><td>{process.pid}</td><td>{process.ppid}</td><td>{html.escape(process.title)}</td>"
                      f"<td>+{_offset_ms(report, process.start):.1f} ms</td><td>{process.lifetime_ms:.1f} ms</td>"

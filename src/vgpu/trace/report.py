@@ -66,7 +66,13 @@ class Call:
     library: str
     call: str
     result: int
-    count: int | None = None
+    args: list[Any] = field(default_factory=list)  # inputs; scalar and handle outputs after success
+
+    @property
+    def count(self) -> int | None:
+        """The device count a cuDeviceGetCount or nvmlDeviceGetCount call reported."""
+        counts = self.call.endswith(("GetCount", "GetCount_v2")) and self.result == 0 and len(self.args) == 1
+        return self.args[0] if counts and isinstance(self.args[0], int) else None
 
     @property
     def result_name(self) -> str:
@@ -114,7 +120,7 @@ class TracedProcess:
                 "gpu_loads": [vars(load) for load in self.gpu_loads()],
                 "loads": [vars(load) for load in self.loads],
                 "searches": [vars(search) for search in self.searches],
-                "calls": [dict(vars(call), result_name=call.result_name) for call in self.calls],
+                "calls": [dict(vars(call), result_name=call.result_name, count=call.count) for call in self.calls],
                 "failures": [failure.text for failure in self.failures]}
 
 
@@ -163,7 +169,7 @@ def _process(pid: int, events: list[dict[str, Any]]) -> TracedProcess:
         elif kind == "dlerror":
             process.failures.append(Failure(t, pid, f"dlopen failed: {event.get('message', '')}"))
         elif kind == "call":
-            call = Call(t, event["library"], event["call"], event["result"], event.get("count"))
+            call = Call(t, event["library"], event["call"], event["result"], event.get("args", []))
             if call.call == "connect":
                 process.failures.append(Failure(t, pid, f"the vgpu {API_LIBRARY[call.library]} could not reach "
                                                         f"vgpud at {event.get('socket')} ({event.get('error')}); "
