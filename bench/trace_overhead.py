@@ -42,7 +42,7 @@ def ollama_runner(folder: Path) -> tuple[Path, Path]:
     shutil.copy("/usr/local/cuda/lib64/libcudart.so.13", bundle)
     (bundle / "libcuda.so.1").symlink_to(library_path("libvgpu-cuda.so"))
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(bundle / "libggml-probe.so"), str(CLIENTS / "probe.c"),
-                    f"-L{bundle}", "-l:libcudart.so.13"], check=True)
+                    f"-L{bundle}", "-l:libcudart.so.13", "-l:libcuda.so.1"], check=True)
     subprocess.run(["cc", "-o", str(folder / "runner"), str(CLIENTS / "runner.c")], check=True)
     return folder / "runner", bundle
 

@@ -41,7 +41,7 @@ def ollama_like(tmp_path_factory) -> tuple[Path, Path, Path]:
     shutil.copy(CUDA_LIB / "libcudart.so.13", bundle)
     (bundle / "libcuda.so.1").symlink_to(library_path("libvgpu-cuda.so"))
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(bundle / "libggml-probe.so"), str(CLIENTS / "probe.c"),
-                    f"-L{bundle}", "-l:libcudart.so.13"], check=True)
+                    f"-L{bundle}", "-l:libcudart.so.13", "-l:libcuda.so.1"], check=True)
     for program in ("server", "runner"):
         subprocess.run(["cc", "-o", str(folder / program), str(CLIENTS / f"{program}.c")], check=True)
     return folder / "server", folder / "runner", bundle
@@ -64,6 +64,9 @@ def test_discovery_in_short_lived_children(vgpud, ollama_like, tmp_path):
         assert loads["libcuda.so.1"]["file"] == str(library_path("libvgpu-cuda.so").resolve())
         assert loads["libcuda.so.1"]["kind"] == "vgpu"
         assert loads["libcudart.so.13"]["path"] == str(bundle / "libcudart.so.13")
+        probe = next(load for load in child["loads"] if load["name"] == "libggml-probe.so")
+        assert probe["path"] == str(bundle / "libggml-probe.so")
+        assert loads["libcuda.so.1"]["t"] >= probe["t"], "loaded as the backend library's dependency"
         calls = {call["call"]: call for call in child["calls"]}
         assert calls["cuInit"]["result_name"] == "CUDA_SUCCESS"
         assert calls["cuDeviceGetCount"]["count"] == 4  # the vgpud fixture's 2xh100,l4,rtx4090
