@@ -243,6 +243,44 @@ def ps(everything: bool, watch: bool, interval: float, seconds: float | None, as
         console.print("no process has a GPU driver library mapped" + ("" if everything else " (--all shows more)"))
 
 
+root_option = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+                           show_default=True, help="The system's tree (a staged one for packaging or tests).")
+
+
+@main.command()
+@root_option
+@click.option("--libdir", default=None, help="Library folder (default: the distribution's, e.g. /usr/lib64).")
+@click.option("--ollama", default="auto", show_default=True,
+              help="Ollama installations to link into: auto (/usr/local, /usr), none, or an ollama path.")
+@click.option("--gpus", default="h100", show_default=True, help="The GPUs the vgpud service simulates.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--force", is_flag=True, help="Also hide a real NVIDIA driver library.")
+def install(root: Path, libdir: str | None, ollama: str, gpus: str, dry_run: bool, force: bool) -> None:
+    """Install the vgpu libraries where applications look, with the links Ollama's runners need."""
+    from vgpu.install import changes, layout
+
+    try:
+        done = changes.install(root, layout.plan(root, libdir, ollama, gpus), force=force, dry_run=dry_run)
+    except changes.InstallError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo("\n".join(done))
+    if not dry_run and root == Path("/") and not done[0].startswith("nothing"):
+        click.echo(f"next: systemctl daemon-reload && systemctl enable --now {layout.UNIT_NAME}")
+
+
+@main.command()
+@root_option
+@click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
+def uninstall(root: Path, dry_run: bool) -> None:
+    """Undo `vgpu install`: remove what it placed and put back what it replaced."""
+    from vgpu.install import changes
+
+    try:
+        click.echo("\n".join(changes.uninstall(root, dry_run=dry_run)))
+    except changes.InstallError as error:
+        raise click.ClickException(str(error)) from None
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the per-process records (default: a new one under /tmp, kept).")

@@ -1,0 +1,128 @@
+"""`vgpu install` / `vgpu uninstall` on staged trees: what goes where, idempotence, exact undo."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vgpu.launcher import library_path
+
+MULTIARCH = f"usr/lib/{os.uname().machine}-linux-gnu"
+
+
+def vgpu(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vgpu.cli.main", *args], capture_output=True, text=True, timeout=60)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under root: its type, mode, and contents or link target."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            info = path.lstat()
+            if path.is_symlink():
+                found[str(path.relative_to(root))] = ("link", os.readlink(path))
+            elif path.is_dir():
+                found[str(path.relative_to(root))] = ("dir", info.st_mode)
+            else:
+                found[str(path.relative_to(root))] = ("file", info.st_mode,
+                                                      hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+@pytest.fixture
+def debian_with_ollama(tmp_path) -> Path:
+    root = tmp_path / "root"
+    for folder in ("etc/systemd/system", MULTIARCH, "usr/local/bin", "usr/local/lib/ollama/cuda_v12",
+                   "usr/local/lib/ollama/cuda_v13"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc/os-release").write_text('ID=ubuntu\nID_LIKE="debian"\n')
+    (root / "usr/local/bin/ollama").write_text("#!/bin/sh\n")
+    (root / "etc/systemd/system/ollama.service").write_text("[Service]\nExecStart=/usr/local/bin/ollama serve\n")
+    (root / "usr/local/lib/ollama/cuda_v13/libcuda.so.1").write_text("an operator's earlier attempt\n")
+    return root
+
+
+def test_install_places_libraries_links_and_units(debian_with_ollama):
+    root = debian_with_ollama
+    done = vgpu("install", "--root", str(root), "--gpus", "2xh100")
+    assert done.returncode == 0, done.stderr
+    libdir = root / MULTIARCH
+    for library, names in (("libvgpu-cuda.so", ("libcuda.so.1", "libcuda.so")),
+                           ("libvgpu-nvml.so", ("libnvidia-ml.so.1", "libnvidia-ml.so"))):
+        assert (libdir / library).read_bytes() == library_path(library).read_bytes()
+        assert all(os.readlink(libdir / name) == library for name in names)
+    for version in ("cuda_v12", "cuda_v13"):
+        folder = root / "usr/local/lib/ollama" / version
+        assert os.readlink(folder / "libcuda.so.1") == f"/{MULTIARCH}/libvgpu-cuda.so"
+        assert os.readlink(folder / "libnvidia-ml.so.1") == f"/{MULTIARCH}/libvgpu-nvml.so"
+    unit = (root / "etc/systemd/system/vgpud.service").read_text()
+    assert "-m vgpu.server.main --gpus 2xh100 --socket /run/vgpu/vgpud.sock" in unit
+    dropin = (root / "etc/systemd/system/ollama.service.d/vgpu.conf").read_text()
+    assert "After=vgpud.service" in dropin and "Environment=VGPU_SOCKET=/run/vgpu/vgpud.sock" in dropin
+    assert (root / "etc/ld.so.cache").exists(), "ldconfig ran for the tree"
+    assert "kept in /var/lib/vgpu/backup" in done.stdout
+    assert (root / "var/lib/vgpu/backup/usr/local/lib/ollama/cuda_v13/libcuda.so.1").read_text() == \
+        "an operator's earlier attempt\n"
+
+
+def test_second_install_changes_nothing_and_uninstall_restores_exactly(debian_with_ollama):
+    root = debian_with_ollama
+    before = snapshot(root)
+    assert vgpu("install", "--root", str(root)).returncode == 0
+    installed = snapshot(root)
+    again = vgpu("install", "--root", str(root))
+    assert again.returncode == 0 and "nothing to change" in again.stdout
+    assert snapshot(root) == installed
+    undone = vgpu("uninstall", "--root", str(root))
+    assert undone.returncode == 0, undone.stderr
+    assert snapshot(root) == before
+
+
+def test_dry_run_changes_nothing(debian_with_ollama):
+    before = snapshot(debian_with_ollama)
+    done = vgpu("install", "--root", str(debian_with_ollama), "--dry-run")
+    assert done.returncode == 0 and "dry run, nothing changed" in done.stdout
+    assert f"link /{MULTIARCH}/libcuda.so.1 -> libvgpu-cuda.so" in done.stdout
+    assert snapshot(debian_with_ollama) == before
+
+
+def test_rhel_family_uses_lib64(tmp_path):
+    root = tmp_path / "rhel"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text('ID="rocky"\nID_LIKE="rhel centos fedora"\n')
+    done = vgpu("install", "--root", str(root), "--ollama", "none")
+    assert done.returncode == 0, done.stderr
+    assert os.readlink(root / "usr/lib64/libcuda.so.1") == "libvgpu-cuda.so"
+    assert not (root / "usr/local/lib/ollama").exists()
+
+
+def test_refuses_to_hide_a_real_driver(debian_with_ollama, tmp_path):
+    root = debian_with_ollama
+    source = tmp_path / "driver.c"
+    source.write_text("int cuInit(unsigned flags) { return 0; }\n")
+    driver = root / MULTIARCH / "libcuda.so.550.54.15"
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(driver), str(source)], check=True)
+    (root / MULTIARCH / "libcuda.so.1").symlink_to(driver.name)
+    before = snapshot(root)
+    refused = vgpu("install", "--root", str(root))
+    assert refused.returncode != 0
+    assert f"/{MULTIARCH}/libcuda.so.1 is /{MULTIARCH}/libcuda.so.550.54.15, a driver library that is not vgpu's" \
+        in refused.stderr and "--force" in refused.stderr
+    assert snapshot(root) == before
+    forced = vgpu("install", "--root", str(root), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert os.readlink(root / MULTIARCH / "libcuda.so.1") == "libvgpu-cuda.so"
+    assert vgpu("uninstall", "--root", str(root)).returncode == 0
+    assert snapshot(root) == before and os.readlink(root / MULTIARCH / "libcuda.so.1") == driver.name
+
+
+def test_uninstall_without_an_install_says_so(tmp_path):
+    done = vgpu("uninstall", "--root", str(tmp_path))
+    assert done.returncode != 0 and "no vgpu installation is recorded" in done.stderr
