@@ -156,9 +156,11 @@ def _process(pid: int, events: list[dict[str, Any]]) -> TracedProcess:
             search.candidates.append({key: event.get(key, "") for key in ("path", "via", "problem", "target")})
             if event.get("problem") and event["problem"] != "missing" and is_gpu_library(event["name"]):
                 target = f" to {event['target']}" if event.get("target") else ""
+                outcome = "the loader stops there and the load fails" if event["problem"] == "not an ELF file" \
+                    else "the loader skipped it"
                 process.failures.append(Failure(t, pid, f"{event['name']}: {event['path']} (found through "
-                                                        f"{event['via']}) is a {event['problem']}{target}; the "
-                                                        f"loader skipped it"))
+                                                        f"{event['via']}): {event['problem']}{target}; "
+                                                        f"{outcome}"))
         elif kind == "load":
             load = Load(t, event.get("name", ""), event.get("path", ""), event.get("file", ""), "other")
             if is_gpu_library(load.name or load.path) or is_gpu_library(load.file):
