@@ -16,7 +16,7 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +282,13 @@ def load(name: str) -> Api:
         if (function.published or function.immutable) and any(p.kind not in PUBLISHABLE for p in function.params):
             raise ValueError(f"{function.name} cannot be kept: its parameters are not all fixed-size")
     return api
+
+
+_RESULT_ENUM = {"cuda": "cudaError_enum", "nvml": "nvmlReturn_enum"}
+
+
+@lru_cache(maxsize=None)
+def result_name(api: str, code: int) -> str:
+    """An API's name for a return code: ("cuda", 100) -> CUDA_ERROR_NO_DEVICE."""
+    names = {value: name for name, value in load(api).raw["enums"][_RESULT_ENUM[api]].items()}
+    return names.get(code, str(code))

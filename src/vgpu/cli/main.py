@@ -270,6 +270,30 @@ def install(root: Path, libdir: str | None, ollama: str, gpus: str, dry_run: boo
 
 @main.command()
 @root_option
+@click.option("--json", "as_json", is_flag=True, help="The findings as one JSON document.")
+def doctor(root: Path, as_json: bool) -> None:
+    """Check that applications find the vgpu libraries and get GPUs; exit 1 on any problem."""
+    from vgpu.diagnose import doctor as checks
+
+    findings = checks.diagnose(root)
+    if as_json:
+        click.echo(json.dumps([vars(finding) for finding in findings], indent=2))
+    else:
+        console = Console()
+        for kind, title in (("verified", "Verified"), ("problem", "Problems"), ("not verified", "Not verified")):
+            chosen = [finding for finding in findings if finding.kind == kind]
+            console.print(f"[bold]{title}[/bold] ({len(chosen)})")
+            for finding in chosen:
+                console.print(f"  • {finding.text}", highlight=False, markup=False)
+                console.print(f"    how: {finding.how}", style="dim", highlight=False, markup=False)
+                if finding.advice:
+                    console.print(f"    fix: {finding.advice}" if kind == "problem" else f"    check: {finding.advice}",
+                                  style="yellow", highlight=False, markup=False)
+    sys.exit(1 if any(finding.kind == "problem" for finding in findings) else 0)
+
+
+@main.command()
+@root_option
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 def uninstall(root: Path, dry_run: bool) -> None:
     """Undo `vgpu install`: remove what it placed and put back what it replaced."""

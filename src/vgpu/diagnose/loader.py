@@ -116,10 +116,24 @@ def system_search() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return folders or ("/lib", "/usr/lib"), hwcaps
 
 
-def _problem(path: Path, machine: str) -> str:
-    if not path.exists():
-        return "dangling symlink" if path.is_symlink() else "missing"
-    facts = elf_facts(path)
+def follow(root: Path, path: str, depth: int = 40) -> Path | None:
+    """The file a path of the system at ``root`` ends at, following links inside that tree
+    (an absolute target is the tree's); None for a missing file or a dangling or looping link."""
+    current = root / path.lstrip("/")
+    for _ in range(depth):
+        if not current.is_symlink():
+            return current if current.exists() else None
+        target = os.readlink(current)
+        current = root / target.lstrip("/") if target.startswith("/") else current.parent / target
+    return None
+
+
+def _problem(root: Path, path: str, machine: str) -> str:
+    disk = root / path.lstrip("/")
+    real = follow(root, path)
+    if real is None:
+        return "dangling symlink" if disk.is_symlink() else "missing"
+    facts = elf_facts(real)
     if facts is None:
         return "not an ELF file"
     if facts.elf_class != 64:
@@ -142,7 +156,7 @@ def resolve(name: str, consumer: Path | None, ld_library_path: list[str], root: 
 
     def attempt(path: str, via: str) -> bool:
         """Whether the search ends here: found, or stopped by a file that is not ELF."""
-        problem = _problem(root / path.lstrip("/"), machine)
+        problem = _problem(root, path, machine)
         resolution.tried.append(Candidate(path, via, problem))
         if not problem:
             resolution.path = path

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vgpu.diagnose.libraries import identify
+from vgpu.diagnose.loader import follow
 from vgpu.install.layout import Change
 
 STATE_DIR = "/var/lib/vgpu"
@@ -32,18 +33,6 @@ class InstallError(RuntimeError):
 def on_disk(root: Path, path: str) -> Path:
     """Where a path of the installed system is in the tree at ``root``."""
     return root / path.lstrip("/")
-
-
-def resolve(root: Path, path: str, depth: int = 40) -> Path | None:
-    """Follow a path's links inside the tree at ``root`` (absolute targets are the tree's);
-    None for a dangling or looping link."""
-    current = on_disk(root, path)
-    for _ in range(depth):
-        if not current.is_symlink():
-            return current if current.exists() else None
-        target = os.readlink(current)
-        current = on_disk(root, target) if target.startswith("/") else current.parent / target
-    return None
 
 
 @dataclass
@@ -86,7 +75,7 @@ def _shadowed_driver(root: Path, change: Change, manifest: Manifest) -> str | No
     target = on_disk(root, change.path)
     if not (target.exists() or target.is_symlink()):
         return None
-    real = resolve(root, change.path)
+    real = follow(root, change.path)
     if real is not None and identify(real).kind == "driver":
         return f"{change.path} is /{real.relative_to(root).as_posix()}, a driver library that is not vgpu's " \
                "(NVIDIA's, most likely)"

@@ -10,24 +10,15 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vgpu.api import manifest
+from vgpu.api.manifest import result_name
 from vgpu.diagnose.libraries import DRIVER_SONAMES, GPU_LIBRARY, identify
 from vgpu.trace.recorder import Run
 
 #: the driver library each API's calls come from
 API_LIBRARY = {"cuda": "libcuda.so.1", "nvml": "libnvidia-ml.so.1"}
-_RESULT_ENUM = {"cuda": "cudaError_enum", "nvml": "nvmlReturn_enum"}
-
-
-@lru_cache(maxsize=None)
-def result_name(api: str, code: int) -> str:
-    """CUDA_ERROR_NO_DEVICE for ("cuda", 100), from the API manifest."""
-    names = {value: name for name, value in manifest.load(api).raw["enums"][_RESULT_ENUM[api]].items()}
-    return names.get(code, str(code))
 
 
 def is_gpu_library(name: str) -> bool:

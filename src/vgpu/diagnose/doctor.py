@@ -1,0 +1,264 @@
+"""`vgpu doctor`: is vgpu installed where applications look, and do they get it?
+
+Each finding says how it was established.  Problems carry their fix; what could not be
+checked says how to check it.  Files are read in the tree at ``root``; the loader's
+choices come from the model in ``vgpu.diagnose.loader``; the self-test loads the
+installed libraries in a child process and calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from vgpu.diagnose.libraries import identify
+from vgpu.diagnose.loader import elf_facts, follow, read_cache, resolve
+from vgpu.install import changes, layout
+from vgpu.launcher import LIBRARIES
+from vgpu.wire import protocol
+from vgpu.wire.client import Client, DaemonUnavailable
+
+DRIVER_NAMES = ("libcuda.so.1", "libnvidia-ml.so.1")
+_LIBRARY_OF = {name: library for library, names in LIBRARIES.items() for name in names}
+
+
+@dataclass
+class Finding:
+    kind: str      # "verified", "problem", "not verified"
+    text: str
+    how: str       # how it was established
+    advice: str = ""  # a problem's fix, or how to check what was not verified
+
+
+class Doctor:
+    def __init__(self, root: Path, socket: Path | None = None) -> None:
+        self.root = root
+        self.socket = socket or protocol.default_socket_path()
+        self.findings: list[Finding] = []
+        manifest = changes.Manifest.load(root)
+        recorded = [e["path"] for e in manifest.entries if e["path"].endswith("/libvgpu-cuda.so")] if manifest else []
+        self.libdir = recorded[0].rsplit("/", 1)[0] if recorded else layout.system_libdir(root)
+        self.ollama_folders = layout.ollama_cuda_folders(root, "auto")
+
+    def add(self, kind: str, text: str, how: str, advice: str = "") -> None:
+        self.findings.append(Finding(kind, text, how, advice))
+
+    def on_disk(self, path: str) -> Path:
+        return changes.on_disk(self.root, path)
+
+    def run(self) -> list[Finding]:
+        self.check_files()
+        self.check_cache()
+        self.check_consumers()
+        self.check_daemon()
+        self.self_test()
+        self.add("not verified", "cudart and PyTorch in Python environments: this version searches Ollama's "
+                 "folders only", "not searched", "`vgpu trace -- python -c 'import torch; torch.cuda.init()'` shows "
+                 "which libcuda.so.1 they load")
+        if self.root != Path("/"):
+            self.add("not verified", f"what programs of the running system load: {self.root} is a staged tree, read "
+                     "as files; the self-test loaded its libraries directly", "--root", "run `vgpu doctor` on the "
+                     "installed system")
+        return self.findings
+
+    def check_files(self) -> None:
+        for library in LIBRARIES:
+            path = f"{self.libdir}/{library}"
+            facts = elf_facts(self.on_disk(path))
+            if facts is None:
+                self.add("problem", f"{path} is missing or not an ELF file", "read with pyelftools",
+                         "run `vgpu install`")
+                continue
+            identity = identify(self.on_disk(path))
+            host = os.uname().machine
+            machine_ok = facts.machine == {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}.get(host, facts.machine)
+            if facts.elf_class != 64 or not machine_ok:
+                self.add("problem", f"{path} is built for {facts.machine}, ELF{facts.elf_class}; this host is {host}",
+                         "ELF header", "install the vgpu package built for this machine, then `vgpu install`")
+            else:
+                self.add("verified", f"{path}: {identity.detail or identity.kind}, SONAME {facts.soname}, "
+                                     f"ELF{facts.elf_class} {facts.machine}", "ELF header and .vgpu section")
+        for folder in [self.libdir, *self.ollama_folders]:
+            for name in DRIVER_NAMES:
+                self.check_link(f"{folder}/{name}")
+
+    def check_link(self, path: str) -> None:
+        disk = self.on_disk(path)
+        if not (disk.exists() or disk.is_symlink()):
+            where = "Ollama's runners would look past this folder" if "/ollama/" in path else "programs asking " \
+                    "for it by name rely on the loader's cache"
+            self.add("problem", f"{path} is missing: {where}", "looked for the file", "run `vgpu install` again")
+            return
+        chain, current = [path], disk
+        while current.is_symlink():
+            target = os.readlink(current)
+            current = self.on_disk(target) if target.startswith("/") else current.parent / target
+            chain.append(target)
+            if len(chain) > 40:
+                break
+        if not current.exists():
+            self.add("problem", f"{path} points to a missing file {chain[-1]}", "followed the links: "
+                     + " -> ".join(chain), "run `vgpu install` again")
+            return
+        kind = identify(current).kind
+        if kind != "vgpu":
+            self.add("problem", f"{path} is {chain[-1]}, {kind} library, not vgpu's", "followed the links and read "
+                     "the file: " + " -> ".join(chain), "run `vgpu install` (with --force to hide a real driver)")
+        else:
+            self.add("verified", f"{path} -> vgpu's {_LIBRARY_OF[path.rsplit('/', 1)[-1]]}",
+                     "followed the links: " + " -> ".join(chain))
+
+    def check_cache(self) -> None:
+        cache_path = self.on_disk("/etc/ld.so.cache")
+        if not cache_path.exists():
+            self.add("problem", "there is no /etc/ld.so.cache", "looked for the file", "run `ldconfig`")
+            return
+        cache = read_cache(cache_path)
+        for name in DRIVER_NAMES:
+            entry = cache.get(name)
+            if entry is None:
+                self.add("problem", f"ld.so.cache has no entry for {name}: a program that finds it nowhere else "
+                                    "gets no GPU", "read /etc/ld.so.cache", "run `ldconfig`")
+                continue
+            real = follow(self.root, entry)
+            if real is None:
+                self.add("problem", f"ld.so.cache lists {name} at {entry}, which no longer exists: the cache is "
+                                    "stale", "read /etc/ld.so.cache and followed the entry", "run `ldconfig`")
+            elif identify(real).kind != "vgpu":
+                self.add("problem", f"ld.so.cache resolves {name} to {entry}, {identify(real).kind} library, not "
+                                    "vgpu's", "read /etc/ld.so.cache and the file", "run `vgpu install`")
+            else:
+                self.add("verified", f"ld.so.cache: {name} -> {entry} (vgpu's)", "read /etc/ld.so.cache")
+
+    def consumers(self) -> list[tuple[str, list[str]]]:
+        """Libraries that load the driver, with the LD_LIBRARY_PATH they are loaded under."""
+        found = []
+        for folder in self.ollama_folders:
+            ollama_lib = folder.rsplit("/", 1)[0]
+            for library in sorted(self.on_disk(folder).glob("lib*.so*")):
+                if library.name.startswith(("libggml-cuda", "libcudart")) and not library.is_symlink():
+                    found.append((f"{folder}/{library.name}", [ollama_lib, folder]))
+        return found
+
+    def check_consumers(self) -> None:
+        exported = _exports(self.on_disk(f"{self.libdir}/libvgpu-cuda.so")) | \
+            _exports(self.on_disk(f"{self.libdir}/libvgpu-nvml.so"))
+        for consumer, search in self.consumers():
+            how = f"the loader model, with LD_LIBRARY_PATH={':'.join(search)} as Ollama builds it"
+            for name in DRIVER_NAMES:
+                if name == "libnvidia-ml.so.1" and "cudart" in consumer:
+                    continue
+                answer = resolve(name, Path(consumer), search, self.root)
+                tried = "; ".join(f"{c.path} ({c.via}): {c.problem or 'usable'}" for c in answer.tried)
+                if answer.stopped_at:
+                    self.add("problem", f"{consumer} cannot load {name}: {answer.stopped_at} is not an ELF file and "
+                                        "the loader stops there", f"{how}; tried {tried}",
+                             f"remove {answer.stopped_at}, then `vgpu install`")
+                    continue
+                real = follow(self.root, answer.path) if answer.path else None
+                if real is None:
+                    self.add("problem", f"{consumer} would find no {name}", f"{how}; tried {tried}",
+                             "run `vgpu install`")
+                elif identify(real).kind != "vgpu":
+                    self.add("problem", f"{consumer} would load {name} from {answer.path}, "
+                                        f"{identify(real).kind} library, not vgpu's", f"{how}; tried {tried}",
+                             f"remove or rename {answer.path}, or run `vgpu install --force`")
+                else:
+                    self.add("verified", f"{consumer} loads {name} from {answer.path} (vgpu's)", how)
+            needs = _undefined(self.on_disk(consumer))
+            missing = sorted(needs - exported)
+            if missing:
+                self.add("problem", f"{consumer} needs {', '.join(missing[:8])}, which the vgpu libraries do not "
+                                    "export", "compared the ELF symbol tables", "report it: vgpu must export them")
+
+    def check_daemon(self) -> None:
+        try:
+            with Client(self.socket) as client:
+                status = client.control("status")
+        except (DaemonUnavailable, OSError) as error:
+            self.add("problem", f"vgpud does not answer at {self.socket}: {error}", "connected to the socket",
+                     f"start it: `systemctl start {layout.UNIT_NAME}` or `vgpu up`")
+            return
+        names = ", ".join(gpu["name"] for gpu in status.get("gpus", []))
+        self.add("verified", f"vgpud ({status.get('backend')} backend, driver {status.get('driver_version')}) "
+                             f"answers at {self.socket}: {names}",
+                 "a status request over the socket")
+
+    def self_test(self) -> None:
+        cudarts = [str(self.on_disk(c)) for c, _ in self.consumers() if "libcudart" in c]
+        env = dict(os.environ, LD_LIBRARY_PATH=str(self.on_disk(self.libdir)),
+                   **{protocol.SOCKET_ENV: str(self.socket)})
+        done = subprocess.run([sys.executable, "-c", _SELF_TEST, *cudarts], env=env, capture_output=True, text=True,
+                              timeout=60)
+        try:
+            results = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            self.add("problem", f"the self-test process failed: {done.stderr.strip()[-300:]}",
+                     "a child process loading the installed libraries", "run `vgpu trace -- vgpu doctor` to see why")
+            return
+        for entry in results:
+            ok = entry["code"] == 0
+            text = f"{entry['call']} -> {entry['code']} ({entry['name']}){': ' + entry['value'] if entry['value'] else ''}"
+            self.add("verified" if ok else "problem", text, f"self-test in a child process ({entry['library']})",
+                     "" if ok else "see the vgpud line above; `vgpu trace -- vgpu doctor` shows the loads")
+
+
+_SELF_TEST = r"""
+import ctypes, json, sys
+from vgpu.api.manifest import result_name
+out = []
+def record(library, call, code, api, value=""):
+    out.append({"library": library, "call": call, "code": code, "name": result_name(api, code), "value": value})
+nvml = ctypes.CDLL("libnvidia-ml.so.1")
+code = nvml.nvmlInit_v2(); record("libnvidia-ml.so.1", "nvmlInit_v2", code, "nvml")
+if code == 0:
+    count = ctypes.c_uint(); code = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count))
+    record("libnvidia-ml.so.1", "nvmlDeviceGetCount_v2", code, "nvml", f"{count.value} devices")
+    handle = ctypes.c_void_p(); name = ctypes.create_string_buffer(96)
+    if count.value and nvml.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(handle)) == 0:
+        code = nvml.nvmlDeviceGetName(handle, name, 96)
+        record("libnvidia-ml.so.1", "nvmlDeviceGetName", code, "nvml", name.value.decode())
+cuda = ctypes.CDLL("libcuda.so.1")
+code = cuda.cuInit(0); record("libcuda.so.1", "cuInit", code, "cuda")
+if code == 0:
+    count = ctypes.c_int(); code = cuda.cuDeviceGetCount(ctypes.byref(count))
+    record("libcuda.so.1", "cuDeviceGetCount", code, "cuda", f"{count.value} devices")
+    name = ctypes.create_string_buffer(96)
+    if count.value:
+        code = cuda.cuDeviceGetName(name, 96, 0)
+        record("libcuda.so.1", "cuDeviceGetName", code, "cuda", name.value.decode())
+for path in sys.argv[1:]:
+    count = ctypes.c_int(); code = ctypes.CDLL(path).cudaGetDeviceCount(ctypes.byref(count))
+    out.append({"library": path, "call": "cudaGetDeviceCount", "code": code,
+                "name": "cudaSuccess" if code == 0 else f"cudaError {code}", "value": f"{count.value} devices"})
+print(json.dumps(out))
+"""
+
+
+def _symbols(path: Path) -> list:
+    try:
+        with open(path, "rb") as handle:
+            section = ELFFile(handle).get_section_by_name(".dynsym")
+            return [] if section is None else list(section.iter_symbols())
+    except (OSError, ELFError):
+        return []
+
+
+def _exports(path: Path) -> set[str]:
+    return {s.name for s in _symbols(path) if s["st_shndx"] != "SHN_UNDEF" and s.name}
+
+
+def _undefined(path: Path) -> set[str]:
+    return {s.name for s in _symbols(path) if s["st_shndx"] == "SHN_UNDEF" and s.name.startswith(("cu", "nvml"))
+            and not s.name.startswith(("cuda", "cublas", "cufft", "curand", "cusparse", "cusolver"))}
+
+
+def diagnose(root: Path, socket: Path | None = None) -> list[Finding]:
+    return Doctor(root, socket).run()

@@ -1,0 +1,134 @@
+"""The Ollama case end to end on a staged tree: install, `vgpu doctor` clean, one break at a
+time reported with its fix, uninstall back to the original tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_install import MULTIARCH, snapshot
+
+OLLAMA = "usr/local/lib/ollama"
+
+
+def wheel_cudart(major: int) -> Path:
+    import nvidia
+
+    folder = "cuda_runtime" if major == 12 else f"cu{major}"
+    for root in nvidia.__path__:
+        found = Path(root) / folder / "lib" / f"libcudart.so.{major}"
+        if found.exists():
+            return found
+    pytest.skip(f"cudart {major} wheel not installed")
+
+
+def doctor(root: Path, socket: Path) -> tuple[int, list[dict]]:
+    done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "doctor", "--root", str(root), "--json"],
+                          env=dict(os.environ, VGPU_SOCKET=str(socket)), capture_output=True, text=True, timeout=120)
+    return done.returncode, json.loads(done.stdout)
+
+
+def problems(findings: list[dict]) -> list[dict]:
+    return [finding for finding in findings if finding["kind"] == "problem"]
+
+
+@pytest.fixture
+def ollama_tree(tmp_path) -> tuple[Path, dict]:
+    """An Ollama layout with real cudart 12 and 13 and a stand-in libggml-cuda.so that needs libcuda.so.1,
+    before and after `vgpu install`."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\n")
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/ollama").write_text("#!/bin/sh\n")
+    source = tmp_path / "ggml.c"
+    source.write_text("int cuInit(unsigned); int cuDeviceGetCount(int *);\n"
+                      "int ggml_backend_cuda_probe(int *n) { return cuInit(0) || cuDeviceGetCount(n); }\n")
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(stub / "libcuda.so.1"),
+                    "-x", "c", "-"], input="int cuInit(unsigned f){return 0;} int cuDeviceGetCount(int *n){return 0;}",
+                   text=True, check=True)
+    for major in (12, 13):
+        folder = root / OLLAMA / f"cuda_v{major}"
+        folder.mkdir(parents=True)
+        (folder / f"libcudart.so.{major}").write_bytes(wheel_cudart(major).read_bytes())
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(folder / "libggml-cuda.so"), str(source), f"-L{stub}",
+                        "-l:libcuda.so.1"], check=True)
+    before = snapshot(root)
+    done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "install", "--root", str(root)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return root, before
+
+
+def test_clean_install_then_uninstall(vgpud, ollama_tree):
+    root, before = ollama_tree
+    status, findings = doctor(root, vgpud.socket)
+    assert status == 0 and not problems(findings), problems(findings)
+    texts = [finding["text"] for finding in findings if finding["kind"] == "verified"]
+    for major in (12, 13):
+        assert f"/{OLLAMA}/cuda_v{major}/libggml-cuda.so loads libcuda.so.1 from /{OLLAMA}/cuda_v{major}/" \
+               "libcuda.so.1 (vgpu's)" in texts
+    assert "cuInit -> 0 (CUDA_SUCCESS)" in texts and "cuDeviceGetCount -> 0 (CUDA_SUCCESS): 4 devices" in texts
+    assert texts.count("cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices") == 2, "through cudart 12 and 13"
+    assert all(finding["how"] for finding in findings)
+    done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "uninstall", "--root", str(root)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert snapshot(root) == before
+
+
+def fake_driver(path: Path) -> None:
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(path), "-x", "c", "-"],
+                   input="int cuInit(unsigned f) { return 0; }\n", text=True, check=True)
+
+
+BREAKS = {
+    "dangling link": (lambda root: _relink(root / OLLAMA / "cuda_v13/libcuda.so.1", f"/{MULTIARCH}/libvgpu-cuda.so.old"),
+                      f"/{OLLAMA}/cuda_v13/libcuda.so.1 points to a missing file /{MULTIARCH}/libvgpu-cuda.so.old",
+                      "run `vgpu install` again"),
+    "a driver earlier on the path": (lambda root: fake_driver(root / OLLAMA / "libcuda.so.1"),
+                                     f"/{OLLAMA}/cuda_v13/libggml-cuda.so would load libcuda.so.1 from "
+                                     f"/{OLLAMA}/libcuda.so.1, driver library, not vgpu's",
+                                     f"remove or rename /{OLLAMA}/libcuda.so.1"),
+    "missing link in cuda_v13": (lambda root: (root / OLLAMA / "cuda_v13/libcuda.so.1").unlink(),
+                                 f"/{OLLAMA}/cuda_v13/libcuda.so.1 is missing: Ollama's runners would look past "
+                                 "this folder", "run `vgpu install` again"),
+    "stale ld.so.cache": (lambda root: (root / MULTIARCH / "libcuda.so.1").unlink(),
+                          f"ld.so.cache lists libcuda.so.1 at /{MULTIARCH}/libcuda.so.1, which no longer exists: "
+                          "the cache is stale", "run `ldconfig`"),
+}
+
+
+def _relink(path: Path, target: str) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
+@pytest.mark.parametrize("name", BREAKS)
+def test_each_break_is_reported_with_its_fix(vgpud, ollama_tree, name):
+    root, _ = ollama_tree
+    breaking, text, fix = BREAKS[name]
+    breaking(root)
+    status, findings = doctor(root, vgpud.socket)
+    assert status == 1
+    matching = [finding for finding in problems(findings) if finding["text"] == text]
+    assert matching, [finding["text"] for finding in problems(findings)]
+    assert fix in matching[0]["advice"] and matching[0]["how"]
+
+
+def test_no_vgpud(ollama_tree, tmp_path):
+    root, _ = ollama_tree
+    socket = tmp_path / "nobody.sock"
+    status, findings = doctor(root, socket)
+    assert status == 1
+    texts = {finding["text"]: finding for finding in problems(findings)}
+    daemon = next(finding for text, finding in texts.items() if text.startswith(f"vgpud does not answer at {socket}"))
+    assert "vgpu up" in daemon["advice"]
+    assert "cuInit -> 100 (CUDA_ERROR_NO_DEVICE)" in texts
