@@ -132,3 +132,28 @@ def test_no_vgpud(ollama_tree, tmp_path):
     daemon = next(finding for text, finding in texts.items() if text.startswith(f"vgpud does not answer at {socket}"))
     assert "vgpu up" in daemon["advice"]
     assert "cuInit -> 100 (CUDA_ERROR_NO_DEVICE)" in texts
+
+
+def test_a_symbol_the_vgpu_library_lacks(vgpud, ollama_tree, tmp_path):
+    root, _ = ollama_tree
+    source = tmp_path / "future.c"
+    source.write_text("int cuFutureCallNobodyHas(void);\nint probe(void) { return cuFutureCallNobodyHas(); }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(root / OLLAMA / "cuda_v13/libggml-cuda.so"), str(source)],
+                   check=True)
+    status, findings = doctor(root, vgpud.socket)
+    assert status == 1
+    assert any(f["text"] == f"/{OLLAMA}/cuda_v13/libggml-cuda.so needs cuFutureCallNobodyHas, which the vgpu "
+               "libraries do not export" for f in problems(findings))
+
+
+def test_this_python_environments_cudart_on_the_running_system(vgpud):
+    """With --root /, the cudart libraries of this interpreter's wheels are consumers, searched
+    with this environment's LD_LIBRARY_PATH, and the self-test goes through each."""
+    done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "doctor", "--json"], env=vgpud.env,
+                          capture_output=True, text=True, timeout=120)
+    findings = json.loads(done.stdout)
+    cudart = str(wheel_cudart(12))
+    loads = [f for f in findings if f["text"].startswith(f"{cudart} loads libcuda.so.1 from ")]
+    assert loads and loads[0]["kind"] == "verified" and "of this environment" in loads[0]["how"]
+    assert any(f["text"] == "cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices" and cudart in f["how"]
+               for f in findings)

@@ -59,9 +59,9 @@ class Doctor:
         self.check_consumers()
         self.check_daemon()
         self.self_test()
-        self.add("not verified", "cudart and PyTorch in Python environments: this version searches Ollama's "
-                 "folders only", "not searched", "`vgpu trace -- python -c 'import torch; torch.cuda.init()'` shows "
-                 "which libcuda.so.1 they load")
+        self.add("not verified", f"Python environments other than {sys.prefix}: only this interpreter's are "
+                 "searched for cudart and PyTorch", "sys.path", "run `vgpu doctor` with each environment's Python, or "
+                 "`vgpu trace -- python -c 'import torch; torch.cuda.init()'`")
         if self.root != Path("/"):
             self.add("not verified", f"what programs of the running system load: {self.root} is a staged tree, read "
                      "as files; the self-test loaded its libraries directly", "--root", "run `vgpu doctor` on the "
@@ -137,21 +137,24 @@ class Doctor:
             else:
                 self.add("verified", f"ld.so.cache: {name} -> {entry} (vgpu's)", "read /etc/ld.so.cache")
 
-    def consumers(self) -> list[tuple[str, list[str]]]:
-        """Libraries that load the driver, with the LD_LIBRARY_PATH they are loaded under."""
+    def consumers(self) -> list[tuple[str, list[str], str]]:
+        """Libraries that load the driver, the LD_LIBRARY_PATH they are loaded under, and whose it is."""
         found = []
         for folder in self.ollama_folders:
             ollama_lib = folder.rsplit("/", 1)[0]
             for library in sorted(self.on_disk(folder).glob("lib*.so*")):
                 if library.name.startswith(("libggml-cuda", "libcudart")) and not library.is_symlink():
-                    found.append((f"{folder}/{library.name}", [ollama_lib, folder]))
+                    found.append((f"{folder}/{library.name}", [ollama_lib, folder], "as Ollama builds it"))
+        if self.root == Path("/"):
+            search = os.environ.get("LD_LIBRARY_PATH", "").split(":")
+            found += [(cudart, search, "of this environment") for cudart in python_cudarts(search)]
         return found
 
     def check_consumers(self) -> None:
         exported = _exports(self.on_disk(f"{self.libdir}/libvgpu-cuda.so")) | \
             _exports(self.on_disk(f"{self.libdir}/libvgpu-nvml.so"))
-        for consumer, search in self.consumers():
-            how = f"the loader model, with LD_LIBRARY_PATH={':'.join(search)} as Ollama builds it"
+        for consumer, search, whose in self.consumers():
+            how = f"the loader model, with LD_LIBRARY_PATH={':'.join(search)} {whose}"
             for name in DRIVER_NAMES:
                 if name == "libnvidia-ml.so.1" and "cudart" in consumer:
                     continue
@@ -192,9 +195,10 @@ class Doctor:
                  "a status request over the socket")
 
     def self_test(self) -> None:
-        cudarts = [str(self.on_disk(c)) for c, _ in self.consumers() if "libcudart" in c]
-        env = dict(os.environ, LD_LIBRARY_PATH=str(self.on_disk(self.libdir)),
-                   **{protocol.SOCKET_ENV: str(self.socket)})
+        cudarts = [str(self.on_disk(c)) for c, _, _ in self.consumers() if "libcudart" in c]
+        # the running system as its programs see it; a staged tree through its library folder
+        search = os.environ.get("LD_LIBRARY_PATH", "") if self.root == Path("/") else str(self.on_disk(self.libdir))
+        env = dict(os.environ, LD_LIBRARY_PATH=search, **{protocol.SOCKET_ENV: str(self.socket)})
         done = subprocess.run([sys.executable, "-c", _SELF_TEST, *cudarts], env=env, capture_output=True, text=True,
                               timeout=60)
         try:
@@ -216,8 +220,15 @@ from vgpu.api.manifest import result_name
 out = []
 def record(library, call, code, api, value=""):
     out.append({"library": library, "call": call, "code": code, "name": result_name(api, code), "value": value})
-nvml = ctypes.CDLL("libnvidia-ml.so.1")
-code = nvml.nvmlInit_v2(); record("libnvidia-ml.so.1", "nvmlInit_v2", code, "nvml")
+def load(name):
+    try:
+        return ctypes.CDLL(name)
+    except OSError as error:
+        out.append({"library": name, "call": f"dlopen {name}", "code": -1, "name": "failed", "value": str(error)})
+nvml = load("libnvidia-ml.so.1")
+code = nvml.nvmlInit_v2() if nvml else -1
+if nvml:
+    record("libnvidia-ml.so.1", "nvmlInit_v2", code, "nvml")
 if code == 0:
     count = ctypes.c_uint(); code = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count))
     record("libnvidia-ml.so.1", "nvmlDeviceGetCount_v2", code, "nvml", f"{count.value} devices")
@@ -225,8 +236,10 @@ if code == 0:
     if count.value and nvml.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(handle)) == 0:
         code = nvml.nvmlDeviceGetName(handle, name, 96)
         record("libnvidia-ml.so.1", "nvmlDeviceGetName", code, "nvml", name.value.decode())
-cuda = ctypes.CDLL("libcuda.so.1")
-code = cuda.cuInit(0); record("libcuda.so.1", "cuInit", code, "cuda")
+cuda = load("libcuda.so.1")
+code = cuda.cuInit(0) if cuda else -1
+if cuda:
+    record("libcuda.so.1", "cuInit", code, "cuda")
 if code == 0:
     count = ctypes.c_int(); code = cuda.cuDeviceGetCount(ctypes.byref(count))
     record("libcuda.so.1", "cuDeviceGetCount", code, "cuda", f"{count.value} devices")
@@ -235,11 +248,33 @@ if code == 0:
         code = cuda.cuDeviceGetName(name, 96, 0)
         record("libcuda.so.1", "cuDeviceGetName", code, "cuda", name.value.decode())
 for path in sys.argv[1:]:
-    count = ctypes.c_int(); code = ctypes.CDLL(path).cudaGetDeviceCount(ctypes.byref(count))
+    cudart = load(path)
+    if not cudart:
+        continue
+    count = ctypes.c_int(); code = cudart.cudaGetDeviceCount(ctypes.byref(count))
     out.append({"library": path, "call": "cudaGetDeviceCount", "code": code,
                 "name": "cudaSuccess" if code == 0 else f"cudaError {code}", "value": f"{count.value} devices"})
 print(json.dumps(out))
 """
+
+
+def python_cudarts(ld_library_path: list[str]) -> list[str]:
+    """cudart libraries of this interpreter's packages (NVIDIA's wheels), and the one PyTorch
+    loads: each dlopens libcuda.so.1 with this environment's LD_LIBRARY_PATH."""
+    found: list[str] = []
+    for entry in sys.path:
+        folder = Path(entry)
+        if folder.name not in ("site-packages", "dist-packages") or not folder.is_dir():
+            continue
+        found += [str(cudart) for cudart in sorted(folder.glob("nvidia/*/lib/libcudart.so.*"))]
+        torch_cuda = folder / "torch" / "lib" / "libtorch_cuda.so"
+        facts = elf_facts(torch_cuda) if torch_cuda.exists() else None
+        for needed in facts.needed if facts else ():
+            if needed.startswith("libcudart"):
+                answer = resolve(needed, torch_cuda, ld_library_path)
+                if answer.path:
+                    found.append(str(Path(answer.path).resolve()))
+    return list(dict.fromkeys(found))
 
 
 def _symbols(path: Path) -> list:
