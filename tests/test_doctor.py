@@ -132,6 +132,7 @@ def test_no_vgpud(ollama_tree, tmp_path):
     daemon = next(finding for text, finding in texts.items() if text.startswith(f"vgpud does not answer at {socket}"))
     assert "vgpu up" in daemon["advice"]
     assert "cuInit -> 100 (CUDA_ERROR_NO_DEVICE)" in texts
+    assert "cudaGetDeviceCount -> 100 (cudaErrorNoDevice): 0 devices" in texts, "cudart names its own code"
 
 
 def test_a_symbol_the_vgpu_library_lacks(vgpud, ollama_tree, tmp_path):
@@ -157,3 +158,18 @@ def test_this_python_environments_cudart_on_the_running_system(vgpud):
     assert loads and loads[0]["kind"] == "verified" and "of this environment" in loads[0]["how"]
     assert any(f["text"] == "cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices" and cudart in f["how"]
                for f in findings)
+
+
+def test_a_toolkit_cudart_on_the_system(vgpud, ollama_tree):
+    root, _ = ollama_tree
+    toolkit = root / "usr/local/cuda-13.0/lib64"
+    toolkit.mkdir(parents=True)
+    (toolkit / "libcudart.so.13").write_bytes(wheel_cudart(13).read_bytes())
+    (root / "usr/local/cuda").symlink_to("cuda-13.0")
+    status, findings = doctor(root, vgpud.socket)
+    assert status == 0, problems(findings)
+    texts = [f["text"] for f in findings]
+    assert texts.count(f"/usr/local/cuda/lib64/libcudart.so.13 loads libcuda.so.1 from /{MULTIARCH}/libcuda.so.1 "
+                       "(vgpu's)") + texts.count(f"/usr/local/cuda-13.0/lib64/libcudart.so.13 loads libcuda.so.1 "
+                                                 f"from /{MULTIARCH}/libcuda.so.1 (vgpu's)") == 1, "once, however reached"
+    assert texts.count("cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices") == 3

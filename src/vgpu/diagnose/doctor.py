@@ -145,10 +145,27 @@ class Doctor:
             for library in sorted(self.on_disk(folder).glob("lib*.so*")):
                 if library.name.startswith(("libggml-cuda", "libcudart")) and not library.is_symlink():
                     found.append((f"{folder}/{library.name}", [ollama_lib, folder], "as Ollama builds it"))
+        search = os.environ.get("LD_LIBRARY_PATH", "").split(":") if self.root == Path("/") else []
+        whose = "of this environment" if self.root == Path("/") else "empty"
+        found += [(cudart, search, whose) for cudart in self.system_cudarts()]
         if self.root == Path("/"):
-            search = os.environ.get("LD_LIBRARY_PATH", "").split(":")
-            found += [(cudart, search, "of this environment") for cudart in python_cudarts(search)]
+            found += [(cudart, search, whose) for cudart in python_cudarts(search)]
         return found
+
+    def system_cudarts(self) -> list[str]:
+        """cudart libraries the system offers: the loader's cache and the CUDA toolkit folders."""
+        found = []
+        cache = self.on_disk("/etc/ld.so.cache")
+        if cache.exists():
+            found += [path for name, path in read_cache(cache).items() if name.startswith("libcudart.so.")]
+        for pattern in ("usr/local/cuda*/lib64/libcudart.so.*", "usr/local/cuda*/targets/*/lib/libcudart.so.*"):
+            found += ["/" + p.relative_to(self.root).as_posix() for p in sorted(self.root.glob(pattern))]
+        real = {}
+        for path in found:
+            end = follow(self.root, path)
+            if end is not None and not end.name.endswith(".so"):  # one entry per file, however it is reached
+                real.setdefault(end.resolve(), path)
+        return list(real.values())
 
     def check_consumers(self) -> None:
         exported = _exports(self.on_disk(f"{self.libdir}/libvgpu-cuda.so")) | \
@@ -190,7 +207,8 @@ class Doctor:
                      f"start it: `systemctl start {layout.UNIT_NAME}` or `vgpu up`")
             return
         names = ", ".join(gpu["name"] for gpu in status.get("gpus", []))
-        self.add("verified", f"vgpud ({status.get('backend')} backend, driver {status.get('driver_version')}) "
+        self.add("verified", f"vgpud {status.get('version')} ({status.get('backend')} backend, driver "
+                             f"{status.get('driver_version')}) "
                              f"answers at {self.socket}: {names}",
                  "a status request over the socket")
 
@@ -252,8 +270,9 @@ for path in sys.argv[1:]:
     if not cudart:
         continue
     count = ctypes.c_int(); code = cudart.cudaGetDeviceCount(ctypes.byref(count))
+    cudart.cudaGetErrorName.restype = ctypes.c_char_p  # the runtime names its own codes
     out.append({"library": path, "call": "cudaGetDeviceCount", "code": code,
-                "name": "cudaSuccess" if code == 0 else f"cudaError {code}", "value": f"{count.value} devices"})
+                "name": cudart.cudaGetErrorName(code).decode(), "value": f"{count.value} devices"})
 print(json.dumps(out))
 """
 

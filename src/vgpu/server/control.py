@@ -6,6 +6,7 @@ does work on a GPU; the NVML telemetry follows from them exactly as it will from
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Callable
 
 from vgpu.device.gpu import OutOfMemory
@@ -28,6 +29,13 @@ def _gpu(daemon: Daemon, request: dict[str, Any]):
     return daemon.state.gpus[index]
 
 
+def _package_version() -> str:
+    try:
+        return version("vgpu")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
 def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
     state = daemon.state
     gpus = []
@@ -45,7 +53,7 @@ def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
         "started": s.started, "shared_windows": len(s.windows), "direct_memory": s.windows.direct,
         "held": {str(g.index): g.held[s.id] for g in state.gpus if s.id in g.held},
     } for s in list(state.sessions.values())]
-    return {"pid": state.pid, "backend": state.backend, "socket": str(daemon.socket_path),
+    return {"pid": state.pid, "version": _package_version(), "backend": state.backend, "socket": str(daemon.socket_path),
             "started": state.started, "spec": state.gpuset.spec, "driver_version": state.gpuset.driver_version,
             "cuda_version": state.gpuset.cuda_version, "gpus": gpus, "sessions": sessions, "you": session.id}
 
