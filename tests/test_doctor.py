@@ -173,3 +173,15 @@ def test_a_toolkit_cudart_on_the_system(vgpud, ollama_tree):
                        "(vgpu's)") + texts.count(f"/usr/local/cuda-13.0/lib64/libcudart.so.13 loads libcuda.so.1 "
                                                  f"from /{MULTIARCH}/libcuda.so.1 (vgpu's)") == 1, "once, however reached"
     assert texts.count("cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices") == 3
+
+
+def test_a_virtual_environment_in_a_home_folder(vgpud, ollama_tree):
+    root, _ = ollama_tree
+    wheel = root / "home/ada/.venv/lib/python3.12/site-packages/nvidia/cuda_runtime/lib"
+    wheel.mkdir(parents=True)
+    (wheel / "libcudart.so.12").write_bytes(wheel_cudart(12).read_bytes())
+    status, findings = doctor(root, vgpud.socket)
+    assert status == 0, problems(findings)
+    path = "/home/ada/.venv/lib/python3.12/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"
+    assert f"{path} loads libcuda.so.1 from /{MULTIARCH}/libcuda.so.1 (vgpu's)" in [f["text"] for f in findings]
+    assert any(f["text"] == "cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices" and path in f["how"] for f in findings)

@@ -59,9 +59,10 @@ class Doctor:
         self.check_consumers()
         self.check_daemon()
         self.self_test()
-        self.add("not verified", f"Python environments other than {sys.prefix}: only this interpreter's are "
-                 "searched for cudart and PyTorch", "sys.path", "run `vgpu doctor` with each environment's Python, or "
-                 "`vgpu trace -- python -c 'import torch; torch.cuda.init()'`")
+        self.add("not verified", "Python environments outside the usual places (system Pythons, /opt, home-folder "
+                 "virtual environments, pyenv): not searched for cudart and PyTorch", "the folders searched: "
+                 + ", ".join(SITE_PATTERNS), "run `vgpu doctor` with that environment's Python, or "
+                 "`vgpu trace -- python -c 'import torch; torch.cuda.init()'` to see what it loads")
         if self.root != Path("/"):
             self.add("not verified", f"what programs of the running system load: {self.root} is a staged tree, read "
                      "as files; the self-test loaded its libraries directly", "--root", "run `vgpu doctor` on the "
@@ -148,8 +149,7 @@ class Doctor:
         search = os.environ.get("LD_LIBRARY_PATH", "").split(":") if self.root == Path("/") else []
         whose = "of this environment" if self.root == Path("/") else "empty"
         found += [(cudart, search, whose) for cudart in self.system_cudarts()]
-        if self.root == Path("/"):
-            found += [(cudart, search, whose) for cudart in python_cudarts(search)]
+        found += [(cudart, search, whose) for cudart in python_cudarts(self.root, search)]
         return found
 
     def system_cudarts(self) -> list[str]:
@@ -277,23 +277,40 @@ print(json.dumps(out))
 """
 
 
-def python_cudarts(ld_library_path: list[str]) -> list[str]:
-    """cudart libraries of this interpreter's packages (NVIDIA's wheels), and the one PyTorch
-    loads: each dlopens libcuda.so.1 with this environment's LD_LIBRARY_PATH."""
-    found: list[str] = []
-    for entry in sys.path:
-        folder = Path(entry)
-        if folder.name not in ("site-packages", "dist-packages") or not folder.is_dir():
-            continue
-        found += [str(cudart) for cudart in sorted(folder.glob("nvidia/*/lib/libcudart.so.*"))]
-        torch_cuda = folder / "torch" / "lib" / "libtorch_cuda.so"
-        facts = elf_facts(torch_cuda) if torch_cuda.exists() else None
+#: where Python environments usually are, below the root: system Pythons, /opt, home-folder
+#: virtual environments and user sites, pyenv versions
+SITE_PATTERNS = tuple(f"{base}/lib/python3*/{kind}-packages" for kind in ("site", "dist") for base in (
+    "usr", "usr/local", "opt/*", "opt/*/*", "home/*/.local", "home/*/*", "home/*/*/*", "root/*",
+    "root/.pyenv/versions/*", "home/*/.pyenv/versions/*"))
+
+
+def site_dirs(root: Path) -> list[str]:
+    """Package folders of the Python environments found below root (system paths), and on the
+    running system this interpreter's own."""
+    found = [p for pattern in SITE_PATTERNS for p in sorted(root.glob(pattern)) if p.is_dir()]
+    paths = ["/" + p.relative_to(root).as_posix() for p in found]
+    if root == Path("/"):
+        paths += [entry for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages")]
+    return list(dict.fromkeys(paths))
+
+
+def python_cudarts(root: Path, ld_library_path: list[str]) -> list[str]:
+    """cudart libraries of NVIDIA's wheels in each environment, and the one each PyTorch
+    loads (system paths): each dlopens libcuda.so.1 with the given LD_LIBRARY_PATH."""
+    found: dict[Path, str] = {}
+    for site in site_dirs(root):
+        folder = root / site.lstrip("/")
+        for cudart in sorted(folder.glob("nvidia/*/lib/libcudart.so.*")):
+            found.setdefault(cudart.resolve(), f"{site}/{cudart.relative_to(folder).as_posix()}")
+        torch_cuda = f"{site}/torch/lib/libtorch_cuda.so"
+        facts = elf_facts(root / torch_cuda.lstrip("/"))
         for needed in facts.needed if facts else ():
-            if needed.startswith("libcudart"):
-                answer = resolve(needed, torch_cuda, ld_library_path)
-                if answer.path:
-                    found.append(str(Path(answer.path).resolve()))
-    return list(dict.fromkeys(found))
+            answer = resolve(needed, Path(torch_cuda), ld_library_path, root) if needed.startswith("libcudart") \
+                else None
+            end = follow(root, answer.path) if answer and answer.path else None
+            if end is not None:
+                found.setdefault(end.resolve(), answer.path)
+    return list(found.values())
 
 
 def _symbols(path: Path) -> list:
