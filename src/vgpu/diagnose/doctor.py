@@ -13,20 +13,19 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from vgpu.diagnose.libraries import identify
-from vgpu.diagnose.loader import elf_facts, follow, read_cache, resolve
+from vgpu.diagnose.libraries import DRIVER_SONAMES, identify
+from vgpu.diagnose.loader import elf_facts, follow, host_mismatch, link_chain, read_cache, resolve
 from vgpu.install import changes, layout
-from vgpu.launcher import LIBRARIES
+from vgpu.launcher import LIBRARIES, LIBRARY_OF
 from vgpu.wire import protocol
 from vgpu.wire.client import Client, DaemonUnavailable
 
-DRIVER_NAMES = ("libcuda.so.1", "libnvidia-ml.so.1")
-_LIBRARY_OF = {name: library for library, names in LIBRARIES.items() for name in names}
 
 
 @dataclass
@@ -78,16 +77,15 @@ class Doctor:
                          "run `vgpu install`")
                 continue
             identity = identify(self.on_disk(path))
-            host = os.uname().machine
-            machine_ok = facts.machine == {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}.get(host, facts.machine)
-            if facts.elf_class != 64 or not machine_ok:
-                self.add("problem", f"{path} is built for {facts.machine}, ELF{facts.elf_class}; this host is {host}",
+            if host_mismatch(facts):
+                self.add("problem", f"{path} is built for {facts.machine}, ELF{facts.elf_class}; this host is "
+                                    f"{os.uname().machine}",
                          "ELF header", "install the vgpu package built for this machine, then `vgpu install`")
             else:
                 self.add("verified", f"{path}: {identity.detail or identity.kind}, SONAME {facts.soname}, "
                                      f"ELF{facts.elf_class} {facts.machine}", "ELF header and .vgpu section")
         for folder in [self.libdir, *self.ollama_folders]:
-            for name in DRIVER_NAMES:
+            for name in DRIVER_SONAMES:
                 self.check_link(f"{folder}/{name}")
 
     def check_link(self, path: str) -> None:
@@ -97,14 +95,8 @@ class Doctor:
                     "for it by name rely on the loader's cache"
             self.add("problem", f"{path} is missing: {where}", "looked for the file", "run `vgpu install` again")
             return
-        chain, current = [path], disk
-        while current.is_symlink():
-            target = os.readlink(current)
-            current = self.on_disk(target) if target.startswith("/") else current.parent / target
-            chain.append(target)
-            if len(chain) > 40:
-                break
-        if not current.exists():
+        chain, current = link_chain(self.root, path)
+        if current is None:
             self.add("problem", f"{path} points to a missing file {chain[-1]}", "followed the links: "
                      + " -> ".join(chain), "run `vgpu install` again")
             return
@@ -113,7 +105,7 @@ class Doctor:
             self.add("problem", f"{path} is {chain[-1]}, {kind} library, not vgpu's", "followed the links and read "
                      "the file: " + " -> ".join(chain), "run `vgpu install` (with --force to hide a real driver)")
         else:
-            self.add("verified", f"{path} -> vgpu's {_LIBRARY_OF[path.rsplit('/', 1)[-1]]}",
+            self.add("verified", f"{path} -> vgpu's {LIBRARY_OF[path.rsplit('/', 1)[-1]]}",
                      "followed the links: " + " -> ".join(chain))
 
     def check_cache(self) -> None:
@@ -122,7 +114,7 @@ class Doctor:
             self.add("problem", "there is no /etc/ld.so.cache", "looked for the file", "run `ldconfig`")
             return
         cache = read_cache(cache_path)
-        for name in DRIVER_NAMES:
+        for name in DRIVER_SONAMES:
             entry = cache.get(name)
             if entry is None:
                 self.add("problem", f"ld.so.cache has no entry for {name}: a program that finds it nowhere else "
@@ -132,12 +124,13 @@ class Doctor:
             if real is None:
                 self.add("problem", f"ld.so.cache lists {name} at {entry}, which no longer exists: the cache is "
                                     "stale", "read /etc/ld.so.cache and followed the entry", "run `ldconfig`")
-            elif identify(real).kind != "vgpu":
-                self.add("problem", f"ld.so.cache resolves {name} to {entry}, {identify(real).kind} library, not "
+            elif (kind := identify(real).kind) != "vgpu":
+                self.add("problem", f"ld.so.cache resolves {name} to {entry}, {kind} library, not "
                                     "vgpu's", "read /etc/ld.so.cache and the file", "run `vgpu install`")
             else:
                 self.add("verified", f"ld.so.cache: {name} -> {entry} (vgpu's)", "read /etc/ld.so.cache")
 
+    @cached_property
     def consumers(self) -> list[tuple[str, list[str], str]]:
         """Libraries that load the driver, the LD_LIBRARY_PATH they are loaded under, and whose it is."""
         found = []
@@ -170,9 +163,9 @@ class Doctor:
     def check_consumers(self) -> None:
         exported = _exports(self.on_disk(f"{self.libdir}/libvgpu-cuda.so")) | \
             _exports(self.on_disk(f"{self.libdir}/libvgpu-nvml.so"))
-        for consumer, search, whose in self.consumers():
+        for consumer, search, whose in self.consumers:
             how = f"the loader model, with LD_LIBRARY_PATH={':'.join(search)} {whose}"
-            for name in DRIVER_NAMES:
+            for name in DRIVER_SONAMES:
                 if name == "libnvidia-ml.so.1" and "cudart" in consumer:
                     continue
                 answer = resolve(name, Path(consumer), search, self.root)
@@ -186,9 +179,9 @@ class Doctor:
                 if real is None:
                     self.add("problem", f"{consumer} would find no {name}", f"{how}; tried {tried}",
                              "run `vgpu install`")
-                elif identify(real).kind != "vgpu":
+                elif (kind := identify(real).kind) != "vgpu":
                     self.add("problem", f"{consumer} would load {name} from {answer.path}, "
-                                        f"{identify(real).kind} library, not vgpu's", f"{how}; tried {tried}",
+                                        f"{kind} library, not vgpu's", f"{how}; tried {tried}",
                              f"remove or rename {answer.path}, or run `vgpu install --force`")
                 else:
                     self.add("verified", f"{consumer} loads {name} from {answer.path} (vgpu's)", how)
@@ -213,7 +206,7 @@ class Doctor:
                  "a status request over the socket")
 
     def self_test(self) -> None:
-        cudarts = [str(self.on_disk(c)) for c, _, _ in self.consumers() if "libcudart" in c]
+        cudarts = [str(self.on_disk(c)) for c, _, _ in self.consumers if "libcudart" in c]
         # the running system as its programs see it; a staged tree through its library folder
         search = os.environ.get("LD_LIBRARY_PATH", "") if self.root == Path("/") else str(self.on_disk(self.libdir))
         env = dict(os.environ, LD_LIBRARY_PATH=search, **{protocol.SOCKET_ENV: str(self.socket)})

@@ -116,16 +116,33 @@ def system_search() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return folders or ("/lib", "/usr/lib"), hwcaps
 
 
-def follow(root: Path, path: str, depth: int = 40) -> Path | None:
-    """The file a path of the system at ``root`` ends at, following links inside that tree
-    (an absolute target is the tree's); None for a missing file or a dangling or looping link."""
+def link_chain(root: Path, path: str, depth: int = 40) -> tuple[list[str], Path | None]:
+    """A path of the system at ``root`` and the targets its links name, in order, with the
+    file they end at inside that tree (an absolute target is the tree's); None for a
+    missing file or a dangling or looping link."""
+    chain = [path]
     current = root / path.lstrip("/")
     for _ in range(depth):
         if not current.is_symlink():
-            return current if current.exists() else None
+            return chain, current if current.exists() else None
         target = os.readlink(current)
+        chain.append(target)
         current = root / target.lstrip("/") if target.startswith("/") else current.parent / target
-    return None
+    return chain, None
+
+
+def follow(root: Path, path: str) -> Path | None:
+    """The file a path of the system at ``root`` ends at (see link_chain)."""
+    return link_chain(root, path)[1]
+
+
+def host_mismatch(facts: ElfFacts, machine: str | None = None) -> str:
+    """Why the loader of this host would skip a library: "wrong ELF class", "wrong machine", or ""."""
+    if facts.elf_class != 64:
+        return "wrong ELF class"
+    if facts.machine != _ELF_MACHINE.get(machine or platform.machine(), facts.machine):
+        return "wrong machine"
+    return ""
 
 
 def _problem(root: Path, path: str, machine: str) -> str:
@@ -134,13 +151,7 @@ def _problem(root: Path, path: str, machine: str) -> str:
     if real is None:
         return "dangling symlink" if disk.is_symlink() else "missing"
     facts = elf_facts(real)
-    if facts is None:
-        return "not an ELF file"
-    if facts.elf_class != 64:
-        return "wrong ELF class"
-    if facts.machine != _ELF_MACHINE.get(machine, facts.machine):
-        return "wrong machine"
-    return ""
+    return "not an ELF file" if facts is None else host_mismatch(facts, machine)
 
 
 def _expand(entries: tuple[str, ...], origin: Path) -> list[str]:

@@ -11,13 +11,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vgpu.launcher import LIBRARIES, library_path
+from vgpu.diagnose.libraries import DRIVER_SONAMES
+from vgpu.launcher import LIBRARIES, LIBRARY_OF, library_path
 from vgpu.wire import protocol
 
 #: the folders Ollama is looked for in when --ollama is auto: PREFIX/bin/ollama beside PREFIX/lib/ollama
 OLLAMA_PREFIXES = ("/usr/local", "/usr")
 #: the driver names Ollama's runners resolve through their cuda_v* folder
-OLLAMA_LINKS = ("libcuda.so.1", "libnvidia-ml.so.1")
+OLLAMA_LINKS = DRIVER_SONAMES
 SYSTEMD_DIR = "/etc/systemd/system"
 UNIT_NAME = "vgpud.service"
 
@@ -111,9 +112,7 @@ def plan(root: Path, libdir: str | None, ollama: str, gpus: str) -> list[Change]
         changes.append(Change(installed, "file", str(library_path(library))))
         changes += [Change(f"{libdir}/{name}", "link", library) for name in names]
     for folder in ollama_cuda_folders(root, ollama):
-        for name in OLLAMA_LINKS:
-            library = next(lib for lib, names in LIBRARIES.items() if name in names)
-            changes.append(Change(f"{folder}/{name}", "link", f"{libdir}/{library}"))
+        changes += [Change(f"{folder}/{name}", "link", f"{libdir}/{LIBRARY_OF[name]}") for name in OLLAMA_LINKS]
     changes.append(Change(f"{SYSTEMD_DIR}/{UNIT_NAME}", "text", unit_text(gpus)))
     if any((root / d.lstrip("/") / "ollama.service").exists() for d in (SYSTEMD_DIR, "/usr/lib/systemd/system",
                                                                        "/lib/systemd/system")):

@@ -24,6 +24,8 @@ NATIVE_DIR = Path(__file__).resolve().parent.parent / "_native"
 #: library file in the package -> the names applications dlopen
 LIBRARIES = {"libvgpu-nvml.so": ("libnvidia-ml.so.1", "libnvidia-ml.so"),
              "libvgpu-cuda.so": ("libcuda.so.1", "libcuda.so")}
+#: each of those names -> the library file in the package
+LIBRARY_OF = {name: library for library, names in LIBRARIES.items() for name in names}
 
 
 class LaunchError(RuntimeError):
