@@ -63,9 +63,8 @@ def _add(report: Report, tree: Tree, process: TracedProcess) -> None:
         branch.add(Text(_call(call), style="green" if call.result == 0 else "red"))
     for failure in process.failures:
         branch.add(Text(failure.text, style="red"))
-    by_pid = {p.pid: p for p in report.processes}
-    for child in process.children:
-        _add(report, branch, by_pid[child])
+    for child in report.children(process):
+        _add(report, branch, child)
 
 
 def terminal(report: Report, console: Console) -> None:
@@ -105,7 +104,7 @@ def to_html(report: Report) -> str:
     label_width, plot_width, row = 360, 640, 22
     span = max(report.end - report.start, 1e-6)
     rows, table = [], []
-    ordered = _depth_first(report)
+    ordered = report.depth_first()
     for index, process in enumerate(ordered):
         y = 30 + index * row
         x = label_width + (process.start - report.start) / span * plot_width
@@ -132,17 +131,3 @@ def to_html(report: Report) -> str:
     return _PAGE.format(diagnosis="".join(f"<li>{html.escape(line)}</li>" for line in report.diagnosis()),
                         width=label_width + plot_width + 10, height=40 + len(ordered) * row,
                         rows=axis + "".join(rows), table="\n".join(table))
-
-
-def _depth_first(report: Report) -> list[TracedProcess]:
-    by_pid = {p.pid: p for p in report.processes}
-    ordered: list[TracedProcess] = []
-
-    def visit(process: TracedProcess) -> None:
-        ordered.append(process)
-        for child in process.children:
-            visit(by_pid[child])
-
-    for root in report.roots:
-        visit(root)
-    return ordered

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,7 @@ class Report:
         failures = self.failures()
         if failures:
             first = failures[0]
-            lines.append(f"first failure: pid {first.pid} ({_short(self._by_pid(first.pid))}): {first.text}")
+            lines.append(f"first failure: pid {first.pid} ({_short(self.process(first.pid))}): {first.text}")
         return lines
 
     def _initialisation(self) -> list[str]:
@@ -268,8 +269,28 @@ class Report:
                              f"{state}{devices}")
         return lines
 
-    def _by_pid(self, pid: int) -> TracedProcess:
-        return next(process for process in self.processes if process.pid == pid)
+    @cached_property
+    def _index(self) -> dict[int, TracedProcess]:
+        return {process.pid: process for process in self.processes}
+
+    def process(self, pid: int) -> TracedProcess:
+        return self._index[pid]
+
+    def children(self, process: TracedProcess) -> list[TracedProcess]:
+        return [self._index[pid] for pid in process.children]
+
+    def depth_first(self) -> list[TracedProcess]:
+        """Every process, each followed by its descendants: the order of the tree and the timeline."""
+        ordered: list[TracedProcess] = []
+
+        def visit(process: TracedProcess) -> None:
+            ordered.append(process)
+            for child in self.children(process):
+                visit(child)
+
+        for root in self.roots:
+            visit(root)
+        return ordered
 
     def to_json(self) -> dict[str, Any]:
         return {"exit_status": self.exit_status, "start": self.start, "end": self.end,
