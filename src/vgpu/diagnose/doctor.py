@@ -89,8 +89,7 @@ class Doctor:
                 self.check_link(f"{folder}/{name}")
 
     def check_link(self, path: str) -> None:
-        disk = self.on_disk(path)
-        if not (disk.exists() or disk.is_symlink()):
+        if not os.path.lexists(self.on_disk(path)):
             where = "Ollama's runners would look past this folder" if "/ollama/" in path else "programs asking " \
                     "for it by name rely on the loader's cache"
             self.add("problem", f"{path} is missing: {where}", "looked for the file", "run `vgpu install` again")

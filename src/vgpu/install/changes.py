@@ -72,9 +72,6 @@ def _shadowed_driver(root: Path, change: Change, manifest: Manifest) -> str | No
     name = change.path.rsplit("/", 1)[-1]
     if not name.startswith(DRIVER_NAMES) or manifest.entry(change.path):
         return None
-    target = on_disk(root, change.path)
-    if not (target.exists() or target.is_symlink()):
-        return None
     real = follow(root, change.path)
     if real is not None and identify(real).kind == "driver":
         return f"{change.path} is /{real.relative_to(root).as_posix()}, a driver library that is not vgpu's " \
@@ -130,26 +127,22 @@ def install(root: Path, changes: list[Change], force: bool = False, dry_run: boo
     pending = [change for change in changes if not _satisfied(root, change)]
     if not pending:
         return ["nothing to change: every file and link is in place"]
-    lines = []
-    for change in pending:
-        target = on_disk(root, change.path)
-        present = target.exists() or target.is_symlink()
-        if present and not manifest.entry(change.path):
-            lines.append(f"{change.describe()} (the present one is kept in {BACKUP_DIR})")
-        else:
-            lines.append(change.describe())
+    recorded = {change.path for change in pending if manifest.entry(change.path)}
+    # what is there now and not ours is kept, to be put back by uninstall
+    replaced = {change.path for change in pending
+                if change.path not in recorded and os.path.lexists(on_disk(root, change.path))}
+    lines = [change.describe() + (f" (the present one is kept in {BACKUP_DIR})" if change.path in replaced else "")
+             for change in pending]
     if dry_run:
         return ["dry run, nothing changed:"] + lines + ["rebuild the loader's cache (ldconfig)"]
     _make_parents(root, MANIFEST, manifest)
     for change in pending:
-        target = on_disk(root, change.path)
-        if (target.exists() or target.is_symlink()) and not manifest.entry(change.path):
-            backup = on_disk(root, BACKUP_DIR + change.path)
-            backup.parent.mkdir(parents=True, exist_ok=True)
-            target.rename(backup)
-            manifest.entries.append({"path": change.path, "kind": change.kind, "backup": BACKUP_DIR + change.path})
-        elif not manifest.entry(change.path):
-            manifest.entries.append({"path": change.path, "kind": change.kind, "backup": None})
+        if change.path not in recorded:
+            backup = BACKUP_DIR + change.path if change.path in replaced else None
+            if backup:
+                on_disk(root, backup).parent.mkdir(parents=True, exist_ok=True)
+                on_disk(root, change.path).rename(on_disk(root, backup))
+            manifest.entries.append({"path": change.path, "kind": change.kind, "backup": backup})
         _make_parents(root, change.path, manifest)
         _write(root, change)
         manifest.save(root)  # after every change: an interrupted install can still be undone
@@ -168,7 +161,7 @@ def uninstall(root: Path, dry_run: bool = False) -> list[str]:
         lines.append(f"remove {entry['path']}" + (", put back the one it replaced" if entry["backup"] else ""))
         if dry_run:
             continue
-        if target.exists() or target.is_symlink():
+        if os.path.lexists(target):
             target.unlink()
         if entry["backup"]:
             on_disk(root, entry["backup"]).rename(target)
