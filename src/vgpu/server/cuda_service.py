@@ -17,7 +17,7 @@ from vgpu.api.manifest import load
 from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
-from vgpu.device.memory import InvalidAddress
+from vgpu.device.memory import Allocation, InvalidAddress
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire.codec import Buffer
@@ -416,11 +416,7 @@ class CudaService:
         return SUCCESS
 
     def cuMemGetAddressRange_v2(self, c: Caller, pbase: Any, psize: Any, dptr: int) -> int:
-        gpu = self._gpu_of_address(dptr)
-        try:
-            allocation = gpu.memory.find(c.session.id, dptr) if gpu is not None else None
-        except InvalidAddress:
-            allocation = None
+        gpu, allocation = self._allocation_at(c, dptr)
         if allocation is None:
             return C["CUDA_ERROR_NOT_FOUND"]
         if pbase is not None:
@@ -518,11 +514,7 @@ class CudaService:
 
     def cuPointerGetAttribute(self, c: Caller, data: Any, attribute: int, ptr: int) -> int:
         """Facts about a device pointer, each as a u64 (the shim writes the caller's size)."""
-        gpu = self._gpu_of_address(ptr)
-        try:
-            allocation = gpu.memory.find(c.session.id, ptr) if gpu is not None else None
-        except InvalidAddress:
-            allocation = None
+        gpu, allocation = self._allocation_at(c, ptr)
         visible = self._visible(c)
         if allocation is None or gpu.index not in visible:
             return INVALID_VALUE
@@ -546,6 +538,14 @@ class CudaService:
 
     def _gpu_of_address(self, address: int) -> Gpu | None:
         return next((gpu for gpu in self.state.gpus if gpu.memory.owns(address)), None)
+
+    def _allocation_at(self, c: Caller, address: int) -> tuple[Gpu | None, Allocation | None]:
+        """The GPU holding an address and the caller's allocation around it (None outside one)."""
+        gpu = self._gpu_of_address(address)
+        try:
+            return gpu, gpu.memory.find(c.session.id, address) if gpu is not None else None
+        except InvalidAddress:
+            return gpu, None
 
     def _access(self, c: Caller, action: Any, *addresses: int) -> int:
         """Run a memory access on the GPU holding the first address; CUDA_ERROR_INVALID_VALUE
