@@ -9,7 +9,6 @@ figure includes the shim's call records.
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import subprocess

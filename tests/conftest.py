@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vgpu import launcher
-from vgpu.wire.client import Client, DaemonUnavailable
+from vgpu.wire.client import Client
 
 
 @dataclass
@@ -84,6 +85,13 @@ def nvml(vgpud, monkeypatch):
 
 def run_python(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_json(code: str, env: dict[str, str], timeout: float = 60) -> Any:
+    """Run a Python client that prints one JSON document; its answer, after checking it succeeded."""
+    result = run_python(code, env, timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):

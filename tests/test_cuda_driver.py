@@ -9,7 +9,7 @@ import json
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tests.conftest import run_python
+from tests.conftest import run_json, run_python
 from vgpu.api.manifest import load
 from vgpu.device.gpuset import parse
 from vgpu.launcher import library_path
@@ -125,9 +125,7 @@ print(json.dumps(out))
 
 
 def test_devices_through_cuda_python(vgpud):
-    result = run_python(DEVICES, vgpud.env)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_json(DEVICES, vgpud.env)
     assert out["before_init"] == C["CUDA_ERROR_NOT_INITIALIZED"] and out["init"] == 0
     assert out["version"] == SET.cuda_version
     assert len(out["devices"]) == 4
@@ -247,9 +245,7 @@ print(json.dumps(out))
 
 
 def test_created_contexts(vgpud):
-    result = run_python(CONTEXTS, vgpud.env)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_json(CONTEXTS, vgpud.env)
     assert out["create"] == 0 and out["made_current"] and out["device"] == 2 and out["flags"] == 4
     assert out["total"] == SET.gpus[2].profile.cuda_total_mib << 20, "work goes to the context's device"
     assert out["destroy_primary"] == C["CUDA_ERROR_INVALID_CONTEXT"] and out["destroy"] == 0

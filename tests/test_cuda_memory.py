@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import run_python, wait_for
+from tests.conftest import run_json, run_python, wait_for
 from vgpu.api.manifest import load
 from vgpu.device.gpuset import parse
 
@@ -79,9 +79,7 @@ print(json.dumps(out))
 
 
 def test_round_trips_and_errors(vgpud):
-    result = run_python(ROUND_TRIPS, vgpud.env)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_json(ROUND_TRIPS, vgpud.env)
     assert out["total"] == SET.gpus[2].profile.cuda_total_mib << 20
     assert out["aligned"] and out["distinct"] and out["used"] >= sum([1, 511, 4096, 65537, 3 << 20])
     assert out["round_trips"] == [True] * 5 and out["dtod"] and out["zeros"] and out["range"] == [True, True]
@@ -182,9 +180,7 @@ print(json.dumps([sorted(results.items()), os.waitstatus_to_exitcode(status), by
 
 
 def test_threads_and_fork(vgpud):
-    result = run_python(THREADS_AND_FORK, vgpud.env)
-    assert result.returncode == 0, result.stderr
-    threads, child, parent_intact = json.loads(result.stdout)
+    threads, child, parent_intact = run_json(THREADS_AND_FORK, vgpud.env)
     assert threads == [[i, True] for i in range(12)]
     assert child == 0 and parent_intact
 
@@ -269,9 +265,7 @@ print(json.dumps(out))
 
 
 def test_pointer_attributes(vgpud):
-    result = run_python(POINTERS, vgpud.env)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_json(POINTERS, vgpud.env)
     assert out["type"] == C["CU_MEMORYTYPE_DEVICE"] and out["ordinal"] == 1
     assert out["start"] and out["size"] == 10000 and out["context"] and out["managed"] is False
     assert out["host_of_device"] == out["wild"] == C["CUDA_ERROR_INVALID_VALUE"]

@@ -3,14 +3,13 @@ shared) and cudart 12 from the nvidia-cuda-runtime-cu12 wheel."""
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import run_json
 from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpuset import parse
 
@@ -139,11 +138,7 @@ print(json.dumps(out))
 
 
 def test_cudart12_from_the_wheel(vgpud):
-    result = run_python(CUDART12, vgpud.env)
-    assert result.returncode == 0, result.stderr
-    import json
-
-    out = json.loads(result.stdout)
+    out = run_json(CUDART12, vgpud.env)
     assert out["runtime"] // 1000 == 12
     assert out["count_rc"] == 0 and out["count"] == 4
     assert out["props_rc"] == 0 and out["name"] == "NVIDIA L4" and out["uuid"] == SET.gpus[2].uuid_bytes.hex()

@@ -17,7 +17,6 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vgpu.server import control
 from vgpu.server.cuda_service import CudaService
