@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import pin_client, start_vgpud
+from harness import pin_client, start_vgpud  # first: it puts tests/ on the path
 
-from vgpu.launcher import library_path
+from conftest import build_ollama_pattern  # noqa: E402
+
 from vgpu.trace.recorder import traced_environment
 
 RUNS = 40
-CLIENTS = Path(__file__).resolve().parent.parent / "tests" / "clients" / "ollama_pattern"
 
 
 def median_ms(command: list[str], env: dict[str, str]) -> float:
@@ -35,17 +35,6 @@ def median_ms(command: list[str], env: dict[str, str]) -> float:
     return statistics.median(samples) * 1000
 
 
-def ollama_runner(folder: Path) -> tuple[Path, Path]:
-    bundle = folder / "cuda_v13"
-    bundle.mkdir()
-    shutil.copy("/usr/local/cuda/lib64/libcudart.so.13", bundle)
-    (bundle / "libcuda.so.1").symlink_to(library_path("libvgpu-cuda.so"))
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(bundle / "libggml-probe.so"), str(CLIENTS / "probe.c"),
-                    f"-L{bundle}", "-l:libcudart.so.13", "-l:libcuda.so.1"], check=True)
-    subprocess.run(["cc", "-o", str(folder / "runner"), str(CLIENTS / "runner.c")], check=True)
-    return folder / "runner", bundle
-
-
 def main() -> None:
     pin_client()
     folder = Path(tempfile.mkdtemp())
@@ -53,7 +42,7 @@ def main() -> None:
     records.mkdir()
     daemon = start_vgpud("8xh100", folder)
     try:
-        runner, bundle = ollama_runner(folder)
+        _, runner, bundle = build_ollama_pattern(folder)
         base = dict(daemon.env, LD_LIBRARY_PATH=str(bundle))
         print("| program | untraced (floor) | traced | ratio |\n|---|---|---|---|")
         for label, command in (("`true`", ["/bin/true"]), ("`python3 -c pass`", [sys.executable, "-c", "pass"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -92,6 +93,26 @@ def run_json(code: str, env: dict[str, str], timeout: float = 60) -> Any:
     result = run_python(code, env, timeout)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+#: where the machine's CUDA toolkit keeps cudart 13
+CUDA_LIB = Path("/usr/local/cuda/lib64")
+
+
+def build_ollama_pattern(folder: Path) -> tuple[Path, Path, Path]:
+    """Ollama's discovery in miniature (tests/clients/ollama_pattern): a server, a runner, and a
+    bundle folder holding cudart 13, a libcuda.so.1 link to the vgpu library and a backend
+    library that needs both, as ggml-cuda does."""
+    sources = Path(__file__).parent / "clients" / "ollama_pattern"
+    bundle = folder / "lib" / "ollama" / "cuda_v13"
+    bundle.mkdir(parents=True)
+    shutil.copy(CUDA_LIB / "libcudart.so.13", bundle)
+    (bundle / "libcuda.so.1").symlink_to(launcher.library_path("libvgpu-cuda.so"))
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(bundle / "libggml-probe.so"), str(sources / "probe.c"),
+                    f"-L{bundle}", "-l:libcudart.so.13", "-l:libcuda.so.1"], check=True)
+    for program in ("server", "runner"):
+        subprocess.run(["cc", "-o", str(folder / program), str(sources / f"{program}.c")], check=True)
+    return folder / "server", folder / "runner", bundle
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_install import MULTIARCH, snapshot
+from tests.test_install import MULTIARCH, fake_driver, snapshot
 
 OLLAMA = "usr/local/lib/ollama"
 
@@ -82,11 +82,6 @@ def test_clean_install_then_uninstall(vgpud, ollama_tree):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert snapshot(root) == before
-
-
-def fake_driver(path: Path) -> None:
-    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(path), "-x", "c", "-"],
-                   input="int cuInit(unsigned f) { return 0; }\n", text=True, check=True)
 
 
 BREAKS = {

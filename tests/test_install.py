@@ -103,12 +103,16 @@ def test_rhel_family_uses_lib64(tmp_path):
     assert not (root / "usr/local/lib/ollama").exists()
 
 
-def test_refuses_to_hide_a_real_driver(debian_with_ollama, tmp_path):
+def fake_driver(path: Path) -> None:
+    """A library that looks like NVIDIA's driver: SONAME libcuda.so.1, no vgpu identity."""
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(path), "-x", "c", "-"],
+                   input="int cuInit(unsigned f) { return 0; }\n", text=True, check=True)
+
+
+def test_refuses_to_hide_a_real_driver(debian_with_ollama):
     root = debian_with_ollama
-    source = tmp_path / "driver.c"
-    source.write_text("int cuInit(unsigned flags) { return 0; }\n")
     driver = root / MULTIARCH / "libcuda.so.550.54.15"
-    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(driver), str(source)], check=True)
+    fake_driver(driver)
     (root / MULTIARCH / "libcuda.so.1").symlink_to(driver.name)
     before = snapshot(root)
     refused = vgpu("install", "--root", str(root))

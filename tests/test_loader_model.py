@@ -52,14 +52,14 @@ def good(folder: Path) -> Path:
 def wrong_machine(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     image = bytearray(library_path("libvgpu-cuda.so").read_bytes())
-    image[18:20] = (183).to_bytes(2, "little")
+    image[18:20] = (183).to_bytes(2, "little")  # EM_AARCH64: a library built for another machine
     (folder / "libcuda.so.1").write_bytes(image)
     return folder
 
 
-def dangling(folder: Path) -> Path:
+def dangling(folder: Path, target: str = "/nonexistent/libvgpu-cuda.so") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "libcuda.so.1").symlink_to("/nonexistent/libvgpu-cuda.so")
+    (folder / "libcuda.so.1").symlink_to(target)
     return folder
 
 

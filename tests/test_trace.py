@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CUDA_LIB, build_ollama_pattern
+from tests.test_loader_model import dangling, wrong_machine
 from vgpu.launcher import library_path
 
 CLIENTS = Path(__file__).parent / "clients" / "ollama_pattern"
-CUDA_LIB = Path("/usr/local/cuda/lib64")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 GO = shutil.which("go")
 
@@ -35,16 +36,7 @@ def ollama_like(tmp_path_factory) -> tuple[Path, Path, Path]:
     libcuda.so.1 symlink to the vgpu library, laid out as an operator did for Ollama."""
     if not (CUDA_LIB / "libcudart.so.13").exists():
         pytest.skip("cudart 13 is not on this machine")
-    folder = tmp_path_factory.mktemp("ollama")
-    bundle = folder / "lib" / "ollama" / "cuda_v13"
-    bundle.mkdir(parents=True)
-    shutil.copy(CUDA_LIB / "libcudart.so.13", bundle)
-    (bundle / "libcuda.so.1").symlink_to(library_path("libvgpu-cuda.so"))
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(bundle / "libggml-probe.so"), str(CLIENTS / "probe.c"),
-                    f"-L{bundle}", "-l:libcudart.so.13", "-l:libcuda.so.1"], check=True)
-    for program in ("server", "runner"):
-        subprocess.run(["cc", "-o", str(folder / program), str(CLIENTS / f"{program}.c")], check=True)
-    return folder / "server", folder / "runner", bundle
+    return build_ollama_pattern(tmp_path_factory.mktemp("ollama"))
 
 
 def test_discovery_in_short_lived_children(vgpud, ollama_like, tmp_path):
@@ -154,20 +146,14 @@ def _find_libcuda(tmp_path: Path, folder: Path, env: dict[str, str]) -> dict:
 
 
 def test_wrong_architecture_library(tmp_path):
-    folder = tmp_path / "arm64"
-    folder.mkdir()
-    image = bytearray(library_path("libvgpu-cuda.so").read_bytes())
-    image[18:20] = (183).to_bytes(2, "little")  # EM_AARCH64: a library built for another machine
-    (folder / "libcuda.so.1").write_bytes(image)
+    folder = wrong_machine(tmp_path / "arm64")
     report = _find_libcuda(tmp_path, folder, dict(os.environ))
     texts = [f["text"] for f in report["failures"]]
     assert any(f"{folder}/libcuda.so.1 (found through LD_LIBRARY_PATH): wrong machine; the loader skipped it" in t for t in texts)
 
 
 def test_dangling_symlink(tmp_path):
-    folder = tmp_path / "cuda_v13"
-    folder.mkdir()
-    (folder / "libcuda.so.1").symlink_to("/usr/lib64/libvgpu-cuda.so.gone")
+    folder = dangling(tmp_path / "cuda_v13", "/usr/lib64/libvgpu-cuda.so.gone")
     report = _find_libcuda(tmp_path, folder, dict(os.environ))
     assert any(": dangling symlink to /usr/lib64/libvgpu-cuda.so.gone" in f["text"] for f in report["failures"])
     search = next(s for p in report["processes"] for s in p["searches"] if s["name"] == "libcuda.so.1")
