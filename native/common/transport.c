@@ -96,14 +96,17 @@ static void trace_open(void) {
     pthread_mutex_unlock(&lock);
 }
 
-int vgpu_tracing(void) {
+static int trace_on(void) {
     if (!__atomic_load_n(&trace_state, __ATOMIC_SEQ_CST)) trace_open();
-    return trace_state == 2 && __atomic_load_n(&traced_calls, __ATOMIC_SEQ_CST) < TRACED_CALLS;
+    return __atomic_load_n(&trace_state, __ATOMIC_SEQ_CST) == 2;
+}
+
+int vgpu_tracing(void) {
+    return trace_on() && __atomic_load_n(&traced_calls, __ATOMIC_SEQ_CST) < TRACED_CALLS;
 }
 
 void vgpu_trace_call(const char *prefix, const char *name, int result, const char *detail) {
-    if (!__atomic_load_n(&trace_state, __ATOMIC_SEQ_CST)) trace_open();
-    if (trace_state != 2 || __atomic_fetch_add(&traced_calls, 1, __ATOMIC_SEQ_CST) >= TRACED_CALLS) return;
+    if (!trace_on() || __atomic_fetch_add(&traced_calls, 1, __ATOMIC_SEQ_CST) >= TRACED_CALLS) return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     char line[1280];
