@@ -27,6 +27,17 @@ extern const vgpu_function vgpu_cuda_fn_cuDeviceGetCount;
 
 extern const unsigned vgpu_cuda_handle_CUcontext;
 extern const unsigned vgpu_cuda_handle_CUlogsCallbackHandle;
+extern const unsigned vgpu_cuda_handle_CUmodule, vgpu_cuda_handle_CUlibrary, vgpu_cuda_handle_CUfunction,
+    vgpu_cuda_handle_CUkernel, vgpu_cuda_handle_CUstream;
+extern const vgpu_function vgpu_cuda_fn_cuFuncSetAttribute, vgpu_cuda_fn_cuKernelSetAttribute;
+
+/* The library's connection state, for the shim's other files. */
+vgpu_api *vgpu_cuda_api(void);
+/* The calling thread's current context as vgpud knows it (0: none). */
+uint64_t vgpu_cuda_context_id(void);
+int vgpu_cuda_initialized(void);
+/* Load the fat binary a wrapper or header points at (CUDART_INTERFACE's module slots). */
+CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin);
 
 const char *vgpu_cuda_error_text(int code);
 void vgpu_cuda_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

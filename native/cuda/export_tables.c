@@ -158,9 +158,20 @@ void vgpu_cuda_context_storage_release(CUcontext ctx) {
 
 /* ---- the tables ---- */
 
-static CUresult not_supported() { return CUDA_ERROR_NOT_SUPPORTED; }
 static CUresult succeed() { return CUDA_SUCCESS; }
 static void no_op(size_t unused) { (void)unused; }
+
+/* [1] (CUmodule *, const wrapper *) and [6] (CUmodule *, wrapper *, extra, extra, unsigned); [8] takes the
+ * fat binary header first.  The extra arguments are for linking device code, which vgpu does not do. */
+static CUresult module_from_wrapper(CUmodule *module, const void *wrapper) {
+    return vgpu_cuda_module_from_fatbin(module, wrapper);
+}
+static CUresult module_from_wrapper_ex(CUmodule *module, const void *wrapper, void *a, void *b, unsigned c) {
+    return a || b ? CUDA_ERROR_NOT_SUPPORTED : vgpu_cuda_module_from_fatbin(module, wrapper);
+}
+static CUresult module_from_fatbin_ex(const void *fatbin, CUmodule *module, void *a, void *b, unsigned c) {
+    return a || b ? CUDA_ERROR_NOT_SUPPORTED : vgpu_cuda_module_from_fatbin(module, fatbin);
+}
 
 static CUresult primary_context(CUcontext *ctx, CUdevice dev) {
     return vgpu_cuda_primary_context(ctx, dev);
@@ -180,8 +191,8 @@ static CUresult context_check(CUcontext ctx, unsigned *out1, void **out2) {
 static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_t out[2]);
 
 static const void *cudart_interface[13] = {
-    (void *)(sizeof(void *) * 13), (void *)not_supported, (void *)primary_context, NULL, NULL, NULL,
-    (void *)not_supported, (void *)no_op, (void *)not_supported, NULL, NULL, NULL, (void *)succeed};
+    (void *)(sizeof(void *) * 13), (void *)module_from_wrapper, (void *)primary_context, NULL, NULL, NULL,
+    (void *)module_from_wrapper_ex, (void *)no_op, (void *)module_from_fatbin_ex, NULL, NULL, NULL, (void *)succeed};
 static const void *tools_hooks[7] = {(void *)(sizeof(void *) * 7), (void *)succeed, (void *)hook_a,
                                      (void *)succeed, (void *)succeed, (void *)succeed, (void *)hook_b};
 static const void *tools_tls[4] = {(void *)(sizeof(void *) * 4), (void *)succeed, (void *)succeed, (void *)succeed};

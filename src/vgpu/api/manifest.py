@@ -70,6 +70,8 @@ class Param:
     fixed: int | None = None
     #: handle type name for HANDLE and HANDLE_OUT
     handle: str | None = None
+    #: an output the caller may leave NULL (annotation "optional")
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
             elif pointee.get("const"):
                 out.append(Param(p["name"], ref, Kind.IN))
             else:
-                out.append(Param(p["name"], ref, Kind.INOUT))
+                out.append(Param(p["name"], ref, Kind.INOUT, optional=key in notes.get("optional", [])))
     return tuple(out)
 
 
@@ -241,7 +243,7 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
-    for table in ("buffers", "arrays", "arrays_out", "retype"):
+    for table in ("buffers", "arrays", "arrays_out", "retype", "optional"):
         for key in notes.get(table, {}):
             function, _, param = key.partition(".")
             if function not in functions or param not in {p["name"] for p in functions[function]["params"]}:

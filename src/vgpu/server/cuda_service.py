@@ -18,6 +18,7 @@ from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
+from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire.codec import Buffer
@@ -114,7 +115,7 @@ class MemoryPool:
     used_high: int = 0
 
 
-class CudaService:
+class CudaService(ModuleServing):
     """The CUDA driver functions vgpud serves."""
 
     api = API
@@ -138,6 +139,7 @@ class CudaService:
         self.peer_access: dict[int, set[tuple[int, int]]] = {}
         self.limits: dict[tuple[int, int], dict[int, int]] = {}
         self._ids = itertools.count(STREAM_IDS_FROM)
+        self._init_modules()
         state.on_detach.append(self._forget)
 
     def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
@@ -163,6 +165,7 @@ class CudaService:
             del self.pool_ids[key]
         self.host_time.pop(session.id, None)
         self.peer_access.pop(session.id, None)
+        self._forget_modules(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -184,6 +187,10 @@ class CudaService:
         if handle_type == "CUmemoryPool":
             found = self.pool_ids.get(handle_id)
             return found if found is not None and found.owner == caller.session.id else None
+        if handle_type in ("CUmodule", "CUlibrary"):
+            return self._module_of(handle_id, caller, library=handle_type == "CUlibrary")
+        if handle_type in ("CUfunction", "CUkernel"):
+            return self._function_of(handle_id, caller)
         if handle_type == "CUcontext" and (handle_id == 0 or handle_id & (PRIMARY_CONTEXT | CREATED_CONTEXT)):
             return handle_id  # a context of the shim's, or NULL for the current one
         return None
@@ -199,8 +206,10 @@ class CudaService:
         return self.default_streams[key]
 
     def handle_id(self, obj: Any) -> int:
-        if isinstance(obj, (Stream, Event, MemoryPool)):
+        if isinstance(obj, (Stream, Event, MemoryPool, LoadedModule)):
             return obj.id
+        if isinstance(obj, FunctionRef):
+            return obj.module.id << 16 | obj.index
         raise TypeError(f"no handle id for {obj!r}")
 
     @staticmethod

@@ -58,6 +58,9 @@ class Daemon:
         self.socket_path = socket_path
         #: one dispatcher per API, by the name the handshake gives
         self.apis = {"nvml": ApiDispatcher(NvmlService(state)), "cuda": ApiDispatcher(CudaService(state))}
+        #: ops a service answers with its own layout (CUDA's module loads and launches), by op
+        self.private_ops = {op: handler for dispatcher in self.apis.values()
+                            for op, handler in getattr(dispatcher.service, "private_ops", {}).items()}
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
         self.published: Published | None = None
@@ -167,7 +170,7 @@ class Daemon:
 
     def _queued(self, session: Session, frame: Frame) -> None:
         """Work sent without waiting: its first error waits for the next synchronising call."""
-        if self._dispatcher(frame.op) is None:
+        if self._dispatcher(frame.op) is None and frame.op not in self.private_ops:
             raise ProtocolError(f"op 0x{frame.op:04x} cannot be sent without a reply")
         session.posted += 1
         rc = struct.unpack_from("<i", self._handle(session, frame))[0]
@@ -262,6 +265,12 @@ class Daemon:
             reply = json.dumps(control.handle(self, session, request)).encode()
             self.published.refresh()  # control requests change what GPUs report
             return reply
+        private = self.private_ops.get(frame.op)
+        if private is not None:
+            try:
+                return private(session, frame.payload)
+            except struct.error as error:
+                raise ProtocolError(f"op 0x{frame.op:04x}: {error}") from None
         dispatcher = self._dispatcher(frame.op)
         if dispatcher is not None:
             reply = dispatcher.call(session, frame.op, frame.payload)

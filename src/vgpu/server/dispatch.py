@@ -114,7 +114,7 @@ class ApiDispatcher:
                 if refusal is not None:
                     return codec.encode_reply(refusal, args, service.handle_id)
                 args[index] = obj
-            elif param.kind in _REQUIRED_OUTPUTS and args[index] is None:
+            elif param.kind in _REQUIRED_OUTPUTS and args[index] is None and not param.optional:
                 return codec.encode_reply(service.INVALID_ARGUMENT, args, service.handle_id)
         try:
             rc = self.methods[op](caller, *args)

@@ -13,6 +13,7 @@ from vgpu.api.manifest import load
 from vgpu.device.events import EventHub
 from vgpu.device.gpu import Gpu
 from vgpu.device.gpuset import GpuSet
+from vgpu.device.launches import LaunchLog
 from vgpu.server.windows import Windows
 
 
@@ -50,6 +51,8 @@ class DaemonState:
         self.pid = os.getpid()
         self.events = EventHub({k: v for k, v in nvml.constants.items() if k.startswith("nvmlEventType")})
         self.gpus = [Gpu(ident, self.events) for ident in gpuset.gpus]
+        #: every kernel launch, kept after its process ends (`vgpu launches`)
+        self.launches = LaunchLog()
         self.sessions: dict[int, Session] = {}
         self._by_pid: dict[int, Session] = {}
         self._ids = itertools.count(1)

@@ -34,6 +34,8 @@ OP_CONTROL = 0x0003   # JSON request and reply, for tools (status, faults, sessi
 OP_SHARE = 0x0004     # a client's shared-memory window: vgpud maps it, bulk data skips the socket
 OP_FACTS = 0x0005     # every immutable answer of the connection's API, in one reply (u16 key length, key,
                       # u32 answer length, answer; repeated)
+OP_MODULE = 0x0006    # CUDA: load a code image (vgpu.server.cuda_modules.load_module has the layout)
+OP_LAUNCH = 0x0007    # CUDA: a kernel launch, sent without waiting (cuda_modules.launch has the layout)
 
 # handshake answers
 HELLO_OK = 0

@@ -1,0 +1,461 @@
+/* Code and launches: loading images (the shim measures them and sends them to vgpud, which
+ * parses them), and launching kernels.  A launch is checked here against the kernel's facts
+ * from the load reply and the device's limits, so its errors come back at once as a real
+ * driver's do; then its packed parameters are sent without waiting (OP_LAUNCH). */
+#define _GNU_SOURCE
+#define __CUDA_API_VERSION_INTERNAL
+#include <cuda.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_shim.h"
+#include "vgpu_wire.h"
+
+#define FATBIN_MAGIC 0xBA55ED50u
+#define WRAPPER_MAGIC 0x466243B1u
+#define MODULE_FLAG_LIBRARY 0x1u
+#define LAUNCH_COOPERATIVE 0x1u
+#define MAX_PARAM_BYTES 32764u /* kernel parameter space since CUDA 12.1 */
+#define SPECIAL_STREAMS 4096u  /* stream handles below this are constants (NULL, legacy, per-thread) */
+
+typedef struct kernel_info {
+    char *name;
+    unsigned max_threads, max_dynamic_shared, required[3], nparams, param_bytes;
+    uint32_t *offsets, *sizes;
+} kernel_info;
+
+typedef struct module_info {
+    uint64_t id;
+    unsigned nkernels;
+    kernel_info *kernels;
+    struct module_info *next;
+} module_info;
+
+#define MODULE_BUCKETS 256
+static module_info *modules[MODULE_BUCKETS];
+static pthread_rwlock_t modules_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+/* Device limits a launch is checked against (the same on every architecture vgpud simulates,
+ * read from vgpud once). */
+static int limits_known;
+static int max_grid[3], max_block[3], max_threads_per_block;
+
+static void read_limits(void) {
+    if (__atomic_load_n(&limits_known, __ATOMIC_ACQUIRE)) return;
+    static const CUdevice_attribute grid[3] = {CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y,
+                                               CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z};
+    static const CUdevice_attribute block[3] = {CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X, CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y,
+                                                CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z};
+    CUdevice dev = 0;
+    cuCtxGetDevice(&dev);
+    for (int i = 0; i < 3; i++) {
+        if (cuDeviceGetAttribute(&max_grid[i], grid[i], dev) != CUDA_SUCCESS) max_grid[i] = i ? 65535 : 0x7fffffff;
+        if (cuDeviceGetAttribute(&max_block[i], block[i], dev) != CUDA_SUCCESS) max_block[i] = i < 2 ? 1024 : 64;
+    }
+    if (cuDeviceGetAttribute(&max_threads_per_block, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, dev) != CUDA_SUCCESS)
+        max_threads_per_block = 1024;
+    __atomic_store_n(&limits_known, 1, __ATOMIC_RELEASE);
+}
+
+/* ---- images ---- */
+
+/* How many bytes an image takes: a fat binary's header says so, an ELF cubin ends with its
+ * last section or header table, PTX with its NUL. */
+static size_t image_size(const void *image, const void **start) {
+    const uint8_t *p = image;
+    uint32_t magic;
+    memcpy(&magic, p, 4);
+    if (magic == WRAPPER_MAGIC) { /* __fatBinC_Wrapper_t: {magic, version, data, filename_or_fatbins} */
+        const void *data;
+        memcpy(&data, p + 8, sizeof data);
+        return image_size(data, start);
+    }
+    *start = image;
+    if (magic == FATBIN_MAGIC) {
+        uint16_t header_size;
+        uint64_t size;
+        memcpy(&header_size, p + 6, 2);
+        memcpy(&size, p + 8, 8);
+        return header_size + size;
+    }
+    if (!memcmp(p, "\177ELF", 4) && p[4] == 2) {
+        uint64_t shoff, phoff, end;
+        uint16_t phentsize, phnum, shentsize, shnum;
+        memcpy(&phoff, p + 32, 8);
+        memcpy(&shoff, p + 40, 8);
+        memcpy(&phentsize, p + 54, 2);
+        memcpy(&phnum, p + 56, 2);
+        memcpy(&shentsize, p + 58, 2);
+        memcpy(&shnum, p + 60, 2);
+        end = shoff + (uint64_t)shentsize * shnum;
+        if (phoff + (uint64_t)phentsize * phnum > end) end = phoff + (uint64_t)phentsize * phnum;
+        for (unsigned i = 0; i < shnum; i++) {
+            const uint8_t *sh = p + shoff + (uint64_t)i * shentsize;
+            uint32_t type;
+            uint64_t offset, size;
+            memcpy(&type, sh + 4, 4);
+            memcpy(&offset, sh + 24, 8);
+            memcpy(&size, sh + 32, 8);
+            if (type != 8 /* SHT_NOBITS */ && offset + size > end) end = offset + size;
+        }
+        return end;
+    }
+    return strlen(image) + 1;
+}
+
+static uint32_t take_u32(const uint8_t **p) {
+    uint32_t v;
+    memcpy(&v, *p, 4);
+    *p += 4;
+    return v;
+}
+
+/* The kernels of a load reply; 0 on success. */
+static int remember_module(uint64_t id, const uint8_t *p, const uint8_t *end, unsigned count) {
+    module_info *m = calloc(1, sizeof *m);
+    if (!m) return -1;
+    m->id = id;
+    m->kernels = calloc(count ? count : 1, sizeof *m->kernels);
+    if (!m->kernels) { free(m); return -1; }
+    for (unsigned i = 0; i < count; i++) {
+        kernel_info *k = &m->kernels[i];
+        if (p + 2 > end) break;
+        uint16_t len;
+        memcpy(&len, p, 2);
+        p += 2;
+        if (p + len + 24 > end) break;
+        k->name = strndup((const char *)p, len);
+        p += len;
+        k->max_threads = take_u32(&p);
+        k->max_dynamic_shared = take_u32(&p);
+        for (int d = 0; d < 3; d++) k->required[d] = take_u32(&p);
+        k->nparams = take_u32(&p);
+        if (p + 8ull * k->nparams > end) break;
+        k->offsets = calloc(k->nparams + 1, 4);
+        k->sizes = calloc(k->nparams + 1, 4);
+        for (unsigned j = 0; j < k->nparams; j++) {
+            k->offsets[j] = take_u32(&p);
+            k->sizes[j] = take_u32(&p);
+            if (k->offsets[j] + k->sizes[j] > k->param_bytes) k->param_bytes = k->offsets[j] + k->sizes[j];
+        }
+        m->nkernels = i + 1;
+    }
+    pthread_rwlock_wrlock(&modules_lock);
+    m->next = modules[id % MODULE_BUCKETS];
+    modules[id % MODULE_BUCKETS] = m;
+    pthread_rwlock_unlock(&modules_lock);
+    return 0;
+}
+
+/* The kernel behind a function id (module id << 16 | index); call with modules_lock held. */
+static kernel_info *find_kernel(uint64_t function_id) {
+    for (module_info *m = modules[(function_id >> 16) % MODULE_BUCKETS]; m; m = m->next)
+        if (m->id == function_id >> 16) return (function_id & 0xffff) < m->nkernels ? &m->kernels[function_id & 0xffff] : NULL;
+    return NULL;
+}
+
+static CUresult load(void **out, unsigned handle_type, const void *image, unsigned flags) {
+    if (!out || !image) return CUDA_ERROR_INVALID_VALUE;
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    const void *start = image;
+    size_t size = image_size(image, &start);
+    if (size + 12 > VGPU_MAX_PAYLOAD) return CUDA_ERROR_INVALID_IMAGE;
+    uint8_t *req = malloc(12 + size);
+    if (!req) return CUDA_ERROR_OUT_OF_MEMORY;
+    uint64_t context = vgpu_cuda_context_id();
+    uint32_t flags32 = flags;
+    memcpy(req, &context, 8);
+    memcpy(req + 8, &flags32, 4);
+    memcpy(req + 12, start, size);
+    const uint8_t *reply;
+    size_t reply_len;
+    int status = vgpu_call(vgpu_cuda_api(), VGPU_OP_MODULE, req, 12 + size, &reply, &reply_len, 0);
+    free(req);
+    if (status != VGPU_OK) return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    int32_t rc;
+    uint64_t id;
+    uint32_t count;
+    if (reply_len < 16) return CUDA_ERROR_UNKNOWN;
+    memcpy(&rc, reply, 4);
+    memcpy(&id, reply + 4, 8);
+    memcpy(&count, reply + 12, 4);
+    if (rc != CUDA_SUCCESS) return (CUresult)rc;
+    if (remember_module(id, reply + 16, reply + reply_len, count) < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    *out = vgpu_handle_for(handle_type, id);
+    vgpu_cuda_log(3, "loaded %zu-byte image as %s %llu with %u kernels", size,
+                  flags & MODULE_FLAG_LIBRARY ? "library" : "module", (unsigned long long)id, count);
+    return *out ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static CUresult traced(const char *name, CUresult rc) {
+    char detail[8] = "";
+    vgpu_trace_call("cuda", name, rc, detail);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
+    return traced("cuModuleLoadData", load((void **)module, vgpu_cuda_handle_CUmodule, image, 0));
+}
+
+VGPU_EXPORT CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
+                                        CUjit_option *options, void **optionValues) {
+    return traced("cuModuleLoadDataEx", load((void **)module, vgpu_cuda_handle_CUmodule, image, 0));
+}
+
+VGPU_EXPORT CUresult cuModuleLoadFatBinary(CUmodule *module, const void *fatCubin) {
+    return traced("cuModuleLoadFatBinary", load((void **)module, vgpu_cuda_handle_CUmodule, fatCubin, 0));
+}
+
+VGPU_EXPORT CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions,
+                                       void **jitOptionsValues, unsigned int numJitOptions,
+                                       CUlibraryOption *libraryOptions, void **libraryOptionValues,
+                                       unsigned int numLibraryOptions) {
+    return traced("cuLibraryLoadData", load((void **)library, vgpu_cuda_handle_CUlibrary, code, MODULE_FLAG_LIBRARY));
+}
+
+/* A file's contents, NUL-terminated (PTX files need it); NULL when it cannot be read. */
+static void *read_file(const char *path) {
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap + 1);
+    size_t n;
+    while (buf && (n = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += n;
+        if (len == cap) {
+            char *bigger = realloc(buf, cap * 2 + 1);
+            if (!bigger) { free(buf); buf = NULL; break; }
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf) buf[len] = 0;
+    return buf;
+}
+
+static CUresult load_file(void **out, unsigned handle_type, const char *path, unsigned flags) {
+    if (!out || !path) return CUDA_ERROR_INVALID_VALUE;
+    void *data = read_file(path);
+    if (!data) return CUDA_ERROR_FILE_NOT_FOUND;
+    CUresult rc = load(out, handle_type, data, flags);
+    free(data);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuModuleLoad(CUmodule *module, const char *fname) {
+    return traced("cuModuleLoad", load_file((void **)module, vgpu_cuda_handle_CUmodule, fname, 0));
+}
+
+VGPU_EXPORT CUresult cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, CUjit_option *jitOptions,
+                                           void **jitOptionsValues, unsigned int numJitOptions,
+                                           CUlibraryOption *libraryOptions, void **libraryOptionValues,
+                                           unsigned int numLibraryOptions) {
+    return traced("cuLibraryLoadFromFile",
+                  load_file((void **)library, vgpu_cuda_handle_CUlibrary, fileName, MODULE_FLAG_LIBRARY));
+}
+
+/* CUDART_INTERFACE's module slots: load the fat binary a wrapper (or header) points at. */
+CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin) {
+    return load((void **)module, vgpu_cuda_handle_CUmodule, fatbin, 0);
+}
+
+/* ---- launches ---- */
+
+static int function_id(CUfunction f, uint64_t *id) {
+    return vgpu_handle_id(vgpu_cuda_handle_CUfunction, f, id) == 0 ||
+                   vgpu_handle_id(vgpu_cuda_handle_CUkernel, f, id) == 0
+               ? 0
+               : -1;
+}
+
+static int stream_id(CUstream stream, uint64_t *id) {
+    if ((uintptr_t)stream < SPECIAL_STREAMS) {
+        *id = (uintptr_t)stream;
+        return 0;
+    }
+    return vgpu_handle_id(vgpu_cuda_handle_CUstream, stream, id);
+}
+
+typedef struct launch_request {
+    uint64_t context, function, stream;
+    uint32_t grid[3], block[3], shared, flags, args_size;
+} __attribute__((packed)) launch_request;
+
+static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned block[3], unsigned shared,
+                       CUstream stream, void **params, void **extra, unsigned flags) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    uint64_t context = vgpu_cuda_context_id(), fid, sid;
+    if (!context) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!f || function_id(f, &fid) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    if (stream_id(stream, &sid) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    read_limits();
+    unsigned long long threads = 1;
+    for (int d = 0; d < 3; d++) {
+        if (!grid[d] || grid[d] > (unsigned)max_grid[d] || !block[d] || block[d] > (unsigned)max_block[d])
+            return CUDA_ERROR_INVALID_VALUE;
+        threads *= block[d];
+    }
+    if (threads > (unsigned)max_threads_per_block) return CUDA_ERROR_INVALID_VALUE;
+    struct {
+        launch_request head;
+        uint8_t args[MAX_PARAM_BYTES];
+    } req;
+    pthread_rwlock_rdlock(&modules_lock);
+    kernel_info *k = find_kernel(fid);
+    CUresult rc = CUDA_SUCCESS;
+    size_t args_size = 0;
+    if (!k) rc = CUDA_ERROR_INVALID_HANDLE;
+    else if (threads > k->max_threads) rc = CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+    else if (k->required[0] && (block[0] != k->required[0] || block[1] != k->required[1] || block[2] != k->required[2]))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    else if (shared > k->max_dynamic_shared) rc = CUDA_ERROR_INVALID_VALUE;
+    else if (params && extra) rc = CUDA_ERROR_INVALID_VALUE;
+    else if (extra) { /* {CU_LAUNCH_PARAM_BUFFER_POINTER, p, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END} */
+        const void *buffer = NULL;
+        size_t *size = NULL;
+        for (int i = 0; extra[i] != CU_LAUNCH_PARAM_END && i < 64; i += 2) {
+            if (extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) buffer = extra[i + 1];
+            else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE) size = extra[i + 1];
+            else { rc = CUDA_ERROR_INVALID_VALUE; break; }
+        }
+        if (rc == CUDA_SUCCESS && (!buffer || !size || *size < k->param_bytes || *size > MAX_PARAM_BYTES))
+            rc = CUDA_ERROR_INVALID_VALUE;
+        if (rc == CUDA_SUCCESS) {
+            args_size = *size;
+            memcpy(req.args, buffer, args_size);
+        }
+    } else if (k->nparams && !params) rc = CUDA_ERROR_INVALID_VALUE;
+    else {
+        args_size = k->param_bytes;
+        memset(req.args, 0, args_size);
+        for (unsigned i = 0; i < k->nparams && rc == CUDA_SUCCESS; i++) {
+            if (!params[i]) rc = CUDA_ERROR_INVALID_VALUE;
+            else memcpy(req.args + k->offsets[i], params[i], k->sizes[i]);
+        }
+    }
+    pthread_rwlock_unlock(&modules_lock);
+    if (rc != CUDA_SUCCESS) return rc;
+    req.head = (launch_request){context, fid, sid, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]},
+                                shared, flags, (uint32_t)args_size};
+    if (vgpu_post(vgpu_cuda_api(), VGPU_OP_LAUNCH, &req, sizeof req.head + args_size) != VGPU_OK)
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    return CUDA_SUCCESS;
+}
+
+/* A cooperative grid must be resident all at once: at most the occupancy times the SMs. */
+static CUresult check_cooperative(CUfunction f, const unsigned grid[3], const unsigned block[3], unsigned shared) {
+    int per_sm = 0, sms = 0;
+    CUdevice dev = 0;
+    CUresult rc = cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, f, (int)(block[0] * block[1] * block[2]), shared);
+    if (rc == CUDA_SUCCESS) rc = cuCtxGetDevice(&dev);
+    if (rc == CUDA_SUCCESS) rc = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    return (unsigned long long)grid[0] * grid[1] * grid[2] > (unsigned long long)per_sm * sms
+               ? CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE
+               : CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
+                                    unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
+                                    unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra) {
+    const unsigned grid[3] = {gridDimX, gridDimY, gridDimZ}, block[3] = {blockDimX, blockDimY, blockDimZ};
+    return launch(f, grid, block, sharedMemBytes, hStream, kernelParams, extra, 0);
+}
+
+VGPU_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                               unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
+                                               unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
+                                               void **kernelParams) {
+    const unsigned grid[3] = {gridDimX, gridDimY, gridDimZ}, block[3] = {blockDimX, blockDimY, blockDimZ};
+    CUresult rc = check_cooperative(f, grid, block, sharedMemBytes);
+    return rc != CUDA_SUCCESS ? rc : launch(f, grid, block, sharedMemBytes, hStream, kernelParams, NULL, LAUNCH_COOPERATIVE);
+}
+
+VGPU_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
+    if (!config) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {config->gridDimX, config->gridDimY, config->gridDimZ};
+    const unsigned block[3] = {config->blockDimX, config->blockDimY, config->blockDimZ};
+    unsigned flags = 0;
+    if (config->numAttrs && !config->attrs) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i < config->numAttrs; i++) {
+        const CUlaunchAttribute *a = &config->attrs[i];
+        if (a->id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && a->value.cooperative) flags |= LAUNCH_COOPERATIVE;
+        else if (a->id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+            const unsigned cluster[3] = {a->value.clusterDim.x, a->value.clusterDim.y, a->value.clusterDim.z};
+            for (int d = 0; d < 3; d++)
+                if (!cluster[d] || grid[d] % cluster[d]) return CUDA_ERROR_INVALID_VALUE;
+            if ((unsigned long long)cluster[0] * cluster[1] * cluster[2] > 8) return CUDA_ERROR_INVALID_CLUSTER_SIZE;
+        } else if (a->id > CU_LAUNCH_ATTRIBUTE_MAX) return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (flags & LAUNCH_COOPERATIVE) {
+        CUresult rc = check_cooperative(f, grid, block, config->sharedMemBytes);
+        if (rc != CUDA_SUCCESS) return rc;
+    }
+    return launch(f, grid, block, config->sharedMemBytes, config->hStream, kernelParams, extra, flags);
+}
+
+/* The block size with the most resident threads per SM (the largest on ties), and the grid
+ * that fills the device with it; the caller's callback gives the dynamic shared memory a
+ * block size needs, so this runs here, asking vgpud for each candidate's occupancy. */
+VGPU_EXPORT CUresult cuOccupancyMaxPotentialBlockSizeWithFlags(int *minGridSize, int *blockSize, CUfunction func,
+                                                               CUoccupancyB2DSize blockSizeToDynamicSMemSize,
+                                                               size_t dynamicSMemSize, int blockSizeLimit,
+                                                               unsigned int flags) {
+    if (!minGridSize || !blockSize) return CUDA_ERROR_INVALID_VALUE;
+    int ceiling = 0, sms = 0, best_threads = 0, best_block = 0, best_blocks = 0;
+    CUdevice dev = 0;
+    CUresult rc = cuFuncGetAttribute(&ceiling, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, func);
+    if (rc == CUDA_SUCCESS) rc = cuCtxGetDevice(&dev);
+    if (rc == CUDA_SUCCESS) rc = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (blockSizeLimit > 0 && blockSizeLimit < ceiling) ceiling = blockSizeLimit;
+    for (int block = 32; block <= ceiling; block += 32) {
+        size_t shared = blockSizeToDynamicSMemSize ? blockSizeToDynamicSMemSize(block) : dynamicSMemSize;
+        int blocks = 0;
+        rc = cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(&blocks, func, block, shared, flags);
+        if (rc != CUDA_SUCCESS) return rc;
+        if (blocks && blocks * block >= best_threads) {
+            best_threads = blocks * block;
+            best_block = block;
+            best_blocks = blocks;
+        }
+    }
+    *minGridSize = best_blocks * sms;
+    *blockSize = best_block;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuOccupancyMaxPotentialBlockSize(int *minGridSize, int *blockSize, CUfunction func,
+                                                      CUoccupancyB2DSize blockSizeToDynamicSMemSize,
+                                                      size_t dynamicSMemSize, int blockSizeLimit) {
+    return cuOccupancyMaxPotentialBlockSizeWithFlags(minGridSize, blockSize, func, blockSizeToDynamicSMemSize,
+                                                     dynamicSMemSize, blockSizeLimit, 0);
+}
+
+/* cuFuncSetAttribute goes to vgpud; the shim keeps the dynamic shared memory limit it checks
+ * launches against in step. */
+static void note_dynamic_shared(CUfunction f, CUfunction_attribute attrib, int value) {
+    uint64_t fid;
+    if (attrib != CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES || function_id(f, &fid) < 0) return;
+    pthread_rwlock_wrlock(&modules_lock);
+    kernel_info *k = find_kernel(fid);
+    if (k) k->max_dynamic_shared = (unsigned)value;
+    pthread_rwlock_unlock(&modules_lock);
+}
+
+VGPU_EXPORT CUresult cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value) {
+    void *const args[] = {(void *)&hfunc, (void *)&attrib, (void *)&value};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuFuncSetAttribute, args);
+    if (rc == CUDA_SUCCESS) note_dynamic_shared(hfunc, attrib, value);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuKernelSetAttribute(CUfunction_attribute attrib, int val, CUkernel kernel, CUdevice dev) {
+    void *const args[] = {(void *)&attrib, (void *)&val, (void *)&kernel, (void *)&dev};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuKernelSetAttribute, args);
+    if (rc == CUDA_SUCCESS) note_dynamic_shared((CUfunction)kernel, attrib, val);
+    return rc;
+}

@@ -1,0 +1,60 @@
+"""Every kernel launch vgpud accepted, for `vgpu launches`: kept after the process ends
+(a discovery child that lives for milliseconds still shows what it launched), up to a
+bounded number of the most recent ones."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+#: launches kept, across all processes
+HISTORY = 200_000
+
+
+@dataclass(frozen=True)
+class Launch:
+    pid: int
+    session: int
+    at: float            # wall-clock time vgpud recorded it
+    gpu: int
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_bytes: int    # dynamic shared memory
+    stream: int          # the stream's id (0 the default stream)
+    args: bytes          # the packed parameter buffer
+    start: float         # modelled start on the stream, seconds on the process's timeline
+    seconds: float       # modelled duration
+    cooperative: bool = False
+    graph: bool = False  # launched as part of a graph
+
+    def as_json(self) -> dict:
+        return {"pid": self.pid, "session": self.session, "time": self.at, "gpu": self.gpu, "kernel": self.kernel,
+                "grid": list(self.grid), "block": list(self.block), "shared_bytes": self.shared_bytes,
+                "stream": self.stream, "args_size": len(self.args), "args_digest": self.digest,
+                "args_hex": self.args.hex(), "start_us": round(self.start * 1e6, 3),
+                "duration_us": round(self.seconds * 1e6, 3), "cooperative": self.cooperative, "graph": self.graph}
+
+    @property
+    def digest(self) -> str:
+        return hashlib.blake2b(self.args, digest_size=8).hexdigest()
+
+
+class LaunchLog:
+    def __init__(self, history: int = HISTORY) -> None:
+        self.records: deque[Launch] = deque(maxlen=history)
+        #: launches per pid since vgpud started, including those that fell out of the history
+        self.counts: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, launch: Launch) -> None:
+        with self._lock:
+            self.records.append(launch)
+            self.counts[launch.pid] = self.counts.get(launch.pid, 0) + 1
+
+    def select(self, pid: int | None = None, limit: int | None = None) -> list[Launch]:
+        with self._lock:
+            chosen = [r for r in self.records if pid is None or r.pid == pid]
+        return chosen[-limit:] if limit else chosen

@@ -1,0 +1,90 @@
+"""What a code image holds, whatever its format: kernels with their parameter layout and
+resources, and globals with their initial contents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ImageError(ValueError):
+    """The bytes are not a code image the driver would accept (CUDA_ERROR_INVALID_IMAGE)."""
+
+
+class NoBinaryForGpu(ImageError):
+    """Neither code for the device's architecture nor PTX (CUDA_ERROR_NO_BINARY_FOR_GPU)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter: where it lies in the parameter buffer and how many bytes it takes."""
+
+    offset: int
+    size: int
+
+
+@dataclass
+class Kernel:
+    name: str
+    params: list[Param] = field(default_factory=list)
+    registers: int = 0
+    #: static shared memory per block, bytes (without the driver's reserved part)
+    shared_bytes: int = 0
+    #: the kernel's own constant bank beyond its parameters, bytes
+    const_bytes: int = 0
+    #: local memory per thread, bytes
+    local_bytes: int = 0
+    #: __launch_bounds__ / .maxntid: the most threads per block it was compiled for (0: none)
+    max_threads: int = 0
+    #: .reqntid: the exact block shape it requires, or None
+    required_block: tuple[int, int, int] | None = None
+    #: whether the numbers come from compiled code (cubin) or are estimated from PTX
+    compiled: bool = True
+
+    @property
+    def param_bytes(self) -> int:
+        return max((p.offset + p.size for p in self.params), default=0)
+
+
+@dataclass
+class Global:
+    """A __device__ or __constant__ variable: its size and the bytes it starts with."""
+
+    name: str
+    size: int
+    initial: bytes = b""
+    constant: bool = False
+
+
+@dataclass
+class ModuleCode:
+    """One piece of code: a cubin for one architecture, or PTX for a virtual one."""
+
+    kind: str  # "cubin" or "ptx"
+    arch: int  # 90 for sm_90 / compute_90
+    kernels: dict[str, Kernel] = field(default_factory=dict)
+    globals: dict[str, Global] = field(default_factory=dict)
+
+
+@dataclass
+class CodeImage:
+    """Everything a loaded image offers; the driver runs one piece of it per device."""
+
+    format: str  # "fatbin", "cubin" or "ptx"
+    codes: list[ModuleCode]
+    compressed: bool = False
+
+    @property
+    def architectures(self) -> list[str]:
+        return [f"{'sm' if c.kind == 'cubin' else 'compute'}_{c.arch}" for c in self.codes]
+
+    def module_for(self, arch: int) -> ModuleCode:
+        """The code a device of compute capability ``arch`` (major*10+minor) runs: a cubin of
+        its own architecture, else one of the same major version and not newer, else the
+        newest PTX not newer than the device (compiled for it); NoBinaryForGpu otherwise."""
+        cubins = [c for c in self.codes if c.kind == "cubin" and c.arch // 10 == arch // 10 and c.arch <= arch]
+        if cubins:
+            return max(cubins, key=lambda c: c.arch)
+        ptx = [c for c in self.codes if c.kind == "ptx" and c.arch <= arch]
+        if ptx:
+            return max(ptx, key=lambda c: c.arch)
+        raise NoBinaryForGpu(f"no code for sm_{arch} among {', '.join(self.architectures) or 'nothing'}")

@@ -1,0 +1,417 @@
+"""Code on the simulated GPU: modules and libraries loaded from the images clients send,
+their kernels and globals, launches (validated by the shim, recorded and timed here), and
+the occupancy calculator.  Kernels are not computed: a launch moves its stream's modelled
+time and the GPU's utilisation, and is kept in the daemon's LaunchLog.
+
+A mixin of CudaService (vgpu.server.cuda_service), whose streams and contexts it uses.
+Module and kernel ids are vgpud's; a function's id is its module's id << 16 | the kernel's
+index in the image's sorted kernel names, so a CUfunction and a CUkernel of the same kernel
+share an id.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vgpu.api.manifest import load
+from vgpu.device.gpu import Gpu, OutOfMemory
+from vgpu.device.kernels import SHARED_UNIT, FunctionState, blocks_per_multiprocessor, launch_seconds
+from vgpu.device.launches import Launch
+from vgpu.images import CodeImage, ImageError, ModuleCode, NoBinaryForGpu, read_image
+from vgpu.server.dispatch import Caller
+from vgpu.server.state import Session
+from vgpu.wire import protocol
+
+C = load("cuda").constants
+SUCCESS = C["CUDA_SUCCESS"]
+INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
+#: function attributes, by number (CUfunction_attribute)
+FA = {name.removeprefix("CU_FUNC_ATTRIBUTE_"): value for name, value in C.items()
+      if name.startswith("CU_FUNC_ATTRIBUTE_") and name != "CU_FUNC_ATTRIBUTE_MAX"}
+MODULE_FLAG_LIBRARY = 0x1
+
+
+@dataclass
+class Instance:
+    """A module's code on one GPU: the chosen piece of the image, its globals' addresses and
+    its kernels' settable state."""
+
+    gpu: Gpu
+    code: ModuleCode
+    globals: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (address, size)
+    functions: dict[str, FunctionState] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModule:
+    id: int
+    owner: int
+    image: CodeImage
+    library: bool
+    kernel_names: list[str]
+    instances: dict[int, Instance] = field(default_factory=dict)  # GPU index -> instance
+    #: for a module (not a library): the GPU of the context it was loaded in
+    home: int | None = None
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """What a CUfunction or CUkernel id names."""
+
+    module: LoadedModule
+    index: int
+
+    @property
+    def name(self) -> str:
+        return self.module.kernel_names[self.index]
+
+
+class ModuleServing:
+    """Modules, libraries, kernels, launches and occupancy (mixed into CudaService)."""
+
+    def _init_modules(self) -> None:
+        self.modules: dict[int, LoadedModule] = {}
+        self._module_ids = itertools.count(1)
+        self.private_ops = {protocol.OP_MODULE: self.load_module, protocol.OP_LAUNCH: self.launch}
+
+    # loading ---------------------------------------------------------------------------
+    def _instance(self, c: Caller | Session, module: LoadedModule, gpu: Gpu) -> Instance:
+        """The module's code on a GPU, loaded (globals allocated and initialised) on first use."""
+        found = module.instances.get(gpu.index)
+        if found is not None:
+            return found
+        code = module.image.module_for(gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1])
+        instance = Instance(gpu, code)
+        attrs = self._attributes[gpu.index]
+        try:
+            for name, variable in code.globals.items():
+                size = max(variable.size, 1)
+                gpu.hold(module.owner, gpu.memory.footprint(size), cuda=True)
+                address = gpu.memory.allocate(module.owner, size).address
+                if variable.initial:
+                    gpu.memory.write(module.owner, address, variable.initial)
+                instance.globals[name] = (address, variable.size)
+        except OutOfMemory:
+            self._unload_instance(module.owner, instance)
+            raise
+        instance.functions = {name: FunctionState(kernel, attrs) for name, kernel in code.kernels.items()}
+        module.instances[gpu.index] = instance
+        return instance
+
+    @staticmethod
+    def _unload_instance(owner: int, instance: Instance) -> None:
+        for address, size in instance.globals.values():
+            instance.gpu.memory.free(owner, address)
+            instance.gpu.release(owner, instance.gpu.memory.footprint(max(size, 1)))
+        instance.globals.clear()
+
+    def load_module(self, session: Session, payload: bytes) -> bytes:
+        """OP_MODULE: u64 context, u32 flags (1: a library), the image.  Reply: i32 CUresult,
+        u64 module id, u32 kernel count, then per kernel u16 name length, name, u32 max
+        threads per block, u32 max dynamic shared bytes, u32 x/y/z required block (0: any),
+        u32 parameter count and (u32 offset, u32 size) per parameter."""
+        if len(payload) < 12:
+            return struct.pack("<iQI", INVALID_VALUE, 0, 0)
+        context, flags = struct.unpack_from("<QI", payload)
+        c = Caller(session, context)
+        library = bool(flags & MODULE_FLAG_LIBRARY)
+        gpu, rc = self._context_gpu(c)
+        if gpu is None and library:
+            visible = self._visible(c)
+            gpu, rc = (self.state.gpus[visible[0]], SUCCESS) if visible else (None, C["CUDA_ERROR_NO_DEVICE"])
+        if gpu is None:
+            return struct.pack("<iQI", rc, 0, 0)
+        try:
+            image = read_image(payload[12:])
+            arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
+            chosen = image.module_for(arch)
+        except NoBinaryForGpu:
+            return struct.pack("<iQI", C["CUDA_ERROR_NO_BINARY_FOR_GPU"], 0, 0)
+        except ImageError:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
+        names = sorted({name for code in image.codes for name in code.kernels})
+        module = LoadedModule(next(self._module_ids), session.id, image, library, names,
+                              home=None if library else gpu.index)
+        try:
+            instance = self._instance(c, module, gpu)
+        except OutOfMemory:
+            return struct.pack("<iQI", C["CUDA_ERROR_OUT_OF_MEMORY"], 0, 0)
+        self.modules[module.id] = module
+        out = [struct.pack("<iQI", SUCCESS, module.id, len(names))]
+        for name in names:
+            function = instance.functions.get(name) or FunctionState(chosen.kernels.get(name) or next(
+                code.kernels[name] for code in image.codes if name in code.kernels), self._attributes[gpu.index])
+            kernel = function.kernel
+            encoded = name.encode()
+            out.append(struct.pack("<H", len(encoded)) + encoded)
+            out.append(struct.pack("<II3II", function.max_threads_per_block, function.max_dynamic_shared,
+                                   *(kernel.required_block or (0, 0, 0)), len(kernel.params)))
+            out.extend(struct.pack("<II", p.offset, p.size) for p in kernel.params)
+        return b"".join(out)
+
+    def _forget_modules(self, session: Session) -> None:
+        for key in [k for k, m in self.modules.items() if m.owner == session.id]:
+            del self.modules[key]  # their memory went with the session's
+
+    def _module_of(self, handle_id: int, caller: Caller, library: bool) -> LoadedModule | None:
+        found = self.modules.get(handle_id)
+        return found if found is not None and found.owner == caller.session.id and found.library == library else None
+
+    def _function_of(self, handle_id: int, caller: Caller) -> FunctionRef | None:
+        module = self.modules.get(handle_id >> 16)
+        index = handle_id & 0xFFFF
+        if module is None or module.owner != caller.session.id or index >= len(module.kernel_names):
+            return None
+        return FunctionRef(module, index)
+
+    def _function_state(self, c: Caller, ref: FunctionRef, dev: int | None = None) -> tuple[FunctionState | None, int]:
+        """The kernel on the GPU it runs on: a module's own GPU, or for a library's kernel the
+        given device or the current context's."""
+        module = ref.module
+        if module.home is not None:
+            gpu = self.state.gpus[module.home]
+        elif dev is not None:
+            gpu, rc = self._device_call(c, dev)
+            if gpu is None:
+                return None, rc
+        else:
+            gpu, rc = self._context_gpu(c)
+            if gpu is None:
+                return None, rc
+        try:
+            function = self._instance(c, module, gpu).functions.get(ref.name)
+        except NoBinaryForGpu:
+            return None, C["CUDA_ERROR_NO_BINARY_FOR_GPU"]
+        except OutOfMemory:
+            return None, C["CUDA_ERROR_OUT_OF_MEMORY"]
+        return (function, SUCCESS) if function is not None else (None, C["CUDA_ERROR_NOT_FOUND"])
+
+    # the driver functions ----------------------------------------------------------------
+    def cuModuleUnload(self, c: Caller, hmod: LoadedModule) -> int:
+        for instance in hmod.instances.values():
+            self._unload_instance(hmod.owner, instance)
+        del self.modules[hmod.id]
+        return SUCCESS
+
+    cuLibraryUnload = cuModuleUnload
+
+    def _get_function(self, module: LoadedModule, out: Any, name: bytes | None) -> int:
+        if name is None:
+            return INVALID_VALUE
+        try:
+            index = module.kernel_names.index(name.decode(errors="replace"))
+        except ValueError:
+            return C["CUDA_ERROR_NOT_FOUND"]
+        out.value = FunctionRef(module, index)
+        return SUCCESS
+
+    def cuModuleGetFunction(self, c: Caller, hfunc: Any, hmod: LoadedModule, name: bytes | None) -> int:
+        return self._get_function(hmod, hfunc, name)
+
+    def cuLibraryGetKernel(self, c: Caller, pKernel: Any, library: LoadedModule, name: bytes | None) -> int:
+        return self._get_function(library, pKernel, name)
+
+    def cuKernelGetFunction(self, c: Caller, pFunc: Any, kernel: FunctionRef) -> int:
+        function, rc = self._function_state(c, kernel)
+        if function is not None:
+            pFunc.value = kernel
+        return rc
+
+    def cuFuncGetModule(self, c: Caller, hmod: Any, hfunc: FunctionRef) -> int:
+        hmod.value = hfunc.module
+        return SUCCESS
+
+    def cuLibraryGetModule(self, c: Caller, pMod: Any, library: LoadedModule) -> int:
+        pMod.value = library
+        return SUCCESS
+
+    def cuModuleGetFunctionCount(self, c: Caller, count: Any, mod: LoadedModule) -> int:
+        count.value = len(mod.kernel_names)
+        return SUCCESS
+
+    cuLibraryGetKernelCount = cuModuleGetFunctionCount
+
+    def _get_global(self, c: Caller, module: LoadedModule, dptr: Any, size: Any, name: bytes | None) -> int:
+        if name is None:
+            return INVALID_VALUE
+        gpu = self.state.gpus[module.home] if module.home is not None else self._context_gpu(c)[0]
+        if gpu is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        try:
+            found = self._instance(c, module, gpu).globals.get(name.decode(errors="replace"))
+        except (NoBinaryForGpu, OutOfMemory):
+            return C["CUDA_ERROR_NOT_FOUND"]
+        if found is None:
+            return C["CUDA_ERROR_NOT_FOUND"]
+        if dptr is not None:
+            dptr.value = found[0]
+        if size is not None:
+            size.value = found[1]
+        return SUCCESS
+
+    def cuModuleGetGlobal_v2(self, c: Caller, dptr: Any, bytes: Any, hmod: LoadedModule, name: bytes | None) -> int:
+        return self._get_global(c, hmod, dptr, bytes, name)
+
+    def cuLibraryGetGlobal(self, c: Caller, dptr: Any, bytes: Any, library: LoadedModule, name: bytes | None) -> int:
+        return self._get_global(c, library, dptr, bytes, name)
+
+    def _attribute(self, function: FunctionState, attrib: int) -> int | None:
+        kernel = function.kernel
+        answers = {
+            FA["MAX_THREADS_PER_BLOCK"]: function.max_threads_per_block,
+            FA["SHARED_SIZE_BYTES"]: kernel.shared_bytes,
+            FA["CONST_SIZE_BYTES"]: kernel.const_bytes,
+            FA["LOCAL_SIZE_BYTES"]: kernel.local_bytes,
+            FA["NUM_REGS"]: kernel.registers,
+            FA["PTX_VERSION"]: function.attrs["COMPUTE_CAPABILITY_MAJOR"] * 10 + function.attrs["COMPUTE_CAPABILITY_MINOR"],
+            FA["BINARY_VERSION"]: function.attrs["COMPUTE_CAPABILITY_MAJOR"] * 10 + function.attrs["COMPUTE_CAPABILITY_MINOR"],
+            FA["CACHE_MODE_CA"]: 0,
+            FA["MAX_DYNAMIC_SHARED_SIZE_BYTES"]: function.max_dynamic_shared,
+            FA["PREFERRED_SHARED_MEMORY_CARVEOUT"]: function.preferred_carveout,
+            FA["CLUSTER_SIZE_MUST_BE_SET"]: function.cluster_size_must_be_set,
+            FA["REQUIRED_CLUSTER_WIDTH"]: 0, FA["REQUIRED_CLUSTER_HEIGHT"]: 0, FA["REQUIRED_CLUSTER_DEPTH"]: 0,
+            FA["NON_PORTABLE_CLUSTER_SIZE_ALLOWED"]: function.non_portable_cluster_size_allowed,
+            FA["CLUSTER_SCHEDULING_POLICY_PREFERENCE"]: 0,
+        }
+        return answers.get(attrib)
+
+    def cuFuncGetAttribute(self, c: Caller, pi: Any, attrib: int, hfunc: FunctionRef) -> int:
+        return self._get_attribute(c, pi, attrib, hfunc, None)
+
+    def cuKernelGetAttribute(self, c: Caller, pi: Any, attrib: int, kernel: FunctionRef, dev: int) -> int:
+        return self._get_attribute(c, pi, attrib, kernel, dev)
+
+    def _get_attribute(self, c: Caller, pi: Any, attrib: int, ref: FunctionRef, dev: int | None) -> int:
+        function, rc = self._function_state(c, ref, dev)
+        if function is None:
+            return rc
+        value = self._attribute(function, attrib)
+        if value is None:
+            return INVALID_VALUE
+        pi.value = value
+        return SUCCESS
+
+    def cuFuncSetAttribute(self, c: Caller, hfunc: FunctionRef, attrib: int, value: int) -> int:
+        return self._set_attribute(c, hfunc, attrib, value, None)
+
+    def cuKernelSetAttribute(self, c: Caller, attrib: int, val: int, kernel: FunctionRef, dev: int) -> int:
+        return self._set_attribute(c, kernel, attrib, val, dev)
+
+    def _set_attribute(self, c: Caller, ref: FunctionRef, attrib: int, value: int, dev: int | None) -> int:
+        function, rc = self._function_state(c, ref, dev)
+        if function is None:
+            return rc
+        if attrib == FA["MAX_DYNAMIC_SHARED_SIZE_BYTES"]:
+            if not 0 <= value <= function.max_shared_optin:
+                return INVALID_VALUE
+            function.max_dynamic_shared = value
+        elif attrib == FA["PREFERRED_SHARED_MEMORY_CARVEOUT"]:
+            if not -1 <= value <= 100:
+                return INVALID_VALUE
+            function.preferred_carveout = value
+        elif attrib == FA["CLUSTER_SIZE_MUST_BE_SET"]:
+            function.cluster_size_must_be_set = int(bool(value))
+        elif attrib == FA["NON_PORTABLE_CLUSTER_SIZE_ALLOWED"]:
+            function.non_portable_cluster_size_allowed = int(bool(value))
+        elif attrib not in (FA["REQUIRED_CLUSTER_WIDTH"], FA["REQUIRED_CLUSTER_HEIGHT"], FA["REQUIRED_CLUSTER_DEPTH"],
+                            FA["CLUSTER_SCHEDULING_POLICY_PREFERENCE"]):
+            return INVALID_VALUE  # the rest are read-only
+        return SUCCESS
+
+    def cuFuncSetCacheConfig(self, c: Caller, hfunc: FunctionRef, config: int) -> int:
+        return SUCCESS if 0 <= config <= 3 else INVALID_VALUE
+
+    def cuKernelSetCacheConfig(self, c: Caller, kernel: FunctionRef, config: int, dev: int) -> int:
+        return SUCCESS if 0 <= config <= 3 else INVALID_VALUE
+
+    def cuFuncSetSharedMemConfig(self, c: Caller, hfunc: FunctionRef, config: int) -> int:
+        return SUCCESS if 0 <= config <= 2 else INVALID_VALUE
+
+    def cuFuncIsLoaded(self, c: Caller, state: Any, function: FunctionRef) -> int:
+        state.value = C["CU_FUNCTION_LOADING_STATE_LOADED"]
+        return SUCCESS
+
+    def cuFuncLoad(self, c: Caller, function: FunctionRef) -> int:
+        return SUCCESS
+
+    def _param_info(self, c: Caller, ref: FunctionRef, index: int, offset: Any, size: Any) -> int:
+        function, rc = self._function_state(c, ref)
+        if function is None:
+            return rc
+        params = function.kernel.params
+        if not 0 <= index < len(params):
+            return INVALID_VALUE
+        if offset is not None:
+            offset.value = params[index].offset
+        if size is not None:
+            size.value = params[index].size
+        return SUCCESS
+
+    def cuFuncGetParamInfo(self, c: Caller, func: FunctionRef, paramIndex: int, paramOffset: Any,
+                           paramSize: Any) -> int:
+        return self._param_info(c, func, paramIndex, paramOffset, paramSize)
+
+    def cuKernelGetParamInfo(self, c: Caller, kernel: FunctionRef, paramIndex: int, paramOffset: Any,
+                             paramSize: Any) -> int:
+        return self._param_info(c, kernel, paramIndex, paramOffset, paramSize)
+
+    # occupancy ---------------------------------------------------------------------------
+    def cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(self, c: Caller, numBlocks: Any, func: FunctionRef,
+                                                             blockSize: int, dynamicSMemSize: int, flags: int) -> int:
+        function, rc = self._function_state(c, func)
+        if function is None:
+            return rc
+        numBlocks.value = blocks_per_multiprocessor(function, blockSize, dynamicSMemSize)
+        return SUCCESS
+
+    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, c: Caller, numBlocks: Any, func: FunctionRef,
+                                                    blockSize: int, dynamicSMemSize: int) -> int:
+        return self.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(c, numBlocks, func, blockSize,
+                                                                         dynamicSMemSize, 0)
+
+    def cuOccupancyAvailableDynamicSMemPerBlock(self, c: Caller, dynamicSmemSize: Any, func: FunctionRef,
+                                                numBlocks: int, blockSize: int) -> int:
+        function, rc = self._function_state(c, func)
+        if function is None:
+            return rc
+        if numBlocks <= 0 or blocks_per_multiprocessor(function, blockSize, 0) < numBlocks:
+            dynamicSmemSize.value = 0
+            return SUCCESS
+        attrs = function.attrs
+        per_block = attrs["MAX_SHARED_MEMORY_PER_MULTIPROCESSOR"] // numBlocks - attrs.get(
+            "RESERVED_SHARED_MEMORY_PER_BLOCK", 0)
+        dynamicSmemSize.value = max(0, min(per_block // SHARED_UNIT * SHARED_UNIT, function.max_shared_optin))
+        return SUCCESS
+
+    # launches ----------------------------------------------------------------------------
+    LAUNCH = struct.Struct("<QQQ3I3IIII")
+    LAUNCH_COOPERATIVE = 0x1
+
+    def launch(self, session: Session, payload: bytes) -> bytes:
+        """OP_LAUNCH (sent without waiting; the shim has validated it): u64 context, u64
+        function id, u64 stream id, grid x/y/z, block x/y/z, u32 dynamic shared bytes, u32
+        flags, u32 parameter bytes, the packed parameters.  Recorded, and timed on the stream."""
+        (context, function_id, stream_id, gx, gy, gz, bx, by, bz, shared, flags,
+         args_size) = self.LAUNCH.unpack_from(payload)
+        args = payload[self.LAUNCH.size:self.LAUNCH.size + args_size]
+        c = Caller(session, context)
+        ref = self._function_of(function_id, c)
+        stream = self.resolve("CUstream", stream_id, c)
+        if ref is None or stream is None:
+            return struct.pack("<i", C["CUDA_ERROR_INVALID_HANDLE"])
+        function, rc = self._function_state(c, ref)
+        if function is None:
+            return struct.pack("<i", rc)
+        if ref.module.home is not None and stream.gpu.index != ref.module.home:
+            return struct.pack("<i", C["CUDA_ERROR_INVALID_CONTEXT"])
+        seconds = launch_seconds(function, gx * gy * gz, bx * by * bz, shared)
+        start = max(self.host_time.get(session.id, 0.0), stream.ready_at)
+        stream.queue(start, seconds)
+        self.state.launches.add(Launch(session.pid, session.id, time.time(), stream.gpu.index, ref.name,
+                                       (gx, gy, gz), (bx, by, bz), shared, stream.id, bytes(args), start, seconds,
+                                       cooperative=bool(flags & self.LAUNCH_COOPERATIVE)))
+        return struct.pack("<i", SUCCESS)
