@@ -264,12 +264,8 @@ CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin) {
 
 /* ---- launches ---- */
 
-static int function_id(CUfunction f, uint64_t *id) {
-    return vgpu_handle_id(vgpu_cuda_handle_CUfunction, f, id) == 0 ||
-                   vgpu_handle_id(vgpu_cuda_handle_CUkernel, f, id) == 0
-               ? 0
-               : -1;
-}
+/* CUkernel and CUfunction handles share a handle type (cuda_annotations.toml, handle_aliases). */
+static int function_id(CUfunction f, uint64_t *id) { return vgpu_handle_id(vgpu_cuda_handle_CUfunction, f, id); }
 
 static int stream_id(CUstream stream, uint64_t *id) {
     if ((uintptr_t)stream < SPECIAL_STREAMS) {

@@ -51,7 +51,7 @@ def _handle_fields(api: Api, function: Function, index: int) -> str:
     record = api.resolve(pointee)
     if record["kind"] != "record":
         return ""
-    handle_index = {name: i for i, name in enumerate(api.handle_types)}
+    handle_index = api.handle_index
     entries = [f"{{offsetof({c_decl(pointee)}, {f['name']}), {handle_index[f['type']['name']]}}}"
                for f in api.raw["records"][record["name"]]["fields"]
                if f["type"]["kind"] == "name" and f["type"]["name"] in api.handle_types]
@@ -61,7 +61,7 @@ def _handle_fields(api: Api, function: Function, index: int) -> str:
 
 
 def _descriptor(api: Api, function: Function, index: int) -> str:
-    handle_index = {name: i for i, name in enumerate(api.handle_types)}
+    handle_index = api.handle_index
     param = function.params[index]
     fields = f"H_{function.name}_{param.name}" if _handle_fields(api, function, index) else "NULL"
     count = param.count if param.count is not None else -1
@@ -149,7 +149,7 @@ def api_source(api: Api, prelude: str, prefix: str, error_enum: str, unknown_tex
     codes = api.enum(error_enum)
     texts = {codes[name]: text for name, text in api.annotations["error_strings"].items()}
     stubs = "\n".join(_stub(api, f, prefix) for f in api.functions)
-    handles = "\n".join(f"const unsigned {prefix}_handle_{name} = {index};" for index, name in enumerate(api.handle_types))
+    handles = "\n".join(f"const unsigned {prefix}_handle_{name} = {index};" for name, index in api.handle_index.items())
     return f"""/* Generated from vgpu/api/{api.name}.json by vgpu.api.gen_c; do not edit. */
 {prelude}
 #include <stddef.h>

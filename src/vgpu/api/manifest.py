@@ -138,6 +138,15 @@ class Api:
         return sorted(found)
 
     @cached_property
+    def handle_index(self) -> dict[str, int]:
+        """Each handle type's slot type in the shim's handle table; types the annotations alias
+        (a CUkernel may be passed where a CUfunction is expected) share their target's."""
+        index = {name: i for i, name in enumerate(self.handle_types)}
+        for alias, target in self.annotations.get("handle_aliases", {}).items():
+            index[alias] = index[target]
+        return index
+
+    @cached_property
     def constants(self) -> dict[str, int]:
         """Every enumerator and integer #define, by name."""
         merged: dict[str, int] = dict(self.raw["defines"])

@@ -243,6 +243,22 @@ def ps(everything: bool, watch: bool, interval: float, seconds: float | None, as
         console.print("no process has a GPU driver library mapped" + ("" if everything else " (--all shows more)"))
 
 
+@main.command()
+@click.option("--pid", type=int, default=None, help="Only this process's launches.")
+@click.option("--last", type=int, default=None, help="Only the most recent N.")
+@click.option("--json", "as_json", is_flag=True, help="Print vgpud's record as JSON.")
+def launches(pid: int | None, last: int | None, as_json: bool) -> None:
+    """Kernels each process launched on the simulated GPUs (validated and timed, not computed)."""
+    from vgpu.smi import launches as view
+
+    with _client() as client:
+        reply = client.control("launches", pid=pid, limit=last)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+    else:
+        view.render(reply, Console())
+
+
 root_option = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
                            show_default=True, help="The system's tree (a staged one for packaging or tests).")
 

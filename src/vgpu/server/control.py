@@ -95,13 +95,29 @@ def clear(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
     return {"cleared": [gpu.index for gpu in targets]}
 
 
+#: what every launches reply says, so no reader mistakes a recorded launch for a computed one
+NOT_COMPUTED = "the simulator validates, records and times kernel launches; it does not compute their results"
+
+
+def launches(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
+    pid = request.get("pid")
+    limit = request.get("limit")
+    if pid is not None and not isinstance(pid, int) or limit is not None and not isinstance(limit, int):
+        raise ControlError("pid and limit must be integers")
+    log = daemon.state.launches
+    chosen = log.select(pid, limit)
+    return {"launches": [launch.as_json() for launch in chosen], "counts": {str(k): v for k, v in log.counts.items()},
+            "computed": False, "note": NOT_COMPUTED}
+
+
 def stop(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
     daemon.stop()
     return {"stopping": daemon.state.pid}
 
 
 COMMANDS: dict[str, Callable[[Daemon, Session, dict[str, Any]], Reply]] = {
-    "status": status, "hold": hold, "release": release, "run": run, "fault": fault, "clear": clear, "stop": stop,
+    "status": status, "hold": hold, "release": release, "run": run, "fault": fault, "clear": clear, "launches": launches,
+    "stop": stop,
 }
 
 
