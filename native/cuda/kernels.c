@@ -22,7 +22,7 @@
 
 typedef struct kernel_info {
     char *name;
-    unsigned max_threads, max_dynamic_shared, required[3], nparams, param_bytes;
+    unsigned max_threads, bound, max_dynamic_shared, required[3], nparams, param_bytes;
     uint32_t *offsets, *sizes;
 } kernel_info;
 
@@ -125,10 +125,11 @@ static int remember_module(uint64_t id, const uint8_t *p, const uint8_t *end, un
         uint16_t len;
         memcpy(&len, p, 2);
         p += 2;
-        if (p + len + 24 > end) break;
+        if (p + len + 28 > end) break;
         k->name = strndup((const char *)p, len);
         p += len;
         k->max_threads = take_u32(&p);
+        k->bound = take_u32(&p);
         k->max_dynamic_shared = take_u32(&p);
         for (int d = 0; d < 3; d++) k->required[d] = take_u32(&p);
         k->nparams = take_u32(&p);
@@ -304,7 +305,8 @@ static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned bloc
     CUresult rc = CUDA_SUCCESS;
     size_t args_size = 0;
     if (!k) rc = CUDA_ERROR_INVALID_HANDLE;
-    else if (threads > k->max_threads) rc = CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+    else if (k->bound && threads > k->bound) rc = CUDA_ERROR_INVALID_VALUE; /* __launch_bounds__, as on an H200 */
+    else if (threads > k->max_threads) rc = CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES; /* too many registers */
     else if (k->required[0] && (block[0] != k->required[0] || block[1] != k->required[1] || block[2] != k->required[2]))
         rc = CUDA_ERROR_INVALID_VALUE;
     else if (shared > k->max_dynamic_shared) rc = CUDA_ERROR_INVALID_VALUE;
@@ -454,4 +456,38 @@ VGPU_EXPORT CUresult cuKernelSetAttribute(CUfunction_attribute attrib, int val, 
     CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuKernelSetAttribute, args);
     if (rc == CUDA_SUCCESS) note_dynamic_shared((CUfunction)kernel, attrib, val);
     return rc;
+}
+
+/* Clusters (sm_90): how many clusters of the config's shape can be resident at once, from the
+ * blocks per SM and the SM count; clusters of more than 8 blocks are not portable. */
+static unsigned cluster_blocks(const CUlaunchConfig *config) {
+    for (unsigned i = 0; i < config->numAttrs && config->attrs; i++)
+        if (config->attrs[i].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+            return config->attrs[i].value.clusterDim.x * config->attrs[i].value.clusterDim.y *
+                   config->attrs[i].value.clusterDim.z;
+    return 1;
+}
+
+VGPU_EXPORT CUresult cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {
+    if (!numClusters || !config) return CUDA_ERROR_INVALID_VALUE;
+    unsigned cluster = cluster_blocks(config);
+    if (!cluster || cluster > 8) return CUDA_ERROR_INVALID_CLUSTER_SIZE;
+    int per_sm = 0, sms = 0;
+    CUdevice dev = 0;
+    CUresult rc = cuOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, func, (int)(config->blockDimX * config->blockDimY * config->blockDimZ), config->sharedMemBytes);
+    if (rc == CUDA_SUCCESS) rc = cuCtxGetDevice(&dev);
+    if (rc == CUDA_SUCCESS) rc = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    *numClusters = per_sm * sms / (int)cluster;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunction func,
+                                                        const CUlaunchConfig *config) {
+    if (!clusterSize || !config) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t fid;
+    if (!func || function_id(func, &fid) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    *clusterSize = 8; /* the portable cluster size */
+    return CUDA_SUCCESS;
 }

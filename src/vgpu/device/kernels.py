@@ -66,9 +66,10 @@ def _registers_per_warp(registers: int) -> int:
 
 def blocks_per_multiprocessor(function: FunctionState, block_threads: int, dynamic_shared: int) -> int:
     """cuOccupancyMaxActiveBlocksPerMultiprocessor: the smallest of the limits set by warps,
-    blocks, registers and shared memory per multiprocessor; 0 when one block does not fit."""
+    blocks, registers and shared memory per multiprocessor; 0 when one block does not fit.
+    As on a real H200, the kernel's launch bounds are not applied (only the device's limit)."""
     attrs = function.attrs
-    if block_threads <= 0 or block_threads > function.max_threads_per_block:
+    if block_threads <= 0 or block_threads > attrs["MAX_THREADS_PER_BLOCK"]:
         return 0
     warps = math.ceil(block_threads / WARP)
     limits = [attrs["MAX_THREADS_PER_MULTIPROCESSOR"] // WARP // warps, attrs["MAX_BLOCKS_PER_MULTIPROCESSOR"]]

@@ -12,8 +12,8 @@ else PTX it would compile.
 [Param(offset=0, size=8), Param(offset=8, size=8), Param(offset=16, size=4)]
 """
 
-from vgpu.images.model import CodeImage, Global, ImageError, Kernel, ModuleCode, NoBinaryForGpu, Param
+from vgpu.images.model import CodeImage, Global, ImageError, Kernel, ModuleCode, NoBinaryForGpu, Param, PtxTooNew
 from vgpu.images.reader import image_size, read_image
 
-__all__ = ["CodeImage", "Global", "ImageError", "Kernel", "ModuleCode", "NoBinaryForGpu", "Param",
+__all__ = ["CodeImage", "Global", "ImageError", "Kernel", "ModuleCode", "NoBinaryForGpu", "Param", "PtxTooNew",
            "image_size", "read_image"]

@@ -78,7 +78,8 @@ def read_cubin(data: bytes) -> ModuleCode:
     code = ModuleCode("cubin", arch)
     for sym in symbols:
         kind, shndx = sym["st_info"]["type"], sym["st_shndx"]
-        if kind == "STT_FUNC" and sym["st_info"]["bind"] == "STB_GLOBAL" and f".text.{sym.name}" in sections:
+        # kernels, local ones (internal linkage) included; a device function has no info section of its own
+        if kind == "STT_FUNC" and f".text.{sym.name}" in sections and f".nv.info.{sym.name}" in sections:
             code.kernels[sym.name] = _kernel(sym.name, sections, registers, frames, reserved)
         elif kind == "STT_OBJECT" and isinstance(shndx, int):
             section = elf.get_section(shndx)

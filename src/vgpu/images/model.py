@@ -14,6 +14,10 @@ class NoBinaryForGpu(ImageError):
     """Neither code for the device's architecture nor PTX (CUDA_ERROR_NO_BINARY_FOR_GPU)."""
 
 
+class PtxTooNew(NoBinaryForGpu):
+    """Only PTX for a newer architecture than the device's: the JIT refuses it (CUDA_ERROR_INVALID_PTX)."""
+
+
 @dataclass(frozen=True)
 class Param:
     """One kernel parameter: where it lies in the parameter buffer and how many bytes it takes."""
@@ -80,11 +84,14 @@ class CodeImage:
     def module_for(self, arch: int) -> ModuleCode:
         """The code a device of compute capability ``arch`` (major*10+minor) runs: a cubin of
         its own architecture, else one of the same major version and not newer, else the
-        newest PTX not newer than the device (compiled for it); NoBinaryForGpu otherwise."""
+        newest PTX not newer than the device (compiled for it); PtxTooNew when only newer PTX
+        is there, NoBinaryForGpu when nothing fits."""
         cubins = [c for c in self.codes if c.kind == "cubin" and c.arch // 10 == arch // 10 and c.arch <= arch]
         if cubins:
             return max(cubins, key=lambda c: c.arch)
         ptx = [c for c in self.codes if c.kind == "ptx" and c.arch <= arch]
         if ptx:
             return max(ptx, key=lambda c: c.arch)
+        if any(c.kind == "ptx" for c in self.codes):
+            raise PtxTooNew(f"PTX only for {', '.join(self.architectures)}, newer than sm_{arch}")
         raise NoBinaryForGpu(f"no code for sm_{arch} among {', '.join(self.architectures) or 'nothing'}")

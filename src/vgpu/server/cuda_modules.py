@@ -12,6 +12,7 @@ share an id.
 from __future__ import annotations
 
 import itertools
+import logging
 import struct
 import time
 from dataclasses import dataclass, field
@@ -21,11 +22,12 @@ from vgpu.api.manifest import load
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.kernels import SHARED_UNIT, FunctionState, blocks_per_multiprocessor, launch_seconds
 from vgpu.device.launches import Launch
-from vgpu.images import CodeImage, ImageError, ModuleCode, NoBinaryForGpu, read_image
+from vgpu.images import CodeImage, ImageError, ModuleCode, NoBinaryForGpu, PtxTooNew, read_image
 from vgpu.server.dispatch import Caller
 from vgpu.server.state import Session
 from vgpu.wire import protocol
 
+log = logging.getLogger("vgpud")
 C = load("cuda").constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
@@ -112,7 +114,7 @@ class ModuleServing:
     def load_module(self, session: Session, payload: bytes) -> bytes:
         """OP_MODULE: u64 context, u32 flags (1: a library), the image.  Reply: i32 CUresult,
         u64 module id, u32 kernel count, then per kernel u16 name length, name, u32 max
-        threads per block, u32 max dynamic shared bytes, u32 x/y/z required block (0: any),
+        threads per block, u32 launch bound (0: none), u32 max dynamic shared bytes, u32 x/y/z required block (0: any),
         u32 parameter count and (u32 offset, u32 size) per parameter."""
         if len(payload) < 12:
             return struct.pack("<iQI", INVALID_VALUE, 0, 0)
@@ -129,11 +131,15 @@ class ModuleServing:
             image = read_image(payload[12:])
             arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
             chosen = image.module_for(arch)
+        except PtxTooNew:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_PTX"], 0, 0)
         except NoBinaryForGpu:
             return struct.pack("<iQI", C["CUDA_ERROR_NO_BINARY_FOR_GPU"], 0, 0)
         except ImageError:
             return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
         names = sorted({name for code in image.codes for name in code.kernels})
+        log.debug("pid %d loads a %s (%s) with kernels %s; %s runs %s_%d", session.pid, image.format,
+                  ", ".join(image.architectures), names, gpu.profile.name, chosen.kind, chosen.arch)
         module = LoadedModule(next(self._module_ids), session.id, image, library, names,
                               home=None if library else gpu.index)
         try:
@@ -148,7 +154,8 @@ class ModuleServing:
             kernel = function.kernel
             encoded = name.encode()
             out.append(struct.pack("<H", len(encoded)) + encoded)
-            out.append(struct.pack("<II3II", function.max_threads_per_block, function.max_dynamic_shared,
+            out.append(struct.pack("<III3II", function.max_threads_per_block, kernel.max_threads,
+                                   function.max_dynamic_shared,
                                    *(kernel.required_block or (0, 0, 0)), len(kernel.params)))
             out.extend(struct.pack("<II", p.offset, p.size) for p in kernel.params)
         return b"".join(out)

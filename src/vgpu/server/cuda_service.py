@@ -414,6 +414,8 @@ class CudaService(ModuleServing):
         return SUCCESS  # freed memory is returned at once: there is nothing to trim
 
     def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
+        if dptr == 0:
+            return SUCCESS  # as free(NULL); cuBLAS's runtime frees NULL while it starts
         gpu = self._gpu_of_address(dptr)
         if gpu is None:
             return INVALID_VALUE
