@@ -1,0 +1,186 @@
+"""Kernels on the simulated GPU: code images, launches checked as a real driver checks them
+(answers compared with a real H200's), recorded launches, NVRTC through cuda-python, and
+PyTorch's kernels."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import lz4.block
+import pytest
+
+from tests.conftest import run_python
+from tests.test_cudart import NVCC
+from vgpu.images import NoBinaryForGpu, PtxTooNew, read_image
+from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, HEADER
+
+CLIENTS = Path(__file__).parent / "clients"
+DATA = Path(__file__).parent / "data"
+#: what tests/clients/kernel_checks.cu printed on an NVIDIA H200 (driver 580.159.04, CUDA 13.0
+#: cudart), run with the images built by images() below
+REAL_H200 = DATA / "h200_kernel_checks.txt"
+
+
+def nvcc(*args: str) -> None:
+    if NVCC is None:
+        pytest.skip("nvcc is not on this machine")
+    subprocess.run([NVCC, *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """The kernel_checks program and images for other architectures, built with nvcc."""
+    folder = tmp_path_factory.mktemp("kernels")
+    source = str(CLIENTS / "kernel_checks.cu")
+    built = {name: folder / name for name in ("kernel_checks", "sm80_only.fatbin", "sm80.cubin", "sm100.ptx",
+                                               "sm90.cubin", "sm90.ptx", "mixed.fatbin")}
+    nvcc("-gencode", "arch=compute_89,code=sm_89", "-gencode", "arch=compute_90,code=[sm_90,compute_90]",
+         "-o", str(built["kernel_checks"]), source)
+    nvcc("-fatbin", "-gencode", "arch=compute_80,code=sm_80", "-o", str(built["sm80_only.fatbin"]), source)
+    nvcc("-cubin", "-arch=sm_80", "-o", str(built["sm80.cubin"]), source)
+    nvcc("-cubin", "-arch=sm_90", "-o", str(built["sm90.cubin"]), source)
+    nvcc("-ptx", "-arch=sm_90", "-o", str(built["sm90.ptx"]), source)
+    built["sm100.ptx"].write_text(built["sm90.ptx"].read_text().replace(".target sm_90", ".target sm_100"))
+    nvcc("-fatbin", "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=compute_90",
+         "-Xfatbin", "-compress-all", "-o", str(built["mixed.fatbin"]), source)
+    return built
+
+
+# ---- images ------------------------------------------------------------------------------
+
+
+def test_cubin_and_ptx_agree_on_the_parameter_layout(images):
+    cubin = read_image(images["sm90.cubin"].read_bytes()).module_for(90)
+    ptx = read_image(images["sm90.ptx"].read_bytes()).module_for(90)
+    assert cubin.kind == "cubin" and ptx.kind == "ptx"
+    many = next(name for name in cubin.kernels if name.startswith("_Z4many"))
+    # char, short, int, long long, float, double, struct Big (48 bytes, 8-aligned), pointer
+    layout = [(0, 1), (2, 2), (4, 4), (8, 8), (16, 4), (24, 8), (32, 48), (80, 8)]
+    assert [(p.offset, p.size) for p in cubin.kernels[many].params] == layout
+    assert [(p.offset, p.size) for p in ptx.kernels[many].params] == layout
+    assert cubin.kernels[many].max_threads == ptx.kernels[many].max_threads == 128
+    assert cubin.kernels[many].shared_bytes == ptx.kernels[many].shared_bytes == 256
+    assert cubin.globals["counter"].initial == struct.pack("<i", 42)
+    assert ptx.globals["counter"].initial == struct.pack("<i", 42)
+    assert cubin.globals["table"].initial[:12] == struct.pack("<3f", 1, 2, 3) and cubin.globals["table"].constant
+
+
+def test_fat_binary_choice_follows_the_device(images):
+    image = read_image(images["mixed.fatbin"].read_bytes())
+    assert image.compressed and image.architectures == ["sm_80", "compute_90"]
+    assert (image.module_for(80).kind, image.module_for(86).kind) == ("cubin", "cubin")  # same major, not newer
+    assert image.module_for(90).kind == "ptx"  # compiled for the device from PTX
+    with pytest.raises(NoBinaryForGpu):
+        image.module_for(75)
+    with pytest.raises(PtxTooNew):
+        read_image(images["sm100.ptx"].read_bytes()).module_for(90)
+
+
+def test_lz4_compressed_entries(images):
+    """CUDA 11 and 12 compress fat binary entries with LZ4 (flag 0x2000): re-pack the sm_80
+    cubin that way and read it back."""
+    cubin = images["sm80.cubin"].read_bytes()
+    packed = lz4.block.compress(cubin, store_size=False)
+    entry = ENTRY.pack(2, 0x101, ENTRY.size, len(packed), len(packed), 0, 0, 0, 80, 0, 0, FLAG_COMPRESSED_LZ4 | 0x11,
+                       0, len(cubin))
+    fatbin = HEADER.pack(0xBA55ED50, 1, HEADER.size, ENTRY.size + len(packed)) + entry + packed
+    image = read_image(fatbin)
+    assert image.compressed
+    assert any(name.startswith("_Z4many") for name in image.module_for(80).kernels)
+
+
+# ---- the driver's answers, against a real GPU's ---------------------------------------------
+
+def run_kernel_checks(vgpud, images) -> str:
+    env = vgpud.env | {"CUDA_VISIBLE_DEVICES": "0"}  # an H100: Hopper with 132 SMs, as the H200
+    names = ["sm80_only.fatbin", "sm80.cubin", "sm100.ptx", "sm90.cubin", "sm90.ptx"]
+    result = subprocess.run([str(images["kernel_checks"]), *[str(images[n]) for n in names]], env=env,
+                            capture_output=True, text=True, timeout=120)
+    return result.stdout + f"rc {result.returncode}\n", result
+
+
+def test_answers_match_a_real_h200(vgpud, images):
+    """Every line kernel_checks prints (launch results, refusals and their codes, function
+    attributes, occupancy for 15 block and shared memory combinations, cooperative limits,
+    symbols, PTX modules, parameter info, images for other architectures) is what the same
+    program printed on a real H200."""
+    output, result = run_kernel_checks(vgpud, images)
+    expected = REAL_H200.read_text().splitlines()
+    got = output.splitlines()
+    assert len(got) == len(expected), result.stderr
+    mismatches = [(e, g) for e, g in zip(expected, got) if e != g]
+    assert not mismatches, mismatches
+
+
+def test_launches_are_recorded_with_their_arguments(vgpud, images):
+    _, result = run_kernel_checks(vgpud, images)
+    assert result.returncode == 0
+    reply = vgpud.control("launches")
+    assert reply["computed"] is False and "does not compute" in reply["note"]
+    mine = [launch for launch in reply["launches"] if launch["kernel"].startswith("_Z4many")]
+    assert mine, reply["launches"][-5:]
+    first_three = mine[:3]
+    assert [launch["grid"] for launch in first_three] == [[2, 1, 1], [3, 1, 1], [4, 1, 1]]
+    assert all(launch["block"] == [128, 1, 1] and launch["shared_bytes"] == 512 for launch in first_three)
+    assert len({launch["stream"] for launch in first_three}) == 3  # three streams
+    args = bytes.fromhex(first_three[1]["args_hex"])
+    assert len(args) == 88
+    c, s, i, l, f, d = struct.unpack_from("<bxhiqf4xd", args)
+    assert (c, s, i, l, f, d) == (8, -3, 1001, 1 << 40, 0.5, 2.25)
+    assert struct.unpack_from("<5di", args, 32) == (1.0, 2.0, 3.0, 4.0, 5.0, 6)
+    empty = next(launch for launch in reply["launches"] if launch["kernel"] == "_Z5emptyv")
+    assert empty["grid"] == [3, 2, 1] and empty["block"] == [8, 4, 2] and empty["args_size"] == 0
+    assert all(launch["duration_us"] > 0 for launch in mine)
+    assert reply["counts"][str(first_three[0]["pid"])] >= len(mine)
+
+
+def test_vgpu_launches_command(vgpud, images):
+    run_kernel_checks(vgpud, images)
+    env = vgpud.env | {"COLUMNS": "200"}
+    table = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "launches", "--last", "3"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "3 kernel launches" in table.stdout and "does not compute" in table.stdout
+    as_json = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "launches", "--json", "--pid", "1"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert json.loads(as_json.stdout)["launches"] == []
+
+
+# ---- other clients ----------------------------------------------------------------------------
+
+def test_nvrtc_kernel_through_cuda_python(vgpud):
+    """A kernel compiled at run time (NVRTC, PyPI nvidia-cuda-nvrtc) for the device's
+    architecture, loaded as a cubin, launched and recorded with its packed arguments."""
+    result = subprocess.run([sys.executable, str(CLIENTS / "nvrtc_saxpy.py")], env=vgpud.env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["arch"] == 90
+    assert report["params"] == [[0, 4], [8, 8], [16, 8], [24, 4]]
+    launch = [x for x in vgpud.control("launches")["launches"] if x["kernel"] == "saxpy"][-1]
+    a, x, y, n = struct.unpack("<f4xQQi", bytes.fromhex(launch["args_hex"]))
+    assert (a, x, y, n) == (2.5, report["x"], report["y"], 1024)
+    assert launch["grid"] == [4, 1, 1] and launch["block"] == [256, 1, 1] and launch["stream"] >= 4096
+
+
+def test_pytorch_kernels_and_cublas_handle(vgpud):
+    """PyTorch's elementwise kernels launch (names recorded), and cuBLAS initialises."""
+    code = """
+import json, os, torch
+a = torch.ones(1024, 1024, device="cuda")
+b = (a * 2 + 1).sum()
+torch.cuda.synchronize()
+handle = torch.cuda.current_blas_handle()
+print(json.dumps({"pid": os.getpid(), "handle": handle != 0}))
+"""
+    result = run_python(code, vgpud.env | {"CUDA_VISIBLE_DEVICES": "0"}, timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["handle"]
+    names = [x["kernel"] for x in vgpud.control("launches", pid=report["pid"])["launches"]]
+    assert any("elementwise_kernel" in name for name in names), names
+    assert any("reduce_kernel" in name for name in names), names
