@@ -458,8 +458,11 @@ VGPU_EXPORT CUresult cuKernelSetAttribute(CUfunction_attribute attrib, int val, 
     return rc;
 }
 
-/* Clusters (sm_90): how many clusters of the config's shape can be resident at once, from the
- * blocks per SM and the SM count; clusters of more than 8 blocks are not portable. */
+/* Clusters (sm_90): a cluster's blocks run on the SMs of one GPC.  The model: GPCs of 16 SMs
+ * (the rest in a smaller one), each holding the occupancy's blocks per SM; 16 blocks is the
+ * largest (non-portable) cluster, 8 the largest portable one. */
+#define GPC_SMS 16
+
 static unsigned cluster_blocks(const CUlaunchConfig *config) {
     for (unsigned i = 0; i < config->numAttrs && config->attrs; i++)
         if (config->attrs[i].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
@@ -471,7 +474,7 @@ static unsigned cluster_blocks(const CUlaunchConfig *config) {
 VGPU_EXPORT CUresult cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {
     if (!numClusters || !config) return CUDA_ERROR_INVALID_VALUE;
     unsigned cluster = cluster_blocks(config);
-    if (!cluster || cluster > 8) return CUDA_ERROR_INVALID_CLUSTER_SIZE;
+    if (!cluster || cluster > GPC_SMS) return CUDA_ERROR_INVALID_CLUSTER_SIZE;
     int per_sm = 0, sms = 0;
     CUdevice dev = 0;
     CUresult rc = cuOccupancyMaxActiveBlocksPerMultiprocessor(
@@ -479,7 +482,7 @@ VGPU_EXPORT CUresult cuOccupancyMaxActiveClusters(int *numClusters, CUfunction f
     if (rc == CUDA_SUCCESS) rc = cuCtxGetDevice(&dev);
     if (rc == CUDA_SUCCESS) rc = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
     if (rc != CUDA_SUCCESS) return rc;
-    *numClusters = per_sm * sms / (int)cluster;
+    *numClusters = sms / GPC_SMS * (GPC_SMS * per_sm / (int)cluster) + sms % GPC_SMS * per_sm / (int)cluster;
     return CUDA_SUCCESS;
 }
 
