@@ -213,6 +213,8 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
         typedef = ref["name"] if ref["kind"] == "name" else None
         if key in opaque:
             out.append(Param(p["name"], ref, Kind.OPAQUE))
+        elif key in notes.get("as_value", []):  # a pointer that is only an address (void *addr)
+            out.append(Param(p["name"], ref, Kind.VALUE))
         elif typedef in api.handle_types:
             out.append(Param(p["name"], ref, Kind.HANDLE, handle=typedef))
         elif resolved["kind"] != "ptr":
@@ -252,7 +254,7 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
-    for table in ("buffers", "arrays", "arrays_out", "retype", "optional"):
+    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value"):
         for key in notes.get(table, {}):
             function, _, param = key.partition(".")
             if function not in functions or param not in {p["name"] for p in functions[function]["params"]}:

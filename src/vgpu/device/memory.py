@@ -24,8 +24,30 @@ SMALL_ALIGNMENT = 512
 LARGE_ALIGNMENT = 2 << 20
 
 
+#: virtual address ranges (cuMemAddressReserve) come from the upper half of each GPU's span
+RESERVED_FROM = SPAN // 2
+
+
 class InvalidAddress(ValueError):
     """An address or range outside the caller's allocations."""
+
+
+@dataclass
+class Mapping:
+    """Part of a reserved virtual range backed by physical memory (cuMemMap): the bytes live
+    at ``physical`` (an allocation of their own), whatever virtual address shows them."""
+
+    address: int
+    size: int
+    owner: int
+    physical: int
+    handle: int
+    #: CUmemAccess_flags set by cuMemSetAccess (0: not yet accessible)
+    access: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,11 @@ class DeviceMemory:
         self._allocations: dict[int, Allocation] = {}
         self._pages: dict[int, bytearray] = {}
         self._lock = threading.RLock()
+        self._next_reserved = self.base + RESERVED_FROM
+        #: reserved virtual ranges: start -> (size, owner)
+        self.reservations: dict[int, tuple[int, int]] = {}
+        self._mapping_starts: list[int] = []
+        self.mappings: dict[int, Mapping] = {}
 
     # allocations ----------------------------------------------------------------------
     @staticmethod
@@ -86,8 +113,14 @@ class DeviceMemory:
             return mine
 
     def find(self, owner: int, address: int, length: int = 1) -> Allocation:
-        """The caller's allocation holding [address, address + length)."""
+        """The caller's allocation holding [address, address + length); for a mapped virtual
+        address, the mapping (as cuMemGetAddressRange reports it)."""
         with self._lock:
+            mapping = self.mapping_at(address)
+            if mapping is not None:
+                if mapping.owner != owner:
+                    raise InvalidAddress(f"0x{address:x} is mapped by another process")
+                return Allocation(mapping.address, mapping.size, owner)
             index = bisect.bisect_right(self._starts, address) - 1
             allocation = self._allocations.get(self._starts[index]) if index >= 0 else None
             if allocation is None or allocation.owner != owner or address + max(length, 1) > allocation.end:
@@ -96,8 +129,87 @@ class DeviceMemory:
 
     def owns(self, address: int) -> bool:
         with self._lock:
+            if self.mapping_at(address) is not None or self._reservation_at(address) is not None:
+                return True
             index = bisect.bisect_right(self._starts, address) - 1
             return index >= 0 and address < self._allocations[self._starts[index]].end
+
+    # virtual memory management ----------------------------------------------------------
+    def reserve(self, owner: int, size: int, alignment: int) -> int:
+        """A virtual range of ``size`` bytes nothing backs yet (cuMemAddressReserve)."""
+        with self._lock:
+            address = _round_up(self._next_reserved, max(alignment, LARGE_ALIGNMENT))
+            self._next_reserved = address + size
+            self.reservations[address] = (size, owner)
+            return address
+
+    def unreserve(self, owner: int, address: int, size: int) -> None:
+        with self._lock:
+            if self.reservations.get(address) != (size, owner):
+                raise InvalidAddress(f"[0x{address:x}, +{size}) is not a range this process reserved")
+            if any(address <= m.address < address + size for m in self.mappings.values()):
+                raise InvalidAddress(f"[0x{address:x}, +{size}) still has mappings")
+            del self.reservations[address]
+
+    def _reservation_at(self, address: int) -> tuple[int, int, int] | None:
+        for start, (size, owner) in self.reservations.items():
+            if start <= address < start + size:
+                return start, size, owner
+        return None
+
+    def mapping_at(self, address: int) -> Mapping | None:
+        index = bisect.bisect_right(self._mapping_starts, address) - 1
+        mapping = self.mappings.get(self._mapping_starts[index]) if index >= 0 else None
+        return mapping if mapping is not None and address < mapping.end else None
+
+    def map(self, mapping: Mapping) -> None:
+        """Back [address, address + size) of a reservation with physical memory (cuMemMap)."""
+        with self._lock:
+            reservation = self._reservation_at(mapping.address)
+            if reservation is None or reservation[2] != mapping.owner or \
+                    mapping.end > reservation[0] + reservation[1]:
+                raise InvalidAddress(f"[0x{mapping.address:x}, +{mapping.size}) is not inside a reserved range")
+            if any(m.address < mapping.end and mapping.address < m.end for m in self.mappings.values()):
+                raise InvalidAddress(f"[0x{mapping.address:x}, +{mapping.size}) is already mapped")
+            bisect.insort(self._mapping_starts, mapping.address)
+            self.mappings[mapping.address] = mapping
+
+    def unmap(self, owner: int, address: int, size: int) -> list[Mapping]:
+        """Remove the mappings in [address, address + size): they must lie wholly inside it
+        (a range with none is fine, as with the real driver)."""
+        with self._lock:
+            touched = [m for m in self.mappings.values() if m.address < address + size and address < m.end]
+            if any(m.owner != owner or m.address < address or m.end > address + size for m in touched):
+                raise InvalidAddress(f"[0x{address:x}, +{size}) cuts through a mapping")
+            for mapping in touched:
+                del self.mappings[mapping.address]
+                self._mapping_starts.remove(mapping.address)
+            return touched
+
+    def forget_virtual(self, owner: int) -> None:
+        """A process ended: its mappings and reserved ranges go (its allocations go with free_owned_by)."""
+        with self._lock:
+            for address in [a for a, m in self.mappings.items() if m.owner == owner]:
+                del self.mappings[address]
+                self._mapping_starts.remove(address)
+            for address in [a for a, (_, who) in self.reservations.items() if who == owner]:
+                del self.reservations[address]
+
+    def _physical(self, owner: int, address: int, length: int) -> list[tuple[int, int]]:
+        """Where [address, address + length) lives: pieces (physical address, length), one per
+        mapping crossed; the range itself when it is ordinary memory."""
+        with self._lock:
+            if not self.mappings or self.mapping_at(address) is None:
+                return [(address, length)]
+            pieces, done = [], 0
+            while done < length:
+                mapping = self.mapping_at(address + done)
+                if mapping is None or mapping.owner != owner or not mapping.access:
+                    raise InvalidAddress(f"0x{address + done:x} is not mapped with access for this process")
+                take = min(length - done, mapping.end - (address + done))
+                pieces.append((mapping.physical + address + done - mapping.address, take))
+                done += take
+            return pieces
 
     # contents -------------------------------------------------------------------------
     def _spans(self, address: int, length: int, create: bool) -> list[memoryview]:
@@ -117,6 +229,18 @@ class DeviceMemory:
 
     def write(self, owner: int, address: int, data: Any) -> None:
         """Copy bytes in; ``data`` is bytes-like, or a client buffer that fills the pages itself."""
+        pieces = self._physical(owner, address, len(data))
+        if len(pieces) > 1 or pieces[0][0] != address:
+            if hasattr(data, "copy_to"):  # a client buffer: fetch its bytes once
+                fetched = bytearray(len(data))
+                data.copy_to([memoryview(fetched)])
+                data = fetched
+            view = memoryview(data).cast("B")
+            done = 0
+            for physical, length in pieces:
+                self.write(owner, physical, view[done:done + length])
+                done += length
+            return
         self.find(owner, address, len(data))
         if hasattr(data, "copy_to"):
             with self._lock:
@@ -140,6 +264,18 @@ class DeviceMemory:
 
     def read(self, owner: int, address: int, length: int, into: Any = None) -> Any:
         """Copy bytes out, into a new buffer, a writable buffer, or a client buffer."""
+        pieces = self._physical(owner, address, length)
+        if len(pieces) > 1 or pieces[0][0] != address:
+            out = bytearray()
+            for physical, size in pieces:
+                out += self.read(owner, physical, size)
+            if into is None:
+                return memoryview(out)
+            if hasattr(into, "copy_from"):
+                into.copy_from([memoryview(out)])
+            else:
+                memoryview(into).cast("B")[:length] = out
+            return into
         self.find(owner, address, length)
         if hasattr(into, "copy_from"):
             with self._lock:
@@ -159,6 +295,10 @@ class DeviceMemory:
     def fill(self, owner: int, address: int, pattern: bytes, count: int) -> None:
         """Write ``pattern`` ``count`` times from ``address`` (memsets of 8, 16 and 32 bits)."""
         length = len(pattern) * count
+        pieces = self._physical(owner, address, length)
+        if len(pieces) > 1 or pieces[0][0] != address:
+            self.write(owner, address, pattern * count)
+            return
         self.find(owner, address, length)
         if not any(pattern):
             with self._lock:

@@ -19,6 +19,7 @@ from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
 from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
+from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.wire.codec import Buffer
@@ -37,11 +38,14 @@ POOL_DEFAULTS = {C["CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES"]: 1, C["CU_
                  C["CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES"]: 1, C["CU_MEMPOOL_ATTR_RELEASE_THRESHOLD"]: 0}
 #: cuMemAllocPitch's row alignment
 PITCH_ALIGNMENT = 512
-#: cuCtxGetLimit's answers until set
-DEFAULT_LIMITS = {C["CU_LIMIT_STACK_SIZE"]: 1024, C["CU_LIMIT_PRINTF_FIFO_SIZE"]: 1 << 20,
-                  C["CU_LIMIT_MALLOC_HEAP_SIZE"]: 8 << 20, C["CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH"]: 2,
+#: cuCtxGetLimit's answers until set, as a real H200 (driver 580) answers them; the device
+#: runtime's synchronisation depth is not supported there (CUDA_ERROR_UNSUPPORTED_LIMIT)
+DEFAULT_LIMITS = {C["CU_LIMIT_STACK_SIZE"]: 1024, C["CU_LIMIT_PRINTF_FIFO_SIZE"]: 8650752,
+                  C["CU_LIMIT_MALLOC_HEAP_SIZE"]: 8 << 20,
                   C["CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT"]: 2048, C["CU_LIMIT_MAX_L2_FETCH_GRANULARITY"]: 64,
-                  C["CU_LIMIT_PERSISTING_L2_CACHE_SIZE"]: 0}
+                  C["CU_LIMIT_PERSISTING_L2_CACHE_SIZE"]: 0, C["CU_LIMIT_CIG_ENABLED"]: 0}
+#: limits that can be read but not set
+READ_ONLY_LIMITS = {C["CU_LIMIT_SHMEM_SIZE"], C["CU_LIMIT_CIG_ENABLED"]}
 #: a copy's fixed cost in the model (driver and DMA set-up), seconds
 COPY_LATENCY = 5e-6
 #: the shim's context ids: a bit for primary or created contexts, the device ordinal in the low
@@ -115,7 +119,7 @@ class MemoryPool:
     used_high: int = 0
 
 
-class CudaService(ModuleServing):
+class CudaService(ModuleServing, VirtualMemory):
     """The CUDA driver functions vgpud serves."""
 
     api = API
@@ -140,6 +144,7 @@ class CudaService(ModuleServing):
         self.limits: dict[tuple[int, int], dict[int, int]] = {}
         self._ids = itertools.count(STREAM_IDS_FROM)
         self._init_modules()
+        self._init_vmm()
         state.on_detach.append(self._forget)
 
     def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
@@ -166,6 +171,7 @@ class CudaService(ModuleServing):
         self.host_time.pop(session.id, None)
         self.peer_access.pop(session.id, None)
         self._forget_modules(session)
+        self._forget_vmm(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -502,17 +508,19 @@ class CudaService(ModuleServing):
         gpu, rc = self._context_gpu(c)
         if gpu is None:
             return rc
-        limits = self.limits.get((c.session.id, gpu.index), {})
+        if limit == C["CU_LIMIT_SHMEM_SIZE"]:  # what a kernel may use: the per-block opt-in maximum
+            pvalue.value = self._attributes[gpu.index].get("MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", 49152)
+            return SUCCESS
         if limit not in DEFAULT_LIMITS:
             return C["CUDA_ERROR_UNSUPPORTED_LIMIT"]
-        pvalue.value = limits.get(limit, DEFAULT_LIMITS[limit])
+        pvalue.value = self.limits.get((c.session.id, gpu.index), {}).get(limit, DEFAULT_LIMITS[limit])
         return SUCCESS
 
     def cuCtxSetLimit(self, c: Caller, limit: int, value: int) -> int:
         gpu, rc = self._context_gpu(c)
         if gpu is None:
             return rc
-        if limit not in DEFAULT_LIMITS:
+        if limit not in DEFAULT_LIMITS or limit in READ_ONLY_LIMITS:
             return C["CUDA_ERROR_UNSUPPORTED_LIMIT"]
         self.limits.setdefault((c.session.id, gpu.index), {})[limit] = value
         return SUCCESS
