@@ -124,6 +124,18 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)cap));
             break;
         }
+        case VGPU_K_HANDLE_ARRAY: { /* each handle as its id; NULL as 0 */
+            uint64_t n = ptr ? count_of(fn, args, p->count) : 0;
+            if (n * 8 > VGPU_MAX_PAYLOAD - 4096) return VGPU_CALL_TOO_BIG;
+            err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)n));
+            for (uint64_t k = 0; k < n && !err; k++) {
+                void *handle = ((void *const *)ptr)[k];
+                uint64_t id = 0;
+                if (handle && vgpu_handle_id(p->handle_type, handle, &id) < 0) return VGPU_CALL_BAD_HANDLE;
+                err = put(b, &id, 8);
+            }
+            break;
+        }
         case VGPU_K_ARRAY:
         case VGPU_K_ARRAY_IN:
         case VGPU_K_ARRAY_OUT: {
@@ -159,7 +171,7 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
         if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN ||
-            p->kind == VGPU_K_ARRAY_IN)
+            p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_HANDLE_ARRAY)
             continue;
         void *ptr = *(void *const *)args[i];
         if (!ptr) continue;

@@ -540,7 +540,7 @@ VGPU_EXPORT CUresult cuLogsDumpToMemory(CUlogIterator *iterator, char *buffer, s
     return CUDA_SUCCESS;
 }
 
-/* ---- stream capture: none is ever active until graphs exist ---- */
+/* ---- stream capture: vgpud keeps captures; the capture mode is per thread ---- */
 
 static __thread CUstreamCaptureMode capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
 
@@ -552,40 +552,35 @@ VGPU_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode
     return CUDA_SUCCESS;
 }
 
-static CUresult capture_info(CUstreamCaptureStatus *status, cuuint64_t *id, CUgraph *graph,
+/* The newer forms ask vgpud for the status and id; the capture's graph has the capture's id.
+ * The dependency nodes are not handed out (NULL, a count of 0). */
+static CUresult capture_info(CUstream stream, CUstreamCaptureStatus *status, cuuint64_t *id, CUgraph *graph,
                              const CUgraphNode **dependencies, const CUgraphEdgeData **edges, size_t *count) {
     if (!status) return CUDA_ERROR_INVALID_VALUE;
-    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    *status = CU_STREAM_CAPTURE_STATUS_NONE;
-    if (id) *id = 0;
-    if (graph) *graph = NULL;
+    cuuint64_t capture = 0;
+    cuuint64_t *capture_out = &capture;
+    void *const args[] = {(void *)&stream, (void *)&status, (void *)&capture_out};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuStreamGetCaptureInfo, args);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (id) *id = capture;
+    if (graph) *graph = *status == CU_STREAM_CAPTURE_STATUS_NONE ? NULL : vgpu_handle_for(vgpu_cuda_handle_CUgraph, capture);
     if (dependencies) *dependencies = NULL;
     if (edges) *edges = NULL;
     if (count) *count = 0;
     return CUDA_SUCCESS;
 }
 
-VGPU_EXPORT CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
-    (void)hStream;
-    return capture_info(captureStatus, NULL, NULL, NULL, NULL, NULL);
-}
-VGPU_EXPORT CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
-                                            cuuint64_t *id_out) {
-    (void)hStream;
-    return capture_info(captureStatus_out, id_out, NULL, NULL, NULL, NULL);
-}
 VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
                                                cuuint64_t *id_out, CUgraph *graph_out,
                                                const CUgraphNode **dependencies_out, size_t *numDependencies_out) {
-    (void)hStream;
-    return capture_info(captureStatus_out, id_out, graph_out, dependencies_out, NULL, numDependencies_out);
+    return capture_info(hStream, captureStatus_out, id_out, graph_out, dependencies_out, NULL, numDependencies_out);
 }
 VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
                                                cuuint64_t *id_out, CUgraph *graph_out,
                                                const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out,
                                                size_t *numDependencies_out) {
-    (void)hStream;
-    return capture_info(captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
+    return capture_info(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out,
+                        numDependencies_out);
 }
 
 /* ---- host functions: run in order on one worker thread once the stream's earlier work is

@@ -28,8 +28,9 @@ extern const vgpu_function vgpu_cuda_fn_cuDeviceGetCount;
 extern const unsigned vgpu_cuda_handle_CUcontext;
 extern const unsigned vgpu_cuda_handle_CUlogsCallbackHandle;
 extern const unsigned vgpu_cuda_handle_CUmodule, vgpu_cuda_handle_CUlibrary, vgpu_cuda_handle_CUfunction,
-    vgpu_cuda_handle_CUkernel, vgpu_cuda_handle_CUstream;
-extern const vgpu_function vgpu_cuda_fn_cuFuncSetAttribute, vgpu_cuda_fn_cuKernelSetAttribute;
+    vgpu_cuda_handle_CUkernel, vgpu_cuda_handle_CUstream, vgpu_cuda_handle_CUgraph, vgpu_cuda_handle_CUgraphNode;
+extern const vgpu_function vgpu_cuda_fn_cuFuncSetAttribute, vgpu_cuda_fn_cuKernelSetAttribute,
+    vgpu_cuda_fn_cuStreamGetCaptureInfo;
 
 /* The library's connection state, for the shim's other files. */
 vgpu_api *vgpu_cuda_api(void);

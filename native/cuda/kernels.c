@@ -17,6 +17,7 @@
 #define WRAPPER_MAGIC 0x466243B1u
 #define MODULE_FLAG_LIBRARY 0x1u
 #define LAUNCH_COOPERATIVE 0x1u
+#define LAUNCH_GRAPH_NODE 0x2u
 #define MAX_PARAM_BYTES 32764u /* kernel parameter space since CUDA 12.1 */
 #define SPECIAL_STREAMS 4096u  /* stream handles below this are constants (NULL, legacy, per-thread) */
 
@@ -281,13 +282,14 @@ typedef struct launch_request {
     uint32_t grid[3], block[3], shared, flags, args_size;
 } __attribute__((packed)) launch_request;
 
-static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned block[3], unsigned shared,
-                       CUstream stream, void **params, void **extra, unsigned flags) {
+/* Check a launch against the kernel and the device, and pack its parameters into args
+ * (MAX_PARAM_BYTES); the request's head is filled but for the stream. */
+static CUresult prepare(CUfunction f, const unsigned grid[3], const unsigned block[3], unsigned shared, void **params,
+                        void **extra, unsigned flags, launch_request *head, uint8_t *args) {
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
-    uint64_t context = vgpu_cuda_context_id(), fid, sid;
+    uint64_t context = vgpu_cuda_context_id(), fid;
     if (!context) return CUDA_ERROR_INVALID_CONTEXT;
     if (!f || function_id(f, &fid) < 0) return CUDA_ERROR_INVALID_HANDLE;
-    if (stream_id(stream, &sid) < 0) return CUDA_ERROR_INVALID_HANDLE;
     read_limits();
     unsigned long long threads = 1;
     for (int d = 0; d < 3; d++) {
@@ -296,10 +298,6 @@ static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned bloc
         threads *= block[d];
     }
     if (threads > (unsigned)max_threads_per_block) return CUDA_ERROR_INVALID_VALUE;
-    struct {
-        launch_request head;
-        uint8_t args[MAX_PARAM_BYTES];
-    } req;
     pthread_rwlock_rdlock(&modules_lock);
     kernel_info *k = find_kernel(fid);
     CUresult rc = CUDA_SUCCESS;
@@ -323,24 +321,90 @@ static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned bloc
             rc = CUDA_ERROR_INVALID_VALUE;
         if (rc == CUDA_SUCCESS) {
             args_size = *size;
-            memcpy(req.args, buffer, args_size);
+            memcpy(args, buffer, args_size);
         }
     } else if (k->nparams && !params) rc = CUDA_ERROR_INVALID_VALUE;
     else {
         args_size = k->param_bytes;
-        memset(req.args, 0, args_size);
+        memset(args, 0, args_size);
         for (unsigned i = 0; i < k->nparams && rc == CUDA_SUCCESS; i++) {
             if (!params[i]) rc = CUDA_ERROR_INVALID_VALUE;
-            else memcpy(req.args + k->offsets[i], params[i], k->sizes[i]);
+            else memcpy(args + k->offsets[i], params[i], k->sizes[i]);
         }
     }
     pthread_rwlock_unlock(&modules_lock);
+    *head = (launch_request){context, fid, 0, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]},
+                             shared, flags, (uint32_t)args_size};
+    return rc;
+}
+
+static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned block[3], unsigned shared,
+                       CUstream stream, void **params, void **extra, unsigned flags) {
+    struct {
+        launch_request head;
+        uint8_t args[MAX_PARAM_BYTES];
+    } req;
+    uint64_t sid;
+    if (vgpu_cuda_initialized() && stream_id(stream, &sid) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    CUresult rc = prepare(f, grid, block, shared, params, extra, flags, &req.head, req.args);
     if (rc != CUDA_SUCCESS) return rc;
-    req.head = (launch_request){context, fid, sid, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]},
-                                shared, flags, (uint32_t)args_size};
-    if (vgpu_post(vgpu_cuda_api(), VGPU_OP_LAUNCH, &req, sizeof req.head + args_size) != VGPU_OK)
+    req.head.stream = sid;
+    if (vgpu_post(vgpu_cuda_api(), VGPU_OP_LAUNCH, &req, sizeof req.head + req.head.args_size) != VGPU_OK)
         return CUDA_ERROR_DEVICE_UNAVAILABLE;
     return CUDA_SUCCESS;
+}
+
+/* A kernel node: the launch's head, the graph and its dependencies, the packed parameters;
+ * vgpud answers with the node's id. */
+#define MAX_NODE_DEPENDENCIES 1024
+static CUresult add_kernel_node(CUgraphNode *node, CUgraph graph, const CUgraphNode *dependencies, size_t count,
+                                CUfunction f, const unsigned grid[3], const unsigned block[3], unsigned shared,
+                                void **params, void **extra) {
+    if (!node || (count && !dependencies) || count > MAX_NODE_DEPENDENCIES) return CUDA_ERROR_INVALID_VALUE;
+    static __thread uint8_t req[sizeof(launch_request) + 12 + 8 * MAX_NODE_DEPENDENCIES + MAX_PARAM_BYTES];
+    launch_request head;
+    uint8_t *args = req + sizeof head + 12 + 8 * count;
+    CUresult rc = prepare(f, grid, block, shared, params, extra, LAUNCH_GRAPH_NODE, &head, args);
+    if (rc != CUDA_SUCCESS) return rc;
+    uint64_t graph_id;
+    uint32_t count32 = (uint32_t)count;
+    if (!graph || vgpu_handle_id(vgpu_cuda_handle_CUgraph, graph, &graph_id) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    memcpy(req, &head, sizeof head);
+    memcpy(req + sizeof head, &graph_id, 8);
+    memcpy(req + sizeof head + 8, &count32, 4);
+    for (size_t i = 0; i < count; i++) {
+        uint64_t id;
+        if (vgpu_handle_id(vgpu_cuda_handle_CUgraphNode, dependencies[i], &id) < 0) return CUDA_ERROR_INVALID_HANDLE;
+        memcpy(req + sizeof head + 12 + 8 * i, &id, 8);
+    }
+    const uint8_t *reply;
+    size_t reply_len;
+    if (vgpu_call(vgpu_cuda_api(), VGPU_OP_LAUNCH, req, sizeof head + 12 + 8 * count + head.args_size, &reply,
+                  &reply_len, 0) != VGPU_OK || reply_len < 4)
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    int32_t result;
+    uint64_t id = 0;
+    memcpy(&result, reply, 4);
+    if (reply_len >= 12) memcpy(&id, reply + 4, 8);
+    if (result != CUDA_SUCCESS) return (CUresult)result;
+    *node = vgpu_handle_for(vgpu_cuda_handle_CUgraphNode, id);
+    return *node ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+VGPU_EXPORT CUresult cuGraphAddKernelNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                             size_t numDependencies, const CUDA_KERNEL_NODE_PARAMS *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {p->gridDimX, p->gridDimY, p->gridDimZ}, block[3] = {p->blockDimX, p->blockDimY, p->blockDimZ};
+    return add_kernel_node(phGraphNode, hGraph, dependencies, numDependencies, p->func ? p->func : (CUfunction)p->kern,
+                           grid, block, p->sharedMemBytes, p->kernelParams, p->extra);
+}
+
+VGPU_EXPORT CUresult cuGraphAddKernelNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                          size_t numDependencies, const CUDA_KERNEL_NODE_PARAMS_v1 *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {p->gridDimX, p->gridDimY, p->gridDimZ}, block[3] = {p->blockDimX, p->blockDimY, p->blockDimZ};
+    return add_kernel_node(phGraphNode, hGraph, dependencies, numDependencies, p->func, grid, block, p->sharedMemBytes,
+                           p->kernelParams, p->extra);
 }
 
 /* A cooperative grid must be resident all at once: at most the occupancy times the SMs. */

@@ -39,6 +39,8 @@ def _size_expr(api: Api, function: Function, index: int) -> str:
         return f"sizeof({c_decl(pointee)})"
     if param.kind is Kind.BUFFER and param.fixed is not None:
         return str(param.fixed)
+    if param.kind is Kind.HANDLE_ARRAY:
+        return "sizeof(void *)"
     return "0"
 
 

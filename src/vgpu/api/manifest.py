@@ -11,6 +11,7 @@ so the native stubs and the Python side agree on every op id and encoding.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import enum
 import hashlib
 import json
@@ -51,6 +52,7 @@ class Kind(enum.IntEnum):
     OPAQUE = 9      #: cannot be marshalled; the function answers "not supported"
     ARRAY_IN = 10   #: const T * (or const void *, bytes) with a count: sent, not returned
     ARRAY_OUT = 11  #: T * (or void *, bytes) with a count: returned, not sent
+    HANDLE_ARRAY = 12  #: const handle * with a count: each element sent as its 64-bit id
 
 
 #: parameter kinds a published function may have (its cache key is built from them)
@@ -225,6 +227,10 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
                 out.append(Param(p["name"], ref, Kind.BUFFER, fixed=capacity))
             else:
                 out.append(Param(p["name"], ref, Kind.BUFFER, count=names.index(capacity)))
+        elif key in notes.get("handle_arrays", {}):
+            pointee = resolved["to"]["name"]
+            out.append(Param(p["name"], ref, Kind.HANDLE_ARRAY, count=names.index(notes["handle_arrays"][key]),
+                             handle=pointee))
         elif key in notes.get("arrays", {}):
             kind = Kind.ARRAY_IN if resolved["to"].get("const") else Kind.ARRAY
             out.append(Param(p["name"], ref, kind, count=names.index(notes["arrays"][key])))
@@ -243,8 +249,10 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
             elif pointee.get("const"):
                 out.append(Param(p["name"], ref, Kind.IN))
             else:
-                out.append(Param(p["name"], ref, Kind.INOUT, optional=key in notes.get("optional", [])))
-    return tuple(out)
+                out.append(Param(p["name"], ref, Kind.INOUT))
+    optional = set(notes.get("optional", []))
+    return tuple(dataclasses.replace(param, optional=True) if f"{fname}.{param.name}" in optional else param
+                 for param in out)
 
 
 def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
@@ -254,7 +262,7 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
-    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value"):
+    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value", "handle_arrays"):
         for key in notes.get(table, {}):
             function, _, param = key.partition(".")
             if function not in functions or param not in {p["name"] for p in functions[function]["params"]}:

@@ -397,28 +397,61 @@ class ModuleServing:
     # launches ----------------------------------------------------------------------------
     LAUNCH = struct.Struct("<QQQ3I3IIII")
     LAUNCH_COOPERATIVE = 0x1
+    LAUNCH_GRAPH_NODE = 0x2
 
     def launch(self, session: Session, payload: bytes) -> bytes:
         """OP_LAUNCH (sent without waiting; the shim has validated it): u64 context, u64
         function id, u64 stream id, grid x/y/z, block x/y/z, u32 dynamic shared bytes, u32
-        flags, u32 parameter bytes, the packed parameters.  Recorded, and timed on the stream."""
+        flags, u32 parameter bytes, then with LAUNCH_GRAPH_NODE u64 graph id, u32 dependency
+        count and u64 node ids, then the packed parameters.  Recorded and timed on the
+        stream, captured when the stream captures, or added to the graph as a kernel node
+        (reply: i32 CUresult, u64 node id)."""
         (context, function_id, stream_id, gx, gy, gz, bx, by, bz, shared, flags,
          args_size) = self.LAUNCH.unpack_from(payload)
-        args = payload[self.LAUNCH.size:self.LAUNCH.size + args_size]
+        at = self.LAUNCH.size
         c = Caller(session, context)
+        graph, dependencies = None, []
+        if flags & self.LAUNCH_GRAPH_NODE:
+            graph_id, count = struct.unpack_from("<QI", payload, at)
+            at += 12
+            ids = struct.unpack_from(f"<{count}Q", payload, at)
+            at += 8 * count
+            graph = self.resolve("CUgraph", graph_id, c)
+            dependencies = [self.resolve("CUgraphNode", node, c) for node in ids]
+            if graph is None or any(node is None or node not in graph.nodes for node in dependencies):
+                return struct.pack("<iQ", C["CUDA_ERROR_INVALID_HANDLE"] if graph is None else INVALID_VALUE, 0)
+        args = bytes(payload[at:at + args_size])
         ref = self._function_of(function_id, c)
+        if ref is None:
+            return struct.pack("<iQ", C["CUDA_ERROR_INVALID_HANDLE"], 0)
+        kernel = (ref, (gx, gy, gz), (bx, by, bz), shared, args, flags)
+        signature = ("kernel", ref.module.id, ref.index)
+        if graph is not None:
+            node = self._add_node(graph, C["CU_GRAPH_NODE_TYPE_KERNEL"], dependencies,
+                                  lambda caller, on: self._run_kernel(caller, on, *kernel, graph=True), signature)
+            return struct.pack("<iQ", SUCCESS, node.id)
         stream = self.resolve("CUstream", stream_id, c)
-        if ref is None or stream is None:
+        if stream is None:
             return struct.pack("<i", C["CUDA_ERROR_INVALID_HANDLE"])
+        if self.capturing(stream) is not None:
+            return struct.pack("<i", self._capture_node(
+                stream, C["CU_GRAPH_NODE_TYPE_KERNEL"],
+                lambda caller, on: self._run_kernel(caller, on, *kernel, graph=True), signature))
+        return struct.pack("<i", self._run_kernel(c, stream, *kernel))
+
+    def _run_kernel(self, c: Caller, stream: Any, ref: FunctionRef, grid: tuple[int, int, int],
+                    block: tuple[int, int, int], shared: int, args: bytes, flags: int, graph: bool = False) -> int:
+        """A launch on the simulated GPU: timed on the stream by the cost model and recorded."""
         function, rc = self._function_state(c, ref)
         if function is None:
-            return struct.pack("<i", rc)
+            return rc
         if ref.module.home is not None and stream.gpu.index != ref.module.home:
-            return struct.pack("<i", C["CUDA_ERROR_INVALID_CONTEXT"])
-        seconds = launch_seconds(function, gx * gy * gz, bx * by * bz, shared)
-        start = max(self.host_time.get(session.id, 0.0), stream.ready_at)
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        seconds = launch_seconds(function, grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2], shared)
+        start = max(self.host_time.get(c.session.id, 0.0), stream.ready_at)
         stream.queue(start, seconds)
-        self.state.launches.add(Launch(session.pid, session.id, time.time(), stream.gpu.index, ref.name,
-                                       (gx, gy, gz), (bx, by, bz), shared, stream.id, bytes(args), start, seconds,
-                                       cooperative=bool(flags & self.LAUNCH_COOPERATIVE)))
-        return struct.pack("<i", SUCCESS)
+        session = c.session
+        self.state.launches.add(Launch(session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
+                                       shared, stream.id, args, start, seconds,
+                                       cooperative=bool(flags & self.LAUNCH_COOPERATIVE), graph=graph))
+        return SUCCESS

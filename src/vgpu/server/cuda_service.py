@@ -18,6 +18,7 @@ from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
+from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
 from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -105,6 +106,8 @@ class Event:
     owner: int
     flags: int
     recorded_at: float | None = None
+    #: the stream capture it was last recorded in, if any
+    capture: Any = None
 
 
 @dataclass
@@ -119,7 +122,7 @@ class MemoryPool:
     used_high: int = 0
 
 
-class CudaService(ModuleServing, VirtualMemory):
+class CudaService(ModuleServing, VirtualMemory, Graphs):
     """The CUDA driver functions vgpud serves."""
 
     api = API
@@ -145,6 +148,7 @@ class CudaService(ModuleServing, VirtualMemory):
         self._ids = itertools.count(STREAM_IDS_FROM)
         self._init_modules()
         self._init_vmm()
+        self._init_graphs()
         state.on_detach.append(self._forget)
 
     def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
@@ -172,6 +176,7 @@ class CudaService(ModuleServing, VirtualMemory):
         self.peer_access.pop(session.id, None)
         self._forget_modules(session)
         self._forget_vmm(session)
+        self._forget_graphs(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -197,6 +202,11 @@ class CudaService(ModuleServing, VirtualMemory):
             return self._module_of(handle_id, caller, library=handle_type == "CUlibrary")
         if handle_type in ("CUfunction", "CUkernel"):
             return self._function_of(handle_id, caller)
+        if handle_type in ("CUgraph", "CUgraphExec", "CUgraphNode"):
+            table = {"CUgraph": self.graphs, "CUgraphExec": self.graph_execs, "CUgraphNode": self.graph_nodes}
+            found = table[handle_type].get(handle_id)
+            owner = getattr(found, "owner", None)
+            return found if found is not None and owner in (None, caller.session.id) else None
         if handle_type == "CUcontext" and (handle_id == 0 or handle_id & (PRIMARY_CONTEXT | CREATED_CONTEXT)):
             return handle_id  # a context of the shim's, or NULL for the current one
         return None
@@ -212,7 +222,7 @@ class CudaService(ModuleServing, VirtualMemory):
         return self.default_streams[key]
 
     def handle_id(self, obj: Any) -> int:
-        if isinstance(obj, (Stream, Event, MemoryPool, LoadedModule)):
+        if isinstance(obj, (Stream, Event, MemoryPool, LoadedModule, Graph, GraphExec, GraphNode)):
             return obj.id
         if isinstance(obj, FunctionRef):
             return obj.module.id << 16 | obj.index
@@ -317,6 +327,9 @@ class CudaService(ModuleServing, VirtualMemory):
         return gpu, rc if gpu is not None or rc != INVALID_DEVICE else C["CUDA_ERROR_INVALID_CONTEXT"]
 
     def cuCtxSynchronize(self, c: Caller) -> int:
+        capture = self._session_capture(c)
+        if capture is not None:
+            return self._invalidate(capture)
         gpu, rc = self._context_gpu(c)
         for stream in self._session_streams(c):
             if stream.gpu is gpu:
@@ -327,10 +340,14 @@ class CudaService(ModuleServing, VirtualMemory):
         return self.cuCtxSynchronize(Caller(c.session, ctx) if ctx else c)
 
     def cuStreamSynchronize(self, c: Caller, hStream: Stream) -> int:
+        if self.capturing(hStream) is not None:
+            return self._invalidate(self.capturing(hStream))
         self._wait_until(c, hStream.ready_at)  # the work itself was done when it was queued
         return SUCCESS
 
     def cuStreamQuery(self, c: Caller, hStream: Stream) -> int:
+        if self.capturing(hStream) is not None:
+            return self._invalidate(self.capturing(hStream))
         return SUCCESS
 
 
@@ -588,6 +605,9 @@ class CudaService(ModuleServing, VirtualMemory):
         queue_on = stream if stream is not None else self._default_stream(c)
         if queue_on is None:
             return C["CUDA_ERROR_INVALID_CONTEXT"]
+        if self.capturing(stream) is not None:  # done when the graph is launched
+            return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_MEMCPY"], lambda caller, on: self._timed(
+                caller, on, seconds, action, *addresses), ("memory", len(addresses)))
         rc = self._access(c, action, *addresses)
         if rc == SUCCESS:
             end = queue_on.queue(self.host_time.get(c.session.id, 0.0), seconds)
@@ -616,6 +636,8 @@ class CudaService(ModuleServing, VirtualMemory):
                              hStream: Stream | None = None) -> int:
         if srcHost is None:
             return INVALID_VALUE
+        if self.capturing(hStream) is not None and not isinstance(srcHost, memoryview):
+            return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(dstDevice), ByteCount),
                            lambda m: m.write(c.session.id, dstDevice, srcHost), dstDevice)
 
@@ -623,6 +645,8 @@ class CudaService(ModuleServing, VirtualMemory):
                              hStream: Stream | None = None) -> int:
         if dstHost is None:
             return INVALID_VALUE
+        if self.capturing(hStream) is not None and not isinstance(dstHost, memoryview):
+            return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(srcDevice), ByteCount),
                            lambda m: m.read(c.session.id, srcDevice, ByteCount, dstHost),
                            srcDevice)
@@ -689,6 +713,10 @@ class CudaService(ModuleServing, VirtualMemory):
         return SUCCESS
 
     def cuStreamWaitEvent(self, c: Caller, hStream: Stream, hEvent: Event, Flags: int) -> int:
+        if hEvent.capture is not None and self.capturing(hStream) is None and hStream.id:
+            self.captures[hStream.id] = hEvent.capture  # the stream joins the capture (fork)
+        if self.capturing(hStream) is not None:
+            return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_WAIT_EVENT"], None, ("wait",))
         if hEvent.recorded_at is not None:  # later work on the stream starts after the event
             hStream.ready_at = max(hStream.ready_at, hEvent.recorded_at)
         return SUCCESS
@@ -707,6 +735,12 @@ class CudaService(ModuleServing, VirtualMemory):
         return SUCCESS
 
     def cuEventRecord(self, c: Caller, hEvent: Event, hStream: Stream) -> int:
+        capture = self.capturing(hStream)
+        if capture is not None:
+            hEvent.capture = capture
+            return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_EVENT_RECORD"],
+                                      lambda caller, on: self.cuEventRecord(caller, hEvent, on), ("event",))
+        hEvent.capture = None
         hEvent.recorded_at = max(hStream.ready_at, self.host_time.get(c.session.id, 0.0))
         return SUCCESS
 

@@ -114,6 +114,11 @@ class ApiDispatcher:
                 if refusal is not None:
                     return codec.encode_reply(refusal, args, service.handle_id)
                 args[index] = obj
+            elif param.kind is Kind.HANDLE_ARRAY and args[index] is not None:
+                resolved = [service.resolve(param.handle, handle, caller) for handle in args[index]]
+                if any(obj is None for obj in resolved):
+                    return codec.encode_reply(service.INVALID_HANDLE, args, service.handle_id)
+                args[index] = resolved
             elif param.kind in _REQUIRED_OUTPUTS and args[index] is None and not param.optional:
                 return codec.encode_reply(service.INVALID_ARGUMENT, args, service.handle_id)
         try:

@@ -163,6 +163,9 @@ class FunctionCodec:
                 args.append(HandleOut())
             elif kind is Kind.BUFFER:
                 args.append(Buffer(reader.unpack(U32)))
+            elif kind is Kind.HANDLE_ARRAY:
+                count = reader.unpack(U32)
+                args.append([reader.unpack(U64) for _ in range(count)])
             elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
                 count = reader.unpack(U32)
                 array_type = ctype * count
