@@ -167,12 +167,14 @@ def test_nvrtc_kernel_through_cuda_python(vgpud):
     assert launch["grid"] == [4, 1, 1] and launch["block"] == [256, 1, 1] and launch["stream"] >= 4096
 
 
-def test_pytorch_kernels_and_cublas_handle(vgpud):
-    """PyTorch's elementwise kernels launch (names recorded), and cuBLAS initialises."""
+def test_pytorch_kernels_and_a_matmul_through_cublas(vgpud):
+    """The issue's own command: elementwise kernels, a reduction and a matmul through cuBLAS
+    (cuBLASLt's heuristics pick a kernel, as on a real H200), each launch recorded by name."""
     code = """
 import json, os, torch
 a = torch.ones(1024, 1024, device="cuda")
 b = (a * 2 + 1).sum()
+c = a @ a
 torch.cuda.synchronize()
 handle = torch.cuda.current_blas_handle()
 print(json.dumps({"pid": os.getpid(), "handle": handle != 0}))
@@ -184,6 +186,25 @@ print(json.dumps({"pid": os.getpid(), "handle": handle != 0}))
     names = [x["kernel"] for x in vgpud.control("launches", pid=report["pid"])["launches"]]
     assert any("elementwise_kernel" in name for name in names), names
     assert any("reduce_kernel" in name for name in names), names
+    assert any("gemm" in name for name in names), names
+
+
+def test_cublas_sgemm_program(vgpud, tmp_path):
+    """A program linked with cuBLAS from the nvidia-cublas wheel: cublasCreate and an SGEMM
+    succeed (cuBLAS asks for the 21318c60 private table's context number on the way)."""
+    import nvidia.cu13
+
+    wheel = Path(nvidia.cu13.__path__[0])
+    binary = tmp_path / "cublas_sgemm"
+    nvcc("-arch=sm_90", f"-I{wheel / 'include'}", "-o", str(binary), str(CLIENTS / "cublas_sgemm.cu"),
+         f"-L{wheel / 'lib'}", "-l:libcublas.so.13")
+    env = vgpud.env | {"CUDA_VISIBLE_DEVICES": "0"}
+    env["LD_LIBRARY_PATH"] = f"{env['LD_LIBRARY_PATH']}:{wheel / 'lib'}"
+    process = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=120)
+    assert out.split() == ["create", "0", "sgemm", "0", "sync", "0", "destroy", "0"], err
+    launches = vgpud.control("launches", pid=process.pid)["launches"]
+    assert [x["kernel"] for x in launches if "gemm" in x["kernel"]], launches
 
 
 # ---- virtual memory, stream capture and graphs ------------------------------------------------

@@ -169,6 +169,9 @@ static uint64_t current_context_id(void) {
 vgpu_api *vgpu_cuda_api(void) { return &api; }
 uint64_t vgpu_cuda_context_id(void) { return current_context_id(); }
 int vgpu_cuda_initialized(void) { return __atomic_load_n(&initialized, __ATOMIC_SEQ_CST); }
+int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number) {
+    return vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, number);
+}
 
 #define CONTEXT_STACK_DEPTH 64
 static __thread CUcontext context_stack[CONTEXT_STACK_DEPTH];

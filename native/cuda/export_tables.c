@@ -241,6 +241,32 @@ static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_
     return CUDA_SUCCESS;
 }
 
+/* ---- 21318c60: asked for by cuBLAS (its context-level queries); a real H200 driver serves 92
+ * slots, of which cuBLAS 13 calls [4] (context, u64 *out): a number for the context.  Every
+ * other slot logs its call and answers "not supported". ---- */
+
+static CUresult context_number(CUcontext ctx, uint64_t *out) {
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    if (!ctx && cuCtxGetCurrent(&ctx) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+    uint64_t id = 0;
+    *out = ctx && vgpu_cuda_context_number(ctx, &id) == 0 ? id : 0;
+    return CUDA_SUCCESS;
+}
+
+#define UNSERVED(n) static CUresult unserved_##n(void) { \
+        vgpu_cuda_log(2, "export table 21318c60 slot %d called: answered \"not supported\"", n); \
+        return CUDA_ERROR_NOT_SUPPORTED; }
+#define UNSERVED10(n) UNSERVED(n##0) UNSERVED(n##1) UNSERVED(n##2) UNSERVED(n##3) UNSERVED(n##4) UNSERVED(n##5) \
+    UNSERVED(n##6) UNSERVED(n##7) UNSERVED(n##8) UNSERVED(n##9)
+UNSERVED(1) UNSERVED(2) UNSERVED(3) UNSERVED(5) UNSERVED(6) UNSERVED(7) UNSERVED(8) UNSERVED(9)
+UNSERVED10(1) UNSERVED10(2) UNSERVED10(3) UNSERVED10(4) UNSERVED10(5) UNSERVED10(6) UNSERVED10(7) UNSERVED10(8)
+UNSERVED(90) UNSERVED(91) UNSERVED(92)
+#define U(n) (void *)unserved_##n,
+#define U10(n) U(n##0) U(n##1) U(n##2) U(n##3) U(n##4) U(n##5) U(n##6) U(n##7) U(n##8) U(n##9)
+static const void *context_queries[93] = {
+    (void *)(sizeof(void *) * 93), U(1) U(2) U(3) (void *)context_number, U(5) U(6) U(7) U(8) U(9)
+    U10(1) U10(2) U10(3) U10(4) U10(5) U10(6) U10(7) U10(8) U(90) U(91) U(92)};
+
 typedef struct known_table {
     uint8_t id[16];
     const void *const *table;
@@ -254,6 +280,7 @@ static const known_table tables[] = {
     {{0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11, 0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93}, context_storage, "CONTEXT_LOCAL_STORAGE"},
     {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e}, context_checks, "CONTEXT_CHECKS"},
     {{0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2}, integrity, "INTEGRITY_CHECK"},
+    {{0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48, 0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2}, context_queries, "CONTEXT_QUERIES"},
 };
 
 VGPU_EXPORT CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -129,28 +130,36 @@ class ModuleServing:
             return struct.pack("<iQI", rc, 0, 0)
         try:
             image = read_image(payload[12:])
-            arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
+        except ImageError:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
+        arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
+        try:
             chosen = image.module_for(arch)
         except PtxTooNew:
             return struct.pack("<iQI", C["CUDA_ERROR_INVALID_PTX"], 0, 0)
         except NoBinaryForGpu:
-            return struct.pack("<iQI", C["CUDA_ERROR_NO_BINARY_FOR_GPU"], 0, 0)
-        except ImageError:
-            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
+            # a library loads lazily, as with CUDA_MODULE_LOADING=LAZY: its kernels can be named,
+            # and using one on this GPU fails (cuBLASLt keeps libraries for other architectures)
+            if not library or os.environ.get("CUDA_MODULE_LOADING") == "EAGER":
+                return struct.pack("<iQI", C["CUDA_ERROR_NO_BINARY_FOR_GPU"], 0, 0)
+            chosen = None
         names = sorted({name for code in image.codes for name in code.kernels})
-        log.debug("pid %d loads a %s (%s) with kernels %s; %s runs %s_%d", session.pid, image.format,
-                  ", ".join(image.architectures), names, gpu.profile.name, chosen.kind, chosen.arch)
+        log.debug("pid %d loads a %s (%s) with %d kernels; %s runs %s", session.pid, image.format,
+                  ", ".join(image.architectures), len(names), gpu.profile.name,
+                  f"{chosen.kind}_{chosen.arch}" if chosen else "none of them")
         module = LoadedModule(next(self._module_ids), session.id, image, library, names,
                               home=None if library else gpu.index)
         try:
-            instance = self._instance(c, module, gpu)
+            instance = self._instance(c, module, gpu) if chosen is not None else None
         except OutOfMemory:
             return struct.pack("<iQI", C["CUDA_ERROR_OUT_OF_MEMORY"], 0, 0)
         self.modules[module.id] = module
         out = [struct.pack("<iQI", SUCCESS, module.id, len(names))]
         for name in names:
-            function = instance.functions.get(name) or FunctionState(chosen.kernels.get(name) or next(
-                code.kernels[name] for code in image.codes if name in code.kernels), self._attributes[gpu.index])
+            function = instance.functions.get(name) if instance is not None else None
+            if function is None:
+                kernel = next(code.kernels[name] for code in image.codes if name in code.kernels)
+                function = FunctionState(kernel, self._attributes[gpu.index])
             kernel = function.kernel
             encoded = name.encode()
             out.append(struct.pack("<H", len(encoded)) + encoded)
