@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +27,43 @@ typedef struct vgpu_conn {
     uint8_t *buf;
     size_t cap;
     int timeout_ms;  /* the socket's current SO_RCVTIMEO */
+    vgpu_api *api;   /* the API it was opened for */
+    /* Frames posted without waiting, sent together (vgpu_post): before the thread's next
+     * call, before any thread's call (vgpu_flush_posts), when POST_BATCH bytes wait, at thread
+     * and process exit.  send_lock guards them and every write to fd. */
+    uint8_t *out;
+    size_t out_len, out_cap;
+    size_t last_record;      /* offset of the last frame vgpu_post_record may extend, or SIZE_MAX */
+    unsigned last_record_op;
+    pthread_mutex_t send_lock;
+    struct vgpu_conn *next;
 } vgpu_conn;
+
+/* Posted bytes waiting in all connections; when 0, a call need not look at other threads'. */
+static size_t pending_total;
+static vgpu_conn *registry;
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+#define POST_BATCH (60u << 10)
 
 static pthread_key_t conn_key;
 static pthread_once_t conn_key_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t api_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static int flush_locked(vgpu_conn *conn);
+
 static void conn_free(void *ptr) {
     vgpu_conn *conn = ptr;
     if (!conn) return;
+    pthread_mutex_lock(&registry_lock);
+    for (vgpu_conn **at = &registry; *at; at = &(*at)->next)
+        if (*at == conn) { *at = conn->next; break; }
+    pthread_mutex_unlock(&registry_lock);
+    pthread_mutex_lock(&conn->send_lock);
+    flush_locked(conn); /* a thread's last posts are not lost when it ends */
+    pthread_mutex_unlock(&conn->send_lock);
     if (conn->fd >= 0) close(conn->fd);
+    pthread_mutex_destroy(&conn->send_lock);
+    free(conn->out);
     free(conn->buf);
     free(conn);
 }
@@ -154,6 +182,37 @@ static int io_all(int fd, void *data, size_t len, int writing, long long deadlin
         if (len && now_ms() > deadline) return -1;
     }
     return 0;
+}
+
+static void set_timeout(vgpu_conn *conn, int ms);
+
+/* Send the connection's posted frames (call with send_lock held); a failure loses vgpud for
+ * the API, as a failed send of one frame would. */
+static int flush_locked(vgpu_conn *conn) {
+    if (!conn->out_len) return 0;
+    size_t len = conn->out_len;
+    conn->out_len = 0;
+    conn->last_record = SIZE_MAX;
+    __atomic_sub_fetch(&pending_total, len, __ATOMIC_SEQ_CST);
+    if (conn->fd < 0 || conn->pid != getpid()) return 0; /* closed, or a parent's, after fork */
+    set_timeout(conn, timeout_ms());
+    if (io_all(conn->fd, conn->out, len, 1, now_ms() + timeout_ms()) == 0) return 0;
+    if (conn->api && !__atomic_exchange_n(&conn->api->lost, 1, __ATOMIC_SEQ_CST))
+        vgpu_log(1, conn->api->prefix, "lost vgpud (could not send %zu bytes of queued work); calls fail until the "
+                 "next init", len);
+    return -1;
+}
+
+void vgpu_flush_posts(void) {
+    if (!__atomic_load_n(&pending_total, __ATOMIC_SEQ_CST)) return;
+    pthread_mutex_lock(&registry_lock);
+    for (vgpu_conn *conn = registry; conn; conn = conn->next) {
+        /* a connection in use is its own thread in a call, which sent its posts first */
+        if (pthread_mutex_trylock(&conn->send_lock)) continue;
+        flush_locked(conn);
+        pthread_mutex_unlock(&conn->send_lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
 }
 
 static void set_timeout(vgpu_conn *conn, int ms) {
@@ -395,6 +454,8 @@ static int connect_conn(vgpu_api *api, vgpu_conn *conn) {
     return rc;
 }
 
+static void register_exit_flush(void) { atexit(vgpu_flush_posts); }
+
 static vgpu_conn *thread_conn(void) {
     pthread_once(&conn_key_once, conn_key_make);
     vgpu_conn *conn = pthread_getspecific(conn_key);
@@ -402,13 +463,27 @@ static vgpu_conn *thread_conn(void) {
         conn = calloc(1, sizeof *conn);
         if (!conn) return NULL;
         conn->fd = -1;
+        conn->last_record = SIZE_MAX;
+        pthread_mutex_init(&conn->send_lock, NULL);
         pthread_setspecific(conn_key, conn);
+        pthread_mutex_lock(&registry_lock);
+        conn->next = registry;
+        registry = conn;
+        pthread_mutex_unlock(&registry_lock);
+        static pthread_once_t exit_flush = PTHREAD_ONCE_INIT;
+        pthread_once(&exit_flush, register_exit_flush);
     }
     if (conn->fd >= 0 && conn->pid != getpid()) {
         /* A forked child: drop its copy of the parent's socket (the parent's connection
-         * lives on) and make a connection, and a session, of its own. */
+         * lives on) and its posts (the parent sends them), and make a connection, and a
+         * session, of its own. */
+        pthread_mutex_lock(&conn->send_lock);
+        __atomic_sub_fetch(&pending_total, conn->out_len, __ATOMIC_SEQ_CST);
+        conn->out_len = 0;
+        conn->last_record = SIZE_MAX;
         close(conn->fd);
         conn->fd = -1;
+        pthread_mutex_unlock(&conn->send_lock);
     }
     return conn;
 }
@@ -416,9 +491,12 @@ static vgpu_conn *thread_conn(void) {
 int vgpu_open(vgpu_api *api) {
     vgpu_conn *conn = thread_conn();
     if (!conn) return VGPU_NO_MEMORY;
+    vgpu_flush_posts();
     __atomic_add_fetch(&api->generation, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&conn->send_lock);
     if (conn->fd >= 0) close(conn->fd);
     conn->fd = -1;
+    pthread_mutex_unlock(&conn->send_lock);
     int rc = connect_conn(api, conn);
     if (rc == VGPU_OK) {
         conn->generation = api->generation;
@@ -428,10 +506,14 @@ int vgpu_open(vgpu_api *api) {
 }
 
 void vgpu_close(vgpu_api *api) {
+    vgpu_flush_posts();
     __atomic_add_fetch(&api->generation, 1, __ATOMIC_SEQ_CST);
     vgpu_conn *conn = thread_conn();
-    if (conn && conn->fd >= 0) close(conn->fd);
-    if (conn) conn->fd = -1;
+    if (!conn) return;
+    pthread_mutex_lock(&conn->send_lock);
+    if (conn->fd >= 0) close(conn->fd);
+    conn->fd = -1;
+    pthread_mutex_unlock(&conn->send_lock);
 }
 
 static int ready_conn(vgpu_api *api, vgpu_conn **out);
@@ -439,9 +521,12 @@ static int ready_conn(vgpu_api *api, vgpu_conn **out);
 int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
               const uint8_t **reply, size_t *reply_len, int extra_ms) {
     vgpu_conn *conn;
+    vgpu_flush_posts(); /* work this or another thread posted comes first */
     int ready = ready_conn(api, &conn);
     if (ready != VGPU_OK) return ready;
+    pthread_mutex_lock(&conn->send_lock);
     int rc = exchange(conn, op, req, req_len, reply, reply_len, extra_ms);
+    pthread_mutex_unlock(&conn->send_lock);
     if (rc == VGPU_LOST) {
         char path[108];
         if (!__atomic_exchange_n(&api->lost, 1, __ATOMIC_SEQ_CST))
@@ -474,19 +559,57 @@ static int ready_conn(vgpu_api *api, vgpu_conn **out) {
     return VGPU_OK;
 }
 
-int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len) {
+/* Append to the connection's posts: a frame of its own, or (records) the last frame grown. */
+static int post(vgpu_api *api, unsigned int op, const void *req, size_t req_len, int record) {
     vgpu_conn *conn;
     int rc = ready_conn(api, &conn);
     if (rc != VGPU_OK) return rc;
-    set_timeout(conn, timeout_ms());
-    if (!send_frame(conn, op, VGPU_FLAG_NO_REPLY, req, req_len, now_ms() + timeout_ms())) {
-        if (!__atomic_exchange_n(&api->lost, 1, __ATOMIC_SEQ_CST))
-            vgpu_log(1, api->prefix, "lost vgpud (could not send op 0x%x); calls fail until the next init", op);
-        close(conn->fd);
-        conn->fd = -1;
-        return VGPU_LOST;
+    conn->api = api;
+    pthread_mutex_lock(&conn->send_lock);
+    int extend = record && conn->out_len && conn->last_record != SIZE_MAX && conn->last_record_op == op;
+    size_t need = conn->out_len + (extend ? 0 : 12) + req_len;
+    if (need > conn->out_cap) {
+        size_t cap = conn->out_cap ? conn->out_cap : POST_BATCH + (64u << 10);
+        while (cap < need) cap *= 2;
+        uint8_t *out = realloc(conn->out, cap);
+        if (!out) {
+            pthread_mutex_unlock(&conn->send_lock);
+            return VGPU_NO_MEMORY;
+        }
+        conn->out = out;
+        conn->out_cap = cap;
     }
-    return VGPU_OK;
+    if (extend) {
+        uint32_t len32;
+        memcpy(&len32, conn->out + conn->last_record, 4);
+        len32 += (uint32_t)req_len;
+        memcpy(conn->out + conn->last_record, &len32, 4);
+    } else {
+        uint8_t *frame = conn->out + conn->out_len;
+        uint32_t len32 = (uint32_t)req_len, seq = ++conn->seq;
+        uint16_t op16 = (uint16_t)op, flags = VGPU_FLAG_NO_REPLY;
+        memcpy(frame, &len32, 4);
+        memcpy(frame + 4, &op16, 2);
+        memcpy(frame + 6, &flags, 2);
+        memcpy(frame + 8, &seq, 4);
+        conn->last_record = record ? conn->out_len : SIZE_MAX;
+        conn->last_record_op = op;
+        conn->out_len += 12;
+    }
+    if (req_len) memcpy(conn->out + conn->out_len, req, req_len);
+    conn->out_len += req_len;
+    __atomic_add_fetch(&pending_total, (extend ? 0 : 12) + req_len, __ATOMIC_SEQ_CST);
+    int failed = conn->out_len >= POST_BATCH ? flush_locked(conn) : 0;
+    pthread_mutex_unlock(&conn->send_lock);
+    return failed ? VGPU_LOST : VGPU_OK;
+}
+
+int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len) {
+    return post(api, op, req, req_len, 0);
+}
+
+int vgpu_post_record(vgpu_api *api, unsigned int op, const void *req, size_t req_len) {
+    return post(api, op, req, req_len, 1);
 }
 
 int vgpu_implemented(const vgpu_api *api, unsigned int op) {

@@ -59,9 +59,16 @@ int vgpu_shared(const void *address, size_t size);
 /* Whether vgpud reads or writes a buffer in place (a shared window, or direct access to a
  * large enough ordinary buffer) instead of receiving or sending its bytes. */
 int vgpu_in_place(const vgpu_api *api, const void *address, size_t size);
-/* Send one request without waiting for an answer (vgpud keeps the first error for the next
- * synchronising call).  Ordered with this thread's other requests. */
+/* Queue one request without waiting for an answer (vgpud keeps the first error for the next
+ * synchronising call).  Posts wait in the thread's connection and travel together: before
+ * any call of any thread, when a batch fills, at thread and process exit; so they stay
+ * ordered with this thread's other requests. */
 int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len);
+/* As vgpu_post, for ops whose payload is a sequence of self-delimiting records: a record
+ * posted right after another of the same op joins its frame (one frame, many launches). */
+int vgpu_post_record(vgpu_api *api, unsigned int op, const void *req, size_t req_len);
+/* Send every thread's waiting posts now. */
+void vgpu_flush_posts(void);
 /* Whether vgpud implements op (after a successful vgpu_open). */
 int vgpu_implemented(const vgpu_api *api, unsigned int op);
 /* The socket path clients use: $VGPU_SOCKET, the system socket if present, else /tmp/vgpu-UID/vgpud.sock. */

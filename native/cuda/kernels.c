@@ -349,7 +349,7 @@ static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned bloc
     CUresult rc = prepare(f, grid, block, shared, params, extra, flags, &req.head, req.args);
     if (rc != CUDA_SUCCESS) return rc;
     req.head.stream = sid;
-    if (vgpu_post(vgpu_cuda_api(), VGPU_OP_LAUNCH, &req, sizeof req.head + req.head.args_size) != VGPU_OK)
+    if (vgpu_post_record(vgpu_cuda_api(), VGPU_OP_LAUNCH, &req, sizeof req.head + req.head.args_size) != VGPU_OK)
         return CUDA_ERROR_DEVICE_UNAVAILABLE;
     return CUDA_SUCCESS;
 }

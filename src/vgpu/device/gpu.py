@@ -113,7 +113,10 @@ class Gpu:
             now = self.clock()
             start = max(now, self.busy_until)
             self.busy_until = start + seconds
-            self.busy.append((start, self.busy_until, session))
+            if self.busy and self.busy[-1][1] >= start and self.busy[-1][2] == session:
+                self.busy[-1] = (self.busy[-1][0], self.busy_until, session)  # back to back: one interval
+            else:
+                self.busy.append((start, self.busy_until, session))
             while self.busy and self.busy[0][1] < now - 60:
                 self.busy.popleft()
             return self.busy_until

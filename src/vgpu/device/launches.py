@@ -43,18 +43,31 @@ class Launch:
 
 
 class LaunchLog:
+    """Launches as plain tuples in Launch's field order (a launch costs vgpud a few
+    microseconds; records become Launch objects only when asked for)."""
+
     def __init__(self, history: int = HISTORY) -> None:
-        self.records: deque[Launch] = deque(maxlen=history)
+        self.records: deque[tuple] = deque(maxlen=history)
         #: launches per pid since vgpud started, including those that fell out of the history
         self.counts: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, launch: Launch) -> None:
+    def add(self, record: tuple) -> None:
+        """Keep a launch: the values of Launch's fields, in order."""
         with self._lock:
-            self.records.append(launch)
-            self.counts[launch.pid] = self.counts.get(launch.pid, 0) + 1
+            self.records.append(record)
+            self.counts[record[0]] = self.counts.get(record[0], 0) + 1
+
+    def extend(self, records: list[tuple]) -> None:
+        """Keep several launches at once (one lock for a frame of them)."""
+        if not records:
+            return
+        with self._lock:
+            self.records.extend(records)
+            for record in records:
+                self.counts[record[0]] = self.counts.get(record[0], 0) + 1
 
     def select(self, pid: int | None = None, limit: int | None = None) -> list[Launch]:
         with self._lock:
-            chosen = [r for r in self.records if pid is None or r.pid == pid]
-        return chosen[-limit:] if limit else chosen
+            chosen = [r for r in self.records if pid is None or r[0] == pid]
+        return [Launch(*r) for r in (chosen[-limit:] if limit else chosen)]

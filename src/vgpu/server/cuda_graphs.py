@@ -130,6 +130,7 @@ class Graphs:
         graph = Graph(next(self._ids), c.session.id)
         self.graphs[graph.id] = graph
         self.captures[hStream.id] = Capture(graph.id, graph, mode, hStream)
+        self._forget_launch_shapes()  # launches on the stream are captured now
         return SUCCESS
 
     cuStreamBeginCapture = cuStreamBeginCapture_v2

@@ -22,7 +22,6 @@ from typing import Any
 from vgpu.api.manifest import load
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.kernels import SHARED_UNIT, FunctionState, blocks_per_multiprocessor, launch_seconds
-from vgpu.device.launches import Launch
 from vgpu.images import CodeImage, ImageError, ModuleCode, NoBinaryForGpu, PtxTooNew, read_image
 from vgpu.server.dispatch import Caller
 from vgpu.server.state import Session
@@ -36,6 +35,7 @@ INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 FA = {name.removeprefix("CU_FUNC_ATTRIBUTE_"): value for name, value in C.items()
       if name.startswith("CU_FUNC_ATTRIBUTE_") and name != "CU_FUNC_ATTRIBUTE_MAX"}
 MODULE_FLAG_LIBRARY = 0x1
+LAUNCHED = struct.pack("<i", SUCCESS)
 
 
 @dataclass
@@ -80,6 +80,9 @@ class ModuleServing:
         self.modules: dict[int, LoadedModule] = {}
         self._module_ids = itertools.count(1)
         self.private_ops = {protocol.OP_MODULE: self.load_module, protocol.OP_LAUNCH: self.launch}
+        #: (session, launch head) -> what a repeated launch needs (see _quick_launch)
+        self._launch_cache: dict[tuple[int, bytes], tuple] = {}
+        self._last_seconds = 0.0
 
     # loading ---------------------------------------------------------------------------
     def _instance(self, c: Caller | Session, module: LoadedModule, gpu: Gpu) -> Instance:
@@ -170,6 +173,7 @@ class ModuleServing:
         return b"".join(out)
 
     def _forget_modules(self, session: Session) -> None:
+        self._forget_launch_shapes()
         for key in [k for k, m in self.modules.items() if m.owner == session.id]:
             del self.modules[key]  # their memory went with the session's
 
@@ -208,6 +212,7 @@ class ModuleServing:
 
     # the driver functions ----------------------------------------------------------------
     def cuModuleUnload(self, c: Caller, hmod: LoadedModule) -> int:
+        self._forget_launch_shapes()
         for instance in hmod.instances.values():
             self._unload_instance(hmod.owner, instance)
         del self.modules[hmod.id]
@@ -318,6 +323,7 @@ class ModuleServing:
         return self._set_attribute(c, kernel, attrib, val, dev)
 
     def _set_attribute(self, c: Caller, ref: FunctionRef, attrib: int, value: int, dev: int | None) -> int:
+        self._forget_launch_shapes()
         function, rc = self._function_state(c, ref, dev)
         if function is None:
             return rc
@@ -409,12 +415,48 @@ class ModuleServing:
     LAUNCH_GRAPH_NODE = 0x2
 
     def launch(self, session: Session, payload: bytes) -> bytes:
-        """OP_LAUNCH (sent without waiting; the shim has validated it): u64 context, u64
-        function id, u64 stream id, grid x/y/z, block x/y/z, u32 dynamic shared bytes, u32
-        flags, u32 parameter bytes, then with LAUNCH_GRAPH_NODE u64 graph id, u32 dependency
-        count and u64 node ids, then the packed parameters.  Recorded and timed on the
-        stream, captured when the stream captures, or added to the graph as a kernel node
-        (reply: i32 CUresult, u64 node id)."""
+        """OP_LAUNCH: launch records back to back (the shim sends a thread's consecutive
+        launches in one frame, without waiting); the reply is the first failure's code.  A
+        record: u64 context, u64 function id, u64 stream id, grid x/y/z, block x/y/z, u32
+        dynamic shared bytes, u32 flags, u32 parameter bytes, then with LAUNCH_GRAPH_NODE (a
+        frame of its own, with a reply) u64 graph id, u32 dependency count and u64 node ids,
+        then the packed parameters.  Recorded and timed on the stream, captured when the
+        stream captures, or added to the graph as a kernel node (reply: i32, u64 node id)."""
+        at, size, head = 0, len(payload), self.LAUNCH.size
+        first = SUCCESS
+        quick = self._launch_cache
+        host = self.host_time.get(session.id, 0.0)
+        now = time.time()
+        records: list[tuple] = []
+        busy: dict[int, list] = {}  # id(stream) -> [stream, seconds] (streams are not hashable)
+        while at < size:
+            flags, args_size = struct.unpack_from("<II", payload, at + head - 8)
+            if flags & self.LAUNCH_GRAPH_NODE:
+                return self._launch(session, payload[at:])
+            end = at + head + args_size
+            if end > size:
+                raise struct.error(f"a launch record of {args_size} parameter bytes runs past its frame")
+            found = quick.get((session.id, payload[at:at + head]))
+            if found is not None:  # seen before, and nothing it depends on changed since
+                stream, name, grid, block, shared, seconds, cooperative = found
+                start = host if host > stream.ready_at else stream.ready_at
+                stream.ready_at = start + seconds
+                busy.setdefault(id(stream), [stream, 0.0])[1] += seconds
+                records.append((session.pid, session.id, now, stream.gpu.index, name, grid, block, shared,
+                                stream.id, payload[at + head:end], start, seconds, cooperative, False))
+            else:
+                self.state.launches.extend(records)
+                records = []
+                rc = struct.unpack_from("<i", self._launch(session, payload[at:end]))[0]
+                first = first or rc
+            at = end
+        self.state.launches.extend(records)
+        for stream, seconds in busy.values():
+            stream.gpu.run(stream.owner, seconds)  # NVML's utilisation follows the work
+        return LAUNCHED if first == SUCCESS else struct.pack("<i", first)
+
+    def _launch(self, session: Session, payload: bytes) -> bytes:
+        """One launch record, the long way (see launch)."""
         (context, function_id, stream_id, gx, gy, gz, bx, by, bz, shared, flags,
          args_size) = self.LAUNCH.unpack_from(payload)
         at = self.LAUNCH.size
@@ -446,7 +488,16 @@ class ModuleServing:
             return struct.pack("<i", self._capture_node(
                 stream, C["CU_GRAPH_NODE_TYPE_KERNEL"],
                 lambda caller, on: self._run_kernel(caller, on, *kernel, graph=True), signature))
-        return struct.pack("<i", self._run_kernel(c, stream, *kernel))
+        rc = self._run_kernel(c, stream, *kernel)
+        if rc == SUCCESS:  # the next launch with the same head takes the quick way (launch)
+            self._launch_cache[(session.id, bytes(payload[:self.LAUNCH.size]))] = (
+                stream, ref.name, (gx, gy, gz), (bx, by, bz), shared, self._last_seconds,
+                bool(flags & self.LAUNCH_COOPERATIVE))
+        return struct.pack("<i", rc)
+
+    def _forget_launch_shapes(self) -> None:
+        """Something a cached launch depends on changed (a stream, module, attribute, capture)."""
+        self._launch_cache.clear()
 
     def _run_kernel(self, c: Caller, stream: Any, ref: FunctionRef, grid: tuple[int, int, int],
                     block: tuple[int, int, int], shared: int, args: bytes, flags: int, graph: bool = False) -> int:
@@ -457,10 +508,11 @@ class ModuleServing:
         if ref.module.home is not None and stream.gpu.index != ref.module.home:
             return C["CUDA_ERROR_INVALID_CONTEXT"]
         seconds = launch_seconds(function, grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2], shared)
+        self._last_seconds = seconds
         start = max(self.host_time.get(c.session.id, 0.0), stream.ready_at)
         stream.queue(start, seconds)
         session = c.session
-        self.state.launches.add(Launch(session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
-                                       shared, stream.id, args, start, seconds,
-                                       cooperative=bool(flags & self.LAUNCH_COOPERATIVE), graph=graph))
+        self.state.launches.add((session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
+                                 shared, stream.id, args, start, seconds, bool(flags & self.LAUNCH_COOPERATIVE),
+                                 graph))
         return SUCCESS

@@ -699,6 +699,7 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
         return self.cuStreamCreateWithPriority(c, phStream, Flags, 0)
 
     def cuStreamDestroy_v2(self, c: Caller, hStream: Stream) -> int:
+        self._forget_launch_shapes()
         if hStream.id == 0:
             return C["CUDA_ERROR_INVALID_HANDLE"]
         del self.streams[hStream.id]
@@ -715,6 +716,7 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
     def cuStreamWaitEvent(self, c: Caller, hStream: Stream, hEvent: Event, Flags: int) -> int:
         if hEvent.capture is not None and self.capturing(hStream) is None and hStream.id:
             self.captures[hStream.id] = hEvent.capture  # the stream joins the capture (fork)
+            self._forget_launch_shapes()
         if self.capturing(hStream) is not None:
             return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_WAIT_EVENT"], None, ("wait",))
         if hEvent.recorded_at is not None:  # later work on the stream starts after the event

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PROTOCOL_VERSION = 1
 MAGIC = b"VGPU"
@@ -84,8 +84,7 @@ class ProtocolError(Exception):
     """A peer sent something that is not a valid frame; the connection is closed."""
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     op: int
     flags: int
     seq: int
@@ -110,17 +109,21 @@ class FrameParser:
 
     def feed(self, data: bytes | memoryview) -> list[Frame]:
         """Frames completed by ``data``; ProtocolError on a malformed one."""
-        self.buffer += data
+        buffer = self.buffer
+        buffer += data
         frames = []
-        while len(self.buffer) >= HEADER.size:
-            length, op, flags, seq = HEADER.unpack_from(self.buffer)
+        at, size, unpack = 0, len(buffer), HEADER.unpack_from
+        while size - at >= HEADER.size:
+            length, op, flags, seq = unpack(buffer, at)
             if length > MAX_PAYLOAD:
                 raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
-            end = HEADER.size + length
-            if len(self.buffer) < end:
+            end = at + HEADER.size + length
+            if end > size:
                 break
-            frames.append(Frame(op, flags, seq, bytes(self.buffer[HEADER.size:end])))
-            del self.buffer[:end]
+            frames.append(Frame(op, flags, seq, bytes(buffer[at + HEADER.size:end])))
+            at = end
+        if at:
+            del buffer[:at]  # once per read, not once per frame
         return frames
 
 
