@@ -3,7 +3,8 @@
  *                            cuCtxSynchronize: vgpud has recorded them all when it returns
  *   launch_rate floor N SOCKET PAYLOAD
  *                            N frames of PAYLOAD bytes sent without waiting (NO_REPLY pings)
- *                            to vgpud on the same socket, then one ping with a reply
+ *                            to vgpud on the same socket, in writes of up to 60 KiB as the
+ *                            library batches its posts, then one ping with a reply
  * Prints seconds for the whole batch. */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -65,16 +66,25 @@ static int floor_sends(long n, const char *path, int payload) {
     memcpy(hello + 16, &version, 4);
     memcpy(hello + 20, "control", 7);
     if (send(fd, hello, sizeof hello, 0) != (ssize_t)sizeof hello || recv(fd, reply, sizeof reply, 0) <= 0) return 1;
-    uint8_t *frame = calloc(1, 12 + payload);
+    long per_write = (60 << 10) / (12 + payload);
+    uint8_t *batch = calloc(per_write, 12 + payload), *frame = batch;
     uint32_t size = payload;
     op = 2;      /* OP_PING */
     flags = 2;   /* FLAG_NO_REPLY */
-    memcpy(frame, &size, 4);
-    memcpy(frame + 4, &op, 2);
-    memcpy(frame + 6, &flags, 2);
+    for (long i = 0; i < per_write; i++) {
+        memcpy(batch + i * (12 + payload), &size, 4);
+        memcpy(batch + i * (12 + payload) + 4, &op, 2);
+        memcpy(batch + i * (12 + payload) + 6, &flags, 2);
+    }
     double start = now();
-    for (long i = 0; i < n; i++)
-        if (send(fd, frame, 12 + payload, 0) != 12 + payload) return 1;
+    for (long sent = 0; sent < n; sent += per_write) {
+        size_t bytes = (size_t)(n - sent < per_write ? n - sent : per_write) * (12 + payload), done = 0;
+        while (done < bytes) {
+            ssize_t w = send(fd, batch + done, bytes - done, 0);
+            if (w <= 0) return 1;
+            done += (size_t)w;
+        }
+    }
     flags = 0;
     memcpy(frame + 6, &flags, 2);
     if (send(fd, frame, 12 + payload, 0) != 12 + payload) return 1;
