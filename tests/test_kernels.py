@@ -13,7 +13,7 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import CUDA_LIB, run_python
 from tests.test_cudart import NVCC
 from vgpu.images import NoBinaryForGpu, PtxTooNew, read_image
 from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, HEADER
@@ -267,3 +267,54 @@ print(json.dumps({"pid": os.getpid()}))
     launches = vgpud.control("launches", pid=pid)["launches"]
     replayed = [x for x in launches if x["graph"]]
     assert len(replayed) == 3 * 2 and all("elementwise_kernel" in x["kernel"] for x in replayed)
+
+
+# ---- ggml-style discovery ------------------------------------------------------------------
+
+def test_ggml_style_discovery_in_a_short_lived_child(vgpud, tmp_path):
+    """How Ollama and llama.cpp find GPUs: a child whose LD_LIBRARY_PATH starts with a bundle
+    folder dlopens a backend library with libcuda.so.1, cudart and cuBLAS as DT_NEEDED
+    entries; it reports each simulated GPU's name, UUID (found again through NVML's
+    nvmlDeviceGetHandleByUUID), compute capability, VMM support and free memory, creates a
+    cuBLAS handle and makes a VMM allocation, as ggml-cuda does."""
+    import nvidia.cu13
+
+    from vgpu import launcher
+    from vgpu.device.gpuset import parse
+
+    if not (CUDA_LIB / "libcudart.so.13").exists():
+        pytest.skip("cudart 13 is not on this machine")
+    wheel = Path(nvidia.cu13.__path__[0])
+    bundle = tmp_path / "lib" / "ollama" / "cuda_v13"
+    bundle.mkdir(parents=True)
+    (bundle / "libcudart.so.13").symlink_to(CUDA_LIB / "libcudart.so.13")
+    for name in ("libcublas.so.13", "libcublasLt.so.13"):
+        (bundle / name).symlink_to(wheel / "lib" / name)
+    (bundle / "libcuda.so.1").symlink_to(launcher.library_path("libvgpu-cuda.so"))
+    sources = CLIENTS / "ggml_discovery"
+    includes = [f"-I{CUDA_LIB.parent / 'include'}", f"-I{wheel / 'include'}"]
+    subprocess.run(["cc", "-shared", "-fPIC", *includes, "-o", str(bundle / "libggml-cuda.so"),
+                    str(sources / "backend.c"), f"-L{bundle}", "-l:libcudart.so.13", "-l:libcublas.so.13",
+                    "-l:libcuda.so.1", "-ldl", f"-Wl,-rpath,$ORIGIN"], check=True)
+    runner = tmp_path / "runner"
+    subprocess.run(["cc", "-o", str(runner), str(sources / "runner.c"), "-ldl"], check=True)
+    needed = subprocess.run(["readelf", "-d", str(bundle / "libggml-cuda.so")], capture_output=True,
+                            text=True).stdout
+    assert all(f"[{lib}]" in needed for lib in ("libcuda.so.1", "libcudart.so.13", "libcublas.so.13"))
+    env = dict(vgpud.env)
+    # the bundle first, as Ollama's server sets it for its runners; NVML comes from the system
+    # library folder (vgpu's links stand for it here)
+    env["LD_LIBRARY_PATH"] = f"{bundle}:{launcher.link_dir()}"
+    result = subprocess.run([str(runner)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    devices = [json.loads(line) for line in result.stdout.splitlines()]
+    gpus = parse("2xh100,l4,rtx4090").gpus
+    assert [d["name"] for d in devices] == [g.profile.name for g in gpus]
+    assert [d["uuid"] for d in devices] == [g.uuid for g in gpus]
+    assert [d["compute"] for d in devices] == ["9.0", "9.0", "8.9", "8.9"]
+    for device in devices:
+        assert device["vmm"] == 1 and device["granularity"] == 2 << 20 and device["vmm_round_trip"] == 1
+        assert device["cublas"] == 1 and device["integrated"] == 0
+        assert 0 < device["free"] <= device["total"]
+        assert device["nvml_free"] > 0, "NVML found the device by the UUID cudart reported"
+        assert device["driver"] >= device["runtime"] >= 13000
