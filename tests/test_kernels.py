@@ -295,7 +295,7 @@ def test_ggml_style_discovery_in_a_short_lived_child(vgpud, tmp_path):
     includes = [f"-I{CUDA_LIB.parent / 'include'}", f"-I{wheel / 'include'}"]
     subprocess.run(["cc", "-shared", "-fPIC", *includes, "-o", str(bundle / "libggml-cuda.so"),
                     str(sources / "backend.c"), f"-L{bundle}", "-l:libcudart.so.13", "-l:libcublas.so.13",
-                    "-l:libcuda.so.1", "-ldl", f"-Wl,-rpath,$ORIGIN"], check=True)
+                    "-l:libcuda.so.1", "-ldl", "-Wl,-rpath,$ORIGIN"], check=True)
     runner = tmp_path / "runner"
     subprocess.run(["cc", "-o", str(runner), str(sources / "runner.c"), "-ldl"], check=True)
     needed = subprocess.run(["readelf", "-d", str(bundle / "libggml-cuda.so")], capture_output=True,
@@ -318,3 +318,21 @@ def test_ggml_style_discovery_in_a_short_lived_child(vgpud, tmp_path):
         assert 0 < device["free"] <= device["total"]
         assert device["nvml_free"] > 0, "NVML found the device by the UUID cudart reported"
         assert device["driver"] >= device["runtime"] >= 13000
+
+
+def test_cudart_interface_module_slot_launch_ex_and_utilisation(vgpud, images):
+    """Older runtimes load fat binaries through CUDART_INTERFACE slot 1; cuLaunchKernelEx
+    checks cluster attributes; a second of modelled kernel work shows in NVML."""
+    fatbin = images["kernel_checks"].parent / "sm90.fatbin"
+    nvcc("-fatbin", "-arch=sm_90", "-o", str(fatbin), str(CLIENTS / "kernel_checks.cu"))
+    env = vgpud.env | {"CUDA_VISIBLE_DEVICES": "0"}
+    result = subprocess.run([sys.executable, str(CLIENTS / "driver_kernels.py"), str(fatbin)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["slot_load"] == 0 and report["get_function"] == 0
+    assert report["ex_cluster"] == 0
+    assert report["ex_cluster_uneven"] == 1  # CUDA_ERROR_INVALID_VALUE
+    assert report["ex_cooperative"] == 0
+    before, after = report["utilization"]
+    assert after > before and after >= 30, report
