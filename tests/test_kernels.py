@@ -189,22 +189,26 @@ print(json.dumps({"pid": os.getpid(), "handle": handle != 0}))
     assert any("gemm" in name for name in names), names
 
 
-def test_cublas_sgemm_program(vgpud, tmp_path):
-    """A program linked with cuBLAS from the nvidia-cublas wheel: cublasCreate and an SGEMM
-    succeed (cuBLAS asks for the 21318c60 private table's context number on the way)."""
+def test_cublas_and_cublaslt_program(vgpud, tmp_path):
+    """A program linked with cuBLAS and cuBLASLt from the nvidia-cublas wheel: a handle on a
+    stream and an SGEMM; cuBLASLt's own handle, heuristic and matmul (cuBLAS asks for the
+    21318c60 private table's context number on the way)."""
     import nvidia.cu13
 
     wheel = Path(nvidia.cu13.__path__[0])
     binary = tmp_path / "cublas_sgemm"
     nvcc("-arch=sm_90", f"-I{wheel / 'include'}", "-o", str(binary), str(CLIENTS / "cublas_sgemm.cu"),
-         f"-L{wheel / 'lib'}", "-l:libcublas.so.13")
+         f"-L{wheel / 'lib'}", "-l:libcublas.so.13", "-l:libcublasLt.so.13")
     env = vgpud.env | {"CUDA_VISIBLE_DEVICES": "0"}
     env["LD_LIBRARY_PATH"] = f"{env['LD_LIBRARY_PATH']}:{wheel / 'lib'}"
     process = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = process.communicate(timeout=120)
-    assert out.split() == ["create", "0", "sgemm", "0", "sync", "0", "destroy", "0"], err
+    report = dict(line.split(" ", 1) for line in out.splitlines())
+    assert report.pop("lt_found") == "1", out + err
+    assert set(report.values()) == {"0"}, out + err
+    assert set(report) >= {"sgemm", "set_stream", "lt_heuristic", "lt_matmul"}
     launches = vgpud.control("launches", pid=process.pid)["launches"]
-    assert [x["kernel"] for x in launches if "gemm" in x["kernel"]], launches
+    assert len([x["kernel"] for x in launches if "gemm" in x["kernel"]]) >= 2, launches
 
 
 # ---- virtual memory, stream capture and graphs ------------------------------------------------
@@ -331,6 +335,8 @@ def test_cudart_interface_module_slot_launch_ex_and_utilisation(vgpud, images):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["slot_load"] == 0 and report["get_function"] == 0
+    assert report["module_load_file"] == report["module_load_fatbinary"] == 0
+    assert report["module_load_missing_file"] == 301  # CUDA_ERROR_FILE_NOT_FOUND
     assert report["ex_cluster"] == 0
     assert report["ex_cluster_uneven"] == 1  # CUDA_ERROR_INVALID_VALUE
     assert report["ex_cooperative"] == 0

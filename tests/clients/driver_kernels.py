@@ -48,6 +48,11 @@ module = ctypes.c_void_p()
 report["slot_load"] = load(ctypes.byref(module), ctypes.addressof(wrapper_struct))
 kernel = ctypes.c_void_p()
 report["get_function"] = cuda.cuModuleGetFunction(ctypes.byref(kernel), module, b"_Z5emptyv")
+# the same image from its file and as a fat binary in memory
+from_file, fat = ctypes.c_void_p(), ctypes.c_void_p()
+report["module_load_file"] = cuda.cuModuleLoad(ctypes.byref(from_file), sys.argv[1].encode())
+report["module_load_fatbinary"] = cuda.cuModuleLoadFatBinary(ctypes.byref(fat), image)
+report["module_load_missing_file"] = cuda.cuModuleLoad(ctypes.byref(from_file), b"/nonexistent.cubin")
 
 # cuLaunchKernelEx: a cluster of 2 on a grid of 4, a cluster that does not divide the grid, a
 # cooperative launch
