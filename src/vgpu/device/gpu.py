@@ -80,7 +80,7 @@ class Gpu:
     @property
     def cuda_total(self) -> int:
         """What CUDA reports as the GPU's memory (less than NVML's total, as on real cards)."""
-        return self.profile.cuda_total_mib << 20
+        return self.profile.cuda_total
 
     @property
     def cuda_free(self) -> int:

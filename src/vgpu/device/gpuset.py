@@ -73,7 +73,7 @@ def build(profiles: list[Profile], spec: str, driver_version: str = DEFAULT_DRIV
         raise ValueError("a GPU set needs at least one GPU")
     if len(profiles) > 32:
         raise ValueError(f"{len(profiles)} GPUs asked for; a vgpud serves at most 32")
-    canonical = ",".join(p.key for p in profiles)
+    canonical = ",".join(p.key + (f":{p.slice_bytes}" if p.slice_bytes else "") for p in profiles)
     gpus = []
     for index, profile in enumerate(profiles):
         digest = hashlib.sha256(f"vgpu:{canonical}:{index}".encode()).digest()
@@ -83,8 +83,32 @@ def build(profiles: list[Profile], spec: str, driver_version: str = DEFAULT_DRIV
     return GpuSet(spec, tuple(gpus), driver_version, cuda_version)
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``20g``, ``512m``, ``20GiB``, ``20gb`` or a plain number (binary units)."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = cleaned.rstrip("kmgt"), cleaned[len(cleaned.rstrip("kmgt")):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"{text!r} is not a size; write it as 20g, 512m or a number of bytes") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a size must be positive")
+    return int(value)
+
+
+def _profile(key: str) -> Profile:
+    """A profile by key, sliced when the key says so (``h100:20g``)."""
+    name, _, size = key.partition(":")
+    profile = get(name)
+    return profile.sliced(parse_size(size)) if size else profile
+
+
 def parse(spec: str) -> GpuSet:
-    """``2xh100``, ``h100,l4``, ``8xh200`` or the path of a TOML file (see docs/configuration.md)."""
+    """``2xh100``, ``h100,l4``, ``8xh200``, ``h100:20g`` (a slice: 20 GiB of an H100) or the
+    path of a TOML file (see docs/configuration.md)."""
     path = Path(spec)
     if spec.endswith(".toml") or path.is_file():
         return _from_file(path)
@@ -95,7 +119,7 @@ def parse(spec: str) -> GpuSet:
             count, key = "1", part
         if int(count) < 1:
             raise ValueError(f"bad GPU count in {part!r}; write it as 2xh100")
-        profiles.extend([get(key)] * int(count))
+        profiles.extend([_profile(key)] * int(count))
     return build(profiles, spec)
 
 
@@ -106,6 +130,9 @@ def _from_file(path: Path) -> GpuSet:
         raise ValueError(f"GPU set file {path} does not exist") from None
     profiles: list[Profile] = []
     for entry in data.get("gpus", []):
-        profiles.extend([get(entry["profile"])] * int(entry.get("count", 1)))
+        profile = get(entry["profile"])
+        if "memory" in entry:
+            profile = profile.sliced(parse_size(str(entry["memory"])))
+        profiles.extend([profile] * int(entry.get("count", 1)))
     return build(profiles, str(path), data.get("driver_version", DEFAULT_DRIVER_VERSION),
                  int(data.get("cuda_version", DEFAULT_CUDA_VERSION)))

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 
@@ -49,14 +49,28 @@ class Profile:
     temp_shutdown_c: int
     #: fields whose value comes from a single or unofficial source
     unverified: tuple[str, ...] = field(default=())
+    #: bytes of the card this GPU is limited to (a slice, ``h100:20g``), or 0 for all of it
+    slice_bytes: int = 0
 
     @property
     def memory_total(self) -> int:
-        return self.memory_total_mib << 20
+        return self.slice_bytes or self.memory_total_mib << 20
 
     @property
     def memory_reserved(self) -> int:
-        return self.memory_reserved_mib << 20
+        return 0 if self.slice_bytes else self.memory_reserved_mib << 20
+
+    @property
+    def cuda_total(self) -> int:
+        """What CUDA reports as the device's total (cuDeviceTotalMem, cuMemGetInfo)."""
+        return self.slice_bytes or self.cuda_total_mib << 20
+
+    def sliced(self, size: int) -> "Profile":
+        """This card limited to ``size`` bytes of memory: NVML and CUDA report and enforce it."""
+        if not 0 < size <= self.cuda_total_mib << 20:
+            raise ValueError(f"a slice of {size >> 20} MiB does not fit a {self.key} "
+                             f"({self.cuda_total_mib} MiB usable)")
+        return replace(self, slice_bytes=size)
 
 
 def _load(path: Path) -> Profile:

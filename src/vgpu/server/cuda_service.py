@@ -282,7 +282,7 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
     def cuDeviceTotalMem_v2(self, s: Caller, bytes: Any, dev: int) -> int:
         gpu, rc = self._device_call(s, dev)
         if gpu is not None:
-            bytes.value = gpu.profile.cuda_total_mib << 20
+            bytes.value = gpu.profile.cuda_total
         return rc
 
     def cuDeviceComputeCapability(self, s: Caller, major: Any, minor: Any, dev: int) -> int:

@@ -209,7 +209,7 @@ class NvmlService:
 
     def nvmlDeviceGetAttributes_v2(self, s: Session, device: Gpu, attributes: Any) -> int:
         attributes.multiprocessorCount = device.profile.sm_count
-        attributes.memorySizeMB = device.profile.memory_total_mib
+        attributes.memorySizeMB = device.profile.memory_total >> 20
         attributes.gpuInstanceSliceCount = 7 if device.profile.mig else 1
         attributes.computeInstanceSliceCount = attributes.gpuInstanceSliceCount
         return SUCCESS
