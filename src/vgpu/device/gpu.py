@@ -55,6 +55,9 @@ class Gpu:
     lost: bool = False
     ecc: EccCounters = field(default_factory=EccCounters)
     xids: list[int] = field(default_factory=list)
+    #: session id -> (tenant name, the tenant's memory quota on this GPU or None), for
+    #: sessions that came over the network with a token
+    tenants: dict[int, tuple[str, int | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.profile = self.ident.profile
@@ -88,14 +91,23 @@ class Gpu:
 
     def hold(self, session: int, nbytes: int, cuda: bool = False) -> None:
         """Account ``nbytes`` of device memory to a session (its allocations); CUDA's
-        allocations are bounded by CUDA's total, which is less than NVML's free memory."""
+        allocations are bounded by CUDA's total, which is less than NVML's free memory, and a
+        tenant's by its quota."""
         with self.lock:
             if nbytes < 0:
                 raise ValueError("a negative allocation")
             free = self.cuda_free if cuda else self.memory_free
+            tenant = self.tenants.get(session)
+            if tenant is not None and tenant[1] is not None:
+                free = min(free, tenant[1] - self.tenant_used(tenant[0]))
             if nbytes > free:
                 raise OutOfMemory(f"GPU {self.index}: {nbytes} bytes asked, {free} free")
             self.held[session] = self.held.get(session, 0) + nbytes
+
+    def tenant_used(self, tenant: str) -> int:
+        """Bytes the sessions of one tenant hold on this GPU."""
+        with self.lock:
+            return sum(self.held.get(s, 0) for s, (name, _) in self.tenants.items() if name == tenant)
 
     def release(self, session: int, nbytes: int | None = None) -> None:
         """Give back ``nbytes`` (all, if None) held by a session."""

@@ -233,8 +233,12 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
         return None
 
     def _visible(self, c: Caller) -> list[int]:
+        """The GPUs (indices into the daemon's) behind this process's CUDA ordinals: its
+        tenant's, then as CUDA_VISIBLE_DEVICES picks among them."""
         s = c.session
-        return visible_devices(s.env.get("CUDA_VISIBLE_DEVICES"), [gpu.ident.uuid for gpu in self.state.gpus])
+        usable = [gpu.index for gpu in self.state.visible_gpus(s)]
+        chosen = visible_devices(s.env.get("CUDA_VISIBLE_DEVICES"), [self.state.gpus[i].ident.uuid for i in usable])
+        return [usable[i] for i in chosen]
 
     def _gpu(self, s: Caller, dev: int) -> Gpu | None:
         """The GPU behind a CUDA ordinal of this process."""
@@ -282,7 +286,7 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
     def cuDeviceTotalMem_v2(self, s: Caller, bytes: Any, dev: int) -> int:
         gpu, rc = self._device_call(s, dev)
         if gpu is not None:
-            bytes.value = gpu.profile.cuda_total
+            bytes.value = self.state.memory_view(gpu, s.session, cuda=True)[0]
         return rc
 
     def cuDeviceComputeCapability(self, s: Caller, major: Any, minor: Any, dev: int) -> int:
@@ -354,7 +358,8 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
     def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
         gpu, rc = self._context_gpu(c)
         if gpu is not None:
-            free.value, total.value = gpu.cuda_free, gpu.cuda_total
+            whole, used = self.state.memory_view(gpu, c.session, cuda=True)
+            free.value, total.value = max(whole - used, 0), whole
         return rc
 
     def cuMemAlloc_v2(self, c: Caller, dptr: Any, bytesize: int) -> int:

@@ -69,7 +69,8 @@ class NvmlService:
 
     def resolve(self, handle_type: str, handle_id: int, session: Session) -> Any:
         if handle_type == "nvmlDevice_t" and 1 <= handle_id <= len(self.state.gpus):
-            return self.state.gpus[handle_id - 1]
+            gpu = self.state.gpus[handle_id - 1]
+            return gpu if gpu in self.state.visible_gpus(session) else None
         if handle_type == "nvmlEventSet_t":
             return self.state.events.get(handle_id, session.id)
         return None
@@ -117,22 +118,24 @@ class NvmlService:
         return SUCCESS
 
     # enumeration ----------------------------------------------------------------------
+    # a network client with a token sees its tenant's GPUs only, numbered from 0
     def nvmlDeviceGetCount_v2(self, s: Session, deviceCount: Any) -> int:
-        deviceCount.value = len(self.state.gpus)
+        deviceCount.value = len(self.state.visible_gpus(s))
         return SUCCESS
 
     nvmlDeviceGetCount = nvmlDeviceGetCount_v2
 
     def nvmlDeviceGetHandleByIndex_v2(self, s: Session, index: int, device: HandleOut) -> int:
-        if not 0 <= index < len(self.state.gpus):
+        visible = self.state.visible_gpus(s)
+        if not 0 <= index < len(visible):
             return INVALID
-        device.value = self.state.gpus[index]
+        device.value = visible[index]
         return C["NVML_ERROR_GPU_IS_LOST"] if device.value.lost else SUCCESS
 
     nvmlDeviceGetHandleByIndex = nvmlDeviceGetHandleByIndex_v2
 
-    def _handle_where(self, device: HandleOut, match: Any) -> int:
-        for gpu in self.state.gpus:
+    def _handle_where(self, s: Session, device: HandleOut, match: Any) -> int:
+        for gpu in self.state.visible_gpus(s):
             if match(gpu):
                 device.value = gpu
                 return C["NVML_ERROR_GPU_IS_LOST"] if gpu.lost else SUCCESS
@@ -141,23 +144,23 @@ class NvmlService:
     def nvmlDeviceGetHandleByUUID(self, s: Session, uuid: bytes | None, device: HandleOut) -> int:
         if uuid is None:
             return INVALID
-        return self._handle_where(device, lambda g: g.ident.uuid.encode() == uuid)
+        return self._handle_where(s, device, lambda g: g.ident.uuid.encode() == uuid)
 
     def nvmlDeviceGetHandleBySerial(self, s: Session, serial: bytes | None, device: HandleOut) -> int:
         if serial is None:
             return INVALID
-        return self._handle_where(device, lambda g: g.ident.serial.encode() == serial)
+        return self._handle_where(s, device, lambda g: g.ident.serial.encode() == serial)
 
     def nvmlDeviceGetHandleByPciBusId_v2(self, s: Session, pciBusId: bytes | None, device: HandleOut) -> int:
         wanted = parse_pci_bus_id(pciBusId) if pciBusId is not None else None
         if wanted is None:
             return INVALID
-        return self._handle_where(device, lambda g: (0, g.ident.pci_bus, 0) == wanted)
+        return self._handle_where(s, device, lambda g: (0, g.ident.pci_bus, 0) == wanted)
 
     nvmlDeviceGetHandleByPciBusId = nvmlDeviceGetHandleByPciBusId_v2
 
     def nvmlDeviceGetIndex(self, s: Session, device: Gpu, index: Any) -> int:
-        index.value = device.index
+        index.value = self.state.visible_gpus(s).index(device)
         return SUCCESS
 
     def nvmlDeviceGetMinorNumber(self, s: Session, device: Gpu, minorNumber: Any) -> int:
@@ -243,19 +246,18 @@ class NvmlService:
 
     # memory ---------------------------------------------------------------------------
     def nvmlDeviceGetMemoryInfo(self, s: Session, device: Gpu, memory: Any) -> int:
-        total = device.profile.memory_total
-        memory.total = total
-        memory.used = device.profile.memory_reserved + device.memory_used_by_processes
-        memory.free = total - memory.used
+        memory.total, memory.used = self.state.memory_view(device, s)
+        memory.free = max(memory.total - memory.used, 0)
         return SUCCESS
 
     def nvmlDeviceGetMemoryInfo_v2(self, s: Session, device: Gpu, memory: Any) -> int:
         if memory.version != struct_version("nvmlMemory_v2_t", 2):
             return VERSION_MISMATCH
-        memory.total = device.profile.memory_total
-        memory.reserved = device.profile.memory_reserved
-        memory.used = device.memory_used_by_processes
-        memory.free = device.memory_free
+        total, used = self.state.memory_view(device, s)
+        memory.total = total
+        memory.reserved = device.profile.memory_reserved if s.tenant is None else 0
+        memory.used = used - memory.reserved
+        memory.free = max(total - used, 0)
         return SUCCESS
 
     def nvmlDeviceGetBAR1MemoryInfo(self, s: Session, device: Gpu, bar1Memory: Any) -> int:
@@ -277,16 +279,17 @@ class NvmlService:
         infoCount.value = needed
         return SUCCESS
 
-    def _compute_pids(self, device: Gpu) -> list[tuple[int, int]]:
+    def _compute_pids(self, s: Session, device: Gpu) -> list[tuple[int, int]]:
+        """The processes using a GPU: all of them, or for a tenant its own."""
         found = []
         for session_id in device.processes():
             session = self.state.sessions.get(session_id)
-            if session is not None:
+            if session is not None and (s.tenant is None or (session.tenant and session.tenant.name == s.tenant.name)):
                 found.append((session.pid, device.held.get(session_id, 0)))
         return found
 
     def nvmlDeviceGetComputeRunningProcesses_v3(self, s: Session, device: Gpu, infoCount: Any, infos: Any) -> int:
-        return self._processes(device, infoCount, infos, self._compute_pids(device))
+        return self._processes(device, infoCount, infos, self._compute_pids(s, device))
 
     nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses_v3
     nvmlDeviceGetComputeRunningProcesses = nvmlDeviceGetComputeRunningProcesses_v3

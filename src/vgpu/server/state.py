@@ -14,6 +14,7 @@ from vgpu.device.events import EventHub
 from vgpu.device.gpu import Gpu
 from vgpu.device.gpuset import GpuSet
 from vgpu.device.launches import LaunchLog
+from vgpu.remote.tokens import Tenant
 from vgpu.server.windows import Windows
 
 
@@ -36,6 +37,10 @@ class Session:
     deferred_error: int = 0
     #: frames sent without waiting for an answer
     posted: int = 0
+    #: for a client that came over the network: its tenant (from its token), and where it runs
+    #: ("host/pid" as its relay reported it)
+    tenant: Tenant | None = None
+    peer: str = ""
 
     def __post_init__(self) -> None:
         if self.windows is None:
@@ -54,22 +59,42 @@ class DaemonState:
         #: every kernel launch, kept after its process ends (`vgpu launches`)
         self.launches = LaunchLog()
         self.sessions: dict[int, Session] = {}
-        self._by_pid: dict[int, Session] = {}
+        #: (peer, pid) -> session: local processes have no peer; network ones are told apart by it
+        self._by_process: dict[tuple[str, int], Session] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         #: called with each session that ends, after its memory is freed (services' clean-up)
         self.on_detach: list[Callable[[Session], None]] = []
 
-    def attach(self, pid: int, uid: int, exe: str, env: dict[str, str] | None = None) -> Session:
+    def attach(self, pid: int, uid: int, exe: str, env: dict[str, str] | None = None,
+               tenant: Tenant | None = None, peer: str = "") -> Session:
         """The session of a process, made on its first connection."""
         with self._lock:
-            session = self._by_pid.get(pid)
+            session = self._by_process.get((peer, pid))
             if session is None:
-                session = Session(next(self._ids), pid, uid, exe, env=env or {})
+                session = Session(next(self._ids), pid, uid, exe, env=env or {}, tenant=tenant, peer=peer)
                 self.sessions[session.id] = session
-                self._by_pid[pid] = session
+                self._by_process[(peer, pid)] = session
+                if tenant is not None:
+                    for gpu in self.gpus:
+                        gpu.tenants[session.id] = (tenant.name, tenant.memory)
             session.connections += 1
             return session
+
+    def visible_gpus(self, session: Session) -> list[Gpu]:
+        """The GPUs a session may use: all of them, or its tenant's."""
+        if session.tenant is None or session.tenant.gpus is None:
+            return self.gpus
+        return [gpu for gpu in self.gpus if gpu.index in session.tenant.gpus]
+
+    def memory_view(self, gpu: Gpu, session: Session, cuda: bool = False) -> tuple[int, int]:
+        """(total, used) of a GPU's memory as a session sees it: the GPU's (NVML's or CUDA's
+        total), or for a tenant with a quota the quota and the tenant's own use."""
+        total = gpu.cuda_total if cuda else gpu.profile.memory_total
+        tenant = session.tenant
+        if tenant is None or tenant.memory is None:
+            return total, gpu.memory_used_by_processes + (0 if cuda else gpu.profile.memory_reserved)
+        return min(total, tenant.memory), gpu.tenant_used(tenant.name)
 
     def detach(self, session: Session) -> None:
         """Drop one connection; the last one frees everything the process held."""
@@ -78,11 +103,12 @@ class DaemonState:
             if session.connections > 0:
                 return
             self.sessions.pop(session.id, None)
-            if self._by_pid.get(session.pid) is session:
-                del self._by_pid[session.pid]
+            if self._by_process.get((session.peer, session.pid)) is session:
+                del self._by_process[(session.peer, session.pid)]
         for gpu in self.gpus:
             gpu.memory.free_owned_by(session.id)
             gpu.release(session.id)
+            gpu.tenants.pop(session.id, None)
         self.events.free_owned_by(session.id)
         for forget in self.on_detach:
             forget(session)
