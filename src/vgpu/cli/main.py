@@ -53,13 +53,82 @@ def run(gpus: str, command: tuple[str, ...]) -> None:
 
 @main.command()
 @gpus_option
-def up(gpus: str) -> None:
-    """Start a long-lived vgpud at the default socket."""
+@click.option("--backend", type=click.Choice(["sim", "remote"]), default="sim", show_default=True,
+              help="sim: simulated GPUS; remote: a GPU host's GPUs (--connect, --token).")
+@click.option("--connect", default=None, metavar="HOST:PORT", help="The GPU host's vgpud (backend remote).")
+@click.option("--token", default=None, envvar="VGPU_TOKEN", help="Your tenant's token ($VGPU_TOKEN).")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The CA of the GPU host's certificate (default: the system's CAs).")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds before a silent GPU host counts as gone.")
+def up(gpus: str, backend: str, connect: str | None, token: str | None, ca: Path | None, timeout: float) -> None:
+    """Start a long-lived vgpud at the default socket: simulated GPUs, or a GPU host's."""
     try:
+        if backend == "remote":
+            if not connect or not token:
+                _fail("--backend remote needs --connect HOST:PORT and --token (from `vgpu token create` on the GPU host)")
+            socket_path, pid, status = launcher.up_remote(connect, token, ca, timeout)
+            gpus = ", ".join(f"{g['name']} ({g['memory_total'] >> 30} GiB)" for g in status["gpus"]) or "no GPUs"
+            click.echo(f"vgpud {pid} at {socket_path} forwards to {connect}: {gpus}")
+            return
         socket_path, pid = launcher.up(gpus)
     except launcher.LaunchError as error:
         _fail(str(error))
     click.echo(f"vgpud {pid} serves {gpus} at {socket_path}")
+
+
+@main.group()
+def token() -> None:
+    """Tokens for tenants that use this GPU host over the network (vgpud --listen)."""
+
+
+state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                                 help="vgpud's state folder (default: $VGPU_STATE_DIR, /var/lib/vgpu for root, "
+                                      "~/.local/state/vgpu).")
+
+
+@token.command("create")
+@click.option("--tenant", required=True, help="Who the token is for (letters, digits, - and _).")
+@click.option("--gpus", "gpu_list", default=None, help="GPU indices the tenant may use, as 0,1 (default: all).")
+@click.option("--memory", default=None, help="The tenant's memory quota per GPU, as 20g (default: the whole GPU).")
+@state_dir_option
+def token_create(tenant: str, gpu_list: str | None, memory: str | None, state_dir: Path | None) -> None:
+    """Make a token; it is printed once, as the last line."""
+    from vgpu.device.gpuset import parse_size
+    from vgpu.remote.tokens import TokenStore, default_state_dir
+
+    try:
+        indices = [int(x) for x in gpu_list.split(",")] if gpu_list else None
+        quota = parse_size(memory) if memory else None
+        store = TokenStore(state_dir or default_state_dir())
+        made = store.create(tenant, indices, quota)
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(f"tenant {tenant}: GPUs {gpu_list or 'all'}, memory {memory or 'whole GPUs'}; kept in {store.path}")
+    click.echo(made)
+
+
+@token.command("list")
+@state_dir_option
+def token_list(state_dir: Path | None) -> None:
+    """The tenants that hold tokens (the tokens themselves are not kept)."""
+    from vgpu.remote.tokens import TokenStore, default_state_dir
+
+    for entry in TokenStore(state_dir or default_state_dir()).tenants():
+        memory = f"{entry['memory'] >> 30} GiB" if entry.get("memory") else "whole GPUs"
+        gpus = ",".join(map(str, entry["gpus"])) if entry.get("gpus") is not None else "all"
+        click.echo(f"{entry['name']}: GPUs {gpus}, memory {memory}, made {time.ctime(entry['created'])}")
+
+
+@token.command("revoke")
+@click.option("--tenant", required=True)
+@state_dir_option
+def token_revoke(tenant: str, state_dir: Path | None) -> None:
+    """Revoke every token of a tenant; new connections with them are refused at once."""
+    from vgpu.remote.tokens import TokenStore, default_state_dir
+
+    count = TokenStore(state_dir or default_state_dir()).revoke(tenant)
+    click.echo(f"revoked {count} token(s) of {tenant}")
 
 
 @main.command()

@@ -74,12 +74,14 @@ def client_environment(socket_path: Path, base: dict[str, str] | None = None) ->
     return env
 
 
-def start_daemon(gpus: str, socket_path: Path, log_path: Path, detach: bool) -> subprocess.Popen:
-    """Start vgpud and wait until it answers; raise LaunchError with its log otherwise."""
+def start_daemon(gpus: str, socket_path: Path, log_path: Path, detach: bool, options: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start vgpud (with more command-line ``options``) and wait until it answers; raise
+    LaunchError with its log otherwise."""
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "vgpu.server.main", "--gpus", gpus, "--socket", str(socket_path)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach, close_fds=True,
+        [sys.executable, "-m", "vgpu.server.main", "--gpus", gpus, "--socket", str(socket_path), *options],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach, close_fds=True, env=env,
     )
     log.close()
     deadline = time.monotonic() + 15
@@ -150,6 +152,33 @@ def up(gpus: str, socket_path: Path | None = None) -> tuple[Path, int]:
     socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     process = start_daemon(gpus, socket_path, socket_path.with_suffix(".log"), detach=True)
     return socket_path, process.pid
+
+
+def up_remote(connect: str, token: str, ca: Path | None, timeout: float,
+              socket_path: Path | None = None) -> tuple[Path, int, dict]:
+    """Start a vgpud that forwards to a GPU host, after checking the connection, the host's
+    certificate and the token (LaunchError saying which failed); its socket, pid and the GPU
+    host's status as the tenant sees it."""
+    from vgpu.remote.relay import RemoteError, check
+    from vgpu.remote.tls import parse_address
+
+    try:
+        status = check(parse_address(connect), token, ca, timeout)
+    except (RemoteError, ValueError) as error:
+        raise LaunchError(str(error)) from None
+    socket_path = socket_path or protocol.default_socket_path()
+    try:
+        with Client(socket_path, timeout=2) as client:
+            running = client.control("status")["pid"]
+        raise LaunchError(f"a vgpud (pid {running}) already serves {socket_path}; `vgpu down` first")
+    except DaemonUnavailable:
+        pass
+    socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    options = ("--backend", "remote", "--connect", connect, "--timeout", str(timeout), *(("--ca", str(ca)) if ca else ()))
+    # the token travels in the environment, not on a command line other users can read
+    process = start_daemon("h100", socket_path, socket_path.with_suffix(".log"), detach=True, options=options,
+                           env={**os.environ, "VGPU_TOKEN": token})
+    return socket_path, process.pid, status
 
 
 def down(socket_path: Path | None = None, timeout: float = 10) -> int | None:

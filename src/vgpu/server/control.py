@@ -39,12 +39,14 @@ def _package_version() -> str:
 def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
     state = daemon.state
     gpus = []
-    for gpu in state.gpus:
+    for gpu in state.visible_gpus(session):
         util, mem_util = gpu.utilization()
+        total, used = state.memory_view(gpu, session)
         gpus.append({
             "index": gpu.index, "profile": gpu.profile.key, "name": gpu.profile.name, "uuid": gpu.ident.uuid,
-            "pci_bus_id": gpu.ident.pci_bus_id, "memory_total": gpu.profile.memory_total,
-            "memory_reserved": gpu.profile.memory_reserved, "memory_used": gpu.memory_used_by_processes,
+            "pci_bus_id": gpu.ident.pci_bus_id, "memory_total": total,
+            "memory_reserved": gpu.profile.memory_reserved if session.tenant is None else 0,
+            "memory_used": used - (gpu.profile.memory_reserved if session.tenant is None else 0),
             "utilization": util, "lost": gpu.lost, "temperature": gpu.temperature_c(),
             "power_mw": gpu.power_mw(),
         })
@@ -52,10 +54,16 @@ def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
         "id": s.id, "pid": s.pid, "uid": s.uid, "exe": s.exe, "connections": s.connections, "calls": s.calls, "posted": s.posted,
         "started": s.started, "shared_windows": len(s.windows), "direct_memory": s.windows.direct,
         "held": {str(g.index): g.held[s.id] for g in state.gpus if s.id in g.held},
-    } for s in list(state.sessions.values())]
+        "tenant": s.tenant.name if s.tenant else None, "peer": s.peer,
+    } for s in list(state.sessions.values()) if _sees(session, s)]
     return {"pid": state.pid, "version": _package_version(), "backend": state.backend, "socket": str(daemon.socket_path),
             "started": state.started, "spec": state.gpuset.spec, "driver_version": state.gpuset.driver_version,
             "cuda_version": state.gpuset.cuda_version, "gpus": gpus, "sessions": sessions, "you": session.id}
+
+
+def _sees(viewer: Session, other: Session) -> bool:
+    """A tenant sees its own sessions; the GPU host's own tools see all."""
+    return viewer.tenant is None or (other.tenant is not None and other.tenant.name == viewer.tenant.name)
 
 
 def hold(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
@@ -105,7 +113,9 @@ def launches(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply
     if pid is not None and not isinstance(pid, int) or limit is not None and not isinstance(limit, int):
         raise ControlError("pid and limit must be integers")
     log = daemon.state.launches
-    chosen = log.select(pid, limit)
+    mine = {s.id for s in daemon.state.sessions.values() if _sees(session, s)}
+    chosen = [launch for launch in log.select(pid) if session.tenant is None or launch.session in mine]
+    chosen = chosen[-limit:] if limit else chosen
     return {"launches": [launch.as_json() for launch in chosen], "counts": {str(k): v for k, v in log.counts.items()},
             "computed": False, "note": NOT_COMPUTED}
 
@@ -121,10 +131,17 @@ COMMANDS: dict[str, Callable[[Daemon, Session, dict[str, Any]], Reply]] = {
 }
 
 
+#: what a network client (a tenant) may ask: looking, not changing the GPU host
+NETWORK_COMMANDS = {"status", "launches"}
+
+
 def handle(daemon: Daemon, session: Session, request: Any) -> Reply:
     command = request.get("cmd") if isinstance(request, dict) else None
     if command not in COMMANDS:
         return {"ok": False, "error": f"unknown control command {command!r}; known: {', '.join(COMMANDS)}"}
+    if session.peer and command not in NETWORK_COMMANDS:
+        return {"ok": False, "error": f"{command!r} is for the GPU host's own tools; a tenant may ask "
+                                      f"{', '.join(sorted(NETWORK_COMMANDS))}"}
     try:
         return {"ok": True, **COMMANDS[command](daemon, session, request)}
     except (ControlError, KeyError, TypeError, ValueError) as error:

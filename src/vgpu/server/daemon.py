@@ -8,6 +8,7 @@ hold up nobody else.  A malformed frame closes its own connection and nothing mo
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgpu.remote.tls import TlsListener
+from vgpu.remote.tokens import TokenStore
 from vgpu.server import control
 from vgpu.server.cuda_service import CudaService
 from vgpu.server.dispatch import ApiDispatcher
@@ -46,16 +49,34 @@ class Connection:
     session: Session | None = None
     api: str = ""
     send_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the address of a network (TLS) client; None for a local one
+    peer: tuple | None = None
 
     def send(self, frame: Frame, payload: bytes) -> None:
         with self.send_lock:
             self.sock.sendall(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
 
 
+@dataclass
+class NetworkSettings:
+    """A TLS listener for clients on other hosts (their relays): its address, certificate and
+    key, and the token store that admits tenants."""
+
+    address: tuple[str, int]
+    cert: Path
+    key: Path
+    tokens: TokenStore
+    #: a network client that does not take its replies (or send a whole frame) within this time
+    #: is disconnected
+    io_timeout: float = SEND_TIMEOUT_S
+
+
 class Daemon:
-    def __init__(self, state: DaemonState, socket_path: Path) -> None:
+    def __init__(self, state: DaemonState, socket_path: Path, network: NetworkSettings | None = None) -> None:
         self.state = state
         self.socket_path = socket_path
+        self.network = network
+        self._network_listener: TlsListener | None = None
         #: one dispatcher per API, by the name the handshake gives
         self.apis = {"nvml": ApiDispatcher(NvmlService(state)), "cuda": ApiDispatcher(CudaService(state))}
         #: ops a service answers with its own layout (CUDA's module loads and launches), by op
@@ -85,6 +106,12 @@ class Daemon:
         listener.bind(str(path))
         listener.listen(128)
         self._listener = listener
+        if self.network is not None:
+            from vgpu.remote.tls import server_context
+
+            self._network_listener = TlsListener(self.network.address,
+                                                 server_context(self.network.cert, self.network.key),
+                                                 self.network.io_timeout)
         self.published = Published(path.with_name(path.name + ".published"),
                                    lambda op, payload: self._dispatcher(op).call(self._own_session, op, payload),
                                    per_op_limit=8 * len(self.state.gpus))
@@ -94,11 +121,19 @@ class Daemon:
         log.info("vgpud %d serving %d GPU(s) at %s", os.getpid(), len(self.state.gpus), self.socket_path)
         selector = selectors.DefaultSelector()
         selector.register(self._listener, selectors.EVENT_READ)
+        network = self._network_listener
+        if network is not None:
+            selector.register(network.wakeup, selectors.EVENT_READ, "network")
+            network.start()
+            log.info("vgpud %d serving over TLS at %s:%d", os.getpid(), *network.address)
         try:
             while not self.stopping.is_set():
                 for key, _ in selector.select(timeout=protocol.PUBLISHED_REFRESH_MS / 1000):
                     if key.data is None:
                         self._accept(selector)
+                    elif key.data == "network":
+                        for sock, peer in network.take():
+                            selector.register(sock, selectors.EVENT_READ, Connection(sock, 0, -1, peer=peer))
                     else:
                         self._readable(selector, key.data)
                 self.published.refresh_if_due()
@@ -107,6 +142,8 @@ class Daemon:
                 if key.data is not None:
                     self._close(selector, key.data)
             self._listener.close()
+            if network is not None:
+                network.close()
             self.socket_path.unlink(missing_ok=True)
             self.published.close()
 
@@ -136,7 +173,11 @@ class Daemon:
             if not size:
                 self._close(selector, conn)
                 return
-            for frame in conn.parser.feed(memoryview(conn.inbox)[:size]):
+            frames = conn.parser.feed(memoryview(conn.inbox)[:size])
+            while conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
+                size = conn.sock.recv_into(conn.inbox)
+                frames += conn.parser.feed(memoryview(conn.inbox)[:size])
+            for frame in frames:
                 if conn.session is None:
                     conn.session = self._hello(conn, frame)
                     if frame.op == protocol.OP_HELLO and len(frame.payload) >= protocol.HELLO_REQUEST.size:
@@ -218,9 +259,24 @@ class Daemon:
                 key, _, value = item.partition("=")
                 if key:
                     env[key] = value
+            at += 2 + env_len
+        token, peer = self._network_fields(frame.payload, at)
         api = api_raw.rstrip(b"\0").decode(errors="replace")
         digest = digest_raw.decode(errors="replace")
         status, message, bitmap = protocol.HELLO_OK, "", b""
+        tenant = None
+        if conn.peer is not None:  # a network client: its token says who it is
+            try:
+                tenant = self.network.tokens.verify(token) if token else None
+            except ValueError as error:  # a damaged token store: refuse, and say where
+                log.error("%s", error)
+                tenant = None
+            if tenant is None:
+                status, message = protocol.HELLO_REFUSED, (
+                    "no valid token: make one on the GPU host with `vgpu token create --tenant NAME` and pass it "
+                    "with --token" if not token else "token not known to this vgpud (revoked, or made for another "
+                    "GPU host); make one with `vgpu token create --tenant NAME` on the GPU host")
+            env.pop("VGPU_PROBE", None)  # another host's memory is out of reach
         if magic != protocol.MAGIC or version != protocol.PROTOCOL_VERSION:
             status, message = protocol.HELLO_BAD_VERSION, (
                 f"protocol version {version} not served (vgpud speaks {protocol.PROTOCOL_VERSION}); "
@@ -234,7 +290,12 @@ class Daemon:
                     "use the vgpu libraries from the same install as vgpud")
         elif api != "control":
             status, message = protocol.HELLO_UNKNOWN_API, f"unknown API {api!r}"
-        session = self.state.attach(conn.pid, conn.uid, exe, env) if status == protocol.HELLO_OK else None
+        if conn.peer is not None and status == protocol.HELLO_OK:
+            host, _, pid = peer.rpartition("/")
+            conn.pid = int(pid) if pid.isdigit() else 0
+            peer = f"{conn.peer[0]}/{host or 'unknown'}"
+        session = self.state.attach(conn.pid, conn.uid, exe, env, tenant=tenant,
+                                    peer=peer if conn.peer is not None else "") if status == protocol.HELLO_OK else None
         capabilities = 0
         if session is not None and "VGPU_PROBE" in env:
             if not session.windows.direct:
@@ -247,12 +308,26 @@ class Daemon:
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
                                           session.connections if session else 0, len(bitmap), capabilities)
-        published = str(self.published.path).encode() if api in self.apis else b""
+        published = str(self.published.path).encode() if api in self.apis and conn.peer is None else b""
         conn.send(frame, reply + bitmap + struct.pack("<H", len(text)) + text
                   + struct.pack("<H", len(published)) + published)
         if session is None:
             log.warning("refused pid %d (%s): %s", conn.pid, exe, message)
         return session
+
+    @staticmethod
+    def _network_fields(payload: bytes, at: int) -> tuple[str, str]:
+        """The token and the peer ("host/pid") a relay appends to the handshake of a client it
+        forwards: each a u16 length and UTF-8 text, after the environment list."""
+        fields = []
+        for _ in range(2):
+            if len(payload) < at + 2:
+                fields.append("")
+                continue
+            (length,) = struct.unpack_from("<H", payload, at)
+            fields.append(payload[at + 2:at + 2 + length].decode(errors="replace"))
+            at += 2 + length
+        return fields[0], fields[1]
 
     def _handle(self, session: Session, frame: Frame) -> bytes:
         if frame.op == protocol.OP_PING:
@@ -260,6 +335,8 @@ class Daemon:
         if frame.op == protocol.OP_SHARE:
             if len(frame.payload) != protocol.SHARE_REQUEST.size:
                 raise ProtocolError(f"a share request of {len(frame.payload)} bytes")
+            if session.peer:
+                return struct.pack("<i", errno.EOPNOTSUPP)  # memory on another host cannot be mapped
             address, size, fd = protocol.SHARE_REQUEST.unpack(frame.payload)
             if size == 0:
                 session.windows.withdraw(address)
@@ -283,7 +360,7 @@ class Daemon:
         if dispatcher is not None:
             reply = dispatcher.call(session, frame.op, frame.payload)
             codec = dispatcher.codecs.get(frame.op)
-            if codec is not None and codec.function.published:
+            if codec is not None and codec.function.published and not session.peer:  # a tenant's answers are its own
                 self.published.file(codec.published_key(frame.payload), frame.op, frame.payload, reply)
             return reply
         raise ProtocolError(f"unknown op 0x{frame.op:04x}")

@@ -10,34 +10,82 @@ from pathlib import Path
 import click
 
 from vgpu.device import gpuset
-from vgpu.server.daemon import Daemon
+from vgpu.remote.relay import DEFAULT_TIMEOUT_S, Relay, RemoteError
+from vgpu.remote.tls import parse_address
+from vgpu.remote.tokens import TokenStore, default_state_dir
+from vgpu.server.daemon import Daemon, NetworkSettings
 from vgpu.server.state import DaemonState
 from vgpu.wire.protocol import default_socket_path
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--gpus", default="h100", show_default=True, help="GPU set: 2xh100, h100,l4, or a TOML file.")
+@click.option("--gpus", default="h100", show_default=True,
+              help="GPU set: 2xh100, h100,l4, h100:20g (a slice), or a TOML file.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None,
               help="Unix socket to listen on (default: $VGPU_SOCKET or /tmp/vgpu-UID/vgpud.sock).")
-@click.option("--backend", type=click.Choice(["sim"]), default="sim", show_default=True,
-              help="Where the work runs; sim simulates the GPUs.")
+@click.option("--backend", type=click.Choice(["sim", "remote"]), default="sim", show_default=True,
+              help="Where the work runs: sim simulates the GPUs; remote forwards to a GPU host's vgpud (--connect).")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Also serve clients on other hosts over TLS (needs --tls-cert, --tls-key and tokens).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the token store lives (default: $VGPU_STATE_DIR, /var/lib/vgpu for root, "
+                   "~/.local/state/vgpu).")
+@click.option("--connect", default=None, metavar="HOST:PORT", help="The GPU host (backend remote).")
+@click.option("--token", default=None, envvar="VGPU_TOKEN", help="The tenant's token (backend remote; $VGPU_TOKEN).")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The CA that signed the GPU host's certificate (backend remote; default: the system's).")
+@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds before a silent peer counts as gone (network connections).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-def main(gpus: str, socket_path: Path | None, backend: str, log_level: str) -> None:
-    """Serve simulated NVIDIA GPUs to the vgpu libraries."""
+def main(gpus: str, socket_path: Path | None, backend: str, listen: str | None, tls_cert: Path | None,
+         tls_key: Path | None, state_dir: Path | None, connect: str | None, token: str | None, ca: Path | None,
+         timeout: float, log_level: str) -> None:
+    """Serve NVIDIA GPUs to the vgpu libraries: simulated ones, or a GPU host's over the network."""
     logging.basicConfig(level=log_level.upper(), format="vgpud[%(process)d] %(levelname)s %(message)s")
+    socket_path = socket_path or default_socket_path()
+    if backend == "remote":
+        server = _relay(socket_path, connect, token, ca, timeout)
+    else:
+        server = _daemon(gpus, backend, socket_path, listen, tls_cert, tls_key, state_dir, timeout)
+    try:
+        server.bind()
+    except (RuntimeError, OSError, RemoteError) as error:
+        click.echo(f"vgpud: {error}", err=True)
+        sys.exit(1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: server.stop())
+    server.serve_forever()
+
+
+def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert: Path | None, key: Path | None,
+            state_dir: Path | None, timeout: float) -> Daemon:
     try:
         gpu_set = gpuset.parse(gpus)
     except (KeyError, ValueError) as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--gpus") from None
-    daemon = Daemon(DaemonState(gpu_set, backend), socket_path or default_socket_path())
+    network = None
+    if listen is not None:
+        if cert is None or key is None:
+            raise click.UsageError("--listen serves other hosts and needs TLS: give --tls-cert and --tls-key")
+        try:
+            address = parse_address(listen, "0.0.0.0")
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--listen") from None
+        network = NetworkSettings(address, cert, key, TokenStore(state_dir or default_state_dir()), timeout)
+    return Daemon(DaemonState(gpu_set, backend), socket_path, network)
+
+
+def _relay(socket_path: Path, connect: str | None, token: str | None, ca: Path | None, timeout: float) -> Relay:
+    if not connect or not token:
+        raise click.UsageError("backend remote needs --connect HOST:PORT and --token (from `vgpu token create` "
+                               "on the GPU host)")
     try:
-        daemon.bind()
-    except (RuntimeError, OSError) as error:
-        click.echo(f"vgpud: {error}", err=True)
-        sys.exit(1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: daemon.stop())
-    daemon.serve_forever()
+        address = parse_address(connect)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--connect") from None
+    return Relay(socket_path, address, token, ca, timeout)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,25 @@ class ControlFailed(RuntimeError):
 
 
 class Client:
+    """A connection to vgpud: its Unix socket, or (``sock``) a connected TLS socket to a GPU
+    host's vgpud, with the token and peer a relay presents there."""
+
     def __init__(self, path: Path | str | None = None, api: str = "control", digest: str = "",
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, sock: socket.socket | None = None, token: str = "", peer: str = "") -> None:
         self.path = Path(path) if path else protocol.default_socket_path()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError) as error:
-            self.sock.close()
-            raise DaemonUnavailable(f"no vgpud at {self.path} ({error.strerror}); start one with `vgpu up`") from None
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(self.path))
+            except (FileNotFoundError, ConnectionRefusedError) as error:
+                sock.close()
+                raise DaemonUnavailable(f"no vgpud at {self.path} ({error.strerror}); start one with `vgpu up`") \
+                    from None
+        self.sock = sock
         self.seq = 0
         self.reader = protocol.FrameReader(self.sock)
+        self.token, self.peer = token, peer
         self.session, self.bitmap = self._hello(api, digest)
 
     def _hello(self, api: str, digest: str) -> tuple[int, bytes]:
@@ -48,8 +55,11 @@ class Client:
         env = b""
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             env = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}".encode()
+        network = b""
+        if self.token:  # what a relay adds for the GPU host: the token, and where the client runs
+            network = b"".join(struct.pack("<H", len(x)) + x for x in (self.token.encode(), self.peer.encode()))
         reply = self.request(protocol.OP_HELLO, payload + struct.pack("<H", len(exe)) + exe
-                             + struct.pack("<H", len(env)) + env)
+                             + struct.pack("<H", len(env)) + env + network)
         status, session, _, bitmap_len, _ = protocol.HELLO_REPLY.unpack_from(reply)
         bitmap = reply[protocol.HELLO_REPLY.size:protocol.HELLO_REPLY.size + bitmap_len]
         if status != protocol.HELLO_OK:
