@@ -342,3 +342,12 @@ def test_cudart_interface_module_slot_launch_ex_and_utilisation(vgpud, images):
     assert report["ex_cooperative"] == 0
     before, after = report["utilization"]
     assert after > before and after >= 30, report
+
+
+def test_older_cubins_name_their_architecture_in_the_low_byte(images):
+    """Before ELF ABI version 8 (CUDA 12.8) a cubin's SM is the low byte of e_flags; cuBLASLt
+    13 still loads such cubins."""
+    cubin = bytearray(images["sm80.cubin"].read_bytes())
+    cubin[8] = 7  # EI_ABIVERSION
+    struct.pack_into("<I", cubin, 48, 0x00500550)  # e_flags: EF_CUDA_SM80 | EF_CUDA_VIRTUAL_SM(80)
+    assert read_image(bytes(cubin)).architectures == ["sm_80"]

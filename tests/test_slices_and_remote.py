@@ -3,10 +3,21 @@ relay vgpud (backend remote) that forwards its clients to it."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
 import pytest
 
-from tests.conftest import run_json
+from tests.conftest import Vgpud, run_json, run_python, wait_for
+from vgpu import launcher
 from vgpu.device.gpuset import parse, parse_size
+from vgpu.remote.tokens import Tenant, TokenStore
+from vgpu.wire.client import Client, ControlFailed
 
 SLICE = 20 << 30
 
@@ -54,3 +65,187 @@ print(json.dumps({"nvml_total": before.total, "nvml_free": before.free, "nvml_us
     assert report["nvml_used_after"] >= 12 << 30
     assert report["oom"]
     assert report["l4_total"] == parse("l4").gpus[0].profile.cuda_total
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+
+def test_token_store(tmp_path):
+    store = TokenStore(tmp_path / "state")
+    token = store.create("team-a", gpus=[0], memory=20 << 30)
+    assert store.verify(token) == Tenant("team-a", (0,), 20 << 30)
+    assert store.verify(token + "x") is None and store.verify("") is None
+    assert token not in store.path.read_text(), "only a digest is kept"
+    assert store.path.stat().st_mode & 0o777 == 0o600
+    assert [t["name"] for t in store.tenants()] == ["team-a"]
+    assert store.revoke("team-a") == 1 and store.verify(token) is None
+    with pytest.raises(ValueError):
+        store.create("no spaces")
+
+
+# ---- a GPU host over TLS, and relays to it ---------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class GpuHost:
+    process: subprocess.Popen
+    port: int
+    ca: Path
+    state: Path
+    log: Path
+
+    def token(self, tenant: str, *options: str) -> str:
+        made = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "token", "create", "--tenant", tenant,
+                               "--state-dir", str(self.state), *options], capture_output=True, text=True, check=True)
+        return made.stdout.splitlines()[-1]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def start_gpu_host(folder: Path, gpus: str, port: int | None = None, prefix: tuple[str, ...] = (),
+                   host: str = "127.0.0.1") -> GpuHost:
+    """A vgpud serving simulated GPUs over TLS, as a GPU host would (trustme makes its CA)."""
+    import trustme
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", host)
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    port = port or free_port()
+    log = folder / "host.log"
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "vgpu.server.main", "--gpus", gpus, "--socket", str(folder / "host.sock"),
+         "--listen", f"{host}:{port}", "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
+         "--state-dir", str(folder / "state")], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    gpu_host = GpuHost(process, port, folder / "ca.pem", folder / "state", log)
+    wait_for(lambda: "serving over TLS" in log.read_text() or process.poll() is not None, timeout=15)
+    assert process.poll() is None, log.read_text()
+    return gpu_host
+
+
+def start_relay(folder: Path, gpu_host: GpuHost, token: str, host: str = "localhost",
+                timeout: float = 3.0) -> Vgpud:
+    folder.mkdir(parents=True, exist_ok=True)
+    socket_path = folder / "relay.sock"
+    socket_path_, pid, status = launcher.up_remote(f"{host}:{gpu_host.port}", token, gpu_host.ca, timeout,
+                                                   socket_path=socket_path)
+    process = psutil.Process(pid)
+    return Vgpud(process, socket_path, socket_path.with_suffix(".log"))
+
+
+@pytest.fixture(scope="module")
+def gpu_host(tmp_path_factory):
+    host = start_gpu_host(tmp_path_factory.mktemp("gpuhost"), "2xh100,l4")
+    yield host
+    host.stop()
+
+
+@pytest.fixture
+def relays(tmp_path):
+    started: list[Vgpud] = []
+    yield started
+    for relay in started:
+        launcher.down(relay.socket)
+
+
+def vgpu_up_remote(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vgpu.cli.main", "up", "--backend", "remote", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_up_remote_says_what_is_wrong(gpu_host, tmp_path):
+    env = dict(os.environ, VGPU_SOCKET=str(tmp_path / "relay.sock"))
+    token = gpu_host.token("checks")
+    address = f"localhost:{gpu_host.port}"
+    refused = vgpu_up_remote(env, "--connect", address, "--token", "vgpu_nope", "--ca", str(gpu_host.ca))
+    assert refused.returncode == 1 and "refused the token" in refused.stderr
+    untrusted = vgpu_up_remote(env, "--connect", address, "--token", token)
+    assert untrusted.returncode == 1 and "not trusted" in untrusted.stderr and "--ca" in untrusted.stderr
+    closed = vgpu_up_remote(env, "--connect", f"localhost:{free_port()}", "--token", token, "--ca", str(gpu_host.ca))
+    assert closed.returncode == 1 and "cannot reach" in closed.stderr
+    missing = vgpu_up_remote(env, "--connect", address)
+    assert missing.returncode == 1 and "--token" in missing.stderr
+    assert not (tmp_path / "relay.sock").exists(), "nothing was started"
+
+
+TENANT_CLIENT = """
+import json, os, time, pynvml, torch
+pynvml.nvmlInit()
+handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+x = torch.randn(1 << 20)
+back = x.cuda().cpu()
+a = torch.ones(512, 512, device="cuda")
+b = a @ a
+hold = torch.empty(8 << 30, dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
+try:
+    torch.empty(16 << 30, dtype=torch.uint8, device="cuda")
+    oom = False
+except torch.OutOfMemoryError:
+    oom = True
+time.sleep(0.2)
+print(json.dumps({
+    "pid": os.getpid(), "cuda_count": torch.cuda.device_count(), "nvml_count": pynvml.nvmlDeviceGetCount(),
+    "name": torch.cuda.get_device_name(0), "uuid": pynvml.nvmlDeviceGetUUID(handle),
+    "cuda_total": torch.cuda.mem_get_info()[1], "nvml_total": pynvml.nvmlDeviceGetMemoryInfo(handle).total,
+    "nvml_used": pynvml.nvmlDeviceGetMemoryInfo(handle).used, "round_trip": torch.equal(back, x), "oom": oom,
+    "processes": [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)],
+}))
+"""
+
+
+def test_a_tenant_through_a_relay(gpu_host, relays, tmp_path):
+    """A tenant limited to the L4 and 20 GiB... of an L4's 22 GiB: it sees that GPU alone, its
+    quota as the total, its own process, and allocations past the quota fail; data and a
+    matmul travel through the relay."""
+    token = gpu_host.token("team-a", "--gpus", "2", "--memory", "20g")
+    relay = start_relay(tmp_path / "a", gpu_host, token)
+    relays.append(relay)
+    report = run_json(TENANT_CLIENT, relay.env, timeout=180)
+    l4 = parse("2xh100,l4").gpus[2]
+    assert report["cuda_count"] == report["nvml_count"] == 1
+    assert report["name"] == l4.profile.name and report["uuid"] == l4.uuid
+    assert report["cuda_total"] == report["nvml_total"] == 20 << 30
+    assert report["nvml_used"] >= 8 << 30 and report["oom"] and report["round_trip"]
+    assert report["processes"] == [report["pid"]]
+    launches = relay.control("launches", pid=report["pid"])["launches"]
+    assert any("gemm" in x["kernel"] for x in launches)
+
+
+def test_tenants_are_isolated(gpu_host, relays, tmp_path):
+    """Two tenants on the same GPU: each sees its own processes and memory only, and a tenant
+    cannot change the GPU host (faults, stop)."""
+    one = start_relay(tmp_path / "one", gpu_host, gpu_host.token("one", "--gpus", "0", "--memory", "30g"))
+    two = start_relay(tmp_path / "two", gpu_host, gpu_host.token("two", "--gpus", "0,1"))
+    relays.extend([one, two])
+    holder = subprocess.Popen([sys.executable, "-c", "import torch, time; x = torch.empty(4 << 30, dtype=torch.uint8,"
+                               " device='cuda'); torch.cuda.synchronize(); print('held', flush=True); time.sleep(60)"],
+                              env=one.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        seen_by_two = two.control("status")
+        assert [s["tenant"] for s in seen_by_two["sessions"]] == ["two"]
+        assert len(seen_by_two["gpus"]) == 2
+        seen_by_one = one.control("status")
+        assert holder.pid in [s["pid"] for s in seen_by_one["sessions"]]
+        assert seen_by_one["gpus"][0]["memory_total"] == 30 << 30
+        assert seen_by_one["gpus"][0]["memory_used"] >= 4 << 30
+        with pytest.raises(ControlFailed, match="for the GPU host's own tools"):
+            with Client(two.socket) as client:
+                client.control("fault", gpu=0, kind="xid", xid=79)
+        code = "import pynvml; pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(0); " \
+               "print([p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)])"
+        result = run_python(code, two.env)
+        assert result.stdout.strip() == "[]", "team two does not see team one's process"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -51,8 +51,9 @@ def _records(data: bytes) -> list[tuple[int, int, bytes]]:
 
 
 def _arch(e_flags: int, abi_version: int) -> int:
-    """The SM architecture in the ELF flags: bits 8-15 in current cubins, 0-7 in old ones."""
-    return (e_flags >> 8) & 0xFF if abi_version >= 7 or (e_flags & 0xFF) < 20 else e_flags & 0xFF
+    """The SM architecture in the ELF flags: bits 8-15 from ELF ABI version 8 (CUDA 12.8 and
+    later), bits 0-7 before (cuBLASLt still ships such cubins)."""
+    return (e_flags >> 8) & 0xFF if abi_version >= 8 else e_flags & 0xFF
 
 
 def read_cubin(data: bytes) -> ModuleCode:

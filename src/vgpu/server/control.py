@@ -113,8 +113,9 @@ def launches(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply
     if pid is not None and not isinstance(pid, int) or limit is not None and not isinstance(limit, int):
         raise ControlError("pid and limit must be integers")
     log = daemon.state.launches
-    mine = {s.id for s in daemon.state.sessions.values() if _sees(session, s)}
-    chosen = [launch for launch in log.select(pid) if session.tenant is None or launch.session in mine]
+    owners = daemon.state.session_tenants
+    chosen = [launch for launch in log.select(pid)
+              if session.tenant is None or owners.get(launch.session) == session.tenant.name]
     chosen = chosen[-limit:] if limit else chosen
     return {"launches": [launch.as_json() for launch in chosen], "counts": {str(k): v for k, v in log.counts.items()},
             "computed": False, "note": NOT_COMPUTED}

@@ -63,6 +63,8 @@ class DaemonState:
         self._by_process: dict[tuple[str, int], Session] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        #: session id -> tenant name, kept after sessions end (a tenant's recorded launches stay its own)
+        self.session_tenants: dict[int, str] = {}
         #: called with each session that ends, after its memory is freed (services' clean-up)
         self.on_detach: list[Callable[[Session], None]] = []
 
@@ -76,6 +78,7 @@ class DaemonState:
                 self.sessions[session.id] = session
                 self._by_process[(peer, pid)] = session
                 if tenant is not None:
+                    self.session_tenants[session.id] = tenant.name
                     for gpu in self.gpus:
                         gpu.tenants[session.id] = (tenant.name, tenant.memory)
             session.connections += 1
