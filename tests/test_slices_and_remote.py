@@ -3,10 +3,13 @@ relay vgpud (backend remote) that forwards its clients to it."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,23 +113,27 @@ class GpuHost:
 
 
 def start_gpu_host(folder: Path, gpus: str, port: int | None = None, prefix: tuple[str, ...] = (),
-                   host: str = "127.0.0.1") -> GpuHost:
-    """A vgpud serving simulated GPUs over TLS, as a GPU host would (trustme makes its CA)."""
+                   host: str = "127.0.0.1", like: GpuHost | None = None) -> GpuHost:
+    """A vgpud serving simulated GPUs over TLS, as a GPU host would (trustme makes its CA);
+    ``like``: the same certificate, tokens and port as an earlier one (a restart)."""
     import trustme
 
     folder.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", host)
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    port = port or free_port()
+    certs = like.ca.parent if like else folder
+    if like is None:
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1", host)
+        ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+        cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    port = like.port if like else port or free_port()
+    state = like.state if like else folder / "state"
     log = folder / "host.log"
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "vgpu.server.main", "--gpus", gpus, "--socket", str(folder / "host.sock"),
-         "--listen", f"{host}:{port}", "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
-         "--state-dir", str(folder / "state")], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    gpu_host = GpuHost(process, port, folder / "ca.pem", folder / "state", log)
+         "--listen", f"{host}:{port}", "--tls-cert", str(certs / "cert.pem"), "--tls-key", str(certs / "key.pem"),
+         "--state-dir", str(state)], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    gpu_host = GpuHost(process, port, certs / "ca.pem", state, log)
     wait_for(lambda: "serving over TLS" in log.read_text() or process.poll() is not None, timeout=15)
     assert process.poll() is None, log.read_text()
     return gpu_host
@@ -249,3 +256,94 @@ def test_tenants_are_isolated(gpu_host, relays, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---- failures: a cut network, a restarted GPU host ------------------------------------------
+
+CLIENTS = Path(__file__).parent / "clients"
+
+
+@pytest.fixture
+def netns(tmp_path):
+    """A network namespace standing for the GPU host, joined to this one by a veth pair:
+    10.77.N.2 there, 10.77.N.1 here; the link can be cut."""
+    if os.getuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    tag = os.getpid() % 200 + 20
+    name, here, there = f"vgpu-host-{tag}", f"vgh{tag}", f"vgg{tag}"
+    commands = [["ip", "netns", "add", name], ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
+                ["ip", "link", "set", there, "netns", name], ["ip", "addr", "add", f"10.77.{tag}.1/24", "dev", here],
+                ["ip", "link", "set", here, "up"],
+                ["ip", "netns", "exec", name, "ip", "addr", "add", f"10.77.{tag}.2/24", "dev", there],
+                ["ip", "netns", "exec", name, "ip", "link", "set", there, "up"],
+                ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]]
+    try:
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True)
+    except subprocess.CalledProcessError as error:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        pytest.skip(f"cannot make a network namespace here: {error.stderr.decode().strip()}")
+    yield {"name": name, "link": here, "address": f"10.77.{tag}.2"}
+    subprocess.run(["ip", "link", "del", here], capture_output=True)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def client_lines(process: subprocess.Popen) -> list[dict]:
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_network_cut_gives_errors_within_the_timeout(netns, tmp_path):
+    """The GPU host in its own network namespace; mid-session the link goes down. Work sent
+    before a successful synchronisation is all there; afterwards CUDA and NVML calls fail
+    within the library's bound (VGPU_TIMEOUT_MS, here 1.5 s) and nothing hangs."""
+    gpu_host = start_gpu_host(tmp_path / "host", "h100", prefix=("ip", "netns", "exec", netns["name"]),
+                              host=netns["address"])
+    try:
+        relay = start_relay(tmp_path / "relay", gpu_host, gpu_host.token("cut"), host=netns["address"], timeout=2)
+        env = relay.env | {"VGPU_TIMEOUT_MS": "1500"}
+        client = subprocess.Popen([sys.executable, str(CLIENTS / "remote_calls.py"), "500", "20"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = json.loads(client.stdout.readline())
+        assert first == {"launched": 500, "sync": 0}
+        assert relay.control("launches")["counts"] == {str(client.pid): 500}, "nothing sent before the sync is lost"
+        time.sleep(0.5)
+        cut_at = time.monotonic()
+        subprocess.run(["ip", "link", "set", netns["link"], "down"], check=True)
+        rounds = client_lines(client)
+        ended = time.monotonic() - cut_at
+        before = [r for r in rounds if r["cuda"] == 0]
+        after = [r for r in rounds if r["cuda"] != 0]
+        assert before and after, rounds
+        assert all(r["nvml"] == 0 for r in before)
+        assert after[-1]["cuda"] in (46, 999, 3), after  # DEVICE_UNAVAILABLE (or the driver's lost/unknown codes)
+        assert after[-1]["nvml"] != 0
+        assert ended < 8, f"the client took {ended:.1f} s to see the cut"
+        launcher.down(relay.socket)
+    finally:
+        gpu_host.stop()
+
+
+def test_a_restarted_gpu_host_is_a_lost_device(tmp_path):
+    """A GPU host that restarts (same address, certificate and tokens) is a lost device to the
+    processes that used it, and a new process works again."""
+    first = start_gpu_host(tmp_path / "host", "h100")
+    token = first.token("restart")
+    relay = start_relay(tmp_path / "relay", first, token)
+    try:
+        client = subprocess.Popen([sys.executable, str(CLIENTS / "remote_calls.py"), "10", "20"], env=relay.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert json.loads(client.stdout.readline())["sync"] == 0
+        time.sleep(0.3)
+        first.stop()
+        again = start_gpu_host(tmp_path / "host2", "h100", like=first)
+        try:
+            rounds = client_lines(client)
+            assert rounds[-1]["cuda"] != 0, "the old session's device is gone, not silently replaced"
+            fresh = run_python("import torch; print(torch.cuda.device_count())", relay.env, timeout=120)
+            assert fresh.stdout.strip() == "1", fresh.stderr  # a new process works again
+        finally:
+            again.stop()
+    finally:
+        launcher.down(relay.socket)
