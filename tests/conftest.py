@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from vgpu import launcher
+from vgpu.remote.tokens import TokenStore
 from vgpu.wire.client import Client
 
 
@@ -22,6 +25,18 @@ class Vgpud:
     process: subprocess.Popen
     socket: Path
     log: Path
+    #: where the GPUs' own vgpud answers tools (control requests): the same socket, or behind a
+    #: relay the GPU host's own
+    control_socket: Path | None = None
+    #: processes to stop with it (a relay's GPU host)
+    others: tuple[subprocess.Popen, ...] = ()
+    #: "relay" when clients reach the GPUs through a relay and a GPU host over TLS
+    through: str = "local"
+
+    def local_only(self, why: str) -> None:
+        """Skip a test that checks what only a local vgpud does (shared memory, control holds)."""
+        if self.through != "local":
+            pytest.skip(f"not through a relay: {why}")
 
     @property
     def env(self) -> dict[str, str]:
@@ -29,23 +44,50 @@ class Vgpud:
         return launcher.client_environment(self.socket)
 
     def client(self) -> Client:
-        return Client(self.socket)
+        return Client(self.control_socket or self.socket)
 
     def control(self, cmd: str, **args):
         with self.client() as client:
             return client.control(cmd, **args)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        for process in (self.process, *self.others):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
 
 
-def start_vgpud(gpus: str, folder: Path) -> Vgpud:
+def start_vgpud(gpus: str, folder: Path, through: str = "local") -> Vgpud:
+    """A vgpud for the tests; ``through="relay"``: a GPU host vgpud serving the GPUs over TLS
+    on loopback, and a relay vgpud (backend remote) in front of it for the clients."""
     folder.mkdir(parents=True, exist_ok=True)
     socket_path, log = folder / "vgpud.sock", folder / "vgpud.log"
+    if through == "relay":
+        return _start_behind_relay(gpus, folder)
     process = launcher.start_daemon(gpus, socket_path, log, detach=False)
     return Vgpud(process, socket_path, log)
+
+
+def _start_behind_relay(gpus: str, folder: Path) -> Vgpud:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = TokenStore(folder / "state").create("suite")
+    host = launcher.start_daemon(gpus, folder / "host.sock", folder / "host.log", detach=False, options=(
+        "--listen", f"127.0.0.1:{port}", "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
+        "--state-dir", str(folder / "state")))
+    relay = launcher.start_daemon(gpus, folder / "vgpud.sock", folder / "vgpud.log", detach=False, options=(
+        "--backend", "remote", "--connect", f"localhost:{port}", "--ca", str(folder / "ca.pem"), "--timeout", "5"),
+        env={**os.environ, "VGPU_TOKEN": token})
+    return Vgpud(relay, folder / "vgpud.sock", folder / "vgpud.log", control_socket=folder / "host.sock",
+                 others=(host,), through="relay")
 
 
 @pytest.fixture
@@ -62,10 +104,17 @@ def vgpud_factory(tmp_path_factory):
         daemon.stop()
 
 
+def pytest_generate_tests(metafunc):
+    """Modules that set RELAY_TOO = True run their tests twice: against a local vgpud, and
+    through a relay and a GPU host over TLS (the CUDA and NVML suites over the network)."""
+    if "vgpud" in metafunc.fixturenames and getattr(metafunc.module, "RELAY_TOO", False):
+        metafunc.parametrize("vgpud", ["local", "relay"], indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
+def vgpud(request, tmp_path_factory):
     """A daemon with a mixed set, shared by a test module."""
-    daemon = start_vgpud("2xh100,l4,rtx4090", tmp_path_factory.mktemp("vgpud"))
+    daemon = start_vgpud("2xh100,l4,rtx4090", tmp_path_factory.mktemp("vgpud"), getattr(request, "param", "local"))
     yield daemon
     daemon.stop()
 

@@ -14,6 +14,7 @@ from vgpu.api.manifest import load
 from vgpu.device.gpuset import parse
 from vgpu.launcher import library_path
 
+RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 API = load("cuda")
 C = API.constants
 SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)

@@ -13,6 +13,7 @@ from tests.conftest import run_json
 from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpuset import parse
 
+RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 CLIENTS = Path(__file__).parent / "clients"
 SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)

@@ -18,6 +18,7 @@ from tests.test_cudart import NVCC
 from vgpu.images import NoBinaryForGpu, PtxTooNew, read_image
 from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, HEADER
 
+RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 CLIENTS = Path(__file__).parent / "clients"
 DATA = Path(__file__).parent / "data"
 #: what tests/clients/kernel_checks.cu printed on an NVIDIA H200 (driver 580.159.04, CUDA 13.0

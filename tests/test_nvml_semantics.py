@@ -9,6 +9,7 @@ import pytest
 from vgpu.api.manifest import load
 from vgpu.launcher import library_path
 
+RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 API = load("nvml")
 C = API.constants
 
@@ -81,6 +82,7 @@ def test_short_string_buffers(inited):
 
 
 def test_process_list_reports_needed_count(inited, vgpud):
+    vgpud.local_only("holds memory through a control request, which only the GPU host's own tools may make")
     lib = inited
     with vgpud.client() as other:
         other.control("hold", gpu=1, bytes=1 << 30)

@@ -10,6 +10,7 @@ import pytest
 from vgpu.device import gpuset
 from vgpu.launcher import library_path
 
+RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 EXPECTED = gpuset.parse("2xh100,l4,rtx4090")
 
 

@@ -45,8 +45,8 @@ def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
         gpus.append({
             "index": gpu.index, "profile": gpu.profile.key, "name": gpu.profile.name, "uuid": gpu.ident.uuid,
             "pci_bus_id": gpu.ident.pci_bus_id, "memory_total": total,
-            "memory_reserved": gpu.profile.memory_reserved if session.tenant is None else 0,
-            "memory_used": used - (gpu.profile.memory_reserved if session.tenant is None else 0),
+            "memory_reserved": state.reserved_view(gpu, session),
+            "memory_used": used - state.reserved_view(gpu, session),
             "utilization": util, "lost": gpu.lost, "temperature": gpu.temperature_c(),
             "power_mw": gpu.power_mw(),
         })

@@ -255,7 +255,7 @@ class NvmlService:
             return VERSION_MISMATCH
         total, used = self.state.memory_view(device, s)
         memory.total = total
-        memory.reserved = device.profile.memory_reserved if s.tenant is None else 0
+        memory.reserved = self.state.reserved_view(device, s)
         memory.used = used - memory.reserved
         memory.free = max(total - used, 0)
         return SUCCESS

@@ -90,6 +90,11 @@ class DaemonState:
             return self.gpus
         return [gpu for gpu in self.gpus if gpu.index in session.tenant.gpus]
 
+    @staticmethod
+    def reserved_view(gpu: Gpu, session: Session) -> int:
+        """The driver's reserved memory, part of a whole GPU's view; none in a quota's."""
+        return gpu.profile.memory_reserved if session.tenant is None or session.tenant.memory is None else 0
+
     def memory_view(self, gpu: Gpu, session: Session, cuda: bool = False) -> tuple[int, int]:
         """(total, used) of a GPU's memory as a session sees it: the GPU's (NVML's or CUDA's
         total), or for a tenant with a quota the quota and the tenant's own use."""
