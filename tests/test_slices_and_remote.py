@@ -156,12 +156,18 @@ def gpu_host(tmp_path_factory):
     host.stop()
 
 
+def stop_relay(relay: Vgpud) -> None:
+    """`vgpu down` for a relay: it stops whether or not its GPU host still answers."""
+    assert launcher.down(relay.socket) == relay.process.pid
+    relay.process.wait(10)
+
+
 @pytest.fixture
 def relays(tmp_path):
     started: list[Vgpud] = []
     yield started
     for relay in started:
-        launcher.down(relay.socket)
+        stop_relay(relay)
 
 
 def vgpu_up_remote(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -320,7 +326,10 @@ def test_a_network_cut_gives_errors_within_the_timeout(netns, tmp_path):
         assert after[-1]["cuda"] in (46, 999, 3), after  # DEVICE_UNAVAILABLE (or the driver's lost/unknown codes)
         assert after[-1]["nvml"] != 0
         assert ended < 8, f"the client took {ended:.1f} s to see the cut"
-        launcher.down(relay.socket)
+        with Client(relay.socket) as tool:
+            with pytest.raises(ControlFailed, match="GPU host 10.77"):
+                tool.control("status")
+        stop_relay(relay)
     finally:
         gpu_host.stop()
 
@@ -346,4 +355,4 @@ def test_a_restarted_gpu_host_is_a_lost_device(tmp_path):
         finally:
             again.stop()
     finally:
-        launcher.down(relay.socket)
+        stop_relay(relay)

@@ -254,7 +254,8 @@ class DeviceMemory:
                 chunk = min(PAGE - offset, len(view) - done)
                 stored = self._pages.get(page)
                 if stored is None:
-                    if view[done:done + chunk] == ZEROS[:chunk]:
+                    # bytes() first: comparing a memoryview with bytes goes element by element
+                    if bytes(view[done:done + chunk]) == ZEROS[:chunk]:
                         done += chunk
                         continue  # zeros over unwritten memory: nothing to keep
                     stored = self._pages[page] = bytearray(PAGE)

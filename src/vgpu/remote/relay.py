@@ -3,8 +3,8 @@ host's vgpud over TLS (``vgpud --backend remote --connect HOST:PORT --token T``)
 
 Each local client connection gets a TLS connection of its own to the GPU host. The client's
 handshake travels with the tenant's token and the client's "host/pid" appended; after it,
-bytes pass through unchanged in both directions. Control connections are read frame by
-frame: ``stop`` stops the relay, not the GPU host. The GPU host answers a network client
+bytes pass through unchanged in both directions. Tools' control connections are the relay's
+own: ``stop`` stops the relay, not the GPU host; other requests are forwarded. The GPU host answers a network client
 without shared memory (no page-locked windows, no direct reads of its memory, no published
 answers), so every transfer travels in frames.
 
@@ -132,7 +132,9 @@ class Relay:
             hello = FrameReader(client).read()
             if hello.op != protocol.OP_HELLO:
                 raise ProtocolError(f"expected a handshake, got op 0x{hello.op:x}")
-            api = hello.payload[8:24].rstrip(b"\0").decode(errors="replace")
+            if hello.payload[8:24].rstrip(b"\0") == b"control":
+                self._serve_control(client, hello)
+                return
             remote = connect(self.address, self.ca, self.timeout)
             network = b"".join(struct.pack("<H", len(x)) + x
                                for x in (self.token.encode(), f"{socket.gethostname()}/{pid}".encode()))
@@ -141,10 +143,7 @@ class Relay:
             remote.settimeout(None)  # keepalive and TCP_USER_TIMEOUT bound a dead peer
             down = threading.Thread(target=self._pump, args=(remote, client), daemon=True)
             down.start()
-            if api == "control":
-                self._pump_control(client, remote)
-            else:
-                self._pump(client, remote)
+            self._pump(client, remote)
             down.join()
         except (OSError, ProtocolError, EOFError, RemoteError) as error:
             log.warning("relaying pid %d: %s", pid, error)
@@ -156,12 +155,14 @@ class Relay:
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
         """Bytes from one side to the other until either ends; then both are shut down."""
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
         try:
             while True:
-                data = source.recv(1 << 16)
-                if not data:
+                size = source.recv_into(buffer)
+                if not size:
                     break
-                sink.sendall(data)
+                sink.sendall(view[:size])
         except OSError:
             pass
         for sock in (source, sink):
@@ -170,22 +171,32 @@ class Relay:
             except OSError:
                 pass
 
-    def _pump_control(self, client: socket.socket, remote: socket.socket) -> None:
-        """A tool's requests: ``stop`` is the relay's own; the rest go to the GPU host."""
+    def _serve_control(self, client: socket.socket, hello: protocol.Frame) -> None:
+        """A tool's connection is the relay's own: ``stop`` stops the relay (never the GPU
+        host), and each other request goes to the GPU host on a connection of its own, so a
+        tool gets an answer, or the reason there is none, even when the GPU host is gone."""
+        reply = protocol.HELLO_REPLY.pack(protocol.HELLO_OK, 0, 1, 0, 0) + struct.pack("<HH", 0, 0)
+        client.sendall(protocol.pack_frame(hello.op, reply, hello.seq, protocol.FLAG_REPLY))
         reader = FrameReader(client)
+        while True:
+            frame = reader.read()
+            if frame.op == protocol.OP_PING:
+                answer = frame.payload
+            elif frame.op != protocol.OP_CONTROL:
+                raise ProtocolError(f"op 0x{frame.op:x} on a control connection")
+            elif json.loads(frame.payload or b"{}").get("cmd") == "stop":
+                client.sendall(protocol.pack_frame(frame.op, json.dumps({"ok": True, "stopping": os.getpid()}).encode(),
+                                                   frame.seq, protocol.FLAG_REPLY))
+                self.stop()
+                return
+            else:
+                answer = self._remote_control(frame.payload)
+            client.sendall(protocol.pack_frame(frame.op, answer, frame.seq, protocol.FLAG_REPLY))
+
+    def _remote_control(self, request: bytes) -> bytes:
         try:
-            while True:
-                frame = reader.read()
-                if frame.op == protocol.OP_CONTROL and json.loads(frame.payload or b"{}").get("cmd") == "stop":
-                    reply = json.dumps({"ok": True, "stopping": os.getpid()}).encode()
-                    client.sendall(protocol.pack_frame(frame.op, reply, frame.seq, protocol.FLAG_REPLY))
-                    self.stop()
-                    break
-                remote.sendall(protocol.pack_frame(frame.op, frame.payload, frame.seq, frame.flags))
-        except (OSError, EOFError, ProtocolError, ValueError):
-            pass
-        for sock in (client, remote):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            sock = connect(self.address, self.ca, self.timeout)
+            with Client(sock=sock, token=self.token, peer=f"{socket.gethostname()}/{os.getpid()}") as remote:
+                return remote.request(protocol.OP_CONTROL, request)
+        except (RemoteError, ConnectionRefusedError, OSError, ProtocolError) as error:
+            return json.dumps({"ok": False, "error": f"GPU host {self.address[0]}:{self.address[1]}: {error}"}).encode()

@@ -36,6 +36,8 @@ log = logging.getLogger("vgpud")
 _PEERCRED = struct.Struct("3i")
 #: a client that does not take its replies within this time is disconnected
 SEND_TIMEOUT_S = 5.0
+#: the rest of a frame longer than this is read in one go, not 64 KiB at a time
+LARGE_FRAME = 1 << 20
 
 
 @dataclass
@@ -174,9 +176,14 @@ class Daemon:
                 self._close(selector, conn)
                 return
             frames = conn.parser.feed(memoryview(conn.inbox)[:size])
-            while conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
-                size = conn.sock.recv_into(conn.inbox)
-                frames += conn.parser.feed(memoryview(conn.inbox)[:size])
+            while True:
+                if conn.parser.missing() > LARGE_FRAME:  # the rest of a bulk transfer, straight into one buffer
+                    frames += conn.parser.feed(self._rest_of_frame(conn))
+                elif conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
+                    size = conn.sock.recv_into(conn.inbox)
+                    frames += conn.parser.feed(memoryview(conn.inbox)[:size])
+                else:
+                    break
             for frame in frames:
                 if conn.session is None:
                     conn.session = self._hello(conn, frame)
@@ -208,6 +215,17 @@ class Daemon:
         except Exception:  # a bug of ours: it costs this connection, never the daemon
             log.exception("closing connection of pid %d after an internal error", conn.pid)
             self._close(selector, conn)
+
+    @staticmethod
+    def _rest_of_frame(conn: Connection) -> bytearray:
+        rest = bytearray(conn.parser.missing())
+        view, got = memoryview(rest), 0
+        while got < len(rest):
+            size = conn.sock.recv_into(view[got:])
+            if not size:
+                raise ProtocolError(f"connection closed inside a frame ({got} of {len(rest)} bytes)")
+            got += size
+        return rest
 
     def _queued(self, session: Session, frame: Frame) -> None:
         """Work sent without waiting: its first error waits for the next synchronising call.

@@ -120,11 +120,20 @@ class FrameParser:
             end = at + HEADER.size + length
             if end > size:
                 break
-            frames.append(Frame(op, flags, seq, bytes(buffer[at + HEADER.size:end])))
+            with memoryview(buffer) as view:  # one copy of the payload, not two
+                frames.append(Frame(op, flags, seq, bytes(view[at + HEADER.size:end])))
             at = end
         if at:
             del buffer[:at]  # once per read, not once per frame
         return frames
+
+
+    def missing(self) -> int:
+        """Bytes still to come of the frame begun in the buffer (0 when none is begun)."""
+        if len(self.buffer) < HEADER.size:
+            return 0
+        (length,) = struct.unpack_from("<I", self.buffer)
+        return max(0, HEADER.size + length - len(self.buffer))
 
 
 class FrameReader:

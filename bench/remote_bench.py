@@ -1,0 +1,153 @@
+"""The remote backend over TLS on loopback, against floors measured in the same run:
+
+- a synchronous driver call (cuCtxSynchronize) through a relay vgpud and a GPU host vgpud,
+  against a raw TCP round trip between two processes (target: within 2x);
+- host-to-device and device-to-host bandwidth through them (64 MiB copies), against a raw
+  TLS stream between two processes (target: at least 70 %).
+
+    python bench/remote_bench.py [--calls N] [--size-mib M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import pin_client, pin_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import start_vgpud  # noqa: E402
+
+from vgpu import launcher  # noqa: E402
+
+TCP_ECHO = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    data = conn.recv(64)
+    if not data:
+        break
+    conn.sendall(data)
+"""
+
+TLS_SINK = """
+import socket, ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+tls = context.wrap_socket(conn, server_side=True)
+total = int(sys.argv[3])
+buffer = bytearray(1 << 20)
+while total > 0:
+    n = tls.recv_into(buffer)
+    if not n:
+        break
+    total -= n
+tls.sendall(b"k")
+"""
+
+
+def server(code: str, *args: str) -> tuple[subprocess.Popen, int]:
+    process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    port = int(process.stdout.readline())
+    pin_server(process.pid)
+    return process, port
+
+
+def tcp_round_trip(calls: int) -> float:
+    process, port = server(TCP_ECHO)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        sock.sendall(b"x" * 16)
+        sock.recv(64)
+        samples.append(time.perf_counter() - start)
+    sock.close()
+    process.wait(5)
+    return statistics.median(samples)
+
+
+def tls_stream(folder: Path, size: int) -> float:
+    """Bytes per second of one TLS stream to another process."""
+    process, port = server(TLS_SINK, str(folder / "cert.pem"), str(folder / "key.pem"), str(size))
+    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+    data = memoryview(bytearray(os.urandom(1 << 20)) * (size >> 20))
+    start = time.perf_counter()
+    tls.sendall(data)
+    tls.recv(1)
+    elapsed = time.perf_counter() - start
+    tls.close()
+    process.wait(5)
+    return size / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--size-mib", type=int, default=64)
+    args = parser.parse_args()
+    pin_client()
+    folder = Path(tempfile.mkdtemp())
+    daemon = start_vgpud("h100", folder, through="relay")
+    try:
+        for process in (daemon.process, *daemon.others):
+            pin_server(process.pid)
+        os.environ["VGPU_SOCKET"] = str(daemon.socket)
+        cuda = ctypes.CDLL(str(launcher.library_path("libvgpu-cuda.so")))
+        assert cuda.cuInit(0) == 0
+        ctx = ctypes.c_void_p()
+        assert cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0 and cuda.cuCtxSetCurrent(ctx) == 0
+        floor_rtt = tcp_round_trip(args.calls)
+        samples = []
+        for _ in range(args.calls):
+            start = time.perf_counter()
+            cuda.cuCtxSynchronize()
+            samples.append(time.perf_counter() - start)
+        sync = statistics.median(samples)
+        size = args.size_mib << 20
+        floor_stream = statistics.median(tls_stream(folder, size) for _ in range(3))
+        host = ctypes.create_string_buffer(size)
+        back = ctypes.create_string_buffer(size)
+        dptr = ctypes.c_uint64()
+        assert cuda.cuMemAlloc_v2(ctypes.byref(dptr), ctypes.c_size_t(size)) == 0
+        h2d, d2h = [], []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert cuda.cuMemcpyHtoD_v2(dptr, host, ctypes.c_size_t(size)) == 0
+            h2d.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            assert cuda.cuMemcpyDtoH_v2(back, dptr, ctypes.c_size_t(size)) == 0
+            d2h.append(time.perf_counter() - start)
+        h2d_rate, d2h_rate = size / statistics.median(h2d), size / statistics.median(d2h)
+    finally:
+        daemon.stop()
+    print(json.dumps({
+        "sync_call": {"floor_tcp_round_trip_us": round(floor_rtt * 1e6, 1), "cuCtxSynchronize_us": round(sync * 1e6, 1),
+                      "ratio": round(sync / floor_rtt, 2), "target": "within 2x"},
+        "bandwidth": {"floor_tls_stream_GBps": round(floor_stream / 1e9, 3), "h2d_GBps": round(h2d_rate / 1e9, 3),
+                      "d2h_GBps": round(d2h_rate / 1e9, 3), "h2d_ratio": round(h2d_rate / floor_stream, 2),
+                      "d2h_ratio": round(d2h_rate / floor_stream, 2), "target": "at least 0.7",
+                      "size_MiB": args.size_mib},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
