@@ -19,7 +19,8 @@
 #define LAUNCH_COOPERATIVE 0x1u
 #define LAUNCH_GRAPH_NODE 0x2u
 #define MAX_PARAM_BYTES 32764u /* kernel parameter space since CUDA 12.1 */
-#define SPECIAL_STREAMS 4096u  /* stream handles below this are constants (NULL, legacy, per-thread) */
+#define SPECIAL_STREAMS 4096u
+#define MODULE_LOAD_MS 30000 /* beyond VGPU_TIMEOUT_MS, for reading an image */  /* stream handles below this are constants (NULL, legacy, per-thread) */
 
 typedef struct kernel_info {
     char *name;
@@ -173,7 +174,8 @@ static CUresult load(void **out, unsigned handle_type, const void *image, unsign
     memcpy(req + 12, start, size);
     const uint8_t *reply;
     size_t reply_len;
-    int status = vgpu_call(vgpu_cuda_api(), VGPU_OP_MODULE, req, 12 + size, &reply, &reply_len, 0);
+    /* a large image (cuBLASLt's hold hundreds of kernels) takes vgpud a while to read the first time */
+    int status = vgpu_call(vgpu_cuda_api(), VGPU_OP_MODULE, req, 12 + size, &reply, &reply_len, MODULE_LOAD_MS);
     free(req);
     if (status != VGPU_OK) return CUDA_ERROR_DEVICE_UNAVAILABLE;
     int32_t rc;

@@ -11,6 +11,7 @@ share an id.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -36,6 +37,8 @@ FA = {name.removeprefix("CU_FUNC_ATTRIBUTE_"): value for name, value in C.items(
       if name.startswith("CU_FUNC_ATTRIBUTE_") and name != "CU_FUNC_ATTRIBUTE_MAX"}
 MODULE_FLAG_LIBRARY = 0x1
 LAUNCHED = struct.pack("<i", SUCCESS)
+#: images kept after reading them
+IMAGE_CACHE = 64
 
 
 @dataclass
@@ -80,7 +83,9 @@ class ModuleServing:
         self.modules: dict[int, LoadedModule] = {}
         self._module_ids = itertools.count(1)
         self.private_ops = {protocol.OP_MODULE: self.load_module, protocol.OP_LAUNCH: self.launch}
-        #: (session, launch head) -> what a repeated launch needs (see _quick_launch)
+        #: images already read, by content digest (a bounded cache; see _read_image)
+        self._images: dict[bytes, CodeImage] = {}
+        #: (session, launch head) -> what a repeated launch needs (see launch)
         self._launch_cache: dict[tuple[int, bytes], tuple] = {}
         self._last_seconds = 0.0
 
@@ -132,7 +137,7 @@ class ModuleServing:
         if gpu is None:
             return struct.pack("<iQI", rc, 0, 0)
         try:
-            image = read_image(payload[12:])
+            image = self._read_image(payload[12:])
         except ImageError:
             return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
         arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
@@ -171,6 +176,15 @@ class ModuleServing:
                                    *(kernel.required_block or (0, 0, 0)), len(kernel.params)))
             out.extend(struct.pack("<II", p.offset, p.size) for p in kernel.params)
         return b"".join(out)
+
+    def _read_image(self, data: bytes) -> CodeImage:
+        """An image read once per content: every process that starts cuBLAS loads the same ones."""
+        key = hashlib.sha256(data).digest()
+        image = self._images.pop(key, None) or read_image(data)
+        self._images[key] = image  # most recently used last
+        while len(self._images) > IMAGE_CACHE:
+            self._images.pop(next(iter(self._images)))
+        return image
 
     def _forget_modules(self, session: Session) -> None:
         self._forget_launch_shapes()
