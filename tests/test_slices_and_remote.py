@@ -356,3 +356,10 @@ def test_a_restarted_gpu_host_is_a_lost_device(tmp_path):
             again.stop()
     finally:
         stop_relay(relay)
+
+
+def test_a_listening_vgpud_stops_cleanly(tmp_path):
+    host = start_gpu_host(tmp_path / "host", "h100")
+    host.process.terminate()
+    assert host.process.wait(10) == 0, host.log.read_text()
+    assert "Traceback" not in host.log.read_text()

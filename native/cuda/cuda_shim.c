@@ -169,9 +169,6 @@ static uint64_t current_context_id(void) {
 vgpu_api *vgpu_cuda_api(void) { return &api; }
 uint64_t vgpu_cuda_context_id(void) { return current_context_id(); }
 int vgpu_cuda_initialized(void) { return __atomic_load_n(&initialized, __ATOMIC_SEQ_CST); }
-int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number) {
-    return vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, number);
-}
 
 #define CONTEXT_STACK_DEPTH 64
 static __thread CUcontext context_stack[CONTEXT_STACK_DEPTH];
@@ -194,6 +191,15 @@ static int context_device(CUcontext ctx, CUdevice *dev) {
         return -1;
     }
     *dev = (CUdevice)(id & 0xffff);
+    return 0;
+}
+
+int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number) {
+    uint64_t id;
+    CUdevice dev;
+    if (context_device(ctx, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0) return -1;
+    /* small numbers, as the real driver's: 1 for device 0's primary context */
+    *number = id & CREATED_CONTEXT_ID ? 2 + 16 + ((id >> 16) & 0xffff) % 46 : 1 + (uint64_t)(dev % 16);
     return 0;
 }
 

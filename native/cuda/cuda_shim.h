@@ -37,7 +37,8 @@ vgpu_api *vgpu_cuda_api(void);
 /* The calling thread's current context as vgpud knows it (0: none). */
 uint64_t vgpu_cuda_context_id(void);
 int vgpu_cuda_initialized(void);
-/* A context's number (its id in the shim's handle table); 0 on success, -1 for no context. */
+/* A small number for a context (1 for device 0's primary context, as a real driver counts); 0 on
+ * success, -1 for no context. */
 int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number);
 /* Load the fat binary a wrapper or header points at (CUDART_INTERFACE's module slots). */
 CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin);

@@ -241,15 +241,43 @@ static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_
     return CUDA_SUCCESS;
 }
 
-/* ---- 21318c60: asked for by cuBLAS (its context-level queries); a real H200 driver serves 92
- * slots, of which cuBLAS 13 calls [4] (context, u64 *out): a number for the context.  Every
- * other slot logs its call and answers "not supported". ---- */
+/* ---- 21318c60: asked for by cuBLAS (context-level queries).  A real H200 driver serves 92
+ * slots; traced there (tests/real_gpu/tabletrace.c), cuBLAS 13 calls [4] (CUcontext, u64 *out),
+ * which wrote 1 for the primary context, and on some paths [51] (CUcontext, u64, void **out),
+ * which handed out an object whose first word was 1, then [39] (CUcontext, object, u64 *out),
+ * which wrote 7.  vgpu answers [39] with a model of the same figure (one per 18 SMs: 7 for the
+ * 132-SM Hopper boards); every other slot logs its call and answers "not supported". ---- */
+
+#define MAX_CONTEXT_OBJECTS 64
 
 static CUresult context_number(CUcontext ctx, uint64_t *out) {
     if (!out) return CUDA_ERROR_INVALID_VALUE;
     if (!ctx && cuCtxGetCurrent(&ctx) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
-    uint64_t id = 0;
-    *out = ctx && vgpu_cuda_context_number(ctx, &id) == 0 ? id : 0;
+    uint64_t number = 0;
+    *out = ctx && vgpu_cuda_context_number(ctx, &number) == 0 ? number : 0;
+    return CUDA_SUCCESS;
+}
+
+static uint64_t context_objects[MAX_CONTEXT_OBJECTS][8];
+
+static CUresult context_object(CUcontext ctx, uint64_t which, void **out) {
+    uint64_t number = 0;
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    if (which == UINT64_MAX) return CUDA_ERROR_INVALID_HANDLE;
+    if (context_number(ctx, &number) != CUDA_SUCCESS || number >= MAX_CONTEXT_OBJECTS) return CUDA_ERROR_INVALID_CONTEXT;
+    context_objects[number][0] = 1;
+    *out = context_objects[number];
+    return CUDA_SUCCESS;
+}
+
+static CUresult context_object_query(CUcontext ctx, const void *object, uint64_t *out) {
+    CUdevice dev;
+    int sms = 0;
+    if (!object || !out) return CUDA_ERROR_INVALID_VALUE;
+    if (cuCtxGetDevice(&dev) != CUDA_SUCCESS ||
+        cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev) != CUDA_SUCCESS)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *out = sms >= 18 ? (uint64_t)(sms / 18) : 1;
     return CUDA_SUCCESS;
 }
 
@@ -259,13 +287,17 @@ static CUresult context_number(CUcontext ctx, uint64_t *out) {
 #define UNSERVED10(n) UNSERVED(n##0) UNSERVED(n##1) UNSERVED(n##2) UNSERVED(n##3) UNSERVED(n##4) UNSERVED(n##5) \
     UNSERVED(n##6) UNSERVED(n##7) UNSERVED(n##8) UNSERVED(n##9)
 UNSERVED(1) UNSERVED(2) UNSERVED(3) UNSERVED(5) UNSERVED(6) UNSERVED(7) UNSERVED(8) UNSERVED(9)
-UNSERVED10(1) UNSERVED10(2) UNSERVED10(3) UNSERVED10(4) UNSERVED10(5) UNSERVED10(6) UNSERVED10(7) UNSERVED10(8)
+UNSERVED10(1) UNSERVED10(2) UNSERVED(30) UNSERVED(31) UNSERVED(32) UNSERVED(33) UNSERVED(34) UNSERVED(35)
+UNSERVED(36) UNSERVED(37) UNSERVED(38) UNSERVED10(4) UNSERVED(50) UNSERVED(52) UNSERVED(53) UNSERVED(54)
+UNSERVED(55) UNSERVED(56) UNSERVED(57) UNSERVED(58) UNSERVED(59) UNSERVED10(6) UNSERVED10(7) UNSERVED10(8)
 UNSERVED(90) UNSERVED(91) UNSERVED(92)
 #define U(n) (void *)unserved_##n,
 #define U10(n) U(n##0) U(n##1) U(n##2) U(n##3) U(n##4) U(n##5) U(n##6) U(n##7) U(n##8) U(n##9)
 static const void *context_queries[93] = {
     (void *)(sizeof(void *) * 93), U(1) U(2) U(3) (void *)context_number, U(5) U(6) U(7) U(8) U(9)
-    U10(1) U10(2) U10(3) U10(4) U10(5) U10(6) U10(7) U10(8) U(90) U(91) U(92)};
+    U10(1) U10(2) U(30) U(31) U(32) U(33) U(34) U(35) U(36) U(37) U(38) (void *)context_object_query,
+    U10(4) U(50) (void *)context_object, U(52) U(53) U(54) U(55) U(56) U(57) U(58) U(59)
+    U10(6) U10(7) U10(8) U(90) U(91) U(92)};
 
 typedef struct known_table {
     uint8_t id[16];

@@ -80,7 +80,13 @@ class Daemon:
         self.network = network
         self._network_listener: TlsListener | None = None
         #: one dispatcher per API, by the name the handshake gives
-        self.apis = {"nvml": ApiDispatcher(NvmlService(state)), "cuda": ApiDispatcher(CudaService(state))}
+        if state.backend == "cuda":  # a real GPU on this host, through cuda-python
+            from vgpu.server.cuda_real import RealCudaService
+
+            cuda_service = RealCudaService(state)
+        else:
+            cuda_service = CudaService(state)
+        self.apis = {"nvml": ApiDispatcher(NvmlService(state)), "cuda": ApiDispatcher(cuda_service)}
         #: ops a service answers with its own layout (CUDA's module loads and launches), by op
         self.private_ops = {op: handler for dispatcher in self.apis.values()
                             for op, handler in getattr(dispatcher.service, "private_ops", {}).items()}
@@ -141,7 +147,7 @@ class Daemon:
                 self.published.refresh_if_due()
         finally:
             for key in list(selector.get_map().values()):
-                if key.data is not None:
+                if isinstance(key.data, Connection):
                     self._close(selector, key.data)
             self._listener.close()
             if network is not None:

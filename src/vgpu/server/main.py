@@ -23,8 +23,9 @@ from vgpu.wire.protocol import default_socket_path
               help="GPU set: 2xh100, h100,l4, h100:20g (a slice), or a TOML file.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None,
               help="Unix socket to listen on (default: $VGPU_SOCKET or /tmp/vgpu-UID/vgpud.sock).")
-@click.option("--backend", type=click.Choice(["sim", "remote"]), default="sim", show_default=True,
-              help="Where the work runs: sim simulates the GPUs; remote forwards to a GPU host's vgpud (--connect).")
+@click.option("--backend", type=click.Choice(["sim", "cuda", "remote"]), default="sim", show_default=True,
+              help="Where the work runs: sim simulates the GPUs; cuda runs CUDA calls on this host's real GPUs "
+                   "(NVML stays simulated from --gpus); remote forwards to a GPU host's vgpud (--connect).")
 @click.option("--listen", default=None, metavar="HOST:PORT",
               help="Also serve clients on other hosts over TLS (needs --tls-cert, --tls-key and tokens).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)

@@ -1,0 +1,671 @@
+"""The CUDA driver API answered by a real GPU on this host (``vgpud --backend cuda``),
+through cuda-python's driver bindings (``cuda.bindings.driver``).
+
+Clients keep their shims: vgpud makes the calls on the real driver in its own process,
+in the primary context of the device behind the client's context, and hands back real
+device addresses, so kernels launched with the clients' packed parameters compute on the
+GPU. Modules are loaded from the images clients send (their parameter layouts read with
+vgpu.images, as the simulator does); streams, events, functions and modules are vgpud's
+real objects behind ids. What a process held is freed when it ends.
+
+Served here: devices, context synchronisation and limits, memory, copies and memsets,
+streams, events, capture status, modules, libraries, kernels and their attributes,
+occupancy, launches. The rest answers CUDA_ERROR_NOT_SUPPORTED (the shim logs each one
+once): graphs, virtual memory management, memory pools, peer access (see docs/remote.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cuda.bindings import driver as cu
+
+from vgpu.api.manifest import load
+from vgpu.images import ImageError, NoBinaryForGpu, read_image
+from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, visible_devices
+from vgpu.server.dispatch import Caller, implemented
+from vgpu.server.state import DaemonState, Session
+from vgpu.server.windows import RemoteBuffer
+from vgpu.wire import protocol
+
+API = load("cuda")
+C = API.constants
+SUCCESS = C["CUDA_SUCCESS"]
+INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
+LAUNCH = struct.Struct("<QQQ3I3IIII")
+
+
+def rc(result: Any) -> int:
+    """The CUresult of a cuda-python call's answer (a tuple whose first item it is)."""
+    return int(result[0] if isinstance(result, tuple) else result)
+
+
+@dataclass
+class Owned:
+    """What one process made on the real GPU, to free when it ends."""
+
+    allocations: dict[int, int] = field(default_factory=dict)   # address -> device ordinal
+    streams: dict[int, Any] = field(default_factory=dict)       # id -> CUstream
+    events: dict[int, Any] = field(default_factory=dict)        # id -> CUevent
+    modules: dict[int, Any] = field(default_factory=dict)       # id -> (CUmodule or CUlibrary, library?)
+
+
+@dataclass(frozen=True)
+class RealFunction:
+    module: int
+    index: int
+    name: str
+    handle: Any          # CUfunction
+    kernel: Any = None   # CUkernel, for a library's
+
+
+class RealCudaService:
+    """The CUDA driver functions vgpud serves from a real GPU."""
+
+    api = API
+    CONTEXT_PREFIX = True
+    INVALID_HANDLE = C["CUDA_ERROR_INVALID_HANDLE"]
+    INVALID_ARGUMENT = INVALID_VALUE
+    NOT_SUPPORTED = C["CUDA_ERROR_NOT_SUPPORTED"]
+    INTERNAL_ERROR = C["CUDA_ERROR_UNKNOWN"]
+
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+        check = rc(cu.cuInit(0))
+        if check != SUCCESS:
+            raise RuntimeError(f"the CUDA driver on this host answered cuInit with {check}; is an NVIDIA GPU and "
+                               "its driver installed?")
+        count = cu.cuDeviceGetCount()[1]
+        self.devices = [cu.cuDeviceGet(i)[1] for i in range(count)]
+        self.contexts = [cu.cuDevicePrimaryCtxRetain(device)[1] for device in self.devices]
+        self.uuids = [f"GPU-{uuid.UUID(bytes=bytes(cu.cuDeviceGetUuid(d)[1].bytes))}" for d in self.devices]
+        self.owned: dict[int, Owned] = {}
+        self.functions: dict[int, RealFunction] = {}
+        self.layouts: dict[int, list[tuple[str, list[tuple[int, int]], int, int]]] = {}
+        self._ids = itertools.count(4096)
+        #: module id -> its kernels' names, sorted: a function's id is module id << 16 | the
+        #: position of its name (the shim finds the parameter layout by that position)
+        self.kernel_names: dict[int, list[str]] = {}
+        self.private_ops = {protocol.OP_MODULE: self.load_module, protocol.OP_LAUNCH: self.launch}
+        self.implemented = implemented(self)
+        state.on_detach.append(self._forget)
+
+    # who and where ---------------------------------------------------------------------
+    def _visible(self, s: Session) -> list[int]:
+        return visible_devices(s.env.get("CUDA_VISIBLE_DEVICES"), self.uuids)
+
+    def _ordinal(self, c: Caller, dev: int) -> int | None:
+        """The real device behind a process's CUDA ordinal."""
+        visible = self._visible(c.session)
+        return visible[dev] if 0 <= dev < len(visible) else None
+
+    def _enter(self, c: Caller) -> int | None:
+        """Make the caller's device current in vgpud; its real ordinal, or None without a context."""
+        if not c.context & PRIMARY_CONTEXT and not c.context & (1 << 33):
+            return None
+        ordinal = self._ordinal(c, c.context & 0xFFFF)
+        if ordinal is not None:
+            cu.cuCtxSetCurrent(self.contexts[ordinal])
+        return ordinal
+
+    def _mine(self, c: Caller) -> Owned:
+        return self.owned.setdefault(c.session.id, Owned())
+
+    def _forget(self, session: Session) -> None:
+        """A process ended: free what it made on the GPU."""
+        owned = self.owned.pop(session.id, None)
+        if owned is None:
+            return
+        for address, ordinal in owned.allocations.items():
+            cu.cuCtxSetCurrent(self.contexts[ordinal])
+            cu.cuMemFree(address)
+        for stream in owned.streams.values():
+            cu.cuStreamDestroy(stream)
+        for event in owned.events.values():
+            cu.cuEventDestroy(event)
+        for handle, library in owned.modules.values():
+            (cu.cuLibraryUnload if library else cu.cuModuleUnload)(handle)
+        for key in [k for k, f in self.functions.items() if f.module in owned.modules]:
+            del self.functions[key]
+        for module_id in owned.modules:
+            self.kernel_names.pop(module_id, None)
+
+    # the dispatcher's hooks ------------------------------------------------------------
+    def resolve(self, handle_type: str, handle_id: int, caller: Caller) -> Any:
+        owned = self._mine(caller)
+        if handle_type == "CUstream":
+            if handle_id in DEFAULT_STREAMS:
+                return (handle_id, cu.CUstream(handle_id))
+            found = owned.streams.get(handle_id)
+            return (handle_id, found) if found is not None else None
+        if handle_type == "CUevent":
+            found = owned.events.get(handle_id)
+            return (handle_id, found) if found is not None else None
+        if handle_type in ("CUmodule", "CUlibrary"):
+            return handle_id if handle_id in owned.modules else None
+        if handle_type in ("CUfunction", "CUkernel"):
+            found = self.functions.get(handle_id)
+            return found if found is not None and found.module in owned.modules else None
+        if handle_type == "CUcontext":
+            return handle_id
+        return None
+
+    def handle_id(self, obj: Any) -> int:
+        if isinstance(obj, tuple):
+            return obj[0]
+        if isinstance(obj, RealFunction):
+            return obj.module << 16 | obj.index
+        if isinstance(obj, int):
+            return obj
+        raise TypeError(f"no handle id for {obj!r}")
+
+    @staticmethod
+    def refusal(obj: Any) -> int | None:
+        return None
+
+    def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
+        calls: list[tuple[str, dict[str, int]]] = [("cuDeviceGetCount", {})]
+        for ordinal in range(len(self._visible(session))):
+            calls += [("cuDeviceGet", {"ordinal": ordinal}), ("cuDeviceGetName", {"len": 256, "dev": ordinal}),
+                      ("cuDeviceGetUuid", {"dev": ordinal}), ("cuDeviceGetUuid_v2", {"dev": ordinal}),
+                      ("cuDeviceTotalMem_v2", {"dev": ordinal}), ("cuDeviceComputeCapability", {"dev": ordinal})]
+            calls += [("cuDeviceGetAttribute", {"attrib": a, "dev": ordinal})
+                      for name, a in API.enum("CUdevice_attribute_enum").items() if name != "CU_DEVICE_ATTRIBUTE_MAX"]
+        return calls
+
+    # devices -----------------------------------------------------------------------------
+    def cuDriverGetVersion(self, c: Caller, driverVersion: Any) -> int:
+        result = cu.cuDriverGetVersion()
+        driverVersion.value = result[1]
+        return rc(result)
+
+    def cuDeviceGetCount(self, c: Caller, count: Any) -> int:
+        count.value = len(self._visible(c.session))
+        return SUCCESS
+
+    def cuDeviceGet(self, c: Caller, device: Any, ordinal: int) -> int:
+        if self._ordinal(c, ordinal) is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        device.value = ordinal
+        return SUCCESS
+
+    def _device(self, c: Caller, dev: int) -> Any:
+        ordinal = self._ordinal(c, dev)
+        return self.devices[ordinal] if ordinal is not None else None
+
+    def cuDeviceGetName(self, c: Caller, name: Any, len: int, dev: int) -> int:
+        device = self._device(c, dev)
+        if device is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        result = cu.cuDeviceGetName(len, device)
+        name.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
+        return rc(result)
+
+    def cuDeviceGetUuid_v2(self, c: Caller, uuid: Any, dev: int) -> int:
+        device = self._device(c, dev)
+        if device is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        result = cu.cuDeviceGetUuid(device)
+        ctypes.memmove(ctypes.addressof(uuid), bytes(result[1].bytes), 16)
+        return rc(result)
+
+    cuDeviceGetUuid = cuDeviceGetUuid_v2
+
+    def cuDeviceTotalMem_v2(self, c: Caller, bytes: Any, dev: int) -> int:
+        device = self._device(c, dev)
+        if device is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        result = cu.cuDeviceTotalMem(device)
+        bytes.value = result[1]
+        return rc(result)
+
+    def cuDeviceComputeCapability(self, c: Caller, major: Any, minor: Any, dev: int) -> int:
+        device = self._device(c, dev)
+        if device is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        A = cu.CUdevice_attribute
+        major.value = cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)[1]
+        minor.value = cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)[1]
+        return SUCCESS
+
+    def cuDeviceGetAttribute(self, c: Caller, pi: Any, attrib: int, dev: int) -> int:
+        device = self._device(c, dev)
+        if device is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        try:
+            result = cu.cuDeviceGetAttribute(cu.CUdevice_attribute(attrib), device)
+        except ValueError:
+            return INVALID_VALUE
+        pi.value = result[1]
+        return rc(result)
+
+    def cuDeviceGetPCIBusId(self, c: Caller, pciBusId: Any, len: int, dev: int) -> int:
+        device = self._device(c, dev)
+        if device is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        result = cu.cuDeviceGetPCIBusId(len, device)
+        pciBusId.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
+        return rc(result)
+
+    # context ----------------------------------------------------------------------------------
+    def cuCtxSynchronize(self, c: Caller) -> int:
+        return SUCCESS if self._enter(c) is None else rc(cu.cuCtxSynchronize())
+
+    def cuCtxSynchronize_v2(self, c: Caller, ctx: int) -> int:
+        return self.cuCtxSynchronize(c)
+
+    def cuCtxGetLimit(self, c: Caller, pvalue: Any, limit: int) -> int:
+        self._enter(c)
+        result = cu.cuCtxGetLimit(cu.CUlimit(limit))
+        pvalue.value = result[1] if rc(result) == SUCCESS else 0
+        return rc(result)
+
+    def cuCtxSetLimit(self, c: Caller, limit: int, value: int) -> int:
+        self._enter(c)
+        return rc(cu.cuCtxSetLimit(cu.CUlimit(limit), value))
+
+    def cuCtxGetStreamPriorityRange(self, c: Caller, leastPriority: Any, greatestPriority: Any) -> int:
+        self._enter(c)
+        result = cu.cuCtxGetStreamPriorityRange()
+        if leastPriority is not None:
+            leastPriority.value = result[1]
+        if greatestPriority is not None:
+            greatestPriority.value = result[2]
+        return rc(result)
+
+    # memory -----------------------------------------------------------------------------------
+    def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
+        if self._enter(c) is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuMemGetInfo()
+        free.value, total.value = result[1], result[2]
+        return rc(result)
+
+    def cuMemAlloc_v2(self, c: Caller, dptr: Any, bytesize: int) -> int:
+        ordinal = self._enter(c)
+        if ordinal is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuMemAlloc(bytesize)
+        if rc(result) == SUCCESS:
+            dptr.value = int(result[1])
+            self._mine(c).allocations[dptr.value] = ordinal
+        return rc(result)
+
+    def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
+        if dptr == 0:
+            return SUCCESS
+        owned = self._mine(c)
+        if dptr not in owned.allocations:
+            return INVALID_VALUE
+        cu.cuCtxSetCurrent(self.contexts[owned.allocations.pop(dptr)])
+        return rc(cu.cuMemFree(dptr))
+
+    def cuMemGetAddressRange_v2(self, c: Caller, pbase: Any, psize: Any, dptr: int) -> int:
+        self._enter(c)
+        result = cu.cuMemGetAddressRange(dptr)
+        if rc(result) == SUCCESS:
+            pbase.value, psize.value = int(result[1]), result[2]
+        return rc(result)
+
+    def cuPointerGetAttribute(self, c: Caller, data: Any, attribute: int, ptr: int) -> int:
+        self._enter(c)
+        try:
+            result = cu.cuPointerGetAttribute(cu.CUpointer_attribute(attribute), ptr)
+        except ValueError:
+            return INVALID_VALUE
+        if rc(result) == SUCCESS:
+            value = result[1]
+            data.value = int(value) if not isinstance(value, bool) else int(value)
+        return rc(result)
+
+    # copies and memsets: data the client sent is copied synchronously on its stream (the
+    # frame's bytes do not outlive the call); page-locked windows stay mapped, so their copies
+    # stay asynchronous
+    @staticmethod
+    def _stream(hStream: Any) -> Any:
+        return hStream[1] if hStream is not None else cu.CUstream(0)
+
+    def cuMemcpyHtoDAsync_v2(self, c: Caller, dstDevice: int, srcHost: Any, ByteCount: int,
+                             hStream: Any = None) -> int:
+        if srcHost is None:
+            return INVALID_VALUE
+        self._enter(c)
+        stream = self._stream(hStream)
+        if isinstance(srcHost, RemoteBuffer):
+            staged = bytearray(ByteCount)
+            srcHost.copy_to([memoryview(staged)])
+            srcHost = staged
+        result = rc(cu.cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, stream))
+        if result == SUCCESS and not isinstance(srcHost, memoryview):
+            result = rc(cu.cuStreamSynchronize(stream))
+        return result
+
+    def cuMemcpyDtoHAsync_v2(self, c: Caller, dstHost: Any, srcDevice: int, ByteCount: int,
+                             hStream: Any = None) -> int:
+        if dstHost is None:
+            return INVALID_VALUE
+        self._enter(c)
+        stream = self._stream(hStream)
+        target = bytearray(ByteCount) if isinstance(dstHost, RemoteBuffer) else dstHost
+        result = rc(cu.cuMemcpyDtoHAsync(target, srcDevice, ByteCount, stream))
+        if result == SUCCESS and not isinstance(dstHost, memoryview):
+            result = rc(cu.cuStreamSynchronize(stream))
+            if isinstance(dstHost, RemoteBuffer):
+                dstHost.copy_from([memoryview(target)])
+        return result
+
+    def cuMemcpyDtoDAsync_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int,
+                             hStream: Any = None) -> int:
+        self._enter(c)
+        return rc(cu.cuMemcpyDtoDAsync(dstDevice, srcDevice, ByteCount, self._stream(hStream)))
+
+    cuMemcpyHtoD_v2 = cuMemcpyHtoDAsync_v2
+    cuMemcpyDtoH_v2 = cuMemcpyDtoHAsync_v2
+    cuMemcpyDtoD_v2 = cuMemcpyDtoDAsync_v2
+
+    def cuMemsetD8Async(self, c: Caller, dstDevice: int, uc: int, N: int, hStream: Any = None) -> int:
+        self._enter(c)
+        return rc(cu.cuMemsetD8Async(dstDevice, uc, N, self._stream(hStream)))
+
+    def cuMemsetD16Async(self, c: Caller, dstDevice: int, us: int, N: int, hStream: Any = None) -> int:
+        self._enter(c)
+        return rc(cu.cuMemsetD16Async(dstDevice, us, N, self._stream(hStream)))
+
+    def cuMemsetD32Async(self, c: Caller, dstDevice: int, ui: int, N: int, hStream: Any = None) -> int:
+        self._enter(c)
+        return rc(cu.cuMemsetD32Async(dstDevice, ui, N, self._stream(hStream)))
+
+    cuMemsetD8_v2 = cuMemsetD8Async
+    cuMemsetD16_v2 = cuMemsetD16Async
+    cuMemsetD32_v2 = cuMemsetD32Async
+
+    # streams and events -------------------------------------------------------------------------
+    def cuStreamCreateWithPriority(self, c: Caller, phStream: Any, flags: int, priority: int) -> int:
+        self._enter(c)
+        result = cu.cuStreamCreateWithPriority(flags, priority)
+        if rc(result) == SUCCESS:
+            stream_id = next(self._ids)
+            self._mine(c).streams[stream_id] = result[1]
+            phStream.value = (stream_id, result[1])
+        return rc(result)
+
+    def cuStreamCreate(self, c: Caller, phStream: Any, Flags: int) -> int:
+        return self.cuStreamCreateWithPriority(c, phStream, Flags, 0)
+
+    def cuStreamDestroy_v2(self, c: Caller, hStream: Any) -> int:
+        if hStream[0] in DEFAULT_STREAMS:
+            return self.INVALID_HANDLE
+        del self._mine(c).streams[hStream[0]]
+        return rc(cu.cuStreamDestroy(hStream[1]))
+
+    def cuStreamSynchronize(self, c: Caller, hStream: Any) -> int:
+        self._enter(c)
+        return rc(cu.cuStreamSynchronize(hStream[1]))
+
+    def cuStreamQuery(self, c: Caller, hStream: Any) -> int:
+        self._enter(c)
+        return rc(cu.cuStreamQuery(hStream[1]))
+
+    def cuStreamWaitEvent(self, c: Caller, hStream: Any, hEvent: Any, Flags: int) -> int:
+        self._enter(c)
+        return rc(cu.cuStreamWaitEvent(hStream[1], hEvent[1], Flags))
+
+    def cuStreamGetPriority(self, c: Caller, hStream: Any, priority: Any) -> int:
+        result = cu.cuStreamGetPriority(hStream[1])
+        priority.value = result[1]
+        return rc(result)
+
+    def cuStreamGetFlags(self, c: Caller, hStream: Any, flags: Any) -> int:
+        result = cu.cuStreamGetFlags(hStream[1])
+        flags.value = result[1]
+        return rc(result)
+
+    def cuStreamIsCapturing(self, c: Caller, hStream: Any, captureStatus: Any) -> int:
+        self._enter(c)
+        result = cu.cuStreamIsCapturing(hStream[1])
+        captureStatus.value = int(result[1])
+        return rc(result)
+
+    def cuStreamGetCaptureInfo(self, c: Caller, hStream: Any, captureStatus_out: Any, id_out: Any) -> int:
+        result = self.cuStreamIsCapturing(c, hStream, captureStatus_out)
+        if id_out is not None:
+            id_out.value = 0
+        return result
+
+    def cuEventCreate(self, c: Caller, phEvent: Any, Flags: int) -> int:
+        self._enter(c)
+        result = cu.cuEventCreate(Flags)
+        if rc(result) == SUCCESS:
+            event_id = next(self._ids)
+            self._mine(c).events[event_id] = result[1]
+            phEvent.value = (event_id, result[1])
+        return rc(result)
+
+    def cuEventDestroy_v2(self, c: Caller, hEvent: Any) -> int:
+        del self._mine(c).events[hEvent[0]]
+        return rc(cu.cuEventDestroy(hEvent[1]))
+
+    def cuEventRecord(self, c: Caller, hEvent: Any, hStream: Any) -> int:
+        self._enter(c)
+        return rc(cu.cuEventRecord(hEvent[1], hStream[1]))
+
+    def cuEventRecordWithFlags(self, c: Caller, hEvent: Any, hStream: Any, flags: int) -> int:
+        self._enter(c)
+        return rc(cu.cuEventRecordWithFlags(hEvent[1], hStream[1], flags))
+
+    def cuEventQuery(self, c: Caller, hEvent: Any) -> int:
+        return rc(cu.cuEventQuery(hEvent[1]))
+
+    def cuEventSynchronize(self, c: Caller, hEvent: Any) -> int:
+        return rc(cu.cuEventSynchronize(hEvent[1]))
+
+    def cuEventElapsedTime_v2(self, c: Caller, pMilliseconds: Any, hStart: Any, hEnd: Any) -> int:
+        result = cu.cuEventElapsedTime(hStart[1], hEnd[1])
+        pMilliseconds.value = result[1]
+        return rc(result)
+
+    cuEventElapsedTime = cuEventElapsedTime_v2
+
+    # modules, libraries and kernels ------------------------------------------------------------
+    def load_module(self, session: Session, payload: bytes) -> bytes:
+        """OP_MODULE, answered as the simulator answers it (vgpu.server.cuda_modules), with the
+        image loaded on the real driver."""
+        if len(payload) < 12:
+            return struct.pack("<iQI", INVALID_VALUE, 0, 0)
+        context, flags = struct.unpack_from("<QI", payload)
+        c = Caller(session, context)
+        library = bool(flags & 1)
+        ordinal = self._enter(c)
+        if ordinal is None and not library:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_CONTEXT"], 0, 0)
+        data = bytes(payload[12:])
+        try:
+            image = read_image(data)
+        except ImageError:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
+        image_buffer = ctypes.create_string_buffer(data + b"\0", len(data) + 1)
+        if library:
+            result = cu.cuLibraryLoadData(image_buffer, None, None, 0, None, None, 0)
+        else:
+            result = cu.cuModuleLoadData(image_buffer)
+        if rc(result) != SUCCESS:
+            return struct.pack("<iQI", rc(result), 0, 0)
+        module_id = next(self._ids)
+        self._mine(c).modules[module_id] = (result[1], library)
+        names = sorted({name for code in image.codes for name in code.kernels})
+        self.kernel_names[module_id] = names
+        out = [struct.pack("<iQI", SUCCESS, module_id, len(names))]
+        arch = None
+        if ordinal is not None:
+            A = cu.CUdevice_attribute
+            device = self.devices[ordinal]
+            arch = cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)[1] * 10 + \
+                cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)[1]
+        try:
+            chosen = image.module_for(arch) if arch is not None else None
+        except NoBinaryForGpu:
+            chosen = None
+        for name in names:
+            kernel = (chosen.kernels.get(name) if chosen else None) or next(
+                code.kernels[name] for code in image.codes if name in code.kernels)
+            encoded = name.encode()
+            # the limits the shim checks are the real driver's to enforce: pass everything on
+            out.append(struct.pack("<H", len(encoded)) + encoded)
+            out.append(struct.pack("<III3II", 1024, kernel.max_threads, 1 << 30, 0, 0, 0, len(kernel.params)))
+            out.extend(struct.pack("<II", p.offset, p.size) for p in kernel.params)
+        return b"".join(out)
+
+    def _function(self, module_id: int, library: bool, handle: Any, name: bytes | None, out: Any,
+                  c: Caller) -> int:
+        if name is None:
+            return INVALID_VALUE
+        if library:
+            result = cu.cuLibraryGetKernel(handle, name)
+            if rc(result) != SUCCESS:
+                return rc(result)
+            kernel = result[1]
+            function = cu.cuKernelGetFunction(kernel)
+            if rc(function) != SUCCESS:
+                return rc(function)
+            found = RealFunction(module_id, self._index(module_id, name.decode()), name.decode(), function[1], kernel)
+        else:
+            result = cu.cuModuleGetFunction(handle, name)
+            if rc(result) != SUCCESS:
+                return rc(result)
+            found = RealFunction(module_id, self._index(module_id, name.decode()), name.decode(), result[1])
+        self.functions[found.module << 16 | found.index] = found
+        out.value = found
+        return SUCCESS
+
+    def _index(self, module_id: int, name: str) -> int:
+        names = self.kernel_names.get(module_id, [])
+        return names.index(name) if name in names else len(names)
+
+    def cuModuleGetFunction(self, c: Caller, hfunc: Any, hmod: int, name: bytes | None) -> int:
+        self._enter(c)
+        handle, library = self._mine(c).modules[hmod]
+        return self._function(hmod, library, handle, name, hfunc, c)
+
+    def cuLibraryGetKernel(self, c: Caller, pKernel: Any, library: int, name: bytes | None) -> int:
+        self._enter(c)
+        handle, is_library = self._mine(c).modules[library]
+        return self._function(library, is_library, handle, name, pKernel, c)
+
+    def cuKernelGetFunction(self, c: Caller, pFunc: Any, kernel: RealFunction) -> int:
+        pFunc.value = kernel
+        return SUCCESS
+
+    def cuModuleUnload(self, c: Caller, hmod: int) -> int:
+        handle, library = self._mine(c).modules.pop(hmod)
+        self.kernel_names.pop(hmod, None)
+        for key in [k for k, f in self.functions.items() if f.module == hmod]:
+            del self.functions[key]
+        return rc((cu.cuLibraryUnload if library else cu.cuModuleUnload)(handle))
+
+    cuLibraryUnload = cuModuleUnload
+
+    def _global(self, c: Caller, module: int, dptr: Any, size: Any, name: bytes | None) -> int:
+        if name is None:
+            return INVALID_VALUE
+        self._enter(c)
+        handle, library = self._mine(c).modules[module]
+        result = (cu.cuLibraryGetGlobal if library else cu.cuModuleGetGlobal)(handle, name)
+        if rc(result) == SUCCESS:
+            if dptr is not None:
+                dptr.value = int(result[1])
+            if size is not None:
+                size.value = result[2]
+        return rc(result)
+
+    def cuModuleGetGlobal_v2(self, c: Caller, dptr: Any, bytes: Any, hmod: int, name: bytes | None) -> int:
+        return self._global(c, hmod, dptr, bytes, name)
+
+    def cuLibraryGetGlobal(self, c: Caller, dptr: Any, bytes: Any, library: int, name: bytes | None) -> int:
+        return self._global(c, library, dptr, bytes, name)
+
+    def cuFuncGetAttribute(self, c: Caller, pi: Any, attrib: int, hfunc: RealFunction) -> int:
+        self._enter(c)
+        result = cu.cuFuncGetAttribute(cu.CUfunction_attribute(attrib), hfunc.handle)
+        pi.value = result[1]
+        return rc(result)
+
+    def cuKernelGetAttribute(self, c: Caller, pi: Any, attrib: int, kernel: RealFunction, dev: int) -> int:
+        return self.cuFuncGetAttribute(c, pi, attrib, kernel)
+
+    def cuFuncSetAttribute(self, c: Caller, hfunc: RealFunction, attrib: int, value: int) -> int:
+        self._enter(c)
+        return rc(cu.cuFuncSetAttribute(hfunc.handle, cu.CUfunction_attribute(attrib), value))
+
+    def cuKernelSetAttribute(self, c: Caller, attrib: int, val: int, kernel: RealFunction, dev: int) -> int:
+        return self.cuFuncSetAttribute(c, kernel, attrib, val)
+
+    def cuFuncSetCacheConfig(self, c: Caller, hfunc: RealFunction, config: int) -> int:
+        return rc(cu.cuFuncSetCacheConfig(hfunc.handle, cu.CUfunc_cache(config)))
+
+    def cuFuncGetParamInfo(self, c: Caller, func: RealFunction, paramIndex: int, paramOffset: Any,
+                           paramSize: Any) -> int:
+        result = cu.cuFuncGetParamInfo(func.handle, paramIndex)
+        if rc(result) == SUCCESS:
+            if paramOffset is not None:
+                paramOffset.value = result[1]
+            if paramSize is not None:
+                paramSize.value = result[2]
+        return rc(result)
+
+    def cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(self, c: Caller, numBlocks: Any, func: RealFunction,
+                                                             blockSize: int, dynamicSMemSize: int, flags: int) -> int:
+        self._enter(c)
+        result = cu.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(func.handle, blockSize, dynamicSMemSize,
+                                                                         flags)
+        numBlocks.value = result[1]
+        return rc(result)
+
+    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, c: Caller, numBlocks: Any, func: RealFunction,
+                                                    blockSize: int, dynamicSMemSize: int) -> int:
+        return self.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(c, numBlocks, func, blockSize,
+                                                                         dynamicSMemSize, 0)
+
+    def cuOccupancyAvailableDynamicSMemPerBlock(self, c: Caller, dynamicSmemSize: Any, func: RealFunction,
+                                                numBlocks: int, blockSize: int) -> int:
+        self._enter(c)
+        result = cu.cuOccupancyAvailableDynamicSMemPerBlock(func.handle, numBlocks, blockSize)
+        dynamicSmemSize.value = result[1]
+        return rc(result)
+
+    # launches ------------------------------------------------------------------------------
+    def launch(self, session: Session, payload: bytes) -> bytes:
+        """OP_LAUNCH records, launched on the real GPU with the packed parameters (as
+        CU_LAUNCH_PARAM_BUFFER_POINTER) and recorded as the simulator records them."""
+        at, size, first = 0, len(payload), SUCCESS
+        while at < size:
+            (context, function_id, stream_id, gx, gy, gz, bx, by, bz, shared, flags,
+             args_size) = LAUNCH.unpack_from(payload, at)
+            args = payload[at + LAUNCH.size:at + LAUNCH.size + args_size]
+            at += LAUNCH.size + args_size
+            if flags:
+                first = first or self.NOT_SUPPORTED  # graph nodes and cooperative grids: not on this backend yet
+                continue
+            c = Caller(session, context)
+            function = self.resolve("CUfunction", function_id, c)
+            stream = self.resolve("CUstream", stream_id, c)
+            if function is None or stream is None:
+                first = first or self.INVALID_HANDLE
+                continue
+            ordinal = self._enter(c)
+            buffer = ctypes.create_string_buffer(bytes(args), max(len(args), 1))
+            length = ctypes.c_size_t(len(args))
+            extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(buffer), 2, ctypes.addressof(length), 0)
+            start = time.time()
+            result = rc(cu.cuLaunchKernel(function.handle, gx, gy, gz, bx, by, bz, shared, stream[1], None,
+                                          ctypes.addressof(extra)))
+            if result == SUCCESS:
+                self.state.launches.add((session.pid, session.id, start, ordinal or 0, function.name, (gx, gy, gz),
+                                         (bx, by, bz), shared, stream_id, bytes(args), 0.0, 0.0, False, False))
+            first = first or result
+        return struct.pack("<i", first)
