@@ -124,3 +124,106 @@ def test_through_a_relay(tmp_path, programs):
             launcher.down(socket_path)
     finally:
         host.stop()
+
+
+VMM = """
+import ctypes, json
+cuda = ctypes.CDLL("libcuda.so.1")
+ok = lambda rc, what: None if rc == 0 else (_ for _ in ()).throw(SystemExit(f"{what}: {rc}"))
+ok(cuda.cuInit(0), "init")
+ctx = ctypes.c_void_p(); ok(cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain"); ok(cuda.cuCtxSetCurrent(ctx), "current")
+class Location(ctypes.Structure): _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+class Prop(ctypes.Structure): _fields_ = [("type", ctypes.c_int), ("handle_types", ctypes.c_int), ("location", Location),
+                                          ("win32", ctypes.c_void_p), ("flags", ctypes.c_ubyte * 8)]
+class Access(ctypes.Structure): _fields_ = [("location", Location), ("flags", ctypes.c_int)]
+prop = Prop(); prop.type = 1; prop.location = Location(1, 0)
+granularity = ctypes.c_size_t(); ok(cuda.cuMemGetAllocationGranularity(ctypes.byref(granularity), ctypes.byref(prop), 0), "granularity")
+size = granularity.value
+base = ctypes.c_uint64(); ok(cuda.cuMemAddressReserve(ctypes.byref(base), ctypes.c_size_t(2 * size), ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_uint64(0)), "reserve")
+handle = ctypes.c_uint64(); ok(cuda.cuMemCreate(ctypes.byref(handle), ctypes.c_size_t(size), ctypes.byref(prop), ctypes.c_uint64(0)), "create")
+ok(cuda.cuMemMap(base, ctypes.c_size_t(size), ctypes.c_size_t(0), handle, ctypes.c_uint64(0)), "map")
+access = Access(Location(1, 0), 3)
+ok(cuda.cuMemSetAccess(base, ctypes.c_size_t(size), ctypes.byref(access), ctypes.c_size_t(1)), "access")
+data = bytes(range(256)) * 4096
+back = ctypes.create_string_buffer(len(data))
+ok(cuda.cuMemcpyHtoD_v2(base, data, ctypes.c_size_t(len(data))), "htod")
+ok(cuda.cuMemcpyDtoH_v2(back, base, ctypes.c_size_t(len(data))), "dtoh")
+ok(cuda.cuMemUnmap(base, ctypes.c_size_t(size)), "unmap"); ok(cuda.cuMemRelease(handle), "release")
+ok(cuda.cuMemAddressFree(base, ctypes.c_size_t(2 * size)), "free")
+print(json.dumps({"granularity": size, "same": back.raw == data}))
+"""
+
+
+def test_virtual_memory_on_the_gpu(backend):
+    result = run_python(VMM, backend.env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["same"] and answer["granularity"] >= 2 << 20
+
+
+def test_pytorch_cuda_graph_replays_compute(backend):
+    pytest.importorskip("torch")
+    code = """
+import json, torch
+x = torch.arange(1024, dtype=torch.float32, device="cuda")
+s = torch.cuda.Stream()
+s.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(s):
+    y = x * 2 + 1
+torch.cuda.current_stream().wait_stream(s)
+g = torch.cuda.CUDAGraph()
+with torch.cuda.graph(g):
+    y = x * 2 + 1
+x.copy_(torch.full((1024,), 3.0, device="cuda"))
+g.replay()
+torch.cuda.synchronize()
+print(json.dumps({"values": sorted(set(y.cpu().tolist()))}))
+"""
+    result = run_python(code, backend.env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["values"] == [7.0], "the replay computed 3 * 2 + 1"
+
+
+def test_a_tenant_quota_on_the_gpu(tmp_path):
+    """A tenant with a 1 GiB quota on the real GPU: its processes see 1 GiB and cannot go past it."""
+    pytest.importorskip("torch")
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    from vgpu.remote.tokens import TokenStore
+
+    token = TokenStore(tmp_path / "state").create("small", memory=1 << 30)
+    host = start_cuda_backend(tmp_path / "host", ("--listen", f"127.0.0.1:{port}", "--tls-cert",
+                                                   str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+                                                   "--state-dir", str(tmp_path / "state")))
+    try:
+        socket_path, _, _ = launcher.up_remote(f"localhost:{port}", token, tmp_path / "ca.pem", 5.0,
+                                               socket_path=tmp_path / "relay" / "relay.sock")
+        try:
+            code = """
+import json, torch
+free, total = torch.cuda.mem_get_info()
+small = torch.ones(256 << 20, dtype=torch.uint8, device="cuda")
+try:
+    torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    refused = False
+except torch.OutOfMemoryError:
+    refused = True
+print(json.dumps({"total": total, "refused": refused, "sum": int(small[:1 << 20].sum().item())}))
+"""
+            result = run_python(code, launcher.client_environment(socket_path), timeout=300)
+            assert result.returncode == 0, result.stderr
+            answer = json.loads(result.stdout.splitlines()[-1])
+            assert answer == {"total": 1 << 30, "refused": True, "sum": 1 << 20}
+        finally:
+            launcher.down(socket_path)
+    finally:
+        host.stop()

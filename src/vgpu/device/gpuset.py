@@ -32,15 +32,22 @@ class GpuIdentity:
     uuid_bytes: bytes
     serial: str
     pci_bus: int
+    #: a real device's PCI domain and device (the cuda backend); simulated GPUs have 0 and 0
+    pci_domain: int = 0
+    pci_device: int = 0
+
+    @property
+    def pci_location(self) -> tuple[int, int, int]:
+        return self.pci_domain, self.pci_bus, self.pci_device
 
     @property
     def pci_bus_id(self) -> str:
         """NVML's spelling: 8-digit domain."""
-        return f"00000000:{self.pci_bus:02X}:00.0"
+        return f"{self.pci_domain:08X}:{self.pci_bus:02X}:{self.pci_device:02X}.0"
 
     @property
     def pci_bus_id_legacy(self) -> str:
-        return f"0000:{self.pci_bus:02X}:00.0"
+        return f"{self.pci_domain:04X}:{self.pci_bus:02X}:{self.pci_device:02X}.0"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,17 @@ class GpuSet:
     gpus: tuple[GpuIdentity, ...]
     driver_version: str = DEFAULT_DRIVER_VERSION
     cuda_version: int = DEFAULT_CUDA_VERSION
+
+
+def with_identities(gpu_set: GpuSet, devices: list[tuple[bytes, tuple[int, int, int]]]) -> GpuSet:
+    """The set's GPUs, one per real device (the first profile repeated as needed), wearing the
+    real devices' UUIDs and PCI buses: what NVML reports then matches what CUDA reports on a
+    real GPU (the cuda backend)."""
+    profiles = [gpu_set.gpus[min(i, len(gpu_set.gpus) - 1)].profile for i in range(len(devices))]
+    base = build(profiles, gpu_set.spec, gpu_set.driver_version, gpu_set.cuda_version)
+    gpus = tuple(GpuIdentity(g.index, g.profile, f"GPU-{uuid.UUID(bytes=raw)}", raw, g.serial, bus, domain, device)
+                 for g, (raw, (domain, bus, device)) in zip(base.gpus, devices))
+    return GpuSet(gpu_set.spec, gpus, gpu_set.driver_version, gpu_set.cuda_version)
 
 
 def parse_pci_bus_id(text: bytes) -> tuple[int, int, int] | None:

@@ -9,9 +9,13 @@ vgpu.images, as the simulator does); streams, events, functions and modules are 
 real objects behind ids. What a process held is freed when it ends.
 
 Served here: devices, context synchronisation and limits, memory, copies and memsets,
-streams, events, capture status, modules, libraries, kernels and their attributes,
-occupancy, launches. The rest answers CUDA_ERROR_NOT_SUPPORTED (the shim logs each one
-once): graphs, virtual memory management, memory pools, peer access (see docs/remote.md).
+streams, events, stream capture and graphs made by capture, virtual memory management,
+modules, libraries, kernels and their attributes, occupancy, launches. The rest answers
+CUDA_ERROR_NOT_SUPPORTED (the shim logs each one once): graphs built node by node, memory
+pools, peer access, cooperative launches (see docs/remote.md).
+
+Memory is accounted to the process's session on vgpud's model of the GPU as well, so NVML
+shows each process's use and a tenant's quota (a network client's token) is enforced.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from cuda.bindings import driver as cu
 
 from vgpu.api.manifest import load
+from vgpu.device.gpu import OutOfMemory
 from vgpu.images import ImageError, NoBinaryForGpu, read_image
 from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, visible_devices
 from vgpu.server.dispatch import Caller, implemented
@@ -46,11 +51,30 @@ def rc(result: Any) -> int:
     return int(result[0] if isinstance(result, tuple) else result)
 
 
+def real_devices() -> list[tuple[bytes, tuple[int, int, int]]]:
+    """(UUID bytes, (PCI domain, bus, device)) of each GPU the driver on this host sees, for
+    NVML's identities."""
+    if rc(cu.cuInit(0)) != SUCCESS:
+        raise RuntimeError("the CUDA driver on this host does not initialise; is an NVIDIA GPU and its driver "
+                           "installed?")
+    found = []
+    for ordinal in range(cu.cuDeviceGetCount()[1]):
+        device = cu.cuDeviceGet(ordinal)[1]
+        A = cu.CUdevice_attribute
+        location = tuple(cu.cuDeviceGetAttribute(a, device)[1] for a in (
+            A.CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, A.CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, A.CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID))
+        found.append((bytes(cu.cuDeviceGetUuid(device)[1].bytes), location))
+    return found
+
+
 @dataclass
 class Owned:
     """What one process made on the real GPU, to free when it ends."""
 
-    allocations: dict[int, int] = field(default_factory=dict)   # address -> device ordinal
+    allocations: dict[int, tuple[int, int]] = field(default_factory=dict)  # address -> (ordinal, bytes)
+    physical: dict[int, tuple[int, int]] = field(default_factory=dict)     # VMM handle -> (ordinal, bytes)
+    graphs: dict[int, Any] = field(default_factory=dict)        # id -> CUgraph
+    execs: dict[int, Any] = field(default_factory=dict)         # id -> CUgraphExec
     streams: dict[int, Any] = field(default_factory=dict)       # id -> CUstream
     events: dict[int, Any] = field(default_factory=dict)        # id -> CUevent
     modules: dict[int, Any] = field(default_factory=dict)       # id -> (CUmodule or CUlibrary, library?)
@@ -122,9 +146,15 @@ class RealCudaService:
         owned = self.owned.pop(session.id, None)
         if owned is None:
             return
-        for address, ordinal in owned.allocations.items():
+        for address, (ordinal, _) in owned.allocations.items():
             cu.cuCtxSetCurrent(self.contexts[ordinal])
             cu.cuMemFree(address)
+        for handle in owned.physical:
+            cu.cuMemRelease(handle)
+        for graph_exec in owned.execs.values():
+            cu.cuGraphExecDestroy(graph_exec)
+        for graph in owned.graphs.values():
+            cu.cuGraphDestroy(graph)
         for stream in owned.streams.values():
             cu.cuStreamDestroy(stream)
         for event in owned.events.values():
@@ -152,6 +182,9 @@ class RealCudaService:
         if handle_type in ("CUfunction", "CUkernel"):
             found = self.functions.get(handle_id)
             return found if found is not None and found.module in owned.modules else None
+        if handle_type in ("CUgraph", "CUgraphExec"):
+            found = (owned.graphs if handle_type == "CUgraph" else owned.execs).get(handle_id)
+            return (handle_id, found) if found is not None else None
         if handle_type == "CUcontext":
             return handle_id
         return None
@@ -281,20 +314,45 @@ class RealCudaService:
 
     # memory -----------------------------------------------------------------------------------
     def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
-        if self._enter(c) is None:
+        ordinal = self._enter(c)
+        if ordinal is None:
             return C["CUDA_ERROR_INVALID_CONTEXT"]
         result = cu.cuMemGetInfo()
         free.value, total.value = result[1], result[2]
+        tenant = c.session.tenant
+        if tenant is not None and tenant.memory is not None and ordinal < len(self.state.gpus):
+            used = self.state.gpus[ordinal].tenant_used(tenant.name)  # the quota is the tenant's GPU
+            total.value = min(tenant.memory, result[2])
+            free.value = max(0, min(result[1], total.value - used))
         return rc(result)
+
+    def _account(self, c: Caller, ordinal: int, nbytes: int) -> bool:
+        """Hold ``nbytes`` for the session on vgpud's model of the GPU (NVML's figures, a
+        tenant's quota); False when the quota refuses it."""
+        if ordinal >= len(self.state.gpus):
+            return True
+        try:
+            self.state.gpus[ordinal].hold(c.session.id, nbytes, cuda=True)
+        except OutOfMemory:
+            return False
+        return True
+
+    def _unaccount(self, session_id: int, ordinal: int, nbytes: int) -> None:
+        if ordinal < len(self.state.gpus):
+            self.state.gpus[ordinal].release(session_id, nbytes)
 
     def cuMemAlloc_v2(self, c: Caller, dptr: Any, bytesize: int) -> int:
         ordinal = self._enter(c)
         if ordinal is None:
             return C["CUDA_ERROR_INVALID_CONTEXT"]
+        if not self._account(c, ordinal, bytesize):
+            return C["CUDA_ERROR_OUT_OF_MEMORY"]
         result = cu.cuMemAlloc(bytesize)
         if rc(result) == SUCCESS:
             dptr.value = int(result[1])
-            self._mine(c).allocations[dptr.value] = ordinal
+            self._mine(c).allocations[dptr.value] = (ordinal, bytesize)
+        else:
+            self._unaccount(c.session.id, ordinal, bytesize)
         return rc(result)
 
     def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
@@ -303,7 +361,9 @@ class RealCudaService:
         owned = self._mine(c)
         if dptr not in owned.allocations:
             return INVALID_VALUE
-        cu.cuCtxSetCurrent(self.contexts[owned.allocations.pop(dptr)])
+        ordinal, nbytes = owned.allocations.pop(dptr)
+        cu.cuCtxSetCurrent(self.contexts[ordinal])
+        self._unaccount(c.session.id, ordinal, nbytes)
         return rc(cu.cuMemFree(dptr))
 
     def cuMemGetAddressRange_v2(self, c: Caller, pbase: Any, psize: Any, dptr: int) -> int:
@@ -433,10 +493,13 @@ class RealCudaService:
         return rc(result)
 
     def cuStreamGetCaptureInfo(self, c: Caller, hStream: Any, captureStatus_out: Any, id_out: Any) -> int:
-        result = self.cuStreamIsCapturing(c, hStream, captureStatus_out)
-        if id_out is not None:
-            id_out.value = 0
-        return result
+        self._enter(c)
+        result = cu.cuStreamGetCaptureInfo(hStream[1])
+        if rc(result) == SUCCESS:
+            captureStatus_out.value = int(result[1])
+            if id_out is not None:
+                id_out.value = int(result[2])
+        return rc(result)
 
     def cuEventCreate(self, c: Caller, phEvent: Any, Flags: int) -> int:
         self._enter(c)
@@ -636,6 +699,145 @@ class RealCudaService:
         self._enter(c)
         result = cu.cuOccupancyAvailableDynamicSMemPerBlock(func.handle, numBlocks, blockSize)
         dynamicSmemSize.value = result[1]
+        return rc(result)
+
+    # virtual memory management ---------------------------------------------------------------
+    def _prop(self, c: Caller, prop: Any) -> tuple[Any, int] | None:
+        """cuda-python's CUmemAllocationProp for a client's, and the real device ordinal."""
+        if prop is None or prop.location.type != C["CU_MEM_LOCATION_TYPE_DEVICE"]:
+            return None
+        ordinal = self._ordinal(c, prop.location.id)
+        if ordinal is None:
+            return None
+        real = cu.CUmemAllocationProp()
+        real.type = cu.CUmemAllocationType(prop.type)
+        real.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        real.location.id = ordinal
+        return real, ordinal
+
+    def cuMemGetAllocationGranularity(self, c: Caller, granularity: Any, prop: Any, option: int) -> int:
+        converted = self._prop(c, prop)
+        if converted is None:
+            return INVALID_VALUE
+        result = cu.cuMemGetAllocationGranularity(converted[0], cu.CUmemAllocationGranularity_flags(option))
+        granularity.value = result[1]
+        return rc(result)
+
+    def cuMemAddressReserve(self, c: Caller, ptr: Any, size: int, alignment: int, addr: int, flags: int) -> int:
+        self._enter(c)
+        result = cu.cuMemAddressReserve(size, alignment, addr, flags)
+        if rc(result) == SUCCESS:
+            ptr.value = int(result[1])
+        return rc(result)
+
+    def cuMemAddressFree(self, c: Caller, ptr: int, size: int) -> int:
+        return rc(cu.cuMemAddressFree(ptr, size))
+
+    def cuMemCreate(self, c: Caller, handle: Any, size: int, prop: Any, flags: int) -> int:
+        converted = self._prop(c, prop)
+        if converted is None:
+            return INVALID_VALUE
+        real, ordinal = converted
+        if not self._account(c, ordinal, size):
+            return C["CUDA_ERROR_OUT_OF_MEMORY"]
+        result = cu.cuMemCreate(size, real, flags)
+        if rc(result) == SUCCESS:
+            handle.value = int(result[1])
+            self._mine(c).physical[handle.value] = (ordinal, size)
+        else:
+            self._unaccount(c.session.id, ordinal, size)
+        return rc(result)
+
+    def cuMemRelease(self, c: Caller, handle: int) -> int:
+        owned = self._mine(c)
+        if handle not in owned.physical:
+            return INVALID_VALUE
+        ordinal, size = owned.physical.pop(handle)
+        self._unaccount(c.session.id, ordinal, size)
+        return rc(cu.cuMemRelease(handle))
+
+    def cuMemMap(self, c: Caller, ptr: int, size: int, offset: int, handle: int, flags: int) -> int:
+        if handle not in self._mine(c).physical:
+            return INVALID_VALUE
+        return rc(cu.cuMemMap(ptr, size, offset, handle, flags))
+
+    def cuMemUnmap(self, c: Caller, ptr: int, size: int) -> int:
+        return rc(cu.cuMemUnmap(ptr, size))
+
+    def cuMemSetAccess(self, c: Caller, ptr: int, size: int, desc: Any, count: int) -> int:
+        descs = []
+        for entry in desc or []:
+            ordinal = self._ordinal(c, entry.location.id)
+            if ordinal is None:
+                return INVALID_VALUE
+            real = cu.CUmemAccessDesc()
+            real.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+            real.location.id = ordinal
+            real.flags = cu.CUmemAccess_flags(entry.flags)
+            descs.append(real)
+        return rc(cu.cuMemSetAccess(ptr, size, descs, len(descs)))
+
+    def cuMemGetAccess(self, c: Caller, flags: Any, location: Any, ptr: int) -> int:
+        ordinal = self._ordinal(c, location.id) if location is not None else None
+        if ordinal is None:
+            return INVALID_VALUE
+        real = cu.CUmemLocation()
+        real.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        real.id = ordinal
+        result = cu.cuMemGetAccess(real, ptr)
+        flags.value = result[1]
+        return rc(result)
+
+    # stream capture and graphs made by capture ---------------------------------------------------
+    def cuStreamBeginCapture_v2(self, c: Caller, hStream: Any, mode: int) -> int:
+        """Captured in relaxed mode: vgpud's one thread serves every client, so a global (or
+        thread-local) capture would refuse other clients' calls, and this client's own
+        cuThreadExchangeStreamCaptureMode stays in its library."""
+        self._enter(c)
+        if mode not in (C["CU_STREAM_CAPTURE_MODE_GLOBAL"], C["CU_STREAM_CAPTURE_MODE_THREAD_LOCAL"],
+                        C["CU_STREAM_CAPTURE_MODE_RELAXED"]):
+            return INVALID_VALUE
+        return rc(cu.cuStreamBeginCapture(hStream[1], cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED))
+
+    def cuStreamEndCapture(self, c: Caller, hStream: Any, phGraph: Any) -> int:
+        self._enter(c)
+        result = cu.cuStreamEndCapture(hStream[1])
+        if rc(result) == SUCCESS:
+            graph_id = next(self._ids)
+            self._mine(c).graphs[graph_id] = result[1]
+            phGraph.value = (graph_id, result[1])
+        return rc(result)
+
+    def cuGraphInstantiateWithFlags(self, c: Caller, phGraphExec: Any, hGraph: Any, flags: int) -> int:
+        self._enter(c)
+        result = cu.cuGraphInstantiate(hGraph[1], flags)
+        if rc(result) == SUCCESS:
+            exec_id = next(self._ids)
+            self._mine(c).execs[exec_id] = result[1]
+            phGraphExec.value = (exec_id, result[1])
+        return rc(result)
+
+    def cuGraphLaunch(self, c: Caller, hGraphExec: Any, hStream: Any) -> int:
+        self._enter(c)
+        return rc(cu.cuGraphLaunch(hGraphExec[1], hStream[1]))
+
+    def cuGraphUpload(self, c: Caller, hGraphExec: Any, hStream: Any) -> int:
+        self._enter(c)
+        return rc(cu.cuGraphUpload(hGraphExec[1], hStream[1]))
+
+    def cuGraphExecDestroy(self, c: Caller, hGraphExec: Any) -> int:
+        del self._mine(c).execs[hGraphExec[0]]
+        return rc(cu.cuGraphExecDestroy(hGraphExec[1]))
+
+    def cuGraphDestroy(self, c: Caller, hGraph: Any) -> int:
+        del self._mine(c).graphs[hGraph[0]]
+        return rc(cu.cuGraphDestroy(hGraph[1]))
+
+    def cuGraphGetNodes(self, c: Caller, hGraph: Any, nodes: Any, numNodes: Any) -> int:
+        if nodes is not None:
+            return self.NOT_SUPPORTED
+        result = cu.cuGraphGetNodes(hGraph[1])
+        numNodes.value = result[2]
         return rc(result)
 
     # launches ------------------------------------------------------------------------------

@@ -316,7 +316,7 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
         if wanted is None:
             return INVALID_VALUE
         for ordinal, index in enumerate(self._visible(s)):
-            if (0, self.state.gpus[index].ident.pci_bus, 0) == wanted:
+            if self.state.gpus[index].ident.pci_location == wanted:
                 dev.value = ordinal
                 return SUCCESS
         return INVALID_DEVICE

@@ -66,6 +66,13 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
         gpu_set = gpuset.parse(gpus)
     except (KeyError, ValueError) as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--gpus") from None
+    if backend == "cuda":  # NVML's GPUs are the real ones (their UUIDs and buses), with --gpus's profile
+        from vgpu.server.cuda_real import real_devices
+
+        try:
+            gpu_set = gpuset.with_identities(gpu_set, real_devices())
+        except RuntimeError as error:
+            raise click.UsageError(str(error)) from None
     network = None
     if listen is not None:
         if cert is None or key is None:

@@ -155,7 +155,7 @@ class NvmlService:
         wanted = parse_pci_bus_id(pciBusId) if pciBusId is not None else None
         if wanted is None:
             return INVALID
-        return self._handle_where(s, device, lambda g: (0, g.ident.pci_bus, 0) == wanted)
+        return self._handle_where(s, device, lambda g: g.ident.pci_location == wanted)
 
     nvmlDeviceGetHandleByPciBusId = nvmlDeviceGetHandleByPciBusId_v2
 
@@ -190,7 +190,7 @@ class NvmlService:
         return SUCCESS
 
     def _fill_pci(self, device: Gpu, pci: Any) -> None:
-        pci.domain, pci.bus, pci.device = 0, device.ident.pci_bus, 0
+        pci.domain, pci.bus, pci.device = device.ident.pci_location
         pci.pciDeviceId = device.profile.pci_device_id
         pci.pciSubSystemId = device.profile.pci_subsystem_id
         pci.busId = device.ident.pci_bus_id.encode()
