@@ -68,21 +68,36 @@ def start_vgpud(gpus: str, folder: Path, through: str = "local") -> Vgpud:
     return Vgpud(process, socket_path, log)
 
 
-def _start_behind_relay(gpus: str, folder: Path) -> Vgpud:
+def tls_files(folder: Path, *names: str) -> Path:
+    """A CA and a certificate for ``names`` (trustme): ca.pem, cert.pem and key.pem in folder."""
     import trustme
 
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
+    cert = ca.issue_cert(*(names or ("localhost",)))
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     cert.private_key_pem.write_to_path(str(folder / "key.pem"))
     cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    return folder / "ca.pem"
+
+
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def listen_options(folder: Path, address: str) -> tuple[str, ...]:
+    """vgpud's options for a TLS listener with the files of tls_files and a state folder."""
+    return ("--listen", address, "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
+            "--state-dir", str(folder / "state"))
+
+
+def _start_behind_relay(gpus: str, folder: Path) -> Vgpud:
+    tls_files(folder)
+    port = free_port()
     token = TokenStore(folder / "state").create("suite")
-    host = launcher.start_daemon(gpus, folder / "host.sock", folder / "host.log", detach=False, options=(
-        "--listen", f"127.0.0.1:{port}", "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
-        "--state-dir", str(folder / "state")))
+    host = launcher.start_daemon(gpus, folder / "host.sock", folder / "host.log", detach=False,
+                                 options=listen_options(folder, f"127.0.0.1:{port}"))
     relay = launcher.start_daemon(gpus, folder / "vgpud.sock", folder / "vgpud.log", detach=False, options=(
         "--backend", "remote", "--connect", f"localhost:{port}", "--ca", str(folder / "ca.pem"), "--timeout", "5"),
         env={**os.environ, "VGPU_TOKEN": token})

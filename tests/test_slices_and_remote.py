@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Vgpud, run_json, run_python, wait_for
+from tests.conftest import Vgpud, free_port, listen_options, run_json, run_python, tls_files, wait_for
 from vgpu import launcher
 from vgpu.device.gpuset import parse, parse_size
 from vgpu.remote.tokens import Tenant, TokenStore
@@ -87,12 +86,6 @@ def test_token_store(tmp_path):
 
 # ---- a GPU host over TLS, and relays to it ---------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class GpuHost:
     process: subprocess.Popen
@@ -116,24 +109,16 @@ def start_gpu_host(folder: Path, gpus: str, port: int | None = None, prefix: tup
                    host: str = "127.0.0.1", like: GpuHost | None = None) -> GpuHost:
     """A vgpud serving simulated GPUs over TLS, as a GPU host would (trustme makes its CA);
     ``like``: the same certificate, tokens and port as an earlier one (a restart)."""
-    import trustme
-
     folder.mkdir(parents=True, exist_ok=True)
     certs = like.ca.parent if like else folder
     if like is None:
-        ca = trustme.CA()
-        cert = ca.issue_cert("localhost", "127.0.0.1", host)
-        ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-        cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-        cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+        tls_files(folder, "localhost", "127.0.0.1", host)
     port = like.port if like else port or free_port()
-    state = like.state if like else folder / "state"
     log = folder / "host.log"
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "vgpu.server.main", "--gpus", gpus, "--socket", str(folder / "host.sock"),
-         "--listen", f"{host}:{port}", "--tls-cert", str(certs / "cert.pem"), "--tls-key", str(certs / "key.pem"),
-         "--state-dir", str(state)], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    gpu_host = GpuHost(process, port, certs / "ca.pem", state, log)
+         *listen_options(certs, f"{host}:{port}")], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    gpu_host = GpuHost(process, port, certs / "ca.pem", certs / "state", log)
     wait_for(lambda: "serving over TLS" in log.read_text() or process.poll() is not None, timeout=15)
     assert process.poll() is None, log.read_text()
     return gpu_host

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Vgpud, run_python
+from tests.conftest import Vgpud, free_port, listen_options, run_python, tls_files
 from vgpu import launcher
+from vgpu.remote.tokens import TokenStore
 
 
 def _real_gpu() -> bool:
@@ -39,6 +40,14 @@ def start_cuda_backend(folder: Path, options: tuple[str, ...] = ()) -> Vgpud:
     process = launcher.start_daemon("h200", socket_path, folder / "vgpud.log", detach=False,
                                     options=("--backend", "cuda", *options))
     return Vgpud(process, socket_path, folder / "vgpud.log")
+
+
+def start_gpu_host(folder: Path, tenant: str, memory: int | None = None) -> tuple[Vgpud, str, int]:
+    """This host's real GPU served over TLS on loopback, and a token for a tenant."""
+    tls_files(folder)
+    port = free_port()
+    token = TokenStore(folder / "state").create(tenant, memory=memory)
+    return start_cuda_backend(folder / "host", listen_options(folder, f"127.0.0.1:{port}")), token, port
 
 
 @pytest.fixture(scope="module")
@@ -94,23 +103,8 @@ print(json.dumps({"name": torch.cuda.get_device_name(0), "error": (gpu - a @ b).
 
 def test_through_a_relay(tmp_path, programs):
     """A GPU host serving its real GPU over TLS, and a relay in front of it."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    from vgpu.remote.tokens import TokenStore
-
-    token = TokenStore(tmp_path / "state").create("gpu-tests")
-    host = start_cuda_backend(tmp_path / "host", ("--listen", f"127.0.0.1:{port}", "--tls-cert",
-                                                   str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
-                                                   "--state-dir", str(tmp_path / "state")))
+    pytest.importorskip("trustme")
+    host, token, port = start_gpu_host(tmp_path, "gpu-tests")
     try:
         socket_path, pid, _ = launcher.up_remote(f"localhost:{port}", token, tmp_path / "ca.pem", 5.0,
                                                  socket_path=tmp_path / "relay" / "relay.sock")
@@ -187,23 +181,8 @@ print(json.dumps({"values": sorted(set(y.cpu().tolist()))}))
 def test_a_tenant_quota_on_the_gpu(tmp_path):
     """A tenant with a 1 GiB quota on the real GPU: its processes see 1 GiB and cannot go past it."""
     pytest.importorskip("torch")
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    from vgpu.remote.tokens import TokenStore
-
-    token = TokenStore(tmp_path / "state").create("small", memory=1 << 30)
-    host = start_cuda_backend(tmp_path / "host", ("--listen", f"127.0.0.1:{port}", "--tls-cert",
-                                                   str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
-                                                   "--state-dir", str(tmp_path / "state")))
+    pytest.importorskip("trustme")
+    host, token, port = start_gpu_host(tmp_path, "small", memory=1 << 30)
     try:
         socket_path, _, _ = launcher.up_remote(f"localhost:{port}", token, tmp_path / "ca.pem", 5.0,
                                                socket_path=tmp_path / "relay" / "relay.sock")

@@ -33,7 +33,7 @@ from cuda.bindings import driver as cu
 from vgpu.api.manifest import load
 from vgpu.device.gpu import OutOfMemory
 from vgpu.images import ImageError, NoBinaryForGpu, read_image
-from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, visible_devices
+from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, CudaApi, visible_devices
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.server.windows import RemoteBuffer
@@ -89,15 +89,8 @@ class RealFunction:
     kernel: Any = None   # CUkernel, for a library's
 
 
-class RealCudaService:
+class RealCudaService(CudaApi):
     """The CUDA driver functions vgpud serves from a real GPU."""
-
-    api = API
-    CONTEXT_PREFIX = True
-    INVALID_HANDLE = C["CUDA_ERROR_INVALID_HANDLE"]
-    INVALID_ARGUMENT = INVALID_VALUE
-    NOT_SUPPORTED = C["CUDA_ERROR_NOT_SUPPORTED"]
-    INTERNAL_ERROR = C["CUDA_ERROR_UNKNOWN"]
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
@@ -202,15 +195,8 @@ class RealCudaService:
     def refusal(obj: Any) -> int | None:
         return None
 
-    def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
-        calls: list[tuple[str, dict[str, int]]] = [("cuDeviceGetCount", {})]
-        for ordinal in range(len(self._visible(session))):
-            calls += [("cuDeviceGet", {"ordinal": ordinal}), ("cuDeviceGetName", {"len": 256, "dev": ordinal}),
-                      ("cuDeviceGetUuid", {"dev": ordinal}), ("cuDeviceGetUuid_v2", {"dev": ordinal}),
-                      ("cuDeviceTotalMem_v2", {"dev": ordinal}), ("cuDeviceComputeCapability", {"dev": ordinal})]
-            calls += [("cuDeviceGetAttribute", {"attrib": a, "dev": ordinal})
-                      for name, a in API.enum("CUdevice_attribute_enum").items() if name != "CU_DEVICE_ATTRIBUTE_MAX"]
-        return calls
+    def device_count(self, session: Session) -> int:
+        return len(self._visible(session))
 
     # devices -----------------------------------------------------------------------------
     def cuDriverGetVersion(self, c: Caller, driverVersion: Any) -> int:

@@ -122,8 +122,9 @@ class MemoryPool:
     used_high: int = 0
 
 
-class CudaService(ModuleServing, VirtualMemory, Graphs):
-    """The CUDA driver functions vgpud serves."""
+class CudaApi:
+    """What every CUDA service shares (the simulator's, the real GPU's): the codes the
+    dispatcher answers with, and the device facts the shim fetches in bulk at cuInit."""
 
     api = API
     CONTEXT_PREFIX = True
@@ -131,6 +132,24 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
     INVALID_ARGUMENT = INVALID_VALUE
     NOT_SUPPORTED = C["CUDA_ERROR_NOT_SUPPORTED"]
     INTERNAL_ERROR = C["CUDA_ERROR_UNKNOWN"]
+
+    def device_count(self, session: Session) -> int:
+        raise NotImplementedError
+
+    def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
+        """The device facts a runtime asks for at start-up, for the shim's one bulk fetch."""
+        calls: list[tuple[str, dict[str, int]]] = [("cuDeviceGetCount", {})]
+        for ordinal in range(self.device_count(session)):
+            calls += [("cuDeviceGet", {"ordinal": ordinal}), ("cuDeviceGetName", {"len": 256, "dev": ordinal}),
+                      ("cuDeviceGetUuid", {"dev": ordinal}), ("cuDeviceGetUuid_v2", {"dev": ordinal}),
+                      ("cuDeviceTotalMem_v2", {"dev": ordinal}),
+                      ("cuDeviceComputeCapability", {"dev": ordinal})]
+            calls += [("cuDeviceGetAttribute", {"attrib": attribute, "dev": ordinal}) for attribute in ATTRIBUTES]
+        return calls
+
+
+class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
+    """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
@@ -151,16 +170,8 @@ class CudaService(ModuleServing, VirtualMemory, Graphs):
         self._init_graphs()
         state.on_detach.append(self._forget)
 
-    def immutable_calls(self, session: Session) -> list[tuple[str, dict[str, int]]]:
-        """The device facts a runtime asks for at start-up, for the shim's one bulk fetch."""
-        calls: list[tuple[str, dict[str, int]]] = [("cuDeviceGetCount", {})]
-        for ordinal in range(len(self._visible(Caller(session, 0)))):
-            calls += [("cuDeviceGet", {"ordinal": ordinal}), ("cuDeviceGetName", {"len": 256, "dev": ordinal}),
-                      ("cuDeviceGetUuid", {"dev": ordinal}), ("cuDeviceGetUuid_v2", {"dev": ordinal}),
-                      ("cuDeviceTotalMem_v2", {"dev": ordinal}),
-                      ("cuDeviceComputeCapability", {"dev": ordinal})]
-            calls += [("cuDeviceGetAttribute", {"attrib": attribute, "dev": ordinal}) for attribute in ATTRIBUTES]
-        return calls
+    def device_count(self, session: Session) -> int:
+        return len(self._visible(Caller(session, 0)))
 
     def _forget(self, session: Session) -> None:
         """A process ended: its streams and events go with it."""
