@@ -5,6 +5,7 @@ PyTorch's kernels."""
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -352,3 +353,12 @@ def test_older_cubins_name_their_architecture_in_the_low_byte(images):
     cubin[8] = 7  # EI_ABIVERSION
     struct.pack_into("<I", cubin, 48, 0x00500550)  # e_flags: EF_CUDA_SM80 | EF_CUDA_VIRTUAL_SM(80)
     assert read_image(bytes(cubin)).architectures == ["sm_80"]
+
+
+def test_launch_table_shows_readable_kernel_names():
+    from vgpu.smi.launches import demangled
+
+    names = demangled(["_Z3addPfS_i", "saxpy"])
+    assert names["saxpy"] == "saxpy"
+    if shutil.which("c++filt"):
+        assert names["_Z3addPfS_i"] == "add(float*, float*, int)"

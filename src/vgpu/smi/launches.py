@@ -3,10 +3,27 @@ recorded them, with their modelled durations."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+
+def demangled(names: list[str]) -> dict[str, str]:
+    """Readable names for C++ kernel symbols, through binutils' c++filt when it is installed
+    (each name maps to itself otherwise)."""
+    unique = sorted(set(names))
+    tool = shutil.which("c++filt")
+    if not tool or not unique:
+        return {name: name for name in unique}
+    try:
+        result = subprocess.run([tool], input="\n".join(unique), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {name: name for name in unique}
+    readable = result.stdout.splitlines()
+    return dict(zip(unique, readable)) if len(readable) == len(unique) else {name: name for name in unique}
 
 
 def _dims(values: list[int]) -> str:
@@ -16,11 +33,12 @@ def _dims(values: list[int]) -> str:
 def render(reply: dict[str, Any], console: Console) -> None:
     """A table of launches, oldest first, and the note that nothing was computed."""
     records = reply["launches"]
+    names = demangled([launch["kernel"] for launch in records])
     table = Table("pid", "GPU", "kernel", "grid", "block", "shared", "stream", "args (digest)", "start µs",
                   "duration µs", title=f"{len(records)} kernel launches")
     for launch in records:
         kind = " (cooperative)" if launch["cooperative"] else " (graph)" if launch["graph"] else ""
-        table.add_row(str(launch["pid"]), str(launch["gpu"]), launch["kernel"] + kind, _dims(launch["grid"]),
+        table.add_row(str(launch["pid"]), str(launch["gpu"]), names[launch["kernel"]] + kind, _dims(launch["grid"]),
                       _dims(launch["block"]), str(launch["shared_bytes"]), str(launch["stream"]),
                       f"{launch['args_size']} B {launch['args_digest']}", f"{launch['start_us']:.1f}",
                       f"{launch['duration_us']:.1f}")
