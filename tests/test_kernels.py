@@ -14,7 +14,7 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from tests.conftest import CUDA_LIB, run_python
+from tests.conftest import CUDA_LIB, run_json, run_python
 from tests.test_cudart import NVCC
 from vgpu.images import NoBinaryForGpu, PtxTooNew, read_image
 from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, HEADER
@@ -362,3 +362,27 @@ def test_launch_table_shows_readable_kernel_names():
     assert names["saxpy"] == "saxpy"
     if shutil.which("c++filt"):
         assert names["_Z3addPfS_i"] == "add(float*, float*, int)"
+
+
+def test_graph_nodes_are_handed_out(vgpud):
+    """cuGraphGetNodes counts a graph's nodes and hands them out (handles an array brings back)."""
+    code = """
+import json
+from cuda.bindings import driver as cu
+cu.cuInit(0)
+ctx = cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(0)[1])[1]
+cu.cuCtxSetCurrent(ctx)
+graph = cu.cuGraphCreate(0)[1]
+first = cu.cuGraphAddEmptyNode(graph, None, 0)[1]
+second = cu.cuGraphAddEmptyNode(graph, [first], 1)[1]
+third = cu.cuGraphAddEmptyNode(graph, [first, second], 2)[1]
+err, nodes, count = cu.cuGraphGetNodes(graph, 3)
+_, two, two_count = cu.cuGraphGetNodes(graph, 2)
+print(json.dumps({"err": int(err), "count": count, "same": [int(n) for n in nodes] == [int(first), int(second), int(third)],
+                  "types": [int(cu.cuGraphNodeGetType(n)[1]) for n in nodes], "two": [two_count, len(two)],
+                  "total": cu.cuGraphGetNodes(graph)[2]}))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["err"] == 0 and report["count"] == 3 and report["same"]
+    assert report["types"] == [5, 5, 5]  # CU_GRAPH_NODE_TYPE_EMPTY
+    assert report["two"] == [2, 2] and report["total"] == 3

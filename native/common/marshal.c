@@ -136,6 +136,9 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             }
             break;
         }
+        case VGPU_K_HANDLE_ARRAY_OUT: /* the capacity; ids come back */
+            err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)count_of(fn, args, p->count)));
+            break;
         case VGPU_K_ARRAY:
         case VGPU_K_ARRAY_IN:
         case VGPU_K_ARRAY_OUT: {
@@ -166,7 +169,8 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
     for (int i = 0; i < fn->nparams && i < 32; i++) {
         const vgpu_param *p = &fn->params[i];
         caps[i] = (p->kind == VGPU_K_BUFFER) ? (p->count >= 0 ? count_of(fn, args, p->count) : p->size)
-                : (p->kind == VGPU_K_ARRAY || p->kind == VGPU_K_ARRAY_OUT) ? count_of(fn, args, p->count) : 0;
+                : (p->kind == VGPU_K_ARRAY || p->kind == VGPU_K_ARRAY_OUT || p->kind == VGPU_K_HANDLE_ARRAY_OUT)
+                    ? count_of(fn, args, p->count) : 0;
     }
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
@@ -191,6 +195,18 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             memcpy(&id, r + pos, 8);
             pos += 8;
             if (id) *(void **)ptr = vgpu_handle_for(p->handle_type, id);
+        } else if (p->kind == VGPU_K_HANDLE_ARRAY_OUT) {
+            uint32_t n;
+            if (pos + 4 > len) return -1;
+            memcpy(&n, r + pos, 4);
+            pos += 4;
+            if (n > caps[i] || pos + (size_t)n * 8 > len) return -1;
+            for (uint32_t k = 0; k < n; k++) {
+                uint64_t id;
+                memcpy(&id, r + pos + 8 * (size_t)k, 8);
+                ((void **)ptr)[k] = id ? vgpu_handle_for(p->handle_type, id) : NULL;
+            }
+            pos += (size_t)n * 8;
         } else {
             uint32_t n;
             if (pos + 4 > len) return -1;

@@ -8,6 +8,7 @@ enum vgpu_kind { /* mirrors vgpu.api.manifest.Kind */
     VGPU_K_VALUE = 1, VGPU_K_HANDLE = 2, VGPU_K_CSTRING = 3, VGPU_K_IN = 4, VGPU_K_INOUT = 5,
     VGPU_K_HANDLE_OUT = 6, VGPU_K_BUFFER = 7, VGPU_K_ARRAY = 8, VGPU_K_OPAQUE = 9,
     VGPU_K_ARRAY_IN = 10, VGPU_K_ARRAY_OUT = 11, VGPU_K_HANDLE_ARRAY = 12,
+    VGPU_K_HANDLE_ARRAY_OUT = 13,
 };
 
 typedef struct vgpu_handle_field {

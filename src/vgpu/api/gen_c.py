@@ -39,7 +39,7 @@ def _size_expr(api: Api, function: Function, index: int) -> str:
         return f"sizeof({c_decl(pointee)})"
     if param.kind is Kind.BUFFER and param.fixed is not None:
         return str(param.fixed)
-    if param.kind is Kind.HANDLE_ARRAY:
+    if param.kind in (Kind.HANDLE_ARRAY, Kind.HANDLE_ARRAY_OUT):
         return "sizeof(void *)"
     return "0"
 

@@ -53,6 +53,7 @@ class Kind(enum.IntEnum):
     ARRAY_IN = 10   #: const T * (or const void *, bytes) with a count: sent, not returned
     ARRAY_OUT = 11  #: T * (or void *, bytes) with a count: returned, not sent
     HANDLE_ARRAY = 12  #: const handle * with a count: each element sent as its 64-bit id
+    HANDLE_ARRAY_OUT = 13  #: handle * with a capacity: ids returned, made handles by the shim
 
 
 #: parameter kinds a published function may have (its cache key is built from them)
@@ -228,9 +229,10 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
             else:
                 out.append(Param(p["name"], ref, Kind.BUFFER, count=names.index(capacity)))
         elif key in notes.get("handle_arrays", {}):
-            pointee = resolved["to"]["name"]
-            out.append(Param(p["name"], ref, Kind.HANDLE_ARRAY, count=names.index(notes["handle_arrays"][key]),
-                             handle=pointee))
+            pointee = resolved["to"]
+            kind = Kind.HANDLE_ARRAY if pointee.get("const") else Kind.HANDLE_ARRAY_OUT
+            out.append(Param(p["name"], ref, kind, count=names.index(notes["handle_arrays"][key]),
+                             handle=pointee["name"]))
         elif key in notes.get("arrays", {}):
             kind = Kind.ARRAY_IN if resolved["to"].get("const") else Kind.ARRAY
             out.append(Param(p["name"], ref, kind, count=names.index(notes["arrays"][key])))

@@ -225,9 +225,12 @@ class Graphs:
         return 1 + max((self._depth(d) for d in node.dependencies), default=0)
 
     def cuGraphGetNodes(self, c: Caller, hGraph: Graph, nodes: Any, numNodes: Any) -> int:
+        """Without ``nodes`` the count; with it, up to numNodes nodes and how many were given."""
         if nodes is not None:
-            return C["CUDA_ERROR_NOT_SUPPORTED"]  # only counting is served (the handles would need an array)
-        numNodes.value = len(hGraph.nodes)
+            nodes.value = hGraph.nodes[:nodes.capacity]
+            numNodes.value = len(nodes.value)
+        else:
+            numNodes.value = len(hGraph.nodes)
         return SUCCESS
 
     def cuGraphNodeGetType(self, c: Caller, hNode: GraphNode, type: Any) -> int:

@@ -821,7 +821,7 @@ class RealCudaService(CudaApi):
 
     def cuGraphGetNodes(self, c: Caller, hGraph: Any, nodes: Any, numNodes: Any) -> int:
         if nodes is not None:
-            return self.NOT_SUPPORTED
+            return self.NOT_SUPPORTED  # the nodes themselves: not on this backend yet
         result = cu.cuGraphGetNodes(hGraph[1])
         numNodes.value = result[2]
         return rc(result)

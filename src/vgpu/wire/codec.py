@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from vgpu.api.manifest import COUNTED, Api, Function, Kind
@@ -45,6 +45,14 @@ class HandleOut:
     """Where an implementation puts a handle it returns."""
 
     value: Any = None
+
+
+@dataclass
+class HandleArrayOut:
+    """Where an implementation puts the handles it returns, at most ``capacity`` of them."""
+
+    capacity: int
+    value: list = field(default_factory=list)
 
 
 @dataclass
@@ -166,6 +174,8 @@ class FunctionCodec:
             elif kind is Kind.HANDLE_ARRAY:
                 count = reader.unpack(U32)
                 args.append([reader.unpack(U64) for _ in range(count)])
+            elif kind is Kind.HANDLE_ARRAY_OUT:
+                args.append(HandleArrayOut(reader.unpack(U32)))
             elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
                 count = reader.unpack(U32)
                 array_type = ctype * count
@@ -191,6 +201,10 @@ class FunctionCodec:
                 out.append(bytes(arg))
             elif kind is Kind.HANDLE_OUT:
                 out.append(U64.pack(handle_id(arg.value) if arg.value is not None else 0))
+            elif kind is Kind.HANDLE_ARRAY_OUT:
+                handles = arg.value[:arg.capacity]
+                out.append(U32.pack(len(handles)) + b"".join(U64.pack(handle_id(h) if h is not None else 0)
+                                                             for h in handles))
             elif kind is Kind.BUFFER:
                 data = b"" if arg.value is None or not arg.capacity else arg.value[: arg.capacity - 1] + b"\0"
                 out.append(U32.pack(len(data)) + data)
