@@ -252,3 +252,40 @@ def test_random_payloads_never_take_vgpud_down(vgpud):
     assert vgpud.process.poll() is None
     log = vgpud.log.read_text()
     assert "failed in vgpud" not in log and "internal error" not in log, log
+
+
+def test_malformed_module_and_launch_frames_cost_only_their_connection(vgpud):
+    """CUDA's own ops (OP_MODULE, OP_LAUNCH, with and without a reply), fed truncated and random
+    payloads and fat binaries with lying sizes: vgpud answers or closes that connection, and
+    logs no internal error."""
+    import random
+
+    from vgpu.api.manifest import load
+    from vgpu.images.fatbin import HEADER
+
+    api = load("cuda")
+    rng = random.Random(99)
+    client = Client(vgpud.socket, api="cuda", digest=api.digest)
+    context = struct.pack("<Q", 1 << 32)
+    liar = HEADER.pack(0xBA55ED50, 1, 16, 1 << 40)  # claims a terabyte
+    answered = closed = 0
+    for round_ in range(300):
+        op = rng.choice([protocol.OP_MODULE, protocol.OP_LAUNCH])
+        body = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 3, 12, 59, 60, 61, 90, 300])))
+        if op == protocol.OP_MODULE and round_ % 3 == 0:
+            body = context + struct.pack("<I", rng.getrandbits(1)) + liar + body
+        try:
+            if round_ % 4 == 0:
+                client.sock.sendall(protocol.pack_frame(op, body, flags=protocol.FLAG_NO_REPLY))
+                client.request(protocol.OP_PING, b"x")
+            else:
+                assert len(client.request(op, body)) >= 4
+            answered += 1
+        except (ConnectionError, protocol.ProtocolError, EOFError, OSError):
+            closed += 1
+            client.close()
+            client = Client(vgpud.socket, api="cuda", digest=api.digest)
+    client.close()
+    assert answered and closed
+    assert vgpud.process.poll() is None
+    assert "internal error" not in vgpud.log.read_text()

@@ -237,9 +237,8 @@ class Daemon:
         """Work sent without waiting: its first error waits for the next synchronising call.
         A ping sent this way does nothing (the benchmarks' floor of empty sends)."""
         session.posted += 1
-        private = self.private_ops.get(frame.op)
-        if private is not None:
-            reply = private(session, frame.payload)
+        if frame.op in self.private_ops:
+            reply = self._private(session, frame)
         elif frame.op == protocol.OP_PING:
             return
         elif self._dispatcher(frame.op) is not None:
@@ -339,6 +338,13 @@ class Daemon:
             log.warning("refused pid %d (%s): %s", conn.pid, exe, message)
         return session
 
+    def _private(self, session: Session, frame: Frame) -> bytes:
+        """An op a service answers with its own layout; a payload too short for it is malformed."""
+        try:
+            return self.private_ops[frame.op](session, frame.payload)
+        except struct.error as error:
+            raise ProtocolError(f"op 0x{frame.op:04x}: {error}") from None
+
     @staticmethod
     def _network_fields(payload: bytes, at: int) -> tuple[str, str]:
         """The token and the peer ("host/pid") a relay appends to the handshake of a client it
@@ -374,12 +380,8 @@ class Daemon:
             reply = json.dumps(control.handle(self, session, request)).encode()
             self.published.refresh()  # control requests change what GPUs report
             return reply
-        private = self.private_ops.get(frame.op)
-        if private is not None:
-            try:
-                return private(session, frame.payload)
-            except struct.error as error:
-                raise ProtocolError(f"op 0x{frame.op:04x}: {error}") from None
+        if frame.op in self.private_ops:
+            return self._private(session, frame)
         dispatcher = self._dispatcher(frame.op)
         if dispatcher is not None:
             reply = dispatcher.call(session, frame.op, frame.payload)
