@@ -217,6 +217,9 @@ def test_a_tenant_through_a_relay(gpu_host, relays, tmp_path):
     assert report["processes"] == [report["pid"]]
     launches = relay.control("launches", pid=report["pid"])["launches"]
     assert any("gemm" in x["kernel"] for x in launches)
+    shown = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "status"], env=relay.env | {"COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=60)
+    assert f"relays to the GPU host localhost:{gpu_host.port}" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_tenants_are_isolated(gpu_host, relays, tmp_path):

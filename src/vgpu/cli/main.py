@@ -148,6 +148,9 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(state, indent=2))
         return
     console = Console()
+    relay = state.get("relay")
+    if relay:
+        console.print(f"vgpud {relay['pid']} at {relay['socket']} relays to the GPU host {relay['connect']}:")
     console.print(f"vgpud {state['pid']} ({state['backend']}) at {state['socket']}, driver "
                   f"{state['driver_version']}, up {time.time() - state['started']:.0f} s")
     gpus = Table("GPU", "name", "memory used / total", "util", "temp", "power", "state")

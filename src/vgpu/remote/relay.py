@@ -193,10 +193,16 @@ class Relay:
                 answer = self._remote_control(frame.payload)
             client.sendall(protocol.pack_frame(frame.op, answer, frame.seq, protocol.FLAG_REPLY))
 
+    def _about(self) -> dict:
+        return {"pid": os.getpid(), "socket": str(self.socket_path), "connect": f"{self.address[0]}:{self.address[1]}"}
+
     def _remote_control(self, request: bytes) -> bytes:
+        """The GPU host's answer, with the relay's own facts under "relay" (tools show both)."""
         try:
             sock = connect(self.address, self.ca, self.timeout)
             with Client(sock=sock, token=self.token, peer=f"{socket.gethostname()}/{os.getpid()}") as remote:
-                return remote.request(protocol.OP_CONTROL, request)
-        except (RemoteError, ConnectionRefusedError, OSError, ProtocolError) as error:
-            return json.dumps({"ok": False, "error": f"GPU host {self.address[0]}:{self.address[1]}: {error}"}).encode()
+                answer = json.loads(remote.request(protocol.OP_CONTROL, request))
+        except (RemoteError, ConnectionRefusedError, OSError, ProtocolError, ValueError) as error:
+            answer = {"ok": False, "error": f"GPU host {self.address[0]}:{self.address[1]}: {error}"}
+        answer["relay"] = self._about()
+        return json.dumps(answer).encode()
