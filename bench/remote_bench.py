@@ -124,7 +124,7 @@ def main() -> None:
         sync = statistics.median(samples)
         size = args.size_mib << 20
         floor_stream = statistics.median(tls_stream(folder, size) for _ in range(3))
-        host = ctypes.create_string_buffer(size)
+        host = ctypes.create_string_buffer(os.urandom(1 << 20) * (size >> 20), size)  # data, not zeros
         back = ctypes.create_string_buffer(size)
         dptr = ctypes.c_uint64()
         assert cuda.cuMemAlloc_v2(ctypes.byref(dptr), ctypes.c_size_t(size)) == 0

@@ -362,7 +362,17 @@ static int returns_nothing(const vgpu_api *api, const vgpu_function *fn, void *c
     return 1;
 }
 
+static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc, int queue);
+
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc) {
+    return marshal(api, fn, args, rc, 0);
+}
+
+int vgpu_marshal_queue(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc) {
+    return marshal(api, fn, args, rc, 1);
+}
+
+static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc, int queue) {
     if (!vgpu_implemented(api, fn->op)) {
         log_unsupported(api, fn);
         return VGPU_CALL_UNSUPPORTED;
@@ -383,7 +393,7 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
             return VGPU_CALL_DONE;
         }
     }
-    if (fn->asynchronous && returns_nothing(api, fn, args)) {
+    if ((fn->asynchronous || queue) && returns_nothing(api, fn, args)) {
         /* queued work: no round trip; vgpud answers its first error at the next synchronising call */
         if (vgpu_post(api, fn->op, request.data, request.len) != VGPU_OK) return VGPU_CALL_FAILED;
         *rc = 0;

@@ -47,6 +47,9 @@ enum vgpu_call_status {
 };
 
 int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);
+/* As vgpu_marshal_call, but a call that returns nothing to the caller is sent without waiting
+ * (the pieces of a large copy before its last: they travel while vgpud works on the previous). */
+int vgpu_marshal_queue(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);
 /* Under `vgpu trace`: record one of a process's first calls, its arguments and result. */
 void vgpu_trace_result(const vgpu_api *api, const vgpu_function *fn, void *const *args, int rc);
 /* Ask vgpud for every immutable answer of the API at once (OP_FACTS) and keep them. */

@@ -902,6 +902,19 @@ static int dispatch(const vgpu_function *fn, void *const *args) {
     }
 }
 
+int vgpu_cuda_dispatch_piece(const vgpu_function *fn, void *const *args, int last) {
+    if (last) return vgpu_cuda_dispatch(fn, args);
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
+    int32_t rc = CUDA_ERROR_UNKNOWN;
+    switch (vgpu_marshal_queue(&api, fn, args, &rc)) {
+    case VGPU_CALL_DONE: return rc;
+    case VGPU_CALL_UNSUPPORTED: return CUDA_ERROR_NOT_SUPPORTED;
+    case VGPU_CALL_BAD_HANDLE: return CUDA_ERROR_INVALID_HANDLE;
+    default: return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    }
+}
+
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args) {
     int rc = dispatch(fn, args);
     vgpu_trace_result(&api, fn, args, rc);

@@ -52,3 +52,6 @@ void vgpu_cuda_context_storage_release(CUcontext ctx);
 const char *vgpu_cuda_error_name(int code);
 /* Run one generated stub's call through vgpud, with the driver's answers for every failure. */
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);
+/* One piece of a large copy: pieces before the last are sent without waiting when nothing
+ * comes back from them; the last is an ordinary call (it reports the first failure). */
+int vgpu_cuda_dispatch_piece(const vgpu_function *fn, void *const *args, int last);

@@ -133,7 +133,8 @@ def _chunked_stub(api: Api, function: Function, prefix: str, params_c: str, chun
             value = param.name
         lines.append(f"        {c_decl(param.type, piece)} = {value};")
     lines += [f"        void *const vgpu_args[] = {{{', '.join(names)}}};",
-              f"        int vgpu_rc = {prefix}_dispatch(&{prefix}_fn_{function.name}, vgpu_args);",
+              f"        int vgpu_rc = {prefix}_dispatch_piece(&{prefix}_fn_{function.name}, vgpu_args, "
+              "vgpu_done + vgpu_step >= vgpu_total);",
               "        vgpu_done += vgpu_step;",
               f"        if (vgpu_rc != 0 || vgpu_done >= vgpu_total) return ({c_decl(function.returns)})vgpu_rc;",
               "    }", "}", ""]
