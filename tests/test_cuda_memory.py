@@ -301,3 +301,28 @@ def test_ordinary_memory_is_reached_directly(vgpud):
     off = subprocess.run([sys.executable, "-c", DIRECT, str(vgpud.socket)],
                          env={**vgpud.env, "VGPU_DIRECT_MEMORY": "0"}, capture_output=True, text=True, timeout=60)
     assert json.loads(off.stdout) == [True, False]
+
+
+def test_pageable_buffers_may_be_reused_when_an_async_copy_returns(vgpud):
+    """A copy from or to ordinary (pageable) memory is done with the host buffer when the call
+    returns, as with the real driver, though it is asynchronous: the caller may overwrite the
+    source at once, and read the destination at once (vgpud reaches such buffers directly, so
+    these calls may not wait in the library's batch of queued work)."""
+    code = """
+import json
+from cuda.bindings import driver as cu
+cu.cuInit(0)
+cu.cuCtxSetCurrent(cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(0)[1])[1])
+n = 4 << 20
+stream = cu.cuStreamCreate(0)[1]
+dptr = cu.cuMemAlloc(n)[1]
+source = bytearray(b"A" * n)
+cu.cuMemcpyHtoDAsync(dptr, source, n, stream)
+source[:] = b"B" * n  # reused at once
+back = bytearray(n)
+cu.cuMemcpyDtoHAsync(back, dptr, n, stream)
+first = bytes(back[:1])  # read at once
+cu.cuStreamSynchronize(stream)
+print(json.dumps({"first": first.decode(), "all": back == bytearray(b"A" * n)}))
+"""
+    assert run_json(code, vgpud.env) == {"first": "A", "all": True}

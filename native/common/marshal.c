@@ -357,7 +357,12 @@ static int returns_nothing(const vgpu_api *api, const vgpu_function *fn, void *c
         if (p->kind == VGPU_K_INOUT || p->kind == VGPU_K_HANDLE_OUT || p->kind == VGPU_K_BUFFER ||
             p->kind == VGPU_K_ARRAY)
             return 0;
-        if (p->kind == VGPU_K_ARRAY_OUT && !vgpu_in_place(api, ptr, count_of(fn, args, p->count) * p->size)) return 0;
+        if (p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_ARRAY_OUT) {
+            size_t bytes = count_of(fn, args, p->count) * p->size;
+            /* vgpud reaching ordinary memory by address must do so before the call returns: the
+             * caller may reuse a pageable buffer at once (only page-locked memory may wait) */
+            if (!vgpu_shared(ptr, bytes) && (p->kind == VGPU_K_ARRAY_OUT || vgpu_in_place(api, ptr, bytes))) return 0;
+        }
     }
     return 1;
 }
