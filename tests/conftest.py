@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from vgpu import launcher
+from vgpu.device import gpuset
 from vgpu.remote.tokens import TokenStore
 from vgpu.wire.client import Client
 
@@ -30,8 +31,12 @@ class Vgpud:
     control_socket: Path | None = None
     #: processes to stop with it (a relay's GPU host)
     others: tuple[subprocess.Popen, ...] = ()
-    #: "relay" when clients reach the GPUs through a relay and a GPU host over TLS
+    #: "relay" when clients reach the GPUs through a relay and a GPU host over TLS; "joined"
+    #: through a relay that joins two GPU hosts into one device list
     through: str = "local"
+    #: the GPUs clients see, in their order (identities as their hosts made them: ``index``
+    #: is the GPU's on its host)
+    gpus: tuple[gpuset.GpuIdentity, ...] = ()
 
     def local_only(self, why: str) -> None:
         """Skip a test that checks what only a local vgpud does (shared memory, control holds)."""
@@ -62,10 +67,10 @@ def start_vgpud(gpus: str, folder: Path, through: str = "local") -> Vgpud:
     on loopback, and a relay vgpud (backend remote) in front of it for the clients."""
     folder.mkdir(parents=True, exist_ok=True)
     socket_path, log = folder / "vgpud.sock", folder / "vgpud.log"
-    if through == "relay":
-        return _start_behind_relay(gpus, folder)
+    if through in ("relay", "joined"):
+        return _start_behind_relay(gpus, folder, joined=through == "joined")
     process = launcher.start_daemon(gpus, socket_path, log, detach=False)
-    return Vgpud(process, socket_path, log)
+    return Vgpud(process, socket_path, log, gpus=gpuset.parse(gpus).gpus)
 
 
 def tls_files(folder: Path, *names: str) -> Path:
@@ -92,17 +97,28 @@ def listen_options(folder: Path, address: str) -> tuple[str, ...]:
             "--state-dir", str(folder / "state"))
 
 
-def _start_behind_relay(gpus: str, folder: Path) -> Vgpud:
+def _start_behind_relay(gpus: str, folder: Path, joined: bool = False) -> Vgpud:
+    """GPU hosts on loopback over TLS and a relay in front of them: one host with all of
+    ``gpus``, or (``joined``) the first half of them on one host and the rest on another,
+    joined by the relay into one device list."""
     tls_files(folder)
-    port = free_port()
     token = TokenStore(folder / "state").create("suite")
-    host = launcher.start_daemon(gpus, folder / "host.sock", folder / "host.log", detach=False,
-                                 options=listen_options(folder, f"127.0.0.1:{port}"))
+    keys = [gpu.profile.key for gpu in gpuset.parse(gpus).gpus]
+    halves = [keys[:(len(keys) + 1) // 2], keys[(len(keys) + 1) // 2:]] if joined else [keys]
+    hosts, connect, seen = [], [], []
+    for domain, half in enumerate(halves):
+        seen += gpuset.parse(",".join(half), domain).gpus
+        port = free_port()
+        hosts.append(launcher.start_daemon(
+            ",".join(half), folder / f"host{domain}.sock", folder / f"host{domain}.log", detach=False,
+            options=(*listen_options(folder, f"127.0.0.1:{port}"), "--pci-domain", str(domain))))
+        connect += ["--connect", f"localhost:{port}"]
     relay = launcher.start_daemon(gpus, folder / "vgpud.sock", folder / "vgpud.log", detach=False, options=(
-        "--backend", "remote", "--connect", f"localhost:{port}", "--ca", str(folder / "ca.pem"), "--timeout", "5"),
+        "--backend", "remote", *connect, "--ca", str(folder / "ca.pem"), "--timeout", "5"),
         env={**os.environ, "VGPU_TOKEN": token})
-    return Vgpud(relay, folder / "vgpud.sock", folder / "vgpud.log", control_socket=folder / "host.sock",
-                 others=(host,), through="relay")
+    return Vgpud(relay, folder / "vgpud.sock", folder / "vgpud.log",
+                 control_socket=None if joined else folder / "host0.sock", others=tuple(hosts),
+                 through="joined" if joined else "relay", gpus=tuple(seen))
 
 
 @pytest.fixture
@@ -120,10 +136,11 @@ def vgpud_factory(tmp_path_factory):
 
 
 def pytest_generate_tests(metafunc):
-    """Modules that set RELAY_TOO = True run their tests twice: against a local vgpud, and
-    through a relay and a GPU host over TLS (the CUDA and NVML suites over the network)."""
+    """Modules that set RELAY_TOO = True run their tests three times: against a local vgpud,
+    through a relay and a GPU host over TLS, and through a relay joining two GPU hosts (the
+    CUDA and NVML suites over the network)."""
     if "vgpud" in metafunc.fixturenames and getattr(metafunc.module, "RELAY_TOO", False):
-        metafunc.parametrize("vgpud", ["local", "relay"], indirect=True, scope="module")
+        metafunc.parametrize("vgpud", ["local", "relay", "joined"], indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ from elftools.elf.elffile import ELFFile
 
 from tests.conftest import run_json, run_python
 from vgpu.api.manifest import load
-from vgpu.device.gpuset import parse
+from vgpu.device.gpuset import DEFAULT_CUDA_VERSION
 from vgpu.launcher import library_path
 
 RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 API = load("cuda")
 C = API.constants
-SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +127,9 @@ print(json.dumps(out))
 def test_devices_through_cuda_python(vgpud):
     out = run_json(DEVICES, vgpud.env)
     assert out["before_init"] == C["CUDA_ERROR_NOT_INITIALIZED"] and out["init"] == 0
-    assert out["version"] == SET.cuda_version
+    assert out["version"] == DEFAULT_CUDA_VERSION
     assert len(out["devices"]) == 4
-    for index, (device, ident) in enumerate(zip(out["devices"], SET.gpus)):
+    for index, (device, ident) in enumerate(zip(out["devices"], vgpud.gpus)):
         p = ident.profile
         assert device["name"] == p.name
         assert device["uuid"] == ident.uuid_bytes.hex(), "the same 16 bytes NVML prints"
@@ -173,7 +172,7 @@ def test_no_daemon_means_no_device(tmp_path):
     ("{l4_prefix},1", [2, 1]), # a UUID prefix without "GPU-"
 ])
 def test_cuda_visible_devices(vgpud, visible, expected):
-    l4 = SET.gpus[2].uuid.removeprefix("GPU-")
+    l4 = vgpud.gpus[2].uuid.removeprefix("GPU-")
     env = {**vgpud.env, "CUDA_VISIBLE_DEVICES": visible.format(l4=l4, l4_prefix=l4[:8])}
     result = run_python("from nvitop import Device\nprint(Device.parse_cuda_visible_devices())", env)
     assert result.returncode == 0, result.stderr
@@ -212,8 +211,8 @@ print(json.dumps([facts[::5], after - before, calls() - after]))
     assert result.returncode == 0, result.stderr
     facts, during, later = json.loads(result.stdout)
     assert [f[0] for f in facts] == [132, 132, 58, 128]
-    assert [f[4] for f in facts] == [g.uuid_bytes.hex() for g in SET.gpus]
-    assert [f[5] for f in facts] == [g.profile.name for g in SET.gpus]
+    assert [f[4] for f in facts] == [g.uuid_bytes.hex() for g in vgpud.gpus]
+    assert [f[5] for f in facts] == [g.profile.name for g in vgpud.gpus]
     # the status call counts in the process's session locally; through a relay it is the relay's own
     status_call = 1 if vgpud.through == "local" else 0
     assert during == status_call, "100 fact queries after cuInit reached vgpud: only the status call counts"
@@ -250,6 +249,6 @@ print(json.dumps(out))
 def test_created_contexts(vgpud):
     out = run_json(CONTEXTS, vgpud.env)
     assert out["create"] == 0 and out["made_current"] and out["device"] == 2 and out["flags"] == 4
-    assert out["total"] == SET.gpus[2].profile.cuda_total_mib << 20, "work goes to the context's device"
+    assert out["total"] == vgpud.gpus[2].profile.cuda_total_mib << 20, "work goes to the context's device"
     assert out["destroy_primary"] == C["CUDA_ERROR_INVALID_CONTEXT"] and out["destroy"] == 0
     assert out["current_after"] is None and out["use_destroyed"] == C["CUDA_ERROR_INVALID_CONTEXT"]

@@ -11,11 +11,10 @@ import pytest
 
 from tests.conftest import run_json
 from vgpu.device.cuda_attributes import attributes
-from vgpu.device.gpuset import parse
+from vgpu.device.gpuset import DEFAULT_CUDA_VERSION
 
 RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
 CLIENTS = Path(__file__).parent / "clients"
-SET = parse("2xh100,l4,rtx4090")  # the module's vgpud (conftest)
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 
 
@@ -56,8 +55,8 @@ def test_nvcc_device_query(vgpud, device_query):
     result = subprocess.run([str(device_query)], env=vgpud.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     overall, devices = parse_report(result.stdout)
-    assert overall["driver"] == str(SET.cuda_version) and overall["count"] == "4"
-    for index, ident in enumerate(SET.gpus):
+    assert overall["driver"] == str(DEFAULT_CUDA_VERSION) and overall["count"] == "4"
+    for index, ident in enumerate(vgpud.gpus):
         p, d = ident.profile, devices[index]
         values = attributes(ident)
         assert d["rc"] == "0" and d["name"] == p.name
@@ -142,7 +141,7 @@ def test_cudart12_from_the_wheel(vgpud):
     out = run_json(CUDART12, vgpud.env)
     assert out["runtime"] // 1000 == 12
     assert out["count_rc"] == 0 and out["count"] == 4
-    assert out["props_rc"] == 0 and out["name"] == "NVIDIA L4" and out["uuid"] == SET.gpus[2].uuid_bytes.hex()
+    assert out["props_rc"] == 0 and out["name"] == "NVIDIA L4" and out["uuid"] == vgpud.gpus[2].uuid_bytes.hex()
     assert [out["malloc"], out["h2d"], out["d2h"], out["free"]] == [0, 0, 0, 0] and out["equal"]
 
 
@@ -159,7 +158,7 @@ def memory_round_trip(tmp_path_factory) -> Path:
 def test_cudart_memory_round_trip(vgpud, memory_round_trip, size, direct):
     report = run_report(memory_round_trip, {**vgpud.env, "VGPU_DIRECT_MEMORY": direct}, str(size))
     result_text = report["_output"]
-    assert int(report["total"]) == SET.gpus[0].profile.cuda_total_mib << 20
+    assert int(report["total"]) == vgpud.gpus[0].profile.cuda_total_mib << 20
     for step in ("meminfo", "malloc", "malloc2", "h2d", "d2d", "d2h", "memset", "d2h2", "free", "free2", "sync"):
         assert report[step] == "0", f"{step}: {result_text}"
     assert report["equal"] == "1" and report["memset_ok"] == "1"
@@ -179,7 +178,7 @@ def test_streams_events_and_pinned_memory(vgpud, tmp_path_factory):
     assert report["host_calls"] == "4", "host functions ran before the synchronisations returned"
     assert report["untimed_rc"] == "400"  # cudaErrorInvalidResourceHandle: timing disabled
     # stream 0 ran an 8 MiB copy each way; the model times a PCIe 5 x16 link at about 50 GB/s
-    h100 = SET.gpus[0].profile
+    h100 = vgpud.gpus[0].profile
     one_way = 5e-6 + (8 << 20) / (0.8 * h100.pcie_width * 0.985e9 * 2 ** (h100.pcie_generation - 3))
     assert float(report["elapsed_ms"]) == pytest.approx(2 * one_way * 1000, rel=0.01)
 

@@ -286,7 +286,6 @@ def test_ggml_style_discovery_in_a_short_lived_child(vgpud, tmp_path):
     import nvidia.cu13
 
     from vgpu import launcher
-    from vgpu.device.gpuset import parse
 
     if not (CUDA_LIB / "libcudart.so.13").exists():
         pytest.skip("cudart 13 is not on this machine")
@@ -314,7 +313,7 @@ def test_ggml_style_discovery_in_a_short_lived_child(vgpud, tmp_path):
     result = subprocess.run([str(runner)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     devices = [json.loads(line) for line in result.stdout.splitlines()]
-    gpus = parse("2xh100,l4,rtx4090").gpus
+    gpus = vgpud.gpus
     assert [d["name"] for d in devices] == [g.profile.name for g in gpus]
     assert [d["uuid"] for d in devices] == [g.uuid for g in gpus]
     assert [d["compute"] for d in devices] == ["9.0", "9.0", "8.9", "8.9"]

@@ -75,6 +75,10 @@ class Param:
     handle: str | None = None
     #: an output the caller may leave NULL (annotation "optional")
     optional: bool = False
+    #: a device ordinal (annotations "ordinal_types" and "ordinals"), or an output counting
+    #: devices ("device_counts"): what a relay joining GPU hosts renumbers (vgpu.remote.join)
+    ordinal: bool = False
+    device_count: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,19 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
             else:
                 out.append(Param(p["name"], ref, Kind.INOUT))
     optional = set(notes.get("optional", []))
-    return tuple(dataclasses.replace(param, optional=True) if f"{fname}.{param.name}" in optional else param
-                 for param in out)
+    ordinals = set(notes.get("ordinals", []))
+    ordinal_types = set(notes.get("ordinal_types", []))
+    counts = set(notes.get("device_counts", []))
+
+    def named(param: Param) -> str | None:
+        ref = param.type["to"] if param.type["kind"] == "ptr" else param.type
+        return ref.get("name")
+
+    return tuple(dataclasses.replace(
+        param, optional=f"{fname}.{param.name}" in optional,
+        ordinal=f"{fname}.{param.name}" in ordinals or (param.kind in (Kind.VALUE, Kind.INOUT)
+                                                         and named(param) in ordinal_types),
+        device_count=f"{fname}.{param.name}" in counts) for param in out)
 
 
 def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
@@ -264,7 +279,8 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
-    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value", "handle_arrays"):
+    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value", "handle_arrays", "ordinals",
+                  "device_counts"):
         for key in notes.get(table, {}):
             function, _, param = key.partition(".")
             if function not in functions or param not in {p["name"] for p in functions[function]["params"]}:

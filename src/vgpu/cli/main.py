@@ -55,21 +55,26 @@ def run(gpus: str, command: tuple[str, ...]) -> None:
 @gpus_option
 @click.option("--backend", type=click.Choice(["sim", "remote"]), default="sim", show_default=True,
               help="sim: simulated GPUS; remote: a GPU host's GPUs (--connect, --token).")
-@click.option("--connect", default=None, metavar="HOST:PORT", help="The GPU host's vgpud (backend remote).")
-@click.option("--token", default=None, envvar="VGPU_TOKEN", help="Your tenant's token ($VGPU_TOKEN).")
+@click.option("--connect", multiple=True, metavar="HOST:PORT",
+              help="The GPU host's vgpud (backend remote); again for each further host, joined into one device list.")
+@click.option("--token", multiple=True, help="Your tenant's token: one for every host, or one per --connect in "
+                                            "order ($VGPU_TOKEN: comma-separated).")
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The CA of the GPU host's certificate (default: the system's CAs).")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
               help="Seconds before a silent GPU host counts as gone.")
-def up(gpus: str, backend: str, connect: str | None, token: str | None, ca: Path | None, timeout: float) -> None:
-    """Start a long-lived vgpud at the default socket: simulated GPUs, or a GPU host's."""
+def up(gpus: str, backend: str, connect: tuple[str, ...], token: tuple[str, ...], ca: Path | None,
+       timeout: float) -> None:
+    """Start a long-lived vgpud at the default socket: simulated GPUs, or GPU hosts'."""
     try:
         if backend == "remote":
-            if not connect or not token:
+            tokens = list(token) or [t for t in os.environ.get("VGPU_TOKEN", "").split(",") if t]
+            if not connect or not tokens:
                 _fail("--backend remote needs --connect HOST:PORT and --token (from `vgpu token create` on the GPU host)")
-            socket_path, pid, status = launcher.up_remote(connect, token, ca, timeout)
-            gpus = ", ".join(f"{g['name']} ({g['memory_total'] >> 30} GiB)" for g in status["gpus"]) or "no GPUs"
-            click.echo(f"vgpud {pid} at {socket_path} forwards to {connect}: {gpus}")
+            socket_path, pid, statuses = launcher.up_remote(list(connect), tokens, ca, timeout)
+            for address, status in zip(connect, statuses):
+                gpus = ", ".join(f"{g['name']} ({g['memory_total'] >> 30} GiB)" for g in status["gpus"]) or "no GPUs"
+                click.echo(f"vgpud {pid} at {socket_path} forwards to {address}: {gpus}")
             return
         socket_path, pid = launcher.up(gpus)
     except launcher.LaunchError as error:
@@ -150,7 +155,7 @@ def status(as_json: bool) -> None:
     console = Console()
     relay = state.get("relay")
     if relay:
-        console.print(f"vgpud {relay['pid']} at {relay['socket']} relays to the GPU host {relay['connect']}:")
+        console.print(f"vgpud {relay['pid']} at {relay['socket']} relays to the GPU host(s) {relay['connect']}:")
     console.print(f"vgpud {state['pid']} ({state['backend']}) at {state['socket']}, driver "
                   f"{state['driver_version']}, up {time.time() - state['started']:.0f} s")
     gpus = Table("GPU", "name", "memory used / total", "util", "temp", "power", "state")

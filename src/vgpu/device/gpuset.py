@@ -86,7 +86,7 @@ def _bus(index: int) -> int:
 
 
 def build(profiles: list[Profile], spec: str, driver_version: str = DEFAULT_DRIVER_VERSION,
-          cuda_version: int = DEFAULT_CUDA_VERSION) -> GpuSet:
+          cuda_version: int = DEFAULT_CUDA_VERSION, pci_domain: int = 0) -> GpuSet:
     if not profiles:
         raise ValueError("a GPU set needs at least one GPU")
     if len(profiles) > 32:
@@ -94,10 +94,11 @@ def build(profiles: list[Profile], spec: str, driver_version: str = DEFAULT_DRIV
     canonical = ",".join(p.key + (f":{p.slice_bytes}" if p.slice_bytes else "") for p in profiles)
     gpus = []
     for index, profile in enumerate(profiles):
-        digest = hashlib.sha256(f"vgpu:{canonical}:{index}".encode()).digest()
+        seed = f"vgpu:{canonical}:{index}" + (f":{pci_domain}" if pci_domain else "")
+        digest = hashlib.sha256(seed.encode()).digest()
         ident = uuid.UUID(bytes=digest[:16], version=4)
         serial = str(1650000000000 + int.from_bytes(digest[16:24], "little") % 10**10)
-        gpus.append(GpuIdentity(index, profile, f"GPU-{ident}", ident.bytes, serial, _bus(index)))
+        gpus.append(GpuIdentity(index, profile, f"GPU-{ident}", ident.bytes, serial, _bus(index), pci_domain))
     return GpuSet(spec, tuple(gpus), driver_version, cuda_version)
 
 
@@ -124,12 +125,13 @@ def _profile(key: str) -> Profile:
     return profile.sliced(parse_size(size)) if size else profile
 
 
-def parse(spec: str) -> GpuSet:
+def parse(spec: str, pci_domain: int = 0) -> GpuSet:
     """``2xh100``, ``h100,l4``, ``8xh200``, ``h100:20g`` (a slice: 20 GiB of an H100) or the
-    path of a TOML file (see docs/configuration.md)."""
+    path of a TOML file (see docs/configuration.md); the GPUs sit in PCI domain ``pci_domain``
+    (simulators joined behind one relay need different ones), which their identities follow."""
     path = Path(spec)
     if spec.endswith(".toml") or path.is_file():
-        return _from_file(path)
+        return _from_file(path, pci_domain)
     profiles: list[Profile] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         count, _, key = part.partition("x")
@@ -138,10 +140,10 @@ def parse(spec: str) -> GpuSet:
         if int(count) < 1:
             raise ValueError(f"bad GPU count in {part!r}; write it as 2xh100")
         profiles.extend([_profile(key)] * int(count))
-    return build(profiles, spec)
+    return build(profiles, spec, pci_domain=pci_domain)
 
 
-def _from_file(path: Path) -> GpuSet:
+def _from_file(path: Path, pci_domain: int = 0) -> GpuSet:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -153,4 +155,4 @@ def _from_file(path: Path) -> GpuSet:
             profile = profile.sliced(parse_size(str(entry["memory"])))
         profiles.extend([profile] * int(entry.get("count", 1)))
     return build(profiles, str(path), data.get("driver_version", DEFAULT_DRIVER_VERSION),
-                 int(data.get("cuda_version", DEFAULT_CUDA_VERSION)))
+                 int(data.get("cuda_version", DEFAULT_CUDA_VERSION)), pci_domain)

@@ -154,16 +154,15 @@ def up(gpus: str, socket_path: Path | None = None) -> tuple[Path, int]:
     return socket_path, process.pid
 
 
-def up_remote(connect: str, token: str, ca: Path | None, timeout: float,
-              socket_path: Path | None = None) -> tuple[Path, int, dict]:
-    """Start a vgpud that forwards to a GPU host, after checking the connection, the host's
-    certificate and the token (LaunchError saying which failed); its socket, pid and the GPU
-    host's status as the tenant sees it."""
-    from vgpu.remote.relay import RemoteError, check
-    from vgpu.remote.tls import parse_address
+def up_remote(connect: list[str], tokens: list[str], ca: Path | None, timeout: float,
+              socket_path: Path | None = None) -> tuple[Path, int, list[dict]]:
+    """Start a vgpud that forwards to GPU hosts (several are joined into one device list),
+    after checking each connection, host certificate and token (LaunchError saying which
+    failed); its socket, pid and each GPU host's status as the tenant sees it."""
+    from vgpu.remote.relay import RemoteError, check, upstreams
 
     try:
-        status = check(parse_address(connect), token, ca, timeout)
+        statuses = [check(host.address, host.token, ca, timeout) for host in upstreams(connect, tokens)]
     except (RemoteError, ValueError) as error:
         raise LaunchError(str(error)) from None
     socket_path = socket_path or protocol.default_socket_path()
@@ -174,11 +173,12 @@ def up_remote(connect: str, token: str, ca: Path | None, timeout: float,
     except DaemonUnavailable:
         pass
     socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    options = ("--backend", "remote", "--connect", connect, "--timeout", str(timeout), *(("--ca", str(ca)) if ca else ()))
-    # the token travels in the environment, not on a command line other users can read
+    options = ("--backend", "remote", *(x for address in connect for x in ("--connect", address)),
+               "--timeout", str(timeout), *(("--ca", str(ca)) if ca else ()))
+    # the tokens travel in the environment, not on a command line other users can read
     process = start_daemon("h100", socket_path, socket_path.with_suffix(".log"), detach=True, options=options,
-                           env={**os.environ, "VGPU_TOKEN": token})
-    return socket_path, process.pid, status
+                           env={**os.environ, "VGPU_TOKEN": ",".join(tokens)})
+    return socket_path, process.pid, statuses
 
 
 def down(socket_path: Path | None = None, timeout: float = 10) -> int | None:

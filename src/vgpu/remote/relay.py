@@ -1,5 +1,6 @@
 """The remote backend: a vgpud on a host without a GPU that forwards its clients to a GPU
-host's vgpud over TLS (``vgpud --backend remote --connect HOST:PORT --token T``).
+host's vgpud over TLS (``vgpud --backend remote --connect HOST:PORT --token T``), or to
+several joined into one device list (``--connect`` again; vgpu.remote.join).
 
 Each local client connection gets a TLS connection of its own to the GPU host. The client's
 handshake travels with the tenant's token and the client's "host/pid" appended; after it,
@@ -15,6 +16,7 @@ keepalive and TCP_USER_TIMEOUT); the client's library bounds its own waits as we
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,9 +24,12 @@ import socket
 import ssl
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from vgpu.remote.tls import client_context
+from vgpu.remote.join import HostGpus, JoinedConnection, Libraries, Router, merge_launches, merge_status
+from vgpu.remote.tls import client_context, parse_address
 from vgpu.wire import protocol
 from vgpu.wire.client import Client
 from vgpu.wire.protocol import FrameReader, ProtocolError
@@ -87,19 +92,57 @@ def check(address: tuple[str, int], token: str, ca: Path | None, timeout: float 
         raise RemoteError(f"vgpud at {address[0]}:{address[1]} did not complete the handshake: {error}") from None
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """A GPU host and the token its vgpud knows this relay's tenant by."""
+
+    address: tuple[str, int]
+    token: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+
+def upstreams(connect: list[str] | tuple[str, ...], tokens: list[str] | tuple[str, ...]) -> list[Upstream]:
+    """GPU hosts from ``HOST:PORT`` texts and their tokens: one token for all, or one each."""
+    if len(tokens) not in (1, len(connect)):
+        raise ValueError(f"{len(connect)} GPU hosts and {len(tokens)} tokens: give one token for all of them, "
+                         "or one per --connect in the same order")
+    return [Upstream(parse_address(address), tokens[0] if len(tokens) == 1 else tokens[k])
+            for k, address in enumerate(connect)]
+
+
 class Relay:
-    def __init__(self, socket_path: Path, address: tuple[str, int], token: str, ca: Path | None,
+    def __init__(self, socket_path: Path, hosts: list[Upstream], ca: Path | None,
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.socket_path = socket_path
-        self.address, self.token, self.ca, self.timeout = address, token, ca, timeout
+        self.hosts, self.ca, self.timeout = hosts, ca, timeout
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
+        #: joined hosts: their GPUs, and how each API's calls are routed (vgpu.remote.join)
+        self.joined: list[HostGpus] = []
+        self.routers: dict[str, Router] = {}
+        self._libraries: dict[int, Libraries] = {}
+        self._lock = threading.Lock()
 
     def bind(self) -> None:
-        """Check the GPU host first (a relay that cannot work should not start), then listen."""
-        status = check(self.address, self.token, self.ca, self.timeout)
-        names = ", ".join(g["name"] for g in status["gpus"]) or "no GPUs"
-        log.info("GPU host %s:%d (vgpud %s) offers %s", *self.address, status.get("version"), names)
+        """Check the GPU hosts first (a relay that cannot work should not start), then listen."""
+        seen: dict[str, str] = {}
+        for host in self.hosts:
+            status = check(host.address, host.token, self.ca, self.timeout)
+            names = ", ".join(g["name"] for g in status["gpus"]) or "no GPUs"
+            log.info("GPU host %s (vgpud %s) offers %s", host.name, status.get("version"), names)
+            for gpu in status["gpus"]:
+                if gpu["uuid"] in seen:
+                    raise RemoteError(f"GPU {gpu['index']} of {host.name} has the UUID {gpu['uuid']} of a GPU of "
+                                      f"{seen[gpu['uuid']]}: one GPU cannot be joined twice (simulators: start "
+                                      "each with its own --pci-domain)")
+                seen[gpu["uuid"]] = host.name
+            self.joined.append(HostGpus(host.name, tuple(g["index"] for g in status["gpus"]),
+                                        tuple(g["uuid"] for g in status["gpus"])))
+        if len(self.hosts) > 1:
+            self.routers = {api: Router(api, self.joined) for api in ("cuda", "nvml")}
         self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -109,7 +152,7 @@ class Relay:
         self._listener = listener
 
     def serve_forever(self) -> None:
-        log.info("vgpud %d relaying %s to %s:%d", os.getpid(), self.socket_path, *self.address)
+        log.info("vgpud %d relaying %s to %s", os.getpid(), self.socket_path, ", ".join(h.name for h in self.hosts))
         try:
             while not self.stopping.is_set():
                 try:
@@ -127,7 +170,7 @@ class Relay:
     def _forward(self, client: socket.socket) -> None:
         pid, _, _ = _PEERCRED.unpack(client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         client.settimeout(self.timeout)
-        remote = None
+        remotes: list[socket.socket] = []
         try:
             hello = FrameReader(client).read()
             if hello.op != protocol.OP_HELLO:
@@ -135,22 +178,52 @@ class Relay:
             if hello.payload[8:24].rstrip(b"\0") == b"control":
                 self._serve_control(client, hello)
                 return
-            remote = connect(self.address, self.ca, self.timeout)
-            network = b"".join(struct.pack("<H", len(x)) + x
-                               for x in (self.token.encode(), f"{socket.gethostname()}/{pid}".encode()))
-            remote.sendall(protocol.pack_frame(hello.op, hello.payload + network, hello.seq, hello.flags))
+            if self.routers:
+                remotes = [connect(host.address, self.ca, self.timeout) for host in self.hosts]
+                with self._process(pid) as libraries:
+                    joined = JoinedConnection.open(self.routers, client, hello, remotes,
+                                                   [self._network_fields(host, pid) for host in self.hosts], libraries)
+                    if joined is not None:
+                        for sock in (client, *remotes):
+                            sock.settimeout(None)  # keepalive and TCP_USER_TIMEOUT bound a dead peer
+                        joined.serve()
+                return
+            remote = connect(self.hosts[0].address, self.ca, self.timeout)
+            remotes = [remote]
+            remote.sendall(protocol.pack_frame(hello.op, hello.payload + self._network_fields(self.hosts[0], pid),
+                                               hello.seq, hello.flags))
             client.settimeout(None)
             remote.settimeout(None)  # keepalive and TCP_USER_TIMEOUT bound a dead peer
             down = threading.Thread(target=self._pump, args=(remote, client), daemon=True)
             down.start()
             self._pump(client, remote)
             down.join()
-        except (OSError, ProtocolError, EOFError, RemoteError) as error:
+        except EOFError:
+            pass  # the client or a GPU host closed its connection
+        except (OSError, ProtocolError, RemoteError) as error:
             log.warning("relaying pid %d: %s", pid, error)
         finally:
-            for sock in (client, remote):
-                if sock is not None:
-                    sock.close()
+            for sock in (client, *remotes):
+                sock.close()
+
+    @contextlib.contextmanager
+    def _process(self, pid: int) -> Iterator[Libraries]:
+        """What a client process's connections share (its libraries), while it has one."""
+        with self._lock:
+            libraries = self._libraries.setdefault(pid, Libraries())
+            libraries.connections += 1
+        try:
+            yield libraries
+        finally:
+            with self._lock:
+                libraries.connections -= 1
+                if not libraries.connections:
+                    del self._libraries[pid]
+
+    @staticmethod
+    def _network_fields(host: Upstream, pid: int) -> bytes:
+        """What a network client's handshake carries after the local one: token, host/pid."""
+        return b"".join(struct.pack("<H", len(x)) + x for x in (host.token.encode(), f"{socket.gethostname()}/{pid}".encode()))
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -194,15 +267,26 @@ class Relay:
             client.sendall(protocol.pack_frame(frame.op, answer, frame.seq, protocol.FLAG_REPLY))
 
     def _about(self) -> dict:
-        return {"pid": os.getpid(), "socket": str(self.socket_path), "connect": f"{self.address[0]}:{self.address[1]}"}
+        return {"pid": os.getpid(), "socket": str(self.socket_path), "connect": ", ".join(h.name for h in self.hosts)}
 
     def _remote_control(self, request: bytes) -> bytes:
-        """The GPU host's answer, with the relay's own facts under "relay" (tools show both)."""
-        try:
-            sock = connect(self.address, self.ca, self.timeout)
-            with Client(sock=sock, token=self.token, peer=f"{socket.gethostname()}/{os.getpid()}") as remote:
-                answer = json.loads(remote.request(protocol.OP_CONTROL, request))
-        except (RemoteError, ConnectionRefusedError, OSError, ProtocolError, ValueError) as error:
-            answer = {"ok": False, "error": f"GPU host {self.address[0]}:{self.address[1]}: {error}"}
+        """The GPU host's answer, with the relay's own facts under "relay" (tools show both);
+        joined hosts' status and launches as one answer, GPUs numbered across hosts."""
+        answers = [self._host_control(host, request) for host in self.hosts]
+        command = json.loads(request or b"{}").get("cmd")
+        if len(answers) == 1 or command not in ("status", "launches"):
+            answer = answers[0]
+        elif command == "status":
+            answer = merge_status(answers, [h.name for h in self.hosts])
+        else:
+            answer = merge_launches(answers, self.joined, [h.name for h in self.hosts])
         answer["relay"] = self._about()
         return json.dumps(answer).encode()
+
+    def _host_control(self, host: Upstream, request: bytes) -> dict:
+        try:
+            sock = connect(host.address, self.ca, self.timeout)
+            with Client(sock=sock, token=host.token, peer=f"{socket.gethostname()}/{os.getpid()}") as remote:
+                return json.loads(remote.request(protocol.OP_CONTROL, request))
+        except (RemoteError, ConnectionRefusedError, OSError, ProtocolError, ValueError) as error:
+            return {"ok": False, "error": f"GPU host {host.name}: {error}"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 from vgpu.device import gpuset
-from vgpu.remote.relay import DEFAULT_TIMEOUT_S, Relay, RemoteError
+from vgpu.remote.relay import DEFAULT_TIMEOUT_S, Relay, RemoteError, upstreams
 from vgpu.remote.tls import parse_address
 from vgpu.remote.tokens import TokenStore, default_state_dir
 from vgpu.server.daemon import Daemon, NetworkSettings
@@ -33,23 +34,28 @@ from vgpu.wire.protocol import default_socket_path
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the token store lives (default: $VGPU_STATE_DIR, /var/lib/vgpu for root, "
                    "~/.local/state/vgpu).")
-@click.option("--connect", default=None, metavar="HOST:PORT", help="The GPU host (backend remote).")
-@click.option("--token", default=None, envvar="VGPU_TOKEN", help="The tenant's token (backend remote; $VGPU_TOKEN).")
+@click.option("--connect", multiple=True, metavar="HOST:PORT",
+              help="The GPU host (backend remote); again for each further host, joined into one device list.")
+@click.option("--token", multiple=True, help="The tenant's token (backend remote): one for every host, or one per "
+                                            "--connect in order ($VGPU_TOKEN: comma-separated).")
+@click.option("--pci-domain", type=click.IntRange(0, 0xFFFF), default=0, show_default=True,
+              help="The simulated GPUs' PCI domain; simulators one relay joins need different ones (their "
+                   "GPUs' UUIDs differ then too).")
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The CA that signed the GPU host's certificate (backend remote; default: the system's).")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
               help="Seconds before a silent peer counts as gone (network connections).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def main(gpus: str, socket_path: Path | None, backend: str, listen: str | None, tls_cert: Path | None,
-         tls_key: Path | None, state_dir: Path | None, connect: str | None, token: str | None, ca: Path | None,
-         timeout: float, log_level: str) -> None:
+         tls_key: Path | None, state_dir: Path | None, connect: tuple[str, ...], token: tuple[str, ...],
+         pci_domain: int, ca: Path | None, timeout: float, log_level: str) -> None:
     """Serve NVIDIA GPUs to the vgpu libraries: simulated ones, or a GPU host's over the network."""
     logging.basicConfig(level=log_level.upper(), format="vgpud[%(process)d] %(levelname)s %(message)s")
     socket_path = socket_path or default_socket_path()
     if backend == "remote":
         server = _relay(socket_path, connect, token, ca, timeout)
     else:
-        server = _daemon(gpus, backend, socket_path, listen, tls_cert, tls_key, state_dir, timeout)
+        server = _daemon(gpus, backend, socket_path, listen, tls_cert, tls_key, state_dir, timeout, pci_domain)
     try:
         server.bind()
     except (RuntimeError, OSError, RemoteError) as error:
@@ -61,9 +67,9 @@ def main(gpus: str, socket_path: Path | None, backend: str, listen: str | None, 
 
 
 def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert: Path | None, key: Path | None,
-            state_dir: Path | None, timeout: float) -> Daemon:
+            state_dir: Path | None, timeout: float, pci_domain: int) -> Daemon:
     try:
-        gpu_set = gpuset.parse(gpus)
+        gpu_set = gpuset.parse(gpus, pci_domain)
     except (KeyError, ValueError) as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--gpus") from None
     if backend == "cuda":  # NVML's GPUs are the real ones (their UUIDs and buses), with --gpus's profile
@@ -85,15 +91,16 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
     return Daemon(DaemonState(gpu_set, backend), socket_path, network)
 
 
-def _relay(socket_path: Path, connect: str | None, token: str | None, ca: Path | None, timeout: float) -> Relay:
-    if not connect or not token:
+def _relay(socket_path: Path, connect: tuple[str, ...], token: tuple[str, ...], ca: Path | None,
+           timeout: float) -> Relay:
+    tokens = list(token) or [t for t in os.environ.get("VGPU_TOKEN", "").split(",") if t]
+    if not connect or not tokens:
         raise click.UsageError("backend remote needs --connect HOST:PORT and --token (from `vgpu token create` "
                                "on the GPU host)")
     try:
-        address = parse_address(connect)
+        return Relay(socket_path, upstreams(connect, tokens), ca, timeout)
     except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--connect") from None
-    return Relay(socket_path, address, token, ca, timeout)
+        raise click.BadParameter(str(error), param_hint="--connect/--token") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,701 @@
+"""Several GPU hosts as one device list behind one relay (``vgpud --backend remote --connect A
+--connect B``).
+
+A client process sees the GPUs of every host, host after host. Unlike a relay to one host,
+which passes bytes through, a joining relay reads every frame of a client connection and
+sends it where it belongs over one TLS connection per host:
+
+- device ordinals (CUDA's ``CUdevice``, NVML's indices, a memory location's device) are
+  renumbered: the manifests mark them (``ordinal``, ``device_count``);
+- handles carry their host: ids from host k get k + 1 in bits 40 to 47 (a function's id is
+  its module's shifted left by 16, so its host sits in bits 56 to 63); the shim's context ids
+  carry the device ordinal, renumbered like one;
+- a call goes to the host of what it names (a device, a handle), else to the host of the
+  calling thread's current context; calls that name nothing count devices (answers
+  summed), look a device up (first host that knows it) or ask about the driver (the first
+  host);
+- ``CUDA_VISIBLE_DEVICES`` is applied to the joined list here, and each host is told which
+  of its GPUs that leaves;
+- a library (``cuLibraryLoadData``, which cudart 13 uses for every program's kernels) belongs
+  to no context, so it is loaded on every host: the client holds host 0's id tagged "every
+  host", and each call naming it gets the id of the host it goes to.
+
+What cannot cross hosts answers as a real driver answers for GPUs that cannot reach each
+other: no peer access (``cuDeviceCanAccessPeer`` gives 0), and a call naming objects of two
+hosts gets the API's "not supported" code, logged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from vgpu.api.manifest import Api, Function, Kind, load
+from vgpu.server.cuda_service import DEFAULT_STREAMS, visible_devices
+from vgpu.wire import protocol
+from vgpu.wire.codec import DIRECT, SHARED, FunctionCodec
+from vgpu.wire.protocol import Frame, FrameReader, ProtocolError
+
+log = logging.getLogger("vgpud")
+
+HANDLE_TAG_SHIFT = 40
+FUNCTION_TAG_SHIFT = HANDLE_TAG_SHIFT + 16
+FUNCTION_HANDLES = {"CUfunction", "CUkernel"}
+#: the shim's context ids: flags above bit 31, the device ordinal in the low 16 bits
+CONTEXT_ORDINAL_MASK = 0xFFFF
+LAUNCH = struct.Struct("<QQQ3I3IIII")
+LAUNCH_GRAPH_NODE = 0x2
+MODULE_FLAG_LIBRARY = 0x1
+#: calls that end a library, which every host holds a copy of
+EVERY_HOST_CALLS = {"cuLibraryUnload"}
+
+
+@dataclass(frozen=True)
+class HostGpus:
+    """One GPU host as the tenant sees it: where it is, and its GPUs' daemon indices and
+    UUIDs in its NVML order."""
+
+    name: str
+    indices: tuple[int, ...]
+    uuids: tuple[str, ...]
+
+
+#: the tag of a library loaded on every host
+EVERY_HOST = 0xFF
+LIBRARY_HANDLES = {"CUlibrary", "CUmodule", *FUNCTION_HANDLES}
+
+
+def _shift(handle_type: str) -> int:
+    return FUNCTION_TAG_SHIFT if handle_type in FUNCTION_HANDLES else HANDLE_TAG_SHIFT
+
+
+def _untagged(handle_type: str, value: int) -> bool:
+    return value == 0 or handle_type == "CUstream" and value in DEFAULT_STREAMS
+
+
+class Libraries:
+    """A client process's libraries, each loaded on every host that has GPUs for it: the id
+    the client holds (the first such host's) and each host's own. Shared by the process's
+    connections."""
+
+    def __init__(self) -> None:
+        self.ids: dict[int, dict[int, int]] = {}
+        self.back: dict[tuple[int, int], int] = {}
+        self.connections = 0
+
+    def add(self, ids: dict[int, int]) -> int:
+        first = ids[min(ids)]
+        self.ids[first] = ids
+        for host, value in ids.items():
+            self.back[(host, value)] = first
+        return first
+
+    def tag(self, handle_type: str, value: int, host: int) -> int | None:
+        """The client's id for a host's library, kernel or function; None when not a library's."""
+        function = handle_type in FUNCTION_HANDLES
+        first = self.back.get((host, value >> 16 if function else value))
+        if first is None:
+            return None
+        return (first << 16 | value & 0xFFFF if function else first) | EVERY_HOST << _shift(handle_type)
+
+    def on_host(self, handle_type: str, value: int, host: int) -> int:
+        """A client's "every host" id as ``host`` knows it."""
+        function = handle_type in FUNCTION_HANDLES
+        plain = value & ((1 << _shift(handle_type)) - 1)
+        ids = self.ids.get(plain >> 16 if function else plain, {})
+        if host not in ids:
+            return plain
+        return ids[host] << 16 | plain & 0xFFFF if function else ids[host]
+
+
+def tag(handle_type: str, value: int, host: int, libraries: Libraries | None = None) -> int:
+    """A host's handle id as the client sees it."""
+    if _untagged(handle_type, value):
+        return value
+    if libraries is not None and handle_type in LIBRARY_HANDLES:
+        every = libraries.tag(handle_type, value, host)
+        if every is not None:
+            return every
+    return value | (host + 1) << _shift(handle_type)
+
+
+def untag(handle_type: str, value: int) -> tuple[int | None, int]:
+    """(host, the host's id) of a client's handle id; host None for ids of no host, and
+    EVERY_HOST for a library's (Libraries.on_host gives each host's id)."""
+    if _untagged(handle_type, value):
+        return None, value
+    shift = _shift(handle_type)
+    host = (value >> shift & 0xFF) - 1
+    if host == EVERY_HOST - 1:
+        return EVERY_HOST, value
+    return (host, value & ((1 << shift) - 1)) if host >= 0 else (None, value)
+
+
+@dataclass
+class Ordinals:
+    """A connection's device numbering: global ordinal -> (host, the host's ordinal), and back."""
+
+    places: list[tuple[int, int]]
+    back: dict[tuple[int, int], int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.back = {place: number for number, place in enumerate(self.places)}
+
+    @property
+    def hosts(self) -> list[int]:
+        """The hosts with GPUs in this numbering."""
+        return sorted({host for host, _ in self.places})
+
+    def to_host(self, number: int) -> tuple[int | None, int]:
+        """An ordinal no host has stays invalid everywhere: it is at least the joined count."""
+        return self.places[number] if 0 <= number < len(self.places) else (None, number)
+
+    def from_host(self, host: int, number: int) -> int:
+        return self.back.get((host, number), number)
+
+
+class _Plan:
+    """How one function's request and reply are walked: sizes from the codec, and where
+    memory locations sit inside its records."""
+
+    def __init__(self, api: Api, function: Function, location_type: type | None, device_location: int) -> None:
+        self.function = function
+        codec = FunctionCodec(api, function)
+        self.sizes = [ctypes.sizeof(t) if t is not None else 0 for t in codec.types]
+        self.struct_out = codec.struct_out
+        self.locations = [_location_offsets(t, location_type) if t is not None and location_type else []
+                          for t in codec.types]
+        self.device_location = device_location
+        self.lookup = any(p.kind is Kind.HANDLE_OUT and p.handle in api.handle_types and "Device" in p.handle
+                          or p.kind is Kind.INOUT and p.ordinal for p in function.params)
+        self.counts = any(p.device_count for p in function.params)
+
+
+def _location_offsets(ctype: type, location_type: type, base: int = 0) -> list[int]:
+    """Offsets of the memory locations (type, id) inside a record."""
+    if ctype is location_type:
+        return [base]
+    found: list[int] = []
+    for name, field_type, *_ in getattr(ctype, "_fields_", ()):
+        found += _location_offsets(field_type, location_type, base + getattr(ctype, name).offset)
+    return found
+
+
+class Router:
+    """The joined hosts' numbering and rules for one API; shared by its connections."""
+
+    def __init__(self, api_name: str, hosts: list[HostGpus]) -> None:
+        self.api = load(api_name)
+        self.hosts = hosts
+        self.context_prefix = api_name == "cuda"
+        location = None
+        if "CUmemLocation_st" in self.api.raw["records"]:
+            location = self.api.record("CUmemLocation_st")
+        device = self.api.constants.get("CU_MEM_LOCATION_TYPE_DEVICE", -1)
+        self.plans = {f.op: _Plan(self.api, f, location, device) for f in self.api.functions if f.encodable}
+        self.not_supported = self.api.constants["CUDA_ERROR_NOT_SUPPORTED" if api_name == "cuda"
+                                                 else "NVML_ERROR_NOT_SUPPORTED"]
+
+    def cuda_numbering(self, visible: str | None) -> tuple[Ordinals, list[str]]:
+        """CUDA's ordinals under the process's CUDA_VISIBLE_DEVICES, and what each host is told."""
+        flat = [(k, i) for k, host in enumerate(self.hosts) for i in range(len(host.uuids))]
+        chosen = [flat[n] for n in visible_devices(visible, [u for host in self.hosts for u in host.uuids])]
+        places, per_host = [], [[] for _ in self.hosts]
+        for host, index in chosen:
+            places.append((host, len(per_host[host])))
+            per_host[host].append(str(index))
+        return Ordinals(places), [",".join(numbers) for numbers in per_host]
+
+    def nvml_numbering(self) -> Ordinals:
+        return Ordinals([(k, i) for k, host in enumerate(self.hosts) for i in range(len(host.uuids))])
+
+
+class _Walk:
+    """One request rewritten for its host: the bytes, the hosts it names, the outputs asked for."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.hosts: set[int] = set()
+        self.outputs: list[int] = []
+        #: handles of libraries on every host: (place in out, handle type, client id)
+        self.everywhere: list[tuple[int, str, int]] = []
+
+    def host(self, host: int | None) -> None:
+        if host is not None:
+            self.hosts.add(host)
+
+    def handle(self, handle_type: str, value: int) -> None:
+        host, value = untag(handle_type, value)
+        if host == EVERY_HOST:
+            self.everywhere.append((len(self.out), handle_type, value))
+        else:
+            self.host(host)
+        self.out.append(struct.pack("<Q", value))
+
+    def payload(self, host: int, libraries: Libraries) -> bytes:
+        """The request as ``host`` must read it."""
+        for place, handle_type, value in self.everywhere:
+            self.out[place] = struct.pack("<Q", libraries.on_host(handle_type, value, host))
+        return b"".join(self.out)
+
+
+class JoinedConnection:
+    """One client connection to joined hosts (vgpu.remote.relay.Relay makes one per client)."""
+
+    def __init__(self, router: Router, client: socket.socket, upstreams: list[socket.socket],
+                 numbering: Ordinals, libraries: Libraries) -> None:
+        self.router = router
+        self.client = client
+        self.upstreams = upstreams
+        self.readers = [FrameReader(sock) for sock in upstreams]
+        self.numbering = numbering
+        self.libraries = libraries
+
+    @classmethod
+    def open(cls, routers: dict[str, Router], client: socket.socket, hello: Frame, upstreams: list[socket.socket],
+             network: list[bytes], libraries: Libraries) -> JoinedConnection | None:
+        """The client's handshake with every host (``network``: each host's token and peer
+        fields); the merged answer goes to the client. None when a host refused it (the client
+        has its answer and reason then)."""
+        head = protocol.HELLO_REQUEST.size
+        api = protocol.HELLO_REQUEST.unpack_from(hello.payload)[2].rstrip(b"\0").decode(errors="replace")
+        (exe_len,) = struct.unpack_from("<H", hello.payload, head)
+        at = head + 2 + exe_len
+        (env_len,) = struct.unpack_from("<H", hello.payload, at) if len(hello.payload) >= at + 2 else (0,)
+        env = dict(item.partition("=")[::2] for item in
+                   hello.payload[at + 2:at + 2 + env_len].decode(errors="replace").split("\0") if item)
+        router = routers.get(api)
+        if router is None:  # an API this relay does not join: the first host says what is wrong
+            upstreams[0].sendall(protocol.pack_frame(hello.op, hello.payload + network[0], hello.seq, hello.flags))
+            client.sendall(protocol.pack_frame(hello.op, FrameReader(upstreams[0]).read().payload, hello.seq,
+                                               protocol.FLAG_REPLY))
+            return None
+        told = [None] * len(upstreams)
+        if api == "cuda":
+            numbering, told = router.cuda_numbering(env.get("CUDA_VISIBLE_DEVICES"))
+        else:
+            numbering = router.nvml_numbering()
+        replies = []
+        for k, sock in enumerate(upstreams):
+            host_env = env if told[k] is None else {**env, "CUDA_VISIBLE_DEVICES": told[k]}
+            listed = "\0".join(f"{key}={value}" for key, value in host_env.items()).encode()
+            payload = hello.payload[:head + 2 + exe_len] + struct.pack("<H", len(listed)) + listed + network[k]
+            sock.sendall(protocol.pack_frame(hello.op, payload, hello.seq, hello.flags))
+            replies.append(FrameReader(sock).read().payload)
+        status, session, connections, bitmap_len, _ = protocol.HELLO_REPLY.unpack_from(replies[0])
+        refused = next((r for r in replies if protocol.HELLO_REPLY.unpack_from(r)[0] != protocol.HELLO_OK), None)
+        if refused is not None:
+            client.sendall(protocol.pack_frame(hello.op, refused, hello.seq, protocol.FLAG_REPLY))
+            return None
+        size = protocol.HELLO_REPLY.size
+        bitmap = bytearray(b"\xff" * bitmap_len)
+        for reply in replies:  # the ops every host serves
+            for i, byte in enumerate(reply[size:size + bitmap_len]):
+                bitmap[i] &= byte
+        answer = protocol.HELLO_REPLY.pack(status, session, connections, bitmap_len, 0) + bytes(bitmap) + bytes(4)
+        client.sendall(protocol.pack_frame(hello.op, answer, hello.seq, protocol.FLAG_REPLY))
+        return cls(router, client, upstreams, numbering, libraries)
+
+    # requests ---------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Frames until the client or a host goes; then the caller closes everything."""
+        reader = FrameReader(self.client)
+        while True:
+            frame = reader.read()
+            answer = self.handle(frame)
+            if answer is not None and not frame.flags & protocol.FLAG_NO_REPLY:
+                self.client.sendall(protocol.pack_frame(frame.op, answer, frame.seq, protocol.FLAG_REPLY))
+
+    def handle(self, frame: Frame) -> bytes | None:
+        if frame.op == protocol.OP_PING:
+            return frame.payload
+        if frame.op == protocol.OP_FACTS:
+            return self._facts(frame)
+        if frame.op == protocol.OP_MODULE:
+            return self._module(frame)
+        if frame.op == protocol.OP_LAUNCH:
+            return self._launches(frame)
+        plan = self.router.plans.get(frame.op)
+        if plan is None:  # SHARE and what this relay does not know: the first host answers
+            return self._ask(0, frame, frame.payload)
+        return self._call(plan, frame)
+
+    def _ask(self, host: int, frame: Frame, payload: bytes) -> bytes | None:
+        """Send to one host; its answer, or None for work sent without waiting."""
+        self.upstreams[host].sendall(protocol.pack_frame(frame.op, payload, frame.seq, frame.flags))
+        if frame.flags & protocol.FLAG_NO_REPLY:
+            return None
+        while True:
+            answer = self.readers[host].read()
+            if answer.seq == frame.seq:
+                return answer.payload
+
+    def _context(self, value: int) -> tuple[int | None, int]:
+        if not value:
+            return None, 0
+        host, number = self.numbering.to_host(value & CONTEXT_ORDINAL_MASK)
+        return host, value & ~CONTEXT_ORDINAL_MASK | number
+
+    def _context_back(self, host: int, value: int) -> int:
+        if not value:
+            return 0
+        return value & ~CONTEXT_ORDINAL_MASK | self.numbering.from_host(host, value & CONTEXT_ORDINAL_MASK)
+
+    def _call(self, plan: _Plan, frame: Frame) -> bytes | None:
+        payload = frame.payload
+        context_host, prefix = None, b""
+        if self.router.context_prefix:
+            if len(payload) < 8:
+                raise ProtocolError(f"{plan.function.name}: no calling context")
+            context_host, context = self._context(struct.unpack_from("<Q", payload)[0])
+            prefix, payload = struct.pack("<Q", context), payload[8:]
+        walk = self._walk_request(plan, payload)
+        if len(walk.hosts) > 1:
+            return self._across_hosts(plan, walk)
+        if walk.hosts:
+            host = walk.hosts.pop()
+            if context_host != host and prefix:
+                prefix = bytes(8)  # the current context is another host's: the call names its own objects
+        elif context_host is not None:
+            host = context_host
+        elif plan.function.name in EVERY_HOST_CALLS and walk.everywhere:
+            return self._everywhere(plan, frame, prefix, walk)
+        elif plan.counts:
+            return self._summed(plan, frame, prefix + walk.payload(0, self.libraries))
+        elif plan.lookup:
+            return self._first_found(plan, frame, prefix, walk)
+        else:
+            host = 0
+        if plan.function.name in EVERY_HOST_CALLS and walk.everywhere:
+            return self._everywhere(plan, frame, prefix if host == context_host else bytes(8), walk)
+        answer = self._ask(host, frame, prefix + walk.payload(host, self.libraries))
+        if answer is None:
+            return None
+        return self._walk_reply(plan, answer, walk.outputs, host)
+
+    def _walk_request(self, plan: _Plan, payload: bytes) -> _Walk:
+        walk = _Walk()
+        at = 0
+        for index, (param, size) in enumerate(zip(plan.function.params, plan.sizes)):
+            kind = param.kind
+            if kind is Kind.VALUE:
+                raw = payload[at:at + size]
+                if param.ordinal:
+                    host, number = self.numbering.to_host(int.from_bytes(raw, "little", signed=True))
+                    walk.host(host)
+                    raw = number.to_bytes(size, "little", signed=True)
+                walk.out.append(raw)
+                at += size
+            elif kind is Kind.HANDLE:
+                value = struct.unpack_from("<Q", payload, at)[0]
+                if param.handle == "CUcontext":
+                    host, value = self._context(value)
+                    walk.host(host)
+                    walk.out.append(struct.pack("<Q", value))
+                else:
+                    walk.handle(param.handle, value)
+                at += 8
+            elif kind is Kind.CSTRING:
+                length = struct.unpack_from("<I", payload, at)[0]
+                end = at + 4 + (0 if length == 0xFFFFFFFF else length)
+                walk.out.append(payload[at:end])
+                at = end
+            else:
+                present = payload[at:at + 1]
+                at += 1
+                if present in (SHARED, DIRECT):
+                    raise ProtocolError(f"{plan.function.name}: client memory named through a joining relay")
+                walk.out.append(present)
+                if present == b"\0":
+                    continue
+                if kind in (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT):
+                    walk.outputs.append(index)
+                if kind in (Kind.IN, Kind.INOUT):
+                    walk.out.append(self._records(plan, index, payload[at:at + size], 1, walk))
+                    at += size
+                elif kind in (Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY_OUT):
+                    walk.out.append(payload[at:at + 4])
+                    at += 4
+                elif kind is Kind.HANDLE_ARRAY:
+                    count = struct.unpack_from("<I", payload, at)[0]
+                    walk.out.append(payload[at:at + 4])
+                    for value in struct.unpack_from(f"<{count}Q", payload, at + 4):
+                        walk.handle(param.handle, value)
+                    at += 4 + 8 * count
+                elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
+                    count = struct.unpack_from("<I", payload, at)[0]
+                    data = payload[at + 4:at + 4 + count * size]
+                    walk.out.append(payload[at:at + 4] + self._records(plan, index, data, count, walk))
+                    at += 4 + count * size
+        if at != len(payload):
+            raise ProtocolError(f"{plan.function.name}: {len(payload) - at} bytes past its parameters")
+        return walk
+
+    def _records(self, plan: _Plan, index: int, data: bytes, count: int, walk: _Walk | None,
+                 host: int | None = None) -> bytes:
+        """Records with their device locations renumbered: to a host's numbering (``walk``
+        collects the hosts they name), or back from ``host``'s."""
+        offsets = plan.locations[index]
+        if not offsets or not data:
+            return data
+        out = bytearray(data)
+        size = plan.sizes[index]
+        for element in range(count):
+            for offset in offsets:
+                at = element * size + offset
+                kind, number = struct.unpack_from("<ii", out, at)
+                if kind != plan.device_location:
+                    continue
+                if walk is not None:
+                    target, number = self.numbering.to_host(number)
+                    walk.host(target)
+                else:
+                    number = self.numbering.from_host(host, number)
+                struct.pack_into("<i", out, at + 4, number)
+        return bytes(out)
+
+    def _walk_reply(self, plan: _Plan, answer: bytes, outputs: list[int], host: int,
+                    counts: list[int] | None = None) -> bytes:
+        """A host's answer in the client's numbering; ``counts`` collects device counts."""
+        out = [answer[:4]]
+        at = 4
+        params = plan.function.params
+        for index in outputs:
+            param, size = params[index], plan.sizes[index]
+            kind = param.kind
+            if at >= len(answer):
+                break
+            if kind is Kind.INOUT:
+                raw = answer[at:at + size]
+                if param.ordinal:
+                    raw = self.numbering.from_host(host, int.from_bytes(raw, "little", signed=True)).to_bytes(
+                        size, "little", signed=True)
+                elif param.device_count and counts is not None:
+                    counts.append(int.from_bytes(raw, "little", signed=True))
+                out.append(self._records(plan, index, raw, 1, None, host))
+                at += size
+            elif kind is Kind.HANDLE_OUT:
+                value = struct.unpack_from("<Q", answer, at)[0]
+                value = (self._context_back(host, value) if param.handle == "CUcontext"
+                         else tag(param.handle, value, host, self.libraries))
+                out.append(struct.pack("<Q", value))
+                at += 8
+            elif kind is Kind.HANDLE_ARRAY_OUT:
+                count = struct.unpack_from("<I", answer, at)[0]
+                ids = [tag(param.handle, v, host, self.libraries) for v in struct.unpack_from(f"<{count}Q", answer, at + 4)]
+                out.append(struct.pack(f"<I{count}Q", count, *ids))
+                at += 4 + 8 * count
+            elif kind is Kind.BUFFER:
+                length = struct.unpack_from("<I", answer, at)[0]
+                out.append(answer[at:at + 4 + length])
+                at += 4 + length
+            elif kind in (Kind.ARRAY, Kind.ARRAY_OUT):
+                count = struct.unpack_from("<I", answer, at)[0]
+                out.append(answer[at:at + 4] + self._records(plan, index, answer[at + 4:at + 4 + count * size],
+                                                             count, None, host))
+                at += 4 + count * size
+        out.append(answer[at:])
+        return b"".join(out)
+
+    def _summed(self, plan: _Plan, frame: Frame, payload: bytes) -> bytes:
+        """A device count: every host's, added up (the first failure's code otherwise). The
+        count is the function's one output."""
+        walk = self._walk_request(plan, payload[8:] if self.router.context_prefix else payload)
+        total, first = 0, None
+        for host in range(len(self.upstreams)):
+            counts: list[int] = []
+            answer = self._walk_reply(plan, self._ask(host, frame, payload), walk.outputs, host, counts)
+            if struct.unpack_from("<i", answer)[0] != 0:
+                return answer
+            first = first or answer
+            total += sum(counts)
+        return first[:4] + struct.pack("<i", total) + first[8:]
+
+    def _first_found(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes:
+        """A lookup (by UUID, PCI bus id, serial): the first host that knows the device."""
+        first = None
+        for host in range(len(self.upstreams)):
+            answer = self._walk_reply(plan, self._ask(host, frame, prefix + walk.payload(host, self.libraries)),
+                                      walk.outputs, host)
+            if struct.unpack_from("<i", answer)[0] == 0:
+                return answer
+            first = first or answer
+        return first
+
+    def _everywhere(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes | None:
+        """A library's end: every host unloads its copy; the first failure is the answer."""
+        answers = [self._ask(host, frame, prefix + walk.payload(host, self.libraries))
+                   for host in self.numbering.hosts]
+        if not answers or answers[0] is None:
+            return None
+        return next((a for a in answers if struct.unpack_from("<i", a)[0]), answers[0])
+
+    def _across_hosts(self, plan: _Plan, walk: _Walk) -> bytes:
+        """Objects of two hosts in one call: GPUs on different hosts cannot reach each other."""
+        name = plan.function.name
+        if name == "cuDeviceCanAccessPeer":
+            return struct.pack("<ii", 0, 0)
+        log.info("%s names objects of hosts %s: not supported across hosts", name, sorted(walk.hosts))
+        return struct.pack("<i", self.router.not_supported)
+
+    # whole-process requests --------------------------------------------------------------
+    def _facts(self, frame: Frame) -> bytes:
+        """Every host's immutable answers, renumbered and merged; device counts added up."""
+        merged: dict[bytes, bytes] = {}
+        counted: dict[bytes, int] = {}
+        for host in range(len(self.upstreams)):
+            reply = self._ask(host, frame, frame.payload)
+            at = 0
+            while at < len(reply):
+                (key_len,) = struct.unpack_from("<H", reply, at)
+                key = reply[at + 2:at + 2 + key_len]
+                (answer_len,) = struct.unpack_from("<I", reply, at + 2 + key_len)
+                answer = reply[at + 6 + key_len:at + 6 + key_len + answer_len]
+                at += 6 + key_len + answer_len
+                plan = self.router.plans.get(struct.unpack_from("<H", key)[0])
+                if plan is None:
+                    continue
+                key, outputs = self._fact_key(plan, key, host)
+                counts: list[int] = []
+                answer = self._walk_reply(plan, answer, outputs, host, counts)
+                if counts:
+                    counted[key] = counted.get(key, 0) + sum(counts)
+                    answer = answer[:4] + struct.pack("<i", counted[key]) + answer[8:]
+                    merged[key] = answer
+                else:
+                    merged.setdefault(key, answer)
+        return b"".join(struct.pack("<H", len(k)) + k + struct.pack("<I", len(a)) + a for k, a in merged.items())
+
+    def _fact_key(self, plan: _Plan, key: bytes, host: int) -> tuple[bytes, list[int]]:
+        """A published key (vgpu.wire.codec.FunctionCodec.published_key) in the client's
+        numbering, and the outputs its answer carries."""
+        out, outputs, at = [key[:2]], [], 2
+        for index, (param, size) in enumerate(zip(plan.function.params, plan.sizes)):
+            kind = param.kind
+            if kind is Kind.VALUE:
+                raw = key[at:at + size]
+                if param.ordinal:
+                    raw = self.numbering.from_host(host, int.from_bytes(raw, "little", signed=True)).to_bytes(
+                        size, "little", signed=True)
+                out.append(raw)
+                at += size
+            elif kind is Kind.HANDLE:
+                value = struct.unpack_from("<Q", key, at)[0]
+                value = (self._context_back(host, value) if param.handle == "CUcontext"
+                         else tag(param.handle, value, host, self.libraries))
+                out.append(struct.pack("<Q", value))
+                at += 8
+            else:
+                present = key[at]
+                out.append(key[at:at + 1])
+                at += 1
+                if not present:
+                    continue
+                if kind in (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER):
+                    outputs.append(index)
+                if kind is Kind.IN or kind is Kind.INOUT and plan.struct_out[index]:
+                    out.append(key[at:at + size])
+                    at += size
+                elif kind is Kind.BUFFER:
+                    out.append(key[at:at + 4])
+                    at += 4
+        return b"".join(out), outputs
+
+    def _module(self, frame: Frame) -> bytes:
+        """A module goes to the host of the context it is loaded in, its id tagged with the
+        host; a library (flag 1) to every host (see Libraries)."""
+        host, context = self._context(struct.unpack_from("<Q", frame.payload)[0])
+        (flags,) = struct.unpack_from("<I", frame.payload, 8)
+        image = frame.payload[12:]
+        if not flags & MODULE_FLAG_LIBRARY:
+            host = host if host is not None else 0
+            answer = self._ask(host, frame, struct.pack("<QI", context, flags) + image)
+            rc, module = struct.unpack_from("<iQ", answer)
+            return answer[:4] + struct.pack("<Q", tag("CUmodule", module, host) if rc == 0 else module) + answer[12:]
+        answers = {k: self._ask(k, frame, struct.pack("<QI", context if k == host else 0, flags) + image)
+                   for k in self.numbering.hosts}
+        failed = next((a for a in answers.values() if struct.unpack_from("<i", a)[0]), None)
+        if failed is not None:
+            return failed
+        first = self.libraries.add({k: struct.unpack_from("<Q", a, 4)[0] for k, a in answers.items()})
+        answer = answers[min(answers)]
+        return answer[:4] + struct.pack("<Q", first | EVERY_HOST << HANDLE_TAG_SHIFT) + answer[12:]
+
+    def _launches(self, frame: Frame) -> bytes | None:
+        """Launch records, each to its context's host; consecutive ones to a host share a frame."""
+        payload, at = frame.payload, 0
+        runs: list[tuple[int, list[bytes]]] = []
+        while at < len(payload):
+            (context, function, stream, *shape, flags, args_size) = LAUNCH.unpack_from(payload, at)
+            end = at + LAUNCH.size + args_size
+            extra = b""
+            host, context = self._context(context)
+            function_host, function = untag("CUfunction", function)
+            if host is None:
+                host = function_host if function_host not in (None, EVERY_HOST) else 0
+            if function_host == EVERY_HOST:
+                function = self.libraries.on_host("CUfunction", function, host)
+            _, stream = untag("CUstream", stream)
+            if flags & LAUNCH_GRAPH_NODE:
+                graph, count = struct.unpack_from("<QI", payload, end - args_size)
+                nodes = struct.unpack_from(f"<{count}Q", payload, end - args_size + 12)
+                extra = struct.pack(f"<QI{count}Q", untag("CUgraph", graph)[1], count,
+                                    *(untag("CUgraphNode", node)[1] for node in nodes))
+                end += 12 + 8 * count
+                args_start = end - args_size
+            else:
+                args_start = at + LAUNCH.size
+            record = LAUNCH.pack(context, function, stream, *shape, flags, args_size) + extra + payload[args_start:end]
+            if runs and runs[-1][0] == host:
+                runs[-1][1].append(record)
+            else:
+                runs.append((host, [record]))
+            at = end
+        answers = []
+        for host, records in runs:
+            answer = self._ask(host, frame, b"".join(records))
+            if answer is not None and len(answer) >= 12 and struct.unpack_from("<i", answer)[0] == 0:
+                node = struct.unpack_from("<Q", answer, 4)[0]  # a graph's kernel node
+                answer = answer[:4] + struct.pack("<Q", tag("CUgraphNode", node, host)) + answer[12:]
+            if answer is not None:
+                answers.append(answer)
+        return next((a for a in answers if struct.unpack_from("<i", a)[0]), answers[-1] if answers else None)
+
+
+def merge_status(answers: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """The hosts' status answers as one: GPUs numbered across hosts, each GPU and session
+    marked with its host."""
+    merged = dict(answers[0])
+    merged["gpus"], merged["sessions"] = [], []
+    merged["hosts"] = []
+    for name, answer in zip(names, answers):
+        merged["hosts"].append({key: answer.get(key) for key in ("pid", "version", "backend", "spec", "driver_version",
+                                                                 "cuda_version", "error") if key in answer} | {"connect": name})
+        for gpu in answer.get("gpus", []):
+            merged["gpus"].append({**gpu, "index": len(merged["gpus"]), "host_index": gpu["index"], "host": name})
+        merged["sessions"] += [{**s, "host": name} for s in answer.get("sessions", [])]
+    merged["ok"] = all(answer.get("ok", False) for answer in answers)
+    return merged
+
+
+def merge_launches(answers: list[dict[str, Any]], hosts: list[HostGpus], names: list[str]) -> dict[str, Any]:
+    """The hosts' launch records as one list, each GPU numbered across hosts."""
+    merged = dict(answers[0])
+    numbers: dict[tuple[int, int], int] = {}
+    for k, host in enumerate(hosts):
+        for index in host.indices:
+            numbers[(k, index)] = len(numbers)
+    merged["launches"], merged["counts"] = [], {}
+    for k, (name, answer) in enumerate(zip(names, answers)):
+        for launch in answer.get("launches", []):
+            merged["launches"].append({**launch, "gpu": numbers.get((k, launch["gpu"]), launch["gpu"]), "host": name})
+        for key, count in answer.get("counts", {}).items():
+            merged["counts"][key] = merged["counts"].get(key, 0) + count
+    merged["launches"].sort(key=lambda launch: launch["time"])
+    merged["ok"] = all(answer.get("ok", False) for answer in answers)
+    return merged
+
