@@ -128,7 +128,7 @@ def start_relay(folder: Path, gpu_host: GpuHost, token: str, host: str = "localh
                 timeout: float = 3.0) -> Vgpud:
     folder.mkdir(parents=True, exist_ok=True)
     socket_path = folder / "relay.sock"
-    socket_path_, pid, status = launcher.up_remote(f"{host}:{gpu_host.port}", token, gpu_host.ca, timeout,
+    socket_path_, pid, status = launcher.up_remote([f"{host}:{gpu_host.port}"], [token], gpu_host.ca, timeout,
                                                    socket_path=socket_path)
     process = psutil.Process(pid)
     return Vgpud(process, socket_path, socket_path.with_suffix(".log"))

@@ -106,7 +106,7 @@ def test_through_a_relay(tmp_path, programs):
     pytest.importorskip("trustme")
     host, token, port = start_gpu_host(tmp_path, "gpu-tests")
     try:
-        socket_path, pid, _ = launcher.up_remote(f"localhost:{port}", token, tmp_path / "ca.pem", 5.0,
+        socket_path, pid, _ = launcher.up_remote([f"localhost:{port}"], [token], tmp_path / "ca.pem", 5.0,
                                                  socket_path=tmp_path / "relay" / "relay.sock")
         try:
             env = launcher.client_environment(socket_path)
@@ -184,7 +184,7 @@ def test_a_tenant_quota_on_the_gpu(tmp_path):
     pytest.importorskip("trustme")
     host, token, port = start_gpu_host(tmp_path, "small", memory=1 << 30)
     try:
-        socket_path, _, _ = launcher.up_remote(f"localhost:{port}", token, tmp_path / "ca.pem", 5.0,
+        socket_path, _, _ = launcher.up_remote([f"localhost:{port}"], [token], tmp_path / "ca.pem", 5.0,
                                                socket_path=tmp_path / "relay" / "relay.sock")
         try:
             code = """

@@ -155,12 +155,20 @@ def status(as_json: bool) -> None:
     console = Console()
     relay = state.get("relay")
     if relay:
-        console.print(f"vgpud {relay['pid']} at {relay['socket']} relays to the GPU host(s) {relay['connect']}:")
-    console.print(f"vgpud {state['pid']} ({state['backend']}) at {state['socket']}, driver "
-                  f"{state['driver_version']}, up {time.time() - state['started']:.0f} s")
-    gpus = Table("GPU", "name", "memory used / total", "util", "temp", "power", "state")
+        hosts = "GPU hosts" if "," in relay["connect"] else "GPU host"
+        console.print(f"vgpud {relay['pid']} at {relay['socket']} relays to the {hosts} {relay['connect']}:")
+    joined = "hosts" in state
+    if joined:  # GPU hosts joined by the relay: each one's own vgpud
+        for host in state["hosts"]:
+            console.print(f"vgpud {host.get('pid')} ({host.get('backend')}) at {host['connect']}, driver "
+                          f"{host.get('driver_version')}")
+    else:
+        console.print(f"vgpud {state['pid']} ({state['backend']}) at {state['socket']}, driver "
+                      f"{state['driver_version']}, up {time.time() - state['started']:.0f} s")
+    gpus = Table("GPU", "name", *(("host",) if joined else ()), "memory used / total", "util", "temp", "power", "state")
     for g in state["gpus"]:
-        gpus.add_row(str(g["index"]), g["name"], f"{g['memory_used'] >> 20} / {g['memory_total'] >> 20} MiB",
+        gpus.add_row(str(g["index"]), g["name"], *((g["host"],) if joined else ()),
+                     f"{g['memory_used'] >> 20} / {g['memory_total'] >> 20} MiB",
                      f"{g['utilization']}%", f"{g['temperature']}C", f"{g['power_mw'] / 1000:.0f} W",
                      "lost" if g["lost"] else "ok")
     console.print(gpus)

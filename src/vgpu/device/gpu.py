@@ -61,7 +61,7 @@ class Gpu:
 
     def __post_init__(self) -> None:
         self.profile = self.ident.profile
-        self.memory = DeviceMemory(self.ident.index)
+        self.memory = DeviceMemory(self.ident.index, self.ident.pci_domain)
         self._last = self.clock()
         self._power_w = float(self.profile.idle_power_w)
         self._temp_c = self._equilibrium(self._power_w)

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 PAGE = 1 << 20
-#: where each GPU's allocations start: GPUs never share an address (unified addressing)
+#: where each GPU's allocations start: GPUs never share an address (unified addressing), nor
+#: do the GPUs of simulators in different PCI domains (GPU hosts one relay joins)
 BASE = 0x2000_0000_0000
 SPAN = 1 << 38
+#: address slots: 32 GPUs in each of 8 domains
+SLOTS_PER_DOMAIN = 32
+DOMAINS = 8
 ZEROS = bytes(PAGE)
 ZERO_VIEW = memoryview(ZEROS)
 #: stands for unwritten pages when they are read through a client buffer (never written)
@@ -66,8 +70,8 @@ def _round_up(value: int, alignment: int) -> int:
 
 
 class DeviceMemory:
-    def __init__(self, gpu_index: int) -> None:
-        self.base = BASE + gpu_index * SPAN
+    def __init__(self, gpu_index: int, pci_domain: int = 0) -> None:
+        self.base = BASE + (pci_domain % DOMAINS * SLOTS_PER_DOMAIN + gpu_index) * SPAN
         self._next = self.base
         self._starts: list[int] = []
         self._allocations: dict[int, Allocation] = {}

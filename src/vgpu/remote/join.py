@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vgpu.api.manifest import Api, Function, Kind, load
-from vgpu.server.cuda_service import DEFAULT_STREAMS, visible_devices
+from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, visible_devices
 from vgpu.wire import protocol
 from vgpu.wire.codec import DIRECT, SHARED, FunctionCodec
-from vgpu.wire.protocol import Frame, FrameReader, ProtocolError
+from vgpu.wire.protocol import BULK_CHUNK, Frame, FrameReader, ProtocolError
 
 log = logging.getLogger("vgpud")
 
@@ -52,6 +52,12 @@ LAUNCH_GRAPH_NODE = 0x2
 MODULE_FLAG_LIBRARY = 0x1
 #: calls that end a library, which every host holds a copy of
 EVERY_HOST_CALLS = {"cuLibraryUnload"}
+#: copies between two device pointers, which may lie on two hosts: (destination, source) parameters
+DEVICE_COPIES = {"cuMemcpy": ("dst", "src"), "cuMemcpyAsync": ("dst", "src"),
+                 "cuMemcpyDtoD_v2": ("dstDevice", "srcDevice"), "cuMemcpyDtoDAsync_v2": ("dstDevice", "srcDevice"),
+                 "cuMemcpyPeer": ("dstDevice", "srcDevice"), "cuMemcpyPeerAsync": ("dstDevice", "srcDevice")}
+#: questions about a device pointer: the current context's host first, then the others
+POINTER_QUERIES = {"cuPointerGetAttribute", "cuPointerGetAttributes"}
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,13 @@ class Router:
         self.plans = {f.op: _Plan(self.api, f, location, device) for f in self.api.functions if f.encodable}
         self.not_supported = self.api.constants["CUDA_ERROR_NOT_SUPPORTED" if api_name == "cuda"
                                                  else "NVML_ERROR_NOT_SUPPORTED"]
+        #: op -> (codec, destination and source parameter indices) of copies between device pointers
+        self.copies: dict[int, tuple[FunctionCodec, int, int]] = {}
+        for f in self.api.functions:
+            base = f.name.removesuffix("_ptds").removesuffix("_ptsz")
+            if base in DEVICE_COPIES and f.encodable:
+                names = [p.name for p in f.params]
+                self.copies[f.op] = (FunctionCodec(self.api, f), *(names.index(n) for n in DEVICE_COPIES[base]))
 
     def cuda_numbering(self, visible: str | None) -> tuple[Ordinals, list[str]]:
         """CUDA's ordinals under the process's CUDA_VISIBLE_DEVICES, and what each host is told."""
@@ -223,17 +236,23 @@ class _Walk:
         self.outputs: list[int] = []
         #: handles of libraries on every host: (place in out, handle type, client id)
         self.everywhere: list[tuple[int, str, int]] = []
+        #: the host of the event the call names
+        self.event_host: int | None = None
 
     def host(self, host: int | None) -> None:
         if host is not None:
             self.hosts.add(host)
 
-    def handle(self, handle_type: str, value: int) -> None:
+    def handle(self, handle_type: str, value: int, context_host: int | None) -> None:
         host, value = untag(handle_type, value)
+        if handle_type == "CUstream" and value in DEFAULT_STREAMS:
+            host = context_host  # a default stream is the current context's
         if host == EVERY_HOST:
             self.everywhere.append((len(self.out), handle_type, value))
         else:
             self.host(host)
+            if handle_type == "CUevent":
+                self.event_host = host
         self.out.append(struct.pack("<Q", value))
 
     def payload(self, host: int, libraries: Libraries) -> bytes:
@@ -353,9 +372,16 @@ class JoinedConnection:
                 raise ProtocolError(f"{plan.function.name}: no calling context")
             context_host, context = self._context(struct.unpack_from("<Q", payload)[0])
             prefix, payload = struct.pack("<Q", context), payload[8:]
-        walk = self._walk_request(plan, payload)
+        copy = self.router.copies.get(plan.function.op)
+        if copy is not None and len(self.numbering.hosts) > 1:
+            staged = self._copy_between_hosts(frame, copy, payload, context_host)
+            if staged is not NotImplemented:
+                return staged
+        walk = self._walk_request(plan, payload, context_host)
+        if plan.function.name in POINTER_QUERIES:
+            return self._first_found(plan, frame, prefix, walk, first=context_host)
         if len(walk.hosts) > 1:
-            return self._across_hosts(plan, walk)
+            return self._across_hosts(plan, frame, walk)
         if walk.hosts:
             host = walk.hosts.pop()
             if context_host != host and prefix:
@@ -377,7 +403,7 @@ class JoinedConnection:
             return None
         return self._walk_reply(plan, answer, walk.outputs, host)
 
-    def _walk_request(self, plan: _Plan, payload: bytes) -> _Walk:
+    def _walk_request(self, plan: _Plan, payload: bytes, context_host: int | None = None) -> _Walk:
         walk = _Walk()
         at = 0
         for index, (param, size) in enumerate(zip(plan.function.params, plan.sizes)):
@@ -397,7 +423,7 @@ class JoinedConnection:
                     walk.host(host)
                     walk.out.append(struct.pack("<Q", value))
                 else:
-                    walk.handle(param.handle, value)
+                    walk.handle(param.handle, value, context_host)
                 at += 8
             elif kind is Kind.CSTRING:
                 length = struct.unpack_from("<I", payload, at)[0]
@@ -424,7 +450,7 @@ class JoinedConnection:
                     count = struct.unpack_from("<I", payload, at)[0]
                     walk.out.append(payload[at:at + 4])
                     for value in struct.unpack_from(f"<{count}Q", payload, at + 4):
-                        walk.handle(param.handle, value)
+                        walk.handle(param.handle, value, context_host)
                     at += 4 + 8 * count
                 elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
                     count = struct.unpack_from("<I", payload, at)[0]
@@ -515,16 +541,22 @@ class JoinedConnection:
             total += sum(counts)
         return first[:4] + struct.pack("<i", total) + first[8:]
 
-    def _first_found(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes:
-        """A lookup (by UUID, PCI bus id, serial): the first host that knows the device."""
-        first = None
-        for host in range(len(self.upstreams)):
-            answer = self._walk_reply(plan, self._ask(host, frame, prefix + walk.payload(host, self.libraries)),
+    def _first_found(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk, first: int | None = None) -> bytes:
+        """A lookup (by UUID, PCI bus id, serial, device pointer): the first host that knows
+        it, asking host ``first`` first (with the calling context; the others without)."""
+        failed = None
+        for host in self._hosts_from(first):
+            context = prefix if host == first or not prefix else bytes(8)
+            answer = self._walk_reply(plan, self._ask(host, frame, context + walk.payload(host, self.libraries)),
                                       walk.outputs, host)
             if struct.unpack_from("<i", answer)[0] == 0:
                 return answer
-            first = first or answer
-        return first
+            failed = failed or answer
+        return failed
+
+    def _hosts_from(self, first: int | None) -> list[int]:
+        hosts = list(range(len(self.upstreams)))
+        return hosts if first is None else [first] + [h for h in hosts if h != first]
 
     def _everywhere(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes | None:
         """A library's end: every host unloads its copy; the first failure is the answer."""
@@ -534,13 +566,67 @@ class JoinedConnection:
             return None
         return next((a for a in answers if struct.unpack_from("<i", a)[0]), answers[0])
 
-    def _across_hosts(self, plan: _Plan, walk: _Walk) -> bytes:
-        """Objects of two hosts in one call: GPUs on different hosts cannot reach each other."""
+    def _across_hosts(self, plan: _Plan, frame: Frame, walk: _Walk) -> bytes | None:
+        """Objects of two hosts in one call. GPUs on different hosts cannot reach each other; a
+        stream on one host waits for an event of another by the relay waiting for the event."""
         name = plan.function.name
         if name == "cuDeviceCanAccessPeer":
             return struct.pack("<ii", 0, 0)
+        if name.removesuffix("_ptsz") == "cuStreamWaitEvent":
+            (event,) = struct.unpack_from("<Q", walk.out[1])  # the event's host's own id
+            waited = self._request(walk.event_host, "cuEventSynchronize", struct.pack("<QQ", 0, event))
+            return None if frame.flags & protocol.FLAG_NO_REPLY else waited[:4]
         log.info("%s names objects of hosts %s: not supported across hosts", name, sorted(walk.hosts))
         return struct.pack("<i", self.router.not_supported)
+
+    def _request(self, host: int, name: str, payload: bytes) -> bytes:
+        """The relay's own call to a host, answered."""
+        return self._ask(host, Frame(self.router.api.function(name).op, 0, 0, payload), payload)
+
+    def _owner(self, pointer: int, first: int | None) -> tuple[int, int] | None:
+        """(host, the host's primary context id) of the device a pointer lies on."""
+        codec = FunctionCodec(self.router.api, self.router.api.function("cuPointerGetAttribute"))
+        ordinal = self.router.api.constants["CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL"]
+        request = bytes(8) + codec.encode_request({"attribute": ordinal, "ptr": pointer})
+        for host in self._hosts_from(first):
+            answer = self._request(host, "cuPointerGetAttribute", request)
+            if struct.unpack_from("<i", answer)[0] == 0:
+                return host, PRIMARY_CONTEXT | struct.unpack_from("<Q", answer, 4)[0]
+        return None
+
+    def _copy_between_hosts(self, frame: Frame, copy: tuple[FunctionCodec, int, int], payload: bytes,
+                            context_host: int | None) -> bytes | None:
+        """A copy whose two device pointers lie on two hosts, carried out by the relay: read
+        from one, written to the other, in pieces, in order with the work sent before it.
+        NotImplemented when both lie on one host (the call goes on as usual)."""
+        codec, dst_at, src_at = copy
+        args = codec.decode(payload)
+        names = [p.name for p in codec.function.params]
+        count = args[names.index("ByteCount")]
+        if "dstContext" in names:  # a peer copy names its contexts
+            dst = self._context(args[names.index("dstContext")])
+            src = self._context(args[names.index("srcContext")])
+        else:
+            dst, src = self._owner(args[dst_at], context_host), self._owner(args[src_at], context_host)
+        if dst is None or src is None or dst[0] == src[0] or dst[0] is None or src[0] is None:
+            return NotImplemented
+        rc = 0
+        for offset in range(0, count, BULK_CHUNK):
+            size = min(BULK_CHUNK, count - offset)
+            answer = self._request(src[0], "cuMemcpyDtoH_v2", struct.pack("<QBIQQ", src[1], 1, size,
+                                                                          args[src_at] + offset, size))
+            rc = struct.unpack_from("<i", answer)[0]
+            if rc == 0:
+                data = answer[8:8 + size]
+                rc = struct.unpack_from("<i", self._request(dst[0], "cuMemcpyHtoD_v2", struct.pack(
+                    "<QQBI", dst[1], args[dst_at] + offset, 1, size) + data + struct.pack("<Q", size)))[0]
+            if rc:
+                break
+        if frame.flags & protocol.FLAG_NO_REPLY:
+            if rc:
+                log.warning("a copy of %d bytes between GPU hosts failed with %d", count, rc)
+            return None
+        return struct.pack("<i", rc)
 
     # whole-process requests --------------------------------------------------------------
     def _facts(self, frame: Frame) -> bytes:

@@ -1,0 +1,197 @@
+"""Two GPU hosts joined by one relay into one device list (vgpu.remote.join): what a client
+process sees and does across them. The CUDA and NVML suites also run through such a relay
+(RELAY_TOO in conftest); these tests check what only a join has."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import free_port, listen_options, run_json, start_vgpud, tls_files
+from vgpu import launcher
+from vgpu.remote.relay import upstreams
+from vgpu.remote.tokens import TokenStore
+from vgpu.wire.client import Client
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory):
+    """An H100 on one GPU host and an L4 on another, behind one relay."""
+    daemon = start_vgpud("h100,l4", tmp_path_factory.mktemp("joined"), "joined")
+    yield daemon
+    daemon.stop()
+
+
+def host_control(joined, host: int, cmd: str, **args):
+    """A GPU host's own tools (its local socket), not the relay."""
+    with Client(joined.socket.parent / f"host{host}.sock") as client:
+        return client.control(cmd, **args)
+
+
+ACROSS = """
+import json, os, pynvml, torch
+pynvml.nvmlInit()
+handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+out = {"nvml": [[pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h), pynvml.nvmlDeviceGetPciInfo(h).busId,
+                 pynvml.nvmlDeviceGetIndex(h)] for h in handles],
+       "by_uuid": [pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(pynvml.nvmlDeviceGetUUID(h)))
+                   for h in handles],
+       "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+       "peer": [torch.cuda.can_device_access_peer(0, 1), torch.cuda.can_device_access_peer(1, 0)]}
+data = torch.randn(1 << 20)                  # made here: the simulator does not compute kernels
+x = data.to("cuda:0")
+on_l4 = x.to("cuda:1")                       # from the first host to the second
+back = on_l4[1:].to("cuda:0")                # and back, from an offset
+out["copies"] = [torch.equal(on_l4.cpu(), data), torch.equal(back.cpu(), data[1:])]
+for device in ("cuda:0", "cuda:1"):          # a GEMM on each GPU
+    a = torch.ones(256, 256, device=device)
+    a @ a
+    torch.cuda.synchronize(device)
+print(json.dumps(out))
+"""
+
+
+def test_one_process_uses_the_gpus_of_both_hosts(joined):
+    out = run_json(ACROSS, joined.env, timeout=120)
+    h100, l4 = joined.gpus
+    assert [g[:3] for g in out["nvml"]] == [["NVIDIA H100 80GB HBM3", h100.uuid, h100.pci_bus_id],
+                                            ["NVIDIA L4", l4.uuid, l4.pci_bus_id]]
+    assert h100.pci_bus_id != l4.pci_bus_id, "the hosts' PCI domains tell their GPUs apart"
+    assert [g[3] for g in out["nvml"]] == out["by_uuid"] == [0, 1]
+    assert out["cuda"] == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
+    assert out["peer"] == [False, False], "GPUs on two hosts cannot reach each other"
+    assert out["copies"] == [True, True]
+    # each host ran its own GPU's kernels; the relay shows them all, numbered across hosts
+    kernels = [{launch["gpu"] for launch in host_control(joined, host, "launches")["launches"]} for host in (0, 1)]
+    assert kernels == [{0}, {0}]
+    pairs = {(launch["gpu"], launch["host"]) for launch in joined.control("launches")["launches"]}
+    assert {gpu for gpu, _ in pairs} == {0, 1} and len({host for _, host in pairs}) == 2 == len(pairs)
+
+
+def test_status_through_the_relay_names_each_gpus_host(joined):
+    status = joined.control("status")
+    assert [(g["index"], g["name"], g["host_index"]) for g in status["gpus"]] == [
+        (0, "NVIDIA H100 80GB HBM3", 0), (1, "NVIDIA L4", 0)]
+    assert len({g["host"] for g in status["gpus"]}) == 2 and len(status["hosts"]) == 2
+    assert status["relay"]["connect"].count(",") == 1
+    shown = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "status"], capture_output=True, text=True,
+                           env={**os.environ, "VGPU_SOCKET": str(joined.socket)}, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "NVIDIA L4" in shown.stdout and status["gpus"][1]["host"] in shown.stdout
+
+
+@pytest.mark.parametrize("visible", ["1", "GPU-{l4}"])
+def test_cuda_visible_devices_picks_across_hosts(joined, visible):
+    """CUDA_VISIBLE_DEVICES counts the joined list; the GPU it leaves gets the work."""
+    env = {**joined.env, "CUDA_VISIBLE_DEVICES": visible.format(l4=joined.gpus[1].uuid.removeprefix("GPU-"))}
+    before = len(host_control(joined, 1, "launches")["launches"])
+    out = run_json("""
+import json, torch
+data = torch.randn(1000)
+x = data.cuda()
+x + x
+print(json.dumps([torch.cuda.device_count(), torch.cuda.get_device_name(0), torch.equal(x.cpu(), data)]))
+""", env, timeout=120)
+    assert out == [1, "NVIDIA L4", True]
+    assert len(host_control(joined, 1, "launches")["launches"]) > before
+
+
+def test_a_gpu_cannot_be_joined_twice(tmp_path):
+    """Two simulators with the same GPU set and PCI domain offer the same UUIDs: refused,
+    naming the fix."""
+    tls_files(tmp_path)
+    token = TokenStore(tmp_path / "state").create("twice")
+    ports = [free_port(), free_port()]
+    hosts = [launcher.start_daemon("h100", tmp_path / f"h{k}.sock", tmp_path / f"h{k}.log", detach=False,
+                                   options=listen_options(tmp_path, f"127.0.0.1:{port}")) for k, port in enumerate(ports)]
+    try:
+        relay = subprocess.run(
+            [sys.executable, "-m", "vgpu.server.main", "--backend", "remote", "--socket", str(tmp_path / "r.sock"),
+             *(x for port in ports for x in ("--connect", f"localhost:{port}")), "--ca", str(tmp_path / "ca.pem")],
+            env={**os.environ, "VGPU_TOKEN": token}, capture_output=True, text=True, timeout=30)
+        assert relay.returncode == 1
+        assert "one GPU cannot be joined twice" in relay.stderr and "--pci-domain" in relay.stderr
+    finally:
+        for host in hosts:
+            host.terminate()
+            host.wait(10)
+
+
+def test_tokens_for_joined_hosts():
+    """One token for every GPU host, or one each in order; anything else is refused."""
+    one = upstreams(["a:1", "b:2"], ["t"])
+    assert [(u.name, u.token) for u in one] == [("a:1", "t"), ("b:2", "t")]
+    assert [u.token for u in upstreams(["a:1", "b:2"], ["t1", "t2"])] == ["t1", "t2"]
+    with pytest.raises(ValueError, match="2 GPU hosts and 3 tokens"):
+        upstreams(["a:1", "b:2"], ["t1", "t2", "t3"])
+
+
+def test_up_joins_hosts_with_a_token_each(tmp_path):
+    """`vgpu up --backend remote --connect A --token TA --connect B --token TB` checks both
+    hosts and starts one relay for their GPUs."""
+    hosts, ports, tokens = [], [], []
+    for k, gpus in enumerate(("h100", "l4")):
+        folder = tmp_path / f"host{k}"
+        folder.mkdir()
+        tls_files(folder)
+        ports.append(free_port())
+        tokens.append(TokenStore(folder / "state").create(f"team{k}"))
+        hosts.append(launcher.start_daemon(gpus, folder / "h.sock", folder / "h.log", detach=False, options=(
+            *listen_options(folder, f"127.0.0.1:{ports[-1]}"), "--pci-domain", str(k))))
+    bundle = tmp_path / "cas.pem"
+    bundle.write_text("".join((tmp_path / f"host{k}" / "ca.pem").read_text() for k in (0, 1)))
+    env = {**os.environ, "VGPU_SOCKET": str(tmp_path / "relay.sock")}
+    try:
+        up = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "up", "--backend", "remote",
+                             "--connect", f"localhost:{ports[0]}", "--token", tokens[0],
+                             "--connect", f"localhost:{ports[1]}", "--token", tokens[1], "--ca", str(bundle)],
+                            env=env, capture_output=True, text=True, timeout=60)
+        assert up.returncode == 0, up.stderr
+        assert "NVIDIA H100" in up.stdout and "NVIDIA L4" in up.stdout
+        names = run_json("import json, pynvml\npynvml.nvmlInit()\nprint(json.dumps([pynvml.nvmlDeviceGetName("
+                         "pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]))",
+                         launcher.client_environment(tmp_path / "relay.sock"))
+        assert names == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
+    finally:
+        launcher.down(tmp_path / "relay.sock")
+        for host in hosts:
+            host.terminate()
+            host.wait(10)
+
+
+def test_a_gpu_host_that_goes_away_gives_errors_not_hangs(tmp_path):
+    """Clients of a join hold a connection to every host: when one goes, a call that needs it
+    fails with CUDA_ERROR_DEVICE_UNAVAILABLE at once (the process's other calls then do too)."""
+    daemon = start_vgpud("h100,l4", tmp_path / "gone", "joined")
+    try:
+        code = """
+import json, sys, time
+from cuda.bindings import driver as cu
+cu.cuInit(0)
+contexts = [cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(i)[1])[1] for i in (0, 1)]
+allocs = []
+for ctx in contexts:
+    cu.cuCtxSetCurrent(ctx)
+    allocs.append(int(cu.cuMemAlloc(1 << 20)[0]))
+print(json.dumps(allocs), flush=True)
+sys.stdin.readline()
+started = time.monotonic()
+rc = int(cu.cuMemAlloc(1 << 20)[0])  # on the L4, whose host is gone
+print(json.dumps({"alloc": rc, "seconds": time.monotonic() - started}), flush=True)
+"""
+        client = subprocess.Popen([sys.executable, "-c", code], env={**daemon.env, "VGPU_TIMEOUT_MS": "1500"},
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(client.stdout.readline()) == [0, 0]
+        daemon.others[1].kill()  # the L4's host
+        daemon.others[1].wait(10)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        answer = json.loads(client.stdout.readline())
+        client.wait(10)
+        assert answer["alloc"] == 46 and answer["seconds"] < 5  # CUDA_ERROR_DEVICE_UNAVAILABLE
+    finally:
+        daemon.stop()
