@@ -176,8 +176,9 @@ class _Plan:
         self.locations = [_location_offsets(t, location_type) if t is not None and location_type else []
                           for t in codec.types]
         self.device_location = device_location
-        self.lookup = any(p.kind is Kind.HANDLE_OUT and p.handle in api.handle_types and "Device" in p.handle
-                          or p.kind is Kind.INOUT and p.ordinal for p in function.params)
+        #: a call that finds a device by what it names (UUID, PCI bus id, serial)
+        self.lookup = any(p.kind is Kind.HANDLE_OUT and p.handle == "nvmlDevice_t" or p.kind is Kind.INOUT and p.ordinal
+                          for p in function.params)
         self.counts = any(p.device_count for p in function.params)
 
 
