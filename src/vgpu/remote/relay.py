@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -38,6 +39,10 @@ log = logging.getLogger("vgpud")
 _PEERCRED = struct.Struct("3i")
 #: default seconds before a silent GPU host counts as gone
 DEFAULT_TIMEOUT_S = 5.0
+#: the pump gathers more after a read this large (a bulk transfer: a small message goes on at
+#: once), and passes on what it gathered once less than GATHER_ROOM is left
+GATHER_FROM = 16 << 10
+GATHER_ROOM = 64 << 10
 
 
 class RemoteError(ConnectionError):
@@ -227,14 +232,24 @@ class Relay:
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
-        """Bytes from one side to the other until either ends; then both are shut down."""
+        """Bytes from one side to the other until either ends; then both are shut down. What
+        has already arrived is gathered before it is passed on (a TLS read yields one 16 KiB
+        record; a write per record would wake the reader for each)."""
         buffer = bytearray(1 << 20)
         view = memoryview(buffer)
+        arrived = select.poll()
+        arrived.register(source, select.POLLIN)
+        decrypted = getattr(source, "pending", lambda: 0)  # TLS: bytes of a record already read
         try:
             while True:
                 size = source.recv_into(buffer)
                 if not size:
                     break
+                while GATHER_FROM <= size < len(buffer) - GATHER_ROOM and (decrypted() or arrived.poll(0)):
+                    more = source.recv_into(view[size:])
+                    if not more:
+                        break
+                    size += more
                 sink.sendall(view[:size])
         except OSError:
             pass

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgpu.api.manifest import OP_BASE
 from vgpu.remote.tls import TlsListener
 from vgpu.remote.tokens import TokenStore
 from vgpu.server import control
@@ -29,7 +30,7 @@ from vgpu.server.published import Published
 from vgpu.server.state import DaemonState, Session
 from vgpu.server.windows import can_reach
 from vgpu.wire import protocol
-from vgpu.wire.codec import DecodeError
+from vgpu.wire.codec import DecodeError, Pieces, Reply
 from vgpu.wire.protocol import FLAG_REPLY, Frame, FrameParser, ProtocolError
 
 log = logging.getLogger("vgpud")
@@ -38,6 +39,8 @@ _PEERCRED = struct.Struct("3i")
 SEND_TIMEOUT_S = 5.0
 #: the rest of a frame longer than this is read in one go, not 64 KiB at a time
 LARGE_FRAME = 1 << 20
+#: the first op of an API call (below: the protocol's own ops)
+API_OPS_FROM = min(OP_BASE.values())
 
 
 @dataclass
@@ -54,9 +57,14 @@ class Connection:
     #: the address of a network (TLS) client; None for a local one
     peer: tuple | None = None
 
-    def send(self, frame: Frame, payload: bytes) -> None:
+    def send(self, frame: Frame, payload: Reply) -> None:
         with self.send_lock:
-            self.sock.sendall(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
+            if isinstance(payload, Pieces):  # a large array: sent from where it lies
+                self.sock.sendall(protocol.HEADER.pack(payload.size, frame.op, FLAG_REPLY, frame.seq))
+                for piece in payload:
+                    self.sock.sendall(piece)
+            else:
+                self.sock.sendall(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
 
 
 @dataclass
@@ -183,8 +191,8 @@ class Daemon:
                 return
             frames = conn.parser.feed(memoryview(conn.inbox)[:size])
             while True:
-                if conn.parser.missing() > LARGE_FRAME:  # the rest of a bulk transfer, straight into one buffer
-                    frames += conn.parser.feed(self._rest_of_frame(conn))
+                if conn.parser.missing() > LARGE_FRAME:  # the rest of a bulk transfer, straight into its buffer
+                    frames.append(self._large_frame(conn))
                 elif conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
                     size = conn.sock.recv_into(conn.inbox)
                     frames += conn.parser.feed(memoryview(conn.inbox)[:size])
@@ -223,15 +231,23 @@ class Daemon:
             self._close(selector, conn)
 
     @staticmethod
-    def _rest_of_frame(conn: Connection) -> bytearray:
-        rest = bytearray(conn.parser.missing())
-        view, got = memoryview(rest), 0
-        while got < len(rest):
+    def _large_frame(conn: Connection) -> Frame:
+        """A bulk transfer's frame, its payload received into a buffer of its own (the data is
+        copied once, by the socket); an API call's keeps that buffer, whose large arrays the
+        codec then reads in place."""
+        parser = conn.parser
+        length, op, flags, seq = protocol.HEADER.unpack_from(parser.buffer)
+        payload = bytearray(length)
+        have = len(parser.buffer) - protocol.HEADER.size
+        payload[:have] = memoryview(parser.buffer)[protocol.HEADER.size:]
+        parser.buffer.clear()
+        view, got = memoryview(payload), have
+        while got < length:
             size = conn.sock.recv_into(view[got:])
             if not size:
-                raise ProtocolError(f"connection closed inside a frame ({got} of {len(rest)} bytes)")
+                raise ProtocolError(f"connection closed inside a frame ({got} of {length} bytes)")
             got += size
-        return rest
+        return Frame(op, flags, seq, payload if op >= API_OPS_FROM else bytes(payload))
 
     def _queued(self, session: Session, frame: Frame) -> None:
         """Work sent without waiting: its first error waits for the next synchronising call.
@@ -359,7 +375,7 @@ class Daemon:
             at += 2 + length
         return fields[0], fields[1]
 
-    def _handle(self, session: Session, frame: Frame) -> bytes:
+    def _handle(self, session: Session, frame: Frame) -> Reply:
         if frame.op == protocol.OP_PING:
             return frame.payload
         if frame.op == protocol.OP_SHARE:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from vgpu.api.manifest import Api, Kind
 from vgpu.server.state import Session
-from vgpu.wire.codec import I32, U64, DecodeError, FunctionCodec
+from vgpu.wire.codec import I32, U64, DecodeError, FunctionCodec, Reply
 
 log = logging.getLogger("vgpud")
 _REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
@@ -93,7 +93,7 @@ class ApiDispatcher:
             out.append(struct.pack("<H", len(key)) + key + struct.pack("<I", len(answer)) + answer)
         return b"".join(out)
 
-    def call(self, session: Session, op: int, payload: bytes) -> bytes:
+    def call(self, session: Session, op: int, payload: bytes) -> Reply:
         service = self.service
         codec = self.codecs.get(op)
         if codec is None:

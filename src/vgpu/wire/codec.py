@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from vgpu.api.manifest import COUNTED, Api, Function, Kind
 from vgpu.wire.protocol import MAX_PAYLOAD
@@ -34,6 +35,35 @@ SHARED = b"\x02"
 DIRECT = b"\x03"
 #: the largest output array a request may ask for: its reply must fit in a frame
 MAX_ARRAY_BYTES = MAX_PAYLOAD - 4096
+#: arrays from this many bytes on are not copied on their way through vgpud: an input is read
+#: where its frame holds it, an output is filled in a buffer the thread reuses and sent from
+#: there (Pieces)
+LARGE_ARRAY = 1 << 20
+
+
+class Pieces(list):
+    """A reply whose large arrays travel as they are, not joined into one bytes object (a
+    16 MiB copy costs more than the socket write of it); ``bytes(pieces)`` joins them."""
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self)
+
+
+Reply = Union[bytes, Pieces]
+_scratch = threading.local()
+
+
+def _output_buffer(size: int) -> bytearray:
+    """A thread's buffer for large outputs, reused from reply to reply (fresh memory costs a
+    page fault per 4 KiB); its previous contents were sent before the thread asks again."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _scratch.buffer = bytearray(size)
+    return buffer
 
 
 class DecodeError(ValueError):
@@ -179,20 +209,26 @@ class FunctionCodec:
             elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
                 count = reader.unpack(U32)
                 array_type = ctype * count
-                args.append(array_type.from_buffer_copy(reader.take(ctypes.sizeof(array_type))))
+                data = reader.take(ctypes.sizeof(array_type))
+                large = kind is Kind.ARRAY_IN and len(data) >= LARGE_ARRAY and not data.readonly
+                args.append(array_type.from_buffer(data) if large else array_type.from_buffer_copy(data))
             elif kind is Kind.ARRAY_OUT:
                 count = reader.unpack(U32)
-                if count * ctypes.sizeof(ctype) > MAX_ARRAY_BYTES:
+                size = count * ctypes.sizeof(ctype)
+                if size > MAX_ARRAY_BYTES:
                     raise DecodeError(f"{self.function.name}: {count} elements of {param.name} asked for")
-                args.append((ctype * count)())
+                array_type = ctype * count
+                args.append(array_type.from_buffer(_output_buffer(size)) if size >= LARGE_ARRAY else array_type())
             else:
                 raise DecodeError(f"{self.function.name}: parameter {param.name} cannot be marshalled")
         if reader.pos != len(payload):
             raise DecodeError(f"{self.function.name}: {len(payload) - reader.pos} trailing bytes")
         return args
 
-    def encode_reply(self, rc: int, args: list[Any], handle_id: Callable[[Any], int]) -> bytes:
-        out = [I32.pack(rc)]
+    def encode_reply(self, rc: int, args: list[Any], handle_id: Callable[[Any], int]) -> Reply:
+        """The reply's bytes; Pieces when it carries a large array (sent without joining)."""
+        out: list[bytes | memoryview] = [I32.pack(rc)]
+        large = False
         for index, (param, arg) in enumerate(zip(self.function.params, args)):
             if arg is None:
                 continue
@@ -216,5 +252,10 @@ class FunctionCodec:
                 if isinstance(holder, ctypes._SimpleCData):
                     count = min(count, holder.value)
                 size = ctypes.sizeof(arg) // len(arg) if len(arg) else 0
-                out.append(U32.pack(count) + bytes(arg)[: count * size])
-        return b"".join(out)
+                out.append(U32.pack(count))
+                if count * size >= LARGE_ARRAY:
+                    out.append(memoryview(arg).cast("B")[:count * size])
+                    large = True
+                else:
+                    out.append(bytes(arg)[:count * size])
+        return Pieces(out) if large else b"".join(out)
