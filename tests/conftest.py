@@ -38,9 +38,14 @@ class Vgpud:
     #: is the GPU's on its host)
     gpus: tuple[gpuset.GpuIdentity, ...] = ()
 
+    @property
+    def remote(self) -> bool:
+        """Clients reach the GPUs through a relay (and GPU hosts over TLS)."""
+        return self.through in ("relay", "joined")
+
     def local_only(self, why: str) -> None:
         """Skip a test that checks what only a local vgpud does (shared memory, control holds)."""
-        if self.through != "local":
+        if self.remote:
             pytest.skip(f"not through a relay: {why}")
 
     @property
@@ -69,6 +74,8 @@ def start_vgpud(gpus: str, folder: Path, through: str = "local") -> Vgpud:
     socket_path, log = folder / "vgpud.sock", folder / "vgpud.log"
     if through in ("relay", "joined"):
         return _start_behind_relay(gpus, folder, joined=through == "joined")
+    if through == "cuda-backend":
+        return _start_cuda_backend_on_simulator(gpus, folder)
     process = launcher.start_daemon(gpus, socket_path, log, detach=False)
     return Vgpud(process, socket_path, log, gpus=gpuset.parse(gpus).gpus)
 
@@ -121,6 +128,17 @@ def _start_behind_relay(gpus: str, folder: Path, joined: bool = False) -> Vgpud:
                  through="joined" if joined else "relay", gpus=tuple(seen))
 
 
+def _start_cuda_backend_on_simulator(gpus: str, folder: Path) -> Vgpud:
+    """The cuda backend (cuda-python's driver bindings) with vgpu's own libcuda.so.1 for its
+    driver, in front of a simulator: how the suites check the real-GPU backend without a GPU."""
+    simulator = launcher.start_daemon(gpus, folder / "sim.sock", folder / "sim.log", detach=False)
+    backend = launcher.start_daemon(gpus, folder / "vgpud.sock", folder / "vgpud.log", detach=False,
+                                    options=("--backend", "cuda"),
+                                    env=launcher.client_environment(folder / "sim.sock"))
+    return Vgpud(backend, folder / "vgpud.sock", folder / "vgpud.log", others=(simulator,), through="cuda-backend",
+                 gpus=gpuset.parse(gpus).gpus)
+
+
 @pytest.fixture
 def vgpud_factory(tmp_path_factory):
     started: list[Vgpud] = []
@@ -140,7 +158,8 @@ def pytest_generate_tests(metafunc):
     through a relay and a GPU host over TLS, and through a relay joining two GPU hosts (the
     CUDA and NVML suites over the network)."""
     if "vgpud" in metafunc.fixturenames and getattr(metafunc.module, "RELAY_TOO", False):
-        metafunc.parametrize("vgpud", ["local", "relay", "joined"], indirect=True, scope="module")
+        modes = os.environ.get("VGPU_SUITE_MODES", "local,relay,joined").split(",")
+        metafunc.parametrize("vgpud", modes, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")

@@ -214,7 +214,7 @@ print(json.dumps([facts[::5], after - before, calls() - after]))
     assert [f[4] for f in facts] == [g.uuid_bytes.hex() for g in vgpud.gpus]
     assert [f[5] for f in facts] == [g.profile.name for g in vgpud.gpus]
     # the status call counts in the process's session locally; through a relay it is the relay's own
-    status_call = 1 if vgpud.through == "local" else 0
+    status_call = 0 if vgpud.remote else 1
     assert during == status_call, "100 fact queries after cuInit reached vgpud: only the status call counts"
     assert later == 1 + status_call, "the name with another capacity once, then the status call"
 

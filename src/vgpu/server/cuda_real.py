@@ -8,11 +8,12 @@ GPU. Modules are loaded from the images clients send (their parameter layouts re
 vgpu.images, as the simulator does); streams, events, functions and modules are vgpud's
 real objects behind ids. What a process held is freed when it ends.
 
-Served here: devices, context synchronisation and limits, memory, copies and memsets,
-streams, events, stream capture and graphs made by capture, virtual memory management,
-modules, libraries, kernels and their attributes, occupancy, launches. The rest answers
-CUDA_ERROR_NOT_SUPPORTED (the shim logs each one once): graphs built node by node, memory
-pools, peer access, cooperative launches (see docs/remote.md).
+Served here: devices, context synchronisation and limits, memory (pitched, stream-ordered
+from the devices' default pools), copies and memsets, peer access and peer copies, streams,
+events, stream capture, graphs made by capture and node by node (kernel, memset, empty
+nodes, dependencies, update), virtual memory management, modules, libraries, kernels and
+their attributes, occupancy, launches (cooperative ones too). The rest answers
+CUDA_ERROR_NOT_SUPPORTED (the shim logs each one once; see docs/remote.md).
 
 Memory is accounted to the process's session on vgpud's model of the GPU as well, so NVML
 shows each process's use and a tenant's quota (a network client's token) is enforced.
@@ -20,6 +21,7 @@ shows each process's use and a tenant's quota (a network client's token) is enfo
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import itertools
 import struct
@@ -32,8 +34,9 @@ from cuda.bindings import driver as cu
 
 from vgpu.api.manifest import load
 from vgpu.device.gpu import OutOfMemory
+from vgpu.device.kernels import FunctionState
 from vgpu.images import ImageError, NoBinaryForGpu, read_image
-from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, CudaApi, visible_devices
+from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, CudaApi, MemoryPool, visible_devices
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
 from vgpu.server.windows import RemoteBuffer
@@ -44,11 +47,22 @@ C = API.constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 LAUNCH = struct.Struct("<QQQ3I3IIII")
+#: the device attributes a kernel's launch limits depend on
+LIMIT_ATTRIBUTES = ("MAX_THREADS_PER_BLOCK", "MAX_REGISTERS_PER_BLOCK", "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
+#: the limits the shim is told for a kernel known only from PTX: the driver's to enforce
+UNCHECKED_LIMITS = (1024, 1 << 30)
 
 
 def rc(result: Any) -> int:
     """The CUresult of a cuda-python call's answer (a tuple whose first item it is)."""
     return int(result[0] if isinstance(result, tuple) else result)
+
+
+def answered(result: Any, out: Any, index: int = 1) -> int:
+    """A cuda-python call's CUresult; on success its ``index``-th item goes to ``out``."""
+    if rc(result) == SUCCESS:
+        out.value = result[index]
+    return rc(result)
 
 
 def real_devices() -> list[tuple[bytes, tuple[int, int, int]]]:
@@ -67,6 +81,29 @@ def real_devices() -> list[tuple[bytes, tuple[int, int, int]]]:
     return found
 
 
+class Ranges:
+    """Device address ranges a process may name: its allocations, reserved ranges and its
+    modules' globals. vgpud's contexts are shared by its clients, so the driver itself would
+    let one process's copy reach another's memory."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.sizes: dict[int, int] = {}
+
+    def add(self, start: int, size: int) -> None:
+        if start not in self.sizes:
+            bisect.insort(self.starts, start)
+        self.sizes[start] = size
+
+    def remove(self, start: int) -> None:
+        if self.sizes.pop(start, None) is not None:
+            self.starts.remove(start)
+
+    def covers(self, address: int, size: int = 1) -> bool:
+        at = bisect.bisect_right(self.starts, address) - 1
+        return at >= 0 and address + max(size, 1) <= self.starts[at] + self.sizes[self.starts[at]]
+
+
 @dataclass
 class Owned:
     """What one process made on the real GPU, to free when it ends."""
@@ -78,6 +115,11 @@ class Owned:
     streams: dict[int, Any] = field(default_factory=dict)       # id -> CUstream
     events: dict[int, Any] = field(default_factory=dict)        # id -> CUevent
     modules: dict[int, Any] = field(default_factory=dict)       # id -> (CUmodule or CUlibrary, library?)
+    nodes: dict[int, Any] = field(default_factory=dict)         # id -> CUgraphNode
+    node_ids: dict[int, int] = field(default_factory=dict)      # int(CUgraphNode) -> id
+    pools: dict[int, MemoryPool] = field(default_factory=dict)  # id -> a device's default pool, as seen here
+    peers: set = field(default_factory=set)                     # (context id, peer context id)
+    ranges: Ranges = field(default_factory=Ranges)
 
 
 @dataclass(frozen=True)
@@ -102,6 +144,9 @@ class RealCudaService(CudaApi):
         self.devices = [cu.cuDeviceGet(i)[1] for i in range(count)]
         self.contexts = [cu.cuDevicePrimaryCtxRetain(device)[1] for device in self.devices]
         self.uuids = [f"GPU-{uuid.UUID(bytes=bytes(cu.cuDeviceGetUuid(d)[1].bytes))}" for d in self.devices]
+        #: what a compiled kernel's launch limits follow from, per device (vgpu.device.kernels)
+        self.limits = [{name: cu.cuDeviceGetAttribute(getattr(cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}"),
+                                                      device)[1] for name in LIMIT_ATTRIBUTES} for device in self.devices]
         self.owned: dict[int, Owned] = {}
         self.functions: dict[int, RealFunction] = {}
         self.layouts: dict[int, list[tuple[str, list[tuple[int, int]], int, int]]] = {}
@@ -178,13 +223,29 @@ class RealCudaService(CudaApi):
         if handle_type in ("CUgraph", "CUgraphExec"):
             found = (owned.graphs if handle_type == "CUgraph" else owned.execs).get(handle_id)
             return (handle_id, found) if found is not None else None
+        if handle_type == "CUgraphNode":
+            found = owned.nodes.get(handle_id)
+            return (handle_id, found) if found is not None else None
+        if handle_type == "CUmemoryPool":
+            return owned.pools.get(handle_id)
         if handle_type == "CUcontext":
             return handle_id
         return None
 
+    def _node(self, c: Caller, node: Any) -> tuple[int, Any]:
+        """A real graph node as a handle the client holds (the same id each time)."""
+        owned = self._mine(c)
+        key = int(node)
+        if key not in owned.node_ids:
+            owned.node_ids[key] = next(self._ids)
+            owned.nodes[owned.node_ids[key]] = node
+        return owned.node_ids[key], node
+
     def handle_id(self, obj: Any) -> int:
         if isinstance(obj, tuple):
             return obj[0]
+        if isinstance(obj, MemoryPool):
+            return obj.id
         if isinstance(obj, RealFunction):
             return obj.module << 16 | obj.index
         if isinstance(obj, int):
@@ -201,8 +262,7 @@ class RealCudaService(CudaApi):
     # devices -----------------------------------------------------------------------------
     def cuDriverGetVersion(self, c: Caller, driverVersion: Any) -> int:
         result = cu.cuDriverGetVersion()
-        driverVersion.value = result[1]
-        return rc(result)
+        return answered(result, driverVersion)
 
     def cuDeviceGetCount(self, c: Caller, count: Any) -> int:
         count.value = len(self._visible(c.session))
@@ -223,7 +283,8 @@ class RealCudaService(CudaApi):
         if device is None:
             return C["CUDA_ERROR_INVALID_DEVICE"]
         result = cu.cuDeviceGetName(len, device)
-        name.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
+        if rc(result) == SUCCESS:
+            name.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
         return rc(result)
 
     def cuDeviceGetUuid_v2(self, c: Caller, uuid: Any, dev: int) -> int:
@@ -241,8 +302,7 @@ class RealCudaService(CudaApi):
         if device is None:
             return C["CUDA_ERROR_INVALID_DEVICE"]
         result = cu.cuDeviceTotalMem(device)
-        bytes.value = result[1]
-        return rc(result)
+        return answered(result, bytes)
 
     def cuDeviceComputeCapability(self, c: Caller, major: Any, minor: Any, dev: int) -> int:
         device = self._device(c, dev)
@@ -261,16 +321,28 @@ class RealCudaService(CudaApi):
             result = cu.cuDeviceGetAttribute(cu.CUdevice_attribute(attrib), device)
         except ValueError:
             return INVALID_VALUE
-        pi.value = result[1]
-        return rc(result)
+        return answered(result, pi)
 
     def cuDeviceGetPCIBusId(self, c: Caller, pciBusId: Any, len: int, dev: int) -> int:
         device = self._device(c, dev)
         if device is None:
             return C["CUDA_ERROR_INVALID_DEVICE"]
         result = cu.cuDeviceGetPCIBusId(len, device)
-        pciBusId.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
+        if rc(result) == SUCCESS:
+            pciBusId.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
         return rc(result)
+
+    def cuDeviceGetByPCIBusId(self, c: Caller, dev: Any, pciBusId: bytes | None) -> int:
+        if pciBusId is None:
+            return INVALID_VALUE
+        result = cu.cuDeviceGetByPCIBusId(pciBusId)
+        if rc(result) != SUCCESS:
+            return rc(result)
+        visible = self._visible(c.session)
+        if int(result[1]) not in visible:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        dev.value = visible.index(int(result[1]))
+        return SUCCESS
 
     # context ----------------------------------------------------------------------------------
     def cuCtxSynchronize(self, c: Caller) -> int:
@@ -282,8 +354,7 @@ class RealCudaService(CudaApi):
     def cuCtxGetLimit(self, c: Caller, pvalue: Any, limit: int) -> int:
         self._enter(c)
         result = cu.cuCtxGetLimit(cu.CUlimit(limit))
-        pvalue.value = result[1] if rc(result) == SUCCESS else 0
-        return rc(result)
+        return answered(result, pvalue)
 
     def cuCtxSetLimit(self, c: Caller, limit: int, value: int) -> int:
         self._enter(c)
@@ -292,9 +363,9 @@ class RealCudaService(CudaApi):
     def cuCtxGetStreamPriorityRange(self, c: Caller, leastPriority: Any, greatestPriority: Any) -> int:
         self._enter(c)
         result = cu.cuCtxGetStreamPriorityRange()
-        if leastPriority is not None:
+        if rc(result) == SUCCESS and leastPriority is not None:
             leastPriority.value = result[1]
-        if greatestPriority is not None:
+        if rc(result) == SUCCESS and greatestPriority is not None:
             greatestPriority.value = result[2]
         return rc(result)
 
@@ -309,7 +380,8 @@ class RealCudaService(CudaApi):
         if tenant is not None and tenant.memory is not None and ordinal < len(self.state.gpus):
             used = self.state.gpus[ordinal].tenant_used(tenant.name)  # the quota is the tenant's GPU
             total.value = min(tenant.memory, result[2])
-            free.value = max(0, min(result[1], total.value - used))
+            if rc(result) == SUCCESS:
+                free.value = max(0, min(result[1], total.value - used))
         return rc(result)
 
     def _account(self, c: Caller, ordinal: int, nbytes: int) -> bool:
@@ -337,6 +409,7 @@ class RealCudaService(CudaApi):
         if rc(result) == SUCCESS:
             dptr.value = int(result[1])
             self._mine(c).allocations[dptr.value] = (ordinal, bytesize)
+            self._mine(c).ranges.add(dptr.value, bytesize)
         else:
             self._unaccount(c.session.id, ordinal, bytesize)
         return rc(result)
@@ -348,9 +421,141 @@ class RealCudaService(CudaApi):
         if dptr not in owned.allocations:
             return INVALID_VALUE
         ordinal, nbytes = owned.allocations.pop(dptr)
+        owned.ranges.remove(dptr)
         cu.cuCtxSetCurrent(self.contexts[ordinal])
         self._unaccount(c.session.id, ordinal, nbytes)
         return rc(cu.cuMemFree(dptr))
+
+    def _allocated(self, c: Caller, ordinal: int, address: int, nbytes: int) -> int:
+        """Keep a new allocation for the process (freed when it ends), or free it again when
+        the quota refuses it."""
+        if not self._account(c, ordinal, nbytes):
+            cu.cuMemFree(address)
+            return C["CUDA_ERROR_OUT_OF_MEMORY"]
+        self._mine(c).allocations[address] = (ordinal, nbytes)
+        self._mine(c).ranges.add(address, nbytes)
+        return SUCCESS
+
+    def cuMemAllocPitch_v2(self, c: Caller, dptr: Any, pPitch: Any, WidthInBytes: int, Height: int,
+                           ElementSizeBytes: int) -> int:
+        ordinal = self._enter(c)
+        if ordinal is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuMemAllocPitch(WidthInBytes, Height, ElementSizeBytes)
+        if rc(result) != SUCCESS:
+            return rc(result)
+        code = self._allocated(c, ordinal, int(result[1]), result[2] * Height)
+        if code == SUCCESS:
+            dptr.value, pPitch.value = int(result[1]), result[2]
+        return code
+
+    def cuMemAllocAsync(self, c: Caller, dptr: Any, bytesize: int, hStream: Any) -> int:
+        """From the device's default pool, in stream order."""
+        ordinal = self._enter(c)
+        if ordinal is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuMemAllocAsync(bytesize, hStream[1])
+        if rc(result) != SUCCESS:
+            return rc(result)
+        code = self._allocated(c, ordinal, int(result[1]), bytesize)
+        if code == SUCCESS:
+            dptr.value = int(result[1])
+        return code
+
+    def cuMemFreeAsync(self, c: Caller, dptr: int, hStream: Any) -> int:
+        owned = self._mine(c)
+        if dptr not in owned.allocations:
+            return INVALID_VALUE
+        ordinal, nbytes = owned.allocations.pop(dptr)
+        owned.ranges.remove(dptr)
+        self._enter(c)
+        self._unaccount(c.session.id, ordinal, nbytes)
+        return rc(cu.cuMemFreeAsync(dptr, hStream[1]))
+
+    def cuDeviceGetDefaultMemPool(self, c: Caller, pool_out: Any, dev: int) -> int:
+        """The device's default pool, which stream-ordered allocations come from; its
+        attributes are the process's own (CudaApi)."""
+        ordinal = self._ordinal(c, dev)
+        if ordinal is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        owned = self._mine(c)
+        pool = next((p for p in owned.pools.values() if p.gpu.index == ordinal), None)
+        if pool is None:
+            pool = MemoryPool(next(self._ids), c.session.id, self.state.gpus[min(ordinal, len(self.state.gpus) - 1)])
+            owned.pools[pool.id] = pool
+        pool_out.value = pool
+        return SUCCESS
+
+    cuDeviceGetMemPool = cuDeviceGetDefaultMemPool
+
+    # peers: access is turned on in vgpud's contexts, which its clients share; each process
+    # sees the pairs it enabled itself
+    def _real_context(self, c: Caller, context_id: int) -> tuple[int | None, Any]:
+        ordinal = self._ordinal(c, context_id & 0xFFFF) if context_id & (PRIMARY_CONTEXT | 1 << 33) else None
+        return ordinal, self.contexts[ordinal] if ordinal is not None else None
+
+    def cuDeviceCanAccessPeer(self, c: Caller, canAccessPeer: Any, dev: int, peerDev: int) -> int:
+        device, peer = self._device(c, dev), self._device(c, peerDev)
+        if device is None or peer is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        result = cu.cuDeviceCanAccessPeer(device, peer)
+        return answered(result, canAccessPeer)
+
+    def cuDeviceGetP2PAttribute(self, c: Caller, value: Any, attrib: int, srcDevice: int, dstDevice: int) -> int:
+        source, target = self._device(c, srcDevice), self._device(c, dstDevice)
+        if source is None or target is None:
+            return C["CUDA_ERROR_INVALID_DEVICE"]
+        try:
+            result = cu.cuDeviceGetP2PAttribute(cu.CUdevice_P2PAttribute(attrib), source, target)
+        except ValueError:
+            return INVALID_VALUE
+        return answered(result, value)
+
+    def cuCtxEnablePeerAccess(self, c: Caller, peerContext: int, Flags: int) -> int:
+        ordinal = self._enter(c)
+        peer_ordinal, peer = self._real_context(c, peerContext)
+        if ordinal is None or peer is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        owned = self._mine(c)
+        if (c.context, peerContext) in owned.peers:
+            return C["CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED"]
+        result = rc(cu.cuCtxEnablePeerAccess(peer, Flags))
+        if result not in (SUCCESS, C["CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED"]):  # another process's doing
+            return result
+        owned.peers.add((c.context, peerContext))
+        return SUCCESS
+
+    def cuCtxDisablePeerAccess(self, c: Caller, peerContext: int) -> int:
+        """The pair is the process's no more; the shared context keeps it for other processes."""
+        owned = self._mine(c)
+        if (c.context, peerContext) not in owned.peers:
+            return C["CUDA_ERROR_PEER_ACCESS_NOT_ENABLED"]
+        owned.peers.discard((c.context, peerContext))
+        return SUCCESS
+
+    def cuMemcpyPeerAsync(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
+                          ByteCount: int, hStream: Any = None) -> int:
+        _, target = self._real_context(c, dstContext)
+        _, source = self._real_context(c, srcContext)
+        if target is None or source is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        ranges = self._mine(c).ranges
+        if not ranges.covers(dstDevice, ByteCount) or not ranges.covers(srcDevice, ByteCount):
+            return INVALID_VALUE
+        self._enter(c)
+        return rc(cu.cuMemcpyPeerAsync(dstDevice, target, srcDevice, source, ByteCount, self._stream(hStream)))
+
+    def cuMemcpyPeer(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
+                     ByteCount: int) -> int:
+        code = self.cuMemcpyPeerAsync(c, dstDevice, dstContext, srcDevice, srcContext, ByteCount)
+        return code if code != SUCCESS else rc(cu.cuStreamSynchronize(cu.CUstream(0)))
+
+    def cuCtxGetApiVersion(self, c: Caller, ctx: int, version: Any) -> int:
+        _, context = self._real_context(c, ctx or c.context)
+        if context is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuCtxGetApiVersion(context)
+        return answered(result, version)
 
     def cuMemGetAddressRange_v2(self, c: Caller, pbase: Any, psize: Any, dptr: int) -> int:
         self._enter(c)
@@ -360,15 +565,27 @@ class RealCudaService(CudaApi):
         return rc(result)
 
     def cuPointerGetAttribute(self, c: Caller, data: Any, attribute: int, ptr: int) -> int:
+        """The real driver's answer about the process's own memory, with its context and
+        device as the process numbers them."""
+        if not self._mine(c).ranges.covers(ptr):
+            return INVALID_VALUE
         self._enter(c)
+        A = cu.CUpointer_attribute
+        asked = A.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL if attribute == A.CU_POINTER_ATTRIBUTE_CONTEXT else attribute
         try:
-            result = cu.cuPointerGetAttribute(cu.CUpointer_attribute(attribute), ptr)
+            result = cu.cuPointerGetAttribute(A(asked), ptr)
         except ValueError:
             return INVALID_VALUE
-        if rc(result) == SUCCESS:
-            value = result[1]
-            data.value = int(value) if not isinstance(value, bool) else int(value)
-        return rc(result)
+        if rc(result) != SUCCESS:
+            return rc(result)
+        value = int(result[1])
+        if asked == A.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+            visible = self._visible(c.session)
+            if value not in visible:
+                return INVALID_VALUE
+            value = visible.index(value) | (PRIMARY_CONTEXT if attribute == A.CU_POINTER_ATTRIBUTE_CONTEXT else 0)
+        data.value = value
+        return SUCCESS
 
     # copies and memsets: data the client sent is copied synchronously on its stream (the
     # frame's bytes do not outlive the call); page-locked windows stay mapped, so their copies
@@ -379,7 +596,7 @@ class RealCudaService(CudaApi):
 
     def cuMemcpyHtoDAsync_v2(self, c: Caller, dstDevice: int, srcHost: Any, ByteCount: int,
                              hStream: Any = None) -> int:
-        if srcHost is None:
+        if srcHost is None or not self._mine(c).ranges.covers(dstDevice, ByteCount):
             return INVALID_VALUE
         self._enter(c)
         stream = self._stream(hStream)
@@ -394,7 +611,7 @@ class RealCudaService(CudaApi):
 
     def cuMemcpyDtoHAsync_v2(self, c: Caller, dstHost: Any, srcDevice: int, ByteCount: int,
                              hStream: Any = None) -> int:
-        if dstHost is None:
+        if dstHost is None or not self._mine(c).ranges.covers(srcDevice, ByteCount):
             return INVALID_VALUE
         self._enter(c)
         stream = self._stream(hStream)
@@ -408,6 +625,9 @@ class RealCudaService(CudaApi):
 
     def cuMemcpyDtoDAsync_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int,
                              hStream: Any = None) -> int:
+        ranges = self._mine(c).ranges
+        if not ranges.covers(dstDevice, ByteCount) or not ranges.covers(srcDevice, ByteCount):
+            return INVALID_VALUE
         self._enter(c)
         return rc(cu.cuMemcpyDtoDAsync(dstDevice, srcDevice, ByteCount, self._stream(hStream)))
 
@@ -416,14 +636,20 @@ class RealCudaService(CudaApi):
     cuMemcpyDtoD_v2 = cuMemcpyDtoDAsync_v2
 
     def cuMemsetD8Async(self, c: Caller, dstDevice: int, uc: int, N: int, hStream: Any = None) -> int:
+        if not self._mine(c).ranges.covers(dstDevice, N * 1):
+            return INVALID_VALUE
         self._enter(c)
         return rc(cu.cuMemsetD8Async(dstDevice, uc, N, self._stream(hStream)))
 
     def cuMemsetD16Async(self, c: Caller, dstDevice: int, us: int, N: int, hStream: Any = None) -> int:
+        if not self._mine(c).ranges.covers(dstDevice, N * 2):
+            return INVALID_VALUE
         self._enter(c)
         return rc(cu.cuMemsetD16Async(dstDevice, us, N, self._stream(hStream)))
 
     def cuMemsetD32Async(self, c: Caller, dstDevice: int, ui: int, N: int, hStream: Any = None) -> int:
+        if not self._mine(c).ranges.covers(dstDevice, N * 4):
+            return INVALID_VALUE
         self._enter(c)
         return rc(cu.cuMemsetD32Async(dstDevice, ui, N, self._stream(hStream)))
 
@@ -438,7 +664,8 @@ class RealCudaService(CudaApi):
         if rc(result) == SUCCESS:
             stream_id = next(self._ids)
             self._mine(c).streams[stream_id] = result[1]
-            phStream.value = (stream_id, result[1])
+            if rc(result) == SUCCESS:
+                phStream.value = (stream_id, result[1])
         return rc(result)
 
     def cuStreamCreate(self, c: Caller, phStream: Any, Flags: int) -> int:
@@ -464,18 +691,17 @@ class RealCudaService(CudaApi):
 
     def cuStreamGetPriority(self, c: Caller, hStream: Any, priority: Any) -> int:
         result = cu.cuStreamGetPriority(hStream[1])
-        priority.value = result[1]
-        return rc(result)
+        return answered(result, priority)
 
     def cuStreamGetFlags(self, c: Caller, hStream: Any, flags: Any) -> int:
         result = cu.cuStreamGetFlags(hStream[1])
-        flags.value = result[1]
-        return rc(result)
+        return answered(result, flags)
 
     def cuStreamIsCapturing(self, c: Caller, hStream: Any, captureStatus: Any) -> int:
         self._enter(c)
         result = cu.cuStreamIsCapturing(hStream[1])
-        captureStatus.value = int(result[1])
+        if rc(result) == SUCCESS:
+            captureStatus.value = int(result[1])
         return rc(result)
 
     def cuStreamGetCaptureInfo(self, c: Caller, hStream: Any, captureStatus_out: Any, id_out: Any) -> int:
@@ -493,7 +719,8 @@ class RealCudaService(CudaApi):
         if rc(result) == SUCCESS:
             event_id = next(self._ids)
             self._mine(c).events[event_id] = result[1]
-            phEvent.value = (event_id, result[1])
+            if rc(result) == SUCCESS:
+                phEvent.value = (event_id, result[1])
         return rc(result)
 
     def cuEventDestroy_v2(self, c: Caller, hEvent: Any) -> int:
@@ -516,8 +743,7 @@ class RealCudaService(CudaApi):
 
     def cuEventElapsedTime_v2(self, c: Caller, pMilliseconds: Any, hStart: Any, hEnd: Any) -> int:
         result = cu.cuEventElapsedTime(hStart[1], hEnd[1])
-        pMilliseconds.value = result[1]
-        return rc(result)
+        return answered(result, pMilliseconds)
 
     cuEventElapsedTime = cuEventElapsedTime_v2
 
@@ -563,10 +789,18 @@ class RealCudaService(CudaApi):
         for name in names:
             kernel = (chosen.kernels.get(name) if chosen else None) or next(
                 code.kernels[name] for code in image.codes if name in code.kernels)
+            # a compiled kernel's limits are the simulator's (which match a real H200's answers),
+            # so the shim refuses a bad launch at once, as the driver does; a PTX kernel's are
+            # the driver's to enforce (its registers are known once compiled)
+            if ordinal is not None and chosen is not None and kernel.compiled:
+                function = FunctionState(kernel, self.limits[ordinal])
+                max_threads, max_dynamic_shared = function.max_threads_per_block, function.max_dynamic_shared
+            else:
+                max_threads, max_dynamic_shared = UNCHECKED_LIMITS
             encoded = name.encode()
-            # the limits the shim checks are the real driver's to enforce: pass everything on
             out.append(struct.pack("<H", len(encoded)) + encoded)
-            out.append(struct.pack("<III3II", 1024, kernel.max_threads, 1 << 30, 0, 0, 0, len(kernel.params)))
+            out.append(struct.pack("<III3II", max_threads, kernel.max_threads, max_dynamic_shared,
+                                   *(kernel.required_block or (0, 0, 0)), len(kernel.params)))
             out.extend(struct.pack("<II", p.offset, p.size) for p in kernel.params)
         return b"".join(out)
 
@@ -626,6 +860,7 @@ class RealCudaService(CudaApi):
         handle, library = self._mine(c).modules[module]
         result = (cu.cuLibraryGetGlobal if library else cu.cuModuleGetGlobal)(handle, name)
         if rc(result) == SUCCESS:
+            self._mine(c).ranges.add(int(result[1]), result[2])
             if dptr is not None:
                 dptr.value = int(result[1])
             if size is not None:
@@ -641,8 +876,7 @@ class RealCudaService(CudaApi):
     def cuFuncGetAttribute(self, c: Caller, pi: Any, attrib: int, hfunc: RealFunction) -> int:
         self._enter(c)
         result = cu.cuFuncGetAttribute(cu.CUfunction_attribute(attrib), hfunc.handle)
-        pi.value = result[1]
-        return rc(result)
+        return answered(result, pi)
 
     def cuKernelGetAttribute(self, c: Caller, pi: Any, attrib: int, kernel: RealFunction, dev: int) -> int:
         return self.cuFuncGetAttribute(c, pi, attrib, kernel)
@@ -672,8 +906,7 @@ class RealCudaService(CudaApi):
         self._enter(c)
         result = cu.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(func.handle, blockSize, dynamicSMemSize,
                                                                          flags)
-        numBlocks.value = result[1]
-        return rc(result)
+        return answered(result, numBlocks)
 
     def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, c: Caller, numBlocks: Any, func: RealFunction,
                                                     blockSize: int, dynamicSMemSize: int) -> int:
@@ -684,8 +917,7 @@ class RealCudaService(CudaApi):
                                                 numBlocks: int, blockSize: int) -> int:
         self._enter(c)
         result = cu.cuOccupancyAvailableDynamicSMemPerBlock(func.handle, numBlocks, blockSize)
-        dynamicSmemSize.value = result[1]
-        return rc(result)
+        return answered(result, dynamicSmemSize)
 
     # virtual memory management ---------------------------------------------------------------
     def _prop(self, c: Caller, prop: Any) -> tuple[Any, int] | None:
@@ -706,17 +938,21 @@ class RealCudaService(CudaApi):
         if converted is None:
             return INVALID_VALUE
         result = cu.cuMemGetAllocationGranularity(converted[0], cu.CUmemAllocationGranularity_flags(option))
-        granularity.value = result[1]
-        return rc(result)
+        return answered(result, granularity)
 
     def cuMemAddressReserve(self, c: Caller, ptr: Any, size: int, alignment: int, addr: int, flags: int) -> int:
         self._enter(c)
         result = cu.cuMemAddressReserve(size, alignment, addr, flags)
         if rc(result) == SUCCESS:
             ptr.value = int(result[1])
+            self._mine(c).ranges.add(ptr.value, size)
         return rc(result)
 
     def cuMemAddressFree(self, c: Caller, ptr: int, size: int) -> int:
+        owned = self._mine(c)
+        if not owned.ranges.covers(ptr, size):
+            return INVALID_VALUE
+        owned.ranges.remove(ptr)
         return rc(cu.cuMemAddressFree(ptr, size))
 
     def cuMemCreate(self, c: Caller, handle: Any, size: int, prop: Any, flags: int) -> int:
@@ -771,8 +1007,7 @@ class RealCudaService(CudaApi):
         real.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
         real.id = ordinal
         result = cu.cuMemGetAccess(real, ptr)
-        flags.value = result[1]
-        return rc(result)
+        return answered(result, flags)
 
     # stream capture and graphs made by capture ---------------------------------------------------
     def cuStreamBeginCapture_v2(self, c: Caller, hStream: Any, mode: int) -> int:
@@ -791,7 +1026,8 @@ class RealCudaService(CudaApi):
         if rc(result) == SUCCESS:
             graph_id = next(self._ids)
             self._mine(c).graphs[graph_id] = result[1]
-            phGraph.value = (graph_id, result[1])
+            if rc(result) == SUCCESS:
+                phGraph.value = (graph_id, result[1])
         return rc(result)
 
     def cuGraphInstantiateWithFlags(self, c: Caller, phGraphExec: Any, hGraph: Any, flags: int) -> int:
@@ -800,7 +1036,8 @@ class RealCudaService(CudaApi):
         if rc(result) == SUCCESS:
             exec_id = next(self._ids)
             self._mine(c).execs[exec_id] = result[1]
-            phGraphExec.value = (exec_id, result[1])
+            if rc(result) == SUCCESS:
+                phGraphExec.value = (exec_id, result[1])
         return rc(result)
 
     def cuGraphLaunch(self, c: Caller, hGraphExec: Any, hStream: Any) -> int:
@@ -820,40 +1057,165 @@ class RealCudaService(CudaApi):
         return rc(cu.cuGraphDestroy(hGraph[1]))
 
     def cuGraphGetNodes(self, c: Caller, hGraph: Any, nodes: Any, numNodes: Any) -> int:
+        """Without ``nodes`` the count; with it, up to numNodes nodes and how many were given."""
+        result = cu.cuGraphGetNodes(hGraph[1], nodes.capacity if nodes is not None else 0)
+        if rc(result) != SUCCESS:
+            return rc(result)
         if nodes is not None:
-            return self.NOT_SUPPORTED  # the nodes themselves: not on this backend yet
-        result = cu.cuGraphGetNodes(hGraph[1])
-        numNodes.value = result[2]
+            nodes.value = [self._node(c, node) for node in result[1][:nodes.capacity]]
+            numNodes.value = len(nodes.value)
+        else:
+            numNodes.value = result[2]
+        return SUCCESS
+
+    # graphs built node by node ----------------------------------------------------------------
+    def _graph_made(self, c: Caller, result: Any, out: Any) -> int:
+        if rc(result) == SUCCESS:
+            graph_id = next(self._ids)
+            self._mine(c).graphs[graph_id] = result[1]
+            if rc(result) == SUCCESS:
+                out.value = (graph_id, result[1])
+        return rc(result)
+
+    def cuGraphCreate(self, c: Caller, phGraph: Any, flags: int) -> int:
+        return self._graph_made(c, cu.cuGraphCreate(flags), phGraph)
+
+    def _node_made(self, c: Caller, result: Any, out: Any) -> int:
+        if rc(result) == SUCCESS:
+            if rc(result) == SUCCESS:
+                out.value = self._node(c, result[1])
+        return rc(result)
+
+    def cuGraphAddEmptyNode(self, c: Caller, phGraphNode: Any, hGraph: Any, dependencies: Any,
+                            numDependencies: int) -> int:
+        nodes = [node for _, node in dependencies or []]
+        return self._node_made(c, cu.cuGraphAddEmptyNode(hGraph[1], nodes, len(nodes)), phGraphNode)
+
+    def cuGraphAddMemsetNode(self, c: Caller, phGraphNode: Any, hGraph: Any, dependencies: Any,
+                             numDependencies: int, memsetParams: Any, ctx: int) -> int:
+        if memsetParams is None:
+            return INVALID_VALUE
+        _, context = self._real_context(c, ctx or c.context)
+        if context is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        params = cu.CUDA_MEMSET_NODE_PARAMS()
+        params.dst, params.pitch, params.value = memsetParams.dst, memsetParams.pitch, memsetParams.value
+        params.elementSize, params.width, params.height = (memsetParams.elementSize, memsetParams.width,
+                                                           memsetParams.height)
+        nodes = [node for _, node in dependencies or []]
+        return self._node_made(c, cu.cuGraphAddMemsetNode(hGraph[1], nodes, len(nodes), params, context),
+                               phGraphNode)
+
+    def cuGraphAddDependencies_v2(self, c: Caller, hGraph: Any, from_: Any, to: Any, edgeData: Any,
+                                  numDependencies: int) -> int:
+        if edgeData is not None:
+            return self.NOT_SUPPORTED  # edge data (programmatic dependencies): not on this backend
+        sources, targets = [node for _, node in from_ or []], [node for _, node in to or []]
+        if len(sources) != len(targets):
+            return INVALID_VALUE
+        return rc(cu.cuGraphAddDependencies(hGraph[1], sources, targets, None, len(sources)))
+
+    def cuGraphNodeGetType(self, c: Caller, hNode: Any, type: Any) -> int:
+        result = cu.cuGraphNodeGetType(hNode[1])
+        if rc(result) == SUCCESS:
+            type.value = int(result[1])
+        return rc(result)
+
+    def cuGraphInstantiateWithParams(self, c: Caller, phGraphExec: Any, hGraph: Any, instantiateParams: Any) -> int:
+        self._enter(c)
+        params = cu.CUDA_GRAPH_INSTANTIATE_PARAMS()
+        params.flags = instantiateParams.flags if instantiateParams is not None else 0
+        result = cu.cuGraphInstantiateWithParams(hGraph[1], params)
+        if instantiateParams is not None:
+            instantiateParams.result_out = int(params.result_out)
+        if rc(result) == SUCCESS:
+            exec_id = next(self._ids)
+            self._mine(c).execs[exec_id] = result[1]
+            if rc(result) == SUCCESS:
+                phGraphExec.value = (exec_id, result[1])
+        return rc(result)
+
+    def cuGraphExecUpdate_v2(self, c: Caller, hGraphExec: Any, hGraph: Any, resultInfo: Any) -> int:
+        self._enter(c)
+        result = cu.cuGraphExecUpdate(hGraphExec[1], hGraph[1])
+        if resultInfo is not None:
+            resultInfo.result = int(result[1].result)
         return rc(result)
 
     # launches ------------------------------------------------------------------------------
+    LAUNCH_COOPERATIVE = 0x1
+    LAUNCH_GRAPH_NODE = 0x2
+
     def launch(self, session: Session, payload: bytes) -> bytes:
-        """OP_LAUNCH records, launched on the real GPU with the packed parameters (as
-        CU_LAUNCH_PARAM_BUFFER_POINTER) and recorded as the simulator records them."""
+        """OP_LAUNCH records (vgpu.server.cuda_modules has the layout), launched on the real
+        GPU with the packed parameters (as CU_LAUNCH_PARAM_BUFFER_POINTER), cooperative ones
+        through cuLaunchKernelEx, and recorded as the simulator records them; a graph's kernel
+        node (a frame of its own) is added to the graph, and the reply carries its id."""
         at, size, first = 0, len(payload), SUCCESS
         while at < size:
             (context, function_id, stream_id, gx, gy, gz, bx, by, bz, shared, flags,
              args_size) = LAUNCH.unpack_from(payload, at)
-            args = payload[at + LAUNCH.size:at + LAUNCH.size + args_size]
-            at += LAUNCH.size + args_size
-            if flags:
-                first = first or self.NOT_SUPPORTED  # graph nodes and cooperative grids: not on this backend yet
-                continue
+            at += LAUNCH.size
             c = Caller(session, context)
+            if flags & self.LAUNCH_GRAPH_NODE:
+                graph_id, count = struct.unpack_from("<QI", payload, at)
+                nodes = struct.unpack_from(f"<{count}Q", payload, at + 12)
+                at += 12 + 8 * count
+                return self._kernel_node(c, graph_id, nodes, function_id, (gx, gy, gz), (bx, by, bz), shared,
+                                         bytes(payload[at:at + args_size]))
+            args = bytes(payload[at:at + args_size])
+            at += args_size
             function = self.resolve("CUfunction", function_id, c)
             stream = self.resolve("CUstream", stream_id, c)
             if function is None or stream is None:
                 first = first or self.INVALID_HANDLE
                 continue
             ordinal = self._enter(c)
-            buffer = ctypes.create_string_buffer(bytes(args), max(len(args), 1))
-            length = ctypes.c_size_t(len(args))
-            extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(buffer), 2, ctypes.addressof(length), 0)
+            buffers, extra = self._packed(args)
+            cooperative = bool(flags & self.LAUNCH_COOPERATIVE)
             start = time.time()
-            result = rc(cu.cuLaunchKernel(function.handle, gx, gy, gz, bx, by, bz, shared, stream[1], None,
-                                          ctypes.addressof(extra)))
+            if cooperative:
+                config = cu.CUlaunchConfig()
+                config.gridDimX, config.gridDimY, config.gridDimZ = gx, gy, gz
+                config.blockDimX, config.blockDimY, config.blockDimZ = bx, by, bz
+                config.sharedMemBytes, config.hStream = shared, stream[1]
+                attribute = cu.CUlaunchAttribute()
+                attribute.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+                attribute.value.cooperative = 1
+                config.attrs, config.numAttrs = [attribute], 1
+                result = rc(cu.cuLaunchKernelEx(config, function.handle, None, ctypes.addressof(extra)))
+            else:
+                result = rc(cu.cuLaunchKernel(function.handle, gx, gy, gz, bx, by, bz, shared, stream[1], None,
+                                              ctypes.addressof(extra)))
             if result == SUCCESS:
                 self.state.launches.add((session.pid, session.id, start, ordinal or 0, function.name, (gx, gy, gz),
-                                         (bx, by, bz), shared, stream_id, bytes(args), 0.0, 0.0, False, False))
+                                         (bx, by, bz), shared, stream_id, args, 0.0, 0.0, cooperative, False))
             first = first or result
         return struct.pack("<i", first)
+
+    @staticmethod
+    def _packed(args: bytes) -> tuple[Any, Any]:
+        """The parameters as the driver takes a packed buffer: {BUFFER_POINTER, p,
+        BUFFER_SIZE, &size, END} (both returned, to keep them alive through the call)."""
+        buffer = ctypes.create_string_buffer(args, max(len(args), 1))
+        length = ctypes.c_size_t(len(args))
+        extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(buffer), 2, ctypes.addressof(length), 0)
+        return (buffer, length), extra
+
+    def _kernel_node(self, c: Caller, graph_id: int, node_ids: tuple[int, ...], function_id: int,
+                     grid: tuple[int, int, int], block: tuple[int, int, int], shared: int, args: bytes) -> bytes:
+        graph = self.resolve("CUgraph", graph_id, c)
+        function = self.resolve("CUfunction", function_id, c)
+        nodes = [self.resolve("CUgraphNode", node, c) for node in node_ids]
+        if graph is None or function is None or any(node is None for node in nodes):
+            return struct.pack("<iQ", self.INVALID_HANDLE, 0)
+        buffers, extra = self._packed(args)  # alive until the driver has copied the parameters
+        params = cu.CUDA_KERNEL_NODE_PARAMS()
+        params.func = function.handle
+        params.gridDimX, params.gridDimY, params.gridDimZ = grid
+        params.blockDimX, params.blockDimY, params.blockDimZ = block
+        params.sharedMemBytes, params.extra = shared, ctypes.addressof(extra)
+        result = cu.cuGraphAddKernelNode(graph[1], [node for _, node in nodes], len(nodes), params)
+        if rc(result) != SUCCESS:
+            return struct.pack("<iQ", rc(result), 0)
+        return struct.pack("<iQ", SUCCESS, self._node(c, result[1])[0])

@@ -124,7 +124,8 @@ class MemoryPool:
 
 class CudaApi:
     """What every CUDA service shares (the simulator's, the real GPU's): the codes the
-    dispatcher answers with, and the device facts the shim fetches in bulk at cuInit."""
+    dispatcher answers with, the device facts the shim fetches in bulk at cuInit, and a
+    default memory pool's attributes as one process sees them (its own use, its settings)."""
 
     api = API
     CONTEXT_PREFIX = True
@@ -146,6 +147,32 @@ class CudaApi:
                       ("cuDeviceComputeCapability", {"dev": ordinal})]
             calls += [("cuDeviceGetAttribute", {"attrib": attribute, "dev": ordinal}) for attribute in ATTRIBUTES]
         return calls
+
+    def cuMemPoolGetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
+        """Each attribute as a u64 (the shim writes the caller's int or cuuint64_t)."""
+        used = pool.gpu.held.get(c.session.id, 0)
+        pool.used_high = max(pool.used_high, used)
+        live = {C["CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT"]: used, C["CU_MEMPOOL_ATTR_USED_MEM_CURRENT"]: used,
+                C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"]: pool.used_high, C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]: pool.used_high}
+        if attr in live:
+            value.value = live[attr]
+        elif attr in POOL_DEFAULTS:
+            value.value = pool.settings.get(attr, POOL_DEFAULTS[attr])
+        else:
+            return INVALID_VALUE
+        return SUCCESS
+
+    def cuMemPoolSetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
+        if attr in POOL_DEFAULTS:
+            pool.settings[attr] = value.value
+        elif attr in (C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"], C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]) and value.value == 0:
+            pool.used_high = 0  # the high-water marks can only be reset
+        else:
+            return INVALID_VALUE
+        return SUCCESS
+
+    def cuMemPoolTrimTo(self, c: Caller, pool: MemoryPool, minBytesToKeep: int) -> int:
+        return SUCCESS  # freed memory is returned at once: there is nothing to trim
 
 
 class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
@@ -425,32 +452,6 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             pool = MemoryPool(next(self._ids), c.session.id, gpu)
             self.pools[key] = self.pool_ids[pool.id] = pool
         return self.pools[key]
-
-    def cuMemPoolGetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
-        """Each attribute as a u64 (the shim writes the caller's int or cuuint64_t)."""
-        used = pool.gpu.held.get(c.session.id, 0)
-        pool.used_high = max(pool.used_high, used)
-        live = {C["CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT"]: used, C["CU_MEMPOOL_ATTR_USED_MEM_CURRENT"]: used,
-                C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"]: pool.used_high, C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]: pool.used_high}
-        if attr in live:
-            value.value = live[attr]
-        elif attr in POOL_DEFAULTS:
-            value.value = pool.settings.get(attr, POOL_DEFAULTS[attr])
-        else:
-            return INVALID_VALUE
-        return SUCCESS
-
-    def cuMemPoolSetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
-        if attr in POOL_DEFAULTS:
-            pool.settings[attr] = value.value
-        elif attr in (C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"], C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]) and value.value == 0:
-            pool.used_high = 0  # the high-water marks can only be reset
-        else:
-            return INVALID_VALUE
-        return SUCCESS
-
-    def cuMemPoolTrimTo(self, c: Caller, pool: MemoryPool, minBytesToKeep: int) -> int:
-        return SUCCESS  # freed memory is returned at once: there is nothing to trim
 
     def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
         if dptr == 0:
