@@ -154,11 +154,12 @@ def vgpud_factory(tmp_path_factory):
 
 
 def pytest_generate_tests(metafunc):
-    """Modules that set RELAY_TOO = True run their tests three times: against a local vgpud,
-    through a relay and a GPU host over TLS, and through a relay joining two GPU hosts (the
-    CUDA and NVML suites over the network)."""
-    if "vgpud" in metafunc.fixturenames and getattr(metafunc.module, "RELAY_TOO", False):
-        modes = os.environ.get("VGPU_SUITE_MODES", "local,relay,joined").split(",")
+    """Modules that set EVERY_WAY = True run their tests four times: against a local vgpud,
+    through a relay and a GPU host over TLS, through a relay joining two GPU hosts (the CUDA
+    and NVML suites over the network), and on the cuda backend with vgpu's own driver over a
+    simulator (the real-GPU backend's code without a GPU). VGPU_SUITE_MODES picks some."""
+    if "vgpud" in metafunc.fixturenames and getattr(metafunc.module, "EVERY_WAY", False):
+        modes = os.environ.get("VGPU_SUITE_MODES", "local,relay,joined,cuda-backend").split(",")
         metafunc.parametrize("vgpud", modes, indirect=True, scope="module")
 
 

@@ -14,7 +14,7 @@ from vgpu.api.manifest import load
 from vgpu.device.gpuset import DEFAULT_CUDA_VERSION
 from vgpu.launcher import library_path
 
-RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
+EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 API = load("cuda")
 C = API.constants
 

@@ -10,7 +10,7 @@ import sys
 from tests.conftest import run_json, run_python, wait_for
 from vgpu.api.manifest import load
 
-RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
+EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 C = load("cuda").constants
 
 PRELUDE = """

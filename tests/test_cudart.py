@@ -13,7 +13,7 @@ from tests.conftest import run_json
 from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpuset import DEFAULT_CUDA_VERSION
 
-RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
+EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 CLIENTS = Path(__file__).parent / "clients"
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 

@@ -1,6 +1,6 @@
 """Two GPU hosts joined by one relay into one device list (vgpu.remote.join): what a client
 process sees and does across them. The CUDA and NVML suites also run through such a relay
-(RELAY_TOO in conftest); these tests check what only a join has."""
+(EVERY_WAY in conftest); these tests check what only a join has."""
 
 from __future__ import annotations
 

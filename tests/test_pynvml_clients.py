@@ -9,7 +9,7 @@ import pytest
 
 from vgpu.launcher import library_path
 
-RELAY_TOO = True  # also through a relay and a GPU host over TLS (conftest)
+EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 
 
 def handles(n):

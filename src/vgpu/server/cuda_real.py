@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import itertools
 import struct
 import time
@@ -56,6 +57,12 @@ UNCHECKED_LIMITS = (1024, 1 << 30)
 def rc(result: Any) -> int:
     """The CUresult of a cuda-python call's answer (a tuple whose first item it is)."""
     return int(result[0] if isinstance(result, tuple) else result)
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    """The driver library cuda-python uses, for the calls it cannot make as the API does."""
+    return ctypes.CDLL("libcuda.so.1")
 
 
 def answered(result: Any, out: Any, index: int = 1) -> int:
@@ -120,6 +127,7 @@ class Owned:
     pools: dict[int, MemoryPool] = field(default_factory=dict)  # id -> a device's default pool, as seen here
     peers: set = field(default_factory=set)                     # (context id, peer context id)
     ranges: Ranges = field(default_factory=Ranges)
+    retained: dict[int, int] = field(default_factory=dict)      # VMM handle -> references retained
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,11 @@ class RealCudaService(CudaApi):
         #: position of its name (the shim finds the parameter layout by that position)
         self.kernel_names: dict[int, list[str]] = {}
         self.private_ops = {protocol.OP_MODULE: self.load_module, protocol.OP_LAUNCH: self.launch}
+        #: graph or executable graph id -> its kernels (name, grid, block, shared bytes, parameters,
+        #: cooperative), recorded as launches each time it runs
+        self._records: dict[int, list[tuple]] = {}
+        #: session -> capture id -> the kernels launched into that capture so far
+        self._captures: dict[int, dict[int | None, list[tuple]]] = {}
         self.implemented = implemented(self)
         state.on_detach.append(self._forget)
 
@@ -193,6 +206,9 @@ class RealCudaService(CudaApi):
             cu.cuGraphExecDestroy(graph_exec)
         for graph in owned.graphs.values():
             cu.cuGraphDestroy(graph)
+        for key in [*owned.execs, *owned.graphs]:
+            self._records.pop(key, None)
+        self._captures.pop(session.id, None)
         for stream in owned.streams.values():
             cu.cuStreamDestroy(stream)
         for event in owned.events.values():
@@ -971,12 +987,43 @@ class RealCudaService(CudaApi):
         return rc(result)
 
     def cuMemRelease(self, c: Caller, handle: int) -> int:
+        """One reference fewer (cuMemCreate's or a cuMemRetainAllocationHandle's); the last
+        one returns the memory to the quota."""
         owned = self._mine(c)
         if handle not in owned.physical:
             return INVALID_VALUE
-        ordinal, size = owned.physical.pop(handle)
-        self._unaccount(c.session.id, ordinal, size)
+        if owned.retained.get(handle, 0):
+            owned.retained[handle] -= 1
+        else:
+            ordinal, size = owned.physical.pop(handle)
+            self._unaccount(c.session.id, ordinal, size)
         return rc(cu.cuMemRelease(handle))
+
+    def cuMemGetAllocationPropertiesFromHandle(self, c: Caller, prop: Any, handle: int) -> int:
+        if handle not in self._mine(c).physical:
+            return INVALID_VALUE
+        result = cu.cuMemGetAllocationPropertiesFromHandle(handle)
+        if rc(result) != SUCCESS:
+            return rc(result)
+        visible = self._visible(c.session)
+        prop.type = int(result[1].type)
+        prop.location.type = int(result[1].location.type)
+        prop.location.id = visible.index(result[1].location.id) if result[1].location.id in visible else -1
+        return SUCCESS
+
+    def cuMemRetainAllocationHandle(self, c: Caller, handle: Any, addr: int) -> int:
+        owned = self._mine(c)
+        if not owned.ranges.covers(addr):
+            return INVALID_VALUE
+        result = cu.cuMemRetainAllocationHandle(addr)
+        if rc(result) != SUCCESS:
+            return rc(result)
+        if int(result[1]) not in owned.physical:  # mapped there by another process
+            cu.cuMemRelease(result[1])
+            return INVALID_VALUE
+        owned.retained[int(result[1])] = owned.retained.get(int(result[1]), 0) + 1
+        handle.value = int(result[1])
+        return SUCCESS
 
     def cuMemMap(self, c: Caller, ptr: int, size: int, offset: int, handle: int, flags: int) -> int:
         if handle not in self._mine(c).physical:
@@ -1018,31 +1065,51 @@ class RealCudaService(CudaApi):
         if mode not in (C["CU_STREAM_CAPTURE_MODE_GLOBAL"], C["CU_STREAM_CAPTURE_MODE_THREAD_LOCAL"],
                         C["CU_STREAM_CAPTURE_MODE_RELAXED"]):
             return INVALID_VALUE
-        return rc(cu.cuStreamBeginCapture(hStream[1], cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED))
+        code = rc(cu.cuStreamBeginCapture(hStream[1], cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED))
+        if code == SUCCESS:
+            self._captures.setdefault(c.session.id, {})[self._capture_id(hStream)] = []
+        return code
+
+    @staticmethod
+    def _capture_id(hStream: Any) -> int | None:
+        """The id of the capture a stream takes part in; None when it captures nothing."""
+        result = cu.cuStreamGetCaptureInfo(hStream[1])
+        active = rc(result) == SUCCESS and result[1] == cu.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_ACTIVE
+        return int(result[2]) if active else None
 
     def cuStreamEndCapture(self, c: Caller, hStream: Any, phGraph: Any) -> int:
         self._enter(c)
+        launches = self._captures.get(c.session.id, {}).pop(self._capture_id(hStream), [])
         result = cu.cuStreamEndCapture(hStream[1])
         if rc(result) == SUCCESS:
             graph_id = next(self._ids)
             self._mine(c).graphs[graph_id] = result[1]
-            if rc(result) == SUCCESS:
-                phGraph.value = (graph_id, result[1])
+            self._records[graph_id] = launches
+            phGraph.value = (graph_id, result[1])
+        return rc(result)
+
+    def _instantiated(self, c: Caller, result: Any, out: Any, graph_id: int) -> int:
+        if rc(result) == SUCCESS:
+            exec_id = next(self._ids)
+            self._mine(c).execs[exec_id] = result[1]
+            self._records[exec_id] = list(self._records.get(graph_id, []))
+            out.value = (exec_id, result[1])
         return rc(result)
 
     def cuGraphInstantiateWithFlags(self, c: Caller, phGraphExec: Any, hGraph: Any, flags: int) -> int:
         self._enter(c)
-        result = cu.cuGraphInstantiate(hGraph[1], flags)
-        if rc(result) == SUCCESS:
-            exec_id = next(self._ids)
-            self._mine(c).execs[exec_id] = result[1]
-            if rc(result) == SUCCESS:
-                phGraphExec.value = (exec_id, result[1])
-        return rc(result)
+        return self._instantiated(c, cu.cuGraphInstantiate(hGraph[1], flags), phGraphExec, hGraph[0])
 
     def cuGraphLaunch(self, c: Caller, hGraphExec: Any, hStream: Any) -> int:
-        self._enter(c)
-        return rc(cu.cuGraphLaunch(hGraphExec[1], hStream[1]))
+        """Run on the GPU; its kernels are recorded as graph launches (`vgpu launches`)."""
+        ordinal = self._enter(c)
+        code = rc(cu.cuGraphLaunch(hGraphExec[1], hStream[1]))
+        if code == SUCCESS:
+            now, session = time.time(), c.session
+            for name, grid, block, shared, args, cooperative in self._records.get(hGraphExec[0], []):
+                self.state.launches.add((session.pid, session.id, now, ordinal or 0, name, grid, block, shared,
+                                         hStream[0], args, 0.0, 0.0, cooperative, True))
+        return code
 
     def cuGraphUpload(self, c: Caller, hGraphExec: Any, hStream: Any) -> int:
         self._enter(c)
@@ -1050,10 +1117,12 @@ class RealCudaService(CudaApi):
 
     def cuGraphExecDestroy(self, c: Caller, hGraphExec: Any) -> int:
         del self._mine(c).execs[hGraphExec[0]]
+        self._records.pop(hGraphExec[0], None)
         return rc(cu.cuGraphExecDestroy(hGraphExec[1]))
 
     def cuGraphDestroy(self, c: Caller, hGraph: Any) -> int:
         del self._mine(c).graphs[hGraph[0]]
+        self._records.pop(hGraph[0], None)
         return rc(cu.cuGraphDestroy(hGraph[1]))
 
     def cuGraphGetNodes(self, c: Caller, hGraph: Any, nodes: Any, numNodes: Any) -> int:
@@ -1136,11 +1205,17 @@ class RealCudaService(CudaApi):
         return rc(result)
 
     def cuGraphExecUpdate_v2(self, c: Caller, hGraphExec: Any, hGraph: Any, resultInfo: Any) -> int:
+        """Called through ctypes: cuda-python drops the result information when the update
+        fails, which is when it says why."""
         self._enter(c)
-        result = cu.cuGraphExecUpdate(hGraphExec[1], hGraph[1])
-        if resultInfo is not None:
-            resultInfo.result = int(result[1].result)
-        return rc(result)
+        info = resultInfo if resultInfo is not None else API.ctype({"kind": "name", "name": "CUgraphExecUpdateResultInfo"})()
+        code = _driver().cuGraphExecUpdate_v2(ctypes.c_void_p(int(hGraphExec[1])), ctypes.c_void_p(int(hGraph[1])),
+                                             ctypes.byref(info))
+        info.errorNode = self._node(c, cu.CUgraphNode(info.errorNode))[0] if info.errorNode else 0
+        info.errorFromNode = self._node(c, cu.CUgraphNode(info.errorFromNode))[0] if info.errorFromNode else 0
+        if code == SUCCESS:
+            self._records[hGraphExec[0]] = list(self._records.get(hGraph[0], []))
+        return code
 
     # launches ------------------------------------------------------------------------------
     LAUNCH_COOPERATIVE = 0x1
@@ -1188,8 +1263,14 @@ class RealCudaService(CudaApi):
                 result = rc(cu.cuLaunchKernel(function.handle, gx, gy, gz, bx, by, bz, shared, stream[1], None,
                                               ctypes.addressof(extra)))
             if result == SUCCESS:
-                self.state.launches.add((session.pid, session.id, start, ordinal or 0, function.name, (gx, gy, gz),
-                                         (bx, by, bz), shared, stream_id, args, 0.0, 0.0, cooperative, False))
+                shape = (function.name, (gx, gy, gz), (bx, by, bz), shared, args, cooperative)
+                captures = self._captures.get(session.id)
+                captured = captures.get(self._capture_id(stream)) if captures else None
+                if captured is not None:  # a kernel node of the capture's graph: recorded when it runs
+                    captured.append(shape)
+                else:
+                    self.state.launches.add((session.pid, session.id, start, ordinal or 0, *shape[:4], stream_id,
+                                             args, 0.0, 0.0, cooperative, False))
             first = first or result
         return struct.pack("<i", first)
 
@@ -1218,4 +1299,5 @@ class RealCudaService(CudaApi):
         result = cu.cuGraphAddKernelNode(graph[1], [node for _, node in nodes], len(nodes), params)
         if rc(result) != SUCCESS:
             return struct.pack("<iQ", rc(result), 0)
+        self._records.setdefault(graph[0], []).append((function.name, grid, block, shared, args, False))
         return struct.pack("<iQ", SUCCESS, self._node(c, result[1])[0])

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from vgpu.device import gpuset
+from vgpu.device.gpu import Gpu
 from vgpu.remote.relay import DEFAULT_TIMEOUT_S, Relay, RemoteError, upstreams
 from vgpu.remote.tls import parse_address
 from vgpu.remote.tokens import TokenStore, default_state_dir
@@ -72,13 +73,16 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
         gpu_set = gpuset.parse(gpus, pci_domain)
     except (KeyError, ValueError) as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--gpus") from None
-    if backend == "cuda":  # NVML's GPUs are the real ones (their UUIDs and buses), with --gpus's profile
+    make_gpu = Gpu
+    if backend == "cuda":  # NVML's GPUs are the real ones (their UUIDs, buses and readings), with --gpus's profile
+        from vgpu.device.measured import MeasuredGpu
         from vgpu.server.cuda_real import real_devices
 
         try:
             gpu_set = gpuset.with_identities(gpu_set, real_devices())
         except RuntimeError as error:
             raise click.UsageError(str(error)) from None
+        make_gpu = MeasuredGpu
     network = None
     if listen is not None:
         if cert is None or key is None:
@@ -88,7 +92,7 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--listen") from None
         network = NetworkSettings(address, cert, key, TokenStore(state_dir or default_state_dir()), timeout)
-    return Daemon(DaemonState(gpu_set, backend), socket_path, network)
+    return Daemon(DaemonState(gpu_set, backend, make_gpu), socket_path, network)
 
 
 def _relay(socket_path: Path, connect: tuple[str, ...], token: tuple[str, ...], ca: Path | None,

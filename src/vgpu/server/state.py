@@ -48,14 +48,16 @@ class Session:
 
 
 class DaemonState:
-    def __init__(self, gpuset: GpuSet, backend: str = "sim") -> None:
+    def __init__(self, gpuset: GpuSet, backend: str = "sim", make_gpu: Callable[..., Gpu] = Gpu) -> None:
+        """``make_gpu``: the kind of GPU (vgpu.device.measured.MeasuredGpu reads a real one's
+        telemetry)."""
         nvml = load("nvml")
         self.gpuset = gpuset
         self.backend = backend
         self.started = time.time()
         self.pid = os.getpid()
         self.events = EventHub({k: v for k, v in nvml.constants.items() if k.startswith("nvmlEventType")})
-        self.gpus = [Gpu(ident, self.events) for ident in gpuset.gpus]
+        self.gpus = [make_gpu(ident, self.events) for ident in gpuset.gpus]
         #: every kernel launch, kept after its process ends (`vgpu launches`)
         self.launches = LaunchLog()
         self.sessions: dict[int, Session] = {}
