@@ -107,7 +107,8 @@ def test_a_gpu_cannot_be_joined_twice(tmp_path):
     token = TokenStore(tmp_path / "state").create("twice")
     ports = [free_port(), free_port()]
     hosts = [launcher.start_daemon("h100", tmp_path / f"h{k}.sock", tmp_path / f"h{k}.log", detach=False,
-                                   options=listen_options(tmp_path, f"127.0.0.1:{port}")) for k, port in enumerate(ports)]
+                                   options=listen_options(tmp_path, f"127.0.0.1:{port}"))
+             for k, port in enumerate(ports)]
     try:
         relay = subprocess.run(
             [sys.executable, "-m", "vgpu.server.main", "--backend", "remote", "--socket", str(tmp_path / "r.sock"),

@@ -50,6 +50,10 @@ CONTEXT_ORDINAL_MASK = 0xFFFF
 LAUNCH = struct.Struct("<QQQ3I3IIII")
 LAUNCH_GRAPH_NODE = 0x2
 MODULE_FLAG_LIBRARY = 0x1
+#: parameters whose values come back in the reply
+OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
+#: what a merged status says of each joined host
+HOST_FACTS = ("pid", "version", "backend", "spec", "driver_version", "cuda_version", "error")
 #: calls that end a library, which every host holds a copy of
 EVERY_HOST_CALLS = {"cuLibraryUnload"}
 #: copies between two device pointers, which may lie on two hosts: (destination, source) parameters
@@ -365,6 +369,16 @@ class JoinedConnection:
             return 0
         return value & ~CONTEXT_ORDINAL_MASK | self.numbering.from_host(host, value & CONTEXT_ORDINAL_MASK)
 
+    def _handle_back(self, host: int, handle_type: str, value: int) -> int:
+        """A host's handle id as the client holds it."""
+        return self._context_back(host, value) if handle_type == "CUcontext" else tag(handle_type, value, host,
+                                                                                      self.libraries)
+
+    def _ordinal_back(self, host: int, raw: bytes) -> bytes:
+        """A host's device ordinal (its bytes) in the client's numbering."""
+        number = self.numbering.from_host(host, int.from_bytes(raw, "little", signed=True))
+        return number.to_bytes(len(raw), "little", signed=True)
+
     def _call(self, plan: _Plan, frame: Frame) -> bytes | None:
         payload = frame.payload
         context_host, prefix = None, b""
@@ -439,7 +453,7 @@ class JoinedConnection:
                 walk.out.append(present)
                 if present == b"\0":
                     continue
-                if kind in (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT):
+                if kind in OUTPUTS:
                     walk.outputs.append(index)
                 if kind in (Kind.IN, Kind.INOUT):
                     walk.out.append(self._records(plan, index, payload[at:at + size], 1, walk))
@@ -499,21 +513,19 @@ class JoinedConnection:
             if kind is Kind.INOUT:
                 raw = answer[at:at + size]
                 if param.ordinal:
-                    raw = self.numbering.from_host(host, int.from_bytes(raw, "little", signed=True)).to_bytes(
-                        size, "little", signed=True)
+                    raw = self._ordinal_back(host, raw)
                 elif param.device_count and counts is not None:
                     counts.append(int.from_bytes(raw, "little", signed=True))
                 out.append(self._records(plan, index, raw, 1, None, host))
                 at += size
             elif kind is Kind.HANDLE_OUT:
-                value = struct.unpack_from("<Q", answer, at)[0]
-                value = (self._context_back(host, value) if param.handle == "CUcontext"
-                         else tag(param.handle, value, host, self.libraries))
-                out.append(struct.pack("<Q", value))
+                (value,) = struct.unpack_from("<Q", answer, at)
+                out.append(struct.pack("<Q", self._handle_back(host, param.handle, value)))
                 at += 8
             elif kind is Kind.HANDLE_ARRAY_OUT:
                 count = struct.unpack_from("<I", answer, at)[0]
-                ids = [tag(param.handle, v, host, self.libraries) for v in struct.unpack_from(f"<{count}Q", answer, at + 4)]
+                ids = [tag(param.handle, value, host, self.libraries)
+                       for value in struct.unpack_from(f"<{count}Q", answer, at + 4)]
                 out.append(struct.pack(f"<I{count}Q", count, *ids))
                 at += 4 + 8 * count
             elif kind is Kind.BUFFER:
@@ -665,16 +677,11 @@ class JoinedConnection:
             kind = param.kind
             if kind is Kind.VALUE:
                 raw = key[at:at + size]
-                if param.ordinal:
-                    raw = self.numbering.from_host(host, int.from_bytes(raw, "little", signed=True)).to_bytes(
-                        size, "little", signed=True)
-                out.append(raw)
+                out.append(self._ordinal_back(host, raw) if param.ordinal else raw)
                 at += size
             elif kind is Kind.HANDLE:
-                value = struct.unpack_from("<Q", key, at)[0]
-                value = (self._context_back(host, value) if param.handle == "CUcontext"
-                         else tag(param.handle, value, host, self.libraries))
-                out.append(struct.pack("<Q", value))
+                (value,) = struct.unpack_from("<Q", key, at)
+                out.append(struct.pack("<Q", self._handle_back(host, param.handle, value)))
                 at += 8
             else:
                 present = key[at]
@@ -760,8 +767,8 @@ def merge_status(answers: list[dict[str, Any]], names: list[str]) -> dict[str, A
     merged["gpus"], merged["sessions"] = [], []
     merged["hosts"] = []
     for name, answer in zip(names, answers):
-        merged["hosts"].append({key: answer.get(key) for key in ("pid", "version", "backend", "spec", "driver_version",
-                                                                 "cuda_version", "error") if key in answer} | {"connect": name})
+        facts = {key: answer[key] for key in HOST_FACTS if key in answer}
+        merged["hosts"].append(facts | {"connect": name})
         for gpu in answer.get("gpus", []):
             merged["gpus"].append({**gpu, "index": len(merged["gpus"]), "host_index": gpu["index"], "host": name})
         merged["sessions"] += [{**s, "host": name} for s in answer.get("sessions", [])]

@@ -228,7 +228,8 @@ class Relay:
     @staticmethod
     def _network_fields(host: Upstream, pid: int) -> bytes:
         """What a network client's handshake carries after the local one: token, host/pid."""
-        return b"".join(struct.pack("<H", len(x)) + x for x in (host.token.encode(), f"{socket.gethostname()}/{pid}".encode()))
+        fields = (host.token.encode(), f"{socket.gethostname()}/{pid}".encode())
+        return b"".join(struct.pack("<H", len(field)) + field for field in fields)
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:

@@ -48,8 +48,10 @@ C = API.constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 LAUNCH = struct.Struct("<QQQ3I3IIII")
+UPDATE_RESULT_INFO = API.ctype({"kind": "name", "name": "CUgraphExecUpdateResultInfo"})
 #: the device attributes a kernel's launch limits depend on
-LIMIT_ATTRIBUTES = ("MAX_THREADS_PER_BLOCK", "MAX_REGISTERS_PER_BLOCK", "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
+LIMIT_ATTRIBUTES = [(name, getattr(cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}")) for name in (
+    "MAX_THREADS_PER_BLOCK", "MAX_REGISTERS_PER_BLOCK", "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")]
 #: the limits the shim is told for a kernel known only from PTX: the driver's to enforce
 UNCHECKED_LIMITS = (1024, 1 << 30)
 
@@ -153,8 +155,8 @@ class RealCudaService(CudaApi):
         self.contexts = [cu.cuDevicePrimaryCtxRetain(device)[1] for device in self.devices]
         self.uuids = [f"GPU-{uuid.UUID(bytes=bytes(cu.cuDeviceGetUuid(d)[1].bytes))}" for d in self.devices]
         #: what a compiled kernel's launch limits follow from, per device (vgpu.device.kernels)
-        self.limits = [{name: cu.cuDeviceGetAttribute(getattr(cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}"),
-                                                      device)[1] for name in LIMIT_ATTRIBUTES} for device in self.devices]
+        self.limits = [{name: cu.cuDeviceGetAttribute(attribute, device)[1] for name, attribute in LIMIT_ATTRIBUTES}
+                       for device in self.devices]
         self.owned: dict[int, Owned] = {}
         self.functions: dict[int, RealFunction] = {}
         self.layouts: dict[int, list[tuple[str, list[tuple[int, int]], int, int]]] = {}
@@ -1208,7 +1210,7 @@ class RealCudaService(CudaApi):
         """Called through ctypes: cuda-python drops the result information when the update
         fails, which is when it says why."""
         self._enter(c)
-        info = resultInfo if resultInfo is not None else API.ctype({"kind": "name", "name": "CUgraphExecUpdateResultInfo"})()
+        info = resultInfo if resultInfo is not None else UPDATE_RESULT_INFO()
         code = _driver().cuGraphExecUpdate_v2(ctypes.c_void_p(int(hGraphExec[1])), ctypes.c_void_p(int(hGraph[1])),
                                              ctypes.byref(info))
         info.errorNode = self._node(c, cu.CUgraphNode(info.errorNode))[0] if info.errorNode else 0
