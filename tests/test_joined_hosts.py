@@ -164,35 +164,46 @@ def test_up_joins_hosts_with_a_token_each(tmp_path):
             host.wait(10)
 
 
-def test_a_gpu_host_that_goes_away_gives_errors_not_hangs(tmp_path):
-    """Clients of a join hold a connection to every host: when one goes, a call that needs it
-    fails with CUDA_ERROR_DEVICE_UNAVAILABLE at once (the process's other calls then do too)."""
+def test_a_gpu_host_that_goes_away_takes_only_its_gpus(tmp_path):
+    """When one joined host goes, calls for its GPU answer CUDA_ERROR_DEVICE_UNAVAILABLE and
+    NVML_ERROR_GPU_IS_LOST at once (no hang); the other host's GPU goes on working, and the
+    device list keeps its numbering."""
     daemon = start_vgpud("h100,l4", tmp_path / "gone", "joined")
     try:
         code = """
 import json, sys, time
+import pynvml
 from cuda.bindings import driver as cu
 cu.cuInit(0)
+pynvml.nvmlInit()
 contexts = [cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(i)[1])[1] for i in (0, 1)]
-allocs = []
-for ctx in contexts:
+handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in (0, 1)]
+def allocate(ctx):
     cu.cuCtxSetCurrent(ctx)
-    allocs.append(int(cu.cuMemAlloc(1 << 20)[0]))
-print(json.dumps(allocs), flush=True)
+    return int(cu.cuMemAlloc(1 << 20)[0])
+def memory(handle):
+    try:
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).total > 0
+    except pynvml.NVMLError as error:
+        return error.value
+print(json.dumps([allocate(ctx) for ctx in contexts] + [memory(h) for h in handles]), flush=True)
 sys.stdin.readline()
 started = time.monotonic()
-rc = int(cu.cuMemAlloc(1 << 20)[0])  # on the L4, whose host is gone
-print(json.dumps({"alloc": rc, "seconds": time.monotonic() - started}), flush=True)
+after = [allocate(contexts[1]), memory(handles[1]), allocate(contexts[0]), memory(handles[0]),
+         int(cu.cuCtxSynchronize()[0]), pynvml.nvmlDeviceGetCount()]
+print(json.dumps({"after": after, "seconds": time.monotonic() - started}), flush=True)
 """
         client = subprocess.Popen([sys.executable, "-c", code], env={**daemon.env, "VGPU_TIMEOUT_MS": "1500"},
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert json.loads(client.stdout.readline()) == [0, 0]
+        assert json.loads(client.stdout.readline()) == [0, 0, True, True]
         daemon.others[1].kill()  # the L4's host
         daemon.others[1].wait(10)
         client.stdin.write("\n")
         client.stdin.flush()
         answer = json.loads(client.stdout.readline())
         client.wait(10)
-        assert answer["alloc"] == 46 and answer["seconds"] < 5  # CUDA_ERROR_DEVICE_UNAVAILABLE
+        # CUDA_ERROR_DEVICE_UNAVAILABLE and NVML_ERROR_GPU_IS_LOST for the L4; the H100 works
+        assert answer["after"] == [46, 15, 0, True, 0, 2], answer
+        assert answer["seconds"] < 5
     finally:
         daemon.stop()

@@ -22,7 +22,9 @@ sends it where it belongs over one TLS connection per host:
 
 What cannot cross hosts answers as a real driver answers for GPUs that cannot reach each
 other: no peer access (``cuDeviceCanAccessPeer`` gives 0), and a call naming objects of two
-hosts gets the API's "not supported" code, logged.
+hosts gets the API's "not supported" code, logged. A host that goes away takes its GPUs
+with it: calls for them answer "device unavailable" (NVML: "GPU is lost"), while the other
+hosts' GPUs go on working.
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ def _shift(handle_type: str) -> int:
 
 def _untagged(handle_type: str, value: int) -> bool:
     return value == 0 or handle_type == "CUstream" and value in DEFAULT_STREAMS
+
+
+class HostGone(ConnectionError):
+    """A joined host closed its connection or stopped answering."""
+
+    def __init__(self, host: int) -> None:
+        super().__init__(f"GPU host {host} is gone")
+        self.host = host
 
 
 class Libraries:
@@ -210,6 +220,9 @@ class Router:
         self.plans = {f.op: _Plan(self.api, f, location, device) for f in self.api.functions if f.encodable}
         self.not_supported = self.api.constants["CUDA_ERROR_NOT_SUPPORTED" if api_name == "cuda"
                                                  else "NVML_ERROR_NOT_SUPPORTED"]
+        #: what a call for a GPU whose host is gone answers, as the libraries do when vgpud is
+        self.lost = self.api.constants["CUDA_ERROR_DEVICE_UNAVAILABLE" if api_name == "cuda"
+                                       else "NVML_ERROR_GPU_IS_LOST"]
         #: op -> (codec, destination and source parameter indices) of copies between device pointers
         self.copies: dict[int, tuple[FunctionCodec, int, int]] = {}
         for f in self.api.functions:
@@ -278,6 +291,8 @@ class JoinedConnection:
         self.readers = [FrameReader(sock) for sock in upstreams]
         self.numbering = numbering
         self.libraries = libraries
+        #: hosts whose connection ended
+        self.gone: set[int] = set()
 
     @classmethod
     def open(cls, routers: dict[str, Router], client: socket.socket, hello: Frame, upstreams: list[socket.socket],
@@ -335,6 +350,29 @@ class JoinedConnection:
                 self.client.sendall(protocol.pack_frame(frame.op, answer, frame.seq, protocol.FLAG_REPLY))
 
     def handle(self, frame: Frame) -> bytes | None:
+        """The answer to one of the client's frames (None for work sent without waiting)."""
+        try:
+            return self._handle(frame)
+        except HostGone:
+            return None if frame.flags & protocol.FLAG_NO_REPLY else self._unreachable(frame)
+
+    def _unreachable(self, frame: Frame) -> bytes:
+        """The answer of a call that needed a host that is gone: the API's "lost" code, and
+        each output the call asked for, empty."""
+        lost = struct.pack("<i", self.router.lost)
+        plan = self.router.plans.get(frame.op)
+        if frame.op == protocol.OP_MODULE:
+            return lost + bytes(12)
+        if plan is None:
+            return lost + bytes(8) if frame.op == protocol.OP_LAUNCH else lost
+        walk = self._walk_request(plan, frame.payload[8:] if self.router.context_prefix else frame.payload)
+        out = [lost]
+        for index in walk.outputs:
+            kind = plan.function.params[index].kind
+            out.append(bytes(plan.sizes[index] if kind is Kind.INOUT else 8 if kind is Kind.HANDLE_OUT else 4))
+        return b"".join(out)
+
+    def _handle(self, frame: Frame) -> bytes | None:
         if frame.op == protocol.OP_PING:
             return frame.payload
         if frame.op == protocol.OP_FACTS:
@@ -349,14 +387,27 @@ class JoinedConnection:
         return self._call(plan, frame)
 
     def _ask(self, host: int, frame: Frame, payload: bytes) -> bytes | None:
-        """Send to one host; its answer, or None for work sent without waiting."""
-        self.upstreams[host].sendall(protocol.pack_frame(frame.op, payload, frame.seq, frame.flags))
-        if frame.flags & protocol.FLAG_NO_REPLY:
-            return None
-        while True:
-            answer = self.readers[host].read()
-            if answer.seq == frame.seq:
-                return answer.payload
+        """Send to one host; its answer, or None for work sent without waiting. HostGone when
+        the host's connection has ended (then and ever after)."""
+        if host in self.gone:
+            raise HostGone(host)
+        try:
+            self.upstreams[host].sendall(protocol.pack_frame(frame.op, payload, frame.seq, frame.flags))
+            if frame.flags & protocol.FLAG_NO_REPLY:
+                return None
+            while True:
+                answer = self.readers[host].read()
+                if answer.seq == frame.seq:
+                    return answer.payload
+        except (OSError, EOFError, ProtocolError) as error:
+            self.gone.add(host)
+            self.upstreams[host].close()
+            log.warning("GPU host %s is gone (%s): its GPUs are lost to this process",
+                        self.router.hosts[host].name, error or "connection closed")
+            raise HostGone(host) from None
+
+    def _live(self, hosts: list[int]) -> list[int]:
+        return [host for host in hosts if host not in self.gone]
 
     def _context(self, value: int) -> tuple[int | None, int]:
         if not value:
@@ -547,24 +598,35 @@ class JoinedConnection:
         total, first = 0, None
         for host in range(len(self.upstreams)):
             counts: list[int] = []
-            answer = self._walk_reply(plan, self._ask(host, frame, payload), walk.outputs, host, counts)
+            try:
+                answer = self._walk_reply(plan, self._ask(host, frame, payload), walk.outputs, host, counts)
+            except HostGone:  # its GPUs are lost, not gone from the list: the numbering stays
+                total += sum(1 for place, _ in self.numbering.places if place == host)
+                continue
             if struct.unpack_from("<i", answer)[0] != 0:
                 return answer
             first = first or answer
             total += sum(counts)
+        if first is None:
+            raise HostGone(0)
         return first[:4] + struct.pack("<i", total) + first[8:]
 
     def _first_found(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk, first: int | None = None) -> bytes:
         """A lookup (by UUID, PCI bus id, serial, device pointer): the first host that knows
         it, asking host ``first`` first (with the calling context; the others without)."""
         failed = None
-        for host in self._hosts_from(first):
+        for host in self._live(self._hosts_from(first)):
             context = prefix if host == first or not prefix else bytes(8)
-            answer = self._walk_reply(plan, self._ask(host, frame, context + walk.payload(host, self.libraries)),
-                                      walk.outputs, host)
+            try:
+                answer = self._walk_reply(plan, self._ask(host, frame, context + walk.payload(host, self.libraries)),
+                                          walk.outputs, host)
+            except HostGone:
+                continue
             if struct.unpack_from("<i", answer)[0] == 0:
                 return answer
             failed = failed or answer
+        if failed is None:
+            raise HostGone(first or 0)
         return failed
 
     def _hosts_from(self, first: int | None) -> list[int]:
@@ -574,7 +636,7 @@ class JoinedConnection:
     def _everywhere(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes | None:
         """A library's end: every host unloads its copy; the first failure is the answer."""
         answers = [self._ask(host, frame, prefix + walk.payload(host, self.libraries))
-                   for host in self.numbering.hosts]
+                   for host in self._live(self.numbering.hosts)]
         if not answers or answers[0] is None:
             return None
         return next((a for a in answers if struct.unpack_from("<i", a)[0]), answers[0])
@@ -711,7 +773,9 @@ class JoinedConnection:
             rc, module = struct.unpack_from("<iQ", answer)
             return answer[:4] + struct.pack("<Q", tag("CUmodule", module, host) if rc == 0 else module) + answer[12:]
         answers = {k: self._ask(k, frame, struct.pack("<QI", context if k == host else 0, flags) + image)
-                   for k in self.numbering.hosts}
+                   for k in self._live(self.numbering.hosts)}
+        if not answers:
+            raise HostGone(host or 0)
         failed = next((a for a in answers.values() if struct.unpack_from("<i", a)[0]), None)
         if failed is not None:
             return failed
@@ -751,7 +815,10 @@ class JoinedConnection:
             at = end
         answers = []
         for host, records in runs:
-            answer = self._ask(host, frame, b"".join(records))
+            try:
+                answer = self._ask(host, frame, b"".join(records))
+            except HostGone:  # the other hosts' launches still go
+                answer = None if frame.flags & protocol.FLAG_NO_REPLY else struct.pack("<iQ", self.router.lost, 0)
             if answer is not None and len(answer) >= 12 and struct.unpack_from("<i", answer)[0] == 0:
                 node = struct.unpack_from("<Q", answer, 4)[0]  # a graph's kernel node
                 answer = answer[:4] + struct.pack("<Q", tag("CUgraphNode", node, host)) + answer[12:]
