@@ -103,7 +103,7 @@ class ApiDispatcher:
             if len(payload) < 8:
                 raise DecodeError(f"{codec.function.name}: no calling context")
             caller = Caller(session, U64.unpack_from(payload)[0])
-            payload = payload[8:]
+            payload = memoryview(payload)[8:]  # a bulk transfer's 16 MiB are not copied for it
         args = codec.decode(payload, session.windows)
         for index, param in enumerate(codec.function.params):
             if param.kind is Kind.HANDLE:
