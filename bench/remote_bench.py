@@ -43,6 +43,22 @@ while True:
     conn.sendall(data)
 """
 
+TLS_ECHO = """
+import socket, ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+tls = context.wrap_socket(conn, server_side=True)
+while True:
+    data = tls.recv(64)
+    if not data:
+        break
+    tls.sendall(data)
+"""
+
 TLS_SINK = """
 import socket, ssl, sys
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -69,9 +85,16 @@ def server(code: str, *args: str) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-def tcp_round_trip(calls: int) -> float:
-    process, port = server(TCP_ECHO)
-    sock = socket.create_connection(("127.0.0.1", port))
+def tcp_round_trip(calls: int, folder: Path | None = None) -> float:
+    """Median seconds of a 16-byte echo over TCP to another process (over TLS with the
+    certificate in ``folder``)."""
+    if folder is None:
+        process, port = server(TCP_ECHO)
+        sock = socket.create_connection(("127.0.0.1", port))
+    else:
+        process, port = server(TLS_ECHO, str(folder / "cert.pem"), str(folder / "key.pem"))
+        context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     samples = []
     for _ in range(calls):
@@ -121,6 +144,7 @@ def main() -> None:
         ctx = ctypes.c_void_p()
         assert cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0 and cuda.cuCtxSetCurrent(ctx) == 0
         floor_rtt = tcp_round_trip(args.calls)
+        tls_rtt = tcp_round_trip(args.calls, folder)
         samples = []
         for _ in range(args.calls):
             start = time.perf_counter()
@@ -148,7 +172,8 @@ def main() -> None:
     print(json.dumps({
         "relay_with": args.relay_with,
         "sync_call": {"floor_tcp_round_trip_us": round(floor_rtt * 1e6, 1), "cuCtxSynchronize_us": round(sync * 1e6, 1),
-                      "ratio": round(sync / floor_rtt, 2), "target": "within 2x"},
+                      "ratio": round(sync / floor_rtt, 2), "target": "within 2x",
+                      "tls_round_trip_us": round(tls_rtt * 1e6, 1), "ratio_to_tls": round(sync / tls_rtt, 2)},
         "bandwidth": {"floor_tls_stream_GBps": round(floor_stream / 1e9, 3), "h2d_GBps": round(h2d_rate / 1e9, 3),
                       "d2h_GBps": round(d2h_rate / 1e9, 3), "h2d_ratio": round(h2d_rate / floor_stream, 2),
                       "d2h_ratio": round(d2h_rate / floor_stream, 2),
