@@ -148,3 +148,24 @@ def test_nvitop_one_shot_under_vgpu_run():
     assert out.count("H100 80GB HBM3") == 2 and "Tesla T4" in out
     assert "00000000:2A:00.0" in out and "700W" in out
     assert "No running processes found" in out
+
+
+def test_smi_says_what_the_gpus_are(vgpud_factory, tmp_path):
+    """`vgpu smi` notes simulated GPUs on the simulator, and real ones on the cuda backend
+    (here with vgpu's own driver over a simulator standing in for the GPU)."""
+    from tests.conftest import start_vgpud
+    from vgpu.smi.render import REAL_NOTE, SIM_NOTE
+
+    simulated = vgpud_factory("l4")
+    backend = start_vgpud("l4", tmp_path / "cuda", "cuda-backend")
+    try:
+        notes = []
+        for daemon in (simulated, backend):
+            shown = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "smi"], env=daemon.env,
+                                   capture_output=True, text=True, timeout=60)
+            assert shown.returncode == 0, shown.stderr
+            assert "NVIDIA L4" in shown.stdout
+            notes.append(shown.stdout.strip().splitlines()[-1])
+        assert notes == [SIM_NOTE, REAL_NOTE]
+    finally:
+        backend.stop()

@@ -228,9 +228,21 @@ def smi(query: str | None, fmt: str, long_report: bool, as_json: bool) -> None:
         except ValueError as error:
             _fail(str(error))
     elif long_report:
-        click.echo(render.query_text(snap))
+        click.echo(render.query_text(snap, note=_backend_note()))
     else:
-        click.echo(render.table(snap))
+        click.echo(render.table(snap, note=_backend_note()))
+
+
+def _backend_note() -> str:
+    """What the GPUs are, as vgpud says (its GPU host's, through a relay)."""
+    from vgpu.smi import render
+
+    try:
+        with Client(timeout=2) as client:
+            backend = client.control("status").get("backend")
+    except (DaemonUnavailable, OSError, ControlFailed):
+        backend = None
+    return render.REAL_NOTE if backend == "cuda" else render.SIM_NOTE
 
 
 @main.group()

@@ -9,6 +9,7 @@ from vgpu.smi.snapshot import MIB, GpuSnapshot, Snapshot
 
 NA = "N/A"
 SIM_NOTE = "vgpu: simulated GPUs; kernels are validated and timed, not computed"
+REAL_NOTE = "vgpu: real GPUs behind vgpud's cuda backend; kernels run on them"
 
 
 def _mib(value: int | None) -> str:
@@ -30,7 +31,7 @@ def _boxed(text: str) -> str:
     return "|" + text.ljust(WIDTH - 2) + "|"
 
 
-def table(snap: Snapshot, now: float | None = None) -> str:
+def table(snap: Snapshot, now: float | None = None, note: str = SIM_NOTE) -> str:
     width = WIDTH
     rule = "+" + "-" * 41 + "+" + "-" * 24 + "+" + "-" * 22 + "+"
     lines = [time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(now)),
@@ -76,7 +77,7 @@ def table(snap: Snapshot, now: float | None = None) -> str:
         name = name if len(name) <= 32 else "..." + name[-29:]
         lines.append(_boxed(f" {index:4d}   {NA:>3}  {NA:>3}  {proc.pid:>15}  {proc.type:>5}   {name:<32}"
                             f"  {_mib(proc.used_memory):>11} "))
-    lines += ["+" + "-" * (width - 2) + "+", SIM_NOTE]
+    lines += ["+" + "-" * (width - 2) + "+", note]
     return "\n".join(lines)
 
 
@@ -149,7 +150,7 @@ def _unit(value: Any, suffix: str) -> str | None:
     return None if value is None else f"{value}{suffix}"
 
 
-def query_text(snap: Snapshot, now: float | None = None) -> str:
+def query_text(snap: Snapshot, now: float | None = None, note: str = SIM_NOTE) -> str:
     """``-q``: the long per-GPU report."""
     out = ["", "==============NVSMI LOG==============", "",
            f"{'Timestamp':<38}: {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(now))}",
@@ -221,5 +222,5 @@ def query_text(snap: Snapshot, now: float | None = None) -> str:
             item(3, "Name", proc.name)
             item(3, "Used GPU Memory", None if proc.used_memory is None else f"{proc.used_memory // MIB} MiB")
         out.append("")
-    out.append(SIM_NOTE)
+    out.append(note)
     return "\n".join(out)
