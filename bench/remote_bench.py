@@ -30,33 +30,21 @@ from conftest import start_vgpud  # noqa: E402
 
 from vgpu import launcher  # noqa: E402
 
-TCP_ECHO = """
-import socket, sys
+ECHO = """
+import socket, ssl, sys
 listener = socket.create_server(("127.0.0.1", 0))
 print(listener.getsockname()[1], flush=True)
 conn, _ = listener.accept()
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if len(sys.argv) > 1:  # over TLS, with this certificate and key
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[1], sys.argv[2])
+    conn = context.wrap_socket(conn, server_side=True)
 while True:
     data = conn.recv(64)
     if not data:
         break
     conn.sendall(data)
-"""
-
-TLS_ECHO = """
-import socket, ssl, sys
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-listener = socket.create_server(("127.0.0.1", 0))
-print(listener.getsockname()[1], flush=True)
-conn, _ = listener.accept()
-conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-tls = context.wrap_socket(conn, server_side=True)
-while True:
-    data = tls.recv(64)
-    if not data:
-        break
-    tls.sendall(data)
 """
 
 TLS_SINK = """
@@ -89,10 +77,10 @@ def tcp_round_trip(calls: int, folder: Path | None = None) -> float:
     """Median seconds of a 16-byte echo over TCP to another process (over TLS with the
     certificate in ``folder``)."""
     if folder is None:
-        process, port = server(TCP_ECHO)
+        process, port = server(ECHO)
         sock = socket.create_connection(("127.0.0.1", port))
     else:
-        process, port = server(TLS_ECHO, str(folder / "cert.pem"), str(folder / "key.pem"))
+        process, port = server(ECHO, str(folder / "cert.pem"), str(folder / "key.pem"))
         context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
         sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
