@@ -167,7 +167,7 @@ def test_up_joins_hosts_with_a_token_each(tmp_path):
 def test_a_gpu_host_that_goes_away_takes_only_its_gpus(tmp_path):
     """When one joined host goes, calls for its GPU answer CUDA_ERROR_DEVICE_UNAVAILABLE and
     NVML_ERROR_GPU_IS_LOST at once (no hang); the other host's GPU goes on working, and the
-    device list keeps its numbering."""
+    running process keeps its numbering; a new process has the other host's GPU."""
     daemon = start_vgpud("h100,l4", tmp_path / "gone", "joined")
     try:
         code = """
@@ -177,15 +177,19 @@ from cuda.bindings import driver as cu
 cu.cuInit(0)
 pynvml.nvmlInit()
 contexts = [cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(i)[1])[1] for i in (0, 1)]
-handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in (0, 1)]
+def answer(call, *args):
+    try:
+        return call(*args)
+    except pynvml.NVMLError as error:
+        return error.value
+handles = [answer(pynvml.nvmlDeviceGetHandleByIndex, i) for i in (0, 1)]
 def allocate(ctx):
     cu.cuCtxSetCurrent(ctx)
     return int(cu.cuMemAlloc(1 << 20)[0])
 def memory(handle):
-    try:
-        return pynvml.nvmlDeviceGetMemoryInfo(handle).total > 0
-    except pynvml.NVMLError as error:
-        return error.value
+    if isinstance(handle, int):  # no handle: NVML's error
+        return handle
+    return answer(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).total > 0)
 print(json.dumps([allocate(ctx) for ctx in contexts] + [memory(h) for h in handles]), flush=True)
 sys.stdin.readline()
 started = time.monotonic()
@@ -193,8 +197,9 @@ after = [allocate(contexts[1]), memory(handles[1]), allocate(contexts[0]), memor
          int(cu.cuCtxSynchronize()[0]), pynvml.nvmlDeviceGetCount()]
 print(json.dumps({"after": after, "seconds": time.monotonic() - started}), flush=True)
 """
-        client = subprocess.Popen([sys.executable, "-c", code], env={**daemon.env, "VGPU_TIMEOUT_MS": "1500"},
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**daemon.env, "VGPU_TIMEOUT_MS": "1500"}
+        client = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
         assert json.loads(client.stdout.readline()) == [0, 0, True, True]
         daemon.others[1].kill()  # the L4's host
         daemon.others[1].wait(10)
@@ -205,5 +210,22 @@ print(json.dumps({"after": after, "seconds": time.monotonic() - started}), flush
         # CUDA_ERROR_DEVICE_UNAVAILABLE and NVML_ERROR_GPU_IS_LOST for the L4; the H100 works
         assert answer["after"] == [46, 15, 0, True, 0, 2], answer
         assert answer["seconds"] < 5
+        # a process that starts now has the H100 for CUDA; NVML lists the L4 lost, answering its
+        # handle with NVML_ERROR_GPU_IS_LOST as for a GPU that fell off the bus
+        fresh = run_json("""
+import json, pynvml
+from cuda.bindings import driver as cu
+pynvml.nvmlInit()
+def answer(call, *args):
+    try:
+        return call(*args)
+    except pynvml.NVMLError as error:
+        return error.value
+handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+print(json.dumps([int(cu.cuInit(0)[0]), cu.cuDeviceGetCount()[1], cu.cuDeviceGetName(64, 0)[1].split(b"\\0")[0].decode(),
+                  pynvml.nvmlDeviceGetCount(), pynvml.nvmlDeviceGetName(handle),
+                  answer(pynvml.nvmlDeviceGetHandleByIndex, 1)]))
+""", env)
+        assert fresh == [0, 1, "NVIDIA H100 80GB HBM3", 2, "NVIDIA H100 80GB HBM3", 15]
     finally:
         daemon.stop()

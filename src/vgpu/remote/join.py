@@ -99,13 +99,11 @@ class HostGone(ConnectionError):
 
 class Libraries:
     """A client process's libraries, each loaded on every host that has GPUs for it: the id
-    the client holds (the first such host's) and each host's own. Shared by the process's
-    connections."""
+    the client holds (the first such host's) and each host's own."""
 
     def __init__(self) -> None:
         self.ids: dict[int, dict[int, int]] = {}
         self.back: dict[tuple[int, int], int] = {}
-        self.connections = 0
 
     def add(self, ids: dict[int, int]) -> int:
         first = ids[min(ids)]
@@ -130,6 +128,18 @@ class Libraries:
         if host not in ids:
             return plain
         return ids[host] << 16 | plain & 0xFFFF if function else ids[host]
+
+
+@dataclass
+class ClientProcess:
+    """What a client process's connections (one per thread) share: its libraries, and its
+    device numbering for each API, fixed by its first connection (GPUs of a host lost later
+    keep their numbers)."""
+
+    libraries: Libraries = field(default_factory=Libraries)
+    #: API -> (its numbering, what each host is told of CUDA_VISIBLE_DEVICES or None)
+    numberings: dict[str, tuple[Ordinals, list[str | None]]] = field(default_factory=dict)
+    connections: int = 0
 
 
 def tag(handle_type: str, value: int, host: int, libraries: Libraries | None = None) -> int:
@@ -231,10 +241,12 @@ class Router:
                 names = [p.name for p in f.params]
                 self.copies[f.op] = (FunctionCodec(self.api, f), *(names.index(n) for n in DEVICE_COPIES[base]))
 
-    def cuda_numbering(self, visible: str | None) -> tuple[Ordinals, list[str]]:
-        """CUDA's ordinals under the process's CUDA_VISIBLE_DEVICES, and what each host is told."""
-        flat = [(k, i) for k, host in enumerate(self.hosts) for i in range(len(host.uuids))]
-        chosen = [flat[n] for n in visible_devices(visible, [u for host in self.hosts for u in host.uuids])]
+    def cuda_numbering(self, visible: str | None, reachable: set[int]) -> tuple[Ordinals, list[str | None]]:
+        """CUDA's ordinals of the reachable hosts' GPUs under the process's
+        CUDA_VISIBLE_DEVICES, and what each host is told."""
+        flat = [(k, i) for k, host in enumerate(self.hosts) if k in reachable for i in range(len(host.uuids))]
+        uuids = [uuid for k, host in enumerate(self.hosts) if k in reachable for uuid in host.uuids]
+        chosen = [flat[n] for n in visible_devices(visible, uuids)]
         places, per_host = [], [[] for _ in self.hosts]
         for host, index in chosen:
             places.append((host, len(per_host[host])))
@@ -283,23 +295,25 @@ class _Walk:
 class JoinedConnection:
     """One client connection to joined hosts (vgpu.remote.relay.Relay makes one per client)."""
 
-    def __init__(self, router: Router, client: socket.socket, upstreams: list[socket.socket],
+    def __init__(self, router: Router, client: socket.socket, upstreams: list[socket.socket | None],
                  numbering: Ordinals, libraries: Libraries) -> None:
         self.router = router
         self.client = client
         self.upstreams = upstreams
-        self.readers = [FrameReader(sock) for sock in upstreams]
+        self.readers = [FrameReader(sock) if sock is not None else None for sock in upstreams]
         self.numbering = numbering
         self.libraries = libraries
-        #: hosts whose connection ended
-        self.gone: set[int] = set()
+        #: hosts whose connection ended, or never began
+        self.gone: set[int] = {k for k, sock in enumerate(upstreams) if sock is None}
 
     @classmethod
-    def open(cls, routers: dict[str, Router], client: socket.socket, hello: Frame, upstreams: list[socket.socket],
-             network: list[bytes], libraries: Libraries) -> JoinedConnection | None:
-        """The client's handshake with every host (``network``: each host's token and peer
-        fields); the merged answer goes to the client. None when a host refused it (the client
-        has its answer and reason then)."""
+    def open(cls, routers: dict[str, Router], client: socket.socket, hello: Frame, upstreams: list[socket.socket | None],
+             network: list[bytes], process: ClientProcess) -> JoinedConnection | None:
+        """The client's handshake with every host it could reach (``upstreams``, None for the
+        others; ``network``: each host's token and peer fields); the merged answer goes to the
+        client. None when a host refused it (the client has its answer and reason then) or
+        none answered. A process that starts while a host is unreachable has no CUDA devices
+        there; NVML lists them, lost, as it lists a GPU that fell off the bus."""
         head = protocol.HELLO_REQUEST.size
         api = protocol.HELLO_REQUEST.unpack_from(hello.payload)[2].rstrip(b"\0").decode(errors="replace")
         (exe_len,) = struct.unpack_from("<H", hello.payload, head)
@@ -307,24 +321,33 @@ class JoinedConnection:
         (env_len,) = struct.unpack_from("<H", hello.payload, at) if len(hello.payload) >= at + 2 else (0,)
         env = dict(item.partition("=")[::2] for item in
                    hello.payload[at + 2:at + 2 + env_len].decode(errors="replace").split("\0") if item)
+        live = [k for k, sock in enumerate(upstreams) if sock is not None]
         router = routers.get(api)
-        if router is None:  # an API this relay does not join: the first host says what is wrong
-            upstreams[0].sendall(protocol.pack_frame(hello.op, hello.payload + network[0], hello.seq, hello.flags))
-            client.sendall(protocol.pack_frame(hello.op, FrameReader(upstreams[0]).read().payload, hello.seq,
+        if router is None:  # an API this relay does not join: a host says what is wrong
+            upstreams[live[0]].sendall(protocol.pack_frame(hello.op, hello.payload + network[live[0]], hello.seq,
+                                                           hello.flags))
+            client.sendall(protocol.pack_frame(hello.op, FrameReader(upstreams[live[0]]).read().payload, hello.seq,
                                                protocol.FLAG_REPLY))
             return None
-        told = [None] * len(upstreams)
-        if api == "cuda":
-            numbering, told = router.cuda_numbering(env.get("CUDA_VISIBLE_DEVICES"))
-        else:
-            numbering = router.nvml_numbering()
+        if api not in process.numberings:
+            process.numberings[api] = (router.cuda_numbering(env.get("CUDA_VISIBLE_DEVICES"), set(live))
+                                       if api == "cuda" else (router.nvml_numbering(), [None] * len(upstreams)))
+        numbering, told = process.numberings[api]
         replies = []
-        for k, sock in enumerate(upstreams):
+        for k in live:
             host_env = env if told[k] is None else {**env, "CUDA_VISIBLE_DEVICES": told[k]}
             listed = "\0".join(f"{key}={value}" for key, value in host_env.items()).encode()
             payload = hello.payload[:head + 2 + exe_len] + struct.pack("<H", len(listed)) + listed + network[k]
-            sock.sendall(protocol.pack_frame(hello.op, payload, hello.seq, hello.flags))
-            replies.append(FrameReader(sock).read().payload)
+            try:
+                upstreams[k].sendall(protocol.pack_frame(hello.op, payload, hello.seq, hello.flags))
+                replies.append(FrameReader(upstreams[k]).read().payload)
+            except (OSError, EOFError, ProtocolError) as error:
+                log.warning("GPU host %s did not complete a handshake (%s): its GPUs are lost to this process",
+                            router.hosts[k].name, str(error) or "connection closed")
+                upstreams[k].close()
+                upstreams[k] = None
+        if not replies:
+            return None
         status, session, connections, bitmap_len, _ = protocol.HELLO_REPLY.unpack_from(replies[0])
         refused = next((r for r in replies if protocol.HELLO_REPLY.unpack_from(r)[0] != protocol.HELLO_OK), None)
         if refused is not None:
@@ -337,7 +360,7 @@ class JoinedConnection:
                 bitmap[i] &= byte
         answer = protocol.HELLO_REPLY.pack(status, session, connections, bitmap_len, 0) + bytes(bitmap) + bytes(4)
         client.sendall(protocol.pack_frame(hello.op, answer, hello.seq, protocol.FLAG_REPLY))
-        return cls(router, client, upstreams, numbering, libraries)
+        return cls(router, client, upstreams, numbering, process.libraries)
 
     # requests ---------------------------------------------------------------------------
     def serve(self) -> None:
@@ -403,7 +426,7 @@ class JoinedConnection:
             self.gone.add(host)
             self.upstreams[host].close()
             log.warning("GPU host %s is gone (%s): its GPUs are lost to this process",
-                        self.router.hosts[host].name, error or "connection closed")
+                        self.router.hosts[host].name, str(error) or "connection closed")
             raise HostGone(host) from None
 
     def _live(self, hosts: list[int]) -> list[int]:
@@ -708,7 +731,8 @@ class JoinedConnection:
         """Every host's immutable answers, renumbered and merged; device counts added up."""
         merged: dict[bytes, bytes] = {}
         counted: dict[bytes, int] = {}
-        for host in range(len(self.upstreams)):
+        lost = sum(1 for host, _ in self.numbering.places if host in self.gone)  # counted, answering nothing
+        for host in self._live(range(len(self.upstreams))):
             reply = self._ask(host, frame, frame.payload)
             at = 0
             while at < len(reply):
@@ -724,7 +748,7 @@ class JoinedConnection:
                 counts: list[int] = []
                 answer = self._walk_reply(plan, answer, outputs, host, counts)
                 if counts:
-                    counted[key] = counted.get(key, 0) + sum(counts)
+                    counted[key] = counted.get(key, lost) + sum(counts)
                     answer = answer[:4] + struct.pack("<i", counted[key]) + answer[8:]
                     merged[key] = answer
                 else:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from vgpu.remote.join import HostGpus, JoinedConnection, Libraries, Router, merge_launches, merge_status
+from vgpu.remote.join import ClientProcess, HostGpus, JoinedConnection, Router, merge_launches, merge_status
 from vgpu.remote.tls import client_context, parse_address
 from vgpu.wire import protocol
 from vgpu.wire.client import Client
@@ -128,7 +128,7 @@ class Relay:
         #: joined hosts: their GPUs, and how each API's calls are routed (vgpu.remote.join)
         self.joined: list[HostGpus] = []
         self.routers: dict[str, Router] = {}
-        self._libraries: dict[int, Libraries] = {}
+        self._processes: dict[int, ClientProcess] = {}
         self._lock = threading.Lock()
 
     def bind(self) -> None:
@@ -184,12 +184,14 @@ class Relay:
                 self._serve_control(client, hello)
                 return
             if self.routers:
-                remotes = [connect(host.address, self.ca, self.timeout) for host in self.hosts]
-                with self._process(pid) as libraries:
+                remotes = [self._reach(host) for host in self.hosts]
+                if all(sock is None for sock in remotes):
+                    raise RemoteError("no GPU host answers")
+                with self._process(pid) as process:
                     joined = JoinedConnection.open(self.routers, client, hello, remotes,
-                                                   [self._network_fields(host, pid) for host in self.hosts], libraries)
+                                                   [self._network_fields(host, pid) for host in self.hosts], process)
                     if joined is not None:
-                        for sock in (client, *remotes):
+                        for sock in (client, *filter(None, remotes)):
                             sock.settimeout(None)  # keepalive and TCP_USER_TIMEOUT bound a dead peer
                         joined.serve()
                 return
@@ -208,22 +210,31 @@ class Relay:
         except (OSError, ProtocolError, RemoteError) as error:
             log.warning("relaying pid %d: %s", pid, error)
         finally:
-            for sock in (client, *remotes):
+            for sock in (client, *filter(None, remotes)):
                 sock.close()
 
-    @contextlib.contextmanager
-    def _process(self, pid: int) -> Iterator[Libraries]:
-        """What a client process's connections share (its libraries), while it has one."""
-        with self._lock:
-            libraries = self._libraries.setdefault(pid, Libraries())
-            libraries.connections += 1
+    def _reach(self, host: Upstream) -> ssl.SSLSocket | None:
+        """A connection to a joined host for a client; None (logged) when it cannot be had, and
+        the client sees that host's GPUs lost."""
         try:
-            yield libraries
+            return connect(host.address, self.ca, self.timeout)
+        except RemoteError as error:
+            log.warning("%s; its GPUs are lost to new processes until it answers", error)
+            return None
+
+    @contextlib.contextmanager
+    def _process(self, pid: int) -> Iterator[ClientProcess]:
+        """What a client process's connections share, while it has one."""
+        with self._lock:
+            process = self._processes.setdefault(pid, ClientProcess())
+            process.connections += 1
+        try:
+            yield process
         finally:
             with self._lock:
-                libraries.connections -= 1
-                if not libraries.connections:
-                    del self._libraries[pid]
+                process.connections -= 1
+                if not process.connections:
+                    del self._processes[pid]
 
     @staticmethod
     def _network_fields(host: Upstream, pid: int) -> bytes:
