@@ -229,3 +229,38 @@ print(json.dumps([int(cu.cuInit(0)[0]), cu.cuDeviceGetCount()[1], cu.cuDeviceGet
         assert fresh == [0, 1, "NVIDIA H100 80GB HBM3", 2, "NVIDIA H100 80GB HBM3", 15]
     finally:
         daemon.stop()
+
+
+def test_malformed_frames_through_a_join_cost_only_their_connection(joined):
+    """The joining relay reads every frame: random payloads for NVML and CUDA calls, modules
+    and launches end the sender's connection at worst, with no traceback in the relay's log,
+    while other clients go on."""
+    import random
+
+    from vgpu.api.manifest import load
+    from vgpu.wire import protocol
+
+    rng = random.Random(7)
+    answered = closed = 0
+    for name in ("nvml", "cuda"):
+        api = load(name)
+        client = Client(joined.socket, api=name, digest=api.digest)
+        ops = [f.op for f in api.functions if f.encodable and not f.local][:300]
+        if name == "cuda":
+            ops += [protocol.OP_MODULE, protocol.OP_LAUNCH] * 20
+        for _ in range(400):
+            op = rng.choice(ops)
+            payload = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 3, 8, 9, 16, 24, 40, 64, 120])))
+            try:
+                assert len(client.request(op, payload)) >= 4
+                answered += 1
+            except (ConnectionError, protocol.ProtocolError, EOFError, OSError):
+                closed += 1
+                client.close()
+                client = Client(joined.socket, api=name, digest=api.digest)
+        client.close()
+    assert answered and closed
+    out = run_json("import json, pynvml\npynvml.nvmlInit()\nprint(json.dumps(pynvml.nvmlDeviceGetCount()))", joined.env)
+    assert out == 2, "other clients go on"
+    log = joined.log.read_text()
+    assert "Traceback" not in log and "internal error" not in log, log[-3000:]

@@ -153,16 +153,17 @@ def tag(handle_type: str, value: int, host: int, libraries: Libraries | None = N
     return value | (host + 1) << _shift(handle_type)
 
 
-def untag(handle_type: str, value: int) -> tuple[int | None, int]:
-    """(host, the host's id) of a client's handle id; host None for ids of no host, and
-    EVERY_HOST for a library's (Libraries.on_host gives each host's id)."""
+def untag(handle_type: str, value: int, hosts: int = EVERY_HOST) -> tuple[int | None, int]:
+    """(host, the host's id) of a client's handle id; host None for ids of none of the
+    ``hosts`` (the id goes on as it is, for a host to refuse), and EVERY_HOST for a
+    library's (Libraries.on_host gives each host's id)."""
     if _untagged(handle_type, value):
         return None, value
     shift = _shift(handle_type)
     host = (value >> shift & 0xFF) - 1
     if host == EVERY_HOST - 1:
         return EVERY_HOST, value
-    return (host, value & ((1 << shift) - 1)) if host >= 0 else (None, value)
+    return (host, value & ((1 << shift) - 1)) if 0 <= host < hosts else (None, value)
 
 
 @dataclass
@@ -260,7 +261,8 @@ class Router:
 class _Walk:
     """One request rewritten for its host: the bytes, the hosts it names, the outputs asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, joined: int) -> None:
+        self.joined = joined
         self.out: list[bytes] = []
         self.hosts: set[int] = set()
         self.outputs: list[int] = []
@@ -274,7 +276,7 @@ class _Walk:
             self.hosts.add(host)
 
     def handle(self, handle_type: str, value: int, context_host: int | None) -> None:
-        host, value = untag(handle_type, value)
+        host, value = untag(handle_type, value, self.joined)
         if handle_type == "CUstream" and value in DEFAULT_STREAMS:
             host = context_host  # a default stream is the current context's
         if host == EVERY_HOST:
@@ -307,8 +309,9 @@ class JoinedConnection:
         self.gone: set[int] = {k for k, sock in enumerate(upstreams) if sock is None}
 
     @classmethod
-    def open(cls, routers: dict[str, Router], client: socket.socket, hello: Frame, upstreams: list[socket.socket | None],
-             network: list[bytes], process: ClientProcess) -> JoinedConnection | None:
+    def open(cls, routers: dict[str, Router], client: socket.socket, hello: Frame,
+             upstreams: list[socket.socket | None], network: list[bytes],
+             process: ClientProcess) -> JoinedConnection | None:
         """The client's handshake with every host it could reach (``upstreams``, None for the
         others; ``network``: each host's token and peer fields); the merged answer goes to the
         client. None when a host refused it (the client has its answer and reason then) or
@@ -368,7 +371,11 @@ class JoinedConnection:
         reader = FrameReader(self.client)
         while True:
             frame = reader.read()
-            answer = self.handle(frame)
+            try:
+                answer = self.handle(frame)
+            except (struct.error, ValueError, IndexError, KeyError) as error:  # it ends the client's connection only
+                raise ProtocolError(f"malformed frame (op 0x{frame.op:x}, {len(frame.payload)} bytes): "
+                                    f"{error!r}") from None
             if answer is not None and not frame.flags & protocol.FLAG_NO_REPLY:
                 self.client.sendall(protocol.pack_frame(frame.op, answer, frame.seq, protocol.FLAG_REPLY))
 
@@ -493,7 +500,7 @@ class JoinedConnection:
         return self._walk_reply(plan, answer, walk.outputs, host)
 
     def _walk_request(self, plan: _Plan, payload: bytes, context_host: int | None = None) -> _Walk:
-        walk = _Walk()
+        walk = _Walk(len(self.upstreams))
         at = 0
         for index, (param, size) in enumerate(zip(plan.function.params, plan.sizes)):
             kind = param.kind
@@ -547,7 +554,7 @@ class JoinedConnection:
                     walk.out.append(payload[at:at + 4] + self._records(plan, index, data, count, walk))
                     at += 4 + count * size
         if at != len(payload):
-            raise ProtocolError(f"{plan.function.name}: {len(payload) - at} bytes past its parameters")
+            raise ProtocolError(f"{plan.function.name}: {len(payload)} bytes, where its parameters take {at}")
         return walk
 
     def _records(self, plan: _Plan, index: int, data: bytes, count: int, walk: _Walk | None,
@@ -816,7 +823,7 @@ class JoinedConnection:
             end = at + LAUNCH.size + args_size
             extra = b""
             host, context = self._context(context)
-            function_host, function = untag("CUfunction", function)
+            function_host, function = untag("CUfunction", function, len(self.upstreams))
             if host is None:
                 host = function_host if function_host not in (None, EVERY_HOST) else 0
             if function_host == EVERY_HOST:
