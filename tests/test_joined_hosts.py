@@ -264,3 +264,41 @@ def test_malformed_frames_through_a_join_cost_only_their_connection(joined):
     assert out == 2, "other clients go on"
     log = joined.log.read_text()
     assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+
+
+def test_an_event_set_watches_the_gpus_of_every_host(joined):
+    """What the Kubernetes device plugin does for health checks: one event set, every GPU
+    registered for critical Xids, a wait. The set lives on every host; an Xid on the second
+    host's GPU reaches the waiter with that GPU's handle, and a quiet wait times out."""
+    code = """
+import json, sys, time
+import pynvml as n
+n.nvmlInit()
+handles = [n.nvmlDeviceGetHandleByIndex(i) for i in range(n.nvmlDeviceGetCount())]
+event_set = n.nvmlEventSetCreate()
+for handle in handles:
+    n.nvmlDeviceRegisterEvents(handle, n.nvmlEventTypeXidCriticalError, event_set)
+started = time.monotonic()
+try:
+    n.nvmlEventSetWait(event_set, 200)
+    quiet = "event"
+except n.NVMLError_Timeout:
+    quiet = round(time.monotonic() - started, 2)
+print(json.dumps({"quiet": quiet}), flush=True)
+sys.stdin.readline()
+data = n.nvmlEventSetWait(event_set, 5000)
+print(json.dumps({"xid": data.eventData, "uuid": n.nvmlDeviceGetUUID(data.device),
+                  "index": n.nvmlDeviceGetIndex(data.device)}), flush=True)
+n.nvmlEventSetFree(event_set)
+"""
+    client = subprocess.Popen([sys.executable, "-c", code], env=joined.env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    quiet = json.loads(client.stdout.readline())["quiet"]
+    assert quiet != "event" and 0.15 <= quiet < 2
+    host_control(joined, 1, "fault", gpu=0, kind="xid", xid=79)  # the L4 fell off the bus
+    client.stdin.write("\n")
+    client.stdin.flush()
+    event = json.loads(client.stdout.readline())
+    assert client.wait(30) == 0, client.stderr.read()
+    assert event == {"xid": 79, "uuid": joined.gpus[1].uuid, "index": 1}
+    host_control(joined, 1, "clear", gpu=0)

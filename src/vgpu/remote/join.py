@@ -33,6 +33,7 @@ import ctypes
 import logging
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,11 @@ MODULE_FLAG_LIBRARY = 0x1
 OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
 #: what a merged status says of each joined host
 HOST_FACTS = ("pid", "version", "backend", "spec", "driver_version", "cuda_version", "error")
-#: calls that end a library, which every host holds a copy of
-EVERY_HOST_CALLS = {"cuLibraryUnload"}
+#: calls that make an object on every host (the client holds one id), and calls that end one
+EVERY_HOST_MAKERS = {"nvmlEventSetCreate"}
+EVERY_HOST_CALLS = {"cuLibraryUnload", "nvmlEventSetFree"}
+#: how often a wait for an NVML event on every host asks each host again
+EVENT_POLL_S = 0.05
 #: copies between two device pointers, which may lie on two hosts: (destination, source) parameters
 DEVICE_COPIES = {"cuMemcpy": ("dst", "src"), "cuMemcpyAsync": ("dst", "src"),
                  "cuMemcpyDtoD_v2": ("dstDevice", "srcDevice"), "cuMemcpyDtoDAsync_v2": ("dstDevice", "srcDevice"),
@@ -76,9 +80,11 @@ class HostGpus:
     uuids: tuple[str, ...]
 
 
-#: the tag of a library loaded on every host
+#: the tag of an object on every host
 EVERY_HOST = 0xFF
-LIBRARY_HANDLES = {"CUlibrary", "CUmodule", *FUNCTION_HANDLES}
+CODE_HANDLES = {"CUlibrary", "CUmodule", *FUNCTION_HANDLES}
+#: handle types of objects that may live on every host
+EVERYWHERE_HANDLES = {*CODE_HANDLES, "nvmlEventSet_t"}
 
 
 def _shift(handle_type: str) -> int:
@@ -97,25 +103,32 @@ class HostGone(ConnectionError):
         self.host = host
 
 
-class Libraries:
-    """A client process's libraries, each loaded on every host that has GPUs for it: the id
-    the client holds (the first such host's) and each host's own."""
+def _family(handle_type: str) -> str:
+    """Handle types that share ids: a library's, its module's, its kernels' and functions'."""
+    return "code" if handle_type in CODE_HANDLES else handle_type
+
+
+class Everywhere:
+    """A client process's objects that live on every host with GPUs for it (libraries, NVML
+    event sets): the id the client holds (the first such host's) and each host's own."""
 
     def __init__(self) -> None:
-        self.ids: dict[int, dict[int, int]] = {}
-        self.back: dict[tuple[int, int], int] = {}
+        self.ids: dict[tuple[str, int], dict[int, int]] = {}
+        self.back: dict[tuple[str, int, int], int] = {}
 
-    def add(self, ids: dict[int, int]) -> int:
-        first = ids[min(ids)]
-        self.ids[first] = ids
+    def add(self, handle_type: str, ids: dict[int, int]) -> int:
+        """Record one object's id on each host; the client's id for it (tagged)."""
+        family, first = _family(handle_type), ids[min(ids)]
+        self.ids[(family, first)] = ids
         for host, value in ids.items():
-            self.back[(host, value)] = first
-        return first
+            self.back[(family, host, value)] = first
+        return first | EVERY_HOST << _shift(handle_type)
 
     def tag(self, handle_type: str, value: int, host: int) -> int | None:
-        """The client's id for a host's library, kernel or function; None when not a library's."""
+        """The client's id for a host's object (or a library's kernel or function); None when
+        the object is not one of these."""
         function = handle_type in FUNCTION_HANDLES
-        first = self.back.get((host, value >> 16 if function else value))
+        first = self.back.get((_family(handle_type), host, value >> 16 if function else value))
         if first is None:
             return None
         return (first << 16 | value & 0xFFFF if function else first) | EVERY_HOST << _shift(handle_type)
@@ -124,7 +137,7 @@ class Libraries:
         """A client's "every host" id as ``host`` knows it."""
         function = handle_type in FUNCTION_HANDLES
         plain = value & ((1 << _shift(handle_type)) - 1)
-        ids = self.ids.get(plain >> 16 if function else plain, {})
+        ids = self.ids.get((_family(handle_type), plain >> 16 if function else plain), {})
         if host not in ids:
             return plain
         return ids[host] << 16 | plain & 0xFFFF if function else ids[host]
@@ -132,22 +145,23 @@ class Libraries:
 
 @dataclass
 class ClientProcess:
-    """What a client process's connections (one per thread) share: its libraries, and its
+    """What a client process's connections (one per thread) share: its objects on every host
+    (libraries, event sets), and its
     device numbering for each API, fixed by its first connection (GPUs of a host lost later
     keep their numbers)."""
 
-    libraries: Libraries = field(default_factory=Libraries)
+    everywhere: Everywhere = field(default_factory=Everywhere)
     #: API -> (its numbering, what each host is told of CUDA_VISIBLE_DEVICES or None)
     numberings: dict[str, tuple[Ordinals, list[str | None]]] = field(default_factory=dict)
     connections: int = 0
 
 
-def tag(handle_type: str, value: int, host: int, libraries: Libraries | None = None) -> int:
+def tag(handle_type: str, value: int, host: int, everywhere: Everywhere | None = None) -> int:
     """A host's handle id as the client sees it."""
     if _untagged(handle_type, value):
         return value
-    if libraries is not None and handle_type in LIBRARY_HANDLES:
-        every = libraries.tag(handle_type, value, host)
+    if everywhere is not None and handle_type in EVERYWHERE_HANDLES:
+        every = everywhere.tag(handle_type, value, host)
         if every is not None:
             return every
     return value | (host + 1) << _shift(handle_type)
@@ -156,7 +170,7 @@ def tag(handle_type: str, value: int, host: int, libraries: Libraries | None = N
 def untag(handle_type: str, value: int, hosts: int = EVERY_HOST) -> tuple[int | None, int]:
     """(host, the host's id) of a client's handle id; host None for ids of none of the
     ``hosts`` (the id goes on as it is, for a host to refuse), and EVERY_HOST for a
-    library's (Libraries.on_host gives each host's id)."""
+    library's (Everywhere.on_host gives each host's id)."""
     if _untagged(handle_type, value):
         return None, value
     shift = _shift(handle_type)
@@ -201,10 +215,22 @@ class _Plan:
         self.locations = [_location_offsets(t, location_type) if t is not None and location_type else []
                           for t in codec.types]
         self.device_location = device_location
+        #: handles inside the records of INOUT parameters: index -> [(offset, handle type)]
+        self.handle_fields = {index: _handle_offsets(api, param, codec.types[index])
+                              for index, param in enumerate(function.params) if param.kind is Kind.INOUT}
         #: a call that finds a device by what it names (UUID, PCI bus id, serial)
         self.lookup = any(p.kind is Kind.HANDLE_OUT and p.handle == "nvmlDevice_t" or p.kind is Kind.INOUT and p.ordinal
                           for p in function.params)
         self.counts = any(p.device_count for p in function.params)
+
+
+def _handle_offsets(api: Api, param: Any, ctype: type | None) -> list[tuple[int, str]]:
+    """Where a record parameter holds handles (as ids, the shim turns them into handles)."""
+    record = api.resolve({k: v for k, v in api.resolve(param.type)["to"].items() if k != "const"})
+    if record["kind"] != "record" or ctype is None:
+        return []
+    return [(getattr(ctype, f["name"]).offset, f["type"]["name"]) for f in api.raw["records"][record["name"]]["fields"]
+            if f["type"]["kind"] == "name" and f["type"]["name"] in api.handle_types]
 
 
 def _location_offsets(ctype: type, location_type: type, base: int = 0) -> list[int]:
@@ -266,7 +292,7 @@ class _Walk:
         self.out: list[bytes] = []
         self.hosts: set[int] = set()
         self.outputs: list[int] = []
-        #: handles of libraries on every host: (place in out, handle type, client id)
+        #: handles of objects on every host: (place in out, handle type, client id)
         self.everywhere: list[tuple[int, str, int]] = []
         #: the host of the event the call names
         self.event_host: int | None = None
@@ -287,10 +313,10 @@ class _Walk:
                 self.event_host = host
         self.out.append(struct.pack("<Q", value))
 
-    def payload(self, host: int, libraries: Libraries) -> bytes:
+    def payload(self, host: int, everywhere: Everywhere) -> bytes:
         """The request as ``host`` must read it."""
         for place, handle_type, value in self.everywhere:
-            self.out[place] = struct.pack("<Q", libraries.on_host(handle_type, value, host))
+            self.out[place] = struct.pack("<Q", everywhere.on_host(handle_type, value, host))
         return b"".join(self.out)
 
 
@@ -298,13 +324,13 @@ class JoinedConnection:
     """One client connection to joined hosts (vgpu.remote.relay.Relay makes one per client)."""
 
     def __init__(self, router: Router, client: socket.socket, upstreams: list[socket.socket | None],
-                 numbering: Ordinals, libraries: Libraries) -> None:
+                 numbering: Ordinals, everywhere: Everywhere) -> None:
         self.router = router
         self.client = client
         self.upstreams = upstreams
         self.readers = [FrameReader(sock) if sock is not None else None for sock in upstreams]
         self.numbering = numbering
-        self.libraries = libraries
+        self.everywhere = everywhere
         #: hosts whose connection ended, or never began
         self.gone: set[int] = {k for k, sock in enumerate(upstreams) if sock is None}
 
@@ -363,7 +389,7 @@ class JoinedConnection:
                 bitmap[i] &= byte
         answer = protocol.HELLO_REPLY.pack(status, session, connections, bitmap_len, 0) + bytes(bitmap) + bytes(4)
         client.sendall(protocol.pack_frame(hello.op, answer, hello.seq, protocol.FLAG_REPLY))
-        return cls(router, client, upstreams, numbering, process.libraries)
+        return cls(router, client, upstreams, numbering, process.everywhere)
 
     # requests ---------------------------------------------------------------------------
     def serve(self) -> None:
@@ -453,7 +479,7 @@ class JoinedConnection:
     def _handle_back(self, host: int, handle_type: str, value: int) -> int:
         """A host's handle id as the client holds it."""
         return self._context_back(host, value) if handle_type == "CUcontext" else tag(handle_type, value, host,
-                                                                                      self.libraries)
+                                                                                      self.everywhere)
 
     def _ordinal_back(self, host: int, raw: bytes) -> bytes:
         """A host's device ordinal (its bytes) in the client's numbering."""
@@ -484,17 +510,21 @@ class JoinedConnection:
                 prefix = bytes(8)  # the current context is another host's: the call names its own objects
         elif context_host is not None:
             host = context_host
+        elif plan.function.name in EVERY_HOST_MAKERS:
+            return self._made_everywhere(plan, frame, prefix, walk)
+        elif plan.function.wait_param is not None and walk.everywhere:
+            return self._wait_everywhere(plan, frame, walk)
         elif plan.function.name in EVERY_HOST_CALLS and walk.everywhere:
             return self._everywhere(plan, frame, prefix, walk)
         elif plan.counts:
-            return self._summed(plan, frame, prefix + walk.payload(0, self.libraries))
+            return self._summed(plan, frame, prefix + walk.payload(0, self.everywhere))
         elif plan.lookup:
             return self._first_found(plan, frame, prefix, walk)
         else:
             host = 0
         if plan.function.name in EVERY_HOST_CALLS and walk.everywhere:
             return self._everywhere(plan, frame, prefix if host == context_host else bytes(8), walk)
-        answer = self._ask(host, frame, prefix + walk.payload(host, self.libraries))
+        answer = self._ask(host, frame, prefix + walk.payload(host, self.everywhere))
         if answer is None:
             return None
         return self._walk_reply(plan, answer, walk.outputs, host)
@@ -597,7 +627,14 @@ class JoinedConnection:
                     raw = self._ordinal_back(host, raw)
                 elif param.device_count and counts is not None:
                     counts.append(int.from_bytes(raw, "little", signed=True))
-                out.append(self._records(plan, index, raw, 1, None, host))
+                raw = self._records(plan, index, raw, 1, None, host)
+                if plan.handle_fields.get(index):
+                    record = bytearray(raw)
+                    for offset, handle_type in plan.handle_fields[index]:
+                        (value,) = struct.unpack_from("<Q", record, offset)
+                        struct.pack_into("<Q", record, offset, self._handle_back(host, handle_type, value))
+                    raw = bytes(record)
+                out.append(raw)
                 at += size
             elif kind is Kind.HANDLE_OUT:
                 (value,) = struct.unpack_from("<Q", answer, at)
@@ -605,7 +642,7 @@ class JoinedConnection:
                 at += 8
             elif kind is Kind.HANDLE_ARRAY_OUT:
                 count = struct.unpack_from("<I", answer, at)[0]
-                ids = [tag(param.handle, value, host, self.libraries)
+                ids = [tag(param.handle, value, host, self.everywhere)
                        for value in struct.unpack_from(f"<{count}Q", answer, at + 4)]
                 out.append(struct.pack(f"<I{count}Q", count, *ids))
                 at += 4 + 8 * count
@@ -648,7 +685,7 @@ class JoinedConnection:
         for host in self._live(self._hosts_from(first)):
             context = prefix if host == first or not prefix else bytes(8)
             try:
-                answer = self._walk_reply(plan, self._ask(host, frame, context + walk.payload(host, self.libraries)),
+                answer = self._walk_reply(plan, self._ask(host, frame, context + walk.payload(host, self.everywhere)),
                                           walk.outputs, host)
             except HostGone:
                 continue
@@ -663,9 +700,50 @@ class JoinedConnection:
         hosts = list(range(len(self.upstreams)))
         return hosts if first is None else [first] + [h for h in hosts if h != first]
 
+    def _made_everywhere(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes:
+        """An object made on every host the process has GPUs on (an NVML event set); the
+        client holds one id for all of them."""
+        (out,) = [i for i in walk.outputs if plan.function.params[i].kind is Kind.HANDLE_OUT]
+        handle_type = plan.function.params[out].handle
+        answers = {host: self._ask(host, frame, prefix + walk.payload(host, self.everywhere))
+                   for host in self._live(self.numbering.hosts)}
+        if not answers:
+            raise HostGone(0)
+        failed = next((a for a in answers.values() if struct.unpack_from("<i", a)[0]), None)
+        if failed is not None:
+            return failed
+        every = self.everywhere.add(handle_type, {host: struct.unpack_from("<Q", answer, 4)[0]
+                                                  for host, answer in answers.items()})
+        return answers[min(answers)][:4] + struct.pack("<Q", every)
+
+    def _wait_everywhere(self, plan: _Plan, frame: Frame, walk: _Walk) -> bytes:
+        """A wait on an object of every host (nvmlEventSetWait): each host is asked without
+        waiting, round after round, until one has an event or the time is up; an event is
+        never taken from a host and dropped."""
+        timeout_ms = int.from_bytes(walk.out[-1], "little")  # the wait parameter comes last
+        walk.out[-1] = bytes(len(walk.out[-1]))
+        deadline = time.monotonic() + timeout_ms / 1000
+        timeout = self.router.api.constants["NVML_ERROR_TIMEOUT"]
+        failed = None
+        while True:
+            for host in self._live(self.numbering.hosts):
+                try:
+                    answer = self._ask(host, frame, walk.payload(host, self.everywhere))
+                except HostGone:
+                    continue
+                code = struct.unpack_from("<i", answer)[0]
+                if code == 0:  # an event
+                    return self._walk_reply(plan, answer, walk.outputs, host)
+                if code != timeout:
+                    failed = failed or self._walk_reply(plan, answer, walk.outputs, host)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return failed or struct.pack("<i", timeout) + self._unreachable(frame)[4:]
+            time.sleep(min(EVENT_POLL_S, left))
+
     def _everywhere(self, plan: _Plan, frame: Frame, prefix: bytes, walk: _Walk) -> bytes | None:
         """A library's end: every host unloads its copy; the first failure is the answer."""
-        answers = [self._ask(host, frame, prefix + walk.payload(host, self.libraries))
+        answers = [self._ask(host, frame, prefix + walk.payload(host, self.everywhere))
                    for host in self._live(self.numbering.hosts)]
         if not answers or answers[0] is None:
             return None
@@ -794,7 +872,7 @@ class JoinedConnection:
 
     def _module(self, frame: Frame) -> bytes:
         """A module goes to the host of the context it is loaded in, its id tagged with the
-        host; a library (flag 1) to every host (see Libraries)."""
+        host; a library (flag 1) to every host (see Everywhere)."""
         host, context = self._context(struct.unpack_from("<Q", frame.payload)[0])
         (flags,) = struct.unpack_from("<I", frame.payload, 8)
         image = frame.payload[12:]
@@ -810,9 +888,9 @@ class JoinedConnection:
         failed = next((a for a in answers.values() if struct.unpack_from("<i", a)[0]), None)
         if failed is not None:
             return failed
-        first = self.libraries.add({k: struct.unpack_from("<Q", a, 4)[0] for k, a in answers.items()})
+        every = self.everywhere.add("CUlibrary", {k: struct.unpack_from("<Q", a, 4)[0] for k, a in answers.items()})
         answer = answers[min(answers)]
-        return answer[:4] + struct.pack("<Q", first | EVERY_HOST << HANDLE_TAG_SHIFT) + answer[12:]
+        return answer[:4] + struct.pack("<Q", every) + answer[12:]
 
     def _launches(self, frame: Frame) -> bytes | None:
         """Launch records, each to its context's host; consecutive ones to a host share a frame."""
@@ -827,7 +905,7 @@ class JoinedConnection:
             if host is None:
                 host = function_host if function_host not in (None, EVERY_HOST) else 0
             if function_host == EVERY_HOST:
-                function = self.libraries.on_host("CUfunction", function, host)
+                function = self.everywhere.on_host("CUfunction", function, host)
             _, stream = untag("CUstream", stream)
             if flags & LAUNCH_GRAPH_NODE:
                 graph, count = struct.unpack_from("<QI", payload, end - args_size)
