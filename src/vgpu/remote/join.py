@@ -257,6 +257,11 @@ class Router:
         self.plans = {f.op: _Plan(self.api, f, location, device) for f in self.api.functions if f.encodable}
         self.not_supported = self.api.constants["CUDA_ERROR_NOT_SUPPORTED" if api_name == "cuda"
                                                  else "NVML_ERROR_NOT_SUPPORTED"]
+        #: the answers about two GPUs of different hosts (one int each): they cannot reach each other
+        apart = {"cuDeviceCanAccessPeer": 0, "cuDeviceGetP2PAttribute": 0, "nvmlDeviceOnSameBoard": 0,
+                 "nvmlDeviceGetP2PStatus": self.api.constants.get("NVML_P2P_STATUS_NOT_SUPPORTED")}
+        names = {f.name for f in self.api.functions}
+        self.apart = {name: value for name, value in apart.items() if name in names}
         #: what a call for a GPU whose host is gone answers, as the libraries do when vgpud is
         self.lost = self.api.constants["CUDA_ERROR_DEVICE_UNAVAILABLE" if api_name == "cuda"
                                        else "NVML_ERROR_GPU_IS_LOST"]
@@ -750,11 +755,12 @@ class JoinedConnection:
         return next((a for a in answers if struct.unpack_from("<i", a)[0]), answers[0])
 
     def _across_hosts(self, plan: _Plan, frame: Frame, walk: _Walk) -> bytes | None:
-        """Objects of two hosts in one call. GPUs on different hosts cannot reach each other; a
-        stream on one host waits for an event of another by the relay waiting for the event."""
+        """Objects of two hosts in one call. GPUs on different hosts cannot reach each other (no
+        peer access, no P2P, not on one board); a stream on one host waits for an event of
+        another by the relay waiting for the event."""
         name = plan.function.name
-        if name == "cuDeviceCanAccessPeer":
-            return struct.pack("<ii", 0, 0)
+        if name in self.router.apart:  # what a driver says of two GPUs that cannot reach each other
+            return struct.pack("<ii", 0, self.router.apart[name])
         if name.removesuffix("_ptsz") == "cuStreamWaitEvent":
             (event,) = struct.unpack_from("<Q", walk.out[1])  # the event's host's own id
             waited = self._request(walk.event_host, "cuEventSynchronize", struct.pack("<QQ", 0, event))
