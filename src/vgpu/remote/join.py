@@ -258,10 +258,7 @@ class Router:
         self.not_supported = self.api.constants["CUDA_ERROR_NOT_SUPPORTED" if api_name == "cuda"
                                                  else "NVML_ERROR_NOT_SUPPORTED"]
         #: the answers about two GPUs of different hosts (one int each): they cannot reach each other
-        apart = {"cuDeviceCanAccessPeer": 0, "cuDeviceGetP2PAttribute": 0, "nvmlDeviceOnSameBoard": 0,
-                 "nvmlDeviceGetP2PStatus": self.api.constants.get("NVML_P2P_STATUS_NOT_SUPPORTED")}
-        names = {f.name for f in self.api.functions}
-        self.apart = {name: value for name, value in apart.items() if name in names}
+        self.apart = {"cuDeviceCanAccessPeer": 0, "cuDeviceGetP2PAttribute": 0} if api_name == "cuda" else {}
         #: what a call for a GPU whose host is gone answers, as the libraries do when vgpud is
         self.lost = self.api.constants["CUDA_ERROR_DEVICE_UNAVAILABLE" if api_name == "cuda"
                                        else "NVML_ERROR_GPU_IS_LOST"]
@@ -756,8 +753,8 @@ class JoinedConnection:
 
     def _across_hosts(self, plan: _Plan, frame: Frame, walk: _Walk) -> bytes | None:
         """Objects of two hosts in one call. GPUs on different hosts cannot reach each other (no
-        peer access, no P2P, not on one board); a stream on one host waits for an event of
-        another by the relay waiting for the event."""
+        peer access, no P2P); a stream on one host waits for an event of another by the relay
+        waiting for the event."""
         name = plan.function.name
         if name in self.router.apart:  # what a driver says of two GPUs that cannot reach each other
             return struct.pack("<ii", 0, self.router.apart[name])
