@@ -17,14 +17,15 @@ sends it where it belongs over one TLS connection per host:
 - ``CUDA_VISIBLE_DEVICES`` is applied to the joined list here, and each host is told which
   of its GPUs that leaves;
 - a library (``cuLibraryLoadData``, which cudart 13 uses for every program's kernels) belongs
-  to no context, so it is loaded on every host: the client holds host 0's id tagged "every
-  host", and each call naming it gets the id of the host it goes to.
+  to no context, and an NVML event set to no GPU: each is made on every host, the client
+  holds one id tagged "every host", and each call naming it gets the id of the host it goes
+  to (a wait on an event set asks every host in turn).
 
 What cannot cross hosts answers as a real driver answers for GPUs that cannot reach each
-other: no peer access (``cuDeviceCanAccessPeer`` gives 0), and a call naming objects of two
-hosts gets the API's "not supported" code, logged. A host that goes away takes its GPUs
-with it: calls for them answer "device unavailable" (NVML: "GPU is lost"), while the other
-hosts' GPUs go on working.
+other: no peer access and no P2P; a copy between two hosts' memory is carried out by the
+relay; another call naming objects of two hosts gets the API's "not supported" code,
+logged. A host that goes away takes its GPUs with it: calls for them answer "device
+unavailable" (NVML: "GPU is lost"), while the other hosts' GPUs go on working.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vgpu.api.manifest import Api, Function, Kind, load
+from vgpu.server.cuda_modules import MODULE_FLAG_LIBRARY, ModuleServing
 from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, visible_devices
 from vgpu.wire import protocol
 from vgpu.wire.codec import DIRECT, SHARED, FunctionCodec
@@ -50,9 +52,7 @@ FUNCTION_TAG_SHIFT = HANDLE_TAG_SHIFT + 16
 FUNCTION_HANDLES = {"CUfunction", "CUkernel"}
 #: the shim's context ids: flags above bit 31, the device ordinal in the low 16 bits
 CONTEXT_ORDINAL_MASK = 0xFFFF
-LAUNCH = struct.Struct("<QQQ3I3IIII")
-LAUNCH_GRAPH_NODE = 0x2
-MODULE_FLAG_LIBRARY = 0x1
+LAUNCH, LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH, ModuleServing.LAUNCH_GRAPH_NODE
 #: parameters whose values come back in the reply
 OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
 #: what a merged status says of each joined host

@@ -37,6 +37,7 @@ from vgpu.api.manifest import load
 from vgpu.device.gpu import OutOfMemory
 from vgpu.device.kernels import FunctionState
 from vgpu.images import ImageError, NoBinaryForGpu, read_image
+from vgpu.server.cuda_modules import ModuleServing
 from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, CudaApi, MemoryPool, visible_devices
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
@@ -47,7 +48,7 @@ API = load("cuda")
 C = API.constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
-LAUNCH = struct.Struct("<QQQ3I3IIII")
+LAUNCH = ModuleServing.LAUNCH
 UPDATE_RESULT_INFO = API.ctype({"kind": "name", "name": "CUgraphExecUpdateResultInfo"})
 #: the device attributes a kernel's launch limits depend on
 LIMIT_ATTRIBUTES = [(name, getattr(cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}")) for name in (
@@ -1220,8 +1221,8 @@ class RealCudaService(CudaApi):
         return code
 
     # launches ------------------------------------------------------------------------------
-    LAUNCH_COOPERATIVE = 0x1
-    LAUNCH_GRAPH_NODE = 0x2
+    LAUNCH_COOPERATIVE = ModuleServing.LAUNCH_COOPERATIVE
+    LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH_GRAPH_NODE
 
     def launch(self, session: Session, payload: bytes) -> bytes:
         """OP_LAUNCH records (vgpu.server.cuda_modules has the layout), launched on the real
