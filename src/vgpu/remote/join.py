@@ -489,6 +489,7 @@ class JoinedConnection:
         return number.to_bytes(len(raw), "little", signed=True)
 
     def _call(self, plan: _Plan, frame: Frame) -> bytes | None:
+        """One API call, sent where what it names lives (see the module's docstring)."""
         payload = frame.payload
         context_host, prefix = None, b""
         if self.router.context_prefix:
@@ -522,8 +523,8 @@ class JoinedConnection:
             return self._summed(plan, frame, prefix + walk.payload(0, self.everywhere))
         elif plan.lookup:
             return self._first_found(plan, frame, prefix, walk)
-        else:
-            host = 0
+        else:  # about the driver or the system: any host can answer
+            host = next(iter(self._live(range(len(self.upstreams)))), 0)
         if plan.function.name in EVERY_HOST_CALLS and walk.everywhere:
             return self._everywhere(plan, frame, prefix if host == context_host else bytes(8), walk)
         answer = self._ask(host, frame, prefix + walk.payload(host, self.everywhere))
@@ -582,8 +583,8 @@ class JoinedConnection:
                     at += 4 + 8 * count
                 elif kind in (Kind.ARRAY, Kind.ARRAY_IN):
                     count = struct.unpack_from("<I", payload, at)[0]
-                    data = payload[at + 4:at + 4 + count * size]
-                    walk.out.append(payload[at:at + 4] + self._records(plan, index, data, count, walk))
+                    data = memoryview(payload)[at + 4:at + 4 + count * size]  # a copy's 16 MiB: not copied here
+                    walk.out += [payload[at:at + 4], self._records(plan, index, data, count, walk)]
                     at += 4 + count * size
         if at != len(payload):
             raise ProtocolError(f"{plan.function.name}: {len(payload)} bytes, where its parameters take {at}")
