@@ -324,3 +324,35 @@ cu.cuStreamSynchronize(stream)
 print(json.dumps({"first": first.decode(), "all": back == bytearray(b"A" * n)}))
 """
     assert run_json(code, vgpud.env) == {"first": "A", "all": True}
+
+
+LARGE_COPIES = PRELUDE + """
+use(0)
+size = (40 << 20) + 12345  # three pieces of a bulk transfer, the last one short
+data = bytearray(os.urandom(1 << 20) * 41)[:size]
+dev = ok(cu.cuMemAlloc(size))
+ok(cu.cuMemcpyHtoD(dev, data, size))
+back = bytearray(size)
+ok(cu.cuMemcpyDtoH(back, dev, size))
+whole = back == data
+# an asynchronous copy from ordinary memory has taken its bytes when it returns
+stream = ok(cu.cuStreamCreate(0))
+source = bytearray(b"\\x5a" * (8 << 20))
+ok(cu.cuMemcpyHtoDAsync(dev, source, len(source), stream))
+source[:] = bytes(len(source))
+ok(cu.cuStreamSynchronize(stream))
+first = bytearray(len(source))
+ok(cu.cuMemcpyDtoH(first, dev, len(first)))
+# a large read that fails leaves the rest of the process working
+bad = int(cu.cuMemcpyDtoH(bytearray(1 << 20), 0x1234, 1 << 20)[0])
+tail = bytearray(4096)
+ok(cu.cuMemcpyDtoH(tail, int(dev) + size - 4096, 4096))
+print(json.dumps([whole, first == b"\\x5a" * len(first), bad, tail == data[-4096:]]))
+"""
+
+
+def test_large_copies_travel_whole_from_where_the_caller_keeps_them(vgpud):
+    """Copies of many MiB go in pieces (through a relay, straight from and into the caller's
+    buffers); an asynchronous copy from pageable memory has its bytes once it returns."""
+    out = run_json(LARGE_COPIES, vgpud.env)
+    assert out == [True, True, C["CUDA_ERROR_INVALID_VALUE"], True]

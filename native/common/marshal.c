@@ -47,7 +47,13 @@ int vgpu_handle_id(unsigned type, const void *handle, uint64_t *id) {
 typedef struct out_buf {
     uint8_t *data;
     size_t len, cap;
+    /* one large input array, sent from the caller's memory: its bytes belong at outside_at */
+    const void *outside;
+    size_t outside_at, outside_len;
 } out_buf;
+
+/* An input array this large travels from where the caller keeps it, not copied into the request. */
+#define OUTSIDE_MIN (64u << 10)
 
 static int put(out_buf *b, const void *src, size_t n) {
     if (b->len + n > b->cap) {
@@ -151,7 +157,14 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             }
             if (n * p->size > VGPU_MAX_PAYLOAD - 4096) return VGPU_CALL_TOO_BIG;
             err = put_u8(b, ptr != NULL) || (ptr && put_u32(b, (uint32_t)n));
-            if (!err && ptr && p->kind != VGPU_K_ARRAY_OUT) err = put(b, ptr, n * p->size);
+            if (err || !ptr || p->kind == VGPU_K_ARRAY_OUT) break;
+            if (n * p->size >= OUTSIDE_MIN && !b->outside && !fn->published && !fn->immutable) {
+                b->outside = ptr;
+                b->outside_at = b->len;
+                b->outside_len = n * p->size;
+            } else {
+                err = put(b, ptr, n * p->size);
+            }
             break;
         }
         default:
@@ -162,8 +175,10 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
     return VGPU_CALL_DONE;
 }
 
-/* Copy the reply's outputs into the caller's memory, never past what the caller provided. */
-static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *args, const uint8_t *r, size_t len) {
+/* Copy the reply's outputs into the caller's memory, never past what the caller provided; an
+ * array the landing received is already there. */
+static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *args, const uint8_t *r, size_t len,
+                  const vgpu_landing *landing) {
     size_t pos = 4;
     uint64_t caps[32];
     for (int i = 0; i < fn->nparams && i < 32; i++) {
@@ -215,6 +230,10 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             size_t unit = p->kind == VGPU_K_BUFFER ? 1 : p->size;
             if (n > caps[i]) return -1;
             if (p->kind == VGPU_K_ARRAY_OUT && n && vgpu_in_place(api, ptr, caps[i] * unit)) continue; /* written in place */
+            if (landing && landing->landed && ptr == landing->data) {
+                if ((size_t)n * unit != landing->len) return -1;
+                continue; /* received where it belongs */
+            }
             if (pos + (size_t)n * unit > len) return -1;
             memcpy(ptr, r + pos, (size_t)n * unit);
             pos += (size_t)n * unit;
@@ -377,6 +396,30 @@ int vgpu_marshal_queue(vgpu_api *api, const vgpu_function *fn, void *const *args
     return marshal(api, fn, args, rc, 1);
 }
 
+/* Whether the reply's last output is a large array that can be received where the caller
+ * wants it (every output before it of fixed size), and where in the reply it starts. */
+static int landing_for(const vgpu_api *api, const vgpu_function *fn, void *const *args, vgpu_landing *landing) {
+    size_t at = 4;
+    for (int i = 0; i < fn->nparams; i++) {
+        const vgpu_param *p = &fn->params[i];
+        if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN ||
+            p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_HANDLE_ARRAY)
+            continue;
+        void *ptr = *(void *const *)args[i];
+        if (!ptr) continue;
+        if (landing->data) return 0; /* an output after the array */
+        if (p->kind == VGPU_K_INOUT) at += p->size;
+        else if (p->kind == VGPU_K_HANDLE_OUT) at += 8;
+        else if (p->kind != VGPU_K_ARRAY_OUT) return 0;
+        else {
+            size_t size = count_of(fn, args, p->count) * p->size;
+            if (size < OUTSIDE_MIN || vgpu_in_place(api, ptr, size)) return 0;
+            *landing = (vgpu_landing){ptr, at + 4, size, 0};
+        }
+    }
+    return landing->data != NULL;
+}
+
 static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc, int queue) {
     if (!vgpu_implemented(api, fn->op)) {
         log_unsupported(api, fn);
@@ -384,8 +427,17 @@ static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, in
     }
     static __thread out_buf request;
     request.len = 0;
+    request.outside = NULL;
     int status = encode(api, fn, args, &request);
     if (status != VGPU_CALL_DONE) return status;
+    vgpu_span spans[3] = {{request.data, request.len}};
+    int span_count = 1;
+    if (request.outside) {
+        spans[0].len = request.outside_at;
+        spans[1] = (vgpu_span){request.outside, request.outside_len};
+        spans[2] = (vgpu_span){request.data + request.outside_at, request.len - request.outside_at};
+        span_count = 3;
+    }
     size_t prefix = api->call_context ? 8 : 0;
     uint8_t key[VGPU_PUBLISHED_KEY_MAX];
     size_t key_len = fn->published || fn->immutable ? published_key(fn, request.data + prefix, request.len - prefix, key) : 0;
@@ -393,25 +445,27 @@ static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, in
         uint8_t answer[VGPU_PUBLISHED_ANSWER_MAX];
         int answer_len = fn->published ? vgpu_published_answer(api, key, key_len, answer)
                                        : (int)memo_find(api, key, key_len, answer, sizeof answer);
-        if (answer_len >= 4 && decode(api, fn, args, answer, (size_t)answer_len) == 0) {
+        if (answer_len >= 4 && decode(api, fn, args, answer, (size_t)answer_len, NULL) == 0) {
             memcpy(rc, answer, 4);
             return VGPU_CALL_DONE;
         }
     }
     if ((fn->asynchronous || queue) && returns_nothing(api, fn, args)) {
         /* queued work: no round trip; vgpud answers its first error at the next synchronising call */
-        if (vgpu_post(api, fn->op, request.data, request.len) != VGPU_OK) return VGPU_CALL_FAILED;
+        if (vgpu_postv(api, fn->op, spans, span_count) != VGPU_OK) return VGPU_CALL_FAILED;
         *rc = 0;
         return VGPU_CALL_DONE;
     }
     int extra = fn->wait_param >= 0 ? (int)count_of(fn, args, fn->wait_param) : 0;
     const uint8_t *reply;
     size_t reply_len;
-    if (vgpu_call(api, fn->op, request.data, request.len, &reply, &reply_len, extra) != VGPU_OK)
+    vgpu_landing landing = {0};
+    int lands = landing_for(api, fn, args, &landing);
+    if (vgpu_callv(api, fn->op, spans, span_count, &reply, &reply_len, extra, lands ? &landing : NULL) != VGPU_OK)
         return VGPU_CALL_FAILED;
     if (reply_len < 4) return VGPU_CALL_FAILED;
     memcpy(rc, reply, 4);
-    if (decode(api, fn, args, reply, reply_len) < 0) {
+    if (decode(api, fn, args, reply, reply_len, &landing) < 0) {
         vgpu_log(1, api->prefix, "%s: malformed reply from vgpud (%zu bytes)", fn->name, reply_len);
         return VGPU_CALL_FAILED;
     }

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -184,6 +185,49 @@ static int io_all(int fd, void *data, size_t len, int writing, long long deadlin
     return 0;
 }
 
+/* As io_all for sending, from several places at once (a frame's header, its parameters and
+ * a large array where the caller keeps it): nothing is copied on the way to the socket. */
+static int send_all(int fd, struct iovec *iov, int count, long long deadline) {
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)count};
+    while (msg.msg_iovlen) {
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) n = 0;
+        else if (n <= 0) return -1; /* closed, timed out (EAGAIN) or broken */
+        while (msg.msg_iovlen && (size_t)n >= msg.msg_iov->iov_len) {
+            n -= (ssize_t)msg.msg_iov->iov_len;
+            msg.msg_iov++;
+            msg.msg_iovlen--;
+        }
+        if (msg.msg_iovlen) {
+            msg.msg_iov->iov_base = (uint8_t *)msg.msg_iov->iov_base + n;
+            msg.msg_iov->iov_len -= (size_t)n;
+            if (now_ms() > deadline) return -1;
+        }
+    }
+    return 0;
+}
+
+/* A frame header and the request's spans as the iovecs of one send (at most VGPU_MAX_SPANS). */
+static int frame_iovecs(struct iovec *iov, uint8_t header[12], uint32_t len, unsigned op, uint16_t flags,
+                        uint32_t seq, const vgpu_span *spans, int count) {
+    uint16_t op16 = (uint16_t)op;
+    memcpy(header, &len, 4);
+    memcpy(header + 4, &op16, 2);
+    memcpy(header + 6, &flags, 2);
+    memcpy(header + 8, &seq, 4);
+    iov[0] = (struct iovec){header, 12};
+    int n = 1;
+    for (int k = 0; k < count; k++)
+        if (spans[k].len) iov[n++] = (struct iovec){(void *)spans[k].data, spans[k].len};
+    return n;
+}
+
+static size_t spans_length(const vgpu_span *spans, int count) {
+    size_t total = 0;
+    for (int k = 0; k < count; k++) total += spans[k].len;
+    return total;
+}
+
 static void set_timeout(vgpu_conn *conn, int ms);
 
 /* Send the connection's posted frames (call with send_lock held); a failure loses vgpud for
@@ -234,34 +278,32 @@ static int reserve(vgpu_conn *conn, size_t need) {
     return 0;
 }
 
-/* One frame out (in conn->buf), without waiting; its sequence number, or 0 on failure. */
-static uint32_t send_frame(vgpu_conn *conn, unsigned op, uint16_t flags, const void *req, size_t req_len,
+/* One frame out, without waiting; its sequence number, or 0 on failure. */
+static uint32_t send_frame(vgpu_conn *conn, unsigned op, uint16_t flags, const vgpu_span *spans, int count,
                            long long deadline) {
-    if (reserve(conn, 12 + req_len) < 0) return 0;
+    if (count > VGPU_MAX_SPANS) return 0;
     uint32_t seq = ++conn->seq;
-    uint32_t len32 = (uint32_t)req_len;
-    uint16_t op16 = (uint16_t)op;
-    memcpy(conn->buf, &len32, 4);
-    memcpy(conn->buf + 4, &op16, 2);
-    memcpy(conn->buf + 6, &flags, 2);
-    memcpy(conn->buf + 8, &seq, 4);
-    if (req_len) memcpy(conn->buf + 12, req, req_len);
-    return io_all(conn->fd, conn->buf, 12 + req_len, 1, deadline) < 0 ? 0 : seq;
+    uint8_t header[12];
+    struct iovec iov[VGPU_MAX_SPANS + 1];
+    int n = frame_iovecs(iov, header, (uint32_t)spans_length(spans, count), op, flags, seq, spans, count);
+    return send_all(conn->fd, iov, n, deadline) < 0 ? 0 : seq;
 }
 
 /* One frame out, one frame in; the reply lands in conn->buf. */
-static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_len,
-                    const uint8_t **reply, size_t *reply_len, int extra_ms) {
+static int exchange(vgpu_conn *conn, unsigned op, const vgpu_span *spans, int count,
+                    const uint8_t **reply, size_t *reply_len, int extra_ms, vgpu_landing *landing) {
     uint16_t op16 = (uint16_t)op;
     set_timeout(conn, timeout_ms() + extra_ms);
     long long deadline = now_ms() + timeout_ms() + extra_ms;
-    uint32_t seq = send_frame(conn, op, 0, req, req_len, deadline);
+    uint32_t seq = send_frame(conn, op, 0, spans, count, deadline);
     if (!seq) return VGPU_LOST;
     /* One recv usually brings the whole reply; the header comes first. */
     size_t have = 0;
     if (reserve(conn, 4096) < 0) return VGPU_NO_MEMORY;
+    /* with a landing, no byte past where it starts is read into the buffer */
+    size_t first = landing && 12 + landing->at < conn->cap ? 12 + landing->at : conn->cap;
     while (have < 12) {
-        ssize_t n = recv(conn->fd, conn->buf + have, conn->cap - have, 0);
+        ssize_t n = recv(conn->fd, conn->buf + have, first - have, 0);
         if (n > 0) have += (size_t)n;
         else if (n == 0 || errno != EINTR) return VGPU_LOST;
         if (have < 12 && now_ms() > deadline) return VGPU_LOST;
@@ -274,6 +316,14 @@ static int exchange(vgpu_conn *conn, unsigned op, const void *req, size_t req_le
     memcpy(&rseq, conn->buf + 8, 4);
     if (rseq != seq || rop != op16 || !(rflags & VGPU_FLAG_REPLY) || rlen > VGPU_MAX_PAYLOAD) return VGPU_LOST;
     if (have > 12 + (size_t)rlen) return VGPU_LOST; /* more than one reply: out of step */
+    if (landing && first < conn->cap && rlen == landing->at + landing->len) {
+        if (have < first && io_all(conn->fd, conn->buf + have, first - have, 0, deadline) < 0) return VGPU_LOST;
+        if (io_all(conn->fd, landing->data, landing->len, 0, deadline) < 0) return VGPU_LOST;
+        landing->landed = 1;
+        *reply = conn->buf + 12;
+        *reply_len = landing->at;
+        return VGPU_OK;
+    }
     if (reserve(conn, 12 + (size_t)rlen) < 0) return VGPU_NO_MEMORY;
     if (12 + rlen > have && io_all(conn->fd, conn->buf + have, 12 + rlen - have, 0, deadline) < 0) return VGPU_LOST;
     *reply = conn->buf + 12;
@@ -383,7 +433,8 @@ static int handshake(vgpu_api *api, vgpu_conn *conn) {
     memcpy(req + env_at + 2, env, (size_t)env_len);
     const uint8_t *reply;
     size_t reply_len;
-    int rc = exchange(conn, VGPU_OP_HELLO, req, env_at + 2 + (size_t)env_len, &reply, &reply_len, 0);
+    vgpu_span hello = {req, env_at + 2 + (size_t)env_len};
+    int rc = exchange(conn, VGPU_OP_HELLO, &hello, 1, &reply, &reply_len, 0, NULL);
     if (rc != VGPU_OK) return rc;
     if (reply_len < VGPU_HELLO_REPLY_SIZE) return VGPU_LOST;
     int32_t status;
@@ -520,12 +571,18 @@ static int ready_conn(vgpu_api *api, vgpu_conn **out);
 
 int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
               const uint8_t **reply, size_t *reply_len, int extra_ms) {
+    vgpu_span whole = {req, req_len};
+    return vgpu_callv(api, op, &whole, 1, reply, reply_len, extra_ms, NULL);
+}
+
+int vgpu_callv(vgpu_api *api, unsigned int op, const vgpu_span *spans, int count,
+               const uint8_t **reply, size_t *reply_len, int extra_ms, vgpu_landing *landing) {
     vgpu_conn *conn;
     vgpu_flush_posts(); /* work this or another thread posted comes first */
     int ready = ready_conn(api, &conn);
     if (ready != VGPU_OK) return ready;
     pthread_mutex_lock(&conn->send_lock);
-    int rc = exchange(conn, op, req, req_len, reply, reply_len, extra_ms);
+    int rc = exchange(conn, op, spans, count, reply, reply_len, extra_ms, landing);
     pthread_mutex_unlock(&conn->send_lock);
     if (rc == VGPU_LOST) {
         char path[108];
@@ -559,13 +616,34 @@ static int ready_conn(vgpu_api *api, vgpu_conn **out) {
     return VGPU_OK;
 }
 
+/* A large posted frame goes at once, after the posts before it, from where its spans lie (the
+ * caller's buffer may change once the call returns). */
+static int post_now(vgpu_conn *conn, unsigned int op, const vgpu_span *spans, int count, size_t req_len) {
+    if (flush_locked(conn) < 0 || conn->fd < 0 || count > VGPU_MAX_SPANS) return -1;
+    set_timeout(conn, timeout_ms());
+    uint8_t header[12];
+    struct iovec iov[VGPU_MAX_SPANS + 1];
+    int n = frame_iovecs(iov, header, (uint32_t)req_len, op, VGPU_FLAG_NO_REPLY, ++conn->seq, spans, count);
+    if (send_all(conn->fd, iov, n, now_ms() + timeout_ms()) == 0) return 0;
+    if (conn->api && !__atomic_exchange_n(&conn->api->lost, 1, __ATOMIC_SEQ_CST))
+        vgpu_log(1, conn->api->prefix, "lost vgpud (could not send %zu bytes of queued work); calls fail until the "
+                 "next init", req_len);
+    return -1;
+}
+
 /* Append to the connection's posts: a frame of its own, or (records) the last frame grown. */
-static int post(vgpu_api *api, unsigned int op, const void *req, size_t req_len, int record) {
+static int post(vgpu_api *api, unsigned int op, const vgpu_span *spans, int count, int record) {
     vgpu_conn *conn;
     int rc = ready_conn(api, &conn);
     if (rc != VGPU_OK) return rc;
     conn->api = api;
+    size_t req_len = spans_length(spans, count);
     pthread_mutex_lock(&conn->send_lock);
+    if (!record && req_len >= POST_BATCH) {
+        int failed = post_now(conn, op, spans, count, req_len);
+        pthread_mutex_unlock(&conn->send_lock);
+        return failed ? VGPU_LOST : VGPU_OK;
+    }
     int extend = record && conn->out_len && conn->last_record != SIZE_MAX && conn->last_record_op == op;
     size_t need = conn->out_len + (extend ? 0 : 12) + req_len;
     if (need > conn->out_cap) {
@@ -596,8 +674,10 @@ static int post(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
         conn->last_record_op = op;
         conn->out_len += 12;
     }
-    if (req_len) memcpy(conn->out + conn->out_len, req, req_len);
-    conn->out_len += req_len;
+    for (int k = 0; k < count; k++) {
+        if (spans[k].len) memcpy(conn->out + conn->out_len, spans[k].data, spans[k].len);
+        conn->out_len += spans[k].len;
+    }
     __atomic_add_fetch(&pending_total, (extend ? 0 : 12) + req_len, __ATOMIC_SEQ_CST);
     int failed = conn->out_len >= POST_BATCH ? flush_locked(conn) : 0;
     pthread_mutex_unlock(&conn->send_lock);
@@ -605,11 +685,17 @@ static int post(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
 }
 
 int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len) {
-    return post(api, op, req, req_len, 0);
+    vgpu_span whole = {req, req_len};
+    return post(api, op, &whole, 1, 0);
+}
+
+int vgpu_postv(vgpu_api *api, unsigned int op, const vgpu_span *spans, int count) {
+    return post(api, op, spans, count, 0);
 }
 
 int vgpu_post_record(vgpu_api *api, unsigned int op, const void *req, size_t req_len) {
-    return post(api, op, req, req_len, 1);
+    vgpu_span whole = {req, req_len};
+    return post(api, op, &whole, 1, 1);
 }
 
 int vgpu_implemented(const vgpu_api *api, unsigned int op) {

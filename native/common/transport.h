@@ -48,6 +48,25 @@ void vgpu_close(vgpu_api *api);
  * The reply stays valid until this thread's next call. */
 int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
               const uint8_t **reply, size_t *reply_len, int extra_ms);
+/* Part of a request, where it lies: a large array is sent from the caller's memory, not
+ * copied into the request first. */
+typedef struct vgpu_span {
+    const void *data;
+    size_t len;
+} vgpu_span;
+#define VGPU_MAX_SPANS 4
+/* Where a reply's large output array goes straight from the socket: the reply's bytes from
+ * offset `at` on, when the reply is exactly at + len bytes long (else the reply is read as a
+ * whole and `landed` stays 0). */
+typedef struct vgpu_landing {
+    void *data;
+    size_t at, len;
+    int landed;
+} vgpu_landing;
+/* vgpu_call for a request in up to VGPU_MAX_SPANS spans, sent as one frame; with a landing
+ * (or NULL), *reply_len then counts the bytes before it. */
+int vgpu_callv(vgpu_api *api, unsigned int op, const vgpu_span *spans, int count,
+               const uint8_t **reply, size_t *reply_len, int extra_ms, vgpu_landing *landing);
 /* Look a key up among vgpud's published answers; copies a fresh answer into buf
  * (VGPU_PUBLISHED_ANSWER_MAX bytes) and returns its length, or -1. */
 int vgpu_published_answer(const vgpu_api *api, const uint8_t *key, size_t key_len, uint8_t *buf);
@@ -64,6 +83,9 @@ int vgpu_in_place(const vgpu_api *api, const void *address, size_t size);
  * any call of any thread, when a batch fills, at thread and process exit; so they stay
  * ordered with this thread's other requests. */
 int vgpu_post(vgpu_api *api, unsigned int op, const void *req, size_t req_len);
+/* vgpu_post for a request in spans; one of 60 KiB or more is sent before it returns (after
+ * the thread's earlier posts), so its spans may change once it has. */
+int vgpu_postv(vgpu_api *api, unsigned int op, const vgpu_span *spans, int count);
 /* As vgpu_post, for ops whose payload is a sequence of self-delimiting records: a record
  * posted right after another of the same op joins its frame (one frame, many launches). */
 int vgpu_post_record(vgpu_api *api, unsigned int op, const void *req, size_t req_len);

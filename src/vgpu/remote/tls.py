@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 from pathlib import Path
 
@@ -73,7 +74,12 @@ class TlsListener:
             log.warning("TLS handshake with %s failed: %s", peer[0], error)
             sock.close()
             return
-        tls.settimeout(self.io_timeout)
+        # Blocking, its waits bounded by the kernel: with a Python timeout every TLS write
+        # would poll the socket first, a system call per reply.
+        tls.settimeout(None)
+        timeval = struct.pack("ll", int(self.io_timeout), int(self.io_timeout % 1 * 1e6))
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._ready.append((tls, peer))

@@ -274,9 +274,11 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         """The GPUs (indices into the daemon's) behind this process's CUDA ordinals: its
         tenant's, then as CUDA_VISIBLE_DEVICES picks among them."""
         s = c.session
-        usable = [gpu.index for gpu in self.state.visible_gpus(s)]
-        chosen = visible_devices(s.env.get("CUDA_VISIBLE_DEVICES"), [self.state.gpus[i].ident.uuid for i in usable])
-        return [usable[i] for i in chosen]
+        if s.cuda_visible is None:  # fixed for the session's life: worked out on its first call
+            usable = [gpu.index for gpu in self.state.visible_gpus(s)]
+            chosen = visible_devices(s.env.get("CUDA_VISIBLE_DEVICES"), [self.state.gpus[i].ident.uuid for i in usable])
+            s.cuda_visible = [usable[i] for i in chosen]
+        return s.cuda_visible
 
     def _gpu(self, s: Caller, dev: int) -> Gpu | None:
         """The GPU behind a CUDA ordinal of this process."""

@@ -56,6 +56,9 @@ class Connection:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     #: the address of a network (TLS) client; None for a local one
     peer: tuple | None = None
+    #: the buffer bulk frames are received into, kept from one to the next (fresh memory costs
+    #: a page fault per 4 KiB); None while the frames read with it wait for their answers
+    bulk: bytearray | None = None
 
     def send(self, frame: Frame, payload: Reply) -> None:
         with self.send_lock:
@@ -95,6 +98,11 @@ class Daemon:
         else:
             cuda_service = CudaService(state)
         self.apis = {"nvml": ApiDispatcher(NvmlService(state)), "cuda": ApiDispatcher(cuda_service)}
+        #: each API op's dispatcher, and the ops whose calls may wait (answered on a thread)
+        self.dispatchers = {f.op: d for d in self.apis.values() for f in d.api.functions}
+        self.waiting_ops = {f.op for d in self.apis.values() for f in d.api.functions if f.wait_param is not None}
+        #: the served ops whose answers are published in shared memory (vgpu.server.published)
+        self.published_ops = {op for d in self.apis.values() for op, codec in d.codecs.items() if codec.function.published}
         #: ops a service answers with its own layout (CUDA's module loads and launches), by op
         self.private_ops = {op: handler for dispatcher in self.apis.values()
                             for op, handler in getattr(dispatcher.service, "private_ops", {}).items()}
@@ -129,7 +137,7 @@ class Daemon:
                                                  server_context(self.network.cert, self.network.key),
                                                  self.network.io_timeout)
         self.published = Published(path.with_name(path.name + ".published"),
-                                   lambda op, payload: self._dispatcher(op).call(self._own_session, op, payload),
+                                   lambda op, payload: self.dispatchers[op].call(self._own_session, op, payload),
                                    per_op_limit=8 * len(self.state.gpus))
 
     def serve_forever(self) -> None:
@@ -190,9 +198,11 @@ class Daemon:
                 self._close(selector, conn)
                 return
             frames = conn.parser.feed(memoryview(conn.inbox)[:size])
+            bulk = None
             while True:
                 if conn.parser.missing() > LARGE_FRAME:  # the rest of a bulk transfer, straight into its buffer
-                    frames.append(self._large_frame(conn))
+                    frame, bulk = self._large_frame(conn)
+                    frames.append(frame)
                 elif conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
                     size = conn.sock.recv_into(conn.inbox)
                     frames += conn.parser.feed(memoryview(conn.inbox)[:size])
@@ -214,12 +224,14 @@ class Daemon:
                     if conn.api not in self.apis:
                         raise ProtocolError(f"facts asked for on a {conn.api!r} connection")
                     conn.send(frame, self.apis[conn.api].facts(conn.session))
-                elif self._blocking(frame):
+                elif frame.op in self.waiting_ops:
                     threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
                 else:
                     conn.send(frame, self._handle(conn.session, frame))
                 if frame.op == protocol.OP_CONTROL and self.stopping.is_set():
                     return
+            if bulk is not None:
+                conn.bulk = bulk  # its frames are answered: the next may have it
         except (ProtocolError, DecodeError) as error:
             log.warning("closing connection of pid %d: %s", conn.pid, error)
             self._close(selector, conn)
@@ -231,23 +243,26 @@ class Daemon:
             self._close(selector, conn)
 
     @staticmethod
-    def _large_frame(conn: Connection) -> Frame:
-        """A bulk transfer's frame, its payload received into a buffer of its own (the data is
-        copied once, by the socket); an API call's keeps that buffer, whose large arrays the
-        codec then reads in place."""
+    def _large_frame(conn: Connection) -> tuple[Frame, bytearray]:
+        """A bulk transfer's frame, its payload received into the connection's bulk buffer (the
+        data is copied once, by the socket), and that buffer, lent to the frame until it is
+        answered; an API call's payload is a view of it, whose large arrays the codec reads in
+        place (the services copy them before they return)."""
         parser = conn.parser
         length, op, flags, seq = protocol.HEADER.unpack_from(parser.buffer)
-        payload = bytearray(length)
+        buffer = conn.bulk if conn.bulk is not None and len(conn.bulk) >= length else bytearray(length)
+        conn.bulk = None
+        view = memoryview(buffer)[:length]
         have = len(parser.buffer) - protocol.HEADER.size
-        payload[:have] = memoryview(parser.buffer)[protocol.HEADER.size:]
+        view[:have] = memoryview(parser.buffer)[protocol.HEADER.size:]
         parser.buffer.clear()
-        view, got = memoryview(payload), have
+        got = have
         while got < length:
             size = conn.sock.recv_into(view[got:])
             if not size:
                 raise ProtocolError(f"connection closed inside a frame ({got} of {length} bytes)")
             got += size
-        return Frame(op, flags, seq, payload if op >= API_OPS_FROM else bytes(payload))
+        return Frame(op, flags, seq, view if op >= API_OPS_FROM else bytes(view)), buffer
 
     def _queued(self, session: Session, frame: Frame) -> None:
         """Work sent without waiting: its first error waits for the next synchronising call.
@@ -257,23 +272,13 @@ class Daemon:
             reply = self._private(session, frame)
         elif frame.op == protocol.OP_PING:
             return
-        elif self._dispatcher(frame.op) is not None:
+        elif frame.op in self.dispatchers:
             reply = self._handle(session, frame)
         else:
             raise ProtocolError(f"op 0x{frame.op:04x} cannot be sent without a reply")
         rc = struct.unpack_from("<i", reply)[0]
         if rc and not session.deferred_error:
             session.deferred_error = rc
-
-    def _dispatcher(self, op: int) -> ApiDispatcher | None:
-        for dispatcher in self.apis.values():
-            if dispatcher.api.by_op(op) is not None:
-                return dispatcher
-        return None
-
-    def _blocking(self, frame: Frame) -> bool:
-        dispatcher = self._dispatcher(frame.op)
-        return dispatcher is not None and dispatcher.api.by_op(frame.op).wait_param is not None
 
     def _answer(self, conn: Connection, frame: Frame) -> None:
         """A call that may wait, on its own thread; a failure closes the socket, and the selector the rest."""
@@ -376,6 +381,13 @@ class Daemon:
         return fields[0], fields[1]
 
     def _handle(self, session: Session, frame: Frame) -> Reply:
+        dispatcher = self.dispatchers.get(frame.op)
+        if dispatcher is not None:  # an API call: the common case first
+            reply = dispatcher.call(session, frame.op, frame.payload)
+            if frame.op in self.published_ops and not session.peer:  # a tenant's answers are its own
+                codec = dispatcher.codecs[frame.op]
+                self.published.file(codec.published_key(frame.payload), frame.op, frame.payload, reply)
+            return reply
         if frame.op == protocol.OP_PING:
             return frame.payload
         if frame.op == protocol.OP_SHARE:
@@ -398,11 +410,4 @@ class Daemon:
             return reply
         if frame.op in self.private_ops:
             return self._private(session, frame)
-        dispatcher = self._dispatcher(frame.op)
-        if dispatcher is not None:
-            reply = dispatcher.call(session, frame.op, frame.payload)
-            codec = dispatcher.codecs.get(frame.op)
-            if codec is not None and codec.function.published and not session.peer:  # a tenant's answers are its own
-                self.published.file(codec.published_key(frame.payload), frame.op, frame.payload, reply)
-            return reply
         raise ProtocolError(f"unknown op 0x{frame.op:04x}")

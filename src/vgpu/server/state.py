@@ -41,6 +41,8 @@ class Session:
     #: ("host/pid" as its relay reported it)
     tenant: Tenant | None = None
     peer: str = ""
+    #: the daemon's GPU indices behind the process's CUDA ordinals (vgpu.server.cuda_service)
+    cuda_visible: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.windows is None:
