@@ -175,6 +175,12 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
     return VGPU_CALL_DONE;
 }
 
+/* Whether a parameter has something in the reply (when the caller passed a pointer). */
+static int returns(const vgpu_param *p) {
+    return p->kind != VGPU_K_VALUE && p->kind != VGPU_K_HANDLE && p->kind != VGPU_K_CSTRING && p->kind != VGPU_K_IN &&
+           p->kind != VGPU_K_ARRAY_IN && p->kind != VGPU_K_HANDLE_ARRAY;
+}
+
 /* Copy the reply's outputs into the caller's memory, never past what the caller provided; an
  * array the landing received is already there. */
 static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *args, const uint8_t *r, size_t len,
@@ -189,10 +195,7 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
     }
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
-        if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN ||
-            p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_HANDLE_ARRAY)
-            continue;
-        void *ptr = *(void *const *)args[i];
+        void *ptr = returns(p) ? *(void *const *)args[i] : NULL;
         if (!ptr) continue;
         if (p->kind == VGPU_K_INOUT) {
             if (pos + p->size > len) return -1;
@@ -402,10 +405,7 @@ static int landing_for(const vgpu_api *api, const vgpu_function *fn, void *const
     size_t at = 4;
     for (int i = 0; i < fn->nparams; i++) {
         const vgpu_param *p = &fn->params[i];
-        if (p->kind == VGPU_K_VALUE || p->kind == VGPU_K_HANDLE || p->kind == VGPU_K_CSTRING || p->kind == VGPU_K_IN ||
-            p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_HANDLE_ARRAY)
-            continue;
-        void *ptr = *(void *const *)args[i];
+        void *ptr = returns(p) ? *(void *const *)args[i] : NULL;
         if (!ptr) continue;
         if (landing->data) return 0; /* an output after the array */
         if (p->kind == VGPU_K_INOUT) at += p->size;
