@@ -420,6 +420,22 @@ static int landing_for(const vgpu_api *api, const vgpu_function *fn, void *const
     return landing->data != NULL;
 }
 
+/* Bytes of copies this thread posted since its last call: that call waits for vgpud to have
+ * carried them out, so its wait grows with them, at the pace of a slow machine. */
+static __thread uint64_t posted_bytes;
+#define PATIENT_BYTES_PER_MS 100000u
+
+static uint64_t array_bytes(const vgpu_function *fn, void *const *args) {
+    uint64_t total = 0;
+    for (int i = 0; i < fn->nparams; i++) {
+        const vgpu_param *p = &fn->params[i];
+        if ((p->kind == VGPU_K_ARRAY || p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_ARRAY_OUT) &&
+            *(void *const *)args[i])
+            total += count_of(fn, args, p->count) * p->size;
+    }
+    return total;
+}
+
 static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc, int queue) {
     if (!vgpu_implemented(api, fn->op)) {
         log_unsupported(api, fn);
@@ -453,10 +469,14 @@ static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, in
     if ((fn->asynchronous || queue) && returns_nothing(api, fn, args)) {
         /* queued work: no round trip; vgpud answers its first error at the next synchronising call */
         if (vgpu_postv(api, fn->op, spans, span_count) != VGPU_OK) return VGPU_CALL_FAILED;
+        posted_bytes += array_bytes(fn, args);
         *rc = 0;
         return VGPU_CALL_DONE;
     }
-    int extra = fn->wait_param >= 0 ? (int)count_of(fn, args, fn->wait_param) : 0;
+    uint64_t patience = (posted_bytes + array_bytes(fn, args)) / PATIENT_BYTES_PER_MS;
+    posted_bytes = 0;
+    int extra = (fn->wait_param >= 0 ? (int)count_of(fn, args, fn->wait_param) : 0) +
+                (int)(patience < (1u << 30) ? patience : (1u << 30));
     const uint8_t *reply;
     size_t reply_len;
     vgpu_landing landing = {0};
