@@ -18,8 +18,10 @@ import pytest
 from tests.conftest import Vgpud, free_port, listen_options, run_json, run_python, tls_files, wait_for
 from vgpu import launcher
 from vgpu.device.gpuset import parse, parse_size
+from vgpu.remote.relay import FrameEnds
 from vgpu.remote.tokens import Tenant, TokenStore
 from vgpu.wire.client import Client, ControlFailed
+from vgpu.wire.protocol import pack_frame
 
 SLICE = 20 << 30
 
@@ -70,6 +72,25 @@ print(json.dumps({"nvml_total": before.total, "nvml_free": before.free, "nvml_us
 
 
 # ---- tokens ----------------------------------------------------------------------------------
+
+def test_the_relay_knows_how_much_of_a_frame_is_still_coming():
+    """The relay's pump waits only for bytes a frame's length promises, wherever the reads
+    cut the stream (inside a header, inside a payload, across several frames)."""
+    payloads = [bytes(range(200)) * 300, b"", b"{}"]
+    frames = b"".join(pack_frame(0x4000 + k, payload, k) for k, payload in enumerate(payloads))
+    spans, at = [], 0  # (where a frame starts, where its header ends, where it ends)
+    for payload in payloads:
+        spans.append((at, at + 12, at + 12 + len(payload)))
+        at += 12 + len(payload)
+    for cut in (1, 5, 11, 12, 13, 4096, 59_999, 60_012, 60_013, 60_024, 60_030, 60_037):
+        ends = FrameEnds()
+        ends.feed(memoryview(frames)[:cut])
+        expected = next(((header - cut if cut < header else end - cut) for start, header, end in spans
+                        if start < cut < end), 0)  # 60_012 and 60_024 fall between frames
+        assert ends.coming == expected, cut
+        ends.feed(memoryview(frames)[cut:])
+        assert ends.coming == 0
+
 
 def test_token_store(tmp_path):
     store = TokenStore(tmp_path / "state")

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import socket
 import ssl
 import struct
@@ -39,10 +38,37 @@ log = logging.getLogger("vgpud")
 _PEERCRED = struct.Struct("3i")
 #: default seconds before a silent GPU host counts as gone
 DEFAULT_TIMEOUT_S = 5.0
-#: the pump gathers more after a read this large (a bulk transfer: a small message goes on at
-#: once), and passes on what it gathered once less than GATHER_ROOM is left
-GATHER_FROM = 16 << 10
-GATHER_ROOM = 64 << 10
+#: the most bytes a pump passes on in one write
+PUMP_BUFFER = 1 << 20
+
+
+class FrameEnds:
+    """Follows the frames of a byte stream, so that a pump knows how many more bytes are sure
+    to come: the rest of the frame begun, which it may wait for without risk of waiting for
+    bytes nobody sends."""
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.header = bytearray()
+
+    def feed(self, data: memoryview) -> None:
+        at, size = 0, len(data)
+        while at < size:
+            if self.left:
+                step = min(self.left, size - at)
+                self.left -= step
+                at += step
+                continue
+            take = min(protocol.HEADER.size - len(self.header), size - at)
+            self.header += data[at:at + take]
+            at += take
+            if len(self.header) == protocol.HEADER.size:
+                self.left = protocol.HEADER.unpack(self.header)[0]
+                self.header.clear()
+
+    @property
+    def coming(self) -> int:
+        return self.left or (protocol.HEADER.size - len(self.header) if self.header else 0)
 
 
 class RemoteError(ConnectionError):
@@ -244,23 +270,24 @@ class Relay:
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
-        """Bytes from one side to the other until either ends; then both are shut down. What
-        has already arrived is gathered before it is passed on (a TLS read yields one 16 KiB
-        record; a write per record would wake the reader for each)."""
-        buffer = bytearray(1 << 20)
+        """Bytes from one side to the other until either ends; then both are shut down. A
+        frame begun is read on to its end, or until the buffer is full, before it is passed
+        on: a TLS read yields one 16 KiB record, and a write per record would wake the reader
+        for each; and the frame's own length says how much more is sure to come."""
+        buffer = bytearray(PUMP_BUFFER)
         view = memoryview(buffer)
-        arrived = select.poll()
-        arrived.register(source, select.POLLIN)
-        decrypted = getattr(source, "pending", lambda: 0)  # TLS: bytes of a record already read
+        ends = FrameEnds()
         try:
             while True:
                 size = source.recv_into(buffer)
                 if not size:
                     break
-                while GATHER_FROM <= size < len(buffer) - GATHER_ROOM and (decrypted() or arrived.poll(0)):
-                    more = source.recv_into(view[size:])
+                ends.feed(view[:size])
+                while ends.coming and size < PUMP_BUFFER:
+                    more = source.recv_into(view[size:size + min(ends.coming, PUMP_BUFFER - size)])
                     if not more:
                         break
+                    ends.feed(view[size:size + more])
                     size += more
                 sink.sendall(view[:size])
         except OSError:
