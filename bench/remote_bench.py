@@ -1,7 +1,8 @@
 """The remote backend over TLS on loopback, against floors measured in the same run:
 
 - a synchronous driver call (cuCtxSynchronize) through a relay vgpud and a GPU host vgpud,
-  against a raw TCP round trip between two processes (target: within 2x);
+  against a raw TCP round trip between two processes (target: within 2x), in turns with it
+  (and with a raw TLS round trip, for reference);
 - host-to-device and device-to-host bandwidth through them (64 MiB copies), against a raw
   TLS stream between two processes (target: at least 70 %).
 
@@ -73,26 +74,39 @@ def server(code: str, *args: str) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-def tcp_round_trip(calls: int, folder: Path | None = None) -> float:
-    """Median seconds of a 16-byte echo over TCP to another process (over TLS with the
-    certificate in ``folder``)."""
-    if folder is None:
-        process, port = server(ECHO)
-        sock = socket.create_connection(("127.0.0.1", port))
-    else:
-        process, port = server(ECHO, str(folder / "cert.pem"), str(folder / "key.pem"))
-        context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
-        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        sock.sendall(b"x" * 16)
-        sock.recv(64)
-        samples.append(time.perf_counter() - start)
-    sock.close()
-    process.wait(5)
-    return statistics.median(samples)
+class Echo:
+    """A 16-byte echo over TCP to another process (over TLS with the certificate in ``folder``)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        if folder is None:
+            self.process, port = server(ECHO)
+            self.sock = socket.create_connection(("127.0.0.1", port))
+        else:
+            self.process, port = server(ECHO, str(folder / "cert.pem"), str(folder / "key.pem"))
+            context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+            self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def round_trip(self) -> None:
+        self.sock.sendall(b"x" * 16)
+        self.sock.recv(64)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.process.wait(5)
+
+
+def interleaved(actions: dict[str, object], calls: int, blocks: int = 20) -> dict[str, float]:
+    """Median seconds of each action, run in turns of calls/blocks each, so that the floors
+    and the call see the same moods of the machine."""
+    samples: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(blocks):
+        for name, action in actions.items():
+            for _ in range(max(1, calls // blocks)):
+                start = time.perf_counter()
+                action()
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def tls_stream(folder: Path, size: int) -> float:
@@ -131,14 +145,11 @@ def main() -> None:
         assert cuda.cuInit(0) == 0
         ctx = ctypes.c_void_p()
         assert cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0 and cuda.cuCtxSetCurrent(ctx) == 0
-        floor_rtt = tcp_round_trip(args.calls)
-        tls_rtt = tcp_round_trip(args.calls, folder)
-        samples = []
-        for _ in range(args.calls):
-            start = time.perf_counter()
-            cuda.cuCtxSynchronize()
-            samples.append(time.perf_counter() - start)
-        sync = statistics.median(samples)
+        tcp, tls = Echo(), Echo(folder)
+        medians = interleaved({"tcp": tcp.round_trip, "tls": tls.round_trip, "sync": cuda.cuCtxSynchronize}, args.calls)
+        tcp.close()
+        tls.close()
+        floor_rtt, tls_rtt, sync = medians["tcp"], medians["tls"], medians["sync"]
         size = args.size_mib << 20
         host = ctypes.create_string_buffer(os.urandom(1 << 20) * (size >> 20), size)  # data, not zeros
         back = ctypes.create_string_buffer(size)
