@@ -115,6 +115,26 @@ def test_malformed_frames_close_only_their_connection(vgpud, garbage):
     bystander.close()
 
 
+def test_a_client_stopped_inside_a_bulk_frame_holds_up_nobody(vgpud):
+    """A client that stops half-way through a 32 MiB frame (a debugger, Ctrl-Z in the middle of
+    a large copy) leaves vgpud serving everyone else; the frame is taken up where it stopped."""
+    bystander = vgpud.client()
+    sock = _raw_connection(vgpud.socket)
+    sock.sendall(struct.pack("<IHHI", 32 << 20, protocol.OP_HELLO, 0, 1) + bytes(3 << 20))
+    start = time.monotonic()
+    assert bystander.request(protocol.OP_PING, b"still here") == b"still here"
+    assert vgpud.control("status")["gpus"]
+    assert time.monotonic() - start < 2
+    sock.sendall(bytes((32 << 20) - (3 << 20)))  # the rest: a handshake of zeros, refused
+    sock.settimeout(10)
+    answer = b""
+    while chunk := sock.recv(1 << 16):  # the refusal, then the end of the connection
+        answer += chunk
+    assert b"protocol version 0 not served" in answer
+    sock.close()
+    bystander.close()
+
+
 def test_malformed_payloads_after_handshake(vgpud):
     from vgpu.api.manifest import load
 

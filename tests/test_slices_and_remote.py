@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +20,8 @@ import pytest
 from tests.conftest import Vgpud, free_port, listen_options, run_json, run_python, tls_files, wait_for
 from vgpu import launcher
 from vgpu.device.gpuset import parse, parse_size
-from vgpu.remote.relay import FrameEnds
+from vgpu.remote.relay import FrameEnds, check
+from vgpu.remote.tls import client_context
 from vgpu.remote.tokens import Tenant, TokenStore
 from vgpu.wire.client import Client, ControlFailed
 from vgpu.wire.protocol import pack_frame
@@ -220,6 +223,38 @@ print(json.dumps({
     "processes": [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)],
 }))
 """
+
+
+def _half_a_record(host: GpuHost) -> socket.socket:
+    """A TLS connection to the GPU host whose first record stops half-way: the handshake is
+    done, then a frame header's record is sent without its second half."""
+    raw = socket.create_connection(("127.0.0.1", host.port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(host.ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(1 << 16))
+    raw.sendall(outgoing.read())
+    tls.write(pack_frame(0x0001, bytes(1000)))
+    record = outgoing.read()
+    raw.sendall(record[:len(record) // 2])
+    return raw
+
+
+def test_a_peer_stopped_inside_a_tls_record_holds_up_nobody(gpu_host):
+    """Anyone who can reach the port can finish a TLS handshake; one that then stops inside a
+    record (or sends it a byte at a time) must not stall the GPU host for its tenants."""
+    stalled = [_half_a_record(gpu_host) for _ in range(3)]
+    start = time.monotonic()
+    for _ in range(5):
+        assert check(("localhost", gpu_host.port), gpu_host.token("team-a"), gpu_host.ca)["gpus"]
+    assert time.monotonic() - start < 3
+    for sock in stalled:
+        sock.close()
 
 
 def test_a_tenant_through_a_relay(gpu_host, relays, tmp_path):

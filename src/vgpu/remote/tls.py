@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import struct
 import threading
 from pathlib import Path
 
@@ -42,9 +41,8 @@ def parse_address(text: str, default_host: str = "") -> tuple[str, int]:
 
 
 class TlsListener:
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, io_timeout: float) -> None:
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
         self.context = context
-        self.io_timeout = io_timeout
         self.listener = socket.create_server(address, reuse_port=False)
         self.wakeup, self._wake = socket.socketpair()
         self._ready: list[tuple[ssl.SSLSocket, tuple]] = []
@@ -74,12 +72,9 @@ class TlsListener:
             log.warning("TLS handshake with %s failed: %s", peer[0], error)
             sock.close()
             return
-        # Blocking, its waits bounded by the kernel: with a Python timeout every TLS write
-        # would poll the socket first, a system call per reply.
+        # vgpud's connections never block (vgpu.server.daemon bounds their sends itself): with
+        # a Python timeout, every TLS write would poll the socket first, a system call per reply
         tls.settimeout(None)
-        timeval = struct.pack("ll", int(self.io_timeout), int(self.io_timeout % 1 * 1e6))
-        tls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        tls.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._ready.append((tls, peer))

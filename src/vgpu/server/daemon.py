@@ -1,9 +1,12 @@
 """vgpud's listener: accepts connections, runs the handshake, dispatches frames.
 
 One thread serves every connection through a selector: a call is answered where it
-is read, which keeps a round trip close to the socket's own latency.  Calls that may
-wait (nvmlEventSetWait) run on a thread of their own and answer when done, so they
-hold up nobody else.  A malformed frame closes its own connection and nothing more.
+is read, which keeps a round trip close to the socket's own latency.  Sockets never block
+a read: a frame (or a TLS record) that has only partly arrived waits in its connection
+while the others are served, so a client that stops in the middle of a 64 MiB copy, or
+sends a byte at a time, holds up nobody.  Calls that may wait (nvmlEventSetWait) run on a
+thread of their own and answer when done.  A malformed frame closes its own connection
+and nothing more.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import errno
 import json
 import logging
 import os
+import select
 import selectors
 import socket
+import ssl
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -37,10 +42,22 @@ log = logging.getLogger("vgpud")
 _PEERCRED = struct.Struct("3i")
 #: a client that does not take its replies within this time is disconnected
 SEND_TIMEOUT_S = 5.0
-#: the rest of a frame longer than this is read in one go, not 64 KiB at a time
+#: the rest of a frame longer than this is received straight into a buffer of its own
 LARGE_FRAME = 1 << 20
 #: the first op of an API call (below: the protocol's own ops)
 API_OPS_FROM = min(OP_BASE.values())
+
+
+@dataclass
+class _Bulk:
+    """A bulk frame being received: its header and the buffer its payload fills."""
+
+    op: int
+    flags: int
+    seq: int
+    buffer: bytearray
+    view: memoryview
+    got: int
 
 
 @dataclass
@@ -57,17 +74,49 @@ class Connection:
     #: the address of a network (TLS) client; None for a local one
     peer: tuple | None = None
     #: the buffer bulk frames are received into, kept from one to the next (fresh memory costs
-    #: a page fault per 4 KiB); None while the frames read with it wait for their answers
+    #: a page fault per 4 KiB), and the one a frame read but not yet answered holds
     bulk: bytearray | None = None
+    lent: bytearray | None = None
+    #: the bulk frame this connection is in the middle of
+    receiving: _Bulk | None = None
+    #: a client that does not take its replies within this time is disconnected
+    send_timeout: float = SEND_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        self.sock.setblocking(False)
+
+    def recv_into(self, view: memoryview | bytearray) -> int | None:
+        """Bytes read into ``view``; 0 when the peer closed; None when there are none yet
+        (or only part of a TLS record)."""
+        try:
+            return self.sock.recv_into(view)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
 
     def send(self, frame: Frame, payload: Reply) -> None:
         with self.send_lock:
             if isinstance(payload, Pieces):  # a large array: sent from where it lies
-                self.sock.sendall(protocol.HEADER.pack(payload.size, frame.op, FLAG_REPLY, frame.seq))
+                self._send_all(protocol.HEADER.pack(payload.size, frame.op, FLAG_REPLY, frame.seq))
                 for piece in payload:
-                    self.sock.sendall(piece)
+                    self._send_all(piece)
             else:
-                self.sock.sendall(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
+                self._send_all(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
+
+    def _send_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            try:
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                self._wait(select.POLLOUT)
+            except ssl.SSLWantReadError:  # TLS must read before it writes again (a key update)
+                self._wait(select.POLLIN)
+
+    def _wait(self, event: int) -> None:
+        poller = select.poll()
+        poller.register(self.sock, event)
+        if not poller.poll(self.send_timeout * 1000):
+            raise TimeoutError(f"pid {self.pid} took no reply for {self.send_timeout:g} s")
 
 
 @dataclass
@@ -79,8 +128,8 @@ class NetworkSettings:
     cert: Path
     key: Path
     tokens: TokenStore
-    #: a network client that does not take its replies (or send a whole frame) within this time
-    #: is disconnected
+    #: a network client that does not take its replies within this time is disconnected (one
+    #: that stops inside a frame holds up nobody: it waits in its connection)
     io_timeout: float = SEND_TIMEOUT_S
 
 
@@ -134,8 +183,7 @@ class Daemon:
             from vgpu.remote.tls import server_context
 
             self._network_listener = TlsListener(self.network.address,
-                                                 server_context(self.network.cert, self.network.key),
-                                                 self.network.io_timeout)
+                                                 server_context(self.network.cert, self.network.key))
         self.published = Published(path.with_name(path.name + ".published"),
                                    lambda op, payload: self.dispatchers[op].call(self._own_session, op, payload),
                                    per_op_limit=8 * len(self.state.gpus))
@@ -157,7 +205,8 @@ class Daemon:
                         self._accept(selector)
                     elif key.data == "network":
                         for sock, peer in network.take():
-                            selector.register(sock, selectors.EVENT_READ, Connection(sock, 0, -1, peer=peer))
+                            selector.register(sock, selectors.EVENT_READ, Connection(
+                                sock, 0, -1, peer=peer, send_timeout=self.network.io_timeout))
                     else:
                         self._readable(selector, key.data)
                 self.published.refresh_if_due()
@@ -177,9 +226,6 @@ class Daemon:
     # connections ----------------------------------------------------------------------
     def _accept(self, selector: selectors.BaseSelector) -> None:
         sock, _ = self._listener.accept()
-        # Blocking, so a recv after the selector's word costs one syscall; the kernel bounds sends.
-        sock.setblocking(True)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT_S), 0))
         pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         selector.register(sock, selectors.EVENT_READ, Connection(sock, pid, uid))
 
@@ -193,26 +239,12 @@ class Daemon:
 
     def _readable(self, selector: selectors.BaseSelector, conn: Connection) -> None:
         try:
-            size = conn.sock.recv_into(conn.inbox)
-            if not size:
-                self._close(selector, conn)
-                return
-            frames = conn.parser.feed(memoryview(conn.inbox)[:size])
-            bulk = None
-            while True:
-                if conn.parser.missing() > LARGE_FRAME:  # the rest of a bulk transfer, straight into its buffer
-                    frame, bulk = self._large_frame(conn)
-                    frames.append(frame)
-                elif conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
-                    size = conn.sock.recv_into(conn.inbox)
-                    frames += conn.parser.feed(memoryview(conn.inbox)[:size])
-                else:
-                    break
+            frames, closed = self._read_frames(conn)
             for frame in frames:
                 if conn.session is None:
                     conn.session = self._hello(conn, frame)
                     if frame.op == protocol.OP_HELLO and len(frame.payload) >= protocol.HELLO_REQUEST.size:
-                        conn.api = frame.payload[8:24].rstrip(b"\0").decode(errors="replace")
+                        conn.api = bytes(frame.payload[8:24]).rstrip(b"\0").decode(errors="replace")
                     if conn.session is None:
                         self._close(selector, conn)
                         return
@@ -230,8 +262,10 @@ class Daemon:
                     conn.send(frame, self._handle(conn.session, frame))
                 if frame.op == protocol.OP_CONTROL and self.stopping.is_set():
                     return
-            if bulk is not None:
-                conn.bulk = bulk  # its frames are answered: the next may have it
+            if closed:
+                self._close(selector, conn)
+            elif conn.lent is not None:
+                conn.bulk, conn.lent = conn.lent, None  # its frame is answered: the next may have it
         except (ProtocolError, DecodeError) as error:
             log.warning("closing connection of pid %d: %s", conn.pid, error)
             self._close(selector, conn)
@@ -242,12 +276,38 @@ class Daemon:
             log.exception("closing connection of pid %d after an internal error", conn.pid)
             self._close(selector, conn)
 
+    def _read_frames(self, conn: Connection) -> tuple[list[Frame], bool]:
+        """The frames completed by what has arrived, and whether the peer closed. A small
+        frame costs one read; a bulk frame's payload is read into its buffer as it comes,
+        across as many wake-ups as it takes."""
+        frames: list[Frame] = []
+        if conn.receiving is None:
+            size = conn.recv_into(conn.inbox)
+            if size is None:
+                return frames, False
+            if not size:
+                return frames, True
+            frames = conn.parser.feed(memoryview(conn.inbox)[:size])
+        while True:
+            if conn.receiving is not None:
+                frame = self._receive_bulk(conn)
+                if frame is None:
+                    return frames, False
+                frames.append(frame)
+            elif conn.parser.missing() > LARGE_FRAME:
+                self._begin_bulk(conn)
+            elif conn.peer is not None and conn.sock.pending():  # decrypted bytes the selector cannot see
+                size = conn.recv_into(conn.inbox)
+                if not size:
+                    return frames, size == 0
+                frames += conn.parser.feed(memoryview(conn.inbox)[:size])
+            else:
+                return frames, False
+
     @staticmethod
-    def _large_frame(conn: Connection) -> tuple[Frame, bytearray]:
-        """A bulk transfer's frame, its payload received into the connection's bulk buffer (the
-        data is copied once, by the socket), and that buffer, lent to the frame until it is
-        answered; an API call's payload is a view of it, whose large arrays the codec reads in
-        place (the services copy them before they return)."""
+    def _begin_bulk(conn: Connection) -> None:
+        """A bulk transfer's frame begins: its payload goes into the connection's bulk buffer
+        (the data is copied once, by the socket), lent to the frame until it is answered."""
         parser = conn.parser
         length, op, flags, seq = protocol.HEADER.unpack_from(parser.buffer)
         buffer = conn.bulk if conn.bulk is not None and len(conn.bulk) >= length else bytearray(length)
@@ -256,13 +316,28 @@ class Daemon:
         have = len(parser.buffer) - protocol.HEADER.size
         view[:have] = memoryview(parser.buffer)[protocol.HEADER.size:]
         parser.buffer.clear()
-        got = have
-        while got < length:
-            size = conn.sock.recv_into(view[got:])
+        conn.receiving = _Bulk(op, flags, seq, buffer, view, have)
+
+    @staticmethod
+    def _receive_bulk(conn: Connection) -> Frame | None:
+        """What has arrived of the bulk frame; the frame once whole. An API call's payload is a
+        view of the buffer, whose large arrays the codec reads in place (the services copy
+        them before they return)."""
+        bulk = conn.receiving
+        length = len(bulk.view)
+        while bulk.got < length:
+            wanted = length - bulk.got
+            size = conn.recv_into(bulk.view[bulk.got:])
+            if size is None:
+                return None
             if not size:
-                raise ProtocolError(f"connection closed inside a frame ({got} of {length} bytes)")
-            got += size
-        return Frame(op, flags, seq, view if op >= API_OPS_FROM else bytes(view)), buffer
+                raise ProtocolError(f"connection closed inside a frame ({bulk.got} of {length} bytes)")
+            bulk.got += size
+            if size < wanted and conn.peer is None:  # a Unix socket read short is drained: wait for more
+                return None
+        conn.receiving = None
+        conn.lent = bulk.buffer
+        return Frame(bulk.op, bulk.flags, bulk.seq, bulk.view if bulk.op >= API_OPS_FROM else bytes(bulk.view))
 
     def _queued(self, session: Session, frame: Frame) -> None:
         """Work sent without waiting: its first error waits for the next synchronising call.
