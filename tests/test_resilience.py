@@ -135,6 +135,30 @@ def test_a_client_stopped_inside_a_bulk_frame_holds_up_nobody(vgpud):
     bystander.close()
 
 
+def test_a_client_slow_to_take_a_large_reply_holds_up_nobody(vgpud):
+    """A 32 MiB reply that its client does not read waits in its connection while vgpud
+    serves the others; read later, slowly, it arrives whole."""
+    slow = vgpud.client()
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    payload = os.urandom(1 << 20) * 32
+    slow.send_raw(protocol.pack_frame(protocol.OP_PING, payload, 7))
+    bystander = vgpud.client()
+    start = time.monotonic()
+    for _ in range(20):
+        assert bystander.request(protocol.OP_PING, b"still here") == b"still here"
+    assert time.monotonic() - start < 2
+    time.sleep(1)
+    answer = bytearray()
+    while len(answer) < 12 + len(payload):
+        answer += slow.sock.recv(1 << 20)
+        if len(answer) < 1 << 20:
+            time.sleep(0.2)  # the first MiB taken slowly
+    assert protocol.HEADER.unpack_from(answer) == (len(payload), protocol.OP_PING, protocol.FLAG_REPLY, 7)
+    assert answer[12:] == payload
+    slow.close()
+    bystander.close()
+
+
 def test_malformed_payloads_after_handshake(vgpud):
     from vgpu.api.manifest import load
 

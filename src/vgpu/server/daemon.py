@@ -1,11 +1,12 @@
 """vgpud's listener: accepts connections, runs the handshake, dispatches frames.
 
 One thread serves every connection through a selector: a call is answered where it
-is read, which keeps a round trip close to the socket's own latency.  Sockets never block
-a read: a frame (or a TLS record) that has only partly arrived waits in its connection
-while the others are served, so a client that stops in the middle of a 64 MiB copy, or
-sends a byte at a time, holds up nobody.  Calls that may wait (nvmlEventSetWait) run on a
-thread of their own and answer when done.  A malformed frame closes its own connection
+is read, which keeps a round trip close to the socket's own latency.  Sockets never block:
+a frame (or a TLS record) that has only partly arrived waits in its connection while the
+others are served, and so does the part of a reply its client has not yet taken, so a
+client that stops in the middle of a 64 MiB copy, sends a byte at a time or does not read
+its replies holds up nobody.  Calls that may wait (nvmlEventSetWait) run on a thread of
+their own and answer when done.  A malformed frame closes its own connection
 and nothing more.
 """
 
@@ -21,6 +22,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from vgpu.wire.protocol import FLAG_REPLY, Frame, FrameParser, ProtocolError
 
 log = logging.getLogger("vgpud")
 _PEERCRED = struct.Struct("3i")
-#: a client that does not take its replies within this time is disconnected
+#: a client that takes none of a waiting reply for this long is disconnected
 SEND_TIMEOUT_S = 5.0
 #: the rest of a frame longer than this is received straight into a buffer of its own
 LARGE_FRAME = 1 << 20
@@ -60,7 +62,7 @@ class _Bulk:
     got: int
 
 
-@dataclass
+@dataclass(eq=False)  # each is itself: kept in sets by identity
 class Connection:
     sock: socket.socket
     pid: int
@@ -79,8 +81,13 @@ class Connection:
     lent: bytearray | None = None
     #: the bulk frame this connection is in the middle of
     receiving: _Bulk | None = None
-    #: a client that does not take its replies within this time is disconnected
+    #: a client that takes none of its reply for this long is disconnected
     send_timeout: float = SEND_TIMEOUT_S
+    #: what the peer has not yet taken of a reply; the selector sends it as room comes, so a
+    #: client slow to read holds up no other
+    outbox: list[memoryview] = field(default_factory=list)
+    #: when the peer last took some of a waiting reply
+    progress_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.sock.setblocking(False)
@@ -93,17 +100,46 @@ class Connection:
         except (BlockingIOError, ssl.SSLWantReadError):
             return None
 
-    def send(self, frame: Frame, payload: Reply) -> None:
+    def send(self, frame: Frame, payload: Reply, wait: bool = False) -> None:
+        """A reply. What the socket does not take at once waits in the outbox for the selector
+        (``wait``: on a thread of its own, the sender waits for room instead)."""
+        parts = ([protocol.HEADER.pack(payload.size, frame.op, FLAG_REPLY, frame.seq), *payload]
+                 if isinstance(payload, Pieces) else [protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY)])
         with self.send_lock:
-            if isinstance(payload, Pieces):  # a large array: sent from where it lies
-                self._send_all(protocol.HEADER.pack(payload.size, frame.op, FLAG_REPLY, frame.seq))
-                for piece in payload:
-                    self._send_all(piece)
-            else:
-                self._send_all(protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY))
+            for part in parts:
+                view = memoryview(part).cast("B")
+                if wait and not self.outbox:  # (behind a waiting reply, it waits in line)
+                    self._send_all(view)
+                    continue
+                if not self.outbox:
+                    view = self._send_now(view)
+                if view.nbytes:  # copied: a large reply lies in a buffer its thread reuses
+                    self.outbox.append(memoryview(bytes(view)))
+                    self.progress_at = time.monotonic()
 
-    def _send_all(self, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B")
+    def flush(self) -> bool:
+        """Sends what waits in the outbox, as far as the socket takes it; whether all went."""
+        with self.send_lock:
+            while self.outbox:
+                rest = self._send_now(self.outbox[0])
+                if rest.nbytes < self.outbox[0].nbytes:
+                    self.progress_at = time.monotonic()
+                if rest.nbytes:
+                    self.outbox[0] = rest
+                    return False
+                self.outbox.pop(0)
+            return True
+
+    def _send_now(self, view: memoryview) -> memoryview:
+        """What the socket takes now is sent; the rest is returned."""
+        try:
+            while view.nbytes:
+                view = view[self.sock.send(view):]
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            pass
+        return view
+
+    def _send_all(self, view: memoryview) -> None:
         while view.nbytes:
             try:
                 view = view[self.sock.send(view):]
@@ -128,8 +164,8 @@ class NetworkSettings:
     cert: Path
     key: Path
     tokens: TokenStore
-    #: a network client that does not take its replies within this time is disconnected (one
-    #: that stops inside a frame holds up nobody: it waits in its connection)
+    #: a network client that takes none of a waiting reply for this long is disconnected (one
+    #: that stops inside a frame, or reads slowly, holds up nobody: it waits in its connection)
     io_timeout: float = SEND_TIMEOUT_S
 
 
@@ -157,6 +193,8 @@ class Daemon:
                             for op, handler in getattr(dispatcher.service, "private_ops", {}).items()}
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
+        #: connections with a reply waiting in their outbox
+        self._sending: set[Connection] = set()
         self.published: Published | None = None
         #: the session published answers are computed in: vgpud itself
         self._own_session = Session(0, os.getpid(), os.getuid(), "vgpud")
@@ -200,15 +238,19 @@ class Daemon:
             log.info("vgpud %d serving over TLS at %s:%d", os.getpid(), *network.address)
         try:
             while not self.stopping.is_set():
-                for key, _ in selector.select(timeout=protocol.PUBLISHED_REFRESH_MS / 1000):
+                for key, events in selector.select(timeout=protocol.PUBLISHED_REFRESH_MS / 1000):
                     if key.data is None:
                         self._accept(selector)
                     elif key.data == "network":
                         for sock, peer in network.take():
                             selector.register(sock, selectors.EVENT_READ, Connection(
                                 sock, 0, -1, peer=peer, send_timeout=self.network.io_timeout))
-                    else:
-                        self._readable(selector, key.data)
+                    elif key.data.sock.fileno() >= 0:  # not closed by an earlier event of this round
+                        if events & selectors.EVENT_WRITE:
+                            self._writable(selector, key.data)
+                        if events & selectors.EVENT_READ and key.data.sock.fileno() >= 0:
+                            self._readable(selector, key.data)
+                self._drop_stalled(selector)
                 self.published.refresh_if_due()
         finally:
             for key in list(selector.get_map().values()):
@@ -229,7 +271,30 @@ class Daemon:
         pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         selector.register(sock, selectors.EVENT_READ, Connection(sock, pid, uid))
 
+    def _writable(self, selector: selectors.BaseSelector, conn: Connection) -> None:
+        try:
+            if conn.flush():
+                selector.modify(conn.sock, selectors.EVENT_READ, conn)
+                self._sending.discard(conn)
+        except OSError as error:
+            log.info("connection of pid %d ended: %s", conn.pid, error)
+            self._close(selector, conn)
+
+    def _watch_sending(self, selector: selectors.BaseSelector, conn: Connection) -> None:
+        """A reply waits in the connection's outbox: the selector tells when there is room."""
+        if conn.outbox and conn not in self._sending and conn.sock.fileno() >= 0:
+            selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            self._sending.add(conn)
+
+    def _drop_stalled(self, selector: selectors.BaseSelector) -> None:
+        """Connections whose peer has taken none of a waiting reply for their send timeout."""
+        now = time.monotonic()
+        for conn in [c for c in self._sending if now - c.progress_at > c.send_timeout]:
+            log.info("pid %d took none of its reply for %g s; closing its connection", conn.pid, conn.send_timeout)
+            self._close(selector, conn)
+
     def _close(self, selector: selectors.BaseSelector, conn: Connection) -> None:
+        self._sending.discard(conn)
         selector.unregister(conn.sock)
         conn.sock.close()
         if conn.session is not None:
@@ -264,8 +329,10 @@ class Daemon:
                     return
             if closed:
                 self._close(selector, conn)
-            elif conn.lent is not None:
+                return
+            if conn.lent is not None:
                 conn.bulk, conn.lent = conn.lent, None  # its frame is answered: the next may have it
+            self._watch_sending(selector, conn)
         except (ProtocolError, DecodeError) as error:
             log.warning("closing connection of pid %d: %s", conn.pid, error)
             self._close(selector, conn)
@@ -358,7 +425,7 @@ class Daemon:
     def _answer(self, conn: Connection, frame: Frame) -> None:
         """A call that may wait, on its own thread; a failure closes the socket, and the selector the rest."""
         try:
-            conn.send(frame, self._handle(conn.session, frame))
+            conn.send(frame, self._handle(conn.session, frame), wait=True)
         except (ProtocolError, DecodeError, OSError) as error:
             log.warning("closing connection of pid %d: %s", conn.pid, error)
             conn.sock.shutdown(socket.SHUT_RDWR)
