@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from harness import pin_client, pin_server
 
@@ -96,7 +97,7 @@ class Echo:
         self.process.wait(5)
 
 
-def interleaved(actions: dict[str, object], calls: int, blocks: int = 20) -> dict[str, float]:
+def interleaved(actions: dict[str, Callable[[], object]], calls: int, blocks: int = 20) -> dict[str, float]:
     """Median seconds of each action, run in turns of calls/blocks each, so that the floors
     and the call see the same moods of the machine."""
     samples: dict[str, list[float]] = {name: [] for name in actions}

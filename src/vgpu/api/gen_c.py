@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vgpu.api.manifest import Api, Function, Kind, load
+from vgpu.api.manifest import Api, Function, Kind, load, per_thread_base
 from vgpu.wire import protocol
 
 
@@ -102,8 +102,8 @@ def _stub(api: Api, function: Function, prefix: str) -> str:
 def _per_thread_forward(api: Api, function: Function) -> str:
     """A per-thread-default-stream name (_ptds, _ptsz) of a function the shim defines: the same
     work (the simulator keeps one default stream per process and device), so it forwards."""
-    base = function.name[:-5] if function.name.endswith(("_ptds", "_ptsz")) else None
-    if base is None or base not in api._by_name or not api.function(base).local:
+    base = per_thread_base(function.name)
+    if base == function.name or base not in api._by_name or not api.function(base).local:
         return ""
     if [p.type for p in api.function(base).params] != [p.type for p in function.params]:
         return ""

@@ -60,6 +60,14 @@ class Kind(enum.IntEnum):
 PUBLISHABLE = frozenset({Kind.VALUE, Kind.HANDLE, Kind.IN, Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER})
 #: kinds that carry a count of elements held by another parameter
 COUNTED = frozenset({Kind.ARRAY, Kind.ARRAY_IN, Kind.ARRAY_OUT})
+#: CUDA's per-thread-default-stream variants of a function's name
+PER_THREAD_SUFFIXES = ("_ptds", "_ptsz")
+
+
+def per_thread_base(name: str) -> str:
+    """The function a per-thread-default-stream name (_ptds, _ptsz) varies; other names as
+    they are. vgpud keeps one default stream per process and device, so both do the same."""
+    return name[:-5] if name.endswith(PER_THREAD_SUFFIXES) else name
 
 
 @dataclass(frozen=True)

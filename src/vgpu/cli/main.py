@@ -68,7 +68,9 @@ def up(gpus: str, backend: str, connect: tuple[str, ...], token: tuple[str, ...]
     """Start a long-lived vgpud at the default socket: simulated GPUs, or GPU hosts'."""
     try:
         if backend == "remote":
-            tokens = list(token) or [t for t in os.environ.get("VGPU_TOKEN", "").split(",") if t]
+            from vgpu.remote.relay import given_tokens
+
+            tokens = given_tokens(token)
             if not connect or not tokens:
                 _fail("--backend remote needs --connect HOST:PORT and --token (from `vgpu token create` on the GPU host)")
             socket_path, pid, statuses = launcher.up_remote(list(connect), tokens, ca, timeout)

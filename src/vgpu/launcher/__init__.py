@@ -159,7 +159,7 @@ def up_remote(connect: list[str], tokens: list[str], ca: Path | None, timeout: f
     """Start a vgpud that forwards to GPU hosts (several are joined into one device list),
     after checking each connection, host certificate and token (LaunchError saying which
     failed); its socket, pid and each GPU host's status as the tenant sees it."""
-    from vgpu.remote.relay import RemoteError, check, upstreams
+    from vgpu.remote.relay import TOKEN_ENV, RemoteError, check, upstreams
 
     try:
         statuses = [check(host.address, host.token, ca, timeout) for host in upstreams(connect, tokens)]
@@ -177,7 +177,7 @@ def up_remote(connect: list[str], tokens: list[str], ca: Path | None, timeout: f
                "--timeout", str(timeout), *(("--ca", str(ca)) if ca else ()))
     # the tokens travel in the environment, not on a command line other users can read
     process = start_daemon("h100", socket_path, socket_path.with_suffix(".log"), detach=True, options=options,
-                           env={**os.environ, "VGPU_TOKEN": ",".join(tokens)})
+                           env={**os.environ, TOKEN_ENV: ",".join(tokens)})
     return socket_path, process.pid, statuses
 
 

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgpu.api.manifest import Api, Function, Kind, load
+from vgpu.api.manifest import Api, Function, Kind, load, per_thread_base
 from vgpu.server.cuda_modules import MODULE_FLAG_LIBRARY, ModuleServing
 from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, visible_devices
 from vgpu.wire import protocol
@@ -265,7 +265,7 @@ class Router:
         #: op -> (codec, destination and source parameter indices) of copies between device pointers
         self.copies: dict[int, tuple[FunctionCodec, int, int]] = {}
         for f in self.api.functions:
-            base = f.name.removesuffix("_ptds").removesuffix("_ptsz")
+            base = per_thread_base(f.name)
             if base in DEVICE_COPIES and f.encodable:
                 names = [p.name for p in f.params]
                 self.copies[f.op] = (FunctionCodec(self.api, f), *(names.index(n) for n in DEVICE_COPIES[base]))
@@ -759,7 +759,7 @@ class JoinedConnection:
         name = plan.function.name
         if name in self.router.apart:  # what a driver says of two GPUs that cannot reach each other
             return struct.pack("<ii", 0, self.router.apart[name])
-        if name.removesuffix("_ptsz") == "cuStreamWaitEvent":
+        if per_thread_base(name) == "cuStreamWaitEvent":
             (event,) = struct.unpack_from("<Q", walk.out[1])  # the event's host's own id
             waited = self._request(walk.event_host, "cuEventSynchronize", struct.pack("<QQ", 0, event))
             return None if frame.flags & protocol.FLAG_NO_REPLY else waited[:4]

@@ -38,6 +38,8 @@ log = logging.getLogger("vgpud")
 _PEERCRED = struct.Struct("3i")
 #: default seconds before a silent GPU host counts as gone
 DEFAULT_TIMEOUT_S = 5.0
+#: where the tokens may come from instead of the command line, which other users can read
+TOKEN_ENV = "VGPU_TOKEN"
 #: the most bytes a pump passes on in one write
 PUMP_BUFFER = 1 << 20
 
@@ -133,6 +135,11 @@ class Upstream:
     @property
     def name(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
+
+
+def given_tokens(options: list[str] | tuple[str, ...]) -> list[str]:
+    """The tokens of --token options, or else of $VGPU_TOKEN (comma-separated, one per host)."""
+    return list(options) or [token for token in os.environ.get(TOKEN_ENV, "").split(",") if token]
 
 
 def upstreams(connect: list[str] | tuple[str, ...], tokens: list[str] | tuple[str, ...]) -> list[Upstream]:
@@ -264,9 +271,7 @@ class Relay:
 
     @staticmethod
     def _network_fields(host: Upstream, pid: int) -> bytes:
-        """What a network client's handshake carries after the local one: token, host/pid."""
-        fields = (host.token.encode(), f"{socket.gethostname()}/{pid}".encode())
-        return b"".join(struct.pack("<H", len(field)) + field for field in fields)
+        return protocol.pack_network_fields(host.token, f"{socket.gethostname()}/{pid}")
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:

@@ -404,11 +404,6 @@ class ModuleServing:
         numBlocks.value = blocks_per_multiprocessor(function, blockSize, dynamicSMemSize)
         return SUCCESS
 
-    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, c: Caller, numBlocks: Any, func: FunctionRef,
-                                                    blockSize: int, dynamicSMemSize: int) -> int:
-        return self.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(c, numBlocks, func, blockSize,
-                                                                         dynamicSMemSize, 0)
-
     def cuOccupancyAvailableDynamicSMemPerBlock(self, c: Caller, dynamicSmemSize: Any, func: FunctionRef,
                                                 numBlocks: int, blockSize: int) -> int:
         function, rc = self._function_state(c, func)

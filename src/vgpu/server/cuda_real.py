@@ -75,6 +75,14 @@ def answered(result: Any, out: Any, index: int = 1) -> int:
     return rc(result)
 
 
+def answered_text(result: Any, out: Any, capacity: int) -> int:
+    """answered() for a char* output of ``capacity`` bytes: the text up to its NUL, cut to
+    leave room for one."""
+    if rc(result) == SUCCESS:
+        out.value = result[1].split(b"\0")[0][:max(capacity - 1, 0)]
+    return rc(result)
+
+
 def real_devices() -> list[tuple[bytes, tuple[int, int, int]]]:
     """(UUID bytes, (PCI domain, bus, device)) of each GPU the driver on this host sees, for
     NVML's identities."""
@@ -301,10 +309,7 @@ class RealCudaService(CudaApi):
         device = self._device(c, dev)
         if device is None:
             return C["CUDA_ERROR_INVALID_DEVICE"]
-        result = cu.cuDeviceGetName(len, device)
-        if rc(result) == SUCCESS:
-            name.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
-        return rc(result)
+        return answered_text(cu.cuDeviceGetName(len, device), name, len)
 
     def cuDeviceGetUuid_v2(self, c: Caller, uuid: Any, dev: int) -> int:
         device = self._device(c, dev)
@@ -346,10 +351,7 @@ class RealCudaService(CudaApi):
         device = self._device(c, dev)
         if device is None:
             return C["CUDA_ERROR_INVALID_DEVICE"]
-        result = cu.cuDeviceGetPCIBusId(len, device)
-        if rc(result) == SUCCESS:
-            pciBusId.value = result[1].split(b"\0")[0][:max(len - 1, 0)]
-        return rc(result)
+        return answered_text(cu.cuDeviceGetPCIBusId(len, device), pciBusId, len)
 
     def cuDeviceGetByPCIBusId(self, c: Caller, dev: Any, pciBusId: bytes | None) -> int:
         if pciBusId is None:
@@ -926,11 +928,6 @@ class RealCudaService(CudaApi):
         result = cu.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(func.handle, blockSize, dynamicSMemSize,
                                                                          flags)
         return answered(result, numBlocks)
-
-    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, c: Caller, numBlocks: Any, func: RealFunction,
-                                                    blockSize: int, dynamicSMemSize: int) -> int:
-        return self.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(c, numBlocks, func, blockSize,
-                                                                         dynamicSMemSize, 0)
 
     def cuOccupancyAvailableDynamicSMemPerBlock(self, c: Caller, dynamicSmemSize: Any, func: RealFunction,
                                                 numBlocks: int, blockSize: int) -> int:

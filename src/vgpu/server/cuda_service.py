@@ -124,8 +124,9 @@ class MemoryPool:
 
 class CudaApi:
     """What every CUDA service shares (the simulator's, the real GPU's): the codes the
-    dispatcher answers with, the device facts the shim fetches in bulk at cuInit, and a
-    default memory pool's attributes as one process sees them (its own use, its settings)."""
+    dispatcher answers with, the device facts the shim fetches in bulk at cuInit, a default
+    memory pool's attributes as one process sees them (its own use, its settings), and the
+    calls that are another call with a default argument."""
 
     api = API
     CONTEXT_PREFIX = True
@@ -173,6 +174,11 @@ class CudaApi:
 
     def cuMemPoolTrimTo(self, c: Caller, pool: MemoryPool, minBytesToKeep: int) -> int:
         return SUCCESS  # freed memory is returned at once: there is nothing to trim
+
+    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, c: Caller, numBlocks: Any, func: Any, blockSize: int,
+                                                    dynamicSMemSize: int) -> int:
+        return self.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(c, numBlocks, func, blockSize,
+                                                                         dynamicSMemSize, 0)
 
 
 class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):

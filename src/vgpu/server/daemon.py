@@ -112,7 +112,7 @@ class Connection:
                     self._send_all(view)
                     continue
                 if not self.outbox:
-                    view = self._send_now(view)
+                    view, _ = self._send_now(view)
                 if view.nbytes:  # copied: a large reply lies in a buffer its thread reuses
                     self.outbox.append(memoryview(bytes(view)))
                     self.progress_at = time.monotonic()
@@ -121,7 +121,7 @@ class Connection:
         """Sends what waits in the outbox, as far as the socket takes it; whether all went."""
         with self.send_lock:
             while self.outbox:
-                rest = self._send_now(self.outbox[0])
+                rest, _ = self._send_now(self.outbox[0])
                 if rest.nbytes < self.outbox[0].nbytes:
                     self.progress_at = time.monotonic()
                 if rest.nbytes:
@@ -130,23 +130,23 @@ class Connection:
                 self.outbox.pop(0)
             return True
 
-    def _send_now(self, view: memoryview) -> memoryview:
-        """What the socket takes now is sent; the rest is returned."""
+    def _send_now(self, view: memoryview) -> tuple[memoryview, int]:
+        """What the socket takes now is sent; the rest, and the poll event to wait for before
+        trying again."""
         try:
             while view.nbytes:
                 view = view[self.sock.send(view):]
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            pass
-        return view
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            return view, select.POLLOUT
+        except ssl.SSLWantReadError:  # TLS must read before it writes again (a key update)
+            return view, select.POLLIN
+        return view, 0
 
     def _send_all(self, view: memoryview) -> None:
+        view, event = self._send_now(view)
         while view.nbytes:
-            try:
-                view = view[self.sock.send(view):]
-            except (BlockingIOError, ssl.SSLWantWriteError):
-                self._wait(select.POLLOUT)
-            except ssl.SSLWantReadError:  # TLS must read before it writes again (a key update)
-                self._wait(select.POLLIN)
+            self._wait(event)
+            view, event = self._send_now(view)
 
     def _wait(self, event: int) -> None:
         poller = select.poll()
@@ -446,7 +446,7 @@ class Daemon:
                 if key:
                     env[key] = value
             at += 2 + env_len
-        token, peer = self._network_fields(frame.payload, at)
+        token, peer = protocol.unpack_network_fields(frame.payload, at)
         api = api_raw.rstrip(b"\0").decode(errors="replace")
         digest = digest_raw.decode(errors="replace")
         status, message, bitmap = protocol.HELLO_OK, "", b""
@@ -507,20 +507,6 @@ class Daemon:
             return self.private_ops[frame.op](session, frame.payload)
         except struct.error as error:
             raise ProtocolError(f"op 0x{frame.op:04x}: {error}") from None
-
-    @staticmethod
-    def _network_fields(payload: bytes, at: int) -> tuple[str, str]:
-        """The token and the peer ("host/pid") a relay appends to the handshake of a client it
-        forwards: each a u16 length and UTF-8 text, after the environment list."""
-        fields = []
-        for _ in range(2):
-            if len(payload) < at + 2:
-                fields.append("")
-                continue
-            (length,) = struct.unpack_from("<H", payload, at)
-            fields.append(payload[at + 2:at + 2 + length].decode(errors="replace"))
-            at += 2 + length
-        return fields[0], fields[1]
 
     def _handle(self, session: Session, frame: Frame) -> Reply:
         dispatcher = self.dispatchers.get(frame.op)

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vgpu.api.manifest import Api, Kind
+from vgpu.api.manifest import Api, Kind, per_thread_base
 from vgpu.server.state import Session
 from vgpu.wire.codec import I32, U64, DecodeError, FunctionCodec, Reply
 
@@ -45,16 +45,11 @@ class Service(Protocol):
     def refusal(self, obj: Any) -> int | None: ...
 
 
-PER_THREAD_SUFFIXES = ("_ptds", "_ptsz")
-
-
 def method_for(service: Any, name: str) -> Any:
     """The service's method for a function; a per-thread-default-stream name (_ptds, _ptsz)
     shares its base name's method (vgpud keeps one default stream per process and device)."""
     method = getattr(service, name, None)
-    if method is None and name.endswith(PER_THREAD_SUFFIXES):
-        method = getattr(service, name[:-5], None)
-    return method
+    return method if method is not None else getattr(service, per_thread_base(name), None)
 
 
 def implemented(service: Any) -> set[str]:

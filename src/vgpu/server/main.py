@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import click
 
 from vgpu.device import gpuset
 from vgpu.device.gpu import Gpu
-from vgpu.remote.relay import DEFAULT_TIMEOUT_S, Relay, RemoteError, upstreams
+from vgpu.remote.relay import DEFAULT_TIMEOUT_S, Relay, RemoteError, given_tokens, upstreams
 from vgpu.remote.tls import parse_address
 from vgpu.remote.tokens import TokenStore, default_state_dir
 from vgpu.server.daemon import Daemon, NetworkSettings
@@ -97,7 +96,7 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
 
 def _relay(socket_path: Path, connect: tuple[str, ...], token: tuple[str, ...], ca: Path | None,
            timeout: float) -> Relay:
-    tokens = list(token) or [t for t in os.environ.get("VGPU_TOKEN", "").split(",") if t]
+    tokens = given_tokens(token)
     if not connect or not tokens:
         raise click.UsageError("backend remote needs --connect HOST:PORT and --token (from `vgpu token create` "
                                "on the GPU host)")

@@ -55,9 +55,8 @@ class Client:
         env = b""
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             env = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}".encode()
-        network = b""
-        if self.token:  # what a relay adds for the GPU host: the token, and where the client runs
-            network = b"".join(struct.pack("<H", len(x)) + x for x in (self.token.encode(), self.peer.encode()))
+        # what a relay adds for the GPU host: the token, and where the client runs
+        network = protocol.pack_network_fields(self.token, self.peer) if self.token else b""
         reply = self.request(protocol.OP_HELLO, payload + struct.pack("<H", len(exe)) + exe
                              + struct.pack("<H", len(env)) + env + network)
         status, session, _, bitmap_len, _ = protocol.HELLO_REPLY.unpack_from(reply)

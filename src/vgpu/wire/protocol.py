@@ -157,6 +157,27 @@ class FrameReader:
         return self.pending.pop(0)
 
 
+def pack_network_fields(token: str, peer: str) -> bytes:
+    """What a relay appends to the handshake of a client it forwards to a GPU host, after the
+    environment list: the tenant's token and the client's "host/pid", each a u16 length and
+    UTF-8 text."""
+    return b"".join(struct.pack("<H", len(field)) + field for field in (token.encode(), peer.encode()))
+
+
+def unpack_network_fields(payload: bytes, at: int) -> tuple[str, str]:
+    """The token and peer of pack_network_fields from a handshake, where they begin at ``at``
+    ("" for each one missing)."""
+    fields = []
+    for _ in range(2):
+        if len(payload) < at + 2:
+            fields.append("")
+            continue
+        (length,) = struct.unpack_from("<H", payload, at)
+        fields.append(payload[at + 2:at + 2 + length].decode(errors="replace"))
+        at += 2 + length
+    return fields[0], fields[1]
+
+
 def pack_frame(op: int, payload: bytes, seq: int = 0, flags: int = 0) -> bytes:
     return HEADER.pack(len(payload), op, flags, seq) + payload
 
