@@ -19,6 +19,8 @@ from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
+from vgpu.server.cuda_ipc import InterprocessSharing, OpenedEvent
+from vgpu.server.cuda_memops import StreamMemoryOperations
 from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -181,7 +183,7 @@ class CudaApi:
                                                                          dynamicSMemSize, 0)
 
 
-class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
+class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, InterprocessSharing, StreamMemoryOperations):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -201,6 +203,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         self._init_modules()
         self._init_vmm()
         self._init_graphs()
+        self._init_ipc()
+        self._init_memops()
         state.on_detach.append(self._forget)
 
     def device_count(self, session: Session) -> int:
@@ -221,6 +225,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         self._forget_modules(session)
         self._forget_vmm(session)
         self._forget_graphs(session)
+        self._forget_ipc(session)
+        self._forget_memops(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -266,7 +272,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         return self.default_streams[key]
 
     def handle_id(self, obj: Any) -> int:
-        if isinstance(obj, (Stream, Event, MemoryPool, LoadedModule, Graph, GraphExec, GraphNode)):
+        if isinstance(obj, (Stream, Event, OpenedEvent, MemoryPool, LoadedModule, Graph, GraphExec, GraphNode)):
             return obj.id
         if isinstance(obj, FunctionRef):
             return obj.module.id << 16 | obj.index
@@ -381,6 +387,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         if capture is not None:
             return self._invalidate(capture)
         gpu, rc = self._context_gpu(c)
+        held = self._held_for_sync(c)
+        if held is not None:
+            return held
         for stream in self._session_streams(c):
             if stream.gpu is gpu:
                 self._wait_until(c, stream.ready_at)
@@ -392,13 +401,17 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
     def cuStreamSynchronize(self, c: Caller, hStream: Stream) -> int:
         if self.capturing(hStream) is not None:
             return self._invalidate(self.capturing(hStream))
+        held = self._held_for_sync(c, stream=hStream)
+        if held is not None:
+            return held
         self._wait_until(c, hStream.ready_at)  # the work itself was done when it was queued
         return SUCCESS
 
     def cuStreamQuery(self, c: Caller, hStream: Stream) -> int:
         if self.capturing(hStream) is not None:
             return self._invalidate(self.capturing(hStream))
-        return SUCCESS
+        held = self._held_for_sync(c, stream=hStream, query=True)
+        return held if held is not None else SUCCESS
 
 
     def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
@@ -633,11 +646,16 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         if self.capturing(stream) is not None:  # done when the graph is launched
             return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_MEMCPY"], lambda caller, on: self._timed(
                 caller, on, seconds, action, *addresses), ("memory", len(addresses)))
+        kept = self._hold_work(c, queue_on, lambda: self._timed(c, stream, seconds, action, *addresses),
+                               waits=stream is None)  # behind a stream memory wait (cuda_memops)
+        if kept is not None:
+            return kept
         rc = self._access(c, action, *addresses)
         if rc == SUCCESS:
             end = queue_on.queue(self.host_time.get(c.session.id, 0.0), seconds)
             if stream is None:
                 self._wait_until(c, end)
+            self._release_ready(end)
         return rc
 
     @staticmethod
@@ -663,6 +681,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return INVALID_VALUE
         if self.capturing(hStream) is not None and not isinstance(srcHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
+        if isinstance(srcHost, ctypes.Array) and self._held(hStream) is not None:
+            srcHost = bytes(srcHost)  # kept behind a stream memory wait: the frame's buffer goes
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(dstDevice), ByteCount),
                            lambda m: m.write(c.session.id, dstDevice, srcHost), dstDevice)
 
@@ -672,6 +692,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return INVALID_VALUE
         if self.capturing(hStream) is not None and not isinstance(dstHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
+        if isinstance(dstHost, ctypes.Array) and self._held(hStream) is not None:
+            return self._refuse_held(self._held(hStream))  # the caller waits for its pageable buffer
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(srcDevice), ByteCount),
                            lambda m: m.read(c.session.id, srcDevice, ByteCount, dstHost),
                            srcDevice)
@@ -744,6 +766,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             self._forget_launch_shapes()
         if self.capturing(hStream) is not None:
             return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_WAIT_EVENT"], None, ("wait",))
+        kept = self._wait_event_held(c, hStream, hEvent, lambda: self.cuStreamWaitEvent(c, hStream, hEvent, Flags))
+        if kept is not None:
+            return kept
         if hEvent.recorded_at is not None:  # later work on the stream starts after the event
             hStream.ready_at = max(hStream.ready_at, hEvent.recorded_at)
         return SUCCESS
@@ -767,17 +792,25 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             hEvent.capture = capture
             return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_EVENT_RECORD"],
                                       lambda caller, on: self.cuEventRecord(caller, hEvent, on), ("event",))
+        kept = self._record_held(c, hStream, hEvent, lambda: self.cuEventRecord(c, hEvent, hStream))
+        if kept is not None:
+            return kept
         hEvent.capture = None
         hEvent.recorded_at = max(hStream.ready_at, self.host_time.get(c.session.id, 0.0))
+        self._release_ready(hEvent.recorded_at)
         return SUCCESS
 
     def cuEventRecordWithFlags(self, c: Caller, hEvent: Event, hStream: Stream, flags: int) -> int:
         return self.cuEventRecord(c, hEvent, hStream)
 
     def cuEventQuery(self, c: Caller, hEvent: Event) -> int:
-        return SUCCESS  # the work an event follows is done when queued
+        held = self._held_for_sync(c, event=hEvent, query=True)
+        return held if held is not None else SUCCESS  # the work an event follows is done when queued
 
     def cuEventSynchronize(self, c: Caller, hEvent: Event) -> int:
+        held = self._held_for_sync(c, event=hEvent)
+        if held is not None:
+            return held
         if hEvent.recorded_at is not None:
             self._wait_until(c, hEvent.recorded_at)
         return SUCCESS
