@@ -210,6 +210,29 @@ print(read(int(p) + 77, 15).decode(), code(cu.cuIpcCloseMemHandle(p)), flush=Tru
     assert answer.strip() == "kept after exit 0"
 
 
+def test_ipc_open_from_another_device_enables_peer_access(vgpud):
+    """CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS: memory of GPU 0 opened in a context of GPU 1 is
+    reached from there, and peer access to GPU 0 counts as enabled, as if asked for."""
+    served_by_simulator(vgpud)
+    out = run_json(PRELUDE + """
+ptr = ok(cu.cuMemAlloc(1 << 16))
+ok(cu.cuMemcpyHtoD(ptr, bytes(range(256)) * 256, 1 << 16))
+child = subprocess.run([sys.executable, "-c", sys.argv[1]], input=raw(ok(cu.cuIpcGetMemHandle(ptr))),
+                       capture_output=True, text=True, timeout=60)
+assert child.returncode == 0, child.stderr
+print(child.stdout)
+""".replace("sys.argv[1]", repr(PRELUDE + """
+ctx1 = ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(1))))
+ok(cu.cuCtxSetCurrent(ctx1))
+p = ok(cu.cuIpcOpenMemHandle(handle_of(cu.CUipcMemHandle, sys.stdin.read().strip()), 1))
+out = {"contents": read(int(p), 1 << 16) == bytes(range(256)) * 256,
+       "ordinal": ok(cu.cuPointerGetAttribute(cu.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, p)),
+       "peer": code(cu.cuCtxEnablePeerAccess(ctx, 0)), "close": code(cu.cuIpcCloseMemHandle(p))}
+print(json.dumps(out))
+""")), vgpud.env)
+    assert out == {"contents": True, "ordinal": 0, "peer": C["CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED"], "close": 0}
+
+
 TORCH = """
 import hashlib, json, sys, torch, torch.multiprocessing as mp
 
@@ -335,6 +358,22 @@ ok(cu.cuStreamBatchMemOp(s1, 2, held, 0))
 out["batch_held"] = [code(cu.cuStreamQuery(s1)), read(b + 64, 4).hex()]
 ok(cu.cuMemsetD32(b + 56, 3, 1))  # a synchronous memset releases it too
 out["batch_released"] = [code(cu.cuStreamQuery(s1)), read(b + 64, 4).hex()]
+# a copy from pageable memory kept behind a wait copies what the buffer held at the call
+rng = random.Random(5)
+big = bytes(rng.getrandbits(8) for _ in range(1 << 16)) * 16
+pageable, big_dst = bytearray(big), ok(cu.cuMemAlloc(1 << 20))
+ok(cu.cuStreamWaitValue32(s1, b + 88, 1, F.CU_STREAM_WAIT_VALUE_EQ))
+ok(cu.cuMemcpyHtoDAsync(big_dst, pageable, 1 << 20, s1))
+pageable[:] = bytes(1 << 20)  # reusable once the call returns, as with the real driver
+ok(cu.cuStreamWriteValue32(s2, b + 88, 1, 0))
+ok(cu.cuStreamSynchronize(s1))
+out["pageable_kept"] = read(big_dst, 1 << 20) == big
+# the default stream held: synchronous copies and memsets would wait, so they are refused
+ok(cu.cuStreamWaitValue32(0, b + 80, 1, F.CU_STREAM_WAIT_VALUE_EQ))
+out["default_held"] = [code(cu.cuMemcpyHtoD(b + 84, b"late", 4)), code(cu.cuMemsetD32(b + 84, 1, 1))]
+ok(cu.cuStreamWriteValue32(s1, b + 80, 1, 0))
+ok(cu.cuMemcpyHtoD(b + 84, b"free", 4))
+out["default_released"] = read(b + 84, 4).decode()
 # a wait nothing satisfies: synchronisation answers an error instead of hanging
 ok(cu.cuStreamWaitValue32(s2, b + 72, 1, F.CU_STREAM_WAIT_VALUE_EQ))
 out["never"] = [code(cu.cuStreamSynchronize(s2)), code(cu.cuStreamQuery(s2))]
@@ -372,6 +411,8 @@ def test_stream_memory_operations(vgpud):
     assert out["batch"] == "a4a3a2a1000000008877665544332211"
     assert out["batch_refusals"] == [invalid] * 3
     assert out["batch_held"] == [not_ready, "00000000"] and out["batch_released"] == [0, "09000000"]
+    assert out["pageable_kept"]
+    assert out["default_held"] == [timeout, timeout] and out["default_released"] == "free"
     assert out["never"] == [timeout, not_ready]
     assert out["attributes"] == [1, 1, 1, 1, 1, 0]
     assert out["dlsym"] == [0, 0, "29000000"]

@@ -74,15 +74,16 @@ class StreamMemoryOperations:
     def _init_memops(self) -> None:
         #: id(stream) -> its hold (a stream's dataclass is not hashable)
         self.holds: dict[int, Hold] = {}
-        #: id(event) -> event, for events whose record is held
-        self.unrecorded: dict[int, Any] = {}
+        #: id(event) -> the session whose held stream will record it
+        self.unrecorded: dict[int, Session] = {}
         self._releasing = False
 
     def _forget_memops(self, session: Session) -> None:
         for key in [k for k, h in self.holds.items() if h.caller.session is session]:
             del self.holds[key]
-        for key in [k for k, e in self.unrecorded.items() if e.owner == session.id]:
+        for key in [k for k, recorder in self.unrecorded.items() if recorder is session]:
             del self.unrecorded[key]
+        self._release_ready()  # streams of other processes that waited for those records
 
     # holds -------------------------------------------------------------------------------
     def _held(self, stream: Any) -> Hold | None:
@@ -104,6 +105,16 @@ class StreamMemoryOperations:
         log.warning("pid %d waits for a stream held by %s, which nothing issued so far satisfies; "
                     "a real GPU would wait (for ever if nothing does)", hold.caller.session.pid, hold.why)
         return HELD
+
+    @staticmethod
+    def _pageable_now(data: Any) -> bytes | bytearray:
+        """The bytes of pageable host memory a held copy reads: taken at the call, as the real
+        driver stages them (the frame's buffer is reused, and the caller may reuse its own)."""
+        if hasattr(data, "copy_to"):  # the caller's memory, reached directly
+            fetched = bytearray(len(data))
+            data.copy_to([memoryview(fetched)])
+            return fetched
+        return bytes(data)
 
     def _event_unrecorded(self, event: Any) -> bool:
         return bool(self.unrecorded) and id(getattr(event, "source", event)) in self.unrecorded
@@ -130,7 +141,7 @@ class StreamMemoryOperations:
         if self._held(stream) is None:
             return None
         source = getattr(event, "source", event)
-        self.unrecorded[id(source)] = source
+        self.unrecorded[id(source)] = c.session
 
         def recorded() -> int:
             self.unrecorded.pop(id(source), None)

@@ -551,6 +551,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, InterprocessSha
         end = queue_on.queue(self.host_time.get(c.session.id, 0.0), self._pcie_seconds(source, ByteCount))
         if hStream is None:
             self._wait_until(c, end)
+        self._release_ready(end)
         return SUCCESS
 
     def cuMemcpyPeer(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
@@ -646,10 +647,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, InterprocessSha
         if self.capturing(stream) is not None:  # done when the graph is launched
             return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_MEMCPY"], lambda caller, on: self._timed(
                 caller, on, seconds, action, *addresses), ("memory", len(addresses)))
-        kept = self._hold_work(c, queue_on, lambda: self._timed(c, stream, seconds, action, *addresses),
-                               waits=stream is None)  # behind a stream memory wait (cuda_memops)
-        if kept is not None:
-            return kept
+        if self._held(queue_on) is not None:  # behind a stream memory wait (cuda_memops)
+            return self._hold_work(c, queue_on, lambda: self._timed(c, stream, seconds, action, *addresses),
+                                   waits=stream is None)
         rc = self._access(c, action, *addresses)
         if rc == SUCCESS:
             end = queue_on.queue(self.host_time.get(c.session.id, 0.0), seconds)
@@ -681,8 +681,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, InterprocessSha
             return INVALID_VALUE
         if self.capturing(hStream) is not None and not isinstance(srcHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
-        if isinstance(srcHost, ctypes.Array) and self._held(hStream) is not None:
-            srcHost = bytes(srcHost)  # kept behind a stream memory wait: the frame's buffer goes
+        if not isinstance(srcHost, memoryview) and self._held(hStream) is not None:
+            srcHost = self._pageable_now(srcHost)  # kept behind a stream memory wait (cuda_memops)
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(dstDevice), ByteCount),
                            lambda m: m.write(c.session.id, dstDevice, srcHost), dstDevice)
 
@@ -692,7 +692,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, InterprocessSha
             return INVALID_VALUE
         if self.capturing(hStream) is not None and not isinstance(dstHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
-        if isinstance(dstHost, ctypes.Array) and self._held(hStream) is not None:
+        if not isinstance(dstHost, memoryview) and self._held(hStream) is not None:
             return self._refuse_held(self._held(hStream))  # the caller waits for its pageable buffer
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(srcDevice), ByteCount),
                            lambda m: m.read(c.session.id, srcDevice, ByteCount, dstHost),
