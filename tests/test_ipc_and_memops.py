@@ -5,6 +5,7 @@ driver's codes."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -14,6 +15,12 @@ import pytest
 
 from tests.conftest import run_json
 from vgpu.api.manifest import load
+from vgpu.device.gpuset import parse
+from vgpu.device.memory import InvalidAddress
+from vgpu.remote.tokens import Tenant
+from vgpu.server.cuda_service import PRIMARY_CONTEXT, CudaService
+from vgpu.server.dispatch import Caller
+from vgpu.server.state import DaemonState
 
 EVERY_WAY = True  # also through a relay and two joined GPU hosts (conftest)
 C = load("cuda").constants
@@ -281,7 +288,8 @@ F = cu.CUstreamWaitValue_flags
 buf = ok(cu.cuMemAlloc(1 << 20)); b = int(buf)
 s1, s2, s3 = (ok(cu.cuStreamCreate(1)) for _ in range(3))
 ok(cu.cuStreamWriteValue32(s1, b, 0xDEADBEEF, 0))
-ok(cu.cuStreamWriteValue64(s1, b + 8, 0x0123456789ABCDEF, cu.CUstreamWriteValue_flags.CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER))
+ok(cu.cuStreamWriteValue64(s1, b + 8, 0x0123456789ABCDEF,
+                           cu.CUstreamWriteValue_flags.CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER))
 ok(cu.cuStreamSynchronize(s1))
 out["written"] = read(b, 16).hex()
 out["misaligned"] = [code(cu.cuStreamWriteValue32(s1, b + 2, 1, 0)), code(cu.cuStreamWriteValue64(s1, b + 4, 1, 0)),
@@ -353,7 +361,8 @@ ok(cu.cuStreamSynchronize(s1))
 out["batch"] = read(b + 40, 16).hex()
 out["batch_refusals"] = [code(cu.cuStreamBatchMemOp(s1, 0, None, 0)), code(cu.cuStreamBatchMemOp(s1, 1, batch[:1], 1)),
                          code(cu.cuStreamBatchMemOp(s1, 257, batch[:1] * 257, 0))]
-held = [op(O.CU_STREAM_MEM_OP_WAIT_VALUE_64, b + 56, 3, F.CU_STREAM_WAIT_VALUE_EQ), op(O.CU_STREAM_MEM_OP_WRITE_VALUE_32, b + 64, 9)]
+held = [op(O.CU_STREAM_MEM_OP_WAIT_VALUE_64, b + 56, 3, F.CU_STREAM_WAIT_VALUE_EQ),
+        op(O.CU_STREAM_MEM_OP_WRITE_VALUE_32, b + 64, 9)]
 ok(cu.cuStreamBatchMemOp(s1, 2, held, 0))
 out["batch_held"] = [code(cu.cuStreamQuery(s1)), read(b + 64, 4).hex()]
 ok(cu.cuMemsetD32(b + 56, 3, 1))  # a synchronous memset releases it too
@@ -377,6 +386,15 @@ out["default_released"] = read(b + 84, 4).decode()
 # a wait nothing satisfies: synchronisation answers an error instead of hanging
 ok(cu.cuStreamWaitValue32(s2, b + 72, 1, F.CU_STREAM_WAIT_VALUE_EQ))
 out["never"] = [code(cu.cuStreamSynchronize(s2)), code(cu.cuStreamQuery(s2))]
+# captured into a graph: done when the graph is launched
+ok(cu.cuStreamBeginCapture(s1, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_GLOBAL))
+ok(cu.cuStreamWriteValue32(s1, b + 96, 0x600D, 0))
+ok(cu.cuStreamWaitValue32(s1, b + 96, 0x600D, F.CU_STREAM_WAIT_VALUE_EQ))
+graph = ok(cu.cuStreamEndCapture(s1))
+nodes, count = ok(cu.cuGraphGetNodes(graph, 4))
+out["captured"] = [count, [int(ok(cu.cuGraphNodeGetType(n))) for n in nodes[:count]], read(b + 96, 4).hex()]
+ok(cu.cuGraphLaunch(ok(cu.cuGraphInstantiate(graph, 0)), s1)); ok(cu.cuStreamSynchronize(s1))
+out["graph_ran"] = read(b + 96, 4).hex()
 attrs = cu.CUdevice_attribute
 out["attributes"] = [ok(cu.cuDeviceGetAttribute(getattr(attrs, name), 0)) for name in (
     "CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1", "CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS",
@@ -384,9 +402,11 @@ out["attributes"] = [ok(cu.cuDeviceGetAttribute(getattr(attrs, name), 0)) for na
     "CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR_V1", "CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES")]
 # the unsuffixed names (cuBLASLt looks up cuStreamWaitValue32 with dlsym) are exported and work
 lib = ctypes.CDLL("libcuda.so.1")
-lib.cuStreamWaitValue32.argtypes = lib.cuStreamWriteValue32.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint]
+lib.cuStreamWaitValue32.argtypes = lib.cuStreamWriteValue32.argtypes = [
+    ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint]
 ok(cu.cuMemsetD32(b + 72, 0, 1))
-out["dlsym"] = [lib.cuStreamWriteValue32(None, b + 72, 41, 0), lib.cuStreamWaitValue32(None, b + 72, 41, 1), read(b + 72, 4).hex()]
+out["dlsym"] = [lib.cuStreamWriteValue32(None, b + 72, 41, 0), lib.cuStreamWaitValue32(None, b + 72, 41, 1),
+                read(b + 72, 4).hex()]
 print(json.dumps(out))
 """
 
@@ -407,13 +427,16 @@ def test_stream_memory_operations(vgpud):
     # caller waits for, which a held stream cannot keep
     assert out["pinned_copy"] == (timeout if vgpud.remote else 0)
     assert out["after"] == {"dst": True, "flag": "4d000000", "event": 0, "s3_memset": True,
-                            "pinned": not vgpud.remote}, "the kept copy ran after the releasing memset: it copied the new bytes"
+                            "pinned": not vgpud.remote}, \
+        "the kept copy ran after the releasing memset: it copied the new bytes"
     assert out["batch"] == "a4a3a2a1000000008877665544332211"
     assert out["batch_refusals"] == [invalid] * 3
     assert out["batch_held"] == [not_ready, "00000000"] and out["batch_released"] == [0, "09000000"]
     assert out["pageable_kept"]
     assert out["default_held"] == [timeout, timeout] and out["default_released"] == "free"
     assert out["never"] == [timeout, not_ready]
+    batch_node = C["CU_GRAPH_NODE_TYPE_BATCH_MEM_OP"]
+    assert out["captured"] == [2, [batch_node, batch_node], "00000000"] and out["graph_ran"] == "0d600000"
     assert out["attributes"] == [1, 1, 1, 1, 1, 0]
     assert out["dlsym"] == [0, 0, "29000000"]
 
@@ -429,3 +452,28 @@ print(json.dumps(code(cu.cuStreamSynchronize(s))))
 """, vgpud.env) == C["CUDA_ERROR_TIMEOUT"]
     assert run_json(PRELUDE + "print(json.dumps(int(ok(cu.cuMemAlloc(16))) > 0))", vgpud.env) is True
     assert time.monotonic() - start < 60
+
+
+def test_ipc_handles_stay_within_a_tenant():
+    """A handle opens only for processes of the exporter's tenant (network clients of another
+    token get what a forged handle gets), and a process's opens go when it ends."""
+    state = DaemonState(parse("h100"))
+    service = CudaService(state)
+    alice, bob, alice_too = (state.attach(pid, 0, "x", tenant=Tenant(name), peer="host") for pid, name in
+                             ((1, "alice"), (2, "bob"), (3, "alice")))
+    as_process = {s.pid: Caller(s, PRIMARY_CONTEXT) for s in (alice, bob, alice_too)}
+    ptr, handle = ctypes.c_uint64(), service.api.ctype({"kind": "name", "name": "CUipcMemHandle"})()
+    assert service.cuMemAlloc_v2(as_process[1], ptr, 4096) == 0
+    assert service.cuIpcGetMemHandle(as_process[1], handle, ptr.value) == 0
+    opened = ctypes.c_uint64()
+    assert service.cuIpcOpenMemHandle_v2(as_process[2], opened, handle, 1) == C["CUDA_ERROR_INVALID_VALUE"]
+    assert service.cuIpcOpenMemHandle_v2(as_process[3], opened, handle, 1) == 0 and opened.value == ptr.value
+    memory = state.gpus[0].memory
+    memory.write(alice.id, ptr.value, b"shared")
+    assert bytes(memory.read(alice_too.id, ptr.value, 6)) == b"shared"
+    with pytest.raises(InvalidAddress):
+        memory.read(bob.id, ptr.value, 6)
+    state.detach(alice)  # the exporter ends: the memory stays for the opener
+    assert bytes(memory.read(alice_too.id, ptr.value, 6)) == b"shared"
+    state.detach(alice_too)  # the opener ends too: the memory goes
+    assert memory.allocation_at(ptr.value) is None

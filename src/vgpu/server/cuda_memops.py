@@ -193,8 +193,8 @@ class StreamMemoryOperations:
         if flags & ~C["CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER"] or addr % width:
             return INVALID_VALUE
         if self.capturing(stream) is not None:
-            return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_BATCH_MEM_OP"], lambda caller, on: self._write_value(
-                caller, on, addr, value, width, flags), ("write", width))
+            return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_BATCH_MEM_OP"], lambda caller, on:
+                                      self._write_value(caller, on, addr, value, width, flags), ("write", width))
         data = (value & ((1 << 8 * width) - 1)).to_bytes(width, "little")
         return self._timed(c, stream, MEMOP_SECONDS, lambda m: m.write(c.session.id, addr, data), addr)
 
@@ -208,8 +208,8 @@ class StreamMemoryOperations:
         if flags & WAIT_FLUSH and not self._attributes[stream.gpu.index].get("CAN_FLUSH_REMOTE_WRITES", 0):
             return INVALID_VALUE  # the flush needs a device that can flush remote writes
         if self.capturing(stream) is not None:
-            return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_BATCH_MEM_OP"], lambda caller, on: self._wait_value(
-                caller, on, addr, value, width, flags), ("wait", width))
+            return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_BATCH_MEM_OP"], lambda caller, on:
+                                      self._wait_value(caller, on, addr, value, width, flags), ("wait", width))
         kept = self._hold_work(c, stream, lambda: self._wait_value(c, stream, addr, value, width, flags))
         if kept is not None:
             return kept
