@@ -74,14 +74,14 @@ class StreamMemoryOperations:
     def _init_memops(self) -> None:
         #: id(stream) -> its hold (a stream's dataclass is not hashable)
         self.holds: dict[int, Hold] = {}
-        #: id(event) -> the session whose held stream will record it
-        self.unrecorded: dict[int, Session] = {}
+        #: id(event) -> (the session, the held stream) that will record it
+        self.unrecorded: dict[int, tuple[Session, Any]] = {}
         self._releasing = False
 
     def _forget_memops(self, session: Session) -> None:
         for key in [k for k, h in self.holds.items() if h.caller.session is session]:
             del self.holds[key]
-        for key in [k for k, recorder in self.unrecorded.items() if recorder is session]:
+        for key in [k for k, (recorder, _) in self.unrecorded.items() if recorder is session]:
             del self.unrecorded[key]
         self._release_ready()  # streams of other processes that waited for those records
 
@@ -125,7 +125,8 @@ class StreamMemoryOperations:
         if not self.holds:
             return None
         if event is not None:
-            hold = next((h for h in self.holds.values() if self._event_unrecorded(event)), None)
+            recorder = self.unrecorded.get(id(getattr(event, "source", event)))
+            hold = self._held(recorder[1]) if recorder is not None else None
         elif stream is not None:
             hold = self._held(stream)
         else:
@@ -141,7 +142,7 @@ class StreamMemoryOperations:
         if self._held(stream) is None:
             return None
         source = getattr(event, "source", event)
-        self.unrecorded[id(source)] = c.session
+        self.unrecorded[id(source)] = (c.session, stream)
 
         def recorded() -> int:
             self.unrecorded.pop(id(source), None)
