@@ -494,6 +494,15 @@ static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, in
     return VGPU_CALL_DONE;
 }
 
+int vgpu_marshal_fence(vgpu_api *api) {
+    uint64_t patience = posted_bytes / PATIENT_BYTES_PER_MS;
+    posted_bytes = 0;
+    const uint8_t *reply;
+    size_t reply_len;
+    return vgpu_callv(api, VGPU_OP_PING, NULL, 0, &reply, &reply_len,
+                      (int)(patience < (1u << 30) ? patience : (1u << 30)), NULL);
+}
+
 /* One argument as JSON: values as integers, handles by id, strings as text; after a
  * successful call, what scalar and handle outputs received; other pointers as "ptr" or null. */
 static int trace_argument(const vgpu_param *param, void *arg, int done, char *out, size_t cap) {

@@ -592,8 +592,9 @@ VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCapture
                         numDependencies_out);
 }
 
-/* ---- host functions: run in order on one worker thread once the stream's earlier work is
- * done (it is, when they are queued) ---- */
+/* ---- host functions: run in order on one worker thread. Queueing one waits until vgpud has
+ * carried out the work sent before it (a fence), so the function sees its stream's earlier copies;
+ * later work on the same stream (or on a default stream) waits in the shim until it has run. ---- */
 
 typedef struct host_call {
     void (*fn)(void *);
@@ -608,9 +609,33 @@ static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t calls_ready = PTHREAD_COND_INITIALIZER, calls_done = PTHREAD_COND_INITIALIZER;
 static int worker_started;
 static unsigned long long calls_queued, calls_finished;
+static const host_call *call_running; /* the call the worker is in, or NULL */
+static __thread int on_worker;        /* this thread is the worker (a host function must not wait for itself) */
+
+/* NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD: default streams, ordered with every other. */
+static int default_stream(CUstream stream) { return (uintptr_t)stream <= (uintptr_t)CU_STREAM_PER_THREAD; }
+
+static int same_order(CUstream a, CUstream b) { return a == b || default_stream(a) || default_stream(b); }
+
+/* Whether a host function queued or running comes before work on `stream` (calls_lock held). */
+static int host_call_ahead(CUstream stream) {
+    if (call_running && same_order(call_running->stream, stream)) return 1;
+    for (const host_call *call = calls_head; call; call = call->next)
+        if (same_order(call->stream, stream)) return 1;
+    return 0;
+}
+
+void vgpu_cuda_host_calls_before(CUstream stream) {
+    if (on_worker || __atomic_load_n(&calls_finished, __ATOMIC_SEQ_CST) == __atomic_load_n(&calls_queued, __ATOMIC_SEQ_CST))
+        return;
+    pthread_mutex_lock(&calls_lock);
+    while (host_call_ahead(stream)) pthread_cond_wait(&calls_done, &calls_lock);
+    pthread_mutex_unlock(&calls_lock);
+}
 
 /* Before a synchronising call: the host functions queued so far have run. */
 static void wait_host_calls(void) {
+    if (on_worker) return;
     pthread_mutex_lock(&calls_lock);
     unsigned long long target = calls_queued;
     while (calls_finished < target) pthread_cond_wait(&calls_done, &calls_lock);
@@ -619,18 +644,21 @@ static void wait_host_calls(void) {
 
 static void *host_worker(void *unused) {
     (void)unused;
+    on_worker = 1;
     for (;;) {
         pthread_mutex_lock(&calls_lock);
         while (!calls_head) pthread_cond_wait(&calls_ready, &calls_lock);
         host_call *call = calls_head;
         calls_head = call->next;
         if (!calls_head) calls_tail = NULL;
+        call_running = call;
         pthread_mutex_unlock(&calls_lock);
         if (call->fn) call->fn(call->data);
         else call->callback(call->stream, CUDA_SUCCESS, call->data);
-        free(call);
         pthread_mutex_lock(&calls_lock);
-        calls_finished++;
+        call_running = NULL;
+        free(call);
+        __atomic_add_fetch(&calls_finished, 1, __ATOMIC_SEQ_CST);
         pthread_cond_broadcast(&calls_done);
         pthread_mutex_unlock(&calls_lock);
     }
@@ -641,6 +669,7 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
                                 void *data) {
     if (!fn && !callback) return CUDA_ERROR_INVALID_VALUE;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (vgpu_marshal_fence(&api) != VGPU_OK) return CUDA_ERROR_DEVICE_UNAVAILABLE;
     host_call *call = calloc(1, sizeof *call);
     if (!call) return CUDA_ERROR_OUT_OF_MEMORY;
     *call = (host_call){fn, callback, stream, data, NULL};
@@ -661,7 +690,7 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
     if (calls_tail) calls_tail->next = call;
     else calls_head = call;
     calls_tail = call;
-    calls_queued++;
+    __atomic_add_fetch(&calls_queued, 1, __ATOMIC_SEQ_CST);
     pthread_cond_signal(&calls_ready);
     pthread_mutex_unlock(&calls_lock);
     return CUDA_SUCCESS;
@@ -881,9 +910,25 @@ VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     return CUDA_SUCCESS;
 }
 
+/* Before a call: the host functions it must follow have run (all of them for a synchronising
+ * call; for work on a stream, those of its stream and of the default streams). */
+static void follow_host_calls(const vgpu_function *fn, void *const *args) {
+    if (!__atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) return;
+    if (fn->synchronizing) {
+        wait_host_calls();
+        return;
+    }
+    for (int i = 0; i < fn->nparams; i++)
+        if (fn->params[i].kind == VGPU_K_HANDLE && fn->params[i].handle_type == vgpu_cuda_handle_CUstream) {
+            vgpu_cuda_host_calls_before(*(CUstream *)args[i]);
+            return;
+        }
+    if (!strncmp(fn->name, "cuMemset", 8)) vgpu_cuda_host_calls_before(NULL); /* on the legacy stream */
+}
+
 static int dispatch(const vgpu_function *fn, void *const *args) {
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
+    follow_host_calls(fn, args);
     int32_t rc = CUDA_ERROR_UNKNOWN;
     switch (vgpu_marshal_call(&api, fn, args, &rc)) {
     case VGPU_CALL_DONE:
@@ -905,7 +950,7 @@ static int dispatch(const vgpu_function *fn, void *const *args) {
 int vgpu_cuda_dispatch_piece(const vgpu_function *fn, void *const *args, int last) {
     if (last) return vgpu_cuda_dispatch(fn, args);
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
+    follow_host_calls(fn, args);
     int32_t rc = CUDA_ERROR_UNKNOWN;
     switch (vgpu_marshal_queue(&api, fn, args, &rc)) {
     case VGPU_CALL_DONE: return rc;

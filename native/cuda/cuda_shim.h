@@ -50,6 +50,9 @@ CUresult vgpu_cuda_primary_context(CUcontext *ctx, CUdevice dev);
 /* Run the destructors cudart registered in a context's local storage, and forget it. */
 void vgpu_cuda_context_storage_release(CUcontext ctx);
 const char *vgpu_cuda_error_name(int code);
+/* Wait for the host functions that come before work on `stream` (those of the stream itself and
+ * of the default streams) to have run. */
+void vgpu_cuda_host_calls_before(CUstream stream);
 /* Run one generated stub's call through vgpud, with the driver's answers for every failure. */
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);
 /* One piece of a large copy: pieces before the last are sent without waiting when nothing

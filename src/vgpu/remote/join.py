@@ -431,7 +431,9 @@ class JoinedConnection:
         return b"".join(out)
 
     def _handle(self, frame: Frame) -> bytes | None:
-        if frame.op == protocol.OP_PING:
+        if frame.op == protocol.OP_PING:  # a fence: every host has carried out what came before
+            for host in self._live(list(range(len(self.upstreams)))):
+                self._ask(host, frame, frame.payload)
             return frame.payload
         if frame.op == protocol.OP_FACTS:
             return self._facts(frame)
