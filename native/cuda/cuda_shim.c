@@ -150,6 +150,10 @@ void vgpu_cuda_log(int level, const char *fmt, ...) {
 
 #define PRIMARY_CONTEXT_ID 0x100000000ull
 #define CREATED_CONTEXT_ID 0x200000000ull /* | slot << 16 | device ordinal */
+/* a green context's created context also has this bit, and its SM count from bit 48 on
+ * (vgpud models its launches on that many SMs) */
+#define GREEN_CONTEXT_ID 0x400000000ull
+#define GREEN_SM_SHIFT 48
 #define MAX_CREATED_CONTEXTS 1024
 
 typedef struct primary_state {
@@ -270,11 +274,7 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { return cuDevicePrim
 
 VGPU_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx);
 
-/* Created contexts: a new handle on a device, made current; vgpud knows the device from the id. */
-VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
-                                    CUdevice dev) {
-    (void)ctxCreateParams;
-    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+CUresult vgpu_cuda_context_make(CUdevice dev, unsigned flags, unsigned green_sms, CUcontext *pctx) {
     CUcontext probe;
     CUresult rc = vgpu_cuda_primary_context(&probe, dev); /* checks cuInit and the device */
     if (rc != CUDA_SUCCESS) return rc;
@@ -284,8 +284,34 @@ VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreat
     if (slot < MAX_CREATED_CONTEXTS) created[slot] = (created_context){1, flags};
     pthread_mutex_unlock(&created_lock);
     if (slot == MAX_CREATED_CONTEXTS) return CUDA_ERROR_OUT_OF_MEMORY;
-    *pctx = vgpu_handle_for(vgpu_cuda_handle_CUcontext, CREATED_CONTEXT_ID | ((uint64_t)slot << 16) | (uint64_t)dev);
-    return cuCtxPushCurrent_v2(*pctx);
+    uint64_t id = CREATED_CONTEXT_ID | ((uint64_t)slot << 16) | (uint64_t)dev;
+    if (green_sms) id |= GREEN_CONTEXT_ID | (uint64_t)(green_sms & 0xfff) << GREEN_SM_SHIFT;
+    *pctx = vgpu_handle_for(vgpu_cuda_handle_CUcontext, id);
+    return *pctx ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+unsigned vgpu_cuda_context_green_sms(CUcontext ctx) {
+    uint64_t id;
+    CUdevice dev;
+    if (context_device(ctx, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0) return 0;
+    return id & GREEN_CONTEXT_ID ? (unsigned)(id >> GREEN_SM_SHIFT) & 0xfff : 0;
+}
+
+void vgpu_cuda_context_end(CUcontext ctx) {
+    uint64_t id;
+    if (vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 || !(id & CREATED_CONTEXT_ID)) return;
+    vgpu_cuda_context_storage_release(ctx);
+    __atomic_store_n(&created[(id >> 16) & 0xffff].alive, 0, __ATOMIC_SEQ_CST);
+    if (current_context == ctx) current_context = context_depth ? context_stack[--context_depth] : NULL;
+}
+
+/* Created contexts: a new handle on a device, made current; vgpud knows the device from the id. */
+VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
+                                    CUdevice dev) {
+    (void)ctxCreateParams;
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = vgpu_cuda_context_make(dev, flags, 0, pctx);
+    return rc == CUDA_SUCCESS ? cuCtxPushCurrent_v2(*pctx) : rc;
 }
 
 VGPU_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int numParams,
@@ -308,11 +334,9 @@ VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
     CUdevice dev;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
     if (context_device(ctx, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 ||
-        !(id & CREATED_CONTEXT_ID))
-        return CUDA_ERROR_INVALID_CONTEXT; /* primary contexts are released, not destroyed */
-    vgpu_cuda_context_storage_release(ctx);
-    __atomic_store_n(&created[(id >> 16) & 0xffff].alive, 0, __ATOMIC_SEQ_CST);
-    if (current_context == ctx) current_context = context_depth ? context_stack[--context_depth] : NULL;
+        !(id & CREATED_CONTEXT_ID) || (id & GREEN_CONTEXT_ID))
+        return CUDA_ERROR_INVALID_CONTEXT; /* primary contexts are released, green ones destroyed as such */
+    vgpu_cuda_context_end(ctx);
     return CUDA_SUCCESS;
 }
 
