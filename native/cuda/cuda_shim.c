@@ -844,6 +844,64 @@ VGPU_EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribut
     return pool_attribute(&vgpu_cuda_fn_cuMemPoolSetAttribute, pool, attr, &wide);
 }
 
+/* ---- copies that name memory by address alone (unified addressing: cuMemcpy, cuMemcpyAsync, and
+ * 2D/3D copies of CU_MEMORYTYPE_UNIFIED): each side is device memory when vgpud says so;
+ * page-locked memory this library made, and any other memory of the process, is host memory ---- */
+
+static int on_device(CUdeviceptr ptr) {
+    pthread_mutex_lock(&host_lock);
+    int host = host_find((const void *)(uintptr_t)ptr) != NULL;
+    pthread_mutex_unlock(&host_lock);
+    unsigned type = 0;
+    return !host && cuPointerGetAttribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr) == CUDA_SUCCESS &&
+           type == CU_MEMORYTYPE_DEVICE;
+}
+
+/* Whether [p, p + n) is mapped in this process, so that a copy on the host cannot fault (a
+ * stale device pointer is not host memory either: the driver answers CUDA_ERROR_INVALID_VALUE). */
+static int host_mapped(const void *p, size_t n) {
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)p & ~(uintptr_t)(page - 1), end = (uintptr_t)p + n;
+    unsigned char residency[256];
+    for (uintptr_t at = start; at < end; at += sizeof residency * (uintptr_t)page) {
+        size_t len = end - at < sizeof residency * (size_t)page ? end - at : sizeof residency * (size_t)page;
+        if (mincore((void *)at, len, residency) < 0) return 0;
+    }
+    return 1;
+}
+
+/* A copy between two host buffers in stream order: after the stream's earlier work (and the
+ * host functions before it), as a real copy engine would make it. */
+static CUresult host_copy(char *dst, const char *src, size_t bytes, CUstream stream) {
+    if (!host_mapped(dst, bytes) || !host_mapped(src, bytes)) return CUDA_ERROR_INVALID_VALUE;
+    vgpu_cuda_host_calls_before(stream);
+    if (vgpu_marshal_fence(&api) != VGPU_OK) return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    memmove(dst, src, bytes);
+    return CUDA_SUCCESS;
+}
+
+static CUresult copy_unified(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream, int async) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!dst || !src) return CUDA_ERROR_INVALID_VALUE;
+    if (!bytes) return CUDA_SUCCESS;
+    int dst_device = on_device(dst), src_device = on_device(src);
+    void *dst_host = (void *)(uintptr_t)dst, *src_host = (void *)(uintptr_t)src;
+    if (dst_device && src_device)
+        return async ? cuMemcpyDtoDAsync_v2(dst, src, bytes, stream) : cuMemcpyDtoD_v2(dst, src, bytes);
+    if (dst_device)
+        return async ? cuMemcpyHtoDAsync_v2(dst, src_host, bytes, stream) : cuMemcpyHtoD_v2(dst, src_host, bytes);
+    if (src_device)
+        return async ? cuMemcpyDtoHAsync_v2(dst_host, src, bytes, stream) : cuMemcpyDtoH_v2(dst_host, src, bytes);
+    return host_copy(dst_host, src_host, bytes, stream);
+}
+
+VGPU_EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
+    return copy_unified(dst, src, ByteCount, NULL, 0);
+}
+VGPU_EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
+    return copy_unified(dst, src, ByteCount, hStream, 1);
+}
+
 /* ---- 2D and 3D copies: row by row through the 1D copies (one copy when rows are contiguous) ---- */
 
 typedef struct copy_side {
@@ -854,12 +912,7 @@ typedef struct copy_side {
 } copy_side;
 
 static int side_on_device(const copy_side *side) {
-    if (side->type == CU_MEMORYTYPE_DEVICE) return 1;
-    if (side->type != CU_MEMORYTYPE_UNIFIED) return 0;
-    pthread_mutex_lock(&host_lock); /* unified: page-locked host memory this library made is host memory */
-    int host = host_find((const void *)(uintptr_t)side->device) != NULL;
-    pthread_mutex_unlock(&host_lock);
-    return !host;
+    return side->type == CU_MEMORYTYPE_DEVICE || (side->type == CU_MEMORYTYPE_UNIFIED && on_device(side->device));
 }
 
 static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_offset, size_t src_offset,
@@ -876,8 +929,7 @@ static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_
     if (src_device)
         return async ? cuMemcpyDtoHAsync_v2(dst_host + dst_offset, src->device + src_offset, bytes, stream)
                      : cuMemcpyDtoH_v2(dst_host + dst_offset, src->device + src_offset, bytes);
-    memmove(dst_host + dst_offset, src_host + src_offset, bytes);
-    return CUDA_SUCCESS;
+    return host_copy(dst_host + dst_offset, src_host + src_offset, bytes, stream);
 }
 
 static CUresult copy_box(const copy_side *dst, const copy_side *src, size_t width, size_t height, size_t depth,

@@ -524,21 +524,13 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
 
     def cuMemcpyPeerAsync(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
                           ByteCount: int, hStream: Stream | None = None) -> int:
-        destination, source = self._gpu_of_address(dstDevice), self._gpu_of_address(srcDevice)
-        if destination is None or source is None:
+        source = self._gpu_of_address(srcDevice)
+        if source is None or self._gpu_of_address(dstDevice) is None:
             return INVALID_VALUE
-        queue_on = hStream if hStream is not None else self._default_stream(c)
-        if queue_on is None:
-            return C["CUDA_ERROR_INVALID_CONTEXT"]
-        try:
-            data = source.memory.read(c.session.id, srcDevice, ByteCount)
-            destination.memory.write(c.session.id, dstDevice, data)
-        except InvalidAddress:
-            return INVALID_VALUE
-        end = queue_on.queue(self.host_time.get(c.session.id, 0.0), self._pcie_seconds(source, ByteCount))
-        if hStream is None:
-            self._wait_until(c, end)
-        return SUCCESS
+        if source.lost:
+            return C["CUDA_ERROR_DEVICE_UNAVAILABLE"]
+        return self._timed(c, hStream, self._pcie_seconds(source, ByteCount), lambda m: m.write(
+            c.session.id, dstDevice, source.memory.read(c.session.id, srcDevice, ByteCount)), dstDevice)
 
     def cuMemcpyPeer(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
                      ByteCount: int) -> int:
@@ -678,6 +670,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
 
     def cuMemcpyDtoDAsync_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int,
                              hStream: Stream | None = None) -> int:
+        destination, source = self._gpu_of_address(dstDevice), self._gpu_of_address(srcDevice)
+        if destination is not None and source is not None and destination is not source:  # unified addressing
+            return self.cuMemcpyPeerAsync(c, dstDevice, 0, srcDevice, 0, ByteCount, hStream)
         return self._timed(c, hStream, self._memory_seconds(self._gpu_of_address(dstDevice), 2 * ByteCount),
                            lambda m: m.copy(c.session.id, dstDevice, srcDevice, ByteCount), dstDevice, srcDevice)
 
