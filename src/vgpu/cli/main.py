@@ -381,7 +381,7 @@ def install(root: Path, libdir: str | None, ollama: str, gpus: str, dry_run: boo
 
     try:
         done = changes.install(root, layout.plan(root, libdir, ollama, gpus), force=force, dry_run=dry_run)
-    except changes.InstallError as error:
+    except (changes.InstallError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo("\n".join(done))
     if not dry_run and root == Path("/") and not done[0].startswith("nothing"):
