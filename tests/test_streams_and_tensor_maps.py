@@ -188,7 +188,7 @@ def test_stream_and_context_getters(vgpud):
 
 FUNCTION_CACHE = PRELUDE + """
 ok(cu.cuCtxSetCurrent(ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(0))))))
-ptx = b".version 8.0\\n.target sm_90\\n.address_size 64\\n.visible .entry noop()\\n{\\n ret;\\n}\\n\\0"
+ptx = b".version 7.0\\n.target sm_80\\n.address_size 64\\n.visible .entry noop()\\n{\\n ret;\\n}\\n\\0"
 function = ok(cu.cuModuleGetFunction(ok(cu.cuModuleLoadData(ptx)), b"noop"))
 kernel = ok(cu.cuLibraryGetKernel(ok(cu.cuLibraryLoadData(ptx, None, None, 0, None, None, 0)), b"noop"))
 F, S = cu.CUfunc_cache, cu.CUsharedconfig
