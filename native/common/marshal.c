@@ -212,7 +212,10 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             if (pos + 8 > len) return -1;
             memcpy(&id, r + pos, 8);
             pos += 8;
+            int32_t status;
+            memcpy(&status, r, 4);
             if (id) *(void **)ptr = vgpu_handle_for(p->handle_type, id);
+            else if (status == 0) *(void **)ptr = NULL; /* a success that answers NULL (no green context) */
         } else if (p->kind == VGPU_K_HANDLE_ARRAY_OUT) {
             uint32_t n;
             if (pos + 4 > len) return -1;

@@ -353,6 +353,16 @@ VGPU_EXPORT CUresult cuCtxGetFlags(unsigned int *flags) {
     return CUDA_SUCCESS;
 }
 
+/* A context's unique id: the number the private context table reports for it too. */
+VGPU_EXPORT CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId) {
+    uint64_t number;
+    if (!ctxId) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (vgpu_cuda_context_number(ctx ? ctx : current_context, &number) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    *ctxId = number;
+    return CUDA_SUCCESS;
+}
+
 VGPU_EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx) {
     if (!pctx) return CUDA_ERROR_INVALID_VALUE;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
