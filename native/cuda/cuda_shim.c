@@ -540,6 +540,121 @@ VGPU_EXPORT CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, u
     return CUDA_SUCCESS;
 }
 
+/* ---- managed memory: a window shared with vgpud, which the host reads and writes directly and
+ * vgpud reaches as device memory (src/vgpu/server/cuda_hostmem.py) ---- */
+
+typedef struct managed_range {
+    CUdeviceptr start;
+    size_t size;
+    int fd;
+} managed_range;
+
+static managed_range *managed_ranges;
+static size_t managed_count, managed_cap;
+static pthread_mutex_t managed_lock = PTHREAD_MUTEX_INITIALIZER;
+
+extern const vgpu_function vgpu_cuda_fn_cuMemAllocManaged, vgpu_cuda_fn_cuMemFree_v2,
+    vgpu_cuda_fn_cuMemRangeGetAttribute;
+
+static int managed_remember(CUdeviceptr start, size_t size, int fd) {
+    pthread_mutex_lock(&managed_lock);
+    int ok = 1;
+    if (managed_count == managed_cap) {
+        size_t cap = managed_cap ? managed_cap * 2 : 16;
+        managed_range *grown = realloc(managed_ranges, cap * sizeof *grown);
+        if (grown) { managed_ranges = grown; managed_cap = cap; }
+        else ok = 0;
+    }
+    if (ok) managed_ranges[managed_count++] = (managed_range){start, size, fd};
+    pthread_mutex_unlock(&managed_lock);
+    return ok;
+}
+
+/* Take the managed allocation starting at start out of the list; whether there was one. */
+static int managed_take(CUdeviceptr start, managed_range *taken) {
+    pthread_mutex_lock(&managed_lock);
+    int found = 0;
+    for (size_t i = 0; i < managed_count && !found; i++)
+        if (managed_ranges[i].start == start) {
+            *taken = managed_ranges[i];
+            managed_ranges[i] = managed_ranges[--managed_count];
+            found = 1;
+        }
+    pthread_mutex_unlock(&managed_lock);
+    return found;
+}
+
+static void managed_unmap(const managed_range *range) {
+    vgpu_share(&api, (void *)(uintptr_t)range->start, 0, range->fd);
+    munmap((void *)(uintptr_t)range->start, range->size);
+    close(range->fd);
+}
+
+/* vgpud must map the window: where it cannot (a GPU host over the network), managed memory is
+ * refused with CUDA_ERROR_NOT_SUPPORTED rather than served with contents the device never sees. */
+VGPU_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!dptr || !bytesize || (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUdevice dev;
+    if (context_device(current_context, &dev) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    int fd = memfd_create("vgpu-managed", MFD_CLOEXEC);
+    void *p = MAP_FAILED;
+    if (fd >= 0 && ftruncate(fd, (off_t)bytesize) == 0)
+        p = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        if (fd >= 0) close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    managed_range range = {(CUdeviceptr)(uintptr_t)p, bytesize, fd};
+    if (vgpu_share(&api, p, bytesize, fd) != VGPU_OK) {
+        vgpu_log(1, api.prefix, "cuMemAllocManaged: vgpud cannot map this process's memory (a GPU host over "
+                 "the network?): managed memory is not supported here");
+        munmap(p, bytesize);
+        close(fd);
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    CUdeviceptr address = range.start, *where = &address;
+    void *const args[] = {(void *)&where, (void *)&bytesize, (void *)&flags};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemAllocManaged, args);
+    if (rc == CUDA_SUCCESS && !managed_remember(range.start, bytesize, fd)) {
+        void *const free_args[] = {(void *)&range.start};
+        vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemFree_v2, free_args);
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (rc != CUDA_SUCCESS) {
+        managed_unmap(&range);
+        return rc;
+    }
+    *dptr = range.start;
+    return CUDA_SUCCESS;
+}
+
+/* Device and managed memory alike are freed by vgpud; a managed window is then unmapped here. */
+VGPU_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    managed_range range;
+    int managed = dptr && managed_take(dptr, &range);
+    void *const args[] = {(void *)&dptr};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemFree_v2, args);
+    if (managed && rc == CUDA_SUCCESS) managed_unmap(&range);
+    else if (managed && !managed_remember(range.start, range.size, range.fd)) managed_unmap(&range);
+    return rc;
+}
+
+/* Each attribute asked of vgpud in turn, as the driver documents the plural form. */
+VGPU_EXPORT CUresult cuMemRangeGetAttributes(void **data, size_t *dataSizes, CUmem_range_attribute *attributes,
+                                             size_t numAttributes, CUdeviceptr devPtr, size_t count) {
+    if (!data || !dataSizes || !attributes || !numAttributes) return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < numAttributes; i++) {
+        if (!data[i]) return CUDA_ERROR_INVALID_VALUE;
+        void *const args[] = {(void *)&data[i], (void *)&dataSizes[i], (void *)&attributes[i], (void *)&devPtr,
+                              (void *)&count};
+        CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemRangeGetAttribute, args);
+        if (rc != CUDA_SUCCESS) return rc;
+    }
+    return CUDA_SUCCESS;
+}
+
 /* ---- the driver's log: nothing to report, but callers (PyTorch) must be able to register ---- */
 
 static CUlogsCallback log_callbacks[16];

@@ -19,6 +19,7 @@ from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
+from vgpu.server.cuda_hostmem import HostMemoryServing
 from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -187,7 +188,7 @@ class CudaApi:
                                                                          dynamicSMemSize, 0)
 
 
-class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
+class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServing):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -476,7 +477,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return SUCCESS  # as free(NULL); cuBLAS's runtime frees NULL while it starts
         gpu = self._gpu_of_address(dptr)
         if gpu is None:
-            return INVALID_VALUE
+            managed = self._free_managed(c, dptr)
+            return managed if managed is not None else INVALID_VALUE
         try:
             allocation = gpu.memory.free(c.session.id, dptr)
         except InvalidAddress:
@@ -577,6 +579,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
 
     def cuPointerGetAttribute(self, c: Caller, data: Any, attribute: int, ptr: int) -> int:
         """Facts about a device pointer, each as a u64 (the shim writes the caller's size)."""
+        managed = self._managed_pointer_attribute(c, data, attribute, ptr)
+        if managed is not None:
+            return managed
         gpu, allocation = self._allocation_at(c, ptr)
         visible = self._visible(c)
         if allocation is None or gpu.index not in visible:
@@ -605,21 +610,24 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
     def _allocation_at(self, c: Caller, address: int) -> tuple[Gpu | None, Allocation | None]:
         """The GPU holding an address and the caller's allocation around it (None outside one)."""
         gpu = self._gpu_of_address(address)
+        if gpu is None:
+            return self._managed_allocation(c, address)
         try:
-            return gpu, gpu.memory.find(c.session.id, address) if gpu is not None else None
+            return gpu, gpu.memory.find(c.session.id, address)
         except InvalidAddress:
             return gpu, None
 
     def _access(self, c: Caller, action: Any, *addresses: int) -> int:
-        """Run a memory access on the GPU holding the first address; CUDA_ERROR_INVALID_VALUE
-        for any address outside the caller's allocations."""
-        gpu = self._gpu_of_address(addresses[0])
-        if gpu is None or any(self._gpu_of_address(a) is not gpu for a in addresses[1:]):
+        """Run a memory access on the memory its addresses name (one GPU's, or the caller's
+        page-locked and managed windows: cuda_hostmem); CUDA_ERROR_INVALID_VALUE for any
+        address outside the caller's allocations."""
+        gpu, memory = self._address_space(c, addresses)
+        if memory is None:
             return INVALID_VALUE
         if gpu.lost:
             return C["CUDA_ERROR_DEVICE_UNAVAILABLE"]
         try:
-            action(gpu.memory)
+            action(memory)
         except InvalidAddress:
             return INVALID_VALUE
         return SUCCESS
