@@ -112,6 +112,10 @@ ctx = ok(cu.cuCtxFromGreenCtx(green))
 ok(cu.cuCtxSetCurrent(ctx))
 inside = ok(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING))
 out["streams"] = [int(ok(cu.cuStreamGetGreenCtx(s)) or 0) == int(green) for s in (plain, own, inside, 0)]
+context_of, green_of = ok(cu.cuStreamGetCtx_v2(own))
+out["get_ctx_v2"] = [int(context_of) == int(primary), int(green_of or 0) == int(green)]
+context_of, green_of = ok(cu.cuStreamGetCtx_v2(plain))
+out["get_ctx_v2_plain"] = [int(context_of) == int(primary), int(green_of or 0)]
 # memory and copies in the green context
 size = 1 << 20
 data = bytes(range(256)) * (size // 256)
@@ -144,5 +148,7 @@ def test_a_green_context_has_streams_memory_and_fewer_sms(vgpud):
     assert out["streams"] == [False, True, True, True]  # made in the green context, or current in it
     assert out["own_flags"] == 1  # cuGreenCtxStreamCreate needs CU_STREAM_NON_BLOCKING
     assert out["copy"]
-    if vgpud.through != "cuda-backend":  # the real driver models nothing: it runs the launches
-        assert out["green_ms"] > 5 * out["primary_ms"] > 0
+    assert out["get_ctx_v2_plain"] == [True, 0]
+    if vgpud.through != "cuda-backend":  # the real driver has no green context of the library's
+        assert out["get_ctx_v2"] == [True, True]  # the device's primary context, and the green one
+        assert out["green_ms"] > 5 * out["primary_ms"] > 0  # the real driver runs the launches

@@ -20,7 +20,7 @@ from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
 from vgpu.server.cuda_hostmem import HostMemoryServing
-from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
+from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
@@ -816,10 +816,13 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         return SUCCESS
 
     def cuStreamGetCtx_v2(self, c: Caller, hStream: Stream, pCtx: Any, pGreenCtx: Any) -> int:
-        """An ordinary stream's context, and no green context (NULL), as a real driver answers."""
-        pCtx.value = self._stream_context(c, hStream)
+        """An ordinary stream's context and no green context (NULL); a green context's stream:
+        the device's primary context and the green context (whose handle id is its context's)."""
+        context = self._stream_context(c, hStream)
+        green = context & GREEN_CONTEXT
+        pCtx.value = PRIMARY_CONTEXT | context & 0xFFFF if green else context
         if pGreenCtx is not None:
-            pGreenCtx.value = None
+            pGreenCtx.value = context if green else None
         return SUCCESS
 
     def cuStreamGetDevice(self, c: Caller, hStream: Stream, device: Any) -> int:
