@@ -386,6 +386,15 @@ out["default_released"] = read(b + 84, 4).decode()
 # a wait nothing satisfies: synchronisation answers an error instead of hanging
 ok(cu.cuStreamWaitValue32(s2, b + 72, 1, F.CU_STREAM_WAIT_VALUE_EQ))
 out["never"] = [code(cu.cuStreamSynchronize(s2)), code(cu.cuStreamQuery(s2))]
+# a flag in page-locked memory the host writes (not through a relay: vgpud maps the memory)
+if os.environ.get("HOST_FLAG"):
+    flag = ok(cu.cuMemHostAlloc(64, cu.CU_MEMHOSTALLOC_DEVICEMAP))
+    ctypes.memset(int(flag), 0, 64)
+    ok(cu.cuStreamWaitValue32(s1, int(flag), 1, F.CU_STREAM_WAIT_VALUE_EQ))
+    ok(cu.cuMemsetD8Async(b + 100, 0x44, 4, s1))
+    before = [code(cu.cuStreamQuery(s1)), read(b + 100, 4).hex()]
+    ctypes.c_uint32.from_address(int(flag)).value = 1  # the host's own write
+    out["host_flag"] = before + [code(cu.cuStreamSynchronize(s1)), read(b + 100, 4).hex()]
 # captured into a graph: done when the graph is launched
 ok(cu.cuStreamBeginCapture(s1, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_GLOBAL))
 ok(cu.cuStreamWriteValue32(s1, b + 96, 0x600D, 0))
@@ -413,7 +422,7 @@ print(json.dumps(out))
 
 def test_stream_memory_operations(vgpud):
     served_by_simulator(vgpud)
-    out = run_json(MEMOPS, vgpud.env, timeout=120)
+    out = run_json(MEMOPS, {**vgpud.env, "HOST_FLAG": "" if vgpud.remote else "1"}, timeout=120)
     invalid, not_ready, timeout = C["CUDA_ERROR_INVALID_VALUE"], C["CUDA_ERROR_NOT_READY"], C["CUDA_ERROR_TIMEOUT"]
     assert out["written"] == "efbeadde00000000efcdab8967452301"
     assert out["misaligned"] == [invalid] * 4 and out["bad_flags"] == [invalid] * 2 and out["wild"] == [invalid] * 2
@@ -435,6 +444,8 @@ def test_stream_memory_operations(vgpud):
     assert out["pageable_kept"]
     assert out["default_held"] == [timeout, timeout] and out["default_released"] == "free"
     assert out["never"] == [timeout, not_ready]
+    if not vgpud.remote:
+        assert out["host_flag"] == [not_ready, "00000000", 0, "44444444"], "the host's write released the wait"
     batch_node = C["CU_GRAPH_NODE_TYPE_BATCH_MEM_OP"]
     assert out["captured"] == [2, [batch_node, batch_node], "00000000"] and out["graph_ran"] == "0d600000"
     assert out["attributes"] == [1, 1, 1, 1, 1, 0]

@@ -10,13 +10,16 @@ memset, by any process of this vgpud, into device memory or memory opened throug
 makes the condition true.  Events recorded behind a hold read as not ready, and a stream
 that waits for such an event is held until it is recorded.
 
+Page-locked and managed memory can hold the waited values too (vgpu.server.cuda_hostmem); as
+vgpud does not see the host write into them, conditions are checked again whenever a
+query or a synchronising call asks about a held stream.
+
 vgpud never blocks on a hold.  A call that has to wait for held work (cuStreamSynchronize,
 cuCtxSynchronize, cuEventSynchronize, a synchronous copy, a copy into pageable host memory)
 answers CUDA_ERROR_TIMEOUT at once, and vgpud logs which wait holds the stream: a real GPU
 would wait, for ever if nothing is left to satisfy the condition.  cuStreamQuery and
 cuEventQuery answer CUDA_ERROR_NOT_READY.  Not held: kernel launches (their work is recorded,
-not computed, so holding them changes no contents), host functions, graph launches and
-peer copies; nor do host writes into page-locked memory release a hold.
+not computed, so holding them changes no contents), host functions and graph launches.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class StreamMemoryOperations:
         for a stream, an event, or (neither) every stream of the caller's current context."""
         if not self.holds:
             return None
+        self._release_ready()  # the host may have written a waited value into page-locked memory
         if event is not None:
             recorder = self.unrecorded.get(id(getattr(event, "source", event)))
             hold = self._held(recorder[1]) if recorder is not None else None
@@ -184,9 +188,11 @@ class StreamMemoryOperations:
 
     # the operations ---------------------------------------------------------------------
     def _read_value(self, c: Caller, address: int, width: int) -> int | None:
-        gpu = self._gpu_of_address(address)
+        """The value at a device-side address (device memory, or the caller's page-locked or
+        managed memory); None where the caller cannot reach it."""
+        _, memory = self._address_space(c, (address,))
         try:
-            return int.from_bytes(gpu.memory.read(c.session.id, address, width), "little") if gpu else None
+            return int.from_bytes(memory.read(c.session.id, address, width), "little") if memory else None
         except InvalidAddress:
             return None
 
