@@ -14,6 +14,9 @@ import pytest
 from tests.test_install import MULTIARCH, fake_driver, snapshot
 
 OLLAMA = "usr/local/lib/ollama"
+#: what the vgpud fixture serves: the install is made for the same GPUs
+FIXTURE_GPUS = "2xh100,l4,rtx4090"
+NODES = ["/dev/nvidiactl", *(f"/dev/nvidia{index}" for index in range(4))]
 
 
 def wheel_cudart(major: int) -> Path:
@@ -60,9 +63,13 @@ def ollama_tree(tmp_path) -> tuple[Path, dict]:
         (folder / f"libcudart.so.{major}").write_bytes(wheel_cudart(major).read_bytes())
         subprocess.run(["cc", "-shared", "-fPIC", "-o", str(folder / "libggml-cuda.so"), str(source), f"-L{stub}",
                         "-l:libcuda.so.1"], check=True)
+    if os.geteuid() != 0:  # mknod needs root: stand-ins there already, which the install keeps
+        (root / "dev").mkdir()
+        for node in NODES:
+            (root / node.lstrip("/")).touch()
     before = snapshot(root)
-    done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "install", "--root", str(root)],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "install", "--root", str(root), "--gpus",
+                           FIXTURE_GPUS], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return root, before
 
@@ -77,6 +84,8 @@ def test_clean_install_then_uninstall(vgpud, ollama_tree):
                "libcuda.so.1 (vgpu's)" in texts
     assert "cuInit -> 0 (CUDA_SUCCESS)" in texts and "cuDeviceGetCount -> 0 (CUDA_SUCCESS): 4 devices" in texts
     assert texts.count("cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices") == 2, "through cudart 12 and 13"
+    if os.geteuid() == 0:
+        assert all(f"{node} is vgpu's: `vgpu install` made it" in texts for node in NODES), texts
     assert all(finding["how"] for finding in findings)
     done = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "uninstall", "--root", str(root)],
                           capture_output=True, text=True)
@@ -98,6 +107,9 @@ BREAKS = {
     "stale ld.so.cache": (lambda root: (root / MULTIARCH / "libcuda.so.1").unlink(),
                           f"ld.so.cache lists libcuda.so.1 at /{MULTIARCH}/libcuda.so.1, which no longer exists: "
                           "the cache is stale", "run `ldconfig`"),
+    "a missing device node": (lambda root: (root / "dev/nvidia3").unlink(),
+                              "/dev/nvidia3 is missing: programs that look for it before they use CUDA (JAX) skip "
+                              "the GPUs", "run `vgpu install` (with --gpus as vgpud serves them), or use `vgpu run`"),
 }
 
 
@@ -180,3 +192,31 @@ def test_a_virtual_environment_in_a_home_folder(vgpud, ollama_tree):
     path = "/home/ada/.venv/lib/python3.12/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"
     assert f"{path} loads libcuda.so.1 from /{MULTIARCH}/libcuda.so.1 (vgpu's)" in [f["text"] for f in findings]
     assert any(f["text"] == "cudaGetDeviceCount -> 0 (cudaSuccess): 4 devices" and path in f["how"] for f in findings)
+
+
+def test_device_nodes_of_a_loaded_nvidia_driver(vgpud, ollama_tree):
+    root, _ = ollama_tree
+    (root / "proc/driver/nvidia").mkdir(parents=True)
+    status, findings = doctor(root, vgpud.socket)
+    assert status == 0, problems(findings)
+    verified = [f["text"] for f in findings if f["kind"] == "verified"]
+    assert all(f"{node} is NVIDIA's: its driver is loaded" in verified for node in NODES), verified
+
+
+def test_device_nodes_under_vgpu_run():
+    """On the running system inside `vgpu run`: the nodes of the command's own /dev, for the
+    GPUs of its vgpud."""
+    if os.path.lexists("/dev/nvidiactl"):
+        pytest.skip("this host has /dev/nvidiactl: vgpu run keeps its /dev as it is")
+    done = subprocess.run([str(Path(sys.executable).parent / "vgpu"), "run", "--gpus", "2xh100", "--", sys.executable,
+                           "-m", "vgpu.cli.main", "doctor", "--json"], capture_output=True, text=True, timeout=180)
+    findings = json.loads(done.stdout)
+    nodes = {f["text"]: f["kind"] for f in findings if f["text"].startswith("/dev/nvidia")}
+    assert nodes == {f"/dev/nvidia{name} is vgpu's: `vgpu run` gave this process a /dev of its own": "verified"
+                     for name in ("ctl", "0", "1")}, nodes
+    plain = subprocess.run([sys.executable, "-m", "vgpu.cli.main", "doctor", "--json"], capture_output=True, text=True,
+                           timeout=180, env=dict(os.environ, VGPU_SOCKET="/nonexistent/vgpud.sock"))
+    missing = [f for f in json.loads(plain.stdout) if f["text"].startswith("/dev/nvidia")]
+    assert [(f["kind"], f["text"].split(" is ")[0]) for f in missing] == [("problem", "/dev/nvidiactl"),
+                                                                         ("problem", "/dev/nvidia0")]
+    assert all("use `vgpu run`" in f["advice"] for f in missing)

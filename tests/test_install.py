@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 from vgpu.launcher import library_path
 
 MULTIARCH = f"usr/lib/{os.uname().machine}-linux-gnu"
+#: making a device node needs root (CAP_MKNOD)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 
 
 def vgpu(*args: str) -> subprocess.CompletedProcess:
@@ -20,7 +24,7 @@ def vgpu(*args: str) -> subprocess.CompletedProcess:
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under root: its type, mode, and contents or link target."""
+    """Every path under root: its type, mode, and contents, link target or device number."""
     found = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -30,6 +34,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
                 found[str(path.relative_to(root))] = ("link", os.readlink(path))
             elif path.is_dir():
                 found[str(path.relative_to(root))] = ("dir", info.st_mode)
+            elif stat.S_ISCHR(info.st_mode):
+                found[str(path.relative_to(root))] = ("char", info.st_mode, os.major(info.st_rdev),
+                                                      os.minor(info.st_rdev))
             else:
                 found[str(path.relative_to(root))] = ("file", info.st_mode,
                                                       hashlib.sha256(path.read_bytes()).hexdigest())
@@ -130,3 +137,75 @@ def test_refuses_to_hide_a_real_driver(debian_with_ollama):
 def test_uninstall_without_an_install_says_so(tmp_path):
     done = vgpu("uninstall", "--root", str(tmp_path))
     assert done.returncode != 0 and "no vgpu installation is recorded" in done.stderr
+
+
+def node(path: Path) -> tuple[int, int, int]:
+    """A character device's major, minor and permissions (an assertion error for anything else)."""
+    info = path.lstat()
+    assert stat.S_ISCHR(info.st_mode), f"{path} is not a character device"
+    return os.major(info.st_rdev), os.minor(info.st_rdev), stat.S_IMODE(info.st_mode)
+
+
+@needs_root
+def test_device_nodes_for_every_gpu_and_at_boot(debian_with_ollama):
+    root = debian_with_ollama
+    dry = vgpu("install", "--root", str(root), "--gpus", "2xh100,l4", "--dry-run")
+    assert "create the character device /dev/nvidiactl (195:255, mode 0666)" in dry.stdout
+    assert "create the character device /dev/nvidia2 (195:2, mode 0666)" in dry.stdout
+    assert not (root / "dev").exists()
+    done = vgpu("install", "--root", str(root), "--gpus", "2xh100,l4")
+    assert done.returncode == 0, done.stderr
+    assert node(root / "dev/nvidiactl") == (195, 255, 0o666)
+    assert [node(root / f"dev/nvidia{index}") for index in range(3)] == [(195, index, 0o666) for index in range(3)]
+    assert not (root / "dev/nvidia3").exists()
+    uvm_major, uvm_minor, uvm_mode = node(root / "dev/nvidia-uvm")
+    assert 120 <= uvm_major <= 127 and (uvm_minor, uvm_mode) == (0, 0o666)
+    registered = [line.split() for line in Path("/proc/devices").read_text().split("Block devices:")[0].splitlines()]
+    assert [str(uvm_major)] not in [fields[:1] for fields in registered if len(fields) == 2], \
+        "a major no loaded driver holds"
+    tmpfiles = (root / "etc/tmpfiles.d/vgpu.conf").read_text().splitlines()
+    assert "c /dev/nvidiactl 0666 root root - 195:255" in tmpfiles
+    assert f"c /dev/nvidia-uvm 0666 root root - {uvm_major}:0" in tmpfiles
+    assert "c /dev/nvidia2 0666 root root - 195:2" in tmpfiles and len(tmpfiles) == 2 + 5
+    manifest = (root / "var/lib/vgpu/install.json").read_text()
+    assert '"path": "/dev/nvidia1"' in manifest and '"number": "195:1"' in manifest
+
+
+@needs_root
+def test_nodes_already_there_are_never_replaced_nor_removed(debian_with_ollama):
+    """A node NVIDIA's driver made stays: the same number (nvidiactl) or another (nvidia-uvm's
+    dynamic major); uninstall removes only what the install made."""
+    root = debian_with_ollama
+    (root / "dev").mkdir()
+    os.mknod(root / "dev/nvidiactl", stat.S_IFCHR | 0o666, os.makedev(195, 255))
+    os.mknod(root / "dev/nvidia-uvm", stat.S_IFCHR | 0o666, os.makedev(511, 0))
+    before = snapshot(root)
+    done = vgpu("install", "--root", str(root))
+    assert done.returncode == 0, done.stderr
+    assert "keep /dev/nvidia-uvm, which is there already" in done.stdout
+    assert "/dev/nvidiactl" not in done.stdout, "already what the plan wants"
+    assert node(root / "dev/nvidia-uvm")[:2] == (511, 0) and node(root / "dev/nvidia0") == (195, 0, 0o666)
+    assert '"/dev/nvidiactl"' not in (root / "var/lib/vgpu/install.json").read_text()
+    assert vgpu("install", "--root", str(root)).stdout.startswith("nothing to change")
+    undone = vgpu("uninstall", "--root", str(root))
+    assert undone.returncode == 0, undone.stderr
+    assert snapshot(root) == before
+
+
+def test_without_root_the_nodes_are_left_to_boot(debian_with_ollama):
+    """Where mknod is refused (here: a user namespace, whose uid has no capability outside it)
+    the rest installs and the tmpfiles.d entry stays to make the nodes at boot."""
+    root = debian_with_ollama
+    if os.geteuid() == 0:
+        if not shutil.which("unshare") or subprocess.run(["unshare", "-U", "true"]).returncode != 0:
+            pytest.skip("no user namespaces to drop the capability to make nodes")
+        prefix = ["unshare", "-U"]
+    else:
+        prefix = []
+    done = subprocess.run([*prefix, sys.executable, "-m", "vgpu.cli.main", "install", "--root", str(root)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "could not create /dev/nvidiactl (Operation not permitted: making a device node needs root); at " \
+           "boot systemd-tmpfiles makes it from /etc/tmpfiles.d/vgpu.conf" in done.stdout
+    assert not os.path.lexists(root / "dev/nvidiactl") and (root / "etc/tmpfiles.d/vgpu.conf").exists()
+    assert "/dev/nvidiactl" not in (root / "var/lib/vgpu/install.json").read_text()

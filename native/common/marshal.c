@@ -212,7 +212,10 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             if (pos + 8 > len) return -1;
             memcpy(&id, r + pos, 8);
             pos += 8;
+            int32_t status;
+            memcpy(&status, r, 4);
             if (id) *(void **)ptr = vgpu_handle_for(p->handle_type, id);
+            else if (status == 0) *(void **)ptr = NULL; /* a success that answers NULL (no green context) */
         } else if (p->kind == VGPU_K_HANDLE_ARRAY_OUT) {
             uint32_t n;
             if (pos + 4 > len) return -1;
@@ -492,6 +495,15 @@ static int marshal(vgpu_api *api, const vgpu_function *fn, void *const *args, in
     if (fn->immutable && key_len && *rc == 0 && reply_len <= VGPU_PUBLISHED_ANSWER_MAX)
         memo_keep(api, key, key_len, reply, reply_len);
     return VGPU_CALL_DONE;
+}
+
+int vgpu_marshal_fence(vgpu_api *api) {
+    uint64_t patience = posted_bytes / PATIENT_BYTES_PER_MS;
+    posted_bytes = 0;
+    const uint8_t *reply;
+    size_t reply_len;
+    return vgpu_callv(api, VGPU_OP_PING, NULL, 0, &reply, &reply_len,
+                      (int)(patience < (1u << 30) ? patience : (1u << 30)), NULL);
 }
 
 /* One argument as JSON: values as integers, handles by id, strings as text; after a

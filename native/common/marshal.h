@@ -50,6 +50,9 @@ int vgpu_marshal_call(vgpu_api *api, const vgpu_function *fn, void *const *args,
 /* As vgpu_marshal_call, but a call that returns nothing to the caller is sent without waiting
  * (the pieces of a large copy before its last: they travel while vgpud works on the previous). */
 int vgpu_marshal_queue(vgpu_api *api, const vgpu_function *fn, void *const *args, int32_t *rc);
+/* Return once vgpud has carried out everything this process's threads sent or posted before
+ * (a ping after it): what a host function queued on a stream may rely on. */
+int vgpu_marshal_fence(vgpu_api *api);
 /* Under `vgpu trace`: record one of a process's first calls, its arguments and result. */
 void vgpu_trace_result(const vgpu_api *api, const vgpu_function *fn, void *const *args, int rc);
 /* Ask vgpud for every immutable answer of the API at once (OP_FACTS) and keep them. */

@@ -247,16 +247,54 @@ static int flush_locked(vgpu_conn *conn) {
     return -1;
 }
 
-void vgpu_flush_posts(void) {
+static uint32_t send_frame(vgpu_conn *conn, unsigned op, uint16_t flags, const vgpu_span *spans, int count,
+                           long long deadline);
+
+/* A ping on another thread's connection (send_lock held): its answer is read here, never into
+ * the connection's buffer, where its own thread may still be reading a reply. 0 once answered. */
+static int ping_locked(vgpu_conn *conn, int extra_ms) {
+    long long deadline = now_ms() + timeout_ms() + extra_ms;
+    set_timeout(conn, timeout_ms() + extra_ms);
+    uint32_t seq = send_frame(conn, VGPU_OP_PING, 0, NULL, 0, deadline);
+    uint8_t header[12];
+    if (!seq || io_all(conn->fd, header, sizeof header, 0, deadline) < 0) return -1;
+    uint32_t len, rseq;
+    memcpy(&len, header, 4);
+    memcpy(&rseq, header + 8, 4);
+    return len == 0 && rseq == seq ? 0 : -1;
+}
+
+/* How much longer than a call a ping after another thread's posts may wait: this thread cannot
+ * know how many bytes of copies that thread had sent before. */
+#define OTHERS_PATIENCE_MS 10000
+
+/* Send every connection's posts; those of connections other than `self` are also carried out
+ * before this returns (each answers a ping after them), because vgpud reads connections in no
+ * set order and the caller's next frame may depend on them (stream order across threads).
+ * A connection in use is its own thread in a call, which sent its posts first. */
+static void settle_posts(vgpu_conn *self) {
     if (!__atomic_load_n(&pending_total, __ATOMIC_SEQ_CST)) return;
     pthread_mutex_lock(&registry_lock);
     for (vgpu_conn *conn = registry; conn; conn = conn->next) {
-        /* a connection in use is its own thread in a call, which sent its posts first */
         if (pthread_mutex_trylock(&conn->send_lock)) continue;
-        flush_locked(conn);
+        int had = conn->out_len > 0;
+        if (flush_locked(conn) == 0 && had && self && conn != self && conn->fd >= 0 && conn->pid == getpid()) {
+            if (ping_locked(conn, OTHERS_PATIENCE_MS) < 0) {
+                close(conn->fd); /* out of step or gone: its thread reconnects or finds vgpud lost */
+                conn->fd = -1;
+            }
+        }
         pthread_mutex_unlock(&conn->send_lock);
     }
     pthread_mutex_unlock(&registry_lock);
+}
+
+void vgpu_flush_posts(void) { settle_posts(NULL); }
+
+/* Whether connections other than this one hold posted work (which a frame of this one must
+ * not overtake). */
+static int others_pending(const vgpu_conn *self) {
+    return __atomic_load_n(&pending_total, __ATOMIC_SEQ_CST) > __atomic_load_n(&self->out_len, __ATOMIC_SEQ_CST);
 }
 
 static void set_timeout(vgpu_conn *conn, int ms) {
@@ -578,9 +616,9 @@ int vgpu_call(vgpu_api *api, unsigned int op, const void *req, size_t req_len,
 int vgpu_callv(vgpu_api *api, unsigned int op, const vgpu_span *spans, int count,
                const uint8_t **reply, size_t *reply_len, int extra_ms, vgpu_landing *landing) {
     vgpu_conn *conn;
-    vgpu_flush_posts(); /* work this or another thread posted comes first */
     int ready = ready_conn(api, &conn);
     if (ready != VGPU_OK) return ready;
+    settle_posts(conn); /* work this or another thread posted comes first */
     pthread_mutex_lock(&conn->send_lock);
     int rc = exchange(conn, op, spans, count, reply, reply_len, extra_ms, landing);
     pthread_mutex_unlock(&conn->send_lock);
@@ -638,6 +676,7 @@ static int post(vgpu_api *api, unsigned int op, const vgpu_span *spans, int coun
     if (rc != VGPU_OK) return rc;
     conn->api = api;
     size_t req_len = spans_length(spans, count);
+    if (others_pending(conn)) settle_posts(conn); /* another thread's earlier work stays earlier */
     pthread_mutex_lock(&conn->send_lock);
     if (!record && req_len >= POST_BATCH) {
         int failed = post_now(conn, op, spans, count, req_len);

@@ -150,6 +150,10 @@ void vgpu_cuda_log(int level, const char *fmt, ...) {
 
 #define PRIMARY_CONTEXT_ID 0x100000000ull
 #define CREATED_CONTEXT_ID 0x200000000ull /* | slot << 16 | device ordinal */
+/* a green context's created context also has this bit, and its SM count from bit 48 on
+ * (vgpud models its launches on that many SMs) */
+#define GREEN_CONTEXT_ID 0x400000000ull
+#define GREEN_SM_SHIFT 48
 #define MAX_CREATED_CONTEXTS 1024
 
 typedef struct primary_state {
@@ -270,11 +274,7 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { return cuDevicePrim
 
 VGPU_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx);
 
-/* Created contexts: a new handle on a device, made current; vgpud knows the device from the id. */
-VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
-                                    CUdevice dev) {
-    (void)ctxCreateParams;
-    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+CUresult vgpu_cuda_context_make(CUdevice dev, unsigned flags, unsigned green_sms, CUcontext *pctx) {
     CUcontext probe;
     CUresult rc = vgpu_cuda_primary_context(&probe, dev); /* checks cuInit and the device */
     if (rc != CUDA_SUCCESS) return rc;
@@ -284,8 +284,34 @@ VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreat
     if (slot < MAX_CREATED_CONTEXTS) created[slot] = (created_context){1, flags};
     pthread_mutex_unlock(&created_lock);
     if (slot == MAX_CREATED_CONTEXTS) return CUDA_ERROR_OUT_OF_MEMORY;
-    *pctx = vgpu_handle_for(vgpu_cuda_handle_CUcontext, CREATED_CONTEXT_ID | ((uint64_t)slot << 16) | (uint64_t)dev);
-    return cuCtxPushCurrent_v2(*pctx);
+    uint64_t id = CREATED_CONTEXT_ID | ((uint64_t)slot << 16) | (uint64_t)dev;
+    if (green_sms) id |= GREEN_CONTEXT_ID | (uint64_t)(green_sms & 0xfff) << GREEN_SM_SHIFT;
+    *pctx = vgpu_handle_for(vgpu_cuda_handle_CUcontext, id);
+    return *pctx ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+unsigned vgpu_cuda_context_green_sms(CUcontext ctx) {
+    uint64_t id;
+    CUdevice dev;
+    if (context_device(ctx, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0) return 0;
+    return id & GREEN_CONTEXT_ID ? (unsigned)(id >> GREEN_SM_SHIFT) & 0xfff : 0;
+}
+
+void vgpu_cuda_context_end(CUcontext ctx) {
+    uint64_t id;
+    if (vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 || !(id & CREATED_CONTEXT_ID)) return;
+    vgpu_cuda_context_storage_release(ctx);
+    __atomic_store_n(&created[(id >> 16) & 0xffff].alive, 0, __ATOMIC_SEQ_CST);
+    if (current_context == ctx) current_context = context_depth ? context_stack[--context_depth] : NULL;
+}
+
+/* Created contexts: a new handle on a device, made current; vgpud knows the device from the id. */
+VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
+                                    CUdevice dev) {
+    (void)ctxCreateParams;
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = vgpu_cuda_context_make(dev, flags, 0, pctx);
+    return rc == CUDA_SUCCESS ? cuCtxPushCurrent_v2(*pctx) : rc;
 }
 
 VGPU_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int numParams,
@@ -308,11 +334,9 @@ VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
     CUdevice dev;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
     if (context_device(ctx, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 ||
-        !(id & CREATED_CONTEXT_ID))
-        return CUDA_ERROR_INVALID_CONTEXT; /* primary contexts are released, not destroyed */
-    vgpu_cuda_context_storage_release(ctx);
-    __atomic_store_n(&created[(id >> 16) & 0xffff].alive, 0, __ATOMIC_SEQ_CST);
-    if (current_context == ctx) current_context = context_depth ? context_stack[--context_depth] : NULL;
+        !(id & CREATED_CONTEXT_ID) || (id & GREEN_CONTEXT_ID))
+        return CUDA_ERROR_INVALID_CONTEXT; /* primary contexts are released, green ones destroyed as such */
+    vgpu_cuda_context_end(ctx);
     return CUDA_SUCCESS;
 }
 
@@ -326,6 +350,16 @@ VGPU_EXPORT CUresult cuCtxGetFlags(unsigned int *flags) {
     if (context_device(current_context, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, current_context, &id) < 0)
         return CUDA_ERROR_INVALID_CONTEXT;
     *flags = id & CREATED_CONTEXT_ID ? created[(id >> 16) & 0xffff].flags : primaries[dev].flags;
+    return CUDA_SUCCESS;
+}
+
+/* A context's unique id: the number the private context table reports for it too. */
+VGPU_EXPORT CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId) {
+    uint64_t number;
+    if (!ctxId) return CUDA_ERROR_INVALID_VALUE;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (vgpu_cuda_context_number(ctx ? ctx : current_context, &number) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    *ctxId = number;
     return CUDA_SUCCESS;
 }
 
@@ -506,6 +540,121 @@ VGPU_EXPORT CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, u
     return CUDA_SUCCESS;
 }
 
+/* ---- managed memory: a window shared with vgpud, which the host reads and writes directly and
+ * vgpud reaches as device memory (src/vgpu/server/cuda_hostmem.py) ---- */
+
+typedef struct managed_range {
+    CUdeviceptr start;
+    size_t size;
+    int fd;
+} managed_range;
+
+static managed_range *managed_ranges;
+static size_t managed_count, managed_cap;
+static pthread_mutex_t managed_lock = PTHREAD_MUTEX_INITIALIZER;
+
+extern const vgpu_function vgpu_cuda_fn_cuMemAllocManaged, vgpu_cuda_fn_cuMemFree_v2,
+    vgpu_cuda_fn_cuMemRangeGetAttribute;
+
+static int managed_remember(CUdeviceptr start, size_t size, int fd) {
+    pthread_mutex_lock(&managed_lock);
+    int ok = 1;
+    if (managed_count == managed_cap) {
+        size_t cap = managed_cap ? managed_cap * 2 : 16;
+        managed_range *grown = realloc(managed_ranges, cap * sizeof *grown);
+        if (grown) { managed_ranges = grown; managed_cap = cap; }
+        else ok = 0;
+    }
+    if (ok) managed_ranges[managed_count++] = (managed_range){start, size, fd};
+    pthread_mutex_unlock(&managed_lock);
+    return ok;
+}
+
+/* Take the managed allocation starting at start out of the list; whether there was one. */
+static int managed_take(CUdeviceptr start, managed_range *taken) {
+    pthread_mutex_lock(&managed_lock);
+    int found = 0;
+    for (size_t i = 0; i < managed_count && !found; i++)
+        if (managed_ranges[i].start == start) {
+            *taken = managed_ranges[i];
+            managed_ranges[i] = managed_ranges[--managed_count];
+            found = 1;
+        }
+    pthread_mutex_unlock(&managed_lock);
+    return found;
+}
+
+static void managed_unmap(const managed_range *range) {
+    vgpu_share(&api, (void *)(uintptr_t)range->start, 0, range->fd);
+    munmap((void *)(uintptr_t)range->start, range->size);
+    close(range->fd);
+}
+
+/* vgpud must map the window: where it cannot (a GPU host over the network), managed memory is
+ * refused with CUDA_ERROR_NOT_SUPPORTED rather than served with contents the device never sees. */
+VGPU_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!dptr || !bytesize || (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUdevice dev;
+    if (context_device(current_context, &dev) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    int fd = memfd_create("vgpu-managed", MFD_CLOEXEC);
+    void *p = MAP_FAILED;
+    if (fd >= 0 && ftruncate(fd, (off_t)bytesize) == 0)
+        p = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        if (fd >= 0) close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    managed_range range = {(CUdeviceptr)(uintptr_t)p, bytesize, fd};
+    if (vgpu_share(&api, p, bytesize, fd) != VGPU_OK) {
+        vgpu_log(1, api.prefix, "cuMemAllocManaged: vgpud cannot map this process's memory (a GPU host over "
+                 "the network?): managed memory is not supported here");
+        munmap(p, bytesize);
+        close(fd);
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    CUdeviceptr address = range.start, *where = &address;
+    void *const args[] = {(void *)&where, (void *)&bytesize, (void *)&flags};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemAllocManaged, args);
+    if (rc == CUDA_SUCCESS && !managed_remember(range.start, bytesize, fd)) {
+        void *const free_args[] = {(void *)&range.start};
+        vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemFree_v2, free_args);
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (rc != CUDA_SUCCESS) {
+        managed_unmap(&range);
+        return rc;
+    }
+    *dptr = range.start;
+    return CUDA_SUCCESS;
+}
+
+/* Device and managed memory alike are freed by vgpud; a managed window is then unmapped here. */
+VGPU_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    managed_range range;
+    int managed = dptr && managed_take(dptr, &range);
+    void *const args[] = {(void *)&dptr};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemFree_v2, args);
+    if (managed && rc == CUDA_SUCCESS) managed_unmap(&range);
+    else if (managed && !managed_remember(range.start, range.size, range.fd)) managed_unmap(&range);
+    return rc;
+}
+
+/* Each attribute asked of vgpud in turn, as the driver documents the plural form. */
+VGPU_EXPORT CUresult cuMemRangeGetAttributes(void **data, size_t *dataSizes, CUmem_range_attribute *attributes,
+                                             size_t numAttributes, CUdeviceptr devPtr, size_t count) {
+    if (!data || !dataSizes || !attributes || !numAttributes) return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < numAttributes; i++) {
+        if (!data[i]) return CUDA_ERROR_INVALID_VALUE;
+        void *const args[] = {(void *)&data[i], (void *)&dataSizes[i], (void *)&attributes[i], (void *)&devPtr,
+                              (void *)&count};
+        CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemRangeGetAttribute, args);
+        if (rc != CUDA_SUCCESS) return rc;
+    }
+    return CUDA_SUCCESS;
+}
+
 /* ---- the driver's log: nothing to report, but callers (PyTorch) must be able to register ---- */
 
 static CUlogsCallback log_callbacks[16];
@@ -592,8 +741,9 @@ VGPU_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCapture
                         numDependencies_out);
 }
 
-/* ---- host functions: run in order on one worker thread once the stream's earlier work is
- * done (it is, when they are queued) ---- */
+/* ---- host functions: run in order on one worker thread. Queueing one waits until vgpud has
+ * carried out the work sent before it (a fence), so the function sees its stream's earlier copies;
+ * later work on the same stream (or on a default stream) waits in the shim until it has run. ---- */
 
 typedef struct host_call {
     void (*fn)(void *);
@@ -608,9 +758,33 @@ static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t calls_ready = PTHREAD_COND_INITIALIZER, calls_done = PTHREAD_COND_INITIALIZER;
 static int worker_started;
 static unsigned long long calls_queued, calls_finished;
+static const host_call *call_running; /* the call the worker is in, or NULL */
+static __thread int on_worker;        /* this thread is the worker (a host function must not wait for itself) */
+
+/* NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD: default streams, ordered with every other. */
+static int default_stream(CUstream stream) { return (uintptr_t)stream <= (uintptr_t)CU_STREAM_PER_THREAD; }
+
+static int same_order(CUstream a, CUstream b) { return a == b || default_stream(a) || default_stream(b); }
+
+/* Whether a host function queued or running comes before work on `stream` (calls_lock held). */
+static int host_call_ahead(CUstream stream) {
+    if (call_running && same_order(call_running->stream, stream)) return 1;
+    for (const host_call *call = calls_head; call; call = call->next)
+        if (same_order(call->stream, stream)) return 1;
+    return 0;
+}
+
+void vgpu_cuda_host_calls_before(CUstream stream) {
+    if (on_worker || __atomic_load_n(&calls_finished, __ATOMIC_SEQ_CST) == __atomic_load_n(&calls_queued, __ATOMIC_SEQ_CST))
+        return;
+    pthread_mutex_lock(&calls_lock);
+    while (host_call_ahead(stream)) pthread_cond_wait(&calls_done, &calls_lock);
+    pthread_mutex_unlock(&calls_lock);
+}
 
 /* Before a synchronising call: the host functions queued so far have run. */
 static void wait_host_calls(void) {
+    if (on_worker) return;
     pthread_mutex_lock(&calls_lock);
     unsigned long long target = calls_queued;
     while (calls_finished < target) pthread_cond_wait(&calls_done, &calls_lock);
@@ -619,18 +793,21 @@ static void wait_host_calls(void) {
 
 static void *host_worker(void *unused) {
     (void)unused;
+    on_worker = 1;
     for (;;) {
         pthread_mutex_lock(&calls_lock);
         while (!calls_head) pthread_cond_wait(&calls_ready, &calls_lock);
         host_call *call = calls_head;
         calls_head = call->next;
         if (!calls_head) calls_tail = NULL;
+        call_running = call;
         pthread_mutex_unlock(&calls_lock);
         if (call->fn) call->fn(call->data);
         else call->callback(call->stream, CUDA_SUCCESS, call->data);
-        free(call);
         pthread_mutex_lock(&calls_lock);
-        calls_finished++;
+        call_running = NULL;
+        free(call);
+        __atomic_add_fetch(&calls_finished, 1, __ATOMIC_SEQ_CST);
         pthread_cond_broadcast(&calls_done);
         pthread_mutex_unlock(&calls_lock);
     }
@@ -641,6 +818,7 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
                                 void *data) {
     if (!fn && !callback) return CUDA_ERROR_INVALID_VALUE;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (vgpu_marshal_fence(&api) != VGPU_OK) return CUDA_ERROR_DEVICE_UNAVAILABLE;
     host_call *call = calloc(1, sizeof *call);
     if (!call) return CUDA_ERROR_OUT_OF_MEMORY;
     *call = (host_call){fn, callback, stream, data, NULL};
@@ -661,7 +839,7 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
     if (calls_tail) calls_tail->next = call;
     else calls_head = call;
     calls_tail = call;
-    calls_queued++;
+    __atomic_add_fetch(&calls_queued, 1, __ATOMIC_SEQ_CST);
     pthread_cond_signal(&calls_ready);
     pthread_mutex_unlock(&calls_lock);
     return CUDA_SUCCESS;
@@ -791,6 +969,64 @@ VGPU_EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribut
     return pool_attribute(&vgpu_cuda_fn_cuMemPoolSetAttribute, pool, attr, &wide);
 }
 
+/* ---- copies that name memory by address alone (unified addressing: cuMemcpy, cuMemcpyAsync, and
+ * 2D/3D copies of CU_MEMORYTYPE_UNIFIED): each side is device memory when vgpud says so;
+ * page-locked memory this library made, and any other memory of the process, is host memory ---- */
+
+static int on_device(CUdeviceptr ptr) {
+    pthread_mutex_lock(&host_lock);
+    int host = host_find((const void *)(uintptr_t)ptr) != NULL;
+    pthread_mutex_unlock(&host_lock);
+    unsigned type = 0;
+    return !host && cuPointerGetAttribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr) == CUDA_SUCCESS &&
+           type == CU_MEMORYTYPE_DEVICE;
+}
+
+/* Whether [p, p + n) is mapped in this process, so that a copy on the host cannot fault (a
+ * stale device pointer is not host memory either: the driver answers CUDA_ERROR_INVALID_VALUE). */
+static int host_mapped(const void *p, size_t n) {
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)p & ~(uintptr_t)(page - 1), end = (uintptr_t)p + n;
+    unsigned char residency[256];
+    for (uintptr_t at = start; at < end; at += sizeof residency * (uintptr_t)page) {
+        size_t len = end - at < sizeof residency * (size_t)page ? end - at : sizeof residency * (size_t)page;
+        if (mincore((void *)at, len, residency) < 0) return 0;
+    }
+    return 1;
+}
+
+/* A copy between two host buffers in stream order: after the stream's earlier work (and the
+ * host functions before it), as a real copy engine would make it. */
+static CUresult host_copy(char *dst, const char *src, size_t bytes, CUstream stream) {
+    if (!host_mapped(dst, bytes) || !host_mapped(src, bytes)) return CUDA_ERROR_INVALID_VALUE;
+    vgpu_cuda_host_calls_before(stream);
+    if (vgpu_marshal_fence(&api) != VGPU_OK) return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    memmove(dst, src, bytes);
+    return CUDA_SUCCESS;
+}
+
+static CUresult copy_unified(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream, int async) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!dst || !src) return CUDA_ERROR_INVALID_VALUE;
+    if (!bytes) return CUDA_SUCCESS;
+    int dst_device = on_device(dst), src_device = on_device(src);
+    void *dst_host = (void *)(uintptr_t)dst, *src_host = (void *)(uintptr_t)src;
+    if (dst_device && src_device)
+        return async ? cuMemcpyDtoDAsync_v2(dst, src, bytes, stream) : cuMemcpyDtoD_v2(dst, src, bytes);
+    if (dst_device)
+        return async ? cuMemcpyHtoDAsync_v2(dst, src_host, bytes, stream) : cuMemcpyHtoD_v2(dst, src_host, bytes);
+    if (src_device)
+        return async ? cuMemcpyDtoHAsync_v2(dst_host, src, bytes, stream) : cuMemcpyDtoH_v2(dst_host, src, bytes);
+    return host_copy(dst_host, src_host, bytes, stream);
+}
+
+VGPU_EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
+    return copy_unified(dst, src, ByteCount, NULL, 0);
+}
+VGPU_EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
+    return copy_unified(dst, src, ByteCount, hStream, 1);
+}
+
 /* ---- 2D and 3D copies: row by row through the 1D copies (one copy when rows are contiguous) ---- */
 
 typedef struct copy_side {
@@ -801,12 +1037,7 @@ typedef struct copy_side {
 } copy_side;
 
 static int side_on_device(const copy_side *side) {
-    if (side->type == CU_MEMORYTYPE_DEVICE) return 1;
-    if (side->type != CU_MEMORYTYPE_UNIFIED) return 0;
-    pthread_mutex_lock(&host_lock); /* unified: page-locked host memory this library made is host memory */
-    int host = host_find((const void *)(uintptr_t)side->device) != NULL;
-    pthread_mutex_unlock(&host_lock);
-    return !host;
+    return side->type == CU_MEMORYTYPE_DEVICE || (side->type == CU_MEMORYTYPE_UNIFIED && on_device(side->device));
 }
 
 static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_offset, size_t src_offset,
@@ -823,8 +1054,7 @@ static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_
     if (src_device)
         return async ? cuMemcpyDtoHAsync_v2(dst_host + dst_offset, src->device + src_offset, bytes, stream)
                      : cuMemcpyDtoH_v2(dst_host + dst_offset, src->device + src_offset, bytes);
-    memmove(dst_host + dst_offset, src_host + src_offset, bytes);
-    return CUDA_SUCCESS;
+    return host_copy(dst_host + dst_offset, src_host + src_offset, bytes, stream);
 }
 
 static CUresult copy_box(const copy_side *dst, const copy_side *src, size_t width, size_t height, size_t depth,
@@ -881,9 +1111,25 @@ VGPU_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     return CUDA_SUCCESS;
 }
 
+/* Before a call: the host functions it must follow have run (all of them for a synchronising
+ * call; for work on a stream, those of its stream and of the default streams). */
+static void follow_host_calls(const vgpu_function *fn, void *const *args) {
+    if (!__atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) return;
+    if (fn->synchronizing) {
+        wait_host_calls();
+        return;
+    }
+    for (int i = 0; i < fn->nparams; i++)
+        if (fn->params[i].kind == VGPU_K_HANDLE && fn->params[i].handle_type == vgpu_cuda_handle_CUstream) {
+            vgpu_cuda_host_calls_before(*(CUstream *)args[i]);
+            return;
+        }
+    if (!strncmp(fn->name, "cuMemset", 8)) vgpu_cuda_host_calls_before(NULL); /* on the legacy stream */
+}
+
 static int dispatch(const vgpu_function *fn, void *const *args) {
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
+    follow_host_calls(fn, args);
     int32_t rc = CUDA_ERROR_UNKNOWN;
     switch (vgpu_marshal_call(&api, fn, args, &rc)) {
     case VGPU_CALL_DONE:
@@ -905,7 +1151,7 @@ static int dispatch(const vgpu_function *fn, void *const *args) {
 int vgpu_cuda_dispatch_piece(const vgpu_function *fn, void *const *args, int last) {
     if (last) return vgpu_cuda_dispatch(fn, args);
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    if (fn->synchronizing && __atomic_load_n(&worker_started, __ATOMIC_SEQ_CST)) wait_host_calls();
+    follow_host_calls(fn, args);
     int32_t rc = CUDA_ERROR_UNKNOWN;
     switch (vgpu_marshal_queue(&api, fn, args, &rc)) {
     case VGPU_CALL_DONE: return rc;

@@ -40,6 +40,13 @@ int vgpu_cuda_initialized(void);
 /* A small number for a context (1 for device 0's primary context, as a real driver counts); 0 on
  * success, -1 for no context. */
 int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number);
+/* A created context on a device, not made current; green_sms > 0 makes it a green context's,
+ * limited to that many SMs. */
+CUresult vgpu_cuda_context_make(CUdevice dev, unsigned flags, unsigned green_sms, CUcontext *pctx);
+/* The SM count of a green context's context, or 0 for any other. */
+unsigned vgpu_cuda_context_green_sms(CUcontext ctx);
+/* A created context ends: its local storage released, no thread's current one. */
+void vgpu_cuda_context_end(CUcontext ctx);
 /* Load the fat binary a wrapper or header points at (CUDART_INTERFACE's module slots). */
 CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin);
 
@@ -50,6 +57,9 @@ CUresult vgpu_cuda_primary_context(CUcontext *ctx, CUdevice dev);
 /* Run the destructors cudart registered in a context's local storage, and forget it. */
 void vgpu_cuda_context_storage_release(CUcontext ctx);
 const char *vgpu_cuda_error_name(int code);
+/* Wait for the host functions that come before work on `stream` (those of the stream itself and
+ * of the default streams) to have run. */
+void vgpu_cuda_host_calls_before(CUstream stream);
 /* Run one generated stub's call through vgpud, with the driver's answers for every failure. */
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);
 /* One piece of a large copy: pieces before the last are sent without waiting when nothing

@@ -351,6 +351,7 @@ static CUresult launch(CUfunction f, const unsigned grid[3], const unsigned bloc
     CUresult rc = prepare(f, grid, block, shared, params, extra, flags, &req.head, req.args);
     if (rc != CUDA_SUCCESS) return rc;
     req.head.stream = sid;
+    vgpu_cuda_host_calls_before(stream);
     if (vgpu_post_record(vgpu_cuda_api(), VGPU_OP_LAUNCH, &req, sizeof req.head + req.head.args_size) != VGPU_OK)
         return CUDA_ERROR_DEVICE_UNAVAILABLE;
     return CUDA_SUCCESS;

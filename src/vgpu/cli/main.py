@@ -42,11 +42,16 @@ def main() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @gpus_option
+@click.option("--no-device-nodes", is_flag=True,
+              help="Run COMMAND with the host's /dev as it is, without NVIDIA's device nodes ($VGPU_DEVICE_NODES=0).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(gpus: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND with a private vgpud serving GPUS; exits with COMMAND's status."""
+def run(gpus: str, no_device_nodes: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND with a private vgpud serving GPUS; exits with COMMAND's status.
+
+    COMMAND sees /dev/nvidiactl, /dev/nvidia-uvm and /dev/nvidiaN for the GPUs: where the
+    host lacks them, in a private mount namespace of its own."""
     try:
-        sys.exit(launcher.run(gpus, list(command)))
+        sys.exit(launcher.run(gpus, list(command), device_nodes=not no_device_nodes))
     except launcher.LaunchError as error:
         _fail(str(error))
 
@@ -376,7 +381,7 @@ def install(root: Path, libdir: str | None, ollama: str, gpus: str, dry_run: boo
 
     try:
         done = changes.install(root, layout.plan(root, libdir, ollama, gpus), force=force, dry_run=dry_run)
-    except changes.InstallError as error:
+    except (changes.InstallError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo("\n".join(done))
     if not dry_run and root == Path("/") and not done[0].startswith("nothing"):

@@ -99,11 +99,13 @@ def max_potential_block_size(function: FunctionState, dynamic_shared_of: Callabl
     return best_blocks * function.attrs["MULTIPROCESSOR_COUNT"], best_block
 
 
-def launch_seconds(function: FunctionState, blocks: int, block_threads: int, dynamic_shared: int) -> float:
+def launch_seconds(function: FunctionState, blocks: int, block_threads: int, dynamic_shared: int,
+                   multiprocessors: int | None = None) -> float:
     """The modelled duration of a launch: a fixed cost, plus one wave time for each time the
-    device fills with resident blocks, scaled by the profile's clock."""
+    device (or the ``multiprocessors`` a green context has of it) fills with resident blocks,
+    scaled by the profile's clock."""
     resident = max(1, blocks_per_multiprocessor(function, block_threads, dynamic_shared)) * \
-        function.attrs["MULTIPROCESSOR_COUNT"]
+        (multiprocessors or function.attrs["MULTIPROCESSOR_COUNT"])
     waves = math.ceil(blocks / resident)
     clock = function.attrs.get("CLOCK_RATE", REFERENCE_CLOCK_MHZ * 1000) / 1000
     return KERNEL_FIXED_SECONDS + waves * WAVE_SECONDS * REFERENCE_CLOCK_MHZ / max(clock, 1)

@@ -2,7 +2,8 @@
 
 Contents are kept sparsely in 64 KiB pages, created on first write: an 80 GB allocation
 that is never written costs nothing, and unwritten memory reads as zeros.  Every access
-names its owner: a session reaches only the allocations it made.
+names its owner: a session reaches only the allocations it made, and those another process
+shared with it (CUDA IPC: grant and revoke).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ LARGE_ALIGNMENT = 2 << 20
 
 #: virtual address ranges (cuMemAddressReserve) come from the upper half of each GPU's span
 RESERVED_FROM = SPAN // 2
+#: the owner of an allocation its process freed while others still had it open (CUDA IPC)
+RELEASED = -1
 
 
 class InvalidAddress(ValueError):
@@ -82,6 +85,8 @@ class DeviceMemory:
         self.reservations: dict[int, tuple[int, int]] = {}
         self._mapping_starts: list[int] = []
         self.mappings: dict[int, Mapping] = {}
+        #: allocation address -> the other owners that may reach it (CUDA IPC)
+        self._shared: dict[int, set[int]] = {}
 
     # allocations ----------------------------------------------------------------------
     @staticmethod
@@ -100,21 +105,56 @@ class DeviceMemory:
             return allocation
 
     def free(self, owner: int, address: int) -> Allocation:
+        """Free an allocation; one that other processes still have open stays, with its
+        contents, until the last of them lets it go (revoke)."""
         with self._lock:
             allocation = self._allocations.get(address)
             if allocation is None or allocation.owner != owner:
                 raise InvalidAddress(f"0x{address:x} is not the start of an allocation of this process")
+            if self._shared.get(address):
+                self._allocations[address] = Allocation(address, allocation.size, RELEASED)
+                return allocation
             del self._allocations[address]
             self._starts.pop(bisect.bisect_left(self._starts, address))
             self._drop_pages(address, allocation.size)
             return allocation
 
     def free_owned_by(self, owner: int) -> list[Allocation]:
+        """A process ended: its allocations go, and so do the ones it had open."""
         with self._lock:
+            for address in [a for a, owners in self._shared.items() if owner in owners]:
+                self.revoke(address, owner)
             mine = [a for a in self._allocations.values() if a.owner == owner]
             for allocation in mine:
                 self.free(owner, allocation.address)
             return mine
+
+    def grant(self, address: int, owner: int) -> None:
+        """Let another process reach the allocation at ``address`` (it opened an IPC handle)."""
+        with self._lock:
+            self._shared.setdefault(address, set()).add(owner)
+
+    def revoke(self, address: int, owner: int) -> None:
+        """Withdraw a grant; an allocation freed by its process goes with its last grant."""
+        with self._lock:
+            owners = self._shared.get(address, set())
+            owners.discard(owner)
+            if owners:
+                return
+            self._shared.pop(address, None)
+            allocation = self._allocations.get(address)
+            if allocation is not None and allocation.owner == RELEASED:
+                del self._allocations[address]
+                self._starts.pop(bisect.bisect_left(self._starts, address))
+                self._drop_pages(address, allocation.size)
+
+    def allocation_at(self, address: int) -> Allocation | None:
+        """The allocation starting at ``address``, whoever holds it."""
+        with self._lock:
+            return self._allocations.get(address)
+
+    def _reaches(self, allocation: Allocation, owner: int) -> bool:
+        return allocation.owner == owner or owner in self._shared.get(allocation.address, ())
 
     def find(self, owner: int, address: int, length: int = 1) -> Allocation:
         """The caller's allocation holding [address, address + length); for a mapped virtual
@@ -127,7 +167,8 @@ class DeviceMemory:
                 return Allocation(mapping.address, mapping.size, owner)
             index = bisect.bisect_right(self._starts, address) - 1
             allocation = self._allocations.get(self._starts[index]) if index >= 0 else None
-            if allocation is None or allocation.owner != owner or address + max(length, 1) > allocation.end:
+            if allocation is None or not self._reaches(allocation, owner) or \
+                    address + max(length, 1) > allocation.end:
                 raise InvalidAddress(f"[0x{address:x}, +{length}) is outside this process's allocations")
             return allocation
 

@@ -23,6 +23,7 @@ from vgpu.diagnose.libraries import DRIVER_SONAMES, identify
 from vgpu.diagnose.loader import elf_facts, follow, host_mismatch, link_chain, read_cache, resolve
 from vgpu.install import changes, layout
 from vgpu.launcher import LIBRARIES, LIBRARY_OF
+from vgpu.launcher.devices import HOST_VIEW, NVIDIA_MAJOR, is_node
 from vgpu.wire import protocol
 from vgpu.wire.client import Client, DaemonUnavailable
 
@@ -45,6 +46,8 @@ class Doctor:
         recorded = [e["path"] for e in manifest.entries if e["path"].endswith("/libvgpu-cuda.so")] if manifest else []
         self.libdir = recorded[0].rsplit("/", 1)[0] if recorded else layout.system_libdir(root)
         self.ollama_folders = layout.ollama_cuda_folders(root, "auto")
+        self.manifest = manifest
+        self.gpu_count: int | None = None  # what vgpud serves, once it has answered
 
     def add(self, kind: str, text: str, how: str, advice: str = "") -> None:
         self.findings.append(Finding(kind, text, how, advice))
@@ -57,6 +60,7 @@ class Doctor:
         self.check_cache()
         self.check_consumers()
         self.check_daemon()
+        self.check_device_nodes()
         self.self_test()
         self.add("not verified", "Python environments outside the usual places (system Pythons, /opt, home-folder "
                  "virtual environments, pyenv): not searched for cudart and PyTorch", "the folders searched: "
@@ -198,11 +202,37 @@ class Doctor:
             self.add("problem", f"vgpud does not answer at {self.socket}: {error}", "connected to the socket",
                      f"start it: `systemctl start {layout.UNIT_NAME}` or `vgpu up`")
             return
+        self.gpu_count = len(status.get("gpus", []))
         names = ", ".join(gpu["name"] for gpu in status.get("gpus", []))
         self.add("verified", f"vgpud {status.get('version')} ({status.get('backend')} backend, driver "
                              f"{status.get('driver_version')}) "
                              f"answers at {self.socket}: {names}",
                  "a status request over the socket")
+
+    def check_device_nodes(self) -> None:
+        """/dev/nvidiactl and /dev/nvidia0.. for vgpud's GPUs (one when it does not answer):
+        programs such as JAX look for them before they use CUDA."""
+        driver = self.on_disk("/proc/driver/nvidia").exists()
+        count = 1 if self.gpu_count is None else self.gpu_count
+        for path, minor in [("/dev/nvidiactl", 255), *((f"/dev/nvidia{i}", i) for i in range(count))]:
+            target = self.on_disk(path)
+            if not os.path.lexists(target):
+                self.add("problem", f"{path} is missing: programs that look for it before they use CUDA (JAX) "
+                                    "skip the GPUs", "looked for the file",
+                         "run `vgpu install` (with --gpus as vgpud serves them), or use `vgpu run`, which gives "
+                         "its command a /dev that has it")
+            elif driver:
+                self.add("verified", f"{path} is NVIDIA's: its driver is loaded", "looked for the file and for "
+                         "/proc/driver/nvidia")
+            elif self.manifest and self.manifest.entry(path) and is_node(target, NVIDIA_MAJOR, minor):
+                self.add("verified", f"{path} is vgpu's: `vgpu install` made it", "read the file's device number "
+                         f"and {changes.MANIFEST}; /proc/driver/nvidia is absent")
+            elif self.on_disk(f"/dev/{HOST_VIEW}").is_dir():
+                self.add("verified", f"{path} is vgpu's: `vgpu run` gave this process a /dev of its own",
+                         f"looked for the file and /dev/{HOST_VIEW}; /proc/driver/nvidia is absent")
+            else:
+                self.add("verified", f"{path} exists; no NVIDIA driver is loaded and `vgpu install` did not make it",
+                         "looked for the file and read the install manifest; /proc/driver/nvidia is absent")
 
     def self_test(self) -> None:
         cudarts = [str(self.on_disk(c)) for c, _, _ in self.consumers if "libcudart" in c]

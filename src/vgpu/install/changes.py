@@ -2,7 +2,8 @@
 
 Every path the install writes is recorded in a manifest (``/var/lib/vgpu/install.json``);
 a file it replaces is moved to ``/var/lib/vgpu/backup/`` first, and folders it had to
-create are listed, so ``uninstall`` puts back exactly what was there.  A second install
+create are listed, so ``uninstall`` puts back exactly what was there.  A device node is
+made only where nothing is (a node of NVIDIA's driver stays as it is).  A second install
 changes only what differs, and nothing at all when everything is in place.
 """
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from vgpu.diagnose.libraries import identify
 from vgpu.diagnose.loader import follow
-from vgpu.install.layout import Change
+from vgpu.install.layout import TMPFILES, Change
+from vgpu.launcher.devices import is_node, make_node
 
 STATE_DIR = "/var/lib/vgpu"
 MANIFEST = f"{STATE_DIR}/install.json"
@@ -57,8 +59,16 @@ class Manifest:
         return next((entry for entry in self.entries if entry["path"] == path), None)
 
 
+def _number(text: str) -> tuple[int, int]:
+    """A device number written major:minor."""
+    major, minor = text.split(":")
+    return int(major), int(minor)
+
+
 def _satisfied(root: Path, change: Change) -> bool:
     target = on_disk(root, change.path)
+    if change.kind == "node":
+        return is_node(target, *_number(change.source))
     if change.kind == "link":
         return target.is_symlink() and os.readlink(target) == change.source
     if target.is_symlink() or not target.is_file():
@@ -96,6 +106,8 @@ def _write(root: Path, change: Change) -> None:
     temporary.unlink(missing_ok=True)
     if change.kind == "link":
         temporary.symlink_to(change.source)
+    elif change.kind == "node":
+        make_node(temporary, *_number(change.source))
     elif change.kind == "file":
         shutil.copyfile(change.source, temporary)
         temporary.chmod(0o755)
@@ -124,7 +136,10 @@ def install(root: Path, changes: list[Change], force: bool = False, dry_run: boo
     if refusals and not force:
         raise InstallError("refusing to hide a real driver: " + "; ".join(refusals)
                            + ". vgpu would take its place for every program; pass --force if that is what you want")
-    pending = [change for change in changes if not _satisfied(root, change)]
+    # where a device node is that the plan would not make (NVIDIA's driver made it), it stays
+    kept = [change for change in changes if change.kind == "node" and os.path.lexists(on_disk(root, change.path))
+            and not _satisfied(root, change)]
+    pending = [change for change in changes if change not in kept and not _satisfied(root, change)]
     if not pending:
         return ["nothing to change: every file and link is in place"]
     recorded = {change.path for change in pending if manifest.entry(change.path)}
@@ -132,19 +147,28 @@ def install(root: Path, changes: list[Change], force: bool = False, dry_run: boo
     replaced = {change.path for change in pending
                 if change.path not in recorded and os.path.lexists(on_disk(root, change.path))}
     lines = [change.describe() + (f" (the present one is kept in {BACKUP_DIR})" if change.path in replaced else "")
-             for change in pending]
+             for change in pending] + [f"keep {change.path}, which is there already" for change in kept]
     if dry_run:
         return ["dry run, nothing changed:"] + lines + ["rebuild the loader's cache (ldconfig)"]
     _make_parents(root, MANIFEST, manifest)
     for change in pending:
+        _make_parents(root, change.path, manifest)
+        if change.kind == "node":
+            try:
+                _write(root, change)
+            except PermissionError as error:
+                lines.append(f"could not create {change.path} ({error.strerror}: making a device node needs root); "
+                             f"at boot systemd-tmpfiles makes it from {TMPFILES}")
+                continue
         if change.path not in recorded:
             backup = BACKUP_DIR + change.path if change.path in replaced else None
             if backup:
                 on_disk(root, backup).parent.mkdir(parents=True, exist_ok=True)
                 on_disk(root, change.path).rename(on_disk(root, backup))
-            manifest.entries.append({"path": change.path, "kind": change.kind, "backup": backup})
-        _make_parents(root, change.path, manifest)
-        _write(root, change)
+            manifest.entries.append({"path": change.path, "kind": change.kind, "backup": backup}
+                                    | ({"number": change.source} if change.kind == "node" else {}))
+        if change.kind != "node":
+            _write(root, change)
         manifest.save(root)  # after every change: an interrupted install can still be undone
     lines.append(_ldconfig(root))
     return lines
@@ -158,6 +182,9 @@ def uninstall(root: Path, dry_run: bool = False) -> list[str]:
     lines = []
     for entry in reversed(manifest.entries):
         target = on_disk(root, entry["path"])
+        if entry["kind"] == "node" and os.path.lexists(target) and not is_node(target, *_number(entry["number"])):
+            lines.append(f"keep {entry['path']}: it is no longer the node the install made")
+            continue
         lines.append(f"remove {entry['path']}" + (", put back the one it replaced" if entry["backup"] else ""))
         if dry_run:
             continue

@@ -11,8 +11,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vgpu.device import gpuset
 from vgpu.diagnose.libraries import DRIVER_SONAMES
 from vgpu.launcher import LIBRARIES, LIBRARY_OF, library_path
+from vgpu.launcher.devices import DeviceNode, nvidia_nodes
 from vgpu.wire import protocol
 
 #: the folders Ollama is looked for in when --ollama is auto: PREFIX/bin/ollama beside PREFIX/lib/ollama
@@ -21,6 +23,8 @@ OLLAMA_PREFIXES = ("/usr/local", "/usr")
 OLLAMA_LINKS = DRIVER_SONAMES
 SYSTEMD_DIR = "/etc/systemd/system"
 UNIT_NAME = "vgpud.service"
+#: /dev is rebuilt at every boot: systemd-tmpfiles makes the device nodes again from this
+TMPFILES = "/etc/tmpfiles.d/vgpu.conf"
 
 
 def os_release(root: Path) -> dict[str, str]:
@@ -91,16 +95,25 @@ Environment={protocol.SOCKET_ENV}={protocol.SYSTEM_SOCKET}
 """
 
 
+def tmpfiles_text(nodes: list[DeviceNode]) -> str:
+    """systemd-tmpfiles lines making each node at boot where nothing is there ("c", not "c+":
+    a node of NVIDIA's driver is never replaced)."""
+    lines = [f"c {node.path} {node.mode:04o} root root - {node.number}" for node in nodes]
+    return "# Written by `vgpu install`: NVIDIA's device nodes for vgpud's GPUs, which programs look for\n" \
+           "# before they use CUDA; made at boot where nothing is there already.\n" + "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class Change:
-    """One path to make what the plan wants: a copy of a file, a link, or a text file."""
+    """One path to make what the plan wants: a copy of a file, a link, a text file or a device node."""
     path: str                 # on the installed system
-    kind: str                 # "file", "link", "text"
-    source: str = ""          # file: the file to copy; link: the target; text: the contents
+    kind: str                 # "file", "link", "text", "node"
+    source: str = ""          # file: the file to copy; link: the target; text: the contents; node: major:minor
 
     def describe(self) -> str:
         return {"file": f"copy {self.source} to {self.path}", "link": f"link {self.path} -> {self.source}",
-                "text": f"write {self.path}"}[self.kind]
+                "text": f"write {self.path}",
+                "node": f"create the character device {self.path} ({self.source}, mode 0666)"}[self.kind]
 
 
 def plan(root: Path, libdir: str | None, ollama: str, gpus: str) -> list[Change]:
@@ -114,6 +127,12 @@ def plan(root: Path, libdir: str | None, ollama: str, gpus: str) -> list[Change]
     for folder in ollama_cuda_folders(root, ollama):
         changes += [Change(f"{folder}/{name}", "link", f"{libdir}/{LIBRARY_OF[name]}") for name in OLLAMA_LINKS]
     changes.append(Change(f"{SYSTEMD_DIR}/{UNIT_NAME}", "text", unit_text(gpus)))
+    try:
+        nodes = nvidia_nodes(len(gpuset.parse(gpus).gpus))
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"--gpus {gpus}: {error.args[0]}") from None
+    changes.append(Change(TMPFILES, "text", tmpfiles_text(nodes)))
+    changes += [Change(node.path, "node", node.number) for node in nodes]
     if any((root / d.lstrip("/") / "ollama.service").exists() for d in (SYSTEMD_DIR, "/usr/lib/systemd/system",
                                                                        "/lib/systemd/system")):
         changes.append(Change(f"{SYSTEMD_DIR}/ollama.service.d/vgpu.conf", "text", ollama_dropin_text()))

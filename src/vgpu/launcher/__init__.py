@@ -15,8 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from vgpu.launcher import devices
 from vgpu.wire import protocol
 from vgpu.wire.client import Client, DaemonUnavailable
 
@@ -97,8 +99,10 @@ def start_daemon(gpus: str, socket_path: Path, log_path: Path, detach: bool, opt
     raise LaunchError(f"vgpud did not answer at {socket_path} within 15 s; see {log_path}")
 
 
-def run(gpus: str, command: list[str]) -> int:
-    """Run a command against a private vgpud; returns the command's exit status."""
+def run(gpus: str, command: list[str], device_nodes: bool = True) -> int:
+    """Run a command against a private vgpud; returns the command's exit status.  With
+    ``device_nodes`` (unless ``$VGPU_DEVICE_NODES`` is 0) the command sees NVIDIA's device
+    nodes for the GPUs, in a /dev of its own where the host lacks them."""
     if not command:
         raise LaunchError("nothing to run: give a command after --, as in `vgpu run -- vgpu smi`")
     private = Path(tempfile.mkdtemp(prefix="run-", dir=runtime_dir()))
@@ -106,17 +110,23 @@ def run(gpus: str, command: list[str]) -> int:
     try:
         daemon = start_daemon(gpus, socket_path, private / "vgpud.log", detach=False)
         try:
-            return _wait_for(command, client_environment(socket_path))
+            setup = None
+            if device_nodes:
+                with Client(socket_path) as client:
+                    gpu_count = len(client.control("status")["gpus"])
+                setup = devices.private_dev(gpu_count, private / "dev", dict(os.environ))
+            return _wait_for(command, client_environment(socket_path), setup)
         finally:
             _stop(daemon)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _wait_for(command: list[str], env: dict[str, str]) -> int:
-    """Run the command, passing SIGINT and SIGTERM on to it; its exit status as a shell reports it."""
+def _wait_for(command: list[str], env: dict[str, str], setup: Callable[[], None] | None = None) -> int:
+    """Run the command (``setup`` runs in the child just before it), passing SIGINT and
+    SIGTERM on to it; its exit status as a shell reports it."""
     try:
-        child = subprocess.Popen(command, env=env)
+        child = subprocess.Popen(command, env=env, preexec_fn=setup)
     except FileNotFoundError:
         raise LaunchError(f"command not found: {command[0]}") from None
     forwarded = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -52,6 +52,8 @@ FUNCTION_TAG_SHIFT = HANDLE_TAG_SHIFT + 16
 FUNCTION_HANDLES = {"CUfunction", "CUkernel"}
 #: the shim's context ids: flags above bit 31, the device ordinal in the low 16 bits
 CONTEXT_ORDINAL_MASK = 0xFFFF
+#: handles whose id is a context id (a green context's is its context's): renumbered, never tagged
+CONTEXT_HANDLES = ("CUcontext", "CUgreenCtx")
 LAUNCH, LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH, ModuleServing.LAUNCH_GRAPH_NODE
 #: parameters whose values come back in the reply
 OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
@@ -431,7 +433,9 @@ class JoinedConnection:
         return b"".join(out)
 
     def _handle(self, frame: Frame) -> bytes | None:
-        if frame.op == protocol.OP_PING:
+        if frame.op == protocol.OP_PING:  # a fence: every host has carried out what came before
+            for host in self._live(list(range(len(self.upstreams)))):
+                self._ask(host, frame, frame.payload)
             return frame.payload
         if frame.op == protocol.OP_FACTS:
             return self._facts(frame)
@@ -480,7 +484,7 @@ class JoinedConnection:
 
     def _handle_back(self, host: int, handle_type: str, value: int) -> int:
         """A host's handle id as the client holds it."""
-        return self._context_back(host, value) if handle_type == "CUcontext" else tag(handle_type, value, host,
+        return self._context_back(host, value) if handle_type in CONTEXT_HANDLES else tag(handle_type, value, host,
                                                                                       self.everywhere)
 
     def _ordinal_back(self, host: int, raw: bytes) -> bytes:
@@ -547,7 +551,7 @@ class JoinedConnection:
                 at += size
             elif kind is Kind.HANDLE:
                 value = struct.unpack_from("<Q", payload, at)[0]
-                if param.handle == "CUcontext":
+                if param.handle in CONTEXT_HANDLES:
                     host, value = self._context(value)
                     walk.host(host)
                     walk.out.append(struct.pack("<Q", value))

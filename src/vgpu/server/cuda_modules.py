@@ -36,6 +36,10 @@ INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 FA = {name.removeprefix("CU_FUNC_ATTRIBUTE_"): value for name, value in C.items()
       if name.startswith("CU_FUNC_ATTRIBUTE_") and name != "CU_FUNC_ATTRIBUTE_MAX"}
 MODULE_FLAG_LIBRARY = 0x1
+#: a green context's context id has this bit, and its SM count from bit GREEN_SM_SHIFT
+#: (native/cuda/cuda_shim.c)
+GREEN_CONTEXT = 1 << 34
+GREEN_SM_SHIFT = 48
 LAUNCHED = struct.pack("<i", SUCCESS)
 #: images kept after reading them
 IMAGE_CACHE = 64
@@ -516,7 +520,9 @@ class ModuleServing:
             return rc
         if ref.module.home is not None and stream.gpu.index != ref.module.home:
             return C["CUDA_ERROR_INVALID_CONTEXT"]
-        seconds = launch_seconds(function, grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2], shared)
+        green_sms = (c.context >> GREEN_SM_SHIFT) & 0xFFF if c.context & GREEN_CONTEXT else None
+        seconds = launch_seconds(function, grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2], shared,
+                                 green_sms)
         self._last_seconds = seconds
         start = max(self.host_time.get(c.session.id, 0.0), stream.ready_at)
         stream.queue(start, seconds)

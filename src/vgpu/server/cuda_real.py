@@ -131,6 +131,7 @@ class Owned:
     graphs: dict[int, Any] = field(default_factory=dict)        # id -> CUgraph
     execs: dict[int, Any] = field(default_factory=dict)         # id -> CUgraphExec
     streams: dict[int, Any] = field(default_factory=dict)       # id -> CUstream
+    stream_contexts: dict[int, int] = field(default_factory=dict)  # id -> the shim's context id
     events: dict[int, Any] = field(default_factory=dict)        # id -> CUevent
     modules: dict[int, Any] = field(default_factory=dict)       # id -> (CUmodule or CUlibrary, library?)
     nodes: dict[int, Any] = field(default_factory=dict)         # id -> CUgraphNode
@@ -685,6 +686,7 @@ class RealCudaService(CudaApi):
         if rc(result) == SUCCESS:
             stream_id = next(self._ids)
             self._mine(c).streams[stream_id] = result[1]
+            self._mine(c).stream_contexts[stream_id] = c.context
             if rc(result) == SUCCESS:
                 phStream.value = (stream_id, result[1])
         return rc(result)
@@ -696,6 +698,7 @@ class RealCudaService(CudaApi):
         if hStream[0] in DEFAULT_STREAMS:
             return self.INVALID_HANDLE
         del self._mine(c).streams[hStream[0]]
+        self._mine(c).stream_contexts.pop(hStream[0], None)
         return rc(cu.cuStreamDestroy(hStream[1]))
 
     def cuStreamSynchronize(self, c: Caller, hStream: Any) -> int:
@@ -709,6 +712,84 @@ class RealCudaService(CudaApi):
     def cuStreamWaitEvent(self, c: Caller, hStream: Any, hEvent: Any, Flags: int) -> int:
         self._enter(c)
         return rc(cu.cuStreamWaitEvent(hStream[1], hEvent[1], Flags))
+
+    def _stream_context(self, c: Caller, stream: Any) -> int:
+        """The shim's id of a stream's context (a default stream's is the caller's), or 0."""
+        return self._mine(c).stream_contexts.get(stream[0], c.context)
+
+    def cuStreamGetCtx(self, c: Caller, hStream: Any, pctx: Any) -> int:
+        pctx.value = self._stream_context(c, hStream)
+        return SUCCESS if pctx.value else C["CUDA_ERROR_INVALID_CONTEXT"]
+
+    def cuStreamGetCtx_v2(self, c: Caller, hStream: Any, pCtx: Any, pGreenCtx: Any) -> int:
+        if pGreenCtx is not None:
+            pGreenCtx.value = None  # an ordinary stream has no green context
+        return self.cuStreamGetCtx(c, hStream, pCtx)
+
+    def cuStreamGetDevice(self, c: Caller, hStream: Any, device: Any) -> int:
+        context = self._stream_context(c, hStream)
+        device.value = context & 0xFFFF
+        return SUCCESS if context else C["CUDA_ERROR_INVALID_CONTEXT"]
+
+    def cuStreamGetId(self, c: Caller, hStream: Any, streamId: Any) -> int:
+        self._enter(c)
+        return answered(cu.cuStreamGetId(hStream[1]), streamId)
+
+    def cuStreamGetAttribute(self, c: Caller, hStream: Any, attr: int, value: Any) -> int:
+        """The real driver's value, copied byte for byte into the caller's union."""
+        self._enter(c)
+        try:
+            result = cu.cuStreamGetAttribute(hStream[1], cu.CUstreamAttrID(attr))
+        except ValueError:
+            return INVALID_VALUE  # not an attribute cuda.h names
+        if rc(result) == SUCCESS:
+            ctypes.memmove(ctypes.addressof(value), result[1].getPtr(), ctypes.sizeof(value))
+        return rc(result)
+
+    def cuStreamSetAttribute(self, c: Caller, hStream: Any, attr: int, param: Any) -> int:
+        self._enter(c)
+        wanted = cu.CUstreamAttrValue()
+        ctypes.memmove(wanted.getPtr(), ctypes.addressof(param), ctypes.sizeof(param))
+        try:
+            return rc(cu.cuStreamSetAttribute(hStream[1], cu.CUstreamAttrID(attr), wanted))
+        except ValueError:
+            return INVALID_VALUE
+
+    def cuStreamCopyAttributes(self, c: Caller, dstStream: Any, srcStream: Any) -> int:
+        self._enter(c)
+        return rc(cu.cuStreamCopyAttributes(dstStream[1], srcStream[1]))
+
+    def cuCtxGetCacheConfig(self, c: Caller, pconfig: Any) -> int:
+        if self._enter(c) is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuCtxGetCacheConfig()
+        if rc(result) == SUCCESS:
+            pconfig.value = int(result[1])
+        return rc(result)
+
+    def cuCtxSetCacheConfig(self, c: Caller, config: int) -> int:
+        if self._enter(c) is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        try:
+            return rc(cu.cuCtxSetCacheConfig(cu.CUfunc_cache(config)))
+        except ValueError:
+            return INVALID_VALUE
+
+    def cuCtxGetSharedMemConfig(self, c: Caller, pConfig: Any) -> int:
+        if self._enter(c) is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        result = cu.cuCtxGetSharedMemConfig()
+        if rc(result) == SUCCESS:
+            pConfig.value = int(result[1])
+        return rc(result)
+
+    def cuCtxSetSharedMemConfig(self, c: Caller, config: int) -> int:
+        if self._enter(c) is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        try:
+            return rc(cu.cuCtxSetSharedMemConfig(cu.CUsharedconfig(config)))
+        except ValueError:
+            return INVALID_VALUE
 
     def cuStreamGetPriority(self, c: Caller, hStream: Any, priority: Any) -> int:
         result = cu.cuStreamGetPriority(hStream[1])
@@ -910,7 +991,19 @@ class RealCudaService(CudaApi):
         return self.cuFuncSetAttribute(c, kernel, attrib, val)
 
     def cuFuncSetCacheConfig(self, c: Caller, hfunc: RealFunction, config: int) -> int:
-        return rc(cu.cuFuncSetCacheConfig(hfunc.handle, cu.CUfunc_cache(config)))
+        try:
+            return rc(cu.cuFuncSetCacheConfig(hfunc.handle, cu.CUfunc_cache(config)))
+        except ValueError:
+            return INVALID_VALUE  # not a CUfunc_cache
+
+    def cuKernelSetCacheConfig(self, c: Caller, kernel: RealFunction, config: int, dev: int) -> int:
+        return self.cuFuncSetCacheConfig(c, kernel, config)
+
+    def cuFuncSetSharedMemConfig(self, c: Caller, hfunc: RealFunction, config: int) -> int:
+        try:
+            return rc(cu.cuFuncSetSharedMemConfig(hfunc.handle, cu.CUsharedconfig(config)))
+        except ValueError:
+            return INVALID_VALUE  # not a CUsharedconfig
 
     def cuFuncGetParamInfo(self, c: Caller, func: RealFunction, paramIndex: int, paramOffset: Any,
                            paramSize: Any) -> int:

@@ -19,7 +19,10 @@ from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
-from vgpu.server.cuda_modules import FunctionRef, LoadedModule, ModuleServing
+from vgpu.server.cuda_hostmem import HostMemoryServing
+from vgpu.server.cuda_ipc import InterprocessSharing, OpenedEvent
+from vgpu.server.cuda_memops import StreamMemoryOperations
+from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
@@ -92,6 +95,12 @@ class Stream:
     priority: int = 0
     #: when the last queued work ends, in modelled seconds
     ready_at: float = 0.0
+    #: the shim's id of the context it was created in (0 for a default stream: the caller's)
+    context: int = 0
+    #: cuStreamGetId's answer, unique in the process
+    serial: int = 0
+    #: stream attributes set (CUstreamAttrID -> the CUstreamAttrValue's bytes)
+    attributes: dict[int, bytes] = field(default_factory=dict)
 
     def queue(self, now: float, seconds: float) -> float:
         """Queue work of a modelled duration, no earlier than the host's ``now``; when it ends."""
@@ -181,7 +190,8 @@ class CudaApi:
                                                                          dynamicSMemSize, 0)
 
 
-class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
+class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServing, InterprocessSharing,
+                  StreamMemoryOperations):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -197,10 +207,14 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         self.pool_ids: dict[int, MemoryPool] = {}
         self.peer_access: dict[int, set[tuple[int, int]]] = {}
         self.limits: dict[tuple[int, int], dict[int, int]] = {}
+        #: cuCtxSetCacheConfig's preference per (process, context)
+        self.cache_configs: dict[tuple[int, int], int] = {}
         self._ids = itertools.count(STREAM_IDS_FROM)
         self._init_modules()
         self._init_vmm()
         self._init_graphs()
+        self._init_ipc()
+        self._init_memops()
         state.on_detach.append(self._forget)
 
     def device_count(self, session: Session) -> int:
@@ -211,7 +225,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         for table in (self.streams, self.events):
             for key in [k for k, v in table.items() if v.owner == session.id]:
                 del table[key]
-        for table in (self.default_streams, self.pools, self.limits):
+        for table in (self.default_streams, self.pools, self.limits, self.cache_configs):
             for key in [k for k in table if k[0] == session.id]:
                 del table[key]
         for key in [k for k, v in self.pool_ids.items() if v.owner == session.id]:
@@ -221,6 +235,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         self._forget_modules(session)
         self._forget_vmm(session)
         self._forget_graphs(session)
+        self._forget_ipc(session)
+        self._forget_memops(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -262,11 +278,13 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return None
         key = (c.session.id, gpu.index)
         if key not in self.default_streams:
-            self.default_streams[key] = Stream(0, c.session.id, gpu)
+            self.default_streams[key] = Stream(0, c.session.id, gpu, serial=next(self._ids))
         return self.default_streams[key]
 
     def handle_id(self, obj: Any) -> int:
-        if isinstance(obj, (Stream, Event, MemoryPool, LoadedModule, Graph, GraphExec, GraphNode)):
+        if isinstance(obj, int):
+            return obj  # a context: the shim's own id
+        if isinstance(obj, (Stream, Event, OpenedEvent, MemoryPool, LoadedModule, Graph, GraphExec, GraphNode)):
             return obj.id
         if isinstance(obj, FunctionRef):
             return obj.module.id << 16 | obj.index
@@ -381,6 +399,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         if capture is not None:
             return self._invalidate(capture)
         gpu, rc = self._context_gpu(c)
+        held = self._held_for_sync(c)
+        if held is not None:
+            return held
         for stream in self._session_streams(c):
             if stream.gpu is gpu:
                 self._wait_until(c, stream.ready_at)
@@ -392,13 +413,17 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
     def cuStreamSynchronize(self, c: Caller, hStream: Stream) -> int:
         if self.capturing(hStream) is not None:
             return self._invalidate(self.capturing(hStream))
+        held = self._held_for_sync(c, stream=hStream)
+        if held is not None:
+            return held
         self._wait_until(c, hStream.ready_at)  # the work itself was done when it was queued
         return SUCCESS
 
     def cuStreamQuery(self, c: Caller, hStream: Stream) -> int:
         if self.capturing(hStream) is not None:
             return self._invalidate(self.capturing(hStream))
-        return SUCCESS
+        held = self._held_for_sync(c, stream=hStream, query=True)
+        return held if held is not None else SUCCESS
 
 
     def cuMemGetInfo_v2(self, c: Caller, free: Any, total: Any) -> int:
@@ -466,7 +491,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return SUCCESS  # as free(NULL); cuBLAS's runtime frees NULL while it starts
         gpu = self._gpu_of_address(dptr)
         if gpu is None:
-            return INVALID_VALUE
+            managed = self._free_managed(c, dptr)
+            return managed if managed is not None else INVALID_VALUE
         try:
             allocation = gpu.memory.free(c.session.id, dptr)
         except InvalidAddress:
@@ -524,21 +550,13 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
 
     def cuMemcpyPeerAsync(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
                           ByteCount: int, hStream: Stream | None = None) -> int:
-        destination, source = self._gpu_of_address(dstDevice), self._gpu_of_address(srcDevice)
-        if destination is None or source is None:
+        source = self._gpu_of_address(srcDevice)
+        if source is None or self._gpu_of_address(dstDevice) is None:
             return INVALID_VALUE
-        queue_on = hStream if hStream is not None else self._default_stream(c)
-        if queue_on is None:
-            return C["CUDA_ERROR_INVALID_CONTEXT"]
-        try:
-            data = source.memory.read(c.session.id, srcDevice, ByteCount)
-            destination.memory.write(c.session.id, dstDevice, data)
-        except InvalidAddress:
-            return INVALID_VALUE
-        end = queue_on.queue(self.host_time.get(c.session.id, 0.0), self._pcie_seconds(source, ByteCount))
-        if hStream is None:
-            self._wait_until(c, end)
-        return SUCCESS
+        if source.lost:
+            return C["CUDA_ERROR_DEVICE_UNAVAILABLE"]
+        return self._timed(c, hStream, self._pcie_seconds(source, ByteCount), lambda m: m.write(
+            c.session.id, dstDevice, source.memory.read(c.session.id, srcDevice, ByteCount)), dstDevice)
 
     def cuMemcpyPeer(self, c: Caller, dstDevice: int, dstContext: int, srcDevice: int, srcContext: int,
                      ByteCount: int) -> int:
@@ -575,6 +593,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
 
     def cuPointerGetAttribute(self, c: Caller, data: Any, attribute: int, ptr: int) -> int:
         """Facts about a device pointer, each as a u64 (the shim writes the caller's size)."""
+        managed = self._managed_pointer_attribute(c, data, attribute, ptr)
+        if managed is not None:
+            return managed
         gpu, allocation = self._allocation_at(c, ptr)
         visible = self._visible(c)
         if allocation is None or gpu.index not in visible:
@@ -603,21 +624,24 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
     def _allocation_at(self, c: Caller, address: int) -> tuple[Gpu | None, Allocation | None]:
         """The GPU holding an address and the caller's allocation around it (None outside one)."""
         gpu = self._gpu_of_address(address)
+        if gpu is None:
+            return self._managed_allocation(c, address)
         try:
-            return gpu, gpu.memory.find(c.session.id, address) if gpu is not None else None
+            return gpu, gpu.memory.find(c.session.id, address)
         except InvalidAddress:
             return gpu, None
 
     def _access(self, c: Caller, action: Any, *addresses: int) -> int:
-        """Run a memory access on the GPU holding the first address; CUDA_ERROR_INVALID_VALUE
-        for any address outside the caller's allocations."""
-        gpu = self._gpu_of_address(addresses[0])
-        if gpu is None or any(self._gpu_of_address(a) is not gpu for a in addresses[1:]):
+        """Run a memory access on the memory its addresses name (one GPU's, or the caller's
+        page-locked and managed windows: cuda_hostmem); CUDA_ERROR_INVALID_VALUE for any
+        address outside the caller's allocations."""
+        gpu, memory = self._address_space(c, addresses)
+        if memory is None:
             return INVALID_VALUE
         if gpu.lost:
             return C["CUDA_ERROR_DEVICE_UNAVAILABLE"]
         try:
-            action(gpu.memory)
+            action(memory)
         except InvalidAddress:
             return INVALID_VALUE
         return SUCCESS
@@ -633,11 +657,15 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         if self.capturing(stream) is not None:  # done when the graph is launched
             return self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_MEMCPY"], lambda caller, on: self._timed(
                 caller, on, seconds, action, *addresses), ("memory", len(addresses)))
+        if self._held(queue_on) is not None:  # behind a stream memory wait (cuda_memops)
+            return self._hold_work(c, queue_on, lambda: self._timed(c, stream, seconds, action, *addresses),
+                                   waits=stream is None)
         rc = self._access(c, action, *addresses)
         if rc == SUCCESS:
             end = queue_on.queue(self.host_time.get(c.session.id, 0.0), seconds)
             if stream is None:
                 self._wait_until(c, end)
+            self._release_ready(end)
         return rc
 
     @staticmethod
@@ -663,6 +691,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return INVALID_VALUE
         if self.capturing(hStream) is not None and not isinstance(srcHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
+        if not isinstance(srcHost, memoryview) and self._held(hStream) is not None:
+            srcHost = self._pageable_now(srcHost)  # kept behind a stream memory wait (cuda_memops)
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(dstDevice), ByteCount),
                            lambda m: m.write(c.session.id, dstDevice, srcHost), dstDevice)
 
@@ -672,12 +702,17 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return INVALID_VALUE
         if self.capturing(hStream) is not None and not isinstance(dstHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
+        if not isinstance(dstHost, memoryview) and self._held(hStream) is not None:
+            return self._refuse_held(self._held(hStream))  # the caller waits for its pageable buffer
         return self._timed(c, hStream, self._pcie_seconds(self._gpu_of_address(srcDevice), ByteCount),
                            lambda m: m.read(c.session.id, srcDevice, ByteCount, dstHost),
                            srcDevice)
 
     def cuMemcpyDtoDAsync_v2(self, c: Caller, dstDevice: int, srcDevice: int, ByteCount: int,
                              hStream: Stream | None = None) -> int:
+        destination, source = self._gpu_of_address(dstDevice), self._gpu_of_address(srcDevice)
+        if destination is not None and source is not None and destination is not source:  # unified addressing
+            return self.cuMemcpyPeerAsync(c, dstDevice, 0, srcDevice, 0, ByteCount, hStream)
         return self._timed(c, hStream, self._memory_seconds(self._gpu_of_address(dstDevice), 2 * ByteCount),
                            lambda m: m.copy(c.session.id, dstDevice, srcDevice, ByteCount), dstDevice, srcDevice)
 
@@ -715,7 +750,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             return rc
         if flags & ~C["CU_STREAM_NON_BLOCKING"]:
             return INVALID_VALUE
-        stream = Stream(next(self._ids), c.session.id, gpu, flags, max(-5, min(0, priority)))
+        ident = next(self._ids)
+        stream = Stream(ident, c.session.id, gpu, flags, max(-5, min(0, priority)), context=c.context, serial=ident)
         self.streams[stream.id] = stream
         phStream.value = stream
         return SUCCESS
@@ -744,6 +780,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             self._forget_launch_shapes()
         if self.capturing(hStream) is not None:
             return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_WAIT_EVENT"], None, ("wait",))
+        kept = self._wait_event_held(c, hStream, hEvent, lambda: self.cuStreamWaitEvent(c, hStream, hEvent, Flags))
+        if kept is not None:
+            return kept
         if hEvent.recorded_at is not None:  # later work on the stream starts after the event
             hStream.ready_at = max(hStream.ready_at, hEvent.recorded_at)
         return SUCCESS
@@ -767,17 +806,25 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
             hEvent.capture = capture
             return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_EVENT_RECORD"],
                                       lambda caller, on: self.cuEventRecord(caller, hEvent, on), ("event",))
+        kept = self._record_held(c, hStream, hEvent, lambda: self.cuEventRecord(c, hEvent, hStream))
+        if kept is not None:
+            return kept
         hEvent.capture = None
         hEvent.recorded_at = max(hStream.ready_at, self.host_time.get(c.session.id, 0.0))
+        self._release_ready(hEvent.recorded_at)
         return SUCCESS
 
     def cuEventRecordWithFlags(self, c: Caller, hEvent: Event, hStream: Stream, flags: int) -> int:
         return self.cuEventRecord(c, hEvent, hStream)
 
     def cuEventQuery(self, c: Caller, hEvent: Event) -> int:
-        return SUCCESS  # the work an event follows is done when queued
+        held = self._held_for_sync(c, event=hEvent, query=True)
+        return held if held is not None else SUCCESS  # the work an event follows is done when queued
 
     def cuEventSynchronize(self, c: Caller, hEvent: Event) -> int:
+        held = self._held_for_sync(c, event=hEvent)
+        if held is not None:
+            return held
         if hEvent.recorded_at is not None:
             self._wait_until(c, hEvent.recorded_at)
         return SUCCESS
@@ -791,3 +838,112 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs):
         return SUCCESS
 
     cuEventElapsedTime = cuEventElapsedTime_v2
+
+    # what a stream belongs to, its attributes, and cache preferences ------------------------
+    def _stream_context(self, c: Caller, stream: Stream) -> int:
+        """The shim's id of a stream's context: a default stream is the caller's current one."""
+        return stream.context or c.context
+
+    def cuStreamGetCtx(self, c: Caller, hStream: Stream, pctx: Any) -> int:
+        pctx.value = self._stream_context(c, hStream)
+        return SUCCESS
+
+    def cuStreamGetCtx_v2(self, c: Caller, hStream: Stream, pCtx: Any, pGreenCtx: Any) -> int:
+        """An ordinary stream's context and no green context (NULL); a green context's stream:
+        the device's primary context and the green context (whose handle id is its context's)."""
+        context = self._stream_context(c, hStream)
+        green = context & GREEN_CONTEXT
+        pCtx.value = PRIMARY_CONTEXT | context & 0xFFFF if green else context
+        if pGreenCtx is not None:
+            pGreenCtx.value = context if green else None
+        return SUCCESS
+
+    def cuStreamGetDevice(self, c: Caller, hStream: Stream, device: Any) -> int:
+        device.value = self._stream_context(c, hStream) & 0xFFFF  # context ids carry the ordinal
+        return SUCCESS
+
+    def cuStreamGetId(self, c: Caller, hStream: Stream, streamId: Any) -> int:
+        streamId.value = hStream.serial
+        return SUCCESS
+
+    def _attribute_default(self, stream: Stream, attr: int) -> Any:
+        """A stream attribute's value until set, or None for an attribute streams do not have."""
+        value = API.ctype_named("CUstreamAttrValue")()
+        if attr == C["CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY"]:
+            value.syncPolicy = C["CU_SYNC_POLICY_AUTO"]
+        elif attr == C["CU_LAUNCH_ATTRIBUTE_PRIORITY"]:
+            value.priority = stream.priority
+        elif attr == C["CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP"]:
+            value.memSyncDomainMap.remote = 1 if self._attributes[stream.gpu.index].get("MEM_SYNC_DOMAIN_COUNT", 1) > 1 else 0
+        elif attr not in (C["CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW"], C["CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN"]):
+            return None
+        return value
+
+    def cuStreamGetAttribute(self, c: Caller, hStream: Stream, attr: int, value: Any) -> int:
+        default = self._attribute_default(hStream, attr)
+        if default is None:
+            return INVALID_VALUE
+        ctypes.memmove(ctypes.addressof(value), hStream.attributes.get(attr, bytes(default)), ctypes.sizeof(value))
+        return SUCCESS
+
+    def cuStreamSetAttribute(self, c: Caller, hStream: Stream, attr: int, param: Any) -> int:
+        """Checked as a real driver checks them: an access policy window within the device's
+        maximum, a hit ratio in [0, 1], a miss property other than persisting; a known
+        synchronisation policy; priorities clamped to the device's range; domains it has."""
+        if self._attribute_default(hStream, attr) is None:
+            return INVALID_VALUE
+        facts = self._attributes[hStream.gpu.index]
+        if attr == C["CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW"]:
+            window = param.accessPolicyWindow
+            properties = (C["CU_ACCESS_PROPERTY_NORMAL"], C["CU_ACCESS_PROPERTY_STREAMING"], C["CU_ACCESS_PROPERTY_PERSISTING"])
+            if (window.num_bytes > facts.get("MAX_ACCESS_POLICY_WINDOW_SIZE", 0) or not 0.0 <= window.hitRatio <= 1.0
+                    or window.hitProp not in properties or window.missProp not in properties[:2]):
+                return INVALID_VALUE
+        elif attr == C["CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY"]:
+            if not C["CU_SYNC_POLICY_AUTO"] <= param.syncPolicy <= C["CU_SYNC_POLICY_BLOCKING_SYNC"]:
+                return INVALID_VALUE
+        elif attr == C["CU_LAUNCH_ATTRIBUTE_PRIORITY"]:
+            hStream.priority = param.priority = max(-5, min(0, param.priority))
+        elif attr == C["CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP"]:
+            domains = facts.get("MEM_SYNC_DOMAIN_COUNT", 1)
+            if param.memSyncDomainMap.default_ >= domains or param.memSyncDomainMap.remote >= domains:
+                return INVALID_VALUE
+        elif not C["CU_LAUNCH_MEM_SYNC_DOMAIN_DEFAULT"] <= param.memSyncDomain <= C["CU_LAUNCH_MEM_SYNC_DOMAIN_REMOTE"]:
+            return INVALID_VALUE
+        hStream.attributes[attr] = bytes(param)
+        return SUCCESS
+
+    def cuStreamCopyAttributes(self, c: Caller, dstStream: Stream, srcStream: Stream) -> int:
+        """The source's attributes, set or not, become the destination's."""
+        dstStream.attributes = dict(srcStream.attributes)
+        dstStream.priority = srcStream.priority
+        return SUCCESS
+
+    def cuCtxGetCacheConfig(self, c: Caller, pconfig: Any) -> int:
+        gpu, rc = self._context_gpu(c)
+        if gpu is not None:
+            pconfig.value = self.cache_configs.get((c.session.id, c.context), C["CU_FUNC_CACHE_PREFER_NONE"])
+        return rc
+
+    def cuCtxSetCacheConfig(self, c: Caller, config: int) -> int:
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        if not C["CU_FUNC_CACHE_PREFER_NONE"] <= config <= C["CU_FUNC_CACHE_PREFER_EQUAL"]:
+            return INVALID_VALUE
+        self.cache_configs[(c.session.id, c.context)] = config
+        return SUCCESS
+
+    def cuCtxGetSharedMemConfig(self, c: Caller, pConfig: Any) -> int:
+        """Every simulated GPU has fixed four-byte banks, which is what a real driver reports."""
+        gpu, rc = self._context_gpu(c)
+        if gpu is not None:
+            pConfig.value = C["CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE"]
+        return rc
+
+    def cuCtxSetSharedMemConfig(self, c: Caller, config: int) -> int:
+        """Does nothing on fixed banks, as documented; an unknown configuration is refused."""
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        return SUCCESS if 0 <= config <= C["CU_SHARED_MEM_CONFIG_EIGHT_BYTE_BANK_SIZE"] else INVALID_VALUE

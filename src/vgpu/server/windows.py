@@ -22,6 +22,12 @@ class Window:
     address: int
     size: int
     map: mmap.mmap
+    #: what the window holds when it is managed memory (vgpu.server.cuda_hostmem), else None
+    managed: Any = None
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
 
 
 class Windows:
@@ -55,15 +61,20 @@ class Windows:
             except BufferError:
                 pass  # a view is still held: the mapping goes when it does
 
-    def view(self, address: int, length: int) -> memoryview | None:
-        """The client's bytes [address, address + length), if one window holds them all."""
+    def find(self, address: int, length: int = 1) -> Window | None:
+        """The window holding all of [address, address + length), if one does."""
         index = bisect.bisect_right(self._starts, address) - 1
         if index < 0:
             return None
         window = self._windows[self._starts[index]]
-        offset = address - window.address
-        if offset + length > window.size:
+        return window if address + max(length, 1) <= window.end else None
+
+    def view(self, address: int, length: int) -> memoryview | None:
+        """The client's bytes [address, address + length), if one window holds them all."""
+        window = self.find(address, length)
+        if window is None:
             return None
+        offset = address - window.address
         return memoryview(window.map)[offset:offset + length]
 
     def __len__(self) -> int:
