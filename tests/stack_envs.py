@@ -127,21 +127,27 @@ class ClientRun:
         return f"exit status {self.returncode}; stderr ends:\n{text[-8000:]}"
 
 
-def run_client(name: str, script: str, env: dict[str, str], folder: Path, timeout: float = 300) -> ClientRun:
+def run_client(name: str, script: str, vgpud: Any, folder: Path, timeout: float = 300) -> ClientRun:
     """Run ``script`` with environment ``name``'s interpreter (the test skips when it is not
-    built) under ``env`` (a vgpud's client environment), logging what the vgpu library refuses
-    and a Python traceback on a fault. The script is a file (torch.multiprocessing's spawned
-    children import it); on a timeout its whole process group is killed."""
+    built) against ``vgpud`` (tests.conftest.Vgpud) as `vgpu run` runs a command: the library
+    first, and NVIDIA's device nodes for its GPUs in a /dev of the client's own where the host
+    lacks them (JAX looks for them). vgpu's log of refused calls and a Python traceback on a
+    fault go to stderr. The script is a file (torch.multiprocessing's spawned children import
+    it); on a timeout its whole process group is killed."""
     import pytest
+
+    from vgpu.launcher import devices
 
     interpreter = python(name)
     if interpreter is None:
         pytest.skip(missing_reason(name))
     path = folder / f"client_{name.replace('-', '_')}_{time.monotonic_ns()}.py"
     path.write_text(script)
-    env = {**env, "VGPU_LOG": env.get("VGPU_LOG", "info"), "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
+    env = vgpud.env
+    env.update({"VGPU_LOG": env.get("VGPU_LOG", "info"), "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"})
+    nodes = devices.private_dev(len(vgpud.gpus), folder / "dev", env)
     process = subprocess.Popen([str(interpreter), str(path)], env=env, cwd=folder, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=nodes)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

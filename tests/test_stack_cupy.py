@@ -28,7 +28,7 @@ def vgpud(tmp_path_factory):
 
 
 def run(vgpud, tmp_path, body: str) -> dict:
-    result = run_client("cupy-onnxruntime", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud.env, tmp_path)
+    result = run_client("cupy-onnxruntime", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
     assert result.returncode == 0, result.explain()
     out = result.answer
     assert out["version"].startswith("14.2") and out["count"] == 1

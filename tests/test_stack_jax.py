@@ -33,7 +33,7 @@ def vgpud(tmp_path_factory):
 
 
 def run(vgpud, tmp_path, body: str) -> dict:
-    result = run_client("jax", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud.env, tmp_path, timeout=600)
+    result = run_client("jax", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path, timeout=600)
     assert result.returncode == 0, result.explain()
     out = result.answer
     assert out["version"].startswith("0.10") and out["devices"] == [["gpu", "NVIDIA H100 80GB HBM3"]], out

@@ -55,7 +55,7 @@ def vgpud(tmp_path_factory):
 
 def run(vgpud, tmp_path, script: str) -> tuple[dict, list[dict]]:
     """The client's answer and its launches, after checking it started and copied exactly."""
-    result = run_client("cupy-onnxruntime", script + "\nprint(json.dumps(out))\n", vgpud.env, tmp_path)
+    result = run_client("cupy-onnxruntime", script + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
     assert result.returncode == 0, result.explain()
     out = result.answer
     assert out["available"] and out["name"] == "NVIDIA H100 80GB HBM3"

@@ -63,7 +63,7 @@ def vgpud(tmp_path_factory):
 
 
 def test_cuda_provider_creates_and_runs_a_session(vgpud, tmp_path):
-    result = run_client("cupy-onnxruntime", SCRIPT, vgpud.env, tmp_path)
+    result = run_client("cupy-onnxruntime", SCRIPT, vgpud, tmp_path)
     assert result.returncode == 0, result.explain()
     out = result.answer
     assert out["version"].startswith("1.31") and "CUDAExecutionProvider" in out["available"]

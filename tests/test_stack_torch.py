@@ -35,7 +35,7 @@ def run(vgpud, tmp_path, body: str, timeout: float = 300) -> dict:
     """Run a torch client (PROLOGUE + body + a JSON line); its answer, after checking it
     exited cleanly and saw both GPUs."""
     script = PROLOGUE + body + '\nif __name__ == "__main__":\n    print(json.dumps(out))\n'
-    result = run_client("torch", script, vgpud.env, tmp_path, timeout)
+    result = run_client("torch", script, vgpud, tmp_path, timeout)
     assert result.returncode == 0, result.explain()
     out = result.answer
     assert out["count"] == 2

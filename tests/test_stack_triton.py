@@ -28,7 +28,7 @@ def vgpud(tmp_path_factory):
 
 
 def run(vgpud, tmp_path, body: str) -> dict:
-    result = run_client("torch", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud.env, tmp_path, timeout=400)
+    result = run_client("torch", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path, timeout=400)
     assert result.returncode == 0, result.explain()
     out = result.answer
     assert out["version"].startswith("3.9") and out["target"] == ["cuda", "90", "32"], out
