@@ -104,6 +104,22 @@ out["host"] = list(c.cpu().shape)
     assert names, "cuBLAS's GEMM kernels reach vgpud's launch log"
 
 
+def test_convolution_through_cudnn(vgpud, tmp_path):
+    out = run(vgpud, tmp_path, """
+torch.backends.cudnn.benchmark = True  # cuDNN tries its algorithms, as training scripts ask
+out["cudnn"] = torch.backends.cudnn.version()
+conv = torch.nn.Conv2d(3, 16, 3, padding=1).cuda()
+image = torch.randn(2, 3, 32, 32, device="cuda")
+features = conv(image)
+features.sum().backward()
+torch.cuda.synchronize()
+out["shape"] = list(features.shape)
+out["grad_shape"] = list(conv.weight.grad.shape)
+""")
+    assert out["cudnn"] // 100 == 926 and out["shape"] == [2, 16, 32, 32] and out["grad_shape"] == [16, 3, 3, 3]
+    assert launched(vgpud, out["pid"]), "cuDNN's kernels reach vgpud's launch log"
+
+
 def test_fft(vgpud, tmp_path):
     out = run(vgpud, tmp_path, """
 x = torch.randn(4, 1024, device="cuda")
