@@ -40,6 +40,8 @@ int vgpu_cuda_initialized(void);
 /* A small number for a context (1 for device 0's primary context, as a real driver counts); 0 on
  * success, -1 for no context. */
 int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number);
+/* A module's functions in its order: up to max into out; their count, -1 for no module. */
+int vgpu_cuda_module_functions(CUmodule module, CUfunction *out, unsigned max);
 /* Load the fat binary a wrapper or header points at (CUDART_INTERFACE's module slots). */
 CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin);
 
