@@ -356,3 +356,34 @@ def test_large_copies_travel_whole_from_where_the_caller_keeps_them(vgpud):
     buffers); an asynchronous copy from pageable memory has its bytes once it returns."""
     out = run_json(LARGE_COPIES, vgpud.env)
     assert out == [True, True, C["CUDA_ERROR_INVALID_VALUE"], True]
+
+
+ZERO_BYTES_IN_A_MAPPING = PRELUDE + """
+use(0)
+prop = cu.CUmemAllocationProp()
+prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+prop.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+prop.location.id = 0
+size = ok(cu.cuMemGetAllocationGranularity(prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM))
+handle = ok(cu.cuMemCreate(size, prop, 0))
+base = ok(cu.cuMemAddressReserve(size, 0, 0, 0))
+ok(cu.cuMemMap(base, size, 0, handle, 0))
+access = cu.CUmemAccessDesc()
+access.location = prop.location
+access.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+ok(cu.cuMemSetAccess(base, size, [access], 1))
+stream = ok(cu.cuStreamCreate(0))
+inside = int(base) + 0x949d54 % size
+ok(cu.cuMemcpyHtoDAsync(inside, b"", 0, stream))  # XLA's autotuner copies 0 bytes into its VMM pool
+ok(cu.cuMemcpyDtoHAsync(bytearray(1), inside, 0, stream))
+ok(cu.cuMemsetD8Async(inside, 7, 0, stream))
+ok(cu.cuMemcpyHtoDAsync(inside, b"vgpu", 4, stream))
+back = bytearray(4)
+ok(cu.cuMemcpyDtoHAsync(back, inside, 4, stream))
+ok(cu.cuStreamSynchronize(stream))
+print(json.dumps({"back": back.decode()}))
+"""
+
+
+def test_zero_byte_copies_into_a_mapping(vgpud):
+    assert run_json(ZERO_BYTES_IN_A_MAPPING, vgpud.env) == {"back": "vgpu"}

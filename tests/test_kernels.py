@@ -93,6 +93,12 @@ def test_lz4_compressed_entries(images):
     image = read_image(fatbin)
     assert image.compressed
     assert any(name.startswith("_Z4many") for name in image.module_for(80).kernels)
+    # nvcc pads each payload to 8 bytes; the compressed stream is its first "compressed size" bytes
+    padding = b"\0" * (8 - len(packed) % 8 or 8)
+    entry = ENTRY.pack(2, 0x101, ENTRY.size, len(packed) + len(padding), len(packed), 0, 0, 0, 80, 0, 0,
+                       FLAG_COMPRESSED_LZ4 | 0x11, 0, len(cubin))
+    padded = HEADER.pack(0xBA55ED50, 1, HEADER.size, ENTRY.size + len(packed) + len(padding)) + entry + packed + padding
+    assert any(name.startswith("_Z4many") for name in read_image(padded).module_for(80).kernels)
 
 
 # ---- the driver's answers, against a real GPU's ---------------------------------------------

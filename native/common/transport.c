@@ -271,12 +271,15 @@ static int ping_locked(vgpu_conn *conn, int extra_ms) {
 /* Send every connection's posts; those of connections other than `self` are also carried out
  * before this returns (each answers a ping after them), because vgpud reads connections in no
  * set order and the caller's next frame may depend on them (stream order across threads).
- * A connection in use is its own thread in a call, which sent its posts first. */
+ * A connection in use is its own thread posting, or in a call, whose earlier posts vgpud has
+ * carried out once the call is answered: so this waits for it (vgpud answers CUDA calls without
+ * waiting, and no thread holds its connection while it waits for the registry). Without a
+ * `self` (flushing at exit, reconnecting) a connection in use is skipped. */
 static void settle_posts(vgpu_conn *self) {
     if (!__atomic_load_n(&pending_total, __ATOMIC_SEQ_CST)) return;
     pthread_mutex_lock(&registry_lock);
     for (vgpu_conn *conn = registry; conn; conn = conn->next) {
-        if (pthread_mutex_trylock(&conn->send_lock)) continue;
+        if (self ? pthread_mutex_lock(&conn->send_lock) : pthread_mutex_trylock(&conn->send_lock)) continue;
         int had = conn->out_len > 0;
         if (flush_locked(conn) == 0 && had && self && conn != self && conn->fd >= 0 && conn->pid == getpid()) {
             if (ping_locked(conn, OTHERS_PATIENCE_MS) < 0) {

@@ -47,6 +47,8 @@ CUresult vgpu_cuda_context_make(CUdevice dev, unsigned flags, unsigned green_sms
 unsigned vgpu_cuda_context_green_sms(CUcontext ctx);
 /* A created context ends: its local storage released, no thread's current one. */
 void vgpu_cuda_context_end(CUcontext ctx);
+/* A module's functions in its order: up to max into out; their count, -1 for no module. */
+int vgpu_cuda_module_functions(CUmodule module, CUfunction *out, unsigned max);
 /* Load the fat binary a wrapper or header points at (CUDART_INTERFACE's module slots). */
 CUresult vgpu_cuda_module_from_fatbin(CUmodule *module, const void *fatbin);
 

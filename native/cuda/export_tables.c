@@ -1,10 +1,12 @@
 /* The private tables NVIDIA's runtime libraries ask libcuda.so.1 for with cuGetExportTable
- * (shared/facts/cuda-private-tables.md): what cudart needs to find its devices, keep its
- * per-context state and pass the driver's integrity check. */
+ * (docs/cuda.md): what cudart needs to find its devices, keep its per-context state and pass the
+ * driver's integrity check, and what cuBLAS(Lt), cuFFT and CUPTI ask for. */
 #define __CUDA_API_VERSION_INTERNAL
 #include <cuda.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -281,23 +283,152 @@ static CUresult context_object_query(CUcontext ctx, const void *object, uint64_t
     return CUDA_SUCCESS;
 }
 
-#define UNSERVED(n) static CUresult unserved_##n(void) { \
-        vgpu_cuda_log(2, "export table 21318c60 slot %d called: answered \"not supported\"", n); \
-        return CUDA_ERROR_NOT_SUPPORTED; }
-#define UNSERVED10(n) UNSERVED(n##0) UNSERVED(n##1) UNSERVED(n##2) UNSERVED(n##3) UNSERVED(n##4) UNSERVED(n##5) \
-    UNSERVED(n##6) UNSERVED(n##7) UNSERVED(n##8) UNSERVED(n##9)
-UNSERVED(1) UNSERVED(2) UNSERVED(3) UNSERVED(5) UNSERVED(6) UNSERVED(7) UNSERVED(8) UNSERVED(9)
-UNSERVED10(1) UNSERVED10(2) UNSERVED(30) UNSERVED(31) UNSERVED(32) UNSERVED(33) UNSERVED(34) UNSERVED(35)
-UNSERVED(36) UNSERVED(37) UNSERVED(38) UNSERVED10(4) UNSERVED(50) UNSERVED(52) UNSERVED(53) UNSERVED(54)
-UNSERVED(55) UNSERVED(56) UNSERVED(57) UNSERVED(58) UNSERVED(59) UNSERVED10(6) UNSERVED10(7) UNSERVED10(8)
-UNSERVED(90) UNSERVED(91) UNSERVED(92)
-#define U(n) (void *)unserved_##n,
-#define U10(n) U(n##0) U(n##1) U(n##2) U(n##3) U(n##4) U(n##5) U(n##6) U(n##7) U(n##8) U(n##9)
+/* ---- slots whose meaning is not established ----
+ * Such a slot is a function of its own that logs its call (VGPU_LOG=info: the table, the slot
+ * and the first four arguments) and answers "not supported", never NULL: every caller traced
+ * (docs/cuda.md) handles that answer, where a NULL slot would crash it. */
+
+static CUresult unserved(const char *table, int slot, uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+    vgpu_cuda_log(2, "export table %s slot %d called (%#llx, %#llx, %#llx, %#llx): answered \"not supported\"",
+                  table, slot, (unsigned long long)a, (unsigned long long)b, (unsigned long long)c,
+                  (unsigned long long)d);
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+/* UNSERVED(t, n) defines table t's slot n (t##_name names the table in the log); U(t, n) is its
+ * entry.  The "10" forms cover slots n0..n9. */
+#define UNSERVED(t, n) static CUresult unserved_##t##_##n(uint64_t a, uint64_t b, uint64_t c, uint64_t d) { \
+        return unserved(t##_name, n, a, b, c, d); }
+#define UNSERVED10(t, n) UNSERVED(t, n##0) UNSERVED(t, n##1) UNSERVED(t, n##2) UNSERVED(t, n##3) \
+    UNSERVED(t, n##4) UNSERVED(t, n##5) UNSERVED(t, n##6) UNSERVED(t, n##7) UNSERVED(t, n##8) UNSERVED(t, n##9)
+#define UNSERVED1TO9(t) UNSERVED(t, 1) UNSERVED(t, 2) UNSERVED(t, 3) UNSERVED(t, 4) UNSERVED(t, 5) UNSERVED(t, 6) \
+    UNSERVED(t, 7) UNSERVED(t, 8) UNSERVED(t, 9)
+#define U(t, n) (void *)unserved_##t##_##n,
+#define U10(t, n) U(t, n##0) U(t, n##1) U(t, n##2) U(t, n##3) U(t, n##4) U(t, n##5) U(t, n##6) U(t, n##7) \
+    U(t, n##8) U(t, n##9)
+#define U1TO9(t) U(t, 1) U(t, 2) U(t, 3) U(t, 4) U(t, 5) U(t, 6) U(t, 7) U(t, 8) U(t, 9)
+
+static const char context_queries_name[] = "21318c60 CONTEXT_QUERIES";
+UNSERVED(context_queries, 1) UNSERVED(context_queries, 2) UNSERVED(context_queries, 3)
+UNSERVED(context_queries, 5) UNSERVED(context_queries, 6) UNSERVED(context_queries, 7)
+UNSERVED(context_queries, 8) UNSERVED(context_queries, 9) UNSERVED10(context_queries, 1)
+UNSERVED10(context_queries, 2) UNSERVED(context_queries, 30) UNSERVED(context_queries, 31)
+UNSERVED(context_queries, 32) UNSERVED(context_queries, 33) UNSERVED(context_queries, 34)
+UNSERVED(context_queries, 35) UNSERVED(context_queries, 36) UNSERVED(context_queries, 37)
+UNSERVED(context_queries, 38) UNSERVED10(context_queries, 4) UNSERVED(context_queries, 50)
+UNSERVED(context_queries, 52) UNSERVED(context_queries, 53) UNSERVED(context_queries, 54)
+UNSERVED(context_queries, 55) UNSERVED(context_queries, 56) UNSERVED(context_queries, 57)
+UNSERVED(context_queries, 58) UNSERVED(context_queries, 59) UNSERVED10(context_queries, 6)
+UNSERVED10(context_queries, 7) UNSERVED10(context_queries, 8) UNSERVED(context_queries, 90)
+UNSERVED(context_queries, 91) UNSERVED(context_queries, 92)
 static const void *context_queries[93] = {
-    (void *)(sizeof(void *) * 93), U(1) U(2) U(3) (void *)context_number, U(5) U(6) U(7) U(8) U(9)
-    U10(1) U10(2) U(30) U(31) U(32) U(33) U(34) U(35) U(36) U(37) U(38) (void *)context_object_query,
-    U10(4) U(50) (void *)context_object, U(52) U(53) U(54) U(55) U(56) U(57) U(58) U(59)
-    U10(6) U10(7) U10(8) U(90) U(91) U(92)};
+    (void *)(sizeof(void *) * 93), U(context_queries, 1) U(context_queries, 2) U(context_queries, 3)
+    (void *)context_number, U(context_queries, 5) U(context_queries, 6) U(context_queries, 7)
+    U(context_queries, 8) U(context_queries, 9) U10(context_queries, 1) U10(context_queries, 2)
+    U(context_queries, 30) U(context_queries, 31) U(context_queries, 32) U(context_queries, 33)
+    U(context_queries, 34) U(context_queries, 35) U(context_queries, 36) U(context_queries, 37)
+    U(context_queries, 38) (void *)context_object_query, U10(context_queries, 4) U(context_queries, 50)
+    (void *)context_object, U(context_queries, 52) U(context_queries, 53) U(context_queries, 54)
+    U(context_queries, 55) U(context_queries, 56) U(context_queries, 57) U(context_queries, 58)
+    U(context_queries, 59) U10(context_queries, 6) U10(context_queries, 7) U10(context_queries, 8)
+    U(context_queries, 90) U(context_queries, 91) U(context_queries, 92)};
+
+/* ---- f8cff951: the runtime's error log.  cudart (12.9 and 13.x; cuBLAS, cuDNN and the other
+ * libraries carry the same code) asks for it before cuInit and keeps it.  Traced under vgpu:
+ * when a runtime call fails, cudart calls [1] (const char *source, u64, const char *format,
+ * va_list) with source "CUDA", 0 and a printf format such as "Invalid device number %d
+ * provided, must be in the range of 0 to %d"; it ignores the answer.  It calls [2] only when
+ * the size slot says the table is larger than two slots, forwarding its own arguments (not
+ * seen called).  Three slots (size 0x18), as a real 580 driver's table begins. ---- */
+
+static CUresult runtime_log(const char *source, uint64_t unknown, const char *format, va_list args) {
+    char message[512];
+    if (!format) return CUDA_ERROR_INVALID_VALUE;
+    vsnprintf(message, sizeof message, format, args);
+    vgpu_cuda_log(2, "%s: %s", source ? source : "runtime", message);
+    return CUDA_SUCCESS;
+}
+
+static const char runtime_log_table_name[] = "f8cff951 RUNTIME_LOG";
+UNSERVED(runtime_log_table, 2)
+static const void *runtime_log_table[3] = {(void *)(sizeof(void *) * 3), (void *)runtime_log,
+                                           U(runtime_log_table, 2)};
+
+/* ---- 1734dc26: asked for by cuBLASLt 13.4 and later (also by cuDNN's graph engines, CUPTI and
+ * NVRTC).  Traced under vgpu with cuBLASLt 13.4's half-precision heuristics: it calls [4]
+ * (void **data, void **handle) only, once per (SM count, cluster shape) it caches; on success
+ * it reads data as one byte per TPC (half the SM count) and counts the TPCs per distinct byte
+ * value (a TPC -> GPC map, by all appearances), then gives handle back through [13].  On any
+ * other answer it caches "no layout" and its heuristics go on without one (the algorithms it
+ * finds are the same).  The layout of a real GPU is not known here, so [4] answers "not
+ * supported"; the size (14 slots) covers the slots seen used, not a real driver's count. ---- */
+
+static const char gpu_layout_name[] = "1734dc26 GPU_LAYOUT";
+UNSERVED1TO9(gpu_layout) UNSERVED(gpu_layout, 10) UNSERVED(gpu_layout, 11) UNSERVED(gpu_layout, 12)
+UNSERVED(gpu_layout, 13)
+static const void *gpu_layout[14] = {(void *)(sizeof(void *) * 14), U1TO9(gpu_layout) U(gpu_layout, 10)
+                                     U(gpu_layout, 11) U(gpu_layout, 12) U(gpu_layout, 13)};
+
+/* ---- 6e163fbe: TOOLS_MODULE (the name NVIDIA's tools libraries give it), asked for by cuFFT and
+ * CUPTI; 97 slots on a real H200 driver.  cuFFT loads each of its kernels as a module of one
+ * function and finds the CUfunction with [7] (CUcontext, CUmodule, void (*callback)(void
+ * *user, CUfunction), void *user): the callback is called once per function of the module,
+ * and cuFFT takes only the answer 1 as success (CUFFT_INTERNAL_ERROR otherwise), so the
+ * answer is a truth value rather than a CUresult.  Other slots: not established. ---- */
+
+/* [7]: 1 once the callback has had every function of the module; 0 for no module or no callback. */
+static int module_functions_each(CUcontext ctx, CUmodule module, void (*callback)(void *, CUfunction), void *user) {
+    int count = callback ? vgpu_cuda_module_functions(module, NULL, 0) : -1;
+    if (count < 0) return 0;
+    CUfunction *functions = calloc(count ? (size_t)count : 1, sizeof *functions);
+    if (!functions) return 0;
+    count = vgpu_cuda_module_functions(module, functions, (unsigned)count); /* a module's functions are fixed */
+    for (int i = 0; i < count; i++) callback(user, functions[i]);
+    free(functions);
+    return count >= 0;
+}
+
+static const char tools_module_name[] = "6e163fbe TOOLS_MODULE";
+UNSERVED(tools_module, 1) UNSERVED(tools_module, 2) UNSERVED(tools_module, 3) UNSERVED(tools_module, 4)
+UNSERVED(tools_module, 5) UNSERVED(tools_module, 6) UNSERVED(tools_module, 8) UNSERVED(tools_module, 9)
+UNSERVED10(tools_module, 1) UNSERVED10(tools_module, 2) UNSERVED10(tools_module, 3) UNSERVED10(tools_module, 4)
+UNSERVED10(tools_module, 5) UNSERVED10(tools_module, 6) UNSERVED10(tools_module, 7) UNSERVED10(tools_module, 8)
+UNSERVED(tools_module, 90) UNSERVED(tools_module, 91) UNSERVED(tools_module, 92) UNSERVED(tools_module, 93)
+UNSERVED(tools_module, 94) UNSERVED(tools_module, 95) UNSERVED(tools_module, 96)
+static const void *tools_module[97] = {
+    (void *)(sizeof(void *) * 97), U(tools_module, 1) U(tools_module, 2) U(tools_module, 3) U(tools_module, 4)
+    U(tools_module, 5) U(tools_module, 6) (void *)module_functions_each, U(tools_module, 8) U(tools_module, 9)
+    U10(tools_module, 1) U10(tools_module, 2) U10(tools_module, 3) U10(tools_module, 4) U10(tools_module, 5)
+    U10(tools_module, 6) U10(tools_module, 7) U10(tools_module, 8) U(tools_module, 90) U(tools_module, 91)
+    U(tools_module, 92) U(tools_module, 93) U(tools_module, 94) U(tools_module, 95) U(tools_module, 96)};
+
+/* ---- 7cb63f9b-9ca4-8e42-a484-beb66e6aed7f: CUPTI's own table.  CUPTI 13.1 and later ask for it
+ * first of all and, refused, answer every call (cuptiGetVersion included) with
+ * CUPTI_ERROR_INVALID_PARAMETER, so JAX takes the GPU for absent.  Served, CUPTI 13.5 calls no
+ * slot of it in cuptiGetVersion, activity registration, enabling or flushing; it then asks for
+ * some twenty further tools tables, which vgpu refuses, and answers its activity calls with
+ * CUPTI_ERROR_UNKNOWN, as when the profiling interface is unavailable (PyTorch's profiler then
+ * warns and records CPU activity only).  The slots' meanings are not established; 61 slots
+ * reach the highest one seen named in public (slot 60, byte offset 0x1e0). ---- */
+
+static const char tools_cupti_name[] = "7cb63f9b TOOLS_CUPTI";
+UNSERVED1TO9(tools_cupti) UNSERVED10(tools_cupti, 1) UNSERVED10(tools_cupti, 2) UNSERVED10(tools_cupti, 3)
+UNSERVED10(tools_cupti, 4) UNSERVED10(tools_cupti, 5) UNSERVED(tools_cupti, 60)
+static const void *tools_cupti[61] = {
+    (void *)(sizeof(void *) * 61), U1TO9(tools_cupti) U10(tools_cupti, 1) U10(tools_cupti, 2) U10(tools_cupti, 3)
+    U10(tools_cupti, 4) U10(tools_cupti, 5) U(tools_cupti, 60)};
+
+/* ---- 69a28e9f-2449-8b47-b030-c5da330ea4e9: asked for by PyTorch 2.11 and later; a real driver
+ * serves it with 34 slots (size 0x110).  None of the libraries traced here asks for it, so no
+ * slot's meaning is established. ---- */
+
+static const char torch_69a28e9f_name[] = "69a28e9f";
+UNSERVED1TO9(torch_69a28e9f) UNSERVED10(torch_69a28e9f, 1) UNSERVED10(torch_69a28e9f, 2)
+UNSERVED(torch_69a28e9f, 30) UNSERVED(torch_69a28e9f, 31) UNSERVED(torch_69a28e9f, 32)
+UNSERVED(torch_69a28e9f, 33)
+static const void *torch_69a28e9f[34] = {
+    (void *)(sizeof(void *) * 34), U1TO9(torch_69a28e9f) U10(torch_69a28e9f, 1) U10(torch_69a28e9f, 2)
+    U(torch_69a28e9f, 30) U(torch_69a28e9f, 31) U(torch_69a28e9f, 32) U(torch_69a28e9f, 33)};
 
 typedef struct known_table {
     uint8_t id[16];
@@ -313,6 +444,11 @@ static const known_table tables[] = {
     {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e}, context_checks, "CONTEXT_CHECKS"},
     {{0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2}, integrity, "INTEGRITY_CHECK"},
     {{0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48, 0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2}, context_queries, "CONTEXT_QUERIES"},
+    {{0xf8, 0xcf, 0xf9, 0x51, 0x21, 0x46, 0x8b, 0x4e, 0xb9, 0xe2, 0xfb, 0x46, 0x9e, 0x7c, 0x0d, 0xd9}, runtime_log_table, "RUNTIME_LOG"},
+    {{0x17, 0x34, 0xdc, 0x26, 0x80, 0x0d, 0x47, 0x45, 0x87, 0x26, 0xc0, 0xf1, 0xe7, 0xdd, 0x8b, 0xca}, gpu_layout, "GPU_LAYOUT"},
+    {{0x6e, 0x16, 0x3f, 0xbe, 0xb9, 0x58, 0x44, 0x4d, 0x83, 0x5c, 0xe1, 0x82, 0xaf, 0xf1, 0x99, 0x1e}, tools_module, "TOOLS_MODULE"},
+    {{0x7c, 0xb6, 0x3f, 0x9b, 0x9c, 0xa4, 0x8e, 0x42, 0xa4, 0x84, 0xbe, 0xb6, 0x6e, 0x6a, 0xed, 0x7f}, tools_cupti, "TOOLS_CUPTI"},
+    {{0x69, 0xa2, 0x8e, 0x9f, 0x24, 0x49, 0x8b, 0x47, 0xb0, 0x30, 0xc5, 0xda, 0x33, 0x0e, 0xa4, 0xe9}, torch_69a28e9f, "69a28e9f"},
 };
 
 VGPU_EXPORT CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {

@@ -193,6 +193,24 @@ static CUresult load(void **out, unsigned handle_type, const void *image, unsign
     return *out ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
 
+/* The functions of a loaded module, in the module's order (TOOLS_MODULE's function iterator):
+ * up to max of them into out; their count, or -1 for a handle that names no module. */
+int vgpu_cuda_module_functions(CUmodule module, CUfunction *out, unsigned max) {
+    uint64_t id;
+    if (vgpu_handle_id(vgpu_cuda_handle_CUmodule, module, &id) < 0) return -1;
+    int count = -1;
+    pthread_rwlock_rdlock(&modules_lock);
+    for (module_info *m = modules[id % MODULE_BUCKETS]; m; m = m->next)
+        if (m->id == id) {
+            count = (int)m->nkernels;
+            break;
+        }
+    pthread_rwlock_unlock(&modules_lock);
+    for (int i = 0; i < count && (unsigned)i < max; i++)
+        out[i] = vgpu_handle_for(vgpu_cuda_handle_CUfunction, id << 16 | (uint64_t)i);
+    return count;
+}
+
 static CUresult traced(const char *name, CUresult rc) {
     char detail[8] = "";
     vgpu_trace_call("cuda", name, rc, detail);

@@ -26,8 +26,8 @@ static uint64_t after(uint64_t p) {
 static void note(int t, int s, uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f, uint64_t r) {
     unsigned long n = __atomic_fetch_add(&calls[t][s], 1, __ATOMIC_SEQ_CST);
     if (n < 6)
-        fprintf(stderr, "TRACE %02x%02x%02x%02x[%d] #%lu (%#lx, %#lx, %#lx, %#lx, %#lx, %#lx) -> %#lx; *b=%#lx *c=%#lx\n",
-                ids[t][0], ids[t][1], ids[t][2], ids[t][3], s, n, a, b, c, d, e, f, r, after(b), after(c));
+        fprintf(stderr, "TRACE %02x%02x%02x%02x[%d] #%lu (%#lx, %#lx, %#lx, %#lx, %#lx, %#lx) -> %#lx; *a=%#lx *b=%#lx *c=%#lx\n",
+                ids[t][0], ids[t][1], ids[t][2], ids[t][3], s, n, a, b, c, d, e, f, r, after(a), after(b), after(c));
 }
 
 #define T(t, s) static uint64_t tr_##t##_##s(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f) { \

@@ -247,7 +247,7 @@ class DeviceMemory:
             if not self.mappings or self.mapping_at(address) is None:
                 return [(address, length)]
             pieces, done = [], 0
-            while done < length:
+            while done < length or not pieces:  # a copy of 0 bytes still names a place
                 mapping = self.mapping_at(address + done)
                 if mapping is None or mapping.owner != owner or not mapping.access:
                     raise InvalidAddress(f"0x{address + done:x} is not mapped with access for this process")

@@ -65,12 +65,16 @@ def read_fatbin(data: bytes) -> CodeImage:
     compressed = False
     at = header_size
     while at + ENTRY.size <= end:
-        (kind, _ver, entry_header, payload_size, _csize, _u1, _u2, _u3, arch, _name_off, _name_size, flags, _u4,
-         uncompressed) = ENTRY.unpack_from(data, at)
+        (kind, _ver, entry_header, payload_size, compressed_size, _u1, _u2, _u3, arch, _name_off, _name_size, flags,
+         _u4, uncompressed) = ENTRY.unpack_from(data, at)
         if entry_header < ENTRY.size or at + entry_header + payload_size > end:
             raise ImageError(f"fat binary entry at offset {at} runs past the end")
         raw = data[at + entry_header:at + entry_header + payload_size]
-        compressed |= bool(flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD))
+        if flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD):
+            compressed = True
+            # the payload is padded to 8 bytes; the compressed stream is the first compressed_size of them
+            if 0 < compressed_size <= payload_size:
+                raw = raw[:compressed_size]
         if kind == KIND_CUBIN or kind == KIND_PTX:
             payload = _payload(raw, flags, uncompressed)
             code = read_cubin(payload) if kind == KIND_CUBIN else read_ptx(payload)
