@@ -71,6 +71,14 @@ def python(name: str) -> Path | None:
     return home / "bin" / "python" if (home / COMPLETE).exists() else None
 
 
+def nvidia_libraries(name: str) -> Path | None:
+    """The folder of NVIDIA's CUDA 13 libraries (cuBLAS, cuFFT, CUPTI, ...) in environment
+    ``name`` when it is built, else None."""
+    home = folder(name)
+    found = sorted(home.glob("lib/python*/site-packages/nvidia/cu13/lib")) if (home / COMPLETE).exists() else []
+    return found[0] if found else None
+
+
 def missing_reason(name: str) -> str:
     """Why a test needing environment ``name`` skips."""
     return (f"the {name} stack environment is not built ({' '.join(STACKS[name])}); "

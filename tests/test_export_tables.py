@@ -2,21 +2,20 @@
 half-precision matmul (1734dc26), cuFFT's plans (6e163fbe TOOLS_MODULE), CUPTI (7cb63f9b),
 cudart's error log (f8cff951), each in a process of its own under vgpud.
 
-The libraries come from two places: the wheels the test extra installs (pinned by torch 2.14.1:
-cuBLAS 13.1, cuFFT 12.0, CUPTI 13.0), and, where VGPU_CURRENT_STACK names a folder made with
-``pip install --no-deps --target FOLDER nvidia-cublas==13.4.3.11 nvidia-cufft==12.5.0.14
-nvidia-cuda-cupti==13.5.25 nvidia-cuda-runtime==13.5.37`` (their pins conflict with torch
-2.14.1's), the libraries of today's stack (torch 2.15's cuBLASLt 13.4, CUPTI 13.5)."""
+The libraries come from the wheels the test extra installs (pinned by torch 2.14.1: cuBLAS 13.1,
+cuFFT 12.0, CUPTI 13.0) and from today's stack environments (tests/stack_envs.py): torch 2.15's
+(cuBLAS 13.4, cuFFT 12.2, CUPTI 13.2) and JAX's (cuBLAS 13.10, cuFFT 12.5, CUPTI 13.5)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests import stack_envs
 
 CLIENTS = Path(__file__).parent / "clients"
 
@@ -27,15 +26,15 @@ def pinned_libraries() -> Path:
     return Path(next(iter(nvidia.__path__))) / "cu13" / "lib"
 
 
-@pytest.fixture(params=["pinned", "current"])
+@pytest.fixture(params=["pinned", "torch", "jax"])
 def libraries(request) -> Path:
     """The folder holding libcublasLt, libcufft and libcupti of one stack."""
     if request.param == "pinned":
         return pinned_libraries()
-    folder = os.environ.get("VGPU_CURRENT_STACK")
-    if not folder:
-        pytest.skip("VGPU_CURRENT_STACK names no folder with today's NVIDIA wheels (see the module docstring)")
-    return Path(folder) / "nvidia" / "cu13" / "lib"
+    found = stack_envs.nvidia_libraries(request.param)
+    if found is None:
+        pytest.skip(stack_envs.missing_reason(request.param))
+    return found
 
 
 def run_library(what: str, libraries: Path, env: dict[str, str]) -> tuple[dict, str]:
