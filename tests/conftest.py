@@ -165,8 +165,9 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def vgpud(request, tmp_path_factory):
-    """A daemon with a mixed set, shared by a test module."""
-    daemon = start_vgpud("2xh100,l4,rtx4090", tmp_path_factory.mktemp("vgpud"), getattr(request, "param", "local"))
+    """A daemon shared by a test module: a mixed set, or the module's VGPUD_GPUS."""
+    gpus = getattr(request.module, "VGPUD_GPUS", "2xh100,l4,rtx4090")
+    daemon = start_vgpud(gpus, tmp_path_factory.mktemp("vgpud"), getattr(request, "param", "local"))
     yield daemon
     daemon.stop()
 
@@ -183,6 +184,22 @@ def nvml(vgpud, monkeypatch):
     pynvml.nvmlInit()
     yield pynvml
     pynvml.nvmlShutdown()
+
+
+#: the head of a cuda-python client: the driver bindings, ``ok(call)`` (asserts success, gives
+#: the call's outputs) and ``code(call)`` (its CUresult as an int)
+CUDA_PYTHON = """
+import ctypes, json, os, random
+from cuda.bindings import driver as cu
+def ok(result):
+    err = result[0] if isinstance(result, tuple) else result
+    assert int(err) == 0, err
+    if not isinstance(result, tuple) or len(result) == 1:
+        return None
+    return result[1] if len(result) == 2 else result[1:]
+def code(result):
+    return int(result[0] if isinstance(result, tuple) else result)
+"""
 
 
 def run_python(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

@@ -167,6 +167,13 @@ def run_client(name: str, script: str, vgpud: Any, folder: Path, timeout: float 
     return ClientRun(process.returncode, stdout, stderr)
 
 
+def answer(name: str, script: str, vgpud: Any, folder: Path, timeout: float = 300) -> Any:
+    """The JSON answer of a client run as run_client runs it, after checking it exited cleanly."""
+    result = run_client(name, script, vgpud, folder, timeout)
+    assert result.returncode == 0, result.explain()
+    return result.answer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"environments to build: {', '.join(STACKS)} (default: all)")

@@ -7,21 +7,13 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import run_json, run_python, wait_for
+from tests.conftest import CUDA_PYTHON, run_json, run_python, wait_for
 from vgpu.api.manifest import load
 
 EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 C = load("cuda").constants
 
-PRELUDE = """
-import json, os, random
-from cuda.bindings import driver as cu
-def ok(result):
-    err = result[0] if isinstance(result, tuple) else result
-    assert int(err) == 0, err
-    if not isinstance(result, tuple) or len(result) == 1:
-        return None
-    return result[1] if len(result) == 2 else result[1:]
+PRELUDE = CUDA_PYTHON + """
 ok(cu.cuInit(0))
 def use(ordinal):
     ctx = ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(ordinal))))

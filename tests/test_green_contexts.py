@@ -4,21 +4,11 @@ SMs only; and what cuBLAS 13.10 and cuDNN 9.28 ask of every stream (cuStreamGetG
 
 from __future__ import annotations
 
-from tests.conftest import run_json
+from tests.conftest import CUDA_PYTHON, run_json
 
 EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 
-PRELUDE = """
-import json
-from cuda.bindings import driver as cu
-def ok(result):
-    err = result[0] if isinstance(result, tuple) else result
-    assert int(err) == 0, err
-    if not isinstance(result, tuple) or len(result) == 1:
-        return None
-    return result[1] if len(result) == 2 else result[1:]
-def code(result):
-    return int(result[0] if isinstance(result, tuple) else result)
+PRELUDE = CUDA_PYTHON + """
 SM = cu.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM
 ok(cu.cuInit(0))
 out = {}

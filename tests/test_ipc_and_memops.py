@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_json
+from tests.conftest import CUDA_PYTHON, run_json
 from vgpu.api.manifest import load
 from vgpu.device.gpuset import parse
 from vgpu.device.memory import InvalidAddress
@@ -33,17 +33,8 @@ def served_by_simulator(vgpud) -> None:
         pytest.skip("the cuda backend does not serve CUDA IPC nor stream memory operations")
 
 
-PRELUDE = """
-import ctypes, json, os, random, subprocess, sys
-from cuda.bindings import driver as cu
-def ok(result):
-    err = result[0] if isinstance(result, tuple) else result
-    assert int(err) == 0, err
-    if not isinstance(result, tuple) or len(result) == 1:
-        return None
-    return result[1] if len(result) == 2 else result[1:]
-def code(result):
-    return int(result[0] if isinstance(result, tuple) else result)
+PRELUDE = CUDA_PYTHON + """
+import subprocess, sys
 def raw(handle):
     return ctypes.string_at(handle.getPtr(), 64).hex()
 def handle_of(kind, text):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import start_vgpud
-from tests.stack_envs import run_client
+from tests.stack_envs import answer
+
+VGPUD_GPUS = "h100"  # the vgpud fixture's GPUs (tests/conftest.py)
 
 PROLOGUE = """
 import json, os
@@ -20,17 +21,8 @@ rng = np.random.default_rng(12)
 """
 
 
-@pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
-    daemon = start_vgpud("h100", tmp_path_factory.mktemp("vgpud"))
-    yield daemon
-    daemon.stop()
-
-
 def run(vgpud, tmp_path, body: str) -> dict:
-    result = run_client("cupy-onnxruntime", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
-    assert result.returncode == 0, result.explain()
-    out = result.answer
+    out = answer("cupy-onnxruntime", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
     assert out["version"].startswith("14.2") and out["count"] == 1
     return out
 

@@ -8,10 +8,9 @@ autotuning, kernels in vgpud's launch log, and no error or crash."""
 
 from __future__ import annotations
 
-import pytest
+from tests.stack_envs import answer
 
-from tests.conftest import start_vgpud
-from tests.stack_envs import run_client
+VGPUD_GPUS = "h100"  # the vgpud fixture's GPUs (tests/conftest.py)
 
 PROLOGUE = """
 import json, os
@@ -25,17 +24,8 @@ rng = np.random.default_rng(5)
 """
 
 
-@pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
-    daemon = start_vgpud("h100", tmp_path_factory.mktemp("vgpud"))
-    yield daemon
-    daemon.stop()
-
-
 def run(vgpud, tmp_path, body: str) -> dict:
-    result = run_client("jax", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path, timeout=600)
-    assert result.returncode == 0, result.explain()
-    out = result.answer
+    out = answer("jax", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path, timeout=600)
     assert out["version"].startswith("0.10") and out["devices"] == [["gpu", "NVIDIA H100 80GB HBM3"]], out
     return out
 

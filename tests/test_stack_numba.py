@@ -5,10 +5,9 @@ not computed, so results are not checked."""
 
 from __future__ import annotations
 
-import pytest
+from tests.stack_envs import answer
 
-from tests.conftest import start_vgpud
-from tests.stack_envs import run_client
+VGPUD_GPUS = "h100"  # the vgpud fixture's GPUs (tests/conftest.py)
 
 SCRIPT = """
 import json, os
@@ -46,18 +45,9 @@ cuda.synchronize()
 """
 
 
-@pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
-    daemon = start_vgpud("h100", tmp_path_factory.mktemp("vgpud"))
-    yield daemon
-    daemon.stop()
-
-
 def run(vgpud, tmp_path, script: str) -> tuple[dict, list[dict]]:
     """The client's answer and its launches, after checking it started and copied exactly."""
-    result = run_client("cupy-onnxruntime", script + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
-    assert result.returncode == 0, result.explain()
-    out = result.answer
+    out = answer("cupy-onnxruntime", script + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
     assert out["available"] and out["name"] == "NVIDIA H100 80GB HBM3"
     assert out["round_trip"] and out["input_exact"]
     return out, vgpud.control("launches", pid=out["pid"])["launches"]

@@ -7,10 +7,9 @@ outputs are not checked, its inputs' copies are."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.conftest import start_vgpud
 from tests.stack_envs import run_client
+
+VGPUD_GPUS = "h100"  # the vgpud fixture's GPUs (tests/conftest.py)
 
 #: a small model made with the onnx package: relu(x @ w + b) and a 3x3 convolution
 SCRIPT = """
@@ -53,13 +52,6 @@ out["value_device"] = on_gpu.device_name()
 out["round_trip"] = bool((on_gpu.numpy() == x).all())
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
-    daemon = start_vgpud("h100", tmp_path_factory.mktemp("vgpud"))
-    yield daemon
-    daemon.stop()
 
 
 def test_cuda_provider_creates_and_runs_a_session(vgpud, tmp_path):

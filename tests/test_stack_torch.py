@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import start_vgpud
-from tests.stack_envs import run_client
+from tests.stack_envs import answer
 
-GPUS = "2xh100"
+VGPUD_GPUS = "2xh100"  # the vgpud fixture's GPUs (tests/conftest.py)
 
 #: the start of every client: the GPUs, then the feature's lines, then a JSON line
 PROLOGUE = """
@@ -24,20 +23,11 @@ out["count"] = torch.cuda.device_count()
 """
 
 
-@pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
-    daemon = start_vgpud(GPUS, tmp_path_factory.mktemp("vgpud"))
-    yield daemon
-    daemon.stop()
-
-
 def run(vgpud, tmp_path, body: str, timeout: float = 300) -> dict:
     """Run a torch client (PROLOGUE + body + a JSON line); its answer, after checking it
     exited cleanly and saw both GPUs."""
     script = PROLOGUE + body + '\nif __name__ == "__main__":\n    print(json.dumps(out))\n'
-    result = run_client("torch", script, vgpud, tmp_path, timeout)
-    assert result.returncode == 0, result.explain()
-    out = result.answer
+    out = answer("torch", script, vgpud, tmp_path, timeout)
     assert out["count"] == 2
     return out
 

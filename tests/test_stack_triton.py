@@ -6,10 +6,9 @@ launches vgpud records and that inputs stay exact, not the results."""
 
 from __future__ import annotations
 
-import pytest
+from tests.stack_envs import answer
 
-from tests.conftest import start_vgpud
-from tests.stack_envs import run_client
+VGPUD_GPUS = "h100"  # the vgpud fixture's GPUs (tests/conftest.py)
 
 PROLOGUE = """
 import json, os
@@ -20,17 +19,8 @@ out["target"] = list(map(str, triton.runtime.driver.active.get_current_target().
 """
 
 
-@pytest.fixture(scope="module")
-def vgpud(tmp_path_factory):
-    daemon = start_vgpud("h100", tmp_path_factory.mktemp("vgpud"))
-    yield daemon
-    daemon.stop()
-
-
 def run(vgpud, tmp_path, body: str) -> dict:
-    result = run_client("torch", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path, timeout=400)
-    assert result.returncode == 0, result.explain()
-    out = result.answer
+    out = answer("torch", PROLOGUE + body + "\nprint(json.dumps(out))\n", vgpud, tmp_path, timeout=400)
     assert out["version"].startswith("3.9") and out["target"] == ["cuda", "90", "32"], out
     return out
 

@@ -4,7 +4,7 @@ for byte; bad addresses refused without touching the process."""
 
 from __future__ import annotations
 
-from tests.conftest import run_json
+from tests.conftest import CUDA_PYTHON, run_json
 from tests.test_cudart import build, run_report
 
 EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
@@ -19,15 +19,7 @@ def test_cudart_copies_by_address_alone_and_between_devices(vgpud, tmp_path_fact
     assert report["last_error"] == "0"
 
 
-DRIVER = """
-import ctypes, json
-from cuda.bindings import driver as cu
-def ok(result):
-    err = result[0] if isinstance(result, tuple) else result
-    assert int(err) == 0, err
-    return result[1] if isinstance(result, tuple) and len(result) == 2 else None
-def code(result):
-    return int(result[0] if isinstance(result, tuple) else result)
+DRIVER = CUDA_PYTHON + """
 ok(cu.cuInit(0))
 ok(cu.cuCtxSetCurrent(ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(0))))))
 size = 1 << 20
