@@ -44,7 +44,7 @@ def test_smi_table_shows_every_gpu_and_process():
                   f"{BIN / 'vgpu'} smi; wait")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Driver Version: 590.48.01" in out and "CUDA Version: 13.1" in out
+    assert "Driver Version: 590.48.01" in out and "CUDA Version: 13.5" in out
     assert out.count("NVIDIA H100 80GB HBM3") == 2
     assert "00000000:18:00.0" in out and "00000000:2A:00.0" in out
     assert "5120MiB /  81559MiB" in out
@@ -144,7 +144,7 @@ def test_nvitop_one_shot_under_vgpu_run():
     result = vgpu("run", "--gpus", "2xh100,t4", "--", str(BIN / "nvitop"), "-1")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Driver Version: 590.48.01" in out and "CUDA Driver Version: 13.1" in out
+    assert "Driver Version: 590.48.01" in out and "CUDA Driver Version: 13.5" in out
     assert out.count("H100 80GB HBM3") == 2 and "Tesla T4" in out
     assert "00000000:2A:00.0" in out and "700W" in out
     assert "No running processes found" in out

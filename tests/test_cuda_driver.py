@@ -57,6 +57,15 @@ def test_exports_every_function_of_cuda_h_under_every_name():
     ("cuMemcpyHtoD", 13000, 1, "cuMemcpyHtoD_v2"),           # legacy stream
     ("cuStreamSynchronize", 13000, 2, "cuStreamSynchronize_ptsz"),
     ("cuStreamSynchronize", 6050, 2, "cuStreamSynchronize"),  # before per-thread streams existed
+    # CUDA 13.1 to 13.5: cudart 13.0 keeps the old versions, newer cudart gets the new ones
+    ("cuLaunchHostFunc", 13000, 0, "cuLaunchHostFunc"),
+    ("cuLaunchHostFunc", 13010, 0, "cuLaunchHostFunc_v2"),
+    ("cuLaunchHostFunc", 13050, 2, "cuLaunchHostFunc_v2_ptsz"),
+    ("cuGraphAddNode", 13030, 0, "cuGraphAddNode_v2"),
+    ("cuGraphAddNode", 13040, 0, "cuGraphAddNode_v3"),
+    ("cuMulticastBindMem", 13010, 0, "cuMulticastBindMem_v2"),
+    ("cuCheckpointOperationComplete", 13040, 0, "cuCheckpointOperationComplete"),
+    ("cuFabricCpyBatchAsync", 13050, 2, "cuFabricCpyBatchAsync_ptsz"),
 ])
 def test_get_proc_address(lib, name, version, flags, symbol):
     pfn, status = ctypes.c_void_p(), ctypes.c_int(-1)
@@ -64,6 +73,21 @@ def test_get_proc_address(lib, name, version, flags, symbol):
                                    ctypes.byref(status)) == 0
     assert status.value == C["CU_GET_PROC_ADDRESS_SUCCESS"]
     assert pfn.value == address(lib, symbol)
+
+
+def test_get_proc_address_finds_every_version_of_every_name(lib):
+    """Each row of cudaTypedefs.h's table: asked at its version, the symbol of that version."""
+    pfn, status = ctypes.c_void_p(), ctypes.c_int(-1)
+    rows = [(name, *row) for name, versions in API.raw["proc_address"].items() for row in versions]
+    assert len(rows) > 550 and API.constants["CUDA_VERSION"] == max(row[1] for row in rows)
+    for name, version, symbol, per_thread, per_thread_version in rows:
+        assert lib.cuGetProcAddress_v2(name.encode(), ctypes.byref(pfn), version, ctypes.c_uint64(1),
+                                       ctypes.byref(status)) == 0, (name, version)
+        assert pfn.value == address(lib, symbol), (name, version)
+        if per_thread:
+            assert lib.cuGetProcAddress_v2(name.encode(), ctypes.byref(pfn), per_thread_version,
+                                           ctypes.c_uint64(2), ctypes.byref(status)) == 0
+            assert pfn.value == address(lib, per_thread), (name, per_thread_version)
 
 
 def test_get_proc_address_misses(lib):
@@ -127,7 +151,7 @@ print(json.dumps(out))
 def test_devices_through_cuda_python(vgpud):
     out = run_json(DEVICES, vgpud.env)
     assert out["before_init"] == C["CUDA_ERROR_NOT_INITIALIZED"] and out["init"] == 0
-    assert out["version"] == DEFAULT_CUDA_VERSION
+    assert out["version"] == DEFAULT_CUDA_VERSION == C["CUDA_VERSION"], "the version of the cuda.h exported"
     assert len(out["devices"]) == 4
     for index, (device, ident) in enumerate(zip(out["devices"], vgpud.gpus)):
         p = ident.profile
@@ -252,3 +276,62 @@ def test_created_contexts(vgpud):
     assert out["total"] == vgpud.gpus[2].profile.cuda_total_mib << 20, "work goes to the context's device"
     assert out["destroy_primary"] == C["CUDA_ERROR_INVALID_CONTEXT"] and out["destroy"] == 0
     assert out["current_after"] is None and out["use_destroyed"] == C["CUDA_ERROR_INVALID_CONTEXT"]
+
+
+ZEROS = """
+import ctypes, sys
+from vgpu.api.manifest import load
+from vgpu.launcher import library_path
+api = load("cuda")
+cu = ctypes.CDLL(str(library_path("libvgpu-cuda.so")))
+ctx = ctypes.c_void_p()
+assert cu.cuInit(0) == 0 and cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0 and cu.cuCtxSetCurrent(ctx) == 0
+def ctype(param):
+    return ctypes.c_void_p if api.resolve(param.type)["kind"] == "ptr" else api.ctype(param.type)
+for function in api.functions:
+    print(function.name, end=" ", flush=True)  # the last name printed is the one that crashed
+    export = getattr(cu, function.name)
+    export.restype, export.argtypes = ctypes.c_int, [ctype(p) for p in function.params]
+    print(export(*[ctype(p)() for p in function.params]), flush=True)
+"""
+
+
+def test_every_function_answers_zeros_and_nulls_with_a_result_code(vgpud):
+    """Each export of cuda.h, the newest functions included, called once with every argument zero
+    or NULL (structs passed by value zeroed): a CUresult, never a crash or a hang."""
+    result = run_python(ZEROS, vgpud.env, timeout=120)
+    answers = dict(line.split() for line in result.stdout.splitlines())
+    assert result.returncode == 0, f"crashed in {result.stdout.split()[-1:]}: {result.stderr[-2000:]}"
+    assert answers.keys() == {f.name for f in API.functions}
+    codes = set(API.enum("cudaError_enum").values())
+    assert {name: int(code) for name, code in answers.items() if int(code) not in codes} == {}
+    assert answers["cuCheckpointOperationComplete"] == str(C["CUDA_ERROR_NOT_SUPPORTED"]), "not served by vgpud"
+    assert answers["cuLaunchHostFunc_v2"] == str(C["CUDA_ERROR_INVALID_VALUE"]), "no function to run"
+
+
+HOST_FUNC_V2 = """
+import ctypes, json
+from vgpu.launcher import library_path
+cu = ctypes.CDLL(str(library_path("libvgpu-cuda.so")))
+ctx, stream, pfn = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+assert cu.cuInit(0) == 0 and cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0 and cu.cuCtxSetCurrent(ctx) == 0
+assert cu.cuStreamCreate(ctypes.byref(stream), 0) == 0
+ran = []
+HostFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+record = HostFn(lambda data: ran.append(data))
+# what cudart 13.1 and later call: cuLaunchHostFunc as cuGetProcAddress finds it at their version
+assert cu.cuGetProcAddress_v2(b"cuLaunchHostFunc", ctypes.byref(pfn), 13050, ctypes.c_uint64(0), None) == 0
+launch = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, HostFn, ctypes.c_void_p, ctypes.c_uint)(pfn.value)
+out = {"blocking": launch(stream, record, 7, 0), "spinwait": launch(stream, record, 8, 1),
+       "bad_mode": launch(stream, record, 9, 2)}
+out["sync"] = cu.cuStreamSynchronize(stream)
+out["ran"] = ran
+print(json.dumps(out))
+"""
+
+
+def test_launch_host_func_v2_runs_in_stream_order(vgpud):
+    out = run_json(HOST_FUNC_V2, vgpud.env)
+    assert out["blocking"] == out["spinwait"] == out["sync"] == 0
+    assert out["bad_mode"] == C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["ran"] == [7, 8], "both ran, in order, before the stream synchronised"

@@ -41,7 +41,10 @@ def test_library_identifies_as_libnvidia_ml():
 
 @pytest.mark.parametrize("api", sorted(extract.SPECS))
 def test_committed_manifests_match_the_headers(api):
+    """The manifest is the header the build compiles against: the wheel version pyproject.toml's
+    build-system requires (downloaded into a cache when the test extras install another)."""
     committed = json.loads((HERE / f"{api}.json").read_text())
+    assert committed["source"] == extract.header_source(api), f"regenerate with `python -m vgpu.api.extract {api}`"
     fresh = extract.extract(api, extract.find_header(api), committed["source"])
     assert fresh == committed, f"regenerate with `python -m vgpu.api.extract {api}`"
 

@@ -19,8 +19,8 @@ def handles(n):
 def test_system_calls(nvml):
     n = nvml
     assert n.nvmlSystemGetDriverVersion() == "590.48.01"
-    assert n.nvmlSystemGetCudaDriverVersion() == 13010
-    assert n.nvmlSystemGetCudaDriverVersion_v2() == 13010
+    assert n.nvmlSystemGetCudaDriverVersion() == 13050
+    assert n.nvmlSystemGetCudaDriverVersion_v2() == 13050  # cuda.h's CUDA_VERSION
     assert n.nvmlSystemGetNVMLVersion() == "13.590.48.01"
     assert n.nvmlDeviceGetCount() == 4
     assert n.nvmlUnitGetCount() == 0

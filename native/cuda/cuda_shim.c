@@ -853,6 +853,12 @@ VGPU_EXPORT CUresult cuStreamAddCallback(CUstream hStream, CUstreamCallback call
     if (flags) return CUDA_ERROR_INVALID_VALUE;
     return queue_host_call(hStream, NULL, callback, userData);
 }
+/* CUDA 13.1's version (what cudart 13.1 and later get from cuGetProcAddress): the sync mode says
+ * whether the driver's host-task thread blocks or spins while idle; the shim's worker always blocks. */
+VGPU_EXPORT CUresult cuLaunchHostFunc_v2(CUstream hStream, CUhostFn fn, void *userData, unsigned int syncMode) {
+    if (syncMode != CU_HOST_TASK_BLOCKING && syncMode != CU_HOST_TASK_SPINWAIT) return CUDA_ERROR_INVALID_VALUE;
+    return cuLaunchHostFunc(hStream, fn, userData);
+}
 
 /* ---- pointer attributes: page-locked memory answered here, device memory by vgpud ---- */
 

@@ -5,6 +5,12 @@ encodings and the Python dispatch.  It is committed (``nvml.json``, ``cuda.json`
 so a build does not need a parser; ``python -m vgpu.api.extract nvml|cuda``
 regenerates it from the headers in NVIDIA's wheels (nvidia-nvml-dev for nvml.h,
 nvidia-cuda-runtime for cuda.h and cudaTypedefs.h).
+
+The header is always the one the package build compiles against: the wheel version
+pyproject.toml's build-system requires. Where the installed wheel is another version (the
+test extras keep an older cudart for the runtime tests), the required wheel is downloaded
+once with pip and its headers kept in a cache (``$VGPU_HEADER_CACHE``, by default
+``~/.cache/vgpu/headers``).
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +35,8 @@ from pycparser.c_generator import CGenerator
 TypeRef = dict[str, Any]
 
 FAKE_LIBC = Path(__file__).with_name("fake_libc")
+#: the source checkout's pyproject.toml, whose build requirements name the headers' wheels
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 _PFN = re.compile(r"\(\s*(?:CUDAAPI\s*)?\*\s*PFN_(cu\w+?)_v(\d+)(_ptds|_ptsz)?\s*\)")
 _DEFINE = re.compile(r"^\s*#\s*define\s+([A-Za-z_]\w*)\s+(.+?)\s*(?://.*|/\*.*)?$")
 _INT_LITERAL = re.compile(r"^\(?\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*(?:[uUlL]{0,3})\s*\)?$")
@@ -243,31 +254,83 @@ def extract(api: str, header: Path, source: str) -> dict[str, Any]:
     return manifest
 
 
-def find_header(api: str) -> Path:
-    """Locate an API's header inside the installed NVIDIA wheel."""
-    import nvidia  # namespace package from the NVIDIA wheels
+def build_requirement(api: str) -> str:
+    """The version of the API's header wheel that the package build requires (pyproject.toml)."""
+    wheel = SPECS[api].wheel
+    requires = tomllib.loads(PYPROJECT.read_text())["build-system"]["requires"]
+    for requirement in requires:
+        name, _, version = requirement.partition("==")
+        if name.strip() == wheel:
+            return version.strip()
+    raise LookupError(f"pyproject.toml's build-system requires no pinned {wheel}")
+
+
+def _installed_header(api: str, version: str) -> Path | None:
+    """The header in the installed wheel, if that wheel is ``version``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
 
     spec = SPECS[api]
+    try:
+        if installed_version(spec.wheel) != version:
+            return None
+        import nvidia  # namespace package from the NVIDIA wheels
+    except (PackageNotFoundError, ImportError):
+        return None
     for root in nvidia.__path__:
         for candidate in sorted(Path(root).glob(f"*/include/{spec.header}")):
             return candidate
-    raise FileNotFoundError(f"{spec.header} not found; install it with `pip install {spec.wheel}`")
+    return None
+
+
+def _cached_header(api: str, version: str) -> Path:
+    """The header from the wheel ``version``, downloaded with pip once and kept in the cache
+    with the other headers of its include folder (cudaTypedefs.h beside cuda.h)."""
+    spec = SPECS[api]
+    cache = Path(os.environ.get("VGPU_HEADER_CACHE") or Path.home() / ".cache" / "vgpu" / "headers")
+    folder = cache / f"{spec.wheel}-{version}"
+    if (folder / spec.header).exists():
+        return folder / spec.header
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as download, tempfile.TemporaryDirectory(dir=cache) as staging:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--dest", download, f"{spec.wheel}=={version}"],
+                       check=True, env={**os.environ, "PIP_CONSTRAINT": ""})
+        wheel = next(Path(download).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                folder_name, _, file_name = member.rpartition("/")
+                if folder_name.endswith("/include") and file_name.endswith(".h"):
+                    (Path(staging) / file_name).write_bytes(archive.read(member))
+        if not (Path(staging) / spec.header).exists():
+            raise FileNotFoundError(f"{wheel.name} holds no {spec.header}")
+        if not folder.exists():  # whole or not at all, should two runs race
+            os.rename(staging, folder)
+            os.mkdir(staging)  # for the context manager to remove
+    return folder / spec.header
+
+
+def find_header(api: str) -> Path:
+    """The API's header from the wheel version the package build requires: the installed
+    wheel's when it is that version, otherwise one downloaded into the cache."""
+    version = build_requirement(api)
+    return _installed_header(api, version) or _cached_header(api, version)
+
+
+def header_source(api: str) -> str:
+    """What a manifest records as its source: the header wheel and the version the build requires."""
+    return f"{SPECS[api].wheel} {build_requirement(api)}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("api", choices=sorted(SPECS))
-    parser.add_argument("--header", type=Path, help="the header (default: the NVIDIA wheel's)")
+    parser.add_argument("--header", type=Path, help="the header (default: that of the wheel version the build requires)")
     parser.add_argument("--source", default="", help="where the header came from, recorded in the manifest")
     parser.add_argument("-o", "--output", type=Path, help="default: API.json beside this file")
     args = parser.parse_args(argv)
     header = args.header or find_header(args.api)
-    source = args.source
-    if not source:
-        from importlib.metadata import version
-
-        wheel = SPECS[args.api].wheel
-        source = f"{wheel} {version(wheel)}"
+    source = args.source or header_source(args.api)
     args.output = args.output or Path(__file__).with_name(f"{args.api}.json")
     manifest = extract(args.api, header, source)
     args.output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

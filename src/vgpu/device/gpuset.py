@@ -11,15 +11,19 @@ GPU's position, so the same set always yields the same GPUs and no two GPUs shar
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from vgpu.api.manifest import HERE as MANIFESTS
 from vgpu.device.profiles import Profile, get
 
 DEFAULT_DRIVER_VERSION = "590.48.01"
-DEFAULT_CUDA_VERSION = 13010
+#: the CUDA version of the cuda.h the library exports (CUDA_VERSION), so what cuDriverGetVersion,
+#: NVML and the smi table report matches the functions cuGetProcAddress finds
+DEFAULT_CUDA_VERSION: int = json.loads((MANIFESTS / "cuda.json").read_text())["defines"]["CUDA_VERSION"]
 #: PCI buses of the eight GPUs of an HGX H100 board; later GPUs continue past them.
 _BUSES = [0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB]
 
