@@ -6,6 +6,7 @@ refused with the documented codes."""
 from __future__ import annotations
 
 from tests.conftest import CUDA_PYTHON, run_json
+from tests.test_cudart import build, run_report
 
 EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
 
@@ -376,3 +377,13 @@ def test_texture_and_surface_objects_keep_their_descriptors(vgpud):
         "surface_without_flag": 1, "surface": True, "surface_of_linear": 1, "surface_as_texture": 1,
         "destroyed": 1, "destroyed_twice": 1, "mip_destroyed": 400, "level_gone": 400,
     }, out
+
+
+def test_cudart_arrays_3d_copies_memset_2d_and_texture_objects(vgpud, tmp_path_factory):
+    report = run_report(build(tmp_path_factory, "arrays_textures"), vgpud.env)
+    report.pop("_output")
+    info = report.pop("info")
+    assert info == "32 2 300 40 0 2", info  # 32-bit float channel, 300 x 40, surface load/store flag
+    assert report == {name: "0" for name in report if not name.startswith(("equal", "memset_2d_bytes", "tex_desc_same"))} | \
+        {"equal_2d": "1", "equal_3d": "1", "memset_2d_bytes": "1", "tex_desc_same": "1"}
+    assert len(report) == 23
