@@ -387,3 +387,154 @@ def test_cudart_arrays_3d_copies_memset_2d_and_texture_objects(vgpud, tmp_path_f
     assert report == {name: "0" for name in report if not name.startswith(("equal", "memset_2d_bytes", "tex_desc_same"))} | \
         {"equal_2d": "1", "equal_3d": "1", "memset_2d_bytes": "1", "tex_desc_same": "1"}
     assert len(report) == 23
+
+
+LEGACY = """
+import ctypes, json
+import numpy as np
+from vgpu.launcher import library_path
+cu = ctypes.CDLL(str(library_path("libvgpu-cuda.so")))
+u32, vp, sz = ctypes.c_uint, ctypes.c_void_p, ctypes.c_size_t
+out = {}
+assert cu.cuInit(0) == 0
+ctx = vp()
+assert cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0 and cu.cuCtxSetCurrent(ctx) == 0
+
+class Desc1(ctypes.Structure):  # CUDA_ARRAY_DESCRIPTOR_v1: 32-bit sizes
+    _fields_ = [("Width", u32), ("Height", u32), ("Format", ctypes.c_int), ("NumChannels", u32)]
+
+class Desc1Canary(ctypes.Structure):
+    _fields_ = [("desc", Desc1), ("canary", ctypes.c_uint64)]
+
+class Copy2D1(ctypes.Structure):  # CUDA_MEMCPY2D_v1
+    _fields_ = [("srcXInBytes", u32), ("srcY", u32), ("srcMemoryType", ctypes.c_int), ("srcHost", vp),
+                ("srcDevice", u32), ("srcArray", vp), ("srcPitch", u32),
+                ("dstXInBytes", u32), ("dstY", u32), ("dstMemoryType", ctypes.c_int), ("dstHost", vp),
+                ("dstDevice", u32), ("dstArray", vp), ("dstPitch", u32), ("WidthInBytes", u32), ("Height", u32)]
+
+# v1 array creation and descriptor (4-byte fields, the bytes after it untouched)
+array = vp()
+out["create_v1"] = cu.cuArrayCreate(ctypes.byref(array), ctypes.byref(Desc1(64, 16, 0x03, 1)))  # UNSIGNED_INT32
+back = Desc1Canary(canary=0x5A5A5A5A5A5A5A5A)
+out["descriptor_v1"] = cu.cuArrayGetDescriptor(ctypes.byref(back.desc), array)
+out["descriptor_fields"] = [back.desc.Width, back.desc.Height, back.desc.Format, back.desc.NumChannels]
+out["canary"] = back.canary == 0x5A5A5A5A5A5A5A5A
+# v1 2D copy host -> array, v1 1D copy array -> host with a 32-bit offset
+image = (np.arange(64 * 16, dtype=np.uint64).reshape(16, 64) * 2654435761 % (1 << 32)).astype(np.uint32)
+c = Copy2D1(srcMemoryType=1, srcHost=image.ctypes.data, srcPitch=256, dstMemoryType=3, dstArray=array,
+            WidthInBytes=256, Height=16)  # CU_MEMORYTYPE_HOST = 1, ARRAY = 3
+out["copy2d_v1"] = cu.cuMemcpy2D(ctypes.byref(c))
+got = np.zeros(64 * 4, dtype=np.uint32)
+cu.cuMemcpyAtoH.argtypes = [vp, vp, u32, u32]
+out["atoh_v1"] = cu.cuMemcpyAtoH(got.ctypes.data, array, 256 * 4, got.nbytes)
+out["v1_bytes"] = bool((got.reshape(4, 64) == image[4:8]).all())
+cu.cuMemcpyHtoA.argtypes = [vp, u32, vp, u32]
+out["htoa_v1_past_end"] = cu.cuMemcpyHtoA(array, 64 * 16 * 4 - 4, image.ctypes.data, 8)
+# a v1 device address that names no allocation: the _v2 function's code
+cu.cuMemcpyDtoH.argtypes = [vp, u32, u32]
+out["dtoh_v1_nothing_there"] = cu.cuMemcpyDtoH(got.ctypes.data, 0x1234, 16)
+
+# texture references: made, set, read back, bound and unbound
+tex = vp()
+out["tex_create"] = cu.cuTexRefCreate(ctypes.byref(tex))
+out["set_array_without_override"] = cu.cuTexRefSetArray(tex, array, 0)
+out["set_array"] = cu.cuTexRefSetArray(tex, array, 1)  # CU_TRSA_OVERRIDE_FORMAT
+bound, fmt, channels = vp(), ctypes.c_int(), ctypes.c_int()
+out["get_array"] = cu.cuTexRefGetArray(ctypes.byref(bound), tex)
+out["same_array"] = bound.value == array.value
+cu.cuTexRefGetFormat(ctypes.byref(fmt), ctypes.byref(channels), tex)
+out["format_from_array"] = [fmt.value, channels.value]
+address = ctypes.c_uint64()
+out["address_while_array"] = cu.cuTexRefGetAddress_v2(ctypes.byref(address), tex)
+for dim, mode in ((0, 3), (1, 2), (2, 1)):
+    cu.cuTexRefSetAddressMode(tex, dim, mode)
+out["bad_dim"] = cu.cuTexRefSetAddressMode(tex, 3, 0)
+modes = []
+for dim in range(3):
+    m = ctypes.c_int()
+    cu.cuTexRefGetAddressMode(ctypes.byref(m), tex, dim)
+    modes.append(m.value)
+out["modes"] = modes
+cu.cuTexRefSetFilterMode(tex, 1)
+cu.cuTexRefSetMipmapFilterMode(tex, 1)
+out["bad_filter"] = cu.cuTexRefSetFilterMode(tex, 2)
+cu.cuTexRefSetMipmapLevelBias(tex, ctypes.c_float(1.5))
+cu.cuTexRefSetMipmapLevelClamp(tex, ctypes.c_float(0.5), ctypes.c_float(7.0))
+cu.cuTexRefSetMaxAnisotropy(tex, 8)
+border = (ctypes.c_float * 4)(0.25, 0.5, 0.75, 1.0)
+cu.cuTexRefSetBorderColor(tex, border)
+out["set_flags"] = cu.cuTexRefSetFlags(tex, 0x3)
+out["bad_flags"] = cu.cuTexRefSetFlags(tex, 0x100)
+f1, f2, bias, lo, hi, aniso, flags = (ctypes.c_int(), ctypes.c_int(), ctypes.c_float(), ctypes.c_float(),
+                                      ctypes.c_float(), ctypes.c_int(), ctypes.c_uint())
+colour = (ctypes.c_float * 4)()
+cu.cuTexRefGetFilterMode(ctypes.byref(f1), tex)
+cu.cuTexRefGetMipmapFilterMode(ctypes.byref(f2), tex)
+cu.cuTexRefGetMipmapLevelBias(ctypes.byref(bias), tex)
+cu.cuTexRefGetMipmapLevelClamp(ctypes.byref(lo), ctypes.byref(hi), tex)
+cu.cuTexRefGetMaxAnisotropy(ctypes.byref(aniso), tex)
+cu.cuTexRefGetBorderColor(colour, tex)
+cu.cuTexRefGetFlags(ctypes.byref(flags), tex)
+out["read_back"] = [f1.value, f2.value, bias.value, lo.value, hi.value, aniso.value, list(colour), flags.value]
+# bound to linear memory instead: the array binding is superseded
+memory = ctypes.c_uint64()
+assert cu.cuMemAlloc_v2(ctypes.byref(memory), 1 << 16) == 0
+offset = ctypes.c_size_t(99)
+out["set_address"] = cu.cuTexRefSetAddress_v2(ctypes.byref(offset), tex, ctypes.c_uint64(memory.value), sz(1 << 16))
+out["offset"] = offset.value
+out["get_address"] = cu.cuTexRefGetAddress_v2(ctypes.byref(address), tex)
+out["same_address"] = address.value == memory.value
+out["array_after_address"] = cu.cuTexRefGetArray(ctypes.byref(bound), tex)
+small = ctypes.c_uint(0)
+out["address_v1_too_wide"] = [cu.cuTexRefGetAddress(ctypes.byref(small), tex), small.value]
+class Desc2(ctypes.Structure):
+    _fields_ = [("Width", sz), ("Height", sz), ("Format", ctypes.c_int), ("NumChannels", u32)]
+out["set_2d_bad_pitch"] = cu.cuTexRefSetAddress2D_v3(tex, ctypes.byref(Desc2(16, 16, 0x20, 1)),
+                                                     ctypes.c_uint64(memory.value), sz(100))
+out["set_2d"] = cu.cuTexRefSetAddress2D_v3(tex, ctypes.byref(Desc2(16, 16, 0x20, 1)), ctypes.c_uint64(memory.value), sz(64))
+cu.cuTexRefGetFormat(ctypes.byref(fmt), ctypes.byref(channels), tex)
+out["format_from_2d"] = [fmt.value, channels.value]
+out["set_format"] = cu.cuTexRefSetFormat(tex, 0x10, 2)
+out["bad_format"] = cu.cuTexRefSetFormat(tex, 0x10, 3)
+out["destroy"] = cu.cuTexRefDestroy(tex)
+out["destroyed"] = cu.cuTexRefGetFlags(ctypes.byref(flags), tex)
+# references in modules: none in a module built by CUDA 12 or later
+module, ref = vp(), vp()
+assert cu.cuModuleLoadData(ctypes.byref(module), MODULE) == 0, "module"
+out["module_texref"] = cu.cuModuleGetTexRef(ctypes.byref(ref), module, b"tex")
+out["module_surfref"] = cu.cuModuleGetSurfRef(ctypes.byref(ref), module, b"surf")
+out["bad_module"] = cu.cuModuleGetTexRef(ctypes.byref(ref), vp(0x12345678), b"tex")
+function = vp()
+assert cu.cuModuleGetFunction(ctypes.byref(function), module, b"noop") == 0
+out["param_set_texref"] = cu.cuParamSetTexRef(function, -1, tex)
+out["surfref_set_array"] = cu.cuSurfRefSetArray(vp(0x1000), array, 0)
+out["destroy_array_v1_made"] = cu.cuArrayDestroy(array)
+print(json.dumps(out))
+"""
+
+PTX = """
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry noop() { ret; }
+"""
+
+
+def test_legacy_names_and_texture_references(vgpud):
+    out = run_json(f"MODULE = {PTX.encode()!r}\n" + LEGACY, vgpud.env)
+    INVALID_VALUE, INVALID_HANDLE, NOT_FOUND = 1, 400, 500
+    assert out == {
+        "create_v1": 0, "descriptor_v1": 0, "descriptor_fields": [64, 16, 3, 1], "canary": True,
+        "copy2d_v1": 0, "atoh_v1": 0, "v1_bytes": True, "htoa_v1_past_end": INVALID_VALUE,
+        "dtoh_v1_nothing_there": INVALID_VALUE,
+        "tex_create": 0, "set_array_without_override": INVALID_VALUE, "set_array": 0, "get_array": 0,
+        "same_array": True, "format_from_array": [3, 1], "address_while_array": INVALID_VALUE,
+        "bad_dim": INVALID_VALUE, "modes": [3, 2, 1], "bad_filter": INVALID_VALUE, "set_flags": 0,
+        "bad_flags": INVALID_VALUE, "read_back": [1, 1, 1.5, 0.5, 7.0, 8, [0.25, 0.5, 0.75, 1.0], 3],
+        "set_address": 0, "offset": 0, "get_address": 0, "same_address": True, "array_after_address": INVALID_VALUE,
+        "address_v1_too_wide": [INVALID_VALUE, 0], "set_2d_bad_pitch": INVALID_VALUE, "set_2d": 0,
+        "format_from_2d": [0x20, 1], "set_format": 0, "bad_format": INVALID_VALUE, "destroy": 0,
+        "destroyed": INVALID_HANDLE, "module_texref": NOT_FOUND, "module_surfref": NOT_FOUND,
+        "bad_module": INVALID_HANDLE, "param_set_texref": INVALID_VALUE, "surfref_set_array": INVALID_HANDLE,
+        "destroy_array_v1_made": 0,
+    }, out

@@ -126,6 +126,8 @@ static size_t element_bytes(CUarray_format format, unsigned channels) {
     return channels == 1 || channels == 2 || channels == 4 ? bytes * channels : 0;
 }
 
+size_t vgpu_cuda_element_bytes(CUarray_format format, unsigned channels) { return element_bytes(format, channels); }
+
 static int device_attribute(CUdevice_attribute which) {
     CUdevice dev;
     int value = 0;
@@ -826,4 +828,145 @@ VGPU_EXPORT CUresult cuSurfObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, C
     if (!pResDesc || !find_object(surfObject, 1, &o)) return CUDA_ERROR_INVALID_VALUE;
     *pResDesc = o.resource;
     return CUDA_SUCCESS;
+}
+
+/* ---- v1 names (CUDA < 3.2: 32-bit device pointers, sizes and descriptor fields), by the v1
+ * rule: inputs are widened and the call is the current version's; a size handed back is at most
+ * 0xFFFFFFFF ---- */
+
+static unsigned narrow(size_t value) { return value > 0xFFFFFFFFu ? 0xFFFFFFFFu : (unsigned)value; }
+
+VGPU_EXPORT CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *pAllocateArray) {
+    if (!pAllocateArray) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_ARRAY_DESCRIPTOR d = {pAllocateArray->Width, pAllocateArray->Height, pAllocateArray->Format,
+                               pAllocateArray->NumChannels};
+    return cuArrayCreate_v2(pHandle, &d);
+}
+
+VGPU_EXPORT CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *pAllocateArray) {
+    if (!pAllocateArray) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_ARRAY3D_DESCRIPTOR d = {pAllocateArray->Width, pAllocateArray->Height, pAllocateArray->Depth,
+                                 pAllocateArray->Format, pAllocateArray->NumChannels, pAllocateArray->Flags};
+    return cuArray3DCreate_v2(pHandle, &d);
+}
+
+VGPU_EXPORT CUresult cuArrayGetDescriptor(CUDA_ARRAY_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray) {
+    CUDA_ARRAY_DESCRIPTOR d;
+    CUresult rc = cuArrayGetDescriptor_v2(pArrayDescriptor ? &d : NULL, hArray);
+    if (rc == CUDA_SUCCESS) *pArrayDescriptor = (CUDA_ARRAY_DESCRIPTOR_v1){narrow(d.Width), narrow(d.Height), d.Format, d.NumChannels};
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuArray3DGetDescriptor(CUDA_ARRAY3D_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray) {
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    CUresult rc = cuArray3DGetDescriptor_v2(pArrayDescriptor ? &d : NULL, hArray);
+    if (rc == CUDA_SUCCESS)
+        *pArrayDescriptor = (CUDA_ARRAY3D_DESCRIPTOR_v1){narrow(d.Width), narrow(d.Height), narrow(d.Depth), d.Format,
+                                                         d.NumChannels, d.Flags};
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuMemcpyHtoA(CUarray dstArray, unsigned int dstOffset, const void *srcHost, unsigned int ByteCount) {
+    return cuMemcpyHtoA_v2(dstArray, dstOffset, srcHost, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyAtoH(void *dstHost, CUarray srcArray, unsigned int srcOffset, unsigned int ByteCount) {
+    return cuMemcpyAtoH_v2(dstHost, srcArray, srcOffset, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyHtoAAsync(CUarray dstArray, unsigned int dstOffset, const void *srcHost,
+                                       unsigned int ByteCount, CUstream hStream) {
+    return cuMemcpyHtoAAsync_v2(dstArray, dstOffset, srcHost, ByteCount, hStream);
+}
+VGPU_EXPORT CUresult cuMemcpyAtoHAsync(void *dstHost, CUarray srcArray, unsigned int srcOffset, unsigned int ByteCount,
+                                       CUstream hStream) {
+    return cuMemcpyAtoHAsync_v2(dstHost, srcArray, srcOffset, ByteCount, hStream);
+}
+VGPU_EXPORT CUresult cuMemcpyAtoD(CUdeviceptr_v1 dstDevice, CUarray srcArray, unsigned int srcOffset, unsigned int ByteCount) {
+    return cuMemcpyAtoD_v2(dstDevice, srcArray, srcOffset, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyDtoA(CUarray dstArray, unsigned int dstOffset, CUdeviceptr_v1 srcDevice, unsigned int ByteCount) {
+    return cuMemcpyDtoA_v2(dstArray, dstOffset, srcDevice, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyAtoA(CUarray dstArray, unsigned int dstOffset, CUarray srcArray, unsigned int srcOffset,
+                                  unsigned int ByteCount) {
+    return cuMemcpyAtoA_v2(dstArray, dstOffset, srcArray, srcOffset, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyHtoD(CUdeviceptr_v1 dstDevice, const void *srcHost, unsigned int ByteCount) {
+    return cuMemcpyHtoD_v2(dstDevice, srcHost, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyDtoH(void *dstHost, CUdeviceptr_v1 srcDevice, unsigned int ByteCount) {
+    return cuMemcpyDtoH_v2(dstHost, srcDevice, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyDtoD(CUdeviceptr_v1 dstDevice, CUdeviceptr_v1 srcDevice, unsigned int ByteCount) {
+    return cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
+}
+VGPU_EXPORT CUresult cuMemcpyHtoDAsync(CUdeviceptr_v1 dstDevice, const void *srcHost, unsigned int ByteCount,
+                                       CUstream hStream) {
+    return cuMemcpyHtoDAsync_v2(dstDevice, srcHost, ByteCount, hStream);
+}
+VGPU_EXPORT CUresult cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr_v1 srcDevice, unsigned int ByteCount, CUstream hStream) {
+    return cuMemcpyDtoHAsync_v2(dstHost, srcDevice, ByteCount, hStream);
+}
+VGPU_EXPORT CUresult cuMemcpyDtoDAsync(CUdeviceptr_v1 dstDevice, CUdeviceptr_v1 srcDevice, unsigned int ByteCount,
+                                       CUstream hStream) {
+    return cuMemcpyDtoDAsync_v2(dstDevice, srcDevice, ByteCount, hStream);
+}
+VGPU_EXPORT CUresult cuMemsetD2D8(CUdeviceptr_v1 dstDevice, unsigned int dstPitch, unsigned char uc, unsigned int Width,
+                                  unsigned int Height) {
+    return cuMemsetD2D8_v2(dstDevice, dstPitch, uc, Width, Height);
+}
+VGPU_EXPORT CUresult cuMemsetD2D16(CUdeviceptr_v1 dstDevice, unsigned int dstPitch, unsigned short us, unsigned int Width,
+                                   unsigned int Height) {
+    return cuMemsetD2D16_v2(dstDevice, dstPitch, us, Width, Height);
+}
+VGPU_EXPORT CUresult cuMemsetD2D32(CUdeviceptr_v1 dstDevice, unsigned int dstPitch, unsigned int ui, unsigned int Width,
+                                   unsigned int Height) {
+    return cuMemsetD2D32_v2(dstDevice, dstPitch, ui, Width, Height);
+}
+
+static CUDA_MEMCPY2D widen_2d(const CUDA_MEMCPY2D_v1 *p) {
+    return (CUDA_MEMCPY2D){
+        .srcXInBytes = p->srcXInBytes, .srcY = p->srcY, .srcMemoryType = p->srcMemoryType, .srcHost = p->srcHost,
+        .srcDevice = p->srcDevice, .srcArray = p->srcArray, .srcPitch = p->srcPitch,
+        .dstXInBytes = p->dstXInBytes, .dstY = p->dstY, .dstMemoryType = p->dstMemoryType, .dstHost = p->dstHost,
+        .dstDevice = p->dstDevice, .dstArray = p->dstArray, .dstPitch = p->dstPitch,
+        .WidthInBytes = p->WidthInBytes, .Height = p->Height,
+    };
+}
+
+static CUDA_MEMCPY3D widen_3d(const CUDA_MEMCPY3D_v1 *p) {
+    return (CUDA_MEMCPY3D){
+        .srcXInBytes = p->srcXInBytes, .srcY = p->srcY, .srcZ = p->srcZ, .srcLOD = p->srcLOD,
+        .srcMemoryType = p->srcMemoryType, .srcHost = p->srcHost, .srcDevice = p->srcDevice, .srcArray = p->srcArray,
+        .srcPitch = p->srcPitch, .srcHeight = p->srcHeight,
+        .dstXInBytes = p->dstXInBytes, .dstY = p->dstY, .dstZ = p->dstZ, .dstLOD = p->dstLOD,
+        .dstMemoryType = p->dstMemoryType, .dstHost = p->dstHost, .dstDevice = p->dstDevice, .dstArray = p->dstArray,
+        .dstPitch = p->dstPitch, .dstHeight = p->dstHeight,
+        .WidthInBytes = p->WidthInBytes, .Height = p->Height, .Depth = p->Depth,
+    };
+}
+
+VGPU_EXPORT CUresult cuMemcpy2D(const CUDA_MEMCPY2D_v1 *pCopy) {
+    if (!pCopy) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_MEMCPY2D copy = widen_2d(pCopy);
+    return cuMemcpy2D_v2(&copy);
+}
+VGPU_EXPORT CUresult cuMemcpy2DUnaligned(const CUDA_MEMCPY2D_v1 *pCopy) {
+    if (!pCopy) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_MEMCPY2D copy = widen_2d(pCopy);
+    return cuMemcpy2DUnaligned_v2(&copy);
+}
+VGPU_EXPORT CUresult cuMemcpy2DAsync(const CUDA_MEMCPY2D_v1 *pCopy, CUstream hStream) {
+    if (!pCopy) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_MEMCPY2D copy = widen_2d(pCopy);
+    return cuMemcpy2DAsync_v2(&copy, hStream);
+}
+VGPU_EXPORT CUresult cuMemcpy3D(const CUDA_MEMCPY3D_v1 *pCopy) {
+    if (!pCopy) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_MEMCPY3D copy = widen_3d(pCopy);
+    return vgpu_cuda_copy_3d(&copy, NULL, 0);
+}
+VGPU_EXPORT CUresult cuMemcpy3DAsync(const CUDA_MEMCPY3D_v1 *pCopy, CUstream hStream) {
+    if (!pCopy) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_MEMCPY3D copy = widen_3d(pCopy);
+    return vgpu_cuda_copy_3d(&copy, hStream, 1);
 }

@@ -74,3 +74,6 @@ CUresult vgpu_cuda_copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async);
  * whole elements). native/cuda/arrays.c */
 CUresult vgpu_cuda_array_region(CUarray array, size_t x_bytes, size_t y, size_t z, size_t width_bytes, size_t height,
                                 size_t depth, CUdeviceptr *base, size_t *pitch, size_t *rows);
+/* Bytes per element of an array format with its channels: 0 for an invalid pair, SIZE_MAX for a
+ * valid format arrays here do not lay out (native/cuda/arrays.c). */
+size_t vgpu_cuda_element_bytes(CUarray_format format, unsigned channels);
