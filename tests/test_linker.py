@@ -17,7 +17,7 @@ from tests.conftest import CUDA_PYTHON, run_json
 from tests.test_kernels import nvcc
 
 EVERY_WAY = True
-VGPUD_GPUS = "h100"
+VGPUD_GPUS = "2xh100"
 
 LIB_CU = r"""
 extern "C" __device__ int twice(int x) { return 2 * x; }
@@ -316,3 +316,30 @@ def test_queries_about_loaded_code(vgpud, code):
     assert report["enumerate_zero"] == 0 and report["enumerate_null"] == 1
     assert report["enumerate_library_as_module"] == 400 and report["enumerate_module_as_library"] == 400
     assert report["null_name"] == 1 and report["null_count"] == 1 and report["junk"] == [400, 400]
+
+
+def test_a_stream_has_its_context_sm_resources(vgpud):
+    """cuStreamGetDevResource: a green context's stream has the green context's SMs, an ordinary
+    stream the device's; workqueue types and bad handles are refused."""
+    report = run_json(LEGACY + textwrap.dedent("""
+        SM = cu.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM
+        dev = ok(cu.cuDeviceGet(0))
+        whole = ok(cu.cuDeviceGetDevResource(dev, SM))
+        groups, count, _ = ok(cu.cuDevSmResourceSplitByCount(1, whole, 0, 16))
+        green = ok(cu.cuGreenCtxCreate(ok(cu.cuDevResourceGenerateDesc(groups[:1], 1)), dev,
+                                       cu.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM))
+        green_stream = ok(cu.cuGreenCtxStreamCreate(green, cu.CUstream_flags.CU_STREAM_NON_BLOCKING, 0))
+        stream = ok(cu.cuStreamCreate(0))
+        resource = ctypes.create_string_buffer(256)
+        out = {"device": whole.sm.smCount, "group": groups[0].sm.smCount,
+               "green": ok(cu.cuStreamGetDevResource(green_stream, SM)).sm.smCount,
+               "ordinary": ok(cu.cuStreamGetDevResource(stream, SM)).sm.smCount,
+               "null": ok(cu.cuStreamGetDevResource(0, SM)).sm.smCount,
+               "workqueue": code(cu.cuStreamGetDevResource(stream, cu.CUdevResourceType.CU_DEV_RESOURCE_TYPE_WORKQUEUE_CONFIG)),
+               "bad_stream": lib.cuStreamGetDevResource(ctypes.c_void_p(77777), resource, 1),
+               "null_out": lib.cuStreamGetDevResource(None, None, 1)}
+        print(json.dumps(out))
+        """), vgpud.env)
+    assert report["device"] == report["ordinary"] == report["null"] == 132
+    assert report["green"] == report["group"] == 16
+    assert report["workqueue"] == 914 and report["bad_stream"] == 400 and report["null_out"] == 1
