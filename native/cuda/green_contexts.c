@@ -342,3 +342,17 @@ VGPU_EXPORT CUresult cuStreamGetGreenCtx(CUstream hStream, CUgreenCtx *phCtx) {
     if (context_id) *phCtx = green_of(vgpu_handle_for(vgpu_cuda_handle_CUcontext, context_id));
     return CUDA_SUCCESS;
 }
+
+/* A stream's resources: its green context's SMs, or its context's (the device's).  The _ptsz name
+ * forwards here (generated). */
+VGPU_EXPORT CUresult cuStreamGetDevResource(CUstream hStream, CUdevResource *resource, CUdevResourceType type) {
+    if (!initialised()) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!resource) return CUDA_ERROR_INVALID_VALUE;
+    CUgreenCtx green = NULL;
+    CUresult rc = cuStreamGetGreenCtx(hStream, &green);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (green) return cuGreenCtxGetDevResource(green, resource, type);
+    CUcontext ctx = NULL;
+    rc = cuStreamGetCtx(hStream, &ctx);
+    return rc == CUDA_SUCCESS ? cuCtxGetDevResource(ctx, resource, type) : rc;
+}

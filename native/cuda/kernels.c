@@ -26,10 +26,14 @@ typedef struct kernel_info {
     char *name;
     unsigned max_threads, bound, max_dynamic_shared, required[3], nparams, param_bytes;
     uint32_t *offsets, *sizes;
+    /* the legacy execution control's state (cuFuncSetBlockShape, cuFuncSetSharedSize, cuParamSet*) */
+    unsigned shape[3], legacy_shared, legacy_param_size;
+    uint8_t *legacy_params; /* MAX_PARAM_BYTES, allocated by the first cuParamSet* */
 } kernel_info;
 
 typedef struct module_info {
     uint64_t id;
+    int library;
     unsigned nkernels;
     kernel_info *kernels;
     struct module_info *next;
@@ -115,10 +119,11 @@ static uint32_t take_u32(const uint8_t **p) {
 }
 
 /* The kernels of a load reply; 0 on success. */
-static int remember_module(uint64_t id, const uint8_t *p, const uint8_t *end, unsigned count) {
+static int remember_module(uint64_t id, int library, const uint8_t *p, const uint8_t *end, unsigned count) {
     module_info *m = calloc(1, sizeof *m);
     if (!m) return -1;
     m->id = id;
+    m->library = library;
     m->kernels = calloc(count ? count : 1, sizeof *m->kernels);
     if (!m->kernels) { free(m); return -1; }
     for (unsigned i = 0; i < count; i++) {
@@ -159,7 +164,13 @@ static kernel_info *find_kernel(uint64_t function_id) {
     return NULL;
 }
 
+/* Why the calling thread's last load was refused, as vgpud put it ("" when it did not say). */
+static __thread char load_error[512];
+
+const char *vgpu_cuda_load_error(void) { return load_error; }
+
 static CUresult load(void **out, unsigned handle_type, const void *image, unsigned flags) {
+    load_error[0] = 0;
     if (!out || !image) return CUDA_ERROR_INVALID_VALUE;
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
     const void *start = image;
@@ -185,8 +196,13 @@ static CUresult load(void **out, unsigned handle_type, const void *image, unsign
     memcpy(&rc, reply, 4);
     memcpy(&id, reply + 4, 8);
     memcpy(&count, reply + 12, 4);
-    if (rc != CUDA_SUCCESS) return (CUresult)rc;
-    if (remember_module(id, reply + 16, reply + reply_len, count) < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc != CUDA_SUCCESS) { /* vgpud may say why after the 16 bytes */
+        size_t n = reply_len - 16 < sizeof load_error - 1 ? reply_len - 16 : sizeof load_error - 1;
+        memcpy(load_error, reply + 16, n);
+        load_error[n] = 0;
+        return (CUresult)rc;
+    }
+    if (remember_module(id, flags & MODULE_FLAG_LIBRARY, reply + 16, reply + reply_len, count) < 0) return CUDA_ERROR_OUT_OF_MEMORY;
     *out = vgpu_handle_for(handle_type, id);
     vgpu_cuda_log(3, "loaded %zu-byte image as %s %llu with %u kernels", size,
                   flags & MODULE_FLAG_LIBRARY ? "library" : "module", (unsigned long long)id, count);
@@ -594,4 +610,193 @@ VGPU_EXPORT CUresult cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunc
     if (!func || function_id(func, &fid) < 0) return CUDA_ERROR_INVALID_HANDLE;
     *clusterSize = 8; /* the portable cluster size */
     return CUDA_SUCCESS;
+}
+
+/* ---- what the shim knows of loaded code: names, parameter counts, enumerations ---- */
+
+/* The module or library behind an id; call with modules_lock held. */
+static module_info *find_module(uint64_t id) {
+    for (module_info *m = modules[id % MODULE_BUCKETS]; m; m = m->next)
+        if (m->id == id) return m;
+    return NULL;
+}
+
+/* Up to max handles of a module's (or library's) kernels into out, in the module's order. */
+static CUresult enumerate(void **out, unsigned max, unsigned owner_type, const void *owner, int library,
+                          unsigned item_type) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    uint64_t id;
+    if (!owner || vgpu_handle_id(owner_type, owner, &id) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    if (!out && max) return CUDA_ERROR_INVALID_VALUE;
+    pthread_rwlock_rdlock(&modules_lock);
+    module_info *m = find_module(id);
+    unsigned count = m && m->library == library ? m->nkernels : 0;
+    pthread_rwlock_unlock(&modules_lock);
+    if (!m || m->library != library) return CUDA_ERROR_INVALID_HANDLE;
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i < count && i < max; i++)
+        if (!(out[i] = vgpu_handle_for(item_type, id << 16 | i))) return CUDA_ERROR_OUT_OF_MEMORY;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
+    return enumerate((void **)functions, numFunctions, vgpu_cuda_handle_CUmodule, mod, 0, vgpu_cuda_handle_CUfunction);
+}
+
+VGPU_EXPORT CUresult cuLibraryEnumerateKernels(CUkernel *kernels, unsigned int numKernels, CUlibrary lib) {
+    return enumerate((void **)kernels, numKernels, vgpu_cuda_handle_CUlibrary, lib, 1, vgpu_cuda_handle_CUkernel);
+}
+
+/* What the shim knows of a kernel: its name (kept for the life of the process, as the modules
+ * are), parameter count, and whether its module is a library. */
+typedef struct kernel_facts {
+    const char *name;
+    unsigned nparams;
+    int library;
+    uint64_t module;
+} kernel_facts;
+
+static CUresult facts_of(const void *f, kernel_facts *out) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    uint64_t fid;
+    if (!f || function_id((CUfunction)f, &fid) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    pthread_rwlock_rdlock(&modules_lock);
+    module_info *m = find_module(fid >> 16);
+    kernel_info *k = find_kernel(fid);
+    if (k) *out = (kernel_facts){k->name, k->nparams, m->library, m->id};
+    pthread_rwlock_unlock(&modules_lock);
+    return k ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+static CUresult kernel_name(const char **name, const void *f) {
+    kernel_facts facts;
+    CUresult rc = facts_of(f, &facts);
+    if (rc == CUDA_SUCCESS && !name) rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) *name = facts.name;
+    return rc;
+}
+
+static CUresult param_count(const void *f, size_t *count) {
+    kernel_facts facts;
+    CUresult rc = facts_of(f, &facts);
+    if (rc == CUDA_SUCCESS && !count) rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) *count = facts.nparams;
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuFuncGetName(const char **name, CUfunction hfunc) { return kernel_name(name, hfunc); }
+
+VGPU_EXPORT CUresult cuKernelGetName(const char **name, CUkernel hfunc) { return kernel_name(name, hfunc); }
+
+VGPU_EXPORT CUresult cuFuncGetParamCount(CUfunction func, size_t *paramCount) { return param_count(func, paramCount); }
+
+VGPU_EXPORT CUresult cuKernelGetParamCount(CUkernel kernel, size_t *paramCount) {
+    return param_count(kernel, paramCount);
+}
+
+/* The library a kernel came from; a module's function is no library's kernel. */
+VGPU_EXPORT CUresult cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel) {
+    kernel_facts facts;
+    CUresult rc = facts_of(kernel, &facts);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (!pLib) return CUDA_ERROR_INVALID_VALUE;
+    if (!facts.library) return CUDA_ERROR_INVALID_HANDLE;
+    *pLib = vgpu_handle_for(vgpu_cuda_handle_CUlibrary, facts.module);
+    return *pLib ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+/* ---- the legacy execution control: a function's block shape, dynamic shared memory and
+ * parameter buffer, set call by call and used by cuLaunch, cuLaunchGrid and cuLaunchGridAsync,
+ * whose launches are checked, packed and recorded as cuLaunchKernel's ---- */
+
+/* Run the statements given on a function's kernel `k` under the write lock; rc_ is the answer. */
+#define WITH_KERNEL(f, ...)                                                   \
+    do {                                                                      \
+        if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;     \
+        uint64_t fid_;                                                        \
+        if (!(f) || function_id((f), &fid_) < 0) return CUDA_ERROR_INVALID_HANDLE; \
+        CUresult rc_ = CUDA_SUCCESS;                                          \
+        pthread_rwlock_wrlock(&modules_lock);                                 \
+        kernel_info *k = find_kernel(fid_);                                   \
+        if (!k) rc_ = CUDA_ERROR_INVALID_HANDLE;                              \
+        else { __VA_ARGS__ }                                                  \
+        pthread_rwlock_unlock(&modules_lock);                                 \
+        return rc_;                                                           \
+    } while (0)
+
+VGPU_EXPORT CUresult cuFuncSetBlockShape(CUfunction hfunc, int x, int y, int z) {
+    WITH_KERNEL(hfunc, {
+        if (x <= 0 || y <= 0 || z <= 0) rc_ = CUDA_ERROR_INVALID_VALUE;
+        else k->shape[0] = (unsigned)x, k->shape[1] = (unsigned)y, k->shape[2] = (unsigned)z;
+    });
+}
+
+VGPU_EXPORT CUresult cuFuncSetSharedSize(CUfunction hfunc, unsigned int bytes) {
+    WITH_KERNEL(hfunc, { k->legacy_shared = bytes; });
+}
+
+VGPU_EXPORT CUresult cuParamSetSize(CUfunction hfunc, unsigned int numbytes) {
+    WITH_KERNEL(hfunc, {
+        if (numbytes > MAX_PARAM_BYTES) rc_ = CUDA_ERROR_INVALID_VALUE;
+        else k->legacy_param_size = numbytes;
+    });
+}
+
+/* Copy bytes into a function's parameter buffer at offset (within the kernel parameter space). */
+static CUresult set_param(CUfunction f, int offset, const void *value, unsigned size) {
+    if (offset < 0 || (unsigned long long)offset + size > MAX_PARAM_BYTES || (size && !value))
+        return vgpu_cuda_initialized() ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_NOT_INITIALIZED;
+    WITH_KERNEL(f, {
+        if (!k->legacy_params) k->legacy_params = calloc(1, MAX_PARAM_BYTES);
+        if (!k->legacy_params) rc_ = CUDA_ERROR_OUT_OF_MEMORY;
+        else memcpy(k->legacy_params + offset, value, size);
+    });
+}
+
+VGPU_EXPORT CUresult cuParamSeti(CUfunction hfunc, int offset, unsigned int value) {
+    return set_param(hfunc, offset, &value, sizeof value);
+}
+
+VGPU_EXPORT CUresult cuParamSetf(CUfunction hfunc, int offset, float value) {
+    return set_param(hfunc, offset, &value, sizeof value);
+}
+
+VGPU_EXPORT CUresult cuParamSetv(CUfunction hfunc, int offset, void *ptr, unsigned int numbytes) {
+    return set_param(hfunc, offset, ptr, numbytes);
+}
+
+/* A launch of the state the calls above set: its parameter buffer goes as cuLaunchKernel's
+ * `extra` buffer would (checked against the kernel's parameter size). */
+static CUresult legacy_launch(CUfunction f, int width, int height, CUstream stream) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    uint64_t fid;
+    if (!f || function_id(f, &fid) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    static __thread uint8_t params[MAX_PARAM_BYTES];
+    unsigned block[3] = {0, 0, 0}, shared = 0;
+    size_t size = 0;
+    pthread_rwlock_rdlock(&modules_lock);
+    kernel_info *k = find_kernel(fid);
+    if (k) {
+        memcpy(block, k->shape, sizeof block);
+        shared = k->legacy_shared;
+        size = k->legacy_param_size;
+        if (k->legacy_params) memcpy(params, k->legacy_params, size);
+        else memset(params, 0, size);
+    }
+    pthread_rwlock_unlock(&modules_lock);
+    if (!k) return CUDA_ERROR_INVALID_HANDLE;
+    if (width <= 0 || height <= 0) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {(unsigned)width, (unsigned)height, 1};
+    void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, params, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+    return launch(f, grid, block, shared, stream, NULL, extra, 0);
+}
+
+VGPU_EXPORT CUresult cuLaunch(CUfunction f) { return legacy_launch(f, 1, 1, NULL); }
+
+VGPU_EXPORT CUresult cuLaunchGrid(CUfunction f, int grid_width, int grid_height) {
+    return legacy_launch(f, grid_width, grid_height, NULL);
+}
+
+VGPU_EXPORT CUresult cuLaunchGridAsync(CUfunction f, int grid_width, int grid_height, CUstream hStream) {
+    return legacy_launch(f, grid_width, grid_height, hStream);
 }

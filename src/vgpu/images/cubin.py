@@ -26,6 +26,8 @@ EIATTR_FRAME_SIZE = 0x11
 EIATTR_KPARAM_INFO = 0x17
 EIATTR_CBANK_PARAM_SIZE = 0x19
 EIATTR_REGCOUNT = 0x2F
+#: st_other's mark of a kernel (an entry function)
+STO_CUDA_ENTRY = 0x10
 #: shared memory the driver reserves at the start of each block's (sm_80 and later), which
 #: the compiler places inside every kernel's .nv.shared section
 RESERVED_SHARED = 1024
@@ -77,10 +79,21 @@ def read_cubin(data: bytes) -> ModuleCode:
                     (registers if attr == EIATTR_REGCOUNT else frames)[symbols[index].name] = amount
     reserved = RESERVED_SHARED if ".nv.shared.reserved.0" in sections else 0
     code = ModuleCode("cubin", arch)
-    for sym in symbols:
+    # st_other's STO_CUDA_ENTRY bit (pyelftools keeps only the visibility bits of st_other)
+    raw = symtab.data() if symtab is not None else b""
+    entries = [bool(raw[i * symtab["sh_entsize"] + 5] & STO_CUDA_ENTRY) if symtab["sh_entsize"] >= 24 else False
+               for i in range(len(symbols))]
+    for number, sym in enumerate(symbols):
         kind, shndx = sym["st_info"]["type"], sym["st_shndx"]
-        # kernels, local ones (internal linkage) included; a device function has no info section of its own
-        if kind == "STT_FUNC" and f".text.{sym.name}" in sections and f".nv.info.{sym.name}" in sections:
+        if sym.name and sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK"):
+            if shndx != "SHN_UNDEF":
+                code.defines.add(sym.name)
+            elif sym["st_info"]["bind"] == "STB_GLOBAL":  # (weak ones, the linker's own tables, may stay undefined)
+                code.needs.add(sym.name)  # relocatable code: defined by another input of a link
+        # kernels, local ones (internal linkage) included; a device function has no info section of its
+        # own, except in relocatable code, where it is neither an entry nor has a parameter bank
+        if kind == "STT_FUNC" and f".text.{sym.name}" in sections and f".nv.info.{sym.name}" in sections and (
+                entries[number] or _has_parameter_bank(sections[f".nv.info.{sym.name}"])):
             code.kernels[sym.name] = _kernel(sym.name, sections, registers, frames, reserved)
         elif kind == "STT_OBJECT" and isinstance(shndx, int):
             section = elf.get_section(shndx)
@@ -91,6 +104,10 @@ def read_cubin(data: bytes) -> ModuleCode:
                 code.globals[sym.name] = Global(sym.name, sym["st_size"], initial,
                                                 constant=section.name.startswith(".nv.constant"))
     return code
+
+
+def _has_parameter_bank(info) -> bool:
+    return any(attr == EIATTR_CBANK_PARAM_SIZE for _fmt, attr, _value in _records(info.data()))
 
 
 def _kernel(name: str, sections: dict, registers: dict[str, int], frames: dict[str, int], reserved: int) -> Kernel:

@@ -8,6 +8,10 @@ u16 version, u32 entry header size, u64 payload size, u32 compressed size, u32, 
 u32 architecture, u32 name offset, u32 name size, u64 flags, u64, u64 uncompressed size}``
 followed by its payload.  A program passes the wrapper ``{u32 magic 0x466243B1, u32
 version, const void *fatbin, void *}``, which points at the header.
+
+What ``cuLinkComplete`` returns is a fat binary vgpu writes (native/cuda/linker.c): every
+input's entries, each entry header lengthened by a link tag ``{u32 "VGLK", u16 input, u16
+target architecture}`` at its end, read back as one linked program (``CodeImage.link_inputs``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ ENTRY = struct.Struct("<HHIQIIHHIIIQQQ")
 KIND_PTX, KIND_CUBIN = 1, 2
 FLAG_COMPRESSED_LZ4 = 0x2000
 FLAG_COMPRESSED_ZSTD = 0x8000
+LINK_TAG = struct.Struct("<4sHH")
+LINK_MAGIC = b"VGLK"
 
 
 def is_fatbin(data: bytes) -> bool:
@@ -62,6 +68,7 @@ def read_fatbin(data: bytes) -> CodeImage:
     if end > len(data):
         raise ImageError(f"fat binary claims {end} bytes, {len(data)} given")
     codes: list[ModuleCode] = []
+    tags: list[tuple[int, int] | None] = []
     compressed = False
     at = header_size
     while at + ENTRY.size <= end:
@@ -80,7 +87,13 @@ def read_fatbin(data: bytes) -> CodeImage:
             code = read_cubin(payload) if kind == KIND_CUBIN else read_ptx(payload)
             code.arch = arch or code.arch
             codes.append(code)
+            tag = LINK_TAG.unpack_from(data, at + entry_header - LINK_TAG.size) \
+                if entry_header >= ENTRY.size + LINK_TAG.size else None
+            tags.append(tag[1:] if tag is not None and tag[0] == LINK_MAGIC else None)
         at += entry_header + payload_size
     if not codes:
         raise ImageError("fat binary holds no cubin and no PTX")
+    if all(tag is not None for tag in tags):  # what cuLinkComplete wrote
+        return CodeImage("fatbin", codes, compressed, link_inputs=[tag[0] for tag in tags],
+                         link_target=tags[0][1])
     return CodeImage("fatbin", codes, compressed)

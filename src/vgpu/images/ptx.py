@@ -18,8 +18,11 @@ _PARAM = re.compile(r"\.param\s+(?:\.ptr\s*\.\w+\s*)?(?:\.align\s+(\d+)\s+)?\.(\
 _DIMS = re.compile(r"\.(maxntid|reqntid)\s+(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*(\d+))?")
 _REG = re.compile(r"\.reg\s+\.(\w+)\s+%\w+<(\d+)>")
 _SHARED = re.compile(r"\.shared\s+(?:\.align\s+(\d+)\s+)?\.(\w+)\s+[\w$]+(?:\[(\d+)\])?\s*;")
-_VARIABLE = re.compile(r"^\s*(?:\.visible\s+|\.extern\s+|\.weak\s+)?\.(global|const)\s+(?:\.align\s+(\d+)\s+)?\.(\w+)\s+"
+_VARIABLE = re.compile(r"^\s*(\.visible\s+|\.extern\s+|\.weak\s+)?\.(global|const)\s+(?:\.align\s+(\d+)\s+)?\.(\w+)\s+"
                        r"([\w$]+)(?:\[(\d*)\])?\s*(?:=\s*(\{[^}]*\}|[^;]+))?;", re.M)
+#: a device function: defined when a body follows, else declared (.extern: defined elsewhere)
+_FUNC = re.compile(r"^\s*(\.extern\s+|\.visible\s+|\.weak\s+)?\.func\s+(?:\([^)]*\)\s*)?([\w$]+)\s*"
+                   r"(?:\([^)]*\))?[^;{]*([;{])", re.M)
 
 
 def is_ptx(data: bytes) -> bool:
@@ -59,8 +62,17 @@ def read_ptx(data: bytes) -> ModuleCode:
     if target is None:
         raise ImageError("PTX without a .target directive")
     code = ModuleCode("ptx", int(target.group(1)))
+    for match in _FUNC.finditer(text):
+        linkage, name, end = match.groups()
+        if end == "{":
+            code.defines.add(name)
+        elif (linkage or "").strip() == ".extern":
+            code.needs.add(name)
     for match in _VARIABLE.finditer(text):
-        space, _align, kind, name, count, value = match.groups()
+        linkage, space, _align, kind, name, count, value = match.groups()
+        if (linkage or "").strip() == ".extern":
+            code.needs.add(name)  # another module's variable (a link resolves it)
+            continue
         element = _TYPE_SIZES.get(kind, 1)
         length = int(count) if count else 1
         code.globals[name] = Global(name, element * length, _initial(kind, length, value), constant=space == "const")

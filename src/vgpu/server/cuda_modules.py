@@ -140,21 +140,24 @@ class ModuleServing:
             gpu, rc = (self.state.gpus[visible[0]], SUCCESS) if visible else (None, C["CUDA_ERROR_NO_DEVICE"])
         if gpu is None:
             return struct.pack("<iQI", rc, 0, 0)
+        # a refusal's reply carries why after its 16 bytes (cuLinkComplete's error log shows it)
         try:
             image = self._read_image(payload[12:])
-        except ImageError:
-            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0)
+        except ImageError as error:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0) + str(error).encode()
         arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
         try:
             chosen = image.module_for(arch)
-        except PtxTooNew:
-            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_PTX"], 0, 0)
-        except NoBinaryForGpu:
+        except PtxTooNew as error:
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_PTX"], 0, 0) + str(error).encode()
+        except NoBinaryForGpu as error:
             # a library loads lazily, as with CUDA_MODULE_LOADING=LAZY: its kernels can be named,
             # and using one on this GPU fails (cuBLASLt keeps libraries for other architectures)
             if not library or os.environ.get("CUDA_MODULE_LOADING") == "EAGER":
-                return struct.pack("<iQI", C["CUDA_ERROR_NO_BINARY_FOR_GPU"], 0, 0)
+                return struct.pack("<iQI", C["CUDA_ERROR_NO_BINARY_FOR_GPU"], 0, 0) + str(error).encode()
             chosen = None
+        except ImageError as error:  # a linked image with a reference no input defines
+            return struct.pack("<iQI", C["CUDA_ERROR_INVALID_IMAGE"], 0, 0) + str(error).encode()
         names = sorted({name for code in image.codes for name in code.kernels})
         log.debug("pid %d loads a %s (%s) with %d kernels; %s runs %s", session.pid, image.format,
                   ", ".join(image.architectures), len(names), gpu.profile.name,

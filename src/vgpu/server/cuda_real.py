@@ -29,6 +29,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from cuda.bindings import driver as cu
@@ -248,6 +249,8 @@ class RealCudaService(CudaApi, LegacyNames):
             return handle_id if handle_id in owned.modules else None
         if handle_type in ("CUfunction", "CUkernel"):
             found = self.functions.get(handle_id)
+            if found is None and handle_id >> 16 in owned.modules:  # handed out by an enumeration
+                found = self._enumerated(handle_id, caller)
             return found if found is not None and found.module in owned.modules else None
         if handle_type in ("CUgraph", "CUgraphExec"):
             found = (owned.graphs if handle_type == "CUgraph" else owned.execs).get(handle_id)
@@ -872,8 +875,8 @@ class RealCudaService(CudaApi, LegacyNames):
             result = cu.cuLibraryLoadData(image_buffer, None, None, 0, None, None, 0)
         else:
             result = cu.cuModuleLoadData(image_buffer)
-        if rc(result) != SUCCESS:
-            return struct.pack("<iQI", rc(result), 0, 0)
+        if rc(result) != SUCCESS:  # with the reason vgpu's reader finds, if it finds one
+            return struct.pack("<iQI", rc(result), 0, 0) + self._refusal(image, ordinal)
         module_id = next(self._ids)
         self._mine(c).modules[module_id] = (result[1], library)
         names = sorted({name for code in image.codes for name in code.kernels})
@@ -928,6 +931,41 @@ class RealCudaService(CudaApi, LegacyNames):
         self.functions[found.module << 16 | found.index] = found
         out.value = found
         return SUCCESS
+
+    def _refusal(self, image: Any, ordinal: int | None) -> bytes:
+        """Why an image does not load on a device, as the simulator says it (b"" if it would)."""
+        if ordinal is None:
+            return b""
+        A = cu.CUdevice_attribute
+        device = self.devices[ordinal]
+        arch = cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)[1] * 10 + \
+            cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)[1]
+        try:
+            image.module_for(arch)
+        except ImageError as error:
+            return str(error).encode()
+        return b""
+
+    def _enumerated(self, handle_id: int, caller: Caller) -> RealFunction | None:
+        """A function the shim handed out by its index (cuModuleEnumerateFunctions,
+        cuLibraryEnumerateKernels), found on the real driver by its name."""
+        module_id, index = handle_id >> 16, handle_id & 0xFFFF
+        names = self.kernel_names.get(module_id, [])
+        if index >= len(names):
+            return None
+        handle, library = self._mine(caller).modules[module_id]
+        holder = SimpleNamespace(value=None)
+        self._function(module_id, library, handle, names[index].encode(), holder, caller)
+        return holder.value
+
+    def cuModuleGetFunctionCount(self, c: Caller, count: Any, mod: int) -> int:
+        handle, library = self._mine(c).modules[mod]
+        result = (cu.cuLibraryGetKernelCount if library else cu.cuModuleGetFunctionCount)(handle)
+        if rc(result) == SUCCESS:
+            count.value = result[1]
+        return rc(result)
+
+    cuLibraryGetKernelCount = cuModuleGetFunctionCount
 
     def _index(self, module_id: int, name: str) -> int:
         names = self.kernel_names.get(module_id, [])
