@@ -274,3 +274,71 @@ def test_logs_dump_to_a_file_as_to_memory(vgpud, tmp_path):
     # the library keeps no log entries: the file holds what cuLogsDumpToMemory gives, nothing
     assert out["dump"] is None and out["contents"] == "" and out["memory"] == [0, 0]
     assert out["flags"] == 1 and out["no_path"] == 1 and out["unwritable"] == 1
+
+
+BATCHES = PRELUDE + """
+MB = 1 << 20
+LOC = ctypes.c_int * 2  # CUmemLocation: type, id
+DEVICE, HOST = 1, 2  # CU_MEM_LOCATION_TYPE_DEVICE, _HOST
+def arrays(*values, kind=ctypes.c_size_t):
+    return (kind * len(values))(*values)
+def locations(*pairs):
+    return (LOC * len(pairs))(*[LOC(*p) for p in pairs])
+P, N = ctypes.c_void_p, ctypes.c_size_t
+lib.cuMemPrefetchBatchAsync.argtypes = lib.cuMemDiscardAndPrefetchBatchAsync.argtypes = \
+    [P, P, N, P, P, N, ctypes.c_ulonglong, P]
+lib.cuMemDiscardBatchAsync.argtypes = [P, P, N, ctypes.c_ulonglong, P]
+a, b = ok(cu.cuMemAllocManaged(8 * MB, 1)), ok(cu.cuMemAllocManaged(8 * MB, 1))
+ctypes.memmove(int(a), b"kept", 4)
+stream = ok(cu.cuStreamCreate(0))
+s = ctypes.c_void_p(int(stream))
+free0 = ok(cu.cuMemGetInfo())[0]
+ptrs, sizes = arrays(int(a), int(b)), arrays(8 * MB, 4 * MB)
+out["prefetch"] = lib.cuMemPrefetchBatchAsync(ptrs, sizes, 2, locations((DEVICE, 0)), arrays(0), 1, 0, s)
+ok(cu.cuStreamSynchronize(stream))
+out["resident"] = (free0 - ok(cu.cuMemGetInfo())[0]) // MB
+R = cu.CUmem_range_attribute
+def last(ptr, n):
+    value = ok(cu.cuMemRangeGetAttribute(4, R.CU_MEM_RANGE_ATTRIBUTE_LAST_PREFETCH_LOCATION, ptr, n))
+    return int(value) if isinstance(value, int) else int.from_bytes(bytes(value), "little", signed=True)
+out["split"] = lib.cuMemPrefetchBatchAsync(ptrs, sizes, 2, locations((HOST, 0), (DEVICE, 1)), arrays(0, 1), 2, 0, s)
+ok(cu.cuStreamSynchronize(stream))
+out["last"] = [last(a, 8 * MB), last(b, 4 * MB)]
+out["after_split"] = (free0 - ok(cu.cuMemGetInfo())[0]) // MB
+ok(cu.cuCtxSetCurrent(ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(1))))))
+free1 = ok(cu.cuMemGetInfo())[0]
+out["discard"] = lib.cuMemDiscardBatchAsync(arrays(int(b)), arrays(4 * MB), 1, 0, s)
+out["discarded"] = (ok(cu.cuMemGetInfo())[0] - free1) // MB
+ok(cu.cuCtxSetCurrent(ok(cu.cuDevicePrimaryCtxRetain(dev))))
+out["discard_prefetch"] = lib.cuMemDiscardAndPrefetchBatchAsync(arrays(int(a)), arrays(2 * MB), 1,
+                                                                locations((DEVICE, 0)), arrays(0), 1, 0, s)
+ok(cu.cuStreamSynchronize(stream))
+out["after_discard_prefetch"] = (free0 - ok(cu.cuMemGetInfo())[0]) // MB
+device_memory = ok(cu.cuMemAlloc(MB))
+out["not_managed"] = lib.cuMemPrefetchBatchAsync(arrays(int(device_memory)), arrays(MB), 1, locations((DEVICE, 0)),
+                                                 arrays(0), 1, 0, s)
+out["first_not_zero"] = lib.cuMemPrefetchBatchAsync(ptrs, sizes, 2, locations((DEVICE, 0)), arrays(1), 1, 0, s)
+out["not_rising"] = lib.cuMemPrefetchBatchAsync(ptrs, sizes, 2, locations((DEVICE, 0), (DEVICE, 0)),
+                                                arrays(0, 0), 2, 0, s)
+out["too_many_locations"] = lib.cuMemPrefetchBatchAsync(arrays(int(a)), arrays(MB), 1,
+                                                        locations((DEVICE, 0), (DEVICE, 0)), arrays(0, 1), 2, 0, s)
+out["bad_device"] = lib.cuMemPrefetchBatchAsync(ptrs, sizes, 2, locations((DEVICE, 9)), arrays(0), 1, 0, s)
+out["flags"] = lib.cuMemDiscardBatchAsync(ptrs, sizes, 2, 1, s)
+out["empty"] = lib.cuMemDiscardBatchAsync(ptrs, sizes, 0, 0, s)
+print(json.dumps(out))
+"""
+
+
+def test_managed_memory_batches_prefetch_and_discard(vgpud):
+    vgpud.local_only("a GPU host does not map the client's managed memory")
+    if vgpud.through == "cuda-backend":
+        return  # managed memory is refused there (test_host_device_memory)
+    out = run_json(BATCHES, vgpud.env)
+    assert out["prefetch"] == 0 and out["resident"] == 12  # 8 MiB and 4 MiB now count on device 0
+    assert out["split"] == 0 and out["last"] == [-1, 1]  # the first to the host, the second to device 1
+    assert out["after_split"] == 0
+    assert out["discard"] == 0 and out["discarded"] == 4  # discarded pages leave device 1
+    assert out["discard_prefetch"] == 0 and out["after_discard_prefetch"] == 2
+    assert out["not_managed"] == 1 and out["first_not_zero"] == 1 and out["not_rising"] == 1
+    assert out["too_many_locations"] == 1 and out["bad_device"] == 101
+    assert out["flags"] == 1 and out["empty"] == 1
