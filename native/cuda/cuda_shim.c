@@ -301,6 +301,7 @@ void vgpu_cuda_context_end(CUcontext ctx) {
     uint64_t id;
     if (vgpu_handle_id(vgpu_cuda_handle_CUcontext, ctx, &id) < 0 || !(id & CREATED_CONTEXT_ID)) return;
     vgpu_cuda_context_storage_release(ctx);
+    vgpu_cuda_coredump_context_end(id);
     __atomic_store_n(&created[(id >> 16) & 0xffff].alive, 0, __ATOMIC_SEQ_CST);
     if (current_context == ctx) current_context = context_depth ? context_stack[--context_depth] : NULL;
 }
@@ -350,6 +351,21 @@ VGPU_EXPORT CUresult cuCtxGetFlags(unsigned int *flags) {
     if (context_device(current_context, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, current_context, &id) < 0)
         return CUDA_ERROR_INVALID_CONTEXT;
     *flags = id & CREATED_CONTEXT_ID ? created[(id >> 16) & 0xffff].flags : primaries[dev].flags;
+    return CUDA_SUCCESS;
+}
+
+/* The current context's flags, replaced whole; the same flags as a primary context's. */
+VGPU_EXPORT CUresult cuCtxSetFlags(unsigned int flags) {
+    uint64_t id;
+    CUdevice dev;
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (context_device(current_context, &dev) < 0 || vgpu_handle_id(vgpu_cuda_handle_CUcontext, current_context, &id) < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (flags & ~(0x07u | CU_CTX_MAP_HOST | CU_CTX_LMEM_RESIZE_TO_MAX | CU_CTX_COREDUMP_ENABLE |
+                  CU_CTX_USER_COREDUMP_ENABLE | CU_CTX_SYNC_MEMOPS))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (id & CREATED_CONTEXT_ID) created[(id >> 16) & 0xffff].flags = flags;
+    else primaries[dev].flags = flags;
     return CUDA_SUCCESS;
 }
 

@@ -45,6 +45,8 @@ int vgpu_cuda_context_number(CUcontext ctx, uint64_t *number);
 CUresult vgpu_cuda_context_make(CUdevice dev, unsigned flags, unsigned green_sms, CUcontext *pctx);
 /* The SM count of a green context's context, or 0 for any other. */
 unsigned vgpu_cuda_context_green_sms(CUcontext ctx);
+/* A created context's coredump settings are forgotten when it ends (native/cuda/extras.c). */
+void vgpu_cuda_coredump_context_end(uint64_t context);
 /* A created context ends: its local storage released, no thread's current one. */
 void vgpu_cuda_context_end(CUcontext ctx);
 /* A module's functions in its order: up to max into out; their count, -1 for no module. */
