@@ -165,3 +165,16 @@ def test_cpu_affinity_covers_this_process(nvml):
     mask = n.nvmlDeviceGetCpuAffinity(n.nvmlDeviceGetHandleByIndex(0), 4)
     cpus = {word * 64 + bit for word, value in enumerate(mask) for bit in range(64) if value >> bit & 1}
     assert cpus == os.sched_getaffinity(0)
+
+
+def test_nvlink_capabilities_as_xla_asks_them(nvml, vgpud):
+    """XLA asks each link's P2P capability; an SXM H100's links reach peers (not the host), a
+    PCIe board without links answers not supported."""
+    n = nvml
+    h100, l4 = (n.nvmlDeviceGetHandleByIndex(i) for i in (0, 2))
+    caps = [n.nvmlDeviceGetNvLinkCapability(h100, 0, cap) for cap in range(n.NVML_NVLINK_CAP_COUNT)]
+    assert caps == [1, 0, 1, 0, 0, 1]  # P2P, sysmem access, P2P atomics, sysmem atomics, SLI, valid
+    with pytest.raises(n.NVMLError_InvalidArgument):
+        n.nvmlDeviceGetNvLinkCapability(h100, vgpud.gpus[0].profile.nvlinks, 0)
+    with pytest.raises(n.NVMLError_NotSupported):
+        n.nvmlDeviceGetNvLinkCapability(l4, 0, 0)

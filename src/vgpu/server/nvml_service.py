@@ -580,6 +580,18 @@ class NvmlService:
         isActive.value = C["NVML_FEATURE_ENABLED"]
         return SUCCESS
 
+    def nvmlDeviceGetNvLinkCapability(self, s: Session, device: Gpu, link: int, capability: int,
+                                      capResult: Any) -> int:
+        """An SXM board's links reach its peers through NVSwitch (P2P and its atomics); none
+        reaches the host's memory on the x86 machines modelled, nor an SLI bridge."""
+        if not device.profile.nvlinks:
+            return NOT_SUPPORTED
+        if link >= device.profile.nvlinks or not 0 <= capability < C["NVML_NVLINK_CAP_COUNT"]:
+            return INVALID
+        supported = {C["NVML_NVLINK_CAP_P2P_SUPPORTED"], C["NVML_NVLINK_CAP_P2P_ATOMICS"], C["NVML_NVLINK_CAP_VALID"]}
+        capResult.value = int(capability in supported)
+        return SUCCESS
+
     def nvmlDeviceGetNvLinkRemoteDeviceType(self, s: Session, device: Gpu, link: int, pNvLinkDeviceType: Any) -> int:
         if not device.profile.nvlinks:
             return NOT_SUPPORTED
