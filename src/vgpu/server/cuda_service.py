@@ -489,6 +489,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
     def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
         if dptr == 0:
             return SUCCESS  # as free(NULL); cuBLAS's runtime frees NULL while it starts
+        graph_memory = self._free_graph_allocation(c, dptr)  # memory of a graph's allocation node (cuda_graphs)
+        if graph_memory is not None:
+            return graph_memory
         gpu = self._gpu_of_address(dptr)
         if gpu is None:
             managed = self._free_managed(c, dptr)

@@ -1,0 +1,254 @@
+/* CUDA graphs, the parts the library answers itself: the generic node functions
+ * (cuGraphAddNode, cuGraphNodeGetParams, cuGraphNodeSetParams, cuGraphExecNodeSetParams), which
+ * take a CUgraphNodeParams union and turn into the function of the node's kind that vgpud
+ * serves; and graph memory attributes, whose values are all cuuint64_t and travel as such.
+ * The graphs themselves live in vgpud (src/vgpu/server/cuda_graphs.py). */
+#define _GNU_SOURCE
+#define __CUDA_API_VERSION_INTERNAL
+#include <cuda.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_shim.h"
+
+extern const vgpu_function vgpu_cuda_fn_cuDeviceGetGraphMemAttribute, vgpu_cuda_fn_cuDeviceSetGraphMemAttribute;
+
+static CUresult graph_mem_attribute(const vgpu_function *fn, CUdevice device, CUgraphMem_attribute attr,
+                                    uint64_t *value) {
+    void *const args[] = {(void *)&device, (void *)&attr, (void *)&value};
+    return (CUresult)vgpu_cuda_dispatch(fn, args);
+}
+
+VGPU_EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value) {
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t wide = 0;
+    CUresult rc = graph_mem_attribute(&vgpu_cuda_fn_cuDeviceGetGraphMemAttribute, device, attr, &wide);
+    if (rc == CUDA_SUCCESS) memcpy(value, &wide, sizeof wide);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuDeviceSetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value) {
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t wide;
+    memcpy(&wide, value, sizeof wide);
+    return graph_mem_attribute(&vgpu_cuda_fn_cuDeviceSetGraphMemAttribute, device, attr, &wide);
+}
+
+/* ---- the generic node functions ---- */
+
+static int all_zero(const void *bytes, size_t size) {
+    const unsigned char *p = bytes;
+    for (size_t i = 0; i < size; i++)
+        if (p[i]) return 0;
+    return 1;
+}
+
+static CUDA_MEMSET_NODE_PARAMS memset_v1(const CUDA_MEMSET_NODE_PARAMS_v2 *p) {
+    CUDA_MEMSET_NODE_PARAMS v1 = {p->dst, p->pitch, p->value, p->elementSize, p->width, p->height};
+    return v1;
+}
+
+static CUDA_KERNEL_NODE_PARAMS kernel_v2(const CUDA_KERNEL_NODE_PARAMS_v3 *p) {
+    CUDA_KERNEL_NODE_PARAMS v2 = {p->func, p->gridDimX, p->gridDimY, p->gridDimZ, p->blockDimX, p->blockDimY,
+                                  p->blockDimZ, p->sharedMemBytes, p->kernelParams, p->extra, p->kern, p->ctx};
+    return v2;
+}
+
+/* A node of the kind nodeParams names, after no other node (dependencies are added after). */
+static CUresult add_lone_node(CUgraphNode *node, CUgraph graph, CUgraphNodeParams *p) {
+    switch (p->type) {
+    case CU_GRAPH_NODE_TYPE_EMPTY:
+        return cuGraphAddEmptyNode(node, graph, NULL, 0);
+    case CU_GRAPH_NODE_TYPE_KERNEL: {
+        CUDA_KERNEL_NODE_PARAMS kernel = kernel_v2(&p->kernel);
+        return cuGraphAddKernelNode_v2(node, graph, NULL, 0, &kernel);
+    }
+    case CU_GRAPH_NODE_TYPE_MEMCPY:
+        if (p->memcpy.flags || p->memcpy.reserved) return CUDA_ERROR_INVALID_VALUE;
+        return cuGraphAddMemcpyNode(node, graph, NULL, 0, &p->memcpy.copyParams, p->memcpy.copyCtx);
+    case CU_GRAPH_NODE_TYPE_MEMSET: {
+        CUDA_MEMSET_NODE_PARAMS memset_params = memset_v1(&p->memset);
+        return cuGraphAddMemsetNode(node, graph, NULL, 0, &memset_params, p->memset.ctx);
+    }
+    case CU_GRAPH_NODE_TYPE_GRAPH:
+        if (p->graph.ownership != CU_GRAPH_CHILD_GRAPH_OWNERSHIP_CLONE) return CUDA_ERROR_NOT_SUPPORTED;
+        return cuGraphAddChildGraphNode(node, graph, NULL, 0, p->graph.graph);
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
+        return cuGraphAddEventRecordNode(node, graph, NULL, 0, p->eventRecord.event);
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
+        return cuGraphAddEventWaitNode(node, graph, NULL, 0, p->eventWait.event);
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC: {
+        CUDA_MEM_ALLOC_NODE_PARAMS alloc = {p->alloc.poolProps, p->alloc.accessDescs, p->alloc.accessDescCount,
+                                            p->alloc.bytesize, 0};
+        CUresult rc = cuGraphAddMemAllocNode(node, graph, NULL, 0, &alloc);
+        if (rc == CUDA_SUCCESS) p->alloc.dptr = alloc.dptr;
+        return rc;
+    }
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+        return cuGraphAddMemFreeNode(node, graph, NULL, 0, p->free.dptr);
+    case CU_GRAPH_NODE_TYPE_HOST: case CU_GRAPH_NODE_TYPE_EXT_SEMAS_SIGNAL: case CU_GRAPH_NODE_TYPE_EXT_SEMAS_WAIT:
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP: case CU_GRAPH_NODE_TYPE_CONDITIONAL: case CU_GRAPH_NODE_TYPE_MEMCPY_BATCH:
+    case CU_GRAPH_NODE_TYPE_FABRIC_CPY_BATCH:
+        return CUDA_ERROR_NOT_SUPPORTED; /* kinds vgpu does not serve */
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+}
+
+static CUresult add_node(CUgraphNode *node, CUgraph graph, const CUgraphNode *dependencies,
+                         const CUgraphEdgeData *edges, size_t count, CUgraphNodeParams *p) {
+    if (!node || !p || (count && !dependencies)) return CUDA_ERROR_INVALID_VALUE;
+    if (!all_zero(p->reserved0, sizeof p->reserved0) || p->reserved2) return CUDA_ERROR_INVALID_VALUE;
+    CUgraphNode made = NULL;
+    CUresult rc = add_lone_node(&made, graph, p);
+    if (rc != CUDA_SUCCESS || !count) {
+        if (rc == CUDA_SUCCESS) *node = made;
+        return rc;
+    }
+    CUgraphNode *to = malloc(count * sizeof *to);
+    if (!to) rc = CUDA_ERROR_OUT_OF_MEMORY;
+    for (size_t i = 0; to && i < count; i++) to[i] = made;
+    if (to) rc = cuGraphAddDependencies_v2(graph, dependencies, to, edges, count);
+    free(to);
+    if (rc != CUDA_SUCCESS) {
+        cuGraphDestroyNode(made); /* nothing half made stays */
+        return rc;
+    }
+    *node = made;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                    size_t numDependencies, CUgraphNodeParams *nodeParams) {
+    return add_node(phGraphNode, hGraph, dependencies, NULL, numDependencies, nodeParams);
+}
+VGPU_EXPORT CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                       const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                       CUgraphNodeParams *nodeParams) {
+    return add_node(phGraphNode, hGraph, dependencies, dependencyData, numDependencies, nodeParams);
+}
+VGPU_EXPORT CUresult cuGraphAddNode_v3(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                       const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                       CUgraphNodeParams *nodeParams) {
+    return add_node(phGraphNode, hGraph, dependencies, dependencyData, numDependencies, nodeParams);
+}
+
+/* The node's kind, which nodeParams must name. */
+static CUresult same_kind(CUgraphNode node, const CUgraphNodeParams *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    CUgraphNodeType type;
+    CUresult rc = cuGraphNodeGetType(node, &type);
+    if (rc != CUDA_SUCCESS) return rc;
+    return type == p->type ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+static CUresult set_params(CUgraphNode node, CUgraphNodeParams *p) {
+    CUresult rc = same_kind(node, p);
+    if (rc != CUDA_SUCCESS) return rc;
+    switch (p->type) {
+    case CU_GRAPH_NODE_TYPE_KERNEL: {
+        CUDA_KERNEL_NODE_PARAMS kernel = kernel_v2(&p->kernel);
+        return cuGraphKernelNodeSetParams_v2(node, &kernel);
+    }
+    case CU_GRAPH_NODE_TYPE_MEMCPY:
+        if (p->memcpy.flags || p->memcpy.reserved) return CUDA_ERROR_INVALID_VALUE;
+        return cuGraphMemcpyNodeSetParams(node, &p->memcpy.copyParams);
+    case CU_GRAPH_NODE_TYPE_MEMSET: {
+        CUDA_MEMSET_NODE_PARAMS memset_params = memset_v1(&p->memset);
+        return cuGraphMemsetNodeSetParams(node, &memset_params);
+    }
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
+        return cuGraphEventRecordNodeSetEvent(node, p->eventRecord.event);
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
+        return cuGraphEventWaitNodeSetEvent(node, p->eventWait.event);
+    case CU_GRAPH_NODE_TYPE_EMPTY: case CU_GRAPH_NODE_TYPE_GRAPH: case CU_GRAPH_NODE_TYPE_MEM_ALLOC:
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+        return CUDA_ERROR_INVALID_VALUE; /* nothing of these can change after creation */
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+VGPU_EXPORT CUresult cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
+    return set_params(hNode, nodeParams);
+}
+VGPU_EXPORT CUresult cuGraphNodeSetParams_v2(CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
+    return set_params(hNode, nodeParams);
+}
+
+VGPU_EXPORT CUresult cuGraphExecNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                              CUgraphNodeParams *nodeParams) {
+    CUresult rc = same_kind(hNode, nodeParams);
+    if (rc != CUDA_SUCCESS) return rc;
+    CUgraphNodeParams *p = nodeParams;
+    switch (p->type) {
+    case CU_GRAPH_NODE_TYPE_KERNEL: {
+        CUDA_KERNEL_NODE_PARAMS kernel = kernel_v2(&p->kernel);
+        return cuGraphExecKernelNodeSetParams_v2(hGraphExec, hNode, &kernel);
+    }
+    case CU_GRAPH_NODE_TYPE_MEMCPY:
+        if (p->memcpy.flags || p->memcpy.reserved) return CUDA_ERROR_INVALID_VALUE;
+        return cuGraphExecMemcpyNodeSetParams(hGraphExec, hNode, &p->memcpy.copyParams, p->memcpy.copyCtx);
+    case CU_GRAPH_NODE_TYPE_MEMSET: {
+        CUDA_MEMSET_NODE_PARAMS memset_params = memset_v1(&p->memset);
+        return cuGraphExecMemsetNodeSetParams(hGraphExec, hNode, &memset_params, p->memset.ctx);
+    }
+    case CU_GRAPH_NODE_TYPE_GRAPH:
+        return cuGraphExecChildGraphNodeSetParams(hGraphExec, hNode, p->graph.graph);
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
+        return cuGraphExecEventRecordNodeSetEvent(hGraphExec, hNode, p->eventRecord.event);
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
+        return cuGraphExecEventWaitNodeSetEvent(hGraphExec, hNode, p->eventWait.event);
+    case CU_GRAPH_NODE_TYPE_EMPTY: case CU_GRAPH_NODE_TYPE_MEM_ALLOC: case CU_GRAPH_NODE_TYPE_MEM_FREE:
+        return CUDA_ERROR_INVALID_VALUE;
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+VGPU_EXPORT CUresult cuGraphNodeGetParams(CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
+    if (!nodeParams) return CUDA_ERROR_INVALID_VALUE;
+    CUgraphNodeType type;
+    CUresult rc = cuGraphNodeGetType(hNode, &type);
+    if (rc != CUDA_SUCCESS) return rc;
+    CUgraphNodeParams *p = nodeParams;
+    memset(p, 0, sizeof *p);
+    p->type = type;
+    switch (type) {
+    case CU_GRAPH_NODE_TYPE_EMPTY:
+        return CUDA_SUCCESS;
+    case CU_GRAPH_NODE_TYPE_MEMCPY:
+        return cuGraphMemcpyNodeGetParams(hNode, &p->memcpy.copyParams);
+    case CU_GRAPH_NODE_TYPE_MEMSET: {
+        CUDA_MEMSET_NODE_PARAMS v1;
+        rc = cuGraphMemsetNodeGetParams(hNode, &v1);
+        if (rc == CUDA_SUCCESS) {
+            p->memset.dst = v1.dst, p->memset.pitch = v1.pitch, p->memset.value = v1.value;
+            p->memset.elementSize = v1.elementSize, p->memset.width = v1.width, p->memset.height = v1.height;
+        }
+        return rc;
+    }
+    case CU_GRAPH_NODE_TYPE_GRAPH:
+        p->graph.ownership = CU_GRAPH_CHILD_GRAPH_OWNERSHIP_CLONE;
+        return cuGraphChildGraphNodeGetGraph(hNode, &p->graph.graph);
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
+        return cuGraphEventRecordNodeGetEvent(hNode, &p->eventRecord.event);
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
+        return cuGraphEventWaitNodeGetEvent(hNode, &p->eventWait.event);
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC: {
+        CUDA_MEM_ALLOC_NODE_PARAMS alloc;
+        rc = cuGraphMemAllocNodeGetParams(hNode, &alloc);
+        if (rc == CUDA_SUCCESS) {
+            p->alloc.poolProps = alloc.poolProps, p->alloc.accessDescs = alloc.accessDescs;
+            p->alloc.accessDescCount = alloc.accessDescCount, p->alloc.bytesize = alloc.bytesize;
+            p->alloc.dptr = alloc.dptr;
+        }
+        return rc;
+    }
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+        return cuGraphMemFreeNodeGetParams(hNode, &p->free.dptr);
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED; /* kernel parameters, captured copies: vgpud does not hand them back */
+    }
+}
