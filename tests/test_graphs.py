@@ -267,3 +267,221 @@ print(json.dumps(report))
     report = run_json(code, vgpud.env)
     assert report == {"same_graph": True, "nodes": 4, "last_deps": 2, "copy_deps": True, "not_capturing": 401,
                       "contents": True}
+
+
+SAXPY = PRELUDE + """
+import struct
+from cuda.bindings import nvrtc
+source = b'extern "C" __global__ void saxpy(float a, const float *x, float *y, int n) { }'
+program = ok(nvrtc.nvrtcCreateProgram(source, b"saxpy.cu", 0, [], []))
+major = ok(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, 0))
+minor = ok(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, 0))
+options = [f"--gpu-architecture=sm_{major}{minor}".encode()]
+assert int(nvrtc.nvrtcCompileProgram(program, 1, options)[0]) == 0
+cubin = b" " * ok(nvrtc.nvrtcGetCUBINSize(program))
+ok(nvrtc.nvrtcGetCUBIN(program, cubin))
+saxpy = ok(cu.cuModuleGetFunction(ok(cu.cuModuleLoadData(cubin)), b"saxpy"))
+kept = []
+def kernel_params(a, x, y, n, grid=4, block=256, shared=0):
+    values = (ctypes.c_float(a), ctypes.c_uint64(x), ctypes.c_uint64(y), ctypes.c_int(n))
+    pointers = (ctypes.c_void_p * 4)(*[ctypes.addressof(v) for v in values])
+    kept.append((values, pointers))
+    p = cu.CUDA_KERNEL_NODE_PARAMS()
+    p.func, p.gridDimX, p.gridDimY, p.gridDimZ = saxpy, grid, 1, 1
+    p.blockDimX, p.blockDimY, p.blockDimZ, p.sharedMemBytes = block, 1, 1, shared
+    p.kernelParams = ctypes.addressof(pointers)
+    return p
+def read_args(p):
+    pointers = (ctypes.c_void_p * 4).from_address(int(p.kernelParams))
+    return [ctypes.c_float.from_address(pointers[0]).value, ctypes.c_uint64.from_address(pointers[1]).value,
+            ctypes.c_uint64.from_address(pointers[2]).value, ctypes.c_int.from_address(pointers[3]).value]
+"""
+
+
+def _saxpy_launches(vgpud, pid: int) -> list[tuple]:
+    import struct
+    return [(x["grid"][0], x["block"][0], *struct.unpack("<f4xQQi", bytes.fromhex(x["args_hex"])))
+            for x in vgpud.control("launches", pid=pid)["launches"] if x["kernel"] == "saxpy" and x["graph"]]
+
+
+def test_kernel_nodes_parameters_and_attributes(vgpud):
+    """A kernel node's parameters read back (kernelParams point at the values given), set on
+    the graph and on an executable graph apart, seen in the recorded graph launches; the
+    generic node functions (cuGraphAddNode, cuGraphNodeGetParams, cuGraphNodeSetParams,
+    cuGraphExecNodeSetParams); kernel node attributes kept, copied and cloned."""
+    code = SAXPY + """
+graph = ok(cu.cuGraphCreate(0))
+node = ok(cu.cuGraphAddKernelNode(graph, None, 0, kernel_params(1.5, 0x1000, 0x2000, 11)))
+got = ok(cu.cuGraphKernelNodeGetParams(node))
+report = {"got": [got.gridDimX, got.blockDimX, got.sharedMemBytes, int(got.func) == int(saxpy)] + read_args(got)}
+graph_exec = ok(cu.cuGraphInstantiate(graph, 0))
+ok(cu.cuGraphKernelNodeSetParams(node, kernel_params(2.5, 0x3000, 0x4000, 22, grid=8)))
+launch(graph_exec)  # still 1.5: instantiated before the change
+ok(cu.cuGraphExecKernelNodeSetParams(graph_exec, node, kernel_params(3.5, 0x5000, 0x6000, 33, grid=2, block=128)))
+launch(graph_exec)
+launch(ok(cu.cuGraphInstantiate(graph, 0)))  # 2.5: the graph's own parameters
+report["after_set"] = read_args(ok(cu.cuGraphKernelNodeGetParams(node)))
+# the generic functions
+params = cu.CUgraphNodeParams()
+params.type = cu.CUgraphNodeType.CU_GRAPH_NODE_TYPE_KERNEL
+p = kernel_params(4.5, 0x7000, 0x8000, 44, grid=16)
+params.kernel.func, params.kernel.gridDimX, params.kernel.gridDimY, params.kernel.gridDimZ = saxpy, 16, 1, 1
+params.kernel.blockDimX, params.kernel.blockDimY, params.kernel.blockDimZ = 64, 1, 1
+params.kernel.kernelParams = p.kernelParams
+generic = ok(cu.cuGraphAddNode(graph, [node], None, 1, params))
+read = ok(cu.cuGraphNodeGetParams(generic))
+report["generic"] = [int(read.type), read.kernel.gridDimX, read.kernel.blockDimX] + read_args(read.kernel)
+report["generic_deps"] = ok(cu.cuGraphNodeGetDependencies(generic, 0))[2]
+memset = cu.CUgraphNodeParams()
+memset.type = cu.CUgraphNodeType.CU_GRAPH_NODE_TYPE_MEMSET
+report["wrong_kind"] = code(cu.cuGraphNodeSetParams(generic, memset))
+params.kernel.gridDimX = 32
+ok(cu.cuGraphNodeSetParams(generic, params))
+report["generic_set"] = ok(cu.cuGraphNodeGetParams(generic)).kernel.gridDimX
+second = ok(cu.cuGraphInstantiate(graph, 0))
+params.kernel.gridDimX = 64
+ok(cu.cuGraphExecNodeSetParams(second, generic, params))
+launch(second)
+# attributes
+value = cu.CUkernelNodeAttrValue()
+value.priority = -3
+ok(cu.cuGraphKernelNodeSetAttribute(node, cu.CUkernelNodeAttrID.CU_LAUNCH_ATTRIBUTE_PRIORITY, value))
+report["priority"] = ok(cu.cuGraphKernelNodeGetAttribute(node, cu.CUkernelNodeAttrID.CU_LAUNCH_ATTRIBUTE_PRIORITY)).priority
+ok(cu.cuGraphKernelNodeCopyAttributes(generic, node))
+report["copied"] = ok(cu.cuGraphKernelNodeGetAttribute(generic, cu.CUkernelNodeAttrID.CU_LAUNCH_ATTRIBUTE_PRIORITY)).priority
+clone = ok(cu.cuGraphClone(graph))
+report["cloned"] = ok(cu.cuGraphKernelNodeGetAttribute(ok(cu.cuGraphNodeFindInClone(node, clone)),
+                                                       cu.CUkernelNodeAttrID.CU_LAUNCH_ATTRIBUTE_PRIORITY)).priority
+report["bad_attribute"] = code(cu.cuGraphKernelNodeGetAttribute(node, cu.CUkernelNodeAttrID.CU_LAUNCH_ATTRIBUTE_IGNORE))
+report["pid"] = os.getpid()
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env, timeout=120)
+    assert report["got"] == [4, 256, 0, True, 1.5, 0x1000, 0x2000, 11]
+    assert report["after_set"] == [2.5, 0x3000, 0x4000, 22]
+    assert report["generic"] == [0, 16, 64, 4.5, 0x7000, 0x8000, 44] and report["generic_deps"] == 1
+    assert report["wrong_kind"] == 1 and report["generic_set"] == 32
+    assert report["priority"] == -3 and report["copied"] == -3 and report["cloned"] == -3
+    assert report["bad_attribute"] == 1
+    assert _saxpy_launches(vgpud, report["pid"]) == [
+        (4, 256, 1.5, 0x1000, 0x2000, 11), (2, 128, 3.5, 0x5000, 0x6000, 33), (8, 256, 2.5, 0x3000, 0x4000, 22),
+        (8, 256, 2.5, 0x3000, 0x4000, 22), (64, 64, 4.5, 0x7000, 0x8000, 44)]
+
+
+def test_graph_memory_nodes(vgpud):
+    """An allocation node gives an address when made; the memory is in use from its launch
+    until a free node (or cuMemFree) frees it; a graph that still holds its allocation cannot
+    be launched again unless instantiated to free on launch; graph memory attributes count it,
+    the high-water marks reset to 0 only; a trim gives back memory of destroyed graphs."""
+    code = PRELUDE + """
+def attribute(name):
+    return int(ok(cu.cuDeviceGetGraphMemAttribute(0, getattr(cu.CUgraphMem_attribute, name))))
+graph = ok(cu.cuGraphCreate(0))
+p = cu.CUDA_MEM_ALLOC_NODE_PARAMS()
+p.poolProps.allocType = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+p.poolProps.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+p.poolProps.location.id = 0
+p.bytesize = N
+alloc = ok(cu.cuGraphAddMemAllocNode(graph, None, 0, p))
+dptr = int(p.dptr)
+fill = ok(cu.cuGraphAddMemsetNode(graph, [alloc], 1, memset_params(dptr, 0x3C, N), ctx))
+out = ctypes.create_string_buffer(N)
+pinned = ok(cu.cuMemHostAlloc(N, 0))
+copy = ok(cu.cuGraphAddMemcpyNode(graph, [fill], 1, copy_params(int(pinned), dptr, N,
+                                  dst_type=cu.CUmemorytype.CU_MEMORYTYPE_HOST), ctx))
+read = ok(cu.cuGraphMemAllocNodeGetParams(alloc))
+report = {"dptr": dptr != 0, "read": [int(read.dptr) == dptr, read.bytesize],
+          "before": [attribute("CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT"), attribute("CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT") >= N]}
+graph_exec = ok(cu.cuGraphInstantiate(graph, 0))
+launch(graph_exec)
+report["contents"] = ctypes.string_at(int(pinned), N) == bytes([0x3C] * N)
+report["used"] = attribute("CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT")
+report["relaunch"] = code(cu.cuGraphLaunch(graph_exec, stream))
+ok(cu.cuMemFreeAsync(dptr, stream))
+report["after_free"] = attribute("CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT"), attribute("CU_GRAPH_MEM_ATTR_USED_MEM_HIGH")
+report["double_free"] = code(cu.cuMemFree(dptr))
+launch(graph_exec)
+# a second graph frees it: its free node reads back the address
+frees = ok(cu.cuGraphCreate(0))
+free = ok(cu.cuGraphAddMemFreeNode(frees, None, 0, dptr))
+report["free_read"] = int(ok(cu.cuGraphMemFreeNodeGetParams(free))) == dptr
+launch(ok(cu.cuGraphInstantiate(frees, 0)))
+report["freed_by_graph"] = attribute("CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT")
+report["not_graph_memory"] = code(cu.cuGraphAddMemFreeNode(frees, None, 0, int(alloc_plain := ok(cu.cuMemAlloc(64)))))
+# auto free on launch: relaunching frees the earlier launch's allocation
+auto = ok(cu.cuGraphInstantiate(graph, cu.CUgraphInstantiate_flags.CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH))
+launch(auto)
+report["auto_relaunch"] = code(cu.cuGraphLaunch(auto, stream))
+# what graphs with memory nodes cannot do
+report["clone"] = code(cu.cuGraphClone(graph))
+report["destroy_node"] = code(cu.cuGraphDestroyNode(copy))
+# high-water marks: reset to 0 only
+zero = cu.cuuint64_t(0)
+report["reset"] = code(cu.cuDeviceSetGraphMemAttribute(0, cu.CUgraphMem_attribute.CU_GRAPH_MEM_ATTR_USED_MEM_HIGH, zero))
+report["set_current"] = code(cu.cuDeviceSetGraphMemAttribute(0, cu.CUgraphMem_attribute.CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT, zero))
+# trim: once its graphs are gone and the memory is free, the reservation goes
+ok(cu.cuMemFreeAsync(dptr, stream))
+free_before = ok(cu.cuMemGetInfo())[0]
+for e in (graph_exec, auto):
+    ok(cu.cuGraphExecDestroy(e))
+ok(cu.cuGraphDestroy(graph)); ok(cu.cuGraphDestroy(frees))
+ok(cu.cuDeviceGraphMemTrim(0))
+report["trimmed"] = [attribute("CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT"), ok(cu.cuMemGetInfo())[0] > free_before]
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["dptr"] and report["read"] == [True, 4096]
+    assert report["before"] == [0, True]
+    assert report["contents"] and report["used"] == 4096
+    assert report["relaunch"] == 1  # its allocation is still in use
+    assert report["after_free"] == [0, 4096] and report["double_free"] == 1
+    assert report["free_read"] and report["freed_by_graph"] == 0 and report["not_graph_memory"] == 1
+    assert report["auto_relaunch"] == 0
+    assert report["clone"] == 801 and report["destroy_node"] == 801  # CUDA_ERROR_NOT_SUPPORTED
+    assert report["reset"] == 0 and report["set_current"] == 1
+    assert report["trimmed"] == [0, True]
+
+
+def test_legacy_names_through_ctypes(vgpud):
+    """The CUDA 11 and 12.0 names cudart and older programs resolve (cuda-python binds the
+    newer ones): cuGraphAddDependencies, cuGraphGetEdges, cuGraphNodeGetDependencies,
+    cuGraphInstantiate with its log, cuGraphExecUpdate with its error node and result,
+    cuStreamUpdateCaptureDependencies."""
+    code = PRELUDE + """
+lib = ctypes.CDLL("libcuda.so.1")
+P = ctypes.c_void_p
+graph = ok(cu.cuGraphCreate(0))
+a = ok(cu.cuGraphAddEmptyNode(graph, None, 0))
+b = ok(cu.cuGraphAddEmptyNode(graph, None, 0))
+h = lambda x: P(int(x))
+report = {"add": lib.cuGraphAddDependencies(h(graph), ctypes.byref(h(a)), ctypes.byref(h(b)), ctypes.c_size_t(1))}
+frm, to, count = (P * 2)(), (P * 2)(), ctypes.c_size_t(2)
+report["edges"] = [lib.cuGraphGetEdges(h(graph), frm, to, ctypes.byref(count)), count.value,
+                   frm[0] == int(a), to[0] == int(b), frm[1]]
+deps, count = (P * 1)(), ctypes.c_size_t(1)
+report["deps"] = [lib.cuGraphNodeGetDependencies(h(b), deps, ctypes.byref(count)), count.value, deps[0] == int(a)]
+graph_exec, error_node, log = P(), P(), ctypes.create_string_buffer(64)
+report["instantiate"] = lib.cuGraphInstantiate(ctypes.byref(graph_exec), h(graph), ctypes.byref(error_node), log, ctypes.c_size_t(64))
+other = ok(cu.cuGraphCreate(0))
+ok(cu.cuGraphAddMemsetNode(other, None, 0, memset_params(int(alloc()), 1, 16), ctx))
+ok(cu.cuGraphAddEmptyNode(other, None, 0))
+result = ctypes.c_int(-1)
+report["update"] = [lib.cuGraphExecUpdate(graph_exec, h(other), ctypes.byref(error_node), ctypes.byref(result)),
+                    result.value, error_node.value is not None]
+ok(cu.cuStreamBeginCapture(stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED))
+ok(cu.cuMemsetD8Async(int(alloc()), 1, 16, stream))
+capture_graph = ok(cu.cuStreamGetCaptureInfo(stream))[2]
+first = ok(cu.cuGraphGetNodes(capture_graph, 1))[0][0]
+report["update_capture"] = lib.cuStreamUpdateCaptureDependencies(h(stream), ctypes.byref(h(first)), ctypes.c_size_t(1), 1)
+ok(cu.cuMemsetD8Async(int(alloc()), 2, 16, stream))
+ok(cu.cuMemsetD8Async(int(alloc()), 3, 16, stream))
+ended = ok(cu.cuStreamEndCapture(stream))
+nodes = ok(cu.cuGraphGetNodes(ended, 3))[0]
+report["capture_deps"] = [ok(cu.cuGraphNodeGetDependencies(n, 0))[2] for n in nodes]
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["add"] == 0 and report["edges"] == [0, 1, True, True, None]
+    assert report["deps"] == [0, 1, True] and report["instantiate"] == 0
+    assert report["update"] == [910, 2, True]  # CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED, and where
+    assert report["update_capture"] == 0 and report["capture_deps"] == [0, 1, 1]

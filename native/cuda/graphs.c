@@ -218,6 +218,17 @@ VGPU_EXPORT CUresult cuGraphNodeGetParams(CUgraphNode hNode, CUgraphNodeParams *
     switch (type) {
     case CU_GRAPH_NODE_TYPE_EMPTY:
         return CUDA_SUCCESS;
+    case CU_GRAPH_NODE_TYPE_KERNEL: {
+        CUDA_KERNEL_NODE_PARAMS k;
+        rc = cuGraphKernelNodeGetParams_v2(hNode, &k);
+        if (rc == CUDA_SUCCESS) {
+            p->kernel.func = k.func, p->kernel.gridDimX = k.gridDimX, p->kernel.gridDimY = k.gridDimY;
+            p->kernel.gridDimZ = k.gridDimZ, p->kernel.blockDimX = k.blockDimX, p->kernel.blockDimY = k.blockDimY;
+            p->kernel.blockDimZ = k.blockDimZ, p->kernel.sharedMemBytes = k.sharedMemBytes;
+            p->kernel.kernelParams = k.kernelParams;
+        }
+        return rc;
+    }
     case CU_GRAPH_NODE_TYPE_MEMCPY:
         return cuGraphMemcpyNodeGetParams(hNode, &p->memcpy.copyParams);
     case CU_GRAPH_NODE_TYPE_MEMSET: {
@@ -249,6 +260,6 @@ VGPU_EXPORT CUresult cuGraphNodeGetParams(CUgraphNode hNode, CUgraphNodeParams *
     case CU_GRAPH_NODE_TYPE_MEM_FREE:
         return cuGraphMemFreeNodeGetParams(hNode, &p->free.dptr);
     default:
-        return CUDA_ERROR_NOT_SUPPORTED; /* kernel parameters, captured copies: vgpud does not hand them back */
+        return CUDA_ERROR_NOT_SUPPORTED; /* kinds vgpu does not serve */
     }
 }

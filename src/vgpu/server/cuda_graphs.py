@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +35,10 @@ EDGE_DATA_SIZE = 8
 #: the node kinds an executable graph can disable (cuGraphNodeSetEnabled)
 ENABLEABLE = {C["CU_GRAPH_NODE_TYPE_KERNEL"], C["CU_GRAPH_NODE_TYPE_MEMSET"], C["CU_GRAPH_NODE_TYPE_MEMCPY"]}
 MEMORY_NODES = {C["CU_GRAPH_NODE_TYPE_MEM_ALLOC"], C["CU_GRAPH_NODE_TYPE_MEM_FREE"]}
+#: the launch attributes a kernel node keeps (cuGraphKernelNodeSetAttribute)
+KERNEL_NODE_ATTRIBUTES = {C[f"CU_LAUNCH_ATTRIBUTE_{name}"] for name in (
+    "ACCESS_POLICY_WINDOW", "COOPERATIVE", "CLUSTER_DIMENSION", "CLUSTER_SCHEDULING_POLICY_PREFERENCE", "PRIORITY",
+    "MEM_SYNC_DOMAIN_MAP", "MEM_SYNC_DOMAIN", "PREFERRED_SHARED_MEMORY_CARVEOUT", "DEVICE_UPDATABLE_KERNEL_NODE")}
 GRAPH_MEM_HIGH = {C["CU_GRAPH_MEM_ATTR_USED_MEM_HIGH"], C["CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH"]}
 
 
@@ -210,7 +215,8 @@ class Graphs:
         if self.capturing(stream) is not None:
             return C["CUDA_ERROR_ILLEGAL_STATE"]
         into = graph if graph is not None else self._new_graph(c.session.id)
-        self.captures[stream.id] = Capture(next(self._ids), into, mode, stream, list(after),
+        # the capture's id is its graph's: the shim's cuStreamGetCaptureInfo_v2 hands it out as the graph
+        self.captures[stream.id] = Capture(into.id, into, mode, stream, list(after),
                                            into_existing=graph is not None)
         self._forget_launch_shapes()  # launches on the stream are captured now
         return SUCCESS
@@ -321,6 +327,8 @@ class Graphs:
 
     def _replay_of(self, node_type: int, params: Any) -> Replay | None:
         """What a node does when its graph is launched, from its parameters."""
+        if node_type == C["CU_GRAPH_NODE_TYPE_KERNEL"]:  # (function, grid, block, shared bytes, packed args, flags)
+            return lambda caller, stream: self._run_kernel(caller, stream, *params, graph=True)
         if node_type == C["CU_GRAPH_NODE_TYPE_MEMSET"]:
             return lambda caller, stream: self._memset_node(caller, stream, params)
         if node_type == C["CU_GRAPH_NODE_TYPE_MEMCPY"]:
@@ -835,6 +843,7 @@ class Graphs:
         for node, new, old in zip(hGraph.nodes, topology, hGraphExec.topology):
             if new[2] != old[2]:
                 return C["CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED"], node
+        for node, new, old in zip(hGraph.nodes, topology, hGraphExec.topology):
             if new[0] != old[0]:
                 return C["CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED"], node
             if new[1] != old[1]:
@@ -1009,4 +1018,66 @@ class Graphs:
                 gpu.memory.free(c.session.id, address)
                 gpu.release(c.session.id, gpu.memory.footprint(allocation.size))
                 del self.graph_allocations[address]
+        return SUCCESS
+
+    # kernel nodes: parameters set and read through the launch frame (native/cuda/kernels.c) ------
+    NODE_SET = 0x4
+    NODE_GET = 0x8
+    #: a launch record's head (cuda_modules.ModuleServing.LAUNCH): context, function, stream,
+    #: grid, block, shared bytes, flags, parameter bytes
+    HEAD = struct.Struct("<QQQ3I3IIII")
+
+    def _kernel_node_frame(self, session: Session, payload: bytes) -> bytes:
+        """A launch record whose flags hold NODE_SET or NODE_GET, then u64 node id and u64
+        executable graph id (0: the graph's own node), then (NODE_SET) the packed parameters.
+        NODE_SET answers i32; NODE_GET answers i32, the node's launch head (function id, grid,
+        block, shared bytes, parameter bytes) and its packed parameters."""
+        (context, function_id, _, gx, gy, gz, bx, by, bz, shared, flags,
+         args_size) = self.HEAD.unpack_from(payload)
+        node_id, exec_id = struct.unpack_from("<QQ", payload, self.HEAD.size)
+        c = Caller(session, context)
+        node = self.resolve("CUgraphNode", node_id, c)
+        graph_exec = self.resolve("CUgraphExec", exec_id, c) if exec_id else None
+        if node is None or (exec_id and graph_exec is None):
+            return struct.pack("<i", C["CUDA_ERROR_INVALID_HANDLE"])
+        target = graph_exec.by_origin.get(node.id) if graph_exec is not None else node
+        if target is None or target.type != C["CU_GRAPH_NODE_TYPE_KERNEL"]:
+            return struct.pack("<i", INVALID_VALUE)
+        if flags & self.NODE_GET:
+            if target.params is None:
+                return struct.pack("<i", C["CUDA_ERROR_NOT_SUPPORTED"])
+            ref, grid, block, shared, args, _ = target.params
+            head = self.HEAD.pack(0, self.handle_id(ref), 0, *grid, *block, shared, 0, len(args))
+            return struct.pack("<i", SUCCESS) + head + args
+        ref = self._function_of(function_id, c)
+        if ref is None:
+            return struct.pack("<i", C["CUDA_ERROR_INVALID_HANDLE"])
+        at = self.HEAD.size + 16
+        kernel = (ref, (gx, gy, gz), (bx, by, bz), shared, bytes(payload[at:at + args_size]), 0)
+        target.params, target.replay = kernel, self._replay_of(C["CU_GRAPH_NODE_TYPE_KERNEL"], kernel)
+        target.signature = ("kernel", ref.module.id, ref.index)
+        return struct.pack("<i", SUCCESS)
+
+    # kernel node attributes ---------------------------------------------------------------------
+    def cuGraphKernelNodeGetAttribute(self, c: Caller, hNode: GraphNode, attr: int, value_out: Any) -> int:
+        if hNode.type != C["CU_GRAPH_NODE_TYPE_KERNEL"] or attr not in KERNEL_NODE_ATTRIBUTES:
+            return INVALID_VALUE
+        stored = hNode.attributes.get(attr, bytes(ctypes.sizeof(value_out)))
+        ctypes.memmove(ctypes.addressof(value_out), stored, ctypes.sizeof(value_out))
+        return SUCCESS
+
+    def cuGraphKernelNodeSetAttribute(self, c: Caller, hNode: GraphNode, attr: int, value: Any) -> int:
+        """Kept with the node (copied into clones and executable graphs); vgpud's kernels are
+        recorded, not computed, so none of them changes what a launch does."""
+        if hNode.type != C["CU_GRAPH_NODE_TYPE_KERNEL"] or attr not in KERNEL_NODE_ATTRIBUTES or value is None:
+            return INVALID_VALUE
+        if attr == C["CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW"] and not 0.0 <= value.accessPolicyWindow.hitRatio <= 1.0:
+            return INVALID_VALUE
+        hNode.attributes[attr] = bytes(value)
+        return SUCCESS
+
+    def cuGraphKernelNodeCopyAttributes(self, c: Caller, dst: GraphNode, src: GraphNode) -> int:
+        if dst.type != C["CU_GRAPH_NODE_TYPE_KERNEL"] or src.type != C["CU_GRAPH_NODE_TYPE_KERNEL"]:
+            return INVALID_VALUE
+        dst.attributes = dict(src.attributes)
         return SUCCESS
