@@ -1325,6 +1325,8 @@ class RealCudaService(CudaApi):
              args_size) = LAUNCH.unpack_from(payload, at)
             at += LAUNCH.size
             c = Caller(session, context)
+            if flags & ModuleServing.LAUNCH_NODE_PARAMS:  # kernel node parameters: the simulator's only
+                return struct.pack("<i", self.NOT_SUPPORTED)
             if flags & self.LAUNCH_GRAPH_NODE:
                 graph_id, count = struct.unpack_from("<QI", payload, at)
                 nodes = struct.unpack_from(f"<{count}Q", payload, at + 12)
