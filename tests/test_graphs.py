@@ -508,3 +508,65 @@ print(json.dumps(report))
     assert report["deps"] == [0, 1, True] and report["instantiate"] == 0
     assert report["update"] == [910, 2, True]  # CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED, and where
     assert report["update_capture"] == 0 and report["capture_deps"] == [0, 1, 1]
+
+
+def test_host_nodes_run_in_their_place(vgpud):
+    """A host node runs on the library's host-function worker after the nodes before it and
+    before the nodes after it: a copy into page-locked memory, a host function that reads it
+    and writes another page-locked buffer, a copy of that buffer back to the device. A second
+    host node in a child graph, parameters read back and changed on an executable graph, and
+    later work on the stream that waits for the host functions."""
+    served_by_simulator(vgpud)
+    vgpud.local_only("a vgpud on another host cannot reach the client's page-locked memory")
+    code = PRELUDE + """
+lib = ctypes.CDLL("libcuda.so.1")
+a, b = alloc(), alloc()
+seen, written = ok(cu.cuMemHostAlloc(N, 0)), ok(cu.cuMemHostAlloc(N, 0))
+calls = []
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def double(data):  # written = 2 * seen, byte by byte
+    calls.append(("double", data))
+    src = ctypes.string_at(int(seen), N)
+    ctypes.memmove(int(written), bytes((2 * x) & 0xFF for x in src), N)
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def note(data):
+    calls.append(("note", data))
+def host_params(fn, data):
+    p = cu.CUDA_HOST_NODE_PARAMS()
+    p.fn = ctypes.cast(fn, ctypes.c_void_p).value
+    p.userData = data
+    return p
+graph = ok(cu.cuGraphCreate(0))
+fill = ok(cu.cuGraphAddMemsetNode(graph, None, 0, memset_params(int(a), 21, N), ctx))
+out = ok(cu.cuGraphAddMemcpyNode(graph, [fill], 1, copy_params(int(seen), int(a), N,
+                                 dst_type=cu.CUmemorytype.CU_MEMORYTYPE_HOST), ctx))
+host = ok(cu.cuGraphAddHostNode(graph, [out], 1, host_params(double, 7)))
+back = ok(cu.cuGraphAddMemcpyNode(graph, [host], 1, copy_params(int(b), int(written), N,
+                                  src_type=cu.CUmemorytype.CU_MEMORYTYPE_HOST), ctx))
+child = ok(cu.cuGraphCreate(0))
+ok(cu.cuGraphAddHostNode(child, None, 0, host_params(note, 8)))
+ok(cu.cuGraphAddChildGraphNode(graph, [back], 1, child))
+read = ok(cu.cuGraphHostNodeGetParams(host))
+report = {"read": [int(read.fn) == ctypes.cast(double, ctypes.c_void_p).value, int(read.userData)]}
+upload(b, ZERO)
+graph_exec = ok(cu.cuGraphInstantiate(graph, 0))
+h = lambda x: ctypes.c_void_p(int(x))
+report["launch"] = lib.cuGraphLaunch(h(graph_exec), h(stream))
+dst = ctypes.create_string_buffer(N)
+report["after"] = lib.cuMemcpyDtoHAsync_v2(dst, ctypes.c_uint64(int(b)), ctypes.c_size_t(N), h(stream))
+report["sync"] = lib.cuStreamSynchronize(h(stream))
+report["contents"] = dst.raw == bytes([42] * N)
+report["calls"] = list(calls)
+ok(cu.cuGraphExecHostNodeSetParams(graph_exec, host, host_params(note, 9)))
+calls.clear()
+lib.cuGraphLaunch(h(graph_exec), h(stream)); lib.cuStreamSynchronize(h(stream))
+report["exec_set"] = list(calls)
+report["null_fn"] = code(cu.cuGraphHostNodeSetParams(host, host_params(note, 1).__class__()))
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["read"] == [True, 7]
+    assert report["launch"] == 0 and report["after"] == 0 and report["sync"] == 0
+    assert report["contents"] and report["calls"] == [["double", 7], ["note", 8]]
+    assert report["exec_set"] == [["note", 9], ["note", 8]]
+    assert report["null_fn"] == 1

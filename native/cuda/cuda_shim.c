@@ -845,6 +845,10 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
     return CUDA_SUCCESS;
 }
 
+CUresult vgpu_cuda_queue_host_call(CUstream stream, void (*fn)(void *), void *data) {
+    return queue_host_call(stream, fn, NULL, data);
+}
+
 VGPU_EXPORT CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
     return queue_host_call(hStream, fn, NULL, userData);
 }

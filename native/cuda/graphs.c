@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cuda_shim.h"
+#include "vgpu_wire.h"
 
 extern const vgpu_function vgpu_cuda_fn_cuDeviceGetGraphMemAttribute, vgpu_cuda_fn_cuDeviceSetGraphMemAttribute;
 
@@ -262,4 +263,80 @@ VGPU_EXPORT CUresult cuGraphNodeGetParams(CUgraphNode hNode, CUgraphNodeParams *
     default:
         return CUDA_ERROR_NOT_SUPPORTED; /* kinds vgpu does not serve */
     }
+}
+
+/* ---- launches: vgpud carries out the nodes in dependency order up to a host node; the
+ * host-function worker runs it (after the work queued before it, as cuLaunchHostFunc's do)
+ * and resumes the launch, running any further host nodes itself. Later work on the stream
+ * waits for the worker, as it does behind a cuLaunchHostFunc. ---- */
+
+#define GRAPH_RUN 0x10u
+
+extern const unsigned vgpu_cuda_handle_CUgraphExec, vgpu_cuda_handle_CUstream;
+
+typedef struct run_frame {
+    uint64_t context, function, stream;
+    uint32_t grid[3], block[3], shared, flags, args_size;
+    uint64_t graph_exec, token;
+} __attribute__((packed)) run_frame;
+
+typedef struct graph_run {
+    run_frame frame;
+    void (*fn)(void *);
+    void *data;
+} graph_run;
+
+/* Run (or resume, with a token) a launch; on a host node, the function, its data and the token. */
+static CUresult run_nodes(graph_run *run) {
+    const uint8_t *reply;
+    size_t reply_len;
+    if (vgpu_call(vgpu_cuda_api(), VGPU_OP_LAUNCH, &run->frame, sizeof run->frame, &reply, &reply_len, 0) != VGPU_OK ||
+        reply_len < 28)
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    int32_t rc;
+    uint64_t fn, data;
+    memcpy(&rc, reply, 4);
+    memcpy(&fn, reply + 4, 8);
+    memcpy(&data, reply + 12, 8);
+    memcpy(&run->frame.token, reply + 20, 8);
+    run->fn = (void (*)(void *))(uintptr_t)fn;
+    run->data = (void *)(uintptr_t)data;
+    return (CUresult)rc;
+}
+
+static void run_host_nodes(void *arg) {
+    graph_run *run = arg;
+    while (run->frame.token) {
+        run->fn(run->data);
+        CUresult rc = run_nodes(run);
+        if (rc != CUDA_SUCCESS) {
+            vgpu_log(1, vgpu_cuda_api()->prefix, "cuGraphLaunch: the nodes after a host node failed (%d)", (int)rc);
+            break;
+        }
+    }
+    free(run);
+}
+
+VGPU_EXPORT CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    graph_run *run = calloc(1, sizeof *run);
+    if (!run) return CUDA_ERROR_OUT_OF_MEMORY;
+    run->frame.context = vgpu_cuda_context_id();
+    run->frame.flags = GRAPH_RUN;
+    run->frame.args_size = 16;
+    if (!hGraphExec || vgpu_handle_id(vgpu_cuda_handle_CUgraphExec, hGraphExec, &run->frame.graph_exec) < 0 ||
+        ((uintptr_t)hStream >= 4096 && vgpu_handle_id(vgpu_cuda_handle_CUstream, hStream, &run->frame.stream) < 0)) {
+        free(run);
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    if ((uintptr_t)hStream < 4096) run->frame.stream = (uintptr_t)hStream; /* NULL, legacy, per-thread */
+    vgpu_cuda_host_calls_before(hStream);
+    CUresult rc = run_nodes(run);
+    if (rc != CUDA_SUCCESS || !run->frame.token) {
+        free(run);
+        return rc;
+    }
+    rc = vgpu_cuda_queue_host_call(hStream, run_host_nodes, run);
+    if (rc != CUDA_SUCCESS) free(run);
+    return rc;
 }

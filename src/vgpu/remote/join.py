@@ -55,7 +55,8 @@ CONTEXT_ORDINAL_MASK = 0xFFFF
 #: handles whose id is a context id (a green context's is its context's): renumbered, never tagged
 CONTEXT_HANDLES = ("CUcontext", "CUgreenCtx")
 LAUNCH, LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH, ModuleServing.LAUNCH_GRAPH_NODE
-LAUNCH_NODE_PARAMS, LAUNCH_NODE_GET = ModuleServing.LAUNCH_NODE_PARAMS, 0x8
+LAUNCH_NODE_PARAMS, LAUNCH_NODE_GET = ModuleServing.LAUNCH_NODE_PARAMS, ModuleServing.LAUNCH_NODE_GET
+LAUNCH_GRAPH_RUN = ModuleServing.LAUNCH_GRAPH_RUN
 #: parameters whose values come back in the reply
 OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
 #: what a merged status says of each joined host
@@ -928,6 +929,15 @@ class JoinedConnection:
             if function_host == EVERY_HOST:
                 function = self.everywhere.on_host("CUfunction", function, host)
             _, stream = untag("CUstream", stream)
+            if flags & LAUNCH_GRAPH_RUN:  # a graph launch run or resumed: the executable graph's host
+                graph_exec, token = struct.unpack_from("<QQ", payload, at + LAUNCH.size)
+                exec_host, graph_exec = untag("CUgraphExec", graph_exec, len(self.upstreams))
+                record = LAUNCH.pack(context, function, stream, *shape, flags, args_size) + \
+                    struct.pack("<QQ", graph_exec, token)
+                try:
+                    return self._ask(exec_host if exec_host is not None else host, frame, record)
+                except HostGone:
+                    return struct.pack("<iQQQ", self.router.lost, 0, 0, 0)
             if flags & LAUNCH_NODE_PARAMS:  # a kernel node's parameters set or read: the node's host
                 node, graph_exec = struct.unpack_from("<QQ", payload, at + LAUNCH.size)
                 node_host, node = untag("CUgraphNode", node, len(self.upstreams))

@@ -149,6 +149,8 @@ class Graphs:
         self.captures: dict[int, Capture] = {}
         #: cuGraphGetId's and cuGraphExecGetId's numbers
         self._graph_serials = itertools.count(1)
+        #: resume token -> a launch waiting for its host node (executable graph, stream, nodes left)
+        self.graph_runs: dict[int, tuple[GraphExec, Any, list[GraphNode]]] = {}
         #: address -> graph allocation (allocation nodes)
         self.graph_allocations: dict[int, GraphAllocation] = {}
         #: (process, GPU index) -> graph memory high-water marks
@@ -810,10 +812,15 @@ class Graphs:
         return SUCCESS
 
     def cuGraphLaunch(self, c: Caller, hGraphExec: GraphExec, hStream: Any) -> int:
-        """Replay every node, in dependency order, on the stream."""
+        """Replay every node, in dependency order, on the stream (the shim launches through
+        _graph_run_frame, which hands host nodes to it; here, a graph launch inside a capture)."""
         if self.capturing(hStream) is not None:
+            if self._has_host_nodes(hGraphExec.nodes):
+                return C["CUDA_ERROR_NOT_SUPPORTED"]  # its host functions would have no one to run them
             return self._capture_node(hStream, C["CU_GRAPH_NODE_TYPE_GRAPH"],
                                       lambda caller, stream: self.cuGraphLaunch(caller, hGraphExec, stream))
+        if self._has_host_nodes(hGraphExec.nodes):
+            return C["CUDA_ERROR_NOT_SUPPORTED"]
         refused = self._graph_memory_launchable(hGraphExec)
         if refused is not None:
             return refused
@@ -878,6 +885,8 @@ class Graphs:
             del self.graph_allocations[key]
         for key in [k for k in self.graph_memory_highs if k[0] == session.id]:
             del self.graph_memory_highs[key]
+        for key in [k for k, run in self.graph_runs.items() if run[0].owner == session.id]:
+            del self.graph_runs[key]
 
     def cuGraphAddMemAllocNode(self, c: Caller, phGraphNode: Any, hGraph: Graph, dependencies: Any,
                                numDependencies: int, nodeParams: Any) -> int:
@@ -1021,16 +1030,87 @@ class Graphs:
         return SUCCESS
 
     # kernel nodes: parameters set and read through the launch frame (native/cuda/kernels.c) ------
-    NODE_SET = 0x4
-    NODE_GET = 0x8
     #: a launch record's head (cuda_modules.ModuleServing.LAUNCH): context, function, stream,
     #: grid, block, shared bytes, flags, parameter bytes
     HEAD = struct.Struct("<QQQ3I3IIII")
 
+    def _graph_frame(self, session: Session, payload: bytes) -> bytes:
+        flags = self.HEAD.unpack_from(payload)[10]
+        return self._graph_run_frame(session, payload) if flags & self.LAUNCH_GRAPH_RUN else \
+            self._kernel_node_frame(session, payload)
+
+    def _graph_run_frame(self, session: Session, payload: bytes) -> bytes:
+        """cuGraphLaunch from the shim (native/cuda/graphs.c): a launch record whose flags hold
+        LAUNCH_GRAPH_RUN, then u64 executable graph id and u64 resume token (0 for a new launch). The
+        nodes run in dependency order up to a host node, which the shim's host-function worker
+        runs and then resumes the launch with the token. Reply: i32, u64 host function, u64 its
+        user data, u64 token (0: the launch is done)."""
+        context, stream_id = self.HEAD.unpack_from(payload)[0], self.HEAD.unpack_from(payload)[2]
+        exec_id, token = struct.unpack_from("<QQ", payload, self.HEAD.size)
+        c = Caller(session, context)
+        if token:
+            run = self.graph_runs.pop(token, None)
+            if run is None or run[0].owner != session.id:
+                return struct.pack("<iQQQ", INVALID_VALUE, 0, 0, 0)
+            graph_exec, stream, nodes = run
+        else:
+            graph_exec, stream = self.resolve("CUgraphExec", exec_id, c), self.resolve("CUstream", stream_id, c)
+            if graph_exec is None or stream is None:
+                return struct.pack("<iQQQ", C["CUDA_ERROR_INVALID_HANDLE"], 0, 0, 0)
+            if self.capturing(stream) is not None:
+                return struct.pack("<iQQQ", self.cuGraphLaunch(c, graph_exec, stream), 0, 0, 0)
+            refused = self._graph_memory_launchable(graph_exec)
+            if refused is not None:
+                return struct.pack("<iQQQ", refused, 0, 0, 0)
+            nodes = self._flatten(graph_exec.nodes)
+        for index, node in enumerate(nodes):
+            if node.type == C["CU_GRAPH_NODE_TYPE_HOST"]:
+                token = next(self._ids)
+                self.graph_runs[token] = (graph_exec, stream, nodes[index + 1:])
+                return struct.pack("<iQQQ", SUCCESS, node.params.fn or 0, node.params.userData or 0, token)
+            if node.replay is not None and node.enabled:
+                rc = node.replay(c, stream)
+                if rc != SUCCESS:
+                    return struct.pack("<iQQQ", rc, 0, 0, 0)
+        return struct.pack("<iQQQ", SUCCESS, 0, 0, 0)
+
+    def _flatten(self, nodes: list[GraphNode]) -> list[GraphNode]:
+        """Nodes in an order that honours dependencies, child graphs' nodes in their place."""
+        flat: list[GraphNode] = []
+        for node in nodes:
+            flat += self._flatten(self._ordered(node.params) or []) if node.type == C["CU_GRAPH_NODE_TYPE_GRAPH"] \
+                else [node]
+        return flat
+
+    def _has_host_nodes(self, nodes: list[GraphNode]) -> bool:
+        return any(node.type == C["CU_GRAPH_NODE_TYPE_HOST"] for node in self._flatten(nodes))
+
+    # host nodes ---------------------------------------------------------------------------------
+    def cuGraphAddHostNode(self, c: Caller, phGraphNode: Any, hGraph: Graph, dependencies: Any,
+                           numDependencies: int, nodeParams: Any) -> int:
+        """A host function the launching process's library runs in its place in the graph."""
+        if nodeParams is None or not nodeParams.fn:
+            return INVALID_VALUE
+        return self._node_added(phGraphNode, hGraph, dependencies, numDependencies, C["CU_GRAPH_NODE_TYPE_HOST"],
+                                _copy(nodeParams), ("host",))
+
+    def cuGraphHostNodeGetParams(self, c: Caller, hNode: GraphNode, nodeParams: Any) -> int:
+        return self._params_out(hNode, C["CU_GRAPH_NODE_TYPE_HOST"], nodeParams)
+
+    def cuGraphHostNodeSetParams(self, c: Caller, hNode: GraphNode, nodeParams: Any) -> int:
+        if nodeParams is None or not nodeParams.fn:
+            return INVALID_VALUE
+        return self._params_set(hNode, C["CU_GRAPH_NODE_TYPE_HOST"], _copy(nodeParams))
+
+    def cuGraphExecHostNodeSetParams(self, c: Caller, hGraphExec: GraphExec, hNode: GraphNode, nodeParams: Any) -> int:
+        if nodeParams is None or not nodeParams.fn:
+            return INVALID_VALUE
+        return self._params_set(hGraphExec.by_origin.get(hNode.id), C["CU_GRAPH_NODE_TYPE_HOST"], _copy(nodeParams))
+
     def _kernel_node_frame(self, session: Session, payload: bytes) -> bytes:
-        """A launch record whose flags hold NODE_SET or NODE_GET, then u64 node id and u64
-        executable graph id (0: the graph's own node), then (NODE_SET) the packed parameters.
-        NODE_SET answers i32; NODE_GET answers i32, the node's launch head (function id, grid,
+        """A launch record whose flags hold LAUNCH_NODE_SET or LAUNCH_NODE_GET, then u64 node id and u64
+        executable graph id (0: the graph's own node), then (a set) the packed parameters.
+        A set answers i32; a get answers i32, the node's launch head (function id, grid,
         block, shared bytes, parameter bytes) and its packed parameters."""
         (context, function_id, _, gx, gy, gz, bx, by, bz, shared, flags,
          args_size) = self.HEAD.unpack_from(payload)
@@ -1043,7 +1123,7 @@ class Graphs:
         target = graph_exec.by_origin.get(node.id) if graph_exec is not None else node
         if target is None or target.type != C["CU_GRAPH_NODE_TYPE_KERNEL"]:
             return struct.pack("<i", INVALID_VALUE)
-        if flags & self.NODE_GET:
+        if flags & self.LAUNCH_NODE_GET:
             if target.params is None:
                 return struct.pack("<i", C["CUDA_ERROR_NOT_SUPPORTED"])
             ref, grid, block, shared, args, _ = target.params

@@ -426,8 +426,12 @@ class ModuleServing:
     LAUNCH = struct.Struct("<QQQ3I3IIII")
     LAUNCH_COOPERATIVE = 0x1
     LAUNCH_GRAPH_NODE = 0x2
-    #: a kernel node's parameters set or read (cuda_graphs.Graphs._kernel_node_frame)
-    LAUNCH_NODE_PARAMS = 0x4 | 0x8
+    #: a kernel node's parameters set or read, a graph launch run or resumed (cuda_graphs.Graphs._graph_frame)
+    LAUNCH_NODE_SET = 0x4
+    LAUNCH_NODE_GET = 0x8
+    LAUNCH_GRAPH_RUN = 0x10
+    LAUNCH_NODE_PARAMS = LAUNCH_NODE_SET | LAUNCH_NODE_GET
+    LAUNCH_GRAPH_FRAMES = LAUNCH_NODE_PARAMS | LAUNCH_GRAPH_RUN
 
     def launch(self, session: Session, payload: bytes) -> bytes:
         """OP_LAUNCH: launch records back to back (the shim sends a thread's consecutive
@@ -448,8 +452,8 @@ class ModuleServing:
             flags, args_size = struct.unpack_from("<II", payload, at + head - 8)
             if flags & self.LAUNCH_GRAPH_NODE:
                 return self._launch(session, payload[at:])
-            if flags & self.LAUNCH_NODE_PARAMS:
-                return self._kernel_node_frame(session, payload[at:])
+            if flags & self.LAUNCH_GRAPH_FRAMES:
+                return self._graph_frame(session, payload[at:])
             end = at + head + args_size
             if end > size:
                 raise struct.error(f"a launch record of {args_size} parameter bytes runs past its frame")

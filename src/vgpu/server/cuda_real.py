@@ -1325,6 +1325,12 @@ class RealCudaService(CudaApi):
              args_size) = LAUNCH.unpack_from(payload, at)
             at += LAUNCH.size
             c = Caller(session, context)
+            if flags & ModuleServing.LAUNCH_GRAPH_RUN:  # a graph launch from the shim (no host nodes here)
+                graph_exec = self.resolve("CUgraphExec", struct.unpack_from("<Q", payload, at)[0], c)
+                stream = self.resolve("CUstream", stream_id, c)
+                if graph_exec is None or stream is None:
+                    return struct.pack("<iQQQ", self.INVALID_HANDLE, 0, 0, 0)
+                return struct.pack("<iQQQ", self.cuGraphLaunch(c, graph_exec, stream), 0, 0, 0)
             if flags & ModuleServing.LAUNCH_NODE_PARAMS:  # kernel node parameters: the simulator's only
                 return struct.pack("<i", self.NOT_SUPPORTED)
             if flags & self.LAUNCH_GRAPH_NODE:
