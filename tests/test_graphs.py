@@ -570,3 +570,35 @@ print(json.dumps(report))
     assert report["contents"] and report["calls"] == [["double", 7], ["note", 8]]
     assert report["exec_set"] == [["note", 9], ["note", 8]]
     assert report["null_fn"] == 1
+
+
+def test_debug_dot_print(vgpud, tmp_path):
+    """cuGraphDebugDotPrint writes the graph where the caller runs: each node by kind and the
+    id cuGraphNodeGetLocalId gives, kernel names, copy directions, edges, a child graph as a
+    cluster; parameters with the verbose flag; an unwritable path refused as cuda.h says."""
+    served_by_simulator(vgpud)
+    code = SAXPY + f"""
+a, b = alloc(), alloc()
+graph = ok(cu.cuGraphCreate(0))
+fill = ok(cu.cuGraphAddMemsetNode(graph, None, 0, memset_params(int(a), 0xAB, N), ctx))
+kernel = ok(cu.cuGraphAddKernelNode(graph, [fill], 1, kernel_params(1.0, int(a), int(b), N)))
+copy = ok(cu.cuGraphAddMemcpyNode(graph, [kernel], 1, copy_params(int(b), int(a), N), ctx))
+child = ok(cu.cuGraphCreate(0))
+ok(cu.cuGraphAddEmptyNode(child, None, 0))
+ok(cu.cuGraphAddChildGraphNode(graph, [copy], 1, child))
+ok(cu.cuGraphDebugDotPrint(graph, b"{tmp_path}/plain.dot", 0))
+ok(cu.cuGraphDebugDotPrint(graph, b"{tmp_path}/verbose.dot", 1))
+print(json.dumps({{"graph": ok(cu.cuGraphGetId(graph)), "ids": [ok(cu.cuGraphNodeGetLocalId(n)) for n in (fill, kernel, copy)],
+                  "unwritable": code(cu.cuGraphDebugDotPrint(graph, b"{tmp_path}/no/such/dir.dot", 0)),
+                  "bad_flags": code(cu.cuGraphDebugDotPrint(graph, b"{tmp_path}/x.dot", 1 << 30))}}))
+"""
+    report = run_json(code, vgpud.env, timeout=120)
+    plain, verbose = (tmp_path / "plain.dot").read_text(), (tmp_path / "verbose.dot").read_text()
+    g = report["graph"]
+    assert plain.startswith("digraph") and f"subgraph cluster_{g}" in plain
+    assert f'graph_{g}_node_{report["ids"][1]} [shape=box, label="KERNEL\\nid 1\\nsaxpy"]' in plain
+    assert "MEMCPY\\nid 2\\nDtoD" in plain and "MEMSET\\nid 0" in plain and "value 0xab" not in plain
+    assert f"graph_{g}_node_0 -> graph_{g}_node_1;" in plain and f"graph_{g}_node_2 -> graph_{g}_node_3;" in plain
+    assert plain.count("subgraph cluster_") == 2  # the child graph's cluster
+    assert "value 0xab" in verbose and "grid (4,1,1) block (256,1,1)" in verbose
+    assert report["unwritable"] == 304 and report["bad_flags"] == 1  # CUDA_ERROR_OPERATING_SYSTEM

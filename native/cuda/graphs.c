@@ -6,7 +6,9 @@
 #define _GNU_SOURCE
 #define __CUDA_API_VERSION_INTERNAL
 #include <cuda.h>
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -338,5 +340,151 @@ VGPU_EXPORT CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) {
     }
     rc = vgpu_cuda_queue_host_call(hStream, run_host_nodes, run);
     if (rc != CUDA_SUCCESS) free(run);
+    return rc;
+}
+
+/* ---- cuGraphDebugDotPrint: the graph as DOT, from what the query functions answer. Nodes are
+ * named graph_<graph id>_node_<local id> (cuGraphGetId, cuGraphNodeGetLocalId); a child graph is
+ * a cluster of its own. By default each node shows its kind and id, a kernel its name and a copy
+ * its direction; flags add each kind's parameters and the handles. ---- */
+
+#define DOT_FLAGS_KNOWN 0x3FFFFu
+
+const char *vgpu_cuda_kernel_name(CUfunction f);
+
+static const char *node_kind(CUgraphNodeType type) {
+    switch (type) {
+    case CU_GRAPH_NODE_TYPE_KERNEL: return "KERNEL";
+    case CU_GRAPH_NODE_TYPE_MEMCPY: return "MEMCPY";
+    case CU_GRAPH_NODE_TYPE_MEMSET: return "MEMSET";
+    case CU_GRAPH_NODE_TYPE_HOST: return "HOST";
+    case CU_GRAPH_NODE_TYPE_GRAPH: return "GRAPH";
+    case CU_GRAPH_NODE_TYPE_EMPTY: return "EMPTY";
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT: return "WAIT_EVENT";
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD: return "EVENT_RECORD";
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC: return "MEM_ALLOC";
+    case CU_GRAPH_NODE_TYPE_MEM_FREE: return "MEM_FREE";
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP: return "BATCH_MEM_OP";
+    default: return "OTHER";
+    }
+}
+
+static const char *copy_direction(const CUDA_MEMCPY3D *p) {
+    int from_host = p->srcMemoryType == CU_MEMORYTYPE_HOST, to_host = p->dstMemoryType == CU_MEMORYTYPE_HOST;
+    return from_host ? (to_host ? "HtoH" : "HtoD") : (to_host ? "DtoH" : "DtoD");
+}
+
+/* One node's label: kind and id, then what the flags ask for. */
+static void node_label(FILE *f, CUgraphNode node, CUgraphNodeType type, unsigned id, unsigned flags) {
+    unsigned verbose = flags & CU_GRAPH_DEBUG_DOT_FLAGS_VERBOSE;
+    fprintf(f, "%s\\nid %u", node_kind(type), id);
+    if (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_HANDLES) fprintf(f, "\\nhandle %p", (void *)node);
+    if (type == CU_GRAPH_NODE_TYPE_KERNEL) {
+        CUDA_KERNEL_NODE_PARAMS k;
+        if (cuGraphKernelNodeGetParams_v2(node, &k) != CUDA_SUCCESS) return;
+        const char *name = vgpu_cuda_kernel_name(k.func);
+        fprintf(f, "\\n%s", name ? name : "(kernel)");
+        if (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_KERNEL_NODE_PARAMS)
+            fprintf(f, "\\ngrid (%u,%u,%u) block (%u,%u,%u)\\nshared %u bytes", k.gridDimX, k.gridDimY, k.gridDimZ,
+                    k.blockDimX, k.blockDimY, k.blockDimZ, k.sharedMemBytes);
+    } else if (type == CU_GRAPH_NODE_TYPE_MEMCPY) {
+        CUDA_MEMCPY3D p;
+        if (cuGraphMemcpyNodeGetParams(node, &p) != CUDA_SUCCESS) return;
+        fprintf(f, "\\n%s", copy_direction(&p));
+        if (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_MEMCPY_NODE_PARAMS)
+            fprintf(f, "\\n%zu x %zu x %zu bytes", p.WidthInBytes, p.Height, p.Depth);
+    } else if (type == CU_GRAPH_NODE_TYPE_MEMSET && (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_MEMSET_NODE_PARAMS)) {
+        CUDA_MEMSET_NODE_PARAMS p;
+        if (cuGraphMemsetNodeGetParams(node, &p) == CUDA_SUCCESS)
+            fprintf(f, "\\ndst 0x%llx value 0x%x\\n%zu x %zu of %u bytes", (unsigned long long)p.dst, p.value, p.width,
+                    p.height, p.elementSize);
+    } else if (type == CU_GRAPH_NODE_TYPE_HOST && (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_HOST_NODE_PARAMS)) {
+        CUDA_HOST_NODE_PARAMS p;
+        if (cuGraphHostNodeGetParams(node, &p) == CUDA_SUCCESS)
+            fprintf(f, "\\nfn %p data %p", (void *)(uintptr_t)p.fn, p.userData);
+    } else if ((type == CU_GRAPH_NODE_TYPE_EVENT_RECORD || type == CU_GRAPH_NODE_TYPE_WAIT_EVENT) &&
+               (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_EVENT_NODE_PARAMS)) {
+        CUevent event;
+        if ((type == CU_GRAPH_NODE_TYPE_EVENT_RECORD ? cuGraphEventRecordNodeGetEvent(node, &event)
+                                                     : cuGraphEventWaitNodeGetEvent(node, &event)) == CUDA_SUCCESS)
+            fprintf(f, "\\nevent %p", (void *)event);
+    } else if (type == CU_GRAPH_NODE_TYPE_MEM_ALLOC && (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_MEM_ALLOC_NODE_PARAMS)) {
+        CUDA_MEM_ALLOC_NODE_PARAMS p;
+        if (cuGraphMemAllocNodeGetParams(node, &p) == CUDA_SUCCESS)
+            fprintf(f, "\\ndptr 0x%llx\\n%zu bytes on device %d", (unsigned long long)p.dptr, p.bytesize,
+                    p.poolProps.location.id);
+    } else if (type == CU_GRAPH_NODE_TYPE_MEM_FREE && (verbose || flags & CU_GRAPH_DEBUG_DOT_FLAGS_MEM_FREE_NODE_PARAMS)) {
+        CUdeviceptr dptr;
+        if (cuGraphMemFreeNodeGetParams(node, &dptr) == CUDA_SUCCESS) fprintf(f, "\\ndptr 0x%llx", (unsigned long long)dptr);
+    }
+}
+
+static CUresult node_name(CUgraphNode node, unsigned *graph_id, unsigned *local_id) {
+    CUgraph graph;
+    CUresult rc = cuGraphNodeGetContainingGraph(node, &graph);
+    if (rc == CUDA_SUCCESS) rc = cuGraphGetId(graph, graph_id);
+    if (rc == CUDA_SUCCESS) rc = cuGraphNodeGetLocalId(node, local_id);
+    return rc;
+}
+
+static CUresult dot_graph(FILE *f, CUgraph graph, unsigned flags, int depth) {
+    unsigned graph_id;
+    size_t count = 0, edges = 0;
+    CUresult rc = cuGraphGetId(graph, &graph_id);
+    if (rc == CUDA_SUCCESS) rc = cuGraphGetNodes(graph, NULL, &count);
+    if (rc == CUDA_SUCCESS) rc = cuGraphGetEdges_v2(graph, NULL, NULL, NULL, &edges);
+    if (rc != CUDA_SUCCESS) return rc;
+    CUgraphNode *nodes = calloc(count + 1, sizeof *nodes), *from = calloc(edges + 1, sizeof *from),
+                *to = calloc(edges + 1, sizeof *to);
+    CUgraphEdgeData *data = calloc(edges + 1, sizeof *data);
+    if (!nodes || !from || !to || !data) rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS) rc = cuGraphGetNodes(graph, nodes, &count);
+    if (rc == CUDA_SUCCESS) rc = cuGraphGetEdges_v2(graph, from, to, data, &edges);
+    fprintf(f, "%*ssubgraph cluster_%u {\n%*slabel=\"graph_%u\";\n", 2 * depth, "", graph_id, 2 * depth + 2, "", graph_id);
+    for (size_t i = 0; rc == CUDA_SUCCESS && i < count; i++) {
+        CUgraphNodeType type;
+        unsigned local_id;
+        rc = cuGraphNodeGetType(nodes[i], &type);
+        if (rc == CUDA_SUCCESS) rc = cuGraphNodeGetLocalId(nodes[i], &local_id);
+        if (rc != CUDA_SUCCESS) break;
+        fprintf(f, "%*sgraph_%u_node_%u [shape=%s, label=\"", 2 * depth + 2, "", graph_id, local_id,
+                type == CU_GRAPH_NODE_TYPE_GRAPH ? "folder" : "box");
+        node_label(f, nodes[i], type, local_id, flags);
+        fprintf(f, "\"];\n");
+        CUgraph child;
+        if (type == CU_GRAPH_NODE_TYPE_GRAPH && cuGraphChildGraphNodeGetGraph(nodes[i], &child) == CUDA_SUCCESS) {
+            rc = dot_graph(f, child, flags, depth + 1);
+            unsigned child_id;
+            size_t child_count = 0;
+            if (rc == CUDA_SUCCESS && cuGraphGetId(child, &child_id) == CUDA_SUCCESS &&
+                cuGraphGetNodes(child, NULL, &child_count) == CUDA_SUCCESS && child_count)
+                fprintf(f, "%*sgraph_%u_node_%u -> graph_%u_node_0 [style=dashed, lhead=cluster_%u];\n", 2 * depth + 2,
+                        "", graph_id, local_id, child_id, child_id);
+        }
+    }
+    for (size_t i = 0; rc == CUDA_SUCCESS && i < edges; i++) {
+        unsigned from_graph, from_id, to_graph, to_id;
+        rc = node_name(from[i], &from_graph, &from_id);
+        if (rc == CUDA_SUCCESS) rc = node_name(to[i], &to_graph, &to_id);
+        if (rc == CUDA_SUCCESS)
+            fprintf(f, "%*sgraph_%u_node_%u -> graph_%u_node_%u;\n", 2 * depth + 2, "", from_graph, from_id, to_graph,
+                    to_id);
+    }
+    fprintf(f, "%*s}\n", 2 * depth, "");
+    free(nodes), free(from), free(to), free(data);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphDebugDotPrint(CUgraph hGraph, const char *path, unsigned int flags) {
+    if (!path || flags & ~DOT_FLAGS_KNOWN) return CUDA_ERROR_INVALID_VALUE;
+    size_t count;
+    CUresult rc = cuGraphGetNodes(hGraph, NULL, &count); /* the graph exists before the file is made */
+    if (rc != CUDA_SUCCESS) return rc;
+    FILE *f = fopen(path, "w");
+    if (!f) return CUDA_ERROR_OPERATING_SYSTEM;
+    fprintf(f, "digraph dot {\n  compound=true;\n");
+    rc = dot_graph(f, hGraph, flags, 1);
+    fprintf(f, "}\n");
+    if (fclose(f) != 0 && rc == CUDA_SUCCESS) rc = CUDA_ERROR_OPERATING_SYSTEM;
     return rc;
 }

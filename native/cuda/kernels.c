@@ -723,3 +723,15 @@ VGPU_EXPORT CUresult cuGraphKernelNodeGetParams(CUgraphNode hNode, CUDA_KERNEL_N
                                       k.shared, k.params, NULL};
     return CUDA_SUCCESS;
 }
+
+/* A loaded kernel's name (cuGraphDebugDotPrint in graphs.c), or NULL; the name lives as long as
+ * the process (modules are never forgotten by the library). */
+const char *vgpu_cuda_kernel_name(CUfunction f) {
+    uint64_t fid;
+    if (!f || function_id(f, &fid) < 0) return NULL;
+    pthread_rwlock_rdlock(&modules_lock);
+    kernel_info *k = find_kernel(fid);
+    const char *name = k ? k->name : NULL;
+    pthread_rwlock_unlock(&modules_lock);
+    return name;
+}
