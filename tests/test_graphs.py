@@ -602,3 +602,51 @@ print(json.dumps({{"graph": ok(cu.cuGraphGetId(graph)), "ids": [ok(cu.cuGraphNod
     assert plain.count("subgraph cluster_") == 2  # the child graph's cluster
     assert "value 0xab" in verbose and "grid (4,1,1) block (256,1,1)" in verbose
     assert report["unwritable"] == 304 and report["bad_flags"] == 1  # CUDA_ERROR_OPERATING_SYSTEM
+
+
+def test_user_objects(vgpud):
+    """A user object's destructor runs (on the host-function worker) when the last reference
+    goes: the caller's, a graph's, a clone's and an executable graph's (both take the graph's
+    references again); references moved into a graph; refusals as cuda.h documents them."""
+    served_by_simulator(vgpud)
+    code = PRELUDE + """
+lib = ctypes.CDLL("libcuda.so.1")
+destroyed = []
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def destroy(data):
+    destroyed.append(data)
+fn = ctypes.cast(destroy, ctypes.c_void_p).value
+def settled():
+    assert lib.cuCtxSynchronize() == 0
+    return list(destroyed)
+NO_SYNC = cu.CUuserObject_flags.CU_USER_OBJECT_NO_DESTRUCTOR_SYNC
+obj = ok(cu.cuUserObjectCreate(1, fn, 1, NO_SYNC))
+graph = ok(cu.cuGraphCreate(0))
+ok(cu.cuGraphAddEmptyNode(graph, None, 0))
+ok(cu.cuGraphRetainUserObject(graph, obj, 2, 0))
+ok(cu.cuUserObjectRelease(obj, 1))
+clone = ok(cu.cuGraphClone(graph))
+graph_exec = ok(cu.cuGraphInstantiate(graph, 0))
+ok(cu.cuGraphDestroy(graph))
+ok(cu.cuGraphDestroy(clone))
+report = {"held_by_exec": settled()}
+ok(cu.cuGraphExecDestroy(graph_exec))
+report["last_gone"] = settled()
+moved = ok(cu.cuUserObjectCreate(2, fn, 1, NO_SYNC))
+second = ok(cu.cuGraphCreate(0))
+ok(cu.cuGraphRetainUserObject(second, moved, 1, cu.CUuserObjectRetain_flags.CU_GRAPH_USER_OBJECT_MOVE))
+report["too_many"] = code(cu.cuGraphReleaseUserObject(second, moved, 2))
+ok(cu.cuGraphReleaseUserObject(second, moved, 1))
+report["moved_released"] = settled()
+kept = ok(cu.cuUserObjectCreate(3, fn, 1, NO_SYNC))
+ok(cu.cuUserObjectRetain(kept, 2))
+ok(cu.cuUserObjectRelease(kept, 2))
+report["still_held"] = settled()
+report["refusals"] = [code(cu.cuUserObjectCreate(4, fn, 1, 0)), code(cu.cuUserObjectCreate(4, fn, 0, NO_SYNC)),
+                      code(cu.cuUserObjectRelease(kept, 5)), code(cu.cuGraphReleaseUserObject(second, kept, 1))]
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["held_by_exec"] == [] and report["last_gone"] == [1]
+    assert report["too_many"] == 1 and report["moved_released"] == [1, 2]
+    assert report["still_held"] == [1, 2] and report["refusals"] == [1, 1, 1, 1]

@@ -7,6 +7,7 @@
 #define __CUDA_API_VERSION_INTERNAL
 #include <cuda.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -487,4 +488,221 @@ VGPU_EXPORT CUresult cuGraphDebugDotPrint(CUgraph hGraph, const char *path, unsi
     fprintf(f, "}\n");
     if (fclose(f) != 0 && rc == CUDA_SUCCESS) rc = CUDA_ERROR_OPERATING_SYSTEM;
     return rc;
+}
+
+/* ---- user objects: the process's own, as in the driver. References are held by the caller and
+ * by graphs and executable graphs (a clone or an instantiation takes the graph's references
+ * again); when the last goes, the destructor runs on the host-function worker, after the work
+ * queued before. ---- */
+
+typedef struct user_object {
+    void *ptr;
+    CUhostFn destroy;
+    unsigned refs;
+    struct user_object *next;
+} user_object;
+
+typedef struct graph_reference {
+    void *holder; /* a CUgraph or a CUgraphExec */
+    user_object *object;
+    unsigned count;
+    struct graph_reference *next;
+} graph_reference;
+
+static user_object *user_objects;
+static graph_reference *graph_references;
+static pthread_mutex_t user_objects_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static user_object *find_object(CUuserObject handle) { /* user_objects_lock held */
+    for (user_object *o = user_objects; o; o = o->next)
+        if (o == (user_object *)handle) return o;
+    return NULL;
+}
+
+/* Drop references (user_objects_lock held); an object left with none is unlinked and returned. */
+static user_object *drop(user_object *o, unsigned count) {
+    o->refs -= count;
+    if (o->refs) return NULL;
+    for (user_object **at = &user_objects; *at; at = &(*at)->next)
+        if (*at == o) {
+            *at = o->next;
+            break;
+        }
+    return o;
+}
+
+static void destroy_objects(user_object *dead) {
+    while (dead) {
+        user_object *next = dead->next;
+        if (vgpu_cuda_queue_host_call(NULL, dead->destroy, dead->ptr) != CUDA_SUCCESS) dead->destroy(dead->ptr);
+        free(dead);
+        dead = next;
+    }
+}
+
+VGPU_EXPORT CUresult cuUserObjectCreate(CUuserObject *object_out, void *ptr, CUhostFn destroy,
+                                        unsigned int initialRefcount, unsigned int flags) {
+    if (!object_out || !destroy || !initialRefcount || flags != CU_USER_OBJECT_NO_DESTRUCTOR_SYNC)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    user_object *o = calloc(1, sizeof *o);
+    if (!o) return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&user_objects_lock);
+    *o = (user_object){ptr, destroy, initialRefcount, user_objects};
+    user_objects = o;
+    pthread_mutex_unlock(&user_objects_lock);
+    *object_out = (CUuserObject)o;
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuUserObjectRetain(CUuserObject object, unsigned int count) {
+    if (!count) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&user_objects_lock);
+    user_object *o = find_object(object);
+    if (o) o->refs += count;
+    pthread_mutex_unlock(&user_objects_lock);
+    return o ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+VGPU_EXPORT CUresult cuUserObjectRelease(CUuserObject object, unsigned int count) {
+    if (!count) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&user_objects_lock);
+    user_object *o = find_object(object), *dead = NULL;
+    CUresult rc = !o || count > o->refs ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS && (dead = drop(o, count))) dead->next = NULL;
+    pthread_mutex_unlock(&user_objects_lock);
+    destroy_objects(dead);
+    return rc;
+}
+
+static graph_reference *reference_of(void *holder, user_object *o) { /* user_objects_lock held */
+    for (graph_reference *r = graph_references; r; r = r->next)
+        if (r->holder == holder && r->object == o) return r;
+    return NULL;
+}
+
+/* Give a holder references (user_objects_lock held). */
+static int hold(void *holder, user_object *o, unsigned count) {
+    graph_reference *r = reference_of(holder, o);
+    if (!r) {
+        if (!(r = calloc(1, sizeof *r))) return -1;
+        *r = (graph_reference){holder, o, 0, graph_references};
+        graph_references = r;
+    }
+    r->count += count;
+    return 0;
+}
+
+VGPU_EXPORT CUresult cuGraphRetainUserObject(CUgraph graph, CUuserObject object, unsigned int count,
+                                             unsigned int flags) {
+    unsigned id;
+    if (!count || flags & ~(unsigned)CU_GRAPH_USER_OBJECT_MOVE) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = cuGraphGetId(graph, &id);
+    if (rc != CUDA_SUCCESS) return rc;
+    pthread_mutex_lock(&user_objects_lock);
+    user_object *o = find_object(object);
+    if (!o || (flags & CU_GRAPH_USER_OBJECT_MOVE && count > o->refs)) rc = CUDA_ERROR_INVALID_VALUE;
+    else if (hold(graph, o, count) < 0) rc = CUDA_ERROR_OUT_OF_MEMORY;
+    else if (!(flags & CU_GRAPH_USER_OBJECT_MOVE)) o->refs += count; /* with MOVE the caller's become the graph's */
+    pthread_mutex_unlock(&user_objects_lock);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphReleaseUserObject(CUgraph graph, CUuserObject object, unsigned int count) {
+    if (!count) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&user_objects_lock);
+    user_object *o = find_object(object), *dead = NULL;
+    graph_reference *r = o ? reference_of(graph, o) : NULL;
+    CUresult rc = !r || count > r->count ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS) {
+        r->count -= count;
+        if ((dead = drop(o, count))) dead->next = NULL;
+    }
+    pthread_mutex_unlock(&user_objects_lock);
+    destroy_objects(dead);
+    return rc;
+}
+
+/* A graph or executable graph is gone: its references with it. */
+static void release_holder(void *holder) {
+    user_object *dead = NULL;
+    pthread_mutex_lock(&user_objects_lock);
+    for (graph_reference **at = &graph_references; *at;) {
+        graph_reference *r = *at;
+        if (r->holder != holder) {
+            at = &r->next;
+            continue;
+        }
+        *at = r->next;
+        user_object *gone = r->count ? drop(r->object, r->count) : NULL;
+        if (gone) {
+            gone->next = dead;
+            dead = gone;
+        }
+        free(r);
+    }
+    pthread_mutex_unlock(&user_objects_lock);
+    destroy_objects(dead);
+}
+
+/* A clone or an instantiation: the new holder takes the source's references again. */
+static void copy_references(void *from, void *to) {
+    pthread_mutex_lock(&user_objects_lock);
+    for (graph_reference *r = graph_references; r; r = r->next)
+        if (r->holder == from && r->count && hold(to, r->object, r->count) == 0) r->object->refs += r->count;
+    pthread_mutex_unlock(&user_objects_lock);
+}
+
+extern const vgpu_function vgpu_cuda_fn_cuGraphDestroy, vgpu_cuda_fn_cuGraphExecDestroy, vgpu_cuda_fn_cuGraphClone,
+    vgpu_cuda_fn_cuGraphInstantiateWithFlags, vgpu_cuda_fn_cuGraphInstantiateWithParams,
+    vgpu_cuda_fn_cuGraphInstantiate_v2;
+
+VGPU_EXPORT CUresult cuGraphDestroy(CUgraph hGraph) {
+    void *const args[] = {(void *)&hGraph};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuGraphDestroy, args);
+    if (rc == CUDA_SUCCESS) release_holder(hGraph);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphExecDestroy(CUgraphExec hGraphExec) {
+    void *const args[] = {(void *)&hGraphExec};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuGraphExecDestroy, args);
+    if (rc == CUDA_SUCCESS) release_holder(hGraphExec);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphClone(CUgraph *phGraphClone, CUgraph originalGraph) {
+    void *const args[] = {(void *)&phGraphClone, (void *)&originalGraph};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuGraphClone, args);
+    if (rc == CUDA_SUCCESS) copy_references(originalGraph, *phGraphClone);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags) {
+    void *const args[] = {(void *)&phGraphExec, (void *)&hGraph, (void *)&flags};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuGraphInstantiateWithFlags, args);
+    if (rc == CUDA_SUCCESS) copy_references(hGraph, *phGraphExec);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                                  CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams) {
+    void *const args[] = {(void *)&phGraphExec, (void *)&hGraph, (void *)&instantiateParams};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuGraphInstantiateWithParams, args);
+    if (rc == CUDA_SUCCESS) copy_references(hGraph, *phGraphExec);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                                           char *logBuffer, size_t bufferSize) {
+    void *const args[] = {(void *)&phGraphExec, (void *)&hGraph, (void *)&phErrorNode, (void *)&logBuffer,
+                          (void *)&bufferSize};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuGraphInstantiate_v2, args);
+    if (rc == CUDA_SUCCESS) copy_references(hGraph, *phGraphExec);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                                        char *logBuffer, size_t bufferSize) {
+    return cuGraphInstantiate_v2(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize);
 }
