@@ -36,12 +36,15 @@ typedef struct vgpu_conn {
     size_t out_len, out_cap;
     size_t last_record;      /* offset of the last frame vgpu_post_record may extend, or SIZE_MAX */
     unsigned last_record_op;
+    int unsettled;           /* posts were sent since vgpud last answered on it: perhaps not yet carried out */
     pthread_mutex_t send_lock;
     struct vgpu_conn *next;
 } vgpu_conn;
 
-/* Posted bytes waiting in all connections; when 0, a call need not look at other threads'. */
+/* Posted bytes waiting in all connections, and connections whose sent posts may not have been
+ * carried out yet; when both are 0, a call need not look at other threads' connections. */
 static size_t pending_total;
+static int unsettled_total;
 static vgpu_conn *registry;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 #define POST_BATCH (60u << 10)
@@ -52,6 +55,19 @@ static pthread_mutex_t api_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int flush_locked(vgpu_conn *conn);
 
+/* Posts went out on the connection (send_lock held): until vgpud answers on it, they may be
+ * waiting in its socket. */
+static void mark_unsettled(vgpu_conn *conn) {
+    if (!conn->unsettled) __atomic_add_fetch(&unsettled_total, 1, __ATOMIC_SEQ_CST);
+    conn->unsettled = 1;
+}
+
+/* vgpud answered on the connection: everything sent on it before has been carried out. */
+static void mark_settled(vgpu_conn *conn) {
+    if (conn->unsettled) __atomic_sub_fetch(&unsettled_total, 1, __ATOMIC_SEQ_CST);
+    conn->unsettled = 0;
+}
+
 static void conn_free(void *ptr) {
     vgpu_conn *conn = ptr;
     if (!conn) return;
@@ -61,6 +77,7 @@ static void conn_free(void *ptr) {
     pthread_mutex_unlock(&registry_lock);
     pthread_mutex_lock(&conn->send_lock);
     flush_locked(conn); /* a thread's last posts are not lost when it ends */
+    mark_settled(conn); /* vgpud carries them out before it sees the connection close */
     pthread_mutex_unlock(&conn->send_lock);
     if (conn->fd >= 0) close(conn->fd);
     pthread_mutex_destroy(&conn->send_lock);
@@ -240,6 +257,7 @@ static int flush_locked(vgpu_conn *conn) {
     __atomic_sub_fetch(&pending_total, len, __ATOMIC_SEQ_CST);
     if (conn->fd < 0 || conn->pid != getpid()) return 0; /* closed, or a parent's, after fork */
     set_timeout(conn, timeout_ms());
+    mark_unsettled(conn);
     if (io_all(conn->fd, conn->out, len, 1, now_ms() + timeout_ms()) == 0) return 0;
     if (conn->api && !__atomic_exchange_n(&conn->api->lost, 1, __ATOMIC_SEQ_CST))
         vgpu_log(1, conn->api->prefix, "lost vgpud (could not send %zu bytes of queued work); calls fail until the "
@@ -261,7 +279,9 @@ static int ping_locked(vgpu_conn *conn, int extra_ms) {
     uint32_t len, rseq;
     memcpy(&len, header, 4);
     memcpy(&rseq, header + 8, 4);
-    return len == 0 && rseq == seq ? 0 : -1;
+    if (len != 0 || rseq != seq) return -1;
+    mark_settled(conn);
+    return 0;
 }
 
 /* How much longer than a call a ping after another thread's posts may wait: this thread cannot
@@ -276,15 +296,17 @@ static int ping_locked(vgpu_conn *conn, int extra_ms) {
  * waiting, and no thread holds its connection while it waits for the registry). Without a
  * `self` (flushing at exit, reconnecting) a connection in use is skipped. */
 static void settle_posts(vgpu_conn *self) {
-    if (!__atomic_load_n(&pending_total, __ATOMIC_SEQ_CST)) return;
+    if (!__atomic_load_n(&pending_total, __ATOMIC_SEQ_CST) && !__atomic_load_n(&unsettled_total, __ATOMIC_SEQ_CST))
+        return;
     pthread_mutex_lock(&registry_lock);
     for (vgpu_conn *conn = registry; conn; conn = conn->next) {
         if (self ? pthread_mutex_lock(&conn->send_lock) : pthread_mutex_trylock(&conn->send_lock)) continue;
-        int had = conn->out_len > 0;
+        int had = conn->out_len > 0 || conn->unsettled;
         if (flush_locked(conn) == 0 && had && self && conn != self && conn->fd >= 0 && conn->pid == getpid()) {
             if (ping_locked(conn, OTHERS_PATIENCE_MS) < 0) {
                 close(conn->fd); /* out of step or gone: its thread reconnects or finds vgpud lost */
                 conn->fd = -1;
+                mark_settled(conn);
             }
         }
         pthread_mutex_unlock(&conn->send_lock);
@@ -297,7 +319,8 @@ void vgpu_flush_posts(void) { settle_posts(NULL); }
 /* Whether connections other than this one hold posted work (which a frame of this one must
  * not overtake). */
 static int others_pending(const vgpu_conn *self) {
-    return __atomic_load_n(&pending_total, __ATOMIC_SEQ_CST) > __atomic_load_n(&self->out_len, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&pending_total, __ATOMIC_SEQ_CST) > __atomic_load_n(&self->out_len, __ATOMIC_SEQ_CST) ||
+           __atomic_load_n(&unsettled_total, __ATOMIC_SEQ_CST) > __atomic_load_n(&self->unsettled, __ATOMIC_SEQ_CST);
 }
 
 static void set_timeout(vgpu_conn *conn, int ms) {
@@ -357,6 +380,7 @@ static int exchange(vgpu_conn *conn, unsigned op, const vgpu_span *spans, int co
     memcpy(&rseq, conn->buf + 8, 4);
     if (rseq != seq || rop != op16 || !(rflags & VGPU_FLAG_REPLY) || rlen > VGPU_MAX_PAYLOAD) return VGPU_LOST;
     if (have > 12 + (size_t)rlen) return VGPU_LOST; /* more than one reply: out of step */
+    mark_settled(conn);
     if (landing && first < conn->cap && rlen == landing->at + landing->len) {
         if (have < first && io_all(conn->fd, conn->buf + have, first - have, 0, deadline) < 0) return VGPU_LOST;
         if (io_all(conn->fd, landing->data, landing->len, 0, deadline) < 0) return VGPU_LOST;
@@ -572,6 +596,7 @@ static vgpu_conn *thread_conn(void) {
         pthread_mutex_lock(&conn->send_lock);
         __atomic_sub_fetch(&pending_total, conn->out_len, __ATOMIC_SEQ_CST);
         conn->out_len = 0;
+        mark_settled(conn);
         conn->last_record = SIZE_MAX;
         close(conn->fd);
         conn->fd = -1;
@@ -665,6 +690,7 @@ static int post_now(vgpu_conn *conn, unsigned int op, const vgpu_span *spans, in
     uint8_t header[12];
     struct iovec iov[VGPU_MAX_SPANS + 1];
     int n = frame_iovecs(iov, header, (uint32_t)req_len, op, VGPU_FLAG_NO_REPLY, ++conn->seq, spans, count);
+    mark_unsettled(conn);
     if (send_all(conn->fd, iov, n, now_ms() + timeout_ms()) == 0) return 0;
     if (conn->api && !__atomic_exchange_n(&conn->api->lost, 1, __ATOMIC_SEQ_CST))
         vgpu_log(1, conn->api->prefix, "lost vgpud (could not send %zu bytes of queued work); calls fail until the "

@@ -1044,6 +1044,7 @@ typedef struct copy_side {
     char *host;
     CUdeviceptr device;
     size_t x, y, z, pitch, height;
+    CUarray array;
 } copy_side;
 
 static int side_on_device(const copy_side *side) {
@@ -1069,7 +1070,15 @@ static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_
 
 static CUresult copy_box(const copy_side *dst, const copy_side *src, size_t width, size_t height, size_t depth,
                          CUstream stream, int async) {
-    if (dst->type == CU_MEMORYTYPE_ARRAY || src->type == CU_MEMORYTYPE_ARRAY) return CUDA_ERROR_NOT_SUPPORTED;
+    copy_side sides[2] = {*dst, *src}; /* an array side is device memory at its bytes (native/cuda/arrays.c) */
+    for (int i = 0; i < 2; i++)
+        if (sides[i].type == CU_MEMORYTYPE_ARRAY) {
+            CUresult rc = vgpu_cuda_array_region(sides[i].array, sides[i].x, sides[i].y, sides[i].z, width, height, depth,
+                                                 &sides[i].device, &sides[i].pitch, &sides[i].height);
+            if (rc != CUDA_SUCCESS) return rc;
+            sides[i].type = CU_MEMORYTYPE_DEVICE;
+        }
+    dst = &sides[0], src = &sides[1];
     if (width > src->pitch || width > dst->pitch) return CUDA_ERROR_INVALID_VALUE;
     for (size_t z = 0; z < depth; z++) {
         size_t dst_plane = (dst->z + z) * dst->height * dst->pitch, src_plane = (src->z + z) * src->height * src->pitch;
@@ -1086,8 +1095,9 @@ static CUresult copy_box(const copy_side *dst, const copy_side *src, size_t widt
 
 static CUresult copy_2d(const CUDA_MEMCPY2D *p, CUstream stream, int async) {
     if (!p) return CUDA_ERROR_INVALID_VALUE;
-    copy_side src = {p->srcMemoryType, (char *)p->srcHost, p->srcDevice, p->srcXInBytes, p->srcY, 0, p->srcPitch, 0};
-    copy_side dst = {p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, 0, p->dstPitch, 0};
+    copy_side src = {p->srcMemoryType, (char *)p->srcHost, p->srcDevice, p->srcXInBytes, p->srcY, 0, p->srcPitch, 0,
+                     p->srcArray};
+    copy_side dst = {p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, 0, p->dstPitch, 0, p->dstArray};
     if (!src.pitch) src.pitch = p->WidthInBytes;
     if (!dst.pitch) dst.pitch = p->WidthInBytes;
     return copy_box(&dst, &src, p->WidthInBytes, p->Height, 1, stream, async);
@@ -1096,11 +1106,13 @@ static CUresult copy_2d(const CUDA_MEMCPY2D *p, CUstream stream, int async) {
 static CUresult copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async) {
     if (!p) return CUDA_ERROR_INVALID_VALUE;
     copy_side src = {p->srcMemoryType, (char *)p->srcHost, p->srcDevice, p->srcXInBytes, p->srcY, p->srcZ,
-                     p->srcPitch ? p->srcPitch : p->WidthInBytes, p->srcHeight ? p->srcHeight : p->Height};
+                     p->srcPitch ? p->srcPitch : p->WidthInBytes, p->srcHeight ? p->srcHeight : p->Height, p->srcArray};
     copy_side dst = {p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, p->dstZ,
-                     p->dstPitch ? p->dstPitch : p->WidthInBytes, p->dstHeight ? p->dstHeight : p->Height};
+                     p->dstPitch ? p->dstPitch : p->WidthInBytes, p->dstHeight ? p->dstHeight : p->Height, p->dstArray};
     return copy_box(&dst, &src, p->WidthInBytes, p->Height, p->Depth ? p->Depth : 1, stream, async);
 }
+
+CUresult vgpu_cuda_copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async) { return copy_3d(p, stream, async); }
 
 VGPU_EXPORT CUresult cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
 VGPU_EXPORT CUresult cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }

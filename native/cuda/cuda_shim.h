@@ -69,3 +69,13 @@ int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);
 /* One piece of a large copy: pieces before the last are sent without waiting when nothing
  * comes back from them; the last is an ordinary call (it reports the first failure). */
 int vgpu_cuda_dispatch_piece(const vgpu_function *fn, void *const *args, int last);
+/* A 3D copy as cuMemcpy3D_v2 (async: on `stream`, as cuMemcpy3DAsync_v2). */
+CUresult vgpu_cuda_copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async);
+/* Where an array's box of bytes lies: its first byte, its row pitch and rows per slice, or
+ * CUDA_ERROR_INVALID_HANDLE (no such array) / CUDA_ERROR_INVALID_VALUE (outside it, or not in
+ * whole elements). native/cuda/arrays.c */
+CUresult vgpu_cuda_array_region(CUarray array, size_t x_bytes, size_t y, size_t z, size_t width_bytes, size_t height,
+                                size_t depth, CUdeviceptr *base, size_t *pitch, size_t *rows);
+/* Bytes per element of an array format with its channels: 0 for an invalid pair, SIZE_MAX for a
+ * valid format arrays here do not lay out (native/cuda/arrays.c). */
+size_t vgpu_cuda_element_bytes(CUarray_format format, unsigned channels);

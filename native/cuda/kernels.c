@@ -560,13 +560,29 @@ VGPU_EXPORT CUresult cuOccupancyMaxActiveClusters(int *numClusters, CUfunction f
     if (!numClusters || !config) return CUDA_ERROR_INVALID_VALUE;
     unsigned cluster = cluster_blocks(config);
     if (!cluster || cluster > GPC_SMS) return CUDA_ERROR_INVALID_CLUSTER_SIZE;
-    int per_sm = 0, sms = 0;
+    int per_sm = 0, sms = 0, threads = (int)(config->blockDimX * config->blockDimY * config->blockDimZ);
     CUdevice dev = 0;
-    CUresult rc = cuOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, func, (int)(config->blockDimX * config->blockDimY * config->blockDimZ), config->sharedMemBytes);
-    if (rc == CUDA_SUCCESS) rc = cuCtxGetDevice(&dev);
+    CUresult rc = cuCtxGetDevice(&dev);
     if (rc == CUDA_SUCCESS) rc = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
     if (rc != CUDA_SUCCESS) return rc;
+    if (func) {
+        rc = cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, func, threads, config->sharedMemBytes);
+        if (rc != CUDA_SUCCESS) return rc;
+    } else {
+        /* No kernel: cuBLASLt 13.10 asks so on drivers of CUDA 13.3 and later, and goes on only
+         * with an answer. Blocks of the configuration's size limited by the SM's block, thread and
+         * shared memory limits alone (a kernel using no registers or static shared memory). */
+        int blocks = 0, sm_threads = 0, sm_shared = 0;
+        if (!threads) return CUDA_ERROR_INVALID_VALUE;
+        rc = cuDeviceGetAttribute(&blocks, CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR, dev);
+        if (rc == CUDA_SUCCESS) rc = cuDeviceGetAttribute(&sm_threads, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR, dev);
+        if (rc == CUDA_SUCCESS)
+            rc = cuDeviceGetAttribute(&sm_shared, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, dev);
+        if (rc != CUDA_SUCCESS) return rc;
+        per_sm = blocks < sm_threads / threads ? blocks : sm_threads / threads;
+        if (config->sharedMemBytes && (int)(sm_shared / config->sharedMemBytes) < per_sm)
+            per_sm = (int)(sm_shared / config->sharedMemBytes);
+    }
     *numClusters = sms / GPC_SMS * (GPC_SMS * per_sm / (int)cluster) + sms % GPC_SMS * per_sm / (int)cluster;
     return CUDA_SUCCESS;
 }

@@ -29,6 +29,17 @@ SMALL_ALIGNMENT = 512
 LARGE_ALIGNMENT = 2 << 20
 
 
+#: the legacy window: allocations made through the v1 entry points (cuMemAlloc, cuMemAllocPitch)
+#: take 32-bit device pointers, so a real 64-bit driver places them below 4 GiB; here each GPU
+#: slot of a domain has its own part of [256 MiB, 4 GiB)
+LEGACY_BASE = 0x1000_0000
+LEGACY_SPAN = (0x1_0000_0000 - LEGACY_BASE) // SLOTS_PER_DOMAIN // LARGE_ALIGNMENT * LARGE_ALIGNMENT
+
+
+class LegacyWindowFull(MemoryError):
+    """No room below 4 GiB for an allocation a v1 entry point asked for."""
+
+
 #: virtual address ranges (cuMemAddressReserve) come from the upper half of each GPU's span
 RESERVED_FROM = SPAN // 2
 #: the owner of an allocation its process freed while others still had it open (CUDA IPC)
@@ -75,6 +86,7 @@ def _round_up(value: int, alignment: int) -> int:
 class DeviceMemory:
     def __init__(self, gpu_index: int, pci_domain: int = 0) -> None:
         self.base = BASE + (pci_domain % DOMAINS * SLOTS_PER_DOMAIN + gpu_index) * SPAN
+        self.legacy_base = LEGACY_BASE + gpu_index % SLOTS_PER_DOMAIN * LEGACY_SPAN
         self._next = self.base
         self._starts: list[int] = []
         self._allocations: dict[int, Allocation] = {}
@@ -94,15 +106,30 @@ class DeviceMemory:
         """What an allocation of ``size`` bytes takes from the GPU."""
         return _round_up(size, LARGE_ALIGNMENT if size >= LARGE_ALIGNMENT else SMALL_ALIGNMENT)
 
-    def allocate(self, owner: int, size: int) -> Allocation:
+    def allocate(self, owner: int, size: int, legacy: bool = False) -> Allocation:
+        """A new allocation; ``legacy`` places it in the GPU's window below 4 GiB (first fit)."""
         with self._lock:
             alignment = LARGE_ALIGNMENT if size >= LARGE_ALIGNMENT else SMALL_ALIGNMENT
-            address = _round_up(self._next, alignment)
+            if legacy:
+                address = self._legacy_gap(size, alignment)
+            else:
+                address = _round_up(self._next, alignment)
+                self._next = address + self.footprint(size)
             allocation = Allocation(address, size, owner)
-            self._next = address + self.footprint(size)
             bisect.insort(self._starts, address)
             self._allocations[address] = allocation
             return allocation
+
+    def _legacy_gap(self, size: int, alignment: int) -> int:
+        end = self.legacy_base + LEGACY_SPAN
+        candidate = _round_up(self.legacy_base, alignment)
+        for start in self._starts[bisect.bisect_left(self._starts, self.legacy_base):]:
+            if start >= end or candidate + self.footprint(size) <= start:
+                break
+            candidate = _round_up(start + self.footprint(self._allocations[start].size), alignment)
+        if candidate + self.footprint(size) > end:
+            raise LegacyWindowFull(f"no {size} bytes free below 4 GiB")
+        return candidate
 
     def free(self, owner: int, address: int) -> Allocation:
         """Free an allocation; one that other processes still have open stays, with its

@@ -38,6 +38,7 @@ from vgpu.device.gpu import OutOfMemory
 from vgpu.device.kernels import FunctionState
 from vgpu.images import ImageError, NoBinaryForGpu, read_image
 from vgpu.server.cuda_modules import ModuleServing
+from vgpu.server.cuda_pools import LegacyNames
 from vgpu.server.cuda_service import DEFAULT_STREAMS, PRIMARY_CONTEXT, CudaApi, MemoryPool, visible_devices
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
@@ -151,7 +152,7 @@ class RealFunction:
     kernel: Any = None   # CUkernel, for a library's
 
 
-class RealCudaService(CudaApi):
+class RealCudaService(CudaApi, LegacyNames):
     """The CUDA driver functions vgpud serves from a real GPU."""
 
     def __init__(self, state: DaemonState) -> None:

@@ -17,11 +17,12 @@ from vgpu.api.manifest import load
 from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
-from vgpu.device.memory import Allocation, InvalidAddress
+from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
 from vgpu.server.cuda_hostmem import HostMemoryServing
 from vgpu.server.cuda_ipc import InterprocessSharing, OpenedEvent
 from vgpu.server.cuda_memops import StreamMemoryOperations
+from vgpu.server.cuda_pools import LegacyNames, MemoryPools
 from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -129,6 +130,11 @@ class MemoryPool:
     #: settable attributes (CUmemPool_attribute -> value)
     settings: dict[int, int] = field(default_factory=dict)
     used_high: int = 0
+    #: a pool of cuMemPoolCreate's (cuda_pools.py): its own live allocations (address -> size)
+    #: and the access other devices have (GPU index -> CUmemAccess_flags)
+    created: bool = False
+    allocations: dict[int, int] = field(default_factory=dict)
+    access: dict[int, int] = field(default_factory=dict)
 
 
 class CudaApi:
@@ -160,7 +166,7 @@ class CudaApi:
 
     def cuMemPoolGetAttribute(self, c: Caller, pool: MemoryPool, attr: int, value: Any) -> int:
         """Each attribute as a u64 (the shim writes the caller's int or cuuint64_t)."""
-        used = pool.gpu.held.get(c.session.id, 0)
+        used = sum(pool.allocations.values()) if pool.created else pool.gpu.held.get(c.session.id, 0)
         pool.used_high = max(pool.used_high, used)
         live = {C["CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT"]: used, C["CU_MEMPOOL_ATTR_USED_MEM_CURRENT"]: used,
                 C["CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH"]: pool.used_high, C["CU_MEMPOOL_ATTR_USED_MEM_HIGH"]: pool.used_high}
@@ -191,7 +197,7 @@ class CudaApi:
 
 
 class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServing, InterprocessSharing,
-                  StreamMemoryOperations):
+                  StreamMemoryOperations, MemoryPools, LegacyNames):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -215,6 +221,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._init_graphs()
         self._init_ipc()
         self._init_memops()
+        self._init_pools()
         state.on_detach.append(self._forget)
 
     def device_count(self, session: Session) -> int:
@@ -237,6 +244,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._forget_graphs(session)
         self._forget_ipc(session)
         self._forget_memops(session)
+        self._forget_pools(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -437,6 +445,10 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         gpu, rc = self._context_gpu(c)
         if gpu is None:
             return rc
+        return self._allocate_on(c, gpu, dptr, bytesize)
+
+    def _allocate_on(self, c: Caller, gpu: Gpu, dptr: Any, bytesize: int, legacy: bool = False) -> int:
+        """Device memory on ``gpu``; ``legacy``: below 4 GiB, for the v1 names' 32-bit pointers."""
         if bytesize == 0:
             return INVALID_VALUE
         footprint = gpu.memory.footprint(bytesize)
@@ -444,7 +456,11 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             gpu.hold(c.session.id, footprint, cuda=True)
         except OutOfMemory:
             return C["CUDA_ERROR_OUT_OF_MEMORY"]
-        dptr.value = gpu.memory.allocate(c.session.id, bytesize).address
+        try:
+            dptr.value = gpu.memory.allocate(c.session.id, bytesize, legacy=legacy).address
+        except LegacyWindowFull:
+            gpu.release(c.session.id, footprint)
+            return C["CUDA_ERROR_OUT_OF_MEMORY"]
         return SUCCESS
 
     def cuMemAllocPitch_v2(self, c: Caller, dptr: Any, pPitch: Any, WidthInBytes: int, Height: int,
@@ -462,7 +478,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
 
     def cuMemAllocAsync(self, c: Caller, dptr: Any, bytesize: int, hStream: Stream) -> int:
         """Stream-ordered allocation: the memory exists at once, which honours any order."""
-        rc = self.cuMemAlloc_v2(c, dptr, bytesize)
+        rc = self._allocate_from_current_pool(c, dptr, bytesize)
         if rc == SUCCESS:
             hStream.queue(self.host_time.get(c.session.id, 0.0), COPY_LATENCY)
         return rc
@@ -476,8 +492,6 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         if gpu is not None:
             pool_out.value = self._pool(c, gpu)
         return rc
-
-    cuDeviceGetMemPool = cuDeviceGetDefaultMemPool
 
     def _pool(self, c: Caller, gpu: Gpu) -> MemoryPool:
         key = (c.session.id, gpu.index)
@@ -501,6 +515,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         except InvalidAddress:
             return INVALID_VALUE
         gpu.release(c.session.id, gpu.memory.footprint(allocation.size))
+        self._pool_freed(c, dptr)
         return SUCCESS
 
     def cuMemGetAddressRange_v2(self, c: Caller, pbase: Any, psize: Any, dptr: int) -> int:
