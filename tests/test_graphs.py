@@ -650,3 +650,38 @@ print(json.dumps(report))
     assert report["held_by_exec"] == [] and report["last_gone"] == [1]
     assert report["too_many"] == 1 and report["moved_released"] == [1, 2]
     assert report["still_held"] == [1, 2] and report["refusals"] == [1, 1, 1, 1]
+
+
+def test_captured_host_function_becomes_a_host_node(vgpud):
+    """cuLaunchHostFunc on a capturing stream adds a host node to the capture instead of
+    running: the function runs at each launch of the graph, between the work around it."""
+    served_by_simulator(vgpud)
+    code = PRELUDE + """
+lib = ctypes.CDLL("libcuda.so.1")
+h = lambda x: ctypes.c_void_p(int(x))
+calls = []
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def note(data):
+    calls.append(data)
+a = alloc()
+ok(cu.cuStreamBeginCapture(stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_GLOBAL))
+ok(cu.cuMemsetD8Async(a, 1, N, stream))
+report = {"captured": lib.cuLaunchHostFunc(h(stream), note, ctypes.c_void_p(5))}
+ok(cu.cuMemsetD8Async(a, 2, N, stream))
+graph = ok(cu.cuStreamEndCapture(stream))
+report["during_capture"] = list(calls)
+nodes = ok(cu.cuGraphGetNodes(graph, 3))[0]
+report["types"] = [int(ok(cu.cuGraphNodeGetType(n))) for n in nodes]
+report["host_deps"] = ok(cu.cuGraphNodeGetDependencies(nodes[1], 0))[2]
+graph_exec = ok(cu.cuGraphInstantiate(graph, 0))
+for _ in range(2):
+    assert lib.cuGraphLaunch(h(graph_exec), h(stream)) == 0
+report["sync"] = lib.cuStreamSynchronize(h(stream))
+report["calls"] = list(calls)
+report["contents"] = download(a) == bytes([2] * N)
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["captured"] == 0 and report["during_capture"] == []
+    assert report["types"] == [2, 3, 2] and report["host_deps"] == 1
+    assert report["sync"] == 0 and report["calls"] == [5, 5] and report["contents"]

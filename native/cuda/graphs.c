@@ -706,3 +706,29 @@ VGPU_EXPORT CUresult cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph
                                         char *logBuffer, size_t bufferSize) {
     return cuGraphInstantiate_v2(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize);
 }
+
+/* cuLaunchHostFunc on a capturing stream: the function becomes a host node of the capture.
+ * CUDA_SUCCESS when captured, CUDA_ERROR_NOT_FOUND when the stream does not capture (the
+ * caller then queues it as usual), or the capture's refusal. */
+#define CAPTURE_HOST 0x20u
+
+CUresult vgpu_cuda_capture_host_call(CUstream stream, void (*fn)(void *), void *data) {
+    if ((uintptr_t)stream < 4096) return CUDA_ERROR_NOT_FOUND; /* default streams cannot capture */
+    struct {
+        uint64_t context, function, stream;
+        uint32_t grid[3], block[3], shared, flags, args_size;
+        uint64_t fn, data;
+    } __attribute__((packed)) frame = {vgpu_cuda_context_id(), 0, 0, {0, 0, 0}, {0, 0, 0}, 0, CAPTURE_HOST, 16,
+                                       (uintptr_t)fn, (uintptr_t)data};
+    if (vgpu_handle_id(vgpu_cuda_handle_CUstream, stream, &frame.stream) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    const uint8_t *reply;
+    size_t reply_len;
+    if (vgpu_call(vgpu_cuda_api(), VGPU_OP_LAUNCH, &frame, sizeof frame, &reply, &reply_len, 0) != VGPU_OK ||
+        reply_len < 8)
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    int32_t rc;
+    uint32_t captured;
+    memcpy(&rc, reply, 4);
+    memcpy(&captured, reply + 4, 4);
+    return rc != CUDA_SUCCESS || captured ? (CUresult)rc : CUDA_ERROR_NOT_FOUND;
+}

@@ -56,7 +56,7 @@ CONTEXT_ORDINAL_MASK = 0xFFFF
 CONTEXT_HANDLES = ("CUcontext", "CUgreenCtx")
 LAUNCH, LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH, ModuleServing.LAUNCH_GRAPH_NODE
 LAUNCH_NODE_PARAMS, LAUNCH_NODE_GET = ModuleServing.LAUNCH_NODE_PARAMS, ModuleServing.LAUNCH_NODE_GET
-LAUNCH_GRAPH_RUN = ModuleServing.LAUNCH_GRAPH_RUN
+LAUNCH_GRAPH_RUN, LAUNCH_CAPTURE_HOST = ModuleServing.LAUNCH_GRAPH_RUN, ModuleServing.LAUNCH_CAPTURE_HOST
 #: parameters whose values come back in the reply
 OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
 #: what a merged status says of each joined host
@@ -929,6 +929,13 @@ class JoinedConnection:
             if function_host == EVERY_HOST:
                 function = self.everywhere.on_host("CUfunction", function, host)
             _, stream = untag("CUstream", stream)
+            if flags & LAUNCH_CAPTURE_HOST:  # a host function that a capturing stream may take: the stream's host
+                record = LAUNCH.pack(context, function, stream, *shape, flags, args_size) + \
+                    bytes(payload[at + LAUNCH.size:end])
+                try:
+                    return self._ask(host, frame, record)
+                except HostGone:
+                    return struct.pack("<iI", self.router.lost, 0)
             if flags & LAUNCH_GRAPH_RUN:  # a graph launch run or resumed: the executable graph's host
                 graph_exec, token = struct.unpack_from("<QQ", payload, at + LAUNCH.size)
                 exec_host, graph_exec = untag("CUgraphExec", graph_exec, len(self.upstreams))

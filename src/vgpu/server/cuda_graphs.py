@@ -20,7 +20,8 @@ from vgpu.device.gpu import OutOfMemory
 from vgpu.server.dispatch import Caller
 from vgpu.server.state import Session
 
-C = load("cuda").constants
+API = load("cuda")
+C = API.constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 CAPTURE_UNSUPPORTED = C["CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"]
@@ -368,6 +369,12 @@ class Graphs:
             return INVALID_VALUE
         return self._node_added(phGraphNode, hGraph, dependencies, numDependencies, C["CU_GRAPH_NODE_TYPE_MEMSET"],
                                 _copy(memsetParams), ("memset",))
+
+    def _capture_memset(self, stream: Any, dst: int, pattern: bytes, count: int) -> int:
+        """A memset on a capturing stream: a memset node (one row of count elements)."""
+        memset = C["CU_GRAPH_NODE_TYPE_MEMSET"]
+        p = API.ctype_named("CUDA_MEMSET_NODE_PARAMS")(dst, 0, int.from_bytes(pattern, "little"), len(pattern), count, 1)
+        return self._capture_node(stream, memset, self._replay_of(memset, p), ("memset",), p)
 
     def _params_set(self, node: GraphNode | None, node_type: int, params: Any) -> int:
         if node is None or node.type != node_type:
@@ -1036,8 +1043,24 @@ class Graphs:
 
     def _graph_frame(self, session: Session, payload: bytes) -> bytes:
         flags = self.HEAD.unpack_from(payload)[10]
+        if flags & self.LAUNCH_CAPTURE_HOST:
+            return self._capture_host_frame(session, payload)
         return self._graph_run_frame(session, payload) if flags & self.LAUNCH_GRAPH_RUN else \
             self._kernel_node_frame(session, payload)
+
+    def _capture_host_frame(self, session: Session, payload: bytes) -> bytes:
+        """cuLaunchHostFunc from the shim: a launch record whose flags hold LAUNCH_CAPTURE_HOST,
+        then u64 function and u64 user data. On a capturing stream the function becomes a host
+        node of the capture; reply i32 and u32 1 when it did (0: the shim runs it)."""
+        context, stream_id = self.HEAD.unpack_from(payload)[0], self.HEAD.unpack_from(payload)[2]
+        fn, data = struct.unpack_from("<QQ", payload, self.HEAD.size)
+        stream = self.resolve("CUstream", stream_id, Caller(session, context))
+        if stream is None:
+            return struct.pack("<iI", C["CUDA_ERROR_INVALID_HANDLE"], 0)
+        if self.capturing(stream) is None:
+            return struct.pack("<iI", SUCCESS, 0)
+        params = API.ctype_named("CUDA_HOST_NODE_PARAMS")(fn, data)
+        return struct.pack("<iI", self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_HOST"], None, ("host",), params), 1)
 
     def _graph_run_frame(self, session: Session, payload: bytes) -> bytes:
         """cuGraphLaunch from the shim (native/cuda/graphs.c): a launch record whose flags hold
@@ -1151,7 +1174,8 @@ class Graphs:
         recorded, not computed, so none of them changes what a launch does."""
         if hNode.type != C["CU_GRAPH_NODE_TYPE_KERNEL"] or attr not in KERNEL_NODE_ATTRIBUTES or value is None:
             return INVALID_VALUE
-        if attr == C["CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW"] and not 0.0 <= value.accessPolicyWindow.hitRatio <= 1.0:
+        window = attr == C["CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW"]
+        if window and not 0.0 <= value.accessPolicyWindow.hitRatio <= 1.0:
             return INVALID_VALUE
         hNode.attributes[attr] = bytes(value)
         return SUCCESS

@@ -430,8 +430,9 @@ class ModuleServing:
     LAUNCH_NODE_SET = 0x4
     LAUNCH_NODE_GET = 0x8
     LAUNCH_GRAPH_RUN = 0x10
+    LAUNCH_CAPTURE_HOST = 0x20
     LAUNCH_NODE_PARAMS = LAUNCH_NODE_SET | LAUNCH_NODE_GET
-    LAUNCH_GRAPH_FRAMES = LAUNCH_NODE_PARAMS | LAUNCH_GRAPH_RUN
+    LAUNCH_GRAPH_FRAMES = LAUNCH_NODE_PARAMS | LAUNCH_GRAPH_RUN | LAUNCH_CAPTURE_HOST
 
     def launch(self, session: Session, payload: bytes) -> bytes:
         """OP_LAUNCH: launch records back to back (the shim sends a thread's consecutive

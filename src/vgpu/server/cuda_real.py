@@ -1326,6 +1326,8 @@ class RealCudaService(CudaApi, LegacyNames):
              args_size) = LAUNCH.unpack_from(payload, at)
             at += LAUNCH.size
             c = Caller(session, context)
+            if flags & ModuleServing.LAUNCH_CAPTURE_HOST:  # host functions are not captured here: the client runs it
+                return struct.pack("<iI", SUCCESS, 0)
             if flags & ModuleServing.LAUNCH_GRAPH_RUN:  # a graph launch from the shim (no host nodes here)
                 graph_exec = self.resolve("CUgraphExec", struct.unpack_from("<Q", payload, at)[0], c)
                 stream = self.resolve("CUstream", stream_id, c)

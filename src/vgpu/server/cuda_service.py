@@ -735,6 +735,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
                            lambda m: m.copy(c.session.id, dstDevice, srcDevice, ByteCount), dstDevice, srcDevice)
 
     def _memset(self, c: Caller, stream: Stream | None, dstDevice: int, pattern: bytes, N: int) -> int:
+        if self.capturing(stream) is not None:  # a memset node, its parameters kept (cuda_graphs)
+            return self._capture_memset(stream, dstDevice, pattern, N)
         seconds = self._memory_seconds(self._gpu_of_address(dstDevice), len(pattern) * N)
         return self._timed(c, stream, seconds, lambda m: m.fill(c.session.id, dstDevice, pattern, N), dstDevice)
 
