@@ -684,3 +684,44 @@ print(json.dumps(report))
     assert report["captured"] == 0 and report["during_capture"] == []
     assert report["types"] == [2, 3, 2] and report["host_deps"] == 1
     assert report["sync"] == 0 and report["calls"] == [5, 5] and report["contents"]
+
+
+def test_memset_event_and_child_nodes_every_way(vgpud):
+    """What every backend serves: memset node parameters read back and set on the graph and
+    on an executable graph (contents checked), event record and wait nodes' events, a child
+    graph node's graph and its executable-graph update."""
+    code = PRELUDE + """
+a = alloc()
+graph = ok(cu.cuGraphCreate(0))
+fill = ok(cu.cuGraphAddMemsetNode(graph, None, 0, memset_params(int(a), 5, N), ctx))
+ok(cu.cuGraphMemsetNodeSetParams(fill, memset_params(int(a), 6, N)))
+got = ok(cu.cuGraphMemsetNodeGetParams(fill))
+report = {"got": [int(got.dst) == int(a), got.value, got.width]}
+graph_exec = ok(cu.cuGraphInstantiate(graph, 0))
+launch(graph_exec)
+report["set"] = download(a)[:4].hex()
+ok(cu.cuGraphExecMemsetNodeSetParams(graph_exec, fill, memset_params(int(a), 7, N), ctx))
+launch(graph_exec)
+report["exec_set"] = download(a)[:4].hex()
+first, second = ok(cu.cuEventCreate(0)), ok(cu.cuEventCreate(0))
+record = ok(cu.cuGraphAddEventRecordNode(graph, [fill], 1, first))
+wait = ok(cu.cuGraphAddEventWaitNode(graph, [record], 1, first))
+ok(cu.cuGraphEventRecordNodeSetEvent(record, second))
+report["events"] = [int(ok(cu.cuGraphEventRecordNodeGetEvent(record))) == int(second),
+                    int(ok(cu.cuGraphEventWaitNodeGetEvent(wait))) == int(first)]
+child = ok(cu.cuGraphCreate(0))
+inner = ok(cu.cuGraphAddMemsetNode(child, None, 0, memset_params(int(a) + 8, 9, 8), ctx))
+node = ok(cu.cuGraphAddChildGraphNode(graph, [wait], 1, child))
+embedded = ok(cu.cuGraphChildGraphNodeGetGraph(node))
+report["embedded"] = [int(embedded) != int(child), ok(cu.cuGraphGetNodes(embedded))[1]]
+with_child = ok(cu.cuGraphInstantiate(graph, 0))
+ok(cu.cuGraphMemsetNodeSetParams(inner, memset_params(int(a) + 8, 0x0A, 8)))
+ok(cu.cuGraphExecChildGraphNodeSetParams(with_child, node, child))
+launch(with_child)
+report["child"] = download(a)[:20].hex()
+print(json.dumps(report))
+"""
+    report = run_json(code, vgpud.env)
+    assert report["got"] == [True, 6, 4096] and report["set"] == "06060606" and report["exec_set"] == "07070707"
+    assert report["events"] == [True, True] and report["embedded"] == [True, 1]
+    assert report["child"] == "06" * 8 + "0a" * 8 + "06" * 4
