@@ -1,7 +1,11 @@
 """Stream capture and CUDA graphs on the simulated GPU: work queued on a capturing stream
-becomes graph nodes instead of running; an instantiated graph replays its nodes on a stream
-(kernels recorded as graph launches, memsets and device copies done again, exactly).
-Answers and error codes follow what a real H200 gave (tests/data/h200_driver_facts.txt).
+becomes graph nodes instead of running; graphs are also built node by node (kernel, memset,
+memcpy, host, event, child graph, memory allocation and free nodes), queried, cloned and
+changed; an executable graph holds its own copies of the nodes, and a launch carries out
+their work in dependency order (copies and memsets exactly, kernels recorded as graph
+launches). Host nodes run in the client: the shim's cuGraphLaunch (native/cuda/graphs.c)
+resumes a launch after each one. Capture answers follow what a real H200 gave
+(tests/data/h200_driver_facts.txt); the rest follows cuda.h's documentation.
 
 A mixin of CudaService: ``_capture_node`` is how the service's launches, copies, memsets and
 event records land in a capture.
