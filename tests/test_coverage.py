@@ -54,4 +54,4 @@ def test_what_the_page_calls_not_supported_answers_not_supported(vgpud):
     expected = {**{n: load("cuda").constants["CUDA_ERROR_NOT_SUPPORTED"] for n in names["cuda"]},
                 **{n: load("nvml").constants["NVML_ERROR_NOT_SUPPORTED"] for n in names["nvml"]}}
     assert {n: code for n, code in out.items() if code != expected[n]} == {}
-    assert len(out) == len(expected) > 500
+    assert len(out) == len(expected) > 300  # the floor falls as functions are served

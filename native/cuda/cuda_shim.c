@@ -861,7 +861,15 @@ static CUresult queue_host_call(CUstream stream, void (*fn)(void *), void (*call
     return CUDA_SUCCESS;
 }
 
+CUresult vgpu_cuda_queue_host_call(CUstream stream, void (*fn)(void *), void *data) {
+    return queue_host_call(stream, fn, NULL, data);
+}
+
 VGPU_EXPORT CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
+    if (fn && __atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) {
+        CUresult captured = vgpu_cuda_capture_host_call(hStream, fn, userData); /* native/cuda/graphs.c */
+        if (captured != CUDA_ERROR_NOT_FOUND) return captured;
+    }
     return queue_host_call(hStream, fn, NULL, userData);
 }
 VGPU_EXPORT CUresult cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData,

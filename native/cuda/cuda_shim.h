@@ -64,6 +64,10 @@ const char *vgpu_cuda_error_name(int code);
 /* Wait for the host functions that come before work on `stream` (those of the stream itself and
  * of the default streams) to have run. */
 void vgpu_cuda_host_calls_before(CUstream stream);
+/* Queue a function on the host-function worker, after the work sent before it (graph host nodes). */
+CUresult vgpu_cuda_queue_host_call(CUstream stream, void (*fn)(void *), void *data);
+/* A host function on a capturing stream becomes a host node (CUDA_ERROR_NOT_FOUND: not capturing). */
+CUresult vgpu_cuda_capture_host_call(CUstream stream, void (*fn)(void *), void *data);
 /* Run one generated stub's call through vgpud, with the driver's answers for every failure. */
 int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);
 /* One piece of a large copy: pieces before the last are sent without waiting when nothing

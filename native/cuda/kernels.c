@@ -800,3 +800,159 @@ VGPU_EXPORT CUresult cuLaunchGrid(CUfunction f, int grid_width, int grid_height)
 VGPU_EXPORT CUresult cuLaunchGridAsync(CUfunction f, int grid_width, int grid_height, CUstream hStream) {
     return legacy_launch(f, grid_width, grid_height, hStream);
 }
+
+/* ---- kernel nodes' parameters, set and read (vgpud keeps them: cuda_graphs.py) ---- */
+
+extern const unsigned vgpu_cuda_handle_CUgraphExec;
+
+#define NODE_SET 0x4u
+#define NODE_GET 0x8u
+
+/* Set a kernel node's launch (of the graph, or with graph_exec of an executable graph). */
+static CUresult set_kernel_node(CUgraphExec graph_exec, CUgraphNode node, CUfunction f, const unsigned grid[3],
+                                const unsigned block[3], unsigned shared, void **params, void **extra) {
+    static __thread uint8_t req[sizeof(launch_request) + 16 + MAX_PARAM_BYTES];
+    launch_request head;
+    uint8_t *args = req + sizeof head + 16;
+    CUresult rc = prepare(f, grid, block, shared, params, extra, NODE_SET, &head, args);
+    if (rc != CUDA_SUCCESS) return rc;
+    uint64_t ids[2] = {0, 0};
+    if (!node || vgpu_handle_id(vgpu_cuda_handle_CUgraphNode, node, &ids[0]) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    if (graph_exec && vgpu_handle_id(vgpu_cuda_handle_CUgraphExec, graph_exec, &ids[1]) < 0)
+        return CUDA_ERROR_INVALID_HANDLE;
+    memcpy(req, &head, sizeof head);
+    memcpy(req + sizeof head, ids, sizeof ids);
+    const uint8_t *reply;
+    size_t reply_len;
+    if (vgpu_call(vgpu_cuda_api(), VGPU_OP_LAUNCH, req, sizeof head + 16 + head.args_size, &reply, &reply_len, 0) !=
+            VGPU_OK || reply_len < 4)
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    int32_t result;
+    memcpy(&result, reply, 4);
+    return (CUresult)result;
+}
+
+VGPU_EXPORT CUresult cuGraphKernelNodeSetParams_v2(CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {p->gridDimX, p->gridDimY, p->gridDimZ}, block[3] = {p->blockDimX, p->blockDimY, p->blockDimZ};
+    return set_kernel_node(NULL, hNode, p->func ? p->func : (CUfunction)p->kern, grid, block, p->sharedMemBytes,
+                           p->kernelParams, p->extra);
+}
+VGPU_EXPORT CUresult cuGraphKernelNodeSetParams(CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS_v1 *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {p->gridDimX, p->gridDimY, p->gridDimZ}, block[3] = {p->blockDimX, p->blockDimY, p->blockDimZ};
+    return set_kernel_node(NULL, hNode, p->func, grid, block, p->sharedMemBytes, p->kernelParams, p->extra);
+}
+VGPU_EXPORT CUresult cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                       const CUDA_KERNEL_NODE_PARAMS *p) {
+    if (!p || !hGraphExec) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {p->gridDimX, p->gridDimY, p->gridDimZ}, block[3] = {p->blockDimX, p->blockDimY, p->blockDimZ};
+    return set_kernel_node(hGraphExec, hNode, p->func ? p->func : (CUfunction)p->kern, grid, block, p->sharedMemBytes,
+                           p->kernelParams, p->extra);
+}
+VGPU_EXPORT CUresult cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                    const CUDA_KERNEL_NODE_PARAMS_v1 *p) {
+    if (!p || !hGraphExec) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {p->gridDimX, p->gridDimY, p->gridDimZ}, block[3] = {p->blockDimX, p->blockDimY, p->blockDimZ};
+    return set_kernel_node(hGraphExec, hNode, p->func, grid, block, p->sharedMemBytes, p->kernelParams, p->extra);
+}
+
+/* What cuGraphKernelNodeGetParams hands out: the node's packed parameters and pointers to each,
+ * owned by the library (as the driver owns them) until the next read of the same node. */
+typedef struct node_parameters {
+    CUgraphNode node;
+    uint8_t *args;
+    void **pointers;
+    struct node_parameters *next;
+} node_parameters;
+
+static node_parameters *read_parameters;
+static pthread_mutex_t read_parameters_lock = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct kernel_node {
+    CUfunction func;
+    unsigned grid[3], block[3], shared;
+    void **params;
+} kernel_node;
+
+static CUresult get_kernel_node(CUgraphNode node, kernel_node *out) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    uint8_t req[sizeof(launch_request) + 16];
+    launch_request head = {vgpu_cuda_context_id(), 0, 0, {0, 0, 0}, {0, 0, 0}, 0, NODE_GET, 0};
+    uint64_t ids[2] = {0, 0};
+    if (!node || vgpu_handle_id(vgpu_cuda_handle_CUgraphNode, node, &ids[0]) < 0) return CUDA_ERROR_INVALID_HANDLE;
+    memcpy(req, &head, sizeof head);
+    memcpy(req + sizeof head, ids, sizeof ids);
+    const uint8_t *reply;
+    size_t reply_len;
+    if (vgpu_call(vgpu_cuda_api(), VGPU_OP_LAUNCH, req, sizeof req, &reply, &reply_len, 0) != VGPU_OK || reply_len < 4)
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    int32_t result;
+    memcpy(&result, reply, 4);
+    if (result != CUDA_SUCCESS) return (CUresult)result;
+    if (reply_len < 4 + sizeof head) return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    memcpy(&head, reply + 4, sizeof head);
+    if (reply_len < 4 + sizeof head + head.args_size) return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    node_parameters *kept = calloc(1, sizeof *kept);
+    uint8_t *args = malloc(head.args_size ? head.args_size : 1);
+    pthread_rwlock_rdlock(&modules_lock);
+    kernel_info *k = find_kernel(head.function);
+    unsigned nparams = k ? k->nparams : 0;
+    void **pointers = calloc(nparams + 1, sizeof *pointers);
+    if (kept && args && pointers) {
+        memcpy(args, reply + 4 + sizeof head, head.args_size);
+        for (unsigned i = 0; i < nparams; i++) pointers[i] = args + k->offsets[i];
+    }
+    pthread_rwlock_unlock(&modules_lock);
+    if (!kept || !args || !pointers) {
+        free(kept), free(args), free(pointers);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *kept = (node_parameters){node, args, pointers, NULL};
+    pthread_mutex_lock(&read_parameters_lock);
+    for (node_parameters **at = &read_parameters; *at; at = &(*at)->next)
+        if ((*at)->node == node) { /* the previous read's pointers give way to this one's */
+            node_parameters *old = *at;
+            *at = old->next;
+            free(old->args), free(old->pointers), free(old);
+            break;
+        }
+    kept->next = read_parameters;
+    read_parameters = kept;
+    pthread_mutex_unlock(&read_parameters_lock);
+    *out = (kernel_node){vgpu_handle_for(vgpu_cuda_handle_CUfunction, head.function),
+                         {head.grid[0], head.grid[1], head.grid[2]}, {head.block[0], head.block[1], head.block[2]},
+                         head.shared, pointers};
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuGraphKernelNodeGetParams_v2(CUgraphNode hNode, CUDA_KERNEL_NODE_PARAMS *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    kernel_node k;
+    CUresult rc = get_kernel_node(hNode, &k);
+    if (rc != CUDA_SUCCESS) return rc;
+    *p = (CUDA_KERNEL_NODE_PARAMS){k.func, k.grid[0], k.grid[1], k.grid[2], k.block[0], k.block[1], k.block[2],
+                                   k.shared, k.params, NULL, NULL, NULL};
+    return CUDA_SUCCESS;
+}
+VGPU_EXPORT CUresult cuGraphKernelNodeGetParams(CUgraphNode hNode, CUDA_KERNEL_NODE_PARAMS_v1 *p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    kernel_node k;
+    CUresult rc = get_kernel_node(hNode, &k);
+    if (rc != CUDA_SUCCESS) return rc;
+    *p = (CUDA_KERNEL_NODE_PARAMS_v1){k.func, k.grid[0], k.grid[1], k.grid[2], k.block[0], k.block[1], k.block[2],
+                                      k.shared, k.params, NULL};
+    return CUDA_SUCCESS;
+}
+
+/* A loaded kernel's name (cuGraphDebugDotPrint in graphs.c), or NULL; the name lives as long as
+ * the process (modules are never forgotten by the library). */
+const char *vgpu_cuda_kernel_name(CUfunction f) {
+    uint64_t fid;
+    if (!f || function_id(f, &fid) < 0) return NULL;
+    pthread_rwlock_rdlock(&modules_lock);
+    kernel_info *k = find_kernel(fid);
+    const char *name = k ? k->name : NULL;
+    pthread_rwlock_unlock(&modules_lock);
+    return name;
+}

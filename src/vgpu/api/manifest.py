@@ -242,7 +242,8 @@ def _classify(api: Api, fname: str, params: list[dict[str, Any]]) -> tuple[Param
                 out.append(Param(p["name"], ref, Kind.BUFFER, count=names.index(capacity)))
         elif key in notes.get("handle_arrays", {}):
             pointee = resolved["to"]
-            kind = Kind.HANDLE_ARRAY if pointee.get("const") else Kind.HANDLE_ARRAY_OUT
+            inputs = pointee.get("const") or key in notes.get("handle_arrays_in", [])
+            kind = Kind.HANDLE_ARRAY if inputs else Kind.HANDLE_ARRAY_OUT
             out.append(Param(p["name"], ref, kind, count=names.index(notes["handle_arrays"][key]),
                              handle=pointee["name"]))
         elif key in notes.get("arrays", {}):
@@ -289,7 +290,8 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
     unknown += [f"refused_by_real_drivers: {n}" for group in notes.get("refused_by_real_drivers", [])
                 for n in group["functions"] if n not in functions]
-    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value", "handle_arrays", "ordinals",
+    for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value", "handle_arrays",
+                  "handle_arrays_in", "ordinals",
                   "device_counts"):
         for key in notes.get(table, {}):
             function, _, param = key.partition(".")

@@ -55,6 +55,8 @@ CONTEXT_ORDINAL_MASK = 0xFFFF
 #: handles whose id is a context id (a green context's is its context's): renumbered, never tagged
 CONTEXT_HANDLES = ("CUcontext", "CUgreenCtx")
 LAUNCH, LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH, ModuleServing.LAUNCH_GRAPH_NODE
+LAUNCH_NODE_PARAMS, LAUNCH_NODE_GET = ModuleServing.LAUNCH_NODE_PARAMS, ModuleServing.LAUNCH_NODE_GET
+LAUNCH_GRAPH_RUN, LAUNCH_CAPTURE_HOST = ModuleServing.LAUNCH_GRAPH_RUN, ModuleServing.LAUNCH_CAPTURE_HOST
 #: parameters whose values come back in the reply
 OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER, Kind.HANDLE_ARRAY_OUT, Kind.ARRAY, Kind.ARRAY_OUT)
 #: what a merged status says of each joined host
@@ -900,6 +902,18 @@ class JoinedConnection:
         answer = answers[min(answers)]
         return answer[:4] + struct.pack("<Q", every) + answer[12:]
 
+    def _kernel_node_params(self, host: int, frame: Frame, record: bytes, flags: int) -> bytes:
+        """A kernel node's parameters (a frame of its own): a read's answer names the function
+        as the client knows it."""
+        try:
+            answer = self._ask(host, frame, record)
+        except HostGone:
+            return struct.pack("<i", self.router.lost)
+        if flags & LAUNCH_NODE_GET and len(answer) >= 4 + LAUNCH.size and struct.unpack_from("<i", answer)[0] == 0:
+            function = struct.unpack_from("<Q", answer, 12)[0]
+            answer = answer[:12] + struct.pack("<Q", tag("CUfunction", function, host, self.everywhere)) + answer[20:]
+        return answer
+
     def _launches(self, frame: Frame) -> bytes | None:
         """Launch records, each to its context's host; consecutive ones to a host share a frame."""
         payload, at = frame.payload, 0
@@ -915,6 +929,32 @@ class JoinedConnection:
             if function_host == EVERY_HOST:
                 function = self.everywhere.on_host("CUfunction", function, host)
             _, stream = untag("CUstream", stream)
+            if flags & LAUNCH_CAPTURE_HOST:  # a host function that a capturing stream may take: the stream's host
+                record = LAUNCH.pack(context, function, stream, *shape, flags, args_size) + \
+                    bytes(payload[at + LAUNCH.size:end])
+                try:
+                    return self._ask(host, frame, record)
+                except HostGone:
+                    return struct.pack("<iI", self.router.lost, 0)
+            if flags & LAUNCH_GRAPH_RUN:  # a graph launch run or resumed: the executable graph's host
+                graph_exec, token = struct.unpack_from("<QQ", payload, at + LAUNCH.size)
+                exec_host, graph_exec = untag("CUgraphExec", graph_exec, len(self.upstreams))
+                record = LAUNCH.pack(context, function, stream, *shape, flags, args_size) + \
+                    struct.pack("<QQ", graph_exec, token)
+                try:
+                    return self._ask(exec_host if exec_host is not None else host, frame, record)
+                except HostGone:
+                    return struct.pack("<iQQQ", self.router.lost, 0, 0, 0)
+            if flags & LAUNCH_NODE_PARAMS:  # a kernel node's parameters set or read: the node's host
+                node, graph_exec = struct.unpack_from("<QQ", payload, at + LAUNCH.size)
+                node_host, node = untag("CUgraphNode", node, len(self.upstreams))
+                host = node_host if node_host is not None else host
+                extra = struct.pack("<QQ", node, untag("CUgraphExec", graph_exec)[1])
+                end += 16
+                args_start = end - args_size
+                record = LAUNCH.pack(context, function, stream, *shape, flags, args_size) + extra + \
+                    payload[args_start:end]
+                return self._kernel_node_params(host, frame, record, flags)
             if flags & LAUNCH_GRAPH_NODE:
                 graph, count = struct.unpack_from("<QI", payload, end - args_size)
                 nodes = struct.unpack_from(f"<{count}Q", payload, end - args_size + 12)

@@ -429,6 +429,13 @@ class ModuleServing:
     LAUNCH = struct.Struct("<QQQ3I3IIII")
     LAUNCH_COOPERATIVE = 0x1
     LAUNCH_GRAPH_NODE = 0x2
+    #: a kernel node's parameters set or read, a graph launch run or resumed (cuda_graphs.Graphs._graph_frame)
+    LAUNCH_NODE_SET = 0x4
+    LAUNCH_NODE_GET = 0x8
+    LAUNCH_GRAPH_RUN = 0x10
+    LAUNCH_CAPTURE_HOST = 0x20
+    LAUNCH_NODE_PARAMS = LAUNCH_NODE_SET | LAUNCH_NODE_GET
+    LAUNCH_GRAPH_FRAMES = LAUNCH_NODE_PARAMS | LAUNCH_GRAPH_RUN | LAUNCH_CAPTURE_HOST
 
     def launch(self, session: Session, payload: bytes) -> bytes:
         """OP_LAUNCH: launch records back to back (the shim sends a thread's consecutive
@@ -449,6 +456,8 @@ class ModuleServing:
             flags, args_size = struct.unpack_from("<II", payload, at + head - 8)
             if flags & self.LAUNCH_GRAPH_NODE:
                 return self._launch(session, payload[at:])
+            if flags & self.LAUNCH_GRAPH_FRAMES:
+                return self._graph_frame(session, payload[at:])
             end = at + head + args_size
             if end > size:
                 raise struct.error(f"a launch record of {args_size} parameter bytes runs past its frame")
@@ -495,7 +504,7 @@ class ModuleServing:
         signature = ("kernel", ref.module.id, ref.index)
         if graph is not None:
             node = self._add_node(graph, C["CU_GRAPH_NODE_TYPE_KERNEL"], dependencies,
-                                  lambda caller, on: self._run_kernel(caller, on, *kernel, graph=True), signature)
+                                  self._replay_of(C["CU_GRAPH_NODE_TYPE_KERNEL"], kernel), signature, kernel)
             return struct.pack("<iQ", SUCCESS, node.id)
         stream = self.resolve("CUstream", stream_id, c)
         if stream is None:
@@ -503,7 +512,7 @@ class ModuleServing:
         if self.capturing(stream) is not None:
             return struct.pack("<i", self._capture_node(
                 stream, C["CU_GRAPH_NODE_TYPE_KERNEL"],
-                lambda caller, on: self._run_kernel(caller, on, *kernel, graph=True), signature))
+                self._replay_of(C["CU_GRAPH_NODE_TYPE_KERNEL"], kernel), signature, kernel))
         rc = self._run_kernel(c, stream, *kernel)
         if rc == SUCCESS:  # the next launch with the same head takes the quick way (launch)
             self._launch_cache[(session.id, bytes(payload[:self.LAUNCH.size]))] = (

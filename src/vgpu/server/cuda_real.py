@@ -1365,6 +1365,222 @@ class RealCudaService(CudaApi, LegacyNames):
             self._records[hGraphExec[0]] = list(self._records.get(hGraph[0], []))
         return code
 
+    # graph structure, clones, ids and event, child graph and memset nodes (cuda_graphs has the
+    # simulator's); edge data other than the default is not served here ------------------------------
+    def _nodes_out(self, c: Caller, found: Any, count: int, out: Any, number: Any) -> None:
+        """Hand out real nodes as the client's handles: up to the capacity, NULL past the end."""
+        if out is None:
+            number.value = count
+            return
+        given = [self._node(c, node) for node in list(found)[:min(count, out.capacity)]]
+        out.value = given + [None] * (out.capacity - len(given))
+        number.value = len(given)
+
+    def cuGraphGetEdges_v2(self, c: Caller, hGraph: Any, from_: Any, to: Any, edgeData: Any, numEdges: Any) -> int:
+        if (from_ is None) != (to is None):
+            return INVALID_VALUE
+        result = cu.cuGraphGetEdges(hGraph[1], numEdges.value if from_ is not None else 0)
+        if rc(result) == SUCCESS:
+            count = result[4]
+            self._nodes_out(c, result[1], count, from_, numEdges)
+            if to is not None:
+                self._nodes_out(c, result[2], count, to, numEdges)
+        return rc(result)
+
+    def cuGraphGetEdges(self, c: Caller, hGraph: Any, from_: Any, to: Any, numEdges: Any) -> int:
+        return self.cuGraphGetEdges_v2(c, hGraph, from_, to, None, numEdges)
+
+    def cuGraphGetRootNodes(self, c: Caller, hGraph: Any, rootNodes: Any, numRootNodes: Any) -> int:
+        result = cu.cuGraphGetRootNodes(hGraph[1], numRootNodes.value if rootNodes is not None else 0)
+        if rc(result) == SUCCESS:
+            self._nodes_out(c, result[1], result[2], rootNodes, numRootNodes)
+        return rc(result)
+
+    def cuGraphNodeGetDependencies_v2(self, c: Caller, hNode: Any, dependencies: Any, edgeData: Any,
+                                      numDependencies: Any) -> int:
+        result = cu.cuGraphNodeGetDependencies(hNode[1], numDependencies.value if dependencies is not None else 0)
+        if rc(result) == SUCCESS:
+            self._nodes_out(c, result[1], result[3], dependencies, numDependencies)
+        return rc(result)
+
+    def cuGraphNodeGetDependencies(self, c: Caller, hNode: Any, dependencies: Any, numDependencies: Any) -> int:
+        return self.cuGraphNodeGetDependencies_v2(c, hNode, dependencies, None, numDependencies)
+
+    def cuGraphNodeGetDependentNodes_v2(self, c: Caller, hNode: Any, dependentNodes: Any, edgeData: Any,
+                                        numDependentNodes: Any) -> int:
+        result = cu.cuGraphNodeGetDependentNodes(hNode[1], numDependentNodes.value if dependentNodes is not None else 0)
+        if rc(result) == SUCCESS:
+            self._nodes_out(c, result[1], result[3], dependentNodes, numDependentNodes)
+        return rc(result)
+
+    def cuGraphNodeGetDependentNodes(self, c: Caller, hNode: Any, dependentNodes: Any, numDependentNodes: Any) -> int:
+        return self.cuGraphNodeGetDependentNodes_v2(c, hNode, dependentNodes, None, numDependentNodes)
+
+    def cuGraphAddDependencies(self, c: Caller, hGraph: Any, from_: Any, to: Any, numDependencies: int) -> int:
+        return self.cuGraphAddDependencies_v2(c, hGraph, from_, to, None, numDependencies)
+
+    def cuGraphRemoveDependencies_v2(self, c: Caller, hGraph: Any, from_: Any, to: Any, edgeData: Any,
+                                     numDependencies: int) -> int:
+        if edgeData is not None:
+            return self.NOT_SUPPORTED
+        sources, targets = [node for _, node in from_ or []], [node for _, node in to or []]
+        return rc(cu.cuGraphRemoveDependencies(hGraph[1], sources, targets, None, len(sources)))
+
+    def cuGraphRemoveDependencies(self, c: Caller, hGraph: Any, from_: Any, to: Any, numDependencies: int) -> int:
+        return self.cuGraphRemoveDependencies_v2(c, hGraph, from_, to, None, numDependencies)
+
+    def cuGraphDestroyNode(self, c: Caller, hNode: Any) -> int:
+        code = rc(cu.cuGraphDestroyNode(hNode[1]))
+        if code == SUCCESS:
+            owned = self._mine(c)
+            owned.nodes.pop(hNode[0], None)
+            owned.node_ids.pop(int(hNode[1]), None)
+        return code
+
+    def cuGraphClone(self, c: Caller, phGraphClone: Any, originalGraph: Any) -> int:
+        code = self._graph_made(c, cu.cuGraphClone(originalGraph[1]), phGraphClone)
+        if code == SUCCESS:
+            self._records[phGraphClone.value[0]] = list(self._records.get(originalGraph[0], []))
+        return code
+
+    def cuGraphNodeFindInClone(self, c: Caller, phNode: Any, hOriginalNode: Any, hClonedGraph: Any) -> int:
+        return self._node_made(c, cu.cuGraphNodeFindInClone(hOriginalNode[1], hClonedGraph[1]), phNode)
+
+    def _graph_handle(self, c: Caller, graph: Any) -> tuple[int, Any]:
+        """A real graph as the client's handle (the same id each time; a child graph gets one)."""
+        owned = self._mine(c)
+        found = next((key for key, known in owned.graphs.items() if int(known) == int(graph)), None)
+        if found is None:
+            found = next(self._ids)
+            owned.graphs[found] = graph
+        return found, graph
+
+    def cuGraphNodeGetContainingGraph(self, c: Caller, hNode: Any, phGraph: Any) -> int:
+        result = cu.cuGraphNodeGetContainingGraph(hNode[1])
+        if rc(result) == SUCCESS:
+            phGraph.value = self._graph_handle(c, result[1])
+        return rc(result)
+
+    def cuGraphChildGraphNodeGetGraph(self, c: Caller, hNode: Any, phGraph: Any) -> int:
+        result = cu.cuGraphChildGraphNodeGetGraph(hNode[1])
+        if rc(result) == SUCCESS:
+            phGraph.value = self._graph_handle(c, result[1])
+        return rc(result)
+
+    def cuGraphGetId(self, c: Caller, hGraph: Any, graphId: Any) -> int:
+        return answered(cu.cuGraphGetId(hGraph[1]), graphId)
+
+    def cuGraphExecGetId(self, c: Caller, hGraphExec: Any, graphId: Any) -> int:
+        return answered(cu.cuGraphExecGetId(hGraphExec[1]), graphId)
+
+    def cuGraphNodeGetLocalId(self, c: Caller, hNode: Any, nodeId: Any) -> int:
+        return answered(cu.cuGraphNodeGetLocalId(hNode[1]), nodeId)
+
+    def cuGraphNodeGetToolsId(self, c: Caller, hNode: Any, toolsNodeId: Any) -> int:
+        return answered(cu.cuGraphNodeGetToolsId(hNode[1]), toolsNodeId)
+
+    def cuGraphExecGetFlags(self, c: Caller, hGraphExec: Any, flags: Any) -> int:
+        result = cu.cuGraphExecGetFlags(hGraphExec[1])
+        if rc(result) == SUCCESS:
+            flags.value = int(result[1])
+        return rc(result)
+
+    def cuGraphNodeSetEnabled(self, c: Caller, hGraphExec: Any, hNode: Any, isEnabled: int) -> int:
+        return rc(cu.cuGraphNodeSetEnabled(hGraphExec[1], hNode[1], isEnabled))
+
+    def cuGraphNodeGetEnabled(self, c: Caller, hGraphExec: Any, hNode: Any, isEnabled: Any) -> int:
+        return answered(cu.cuGraphNodeGetEnabled(hGraphExec[1], hNode[1]), isEnabled)
+
+    def cuGraphAddEventRecordNode(self, c: Caller, phGraphNode: Any, hGraph: Any, dependencies: Any,
+                                  numDependencies: int, event: Any) -> int:
+        nodes = [node for _, node in dependencies or []]
+        return self._node_made(c, cu.cuGraphAddEventRecordNode(hGraph[1], nodes, len(nodes), event[1]), phGraphNode)
+
+    def cuGraphAddEventWaitNode(self, c: Caller, phGraphNode: Any, hGraph: Any, dependencies: Any,
+                                numDependencies: int, event: Any) -> int:
+        nodes = [node for _, node in dependencies or []]
+        return self._node_made(c, cu.cuGraphAddEventWaitNode(hGraph[1], nodes, len(nodes), event[1]), phGraphNode)
+
+    def _event_handle(self, c: Caller, event: Any) -> tuple[int, Any] | None:
+        owned = self._mine(c)
+        found = next((key for key, known in owned.events.items() if int(known) == int(event)), None)
+        return (found, event) if found is not None else None
+
+    def cuGraphEventRecordNodeGetEvent(self, c: Caller, hNode: Any, event_out: Any) -> int:
+        return self._event_out(c, cu.cuGraphEventRecordNodeGetEvent(hNode[1]), event_out)
+
+    def cuGraphEventWaitNodeGetEvent(self, c: Caller, hNode: Any, event_out: Any) -> int:
+        return self._event_out(c, cu.cuGraphEventWaitNodeGetEvent(hNode[1]), event_out)
+
+    def _event_out(self, c: Caller, result: Any, out: Any) -> int:
+        if rc(result) == SUCCESS:
+            out.value = self._event_handle(c, result[1])
+        return rc(result)
+
+    def cuGraphEventRecordNodeSetEvent(self, c: Caller, hNode: Any, event: Any) -> int:
+        return rc(cu.cuGraphEventRecordNodeSetEvent(hNode[1], event[1]))
+
+    def cuGraphEventWaitNodeSetEvent(self, c: Caller, hNode: Any, event: Any) -> int:
+        return rc(cu.cuGraphEventWaitNodeSetEvent(hNode[1], event[1]))
+
+    def cuGraphExecEventRecordNodeSetEvent(self, c: Caller, hGraphExec: Any, hNode: Any, event: Any) -> int:
+        return rc(cu.cuGraphExecEventRecordNodeSetEvent(hGraphExec[1], hNode[1], event[1]))
+
+    def cuGraphExecEventWaitNodeSetEvent(self, c: Caller, hGraphExec: Any, hNode: Any, event: Any) -> int:
+        return rc(cu.cuGraphExecEventWaitNodeSetEvent(hGraphExec[1], hNode[1], event[1]))
+
+    def cuGraphAddChildGraphNode(self, c: Caller, phGraphNode: Any, hGraph: Any, dependencies: Any,
+                                 numDependencies: int, childGraph: Any) -> int:
+        nodes = [node for _, node in dependencies or []]
+        return self._node_made(c, cu.cuGraphAddChildGraphNode(hGraph[1], nodes, len(nodes), childGraph[1]),
+                               phGraphNode)
+
+    def cuGraphExecChildGraphNodeSetParams(self, c: Caller, hGraphExec: Any, hNode: Any, childGraph: Any) -> int:
+        return rc(cu.cuGraphExecChildGraphNodeSetParams(hGraphExec[1], hNode[1], childGraph[1]))
+
+    def cuGraphInstantiate_v2(self, c: Caller, phGraphExec: Any, hGraph: Any, phErrorNode: Any, logBuffer: Any,
+                              bufferSize: int) -> int:
+        """The CUDA 11 form, as flags 0 (the log stays empty)."""
+        if logBuffer is not None:
+            logBuffer.value = b""
+        return self.cuGraphInstantiateWithFlags(c, phGraphExec, hGraph, 0)
+
+    cuGraphInstantiate = cuGraphInstantiate_v2
+
+    def cuGraphExecUpdate(self, c: Caller, hGraphExec: Any, hGraph: Any, hErrorNode_out: Any,
+                          updateResult_out: Any) -> int:
+        info = UPDATE_RESULT_INFO()
+        code = self.cuGraphExecUpdate_v2(c, hGraphExec, hGraph, info)
+        updateResult_out.value = info.result
+        hErrorNode_out.value = (info.errorNode, self._mine(c).nodes[info.errorNode]) if info.errorNode else None
+        return code
+
+    @staticmethod
+    def _memset_params(p: Any) -> Any:
+        params = cu.CUDA_MEMSET_NODE_PARAMS()
+        params.dst, params.pitch, params.value = p.dst, p.pitch, p.value
+        params.elementSize, params.width, params.height = p.elementSize, p.width, p.height
+        return params
+
+    def cuGraphMemsetNodeGetParams(self, c: Caller, hNode: Any, nodeParams: Any) -> int:
+        result = cu.cuGraphMemsetNodeGetParams(hNode[1])
+        if rc(result) == SUCCESS:
+            p = result[1]
+            nodeParams.dst, nodeParams.pitch, nodeParams.value = int(p.dst), p.pitch, p.value
+            nodeParams.elementSize, nodeParams.width, nodeParams.height = p.elementSize, p.width, p.height
+        return rc(result)
+
+    def cuGraphMemsetNodeSetParams(self, c: Caller, hNode: Any, nodeParams: Any) -> int:
+        return rc(cu.cuGraphMemsetNodeSetParams(hNode[1], self._memset_params(nodeParams)))
+
+    def cuGraphExecMemsetNodeSetParams(self, c: Caller, hGraphExec: Any, hNode: Any, memsetParams: Any,
+                                       ctx: int) -> int:
+        _, context = self._real_context(c, ctx or c.context)
+        if context is None:
+            return C["CUDA_ERROR_INVALID_CONTEXT"]
+        return rc(cu.cuGraphExecMemsetNodeSetParams(hGraphExec[1], hNode[1], self._memset_params(memsetParams),
+                                                    context))
+
     # launches ------------------------------------------------------------------------------
     LAUNCH_COOPERATIVE = ModuleServing.LAUNCH_COOPERATIVE
     LAUNCH_GRAPH_NODE = ModuleServing.LAUNCH_GRAPH_NODE
@@ -1380,6 +1596,16 @@ class RealCudaService(CudaApi, LegacyNames):
              args_size) = LAUNCH.unpack_from(payload, at)
             at += LAUNCH.size
             c = Caller(session, context)
+            if flags & ModuleServing.LAUNCH_CAPTURE_HOST:  # host functions are not captured here: the client runs it
+                return struct.pack("<iI", SUCCESS, 0)
+            if flags & ModuleServing.LAUNCH_GRAPH_RUN:  # a graph launch from the shim (no host nodes here)
+                graph_exec = self.resolve("CUgraphExec", struct.unpack_from("<Q", payload, at)[0], c)
+                stream = self.resolve("CUstream", stream_id, c)
+                if graph_exec is None or stream is None:
+                    return struct.pack("<iQQQ", self.INVALID_HANDLE, 0, 0, 0)
+                return struct.pack("<iQQQ", self.cuGraphLaunch(c, graph_exec, stream), 0, 0, 0)
+            if flags & ModuleServing.LAUNCH_NODE_PARAMS:  # kernel node parameters: the simulator's only
+                return struct.pack("<i", self.NOT_SUPPORTED)
             if flags & self.LAUNCH_GRAPH_NODE:
                 graph_id, count = struct.unpack_from("<QI", payload, at)
                 nodes = struct.unpack_from(f"<{count}Q", payload, at + 12)

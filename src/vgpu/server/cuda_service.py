@@ -505,6 +505,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
     def cuMemFree_v2(self, c: Caller, dptr: int) -> int:
         if dptr == 0:
             return SUCCESS  # as free(NULL); cuBLAS's runtime frees NULL while it starts
+        graph_memory = self._free_graph_allocation(c, dptr)  # memory of a graph's allocation node (cuda_graphs)
+        if graph_memory is not None:
+            return graph_memory
         gpu = self._gpu_of_address(dptr)
         if gpu is None:
             managed = self._free_managed(c, dptr)
@@ -734,6 +737,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
                            lambda m: m.copy(c.session.id, dstDevice, srcDevice, ByteCount), dstDevice, srcDevice)
 
     def _memset(self, c: Caller, stream: Stream | None, dstDevice: int, pattern: bytes, N: int) -> int:
+        if self.capturing(stream) is not None:  # a memset node, its parameters kept (cuda_graphs)
+            return self._capture_memset(stream, dstDevice, pattern, N)
         seconds = self._memory_seconds(self._gpu_of_address(dstDevice), len(pattern) * N)
         return self._timed(c, stream, seconds, lambda m: m.fill(c.session.id, dstDevice, pattern, N), dstDevice)
 
