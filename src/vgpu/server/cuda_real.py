@@ -717,20 +717,12 @@ class RealCudaService(CudaApi, LegacyNames):
         self._enter(c)
         return rc(cu.cuStreamWaitEvent(hStream[1], hEvent[1], Flags))
 
-    def _real_context(self, c: Caller, context: int) -> Any:
-        """vgpud's real context behind one of the shim's (NULL: the caller's), or None."""
-        context = context or c.context
-        if not context & (PRIMARY_CONTEXT | (1 << 33)):
-            return None
-        ordinal = self._ordinal(c, context & 0xFFFF)
-        return None if ordinal is None else self.contexts[ordinal]
-
     def cuCtxRecordEvent(self, c: Caller, hCtx: int, hEvent: Any) -> int:
-        real = self._real_context(c, hCtx)
+        _, real = self._real_context(c, hCtx or c.context)
         return C["CUDA_ERROR_INVALID_CONTEXT"] if real is None else rc(cu.cuCtxRecordEvent(real, hEvent[1]))
 
     def cuCtxWaitEvent(self, c: Caller, hCtx: int, hEvent: Any) -> int:
-        real = self._real_context(c, hCtx)
+        _, real = self._real_context(c, hCtx or c.context)
         return C["CUDA_ERROR_INVALID_CONTEXT"] if real is None else rc(cu.cuCtxWaitEvent(real, hEvent[1]))
 
     def _stream_context(self, c: Caller, stream: Any) -> int:
