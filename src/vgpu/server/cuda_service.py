@@ -23,6 +23,7 @@ from vgpu.server.cuda_hostmem import HostMemoryServing
 from vgpu.server.cuda_ipc import InterprocessSharing, OpenedEvent
 from vgpu.server.cuda_memops import StreamMemoryOperations
 from vgpu.server.cuda_pools import LegacyNames, MemoryPools
+from vgpu.server.cuda_sharing import SharedMemory
 from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -197,7 +198,7 @@ class CudaApi:
 
 
 class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServing, InterprocessSharing,
-                  StreamMemoryOperations, MemoryPools, LegacyNames):
+                  StreamMemoryOperations, MemoryPools, LegacyNames, SharedMemory):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -222,6 +223,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._init_ipc()
         self._init_memops()
         self._init_pools()
+        self._init_sharing()
         state.on_detach.append(self._forget)
 
     def device_count(self, session: Session) -> int:
@@ -245,6 +247,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._forget_ipc(session)
         self._forget_memops(session)
         self._forget_pools(session)
+        self._forget_sharing(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -620,7 +623,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
              for name, value in API.enum("CUpointer_attribute_enum").items()}
         answers = {
             a["CONTEXT"]: PRIMARY_CONTEXT | ordinal, a["MEMORY_TYPE"]: C["CU_MEMORYTYPE_DEVICE"],
-            a["DEVICE_POINTER"]: ptr, a["SYNC_MEMOPS"]: 0, a["BUFFER_ID"]: allocation.address,
+            a["DEVICE_POINTER"]: ptr, a["SYNC_MEMOPS"]: int((c.session.id, gpu.index, allocation.address) in self.sync_memops), a["BUFFER_ID"]: allocation.address,
             a["IS_MANAGED"]: 0, a["DEVICE_ORDINAL"]: ordinal, a["IS_LEGACY_CUDA_IPC_CAPABLE"]: 1,
             a["RANGE_START_ADDR"]: allocation.address, a["RANGE_SIZE"]: allocation.size, a["MAPPED"]: 1,
             a["ALLOWED_HANDLE_TYPES"]: 0, a["IS_GPU_DIRECT_RDMA_CAPABLE"]: 0,

@@ -1,0 +1,268 @@
+"""Memory shared through shareable handles: a physical allocation exported as a POSIX file
+descriptor, passed to another process over a Unix socket (SCM_RIGHTS) and imported there shows
+the same bytes both ways; forged and foreign descriptors, fabric handles and bad arguments get
+the documented codes. Also pointer attributes set by the application (SYNC_MEMOPS) and the v1
+name of cuMemHostGetDevicePointer. Export and import are called through ctypes with cuda.h's
+exact prototypes; everything else through cuda-python."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CUDA_PYTHON, run_json
+from vgpu.api.manifest import load
+
+EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
+C = load("cuda").constants
+
+
+def served_by_simulator(vgpud) -> None:
+    if vgpud.through == "cuda-backend":
+        pytest.skip("the cuda backend's clients all live in vgpud's one process; it does not export handles")
+
+
+PRELUDE = CUDA_PYTHON + """
+import socket, subprocess, sys
+lib = ctypes.CDLL("libcuda.so.1")
+export = lib.cuMemExportToShareableHandle
+export.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_int, ctypes.c_ulonglong]
+import_ = lib.cuMemImportFromShareableHandle
+import_.argtypes = [ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_void_p, ctypes.c_int]
+POSIX_FD = int(cu.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+FABRIC = int(cu.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_FABRIC)
+ok(cu.cuInit(0))
+ctx = ok(cu.cuDevicePrimaryCtxRetain(ok(cu.cuDeviceGet(0))))
+ok(cu.cuCtxSetCurrent(ctx))
+SIZE = 2 << 20
+def prop(types):
+    p = cu.CUmemAllocationProp()
+    p.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+    p.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    p.location.id = 0
+    p.requestedHandleTypes = types
+    return p
+def show(handle):
+    va = ok(cu.cuMemAddressReserve(SIZE, 0, 0, 0))
+    ok(cu.cuMemMap(va, SIZE, 0, handle, 0))
+    access = cu.CUmemAccessDesc()
+    access.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    access.location.id = 0
+    access.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    ok(cu.cuMemSetAccess(va, SIZE, [access], 1))
+    return int(va)
+def read(ptr, n):
+    out = bytearray(n); ok(cu.cuMemcpyDtoH(out, ptr, n)); return bytes(out)
+def imported(fd):
+    handle = ctypes.c_ulonglong(0)
+    rc = import_(ctypes.byref(handle), ctypes.c_void_p(fd), POSIX_FD)
+    return rc, handle.value
+"""
+
+#: the importing process: receives the descriptor over the socket it was given, then answers commands
+IMPORTER = PRELUDE + """
+sock = socket.socket(fileno=int(sys.argv[1]))
+message, fds, _, _ = socket.recv_fds(sock, 16, 1)
+fd = fds[0]
+rc, handle = imported(fd)
+os.close(fd)  # the imported handle holds the memory, not the descriptor
+va = show(handle) if rc == 0 else 0
+sock.sendall((json.dumps({"rc": rc, "message": message.decode()}) + "\\n").encode())
+for line in sock.makefile("r"):
+    cmd = json.loads(line)
+    if cmd["op"] == "read":
+        reply = {"data": read(va + cmd["at"], cmd["n"]).hex()}
+    elif cmd["op"] == "write":
+        ok(cu.cuMemcpyHtoD(va + cmd["at"], bytes.fromhex(cmd["data"]), len(cmd["data"]) // 2))
+        reply = {}
+    elif cmd["op"] == "release":
+        ok(cu.cuMemUnmap(va, SIZE)); ok(cu.cuMemAddressFree(va, SIZE))
+        reply = {"rc": code(cu.cuMemRelease(handle))}
+    elif cmd["op"] == "exit":
+        break
+    sock.sendall((json.dumps(reply) + "\\n").encode())
+"""
+
+SHARE = PRELUDE + """
+IMPORTER = sys.argv[1]
+out = {}
+handle = ok(cu.cuMemCreate(SIZE, prop(POSIX_FD), 0))
+va = show(handle)
+rng = random.Random(7)
+data = bytes(rng.getrandbits(8) for _ in range(1 << 16)) * (SIZE >> 16)
+ok(cu.cuMemcpyHtoD(va, data, SIZE))
+canary = (ctypes.c_int * 2)(-1, 0x5a5a5a5a)
+out["export"] = export(ctypes.addressof(canary), int(handle), POSIX_FD, 0)
+fd = canary[0]
+out["canary"] = canary[1] == 0x5a5a5a5a
+out["is_fd"] = os.fstat(fd).st_size == 64
+# the allocation comes back into this process too, as another handle to the same memory
+rc, own = imported(fd)
+out["own_import"] = rc
+mine = show(own) if rc == 0 else 0
+out["own_import_reads"] = rc == 0 and read(mine + 4096, 64) == data[4096:4160]
+parent, child_end = socket.socketpair()
+child = subprocess.Popen([sys.executable, "-c", IMPORTER, str(child_end.fileno())], pass_fds=[child_end.fileno()])
+child_end.close()
+socket.send_fds(parent, [b"allocation"], [fd])
+os.close(fd)
+replies = parent.makefile("r")
+def ask(**cmd):
+    if cmd:
+        parent.sendall((json.dumps(cmd) + "\\n").encode())
+    return json.loads(replies.readline())
+out["child_import"] = ask()  # the import's own answer comes first
+out["child_reads"] = bytes.fromhex(ask(op="read", at=0, n=SIZE)["data"]) == data
+ask(op="write", at=1000, data="c0ffee" * 100)
+out["parent_sees_child_write"] = read(va + 1000, 300) == bytes.fromhex("c0ffee" * 100)
+ok(cu.cuMemcpyHtoD(va + SIZE - 6, b"parent", 6))
+out["child_sees_parent_write"] = bytes.fromhex(ask(op="read", at=SIZE - 6, n=6)["data"]) == b"parent"
+# the exporter lets everything go: the child's handle keeps the memory and its contents
+ok(cu.cuMemUnmap(mine, SIZE)); ok(cu.cuMemRelease(own))
+ok(cu.cuMemUnmap(va, SIZE)); ok(cu.cuMemAddressFree(va, SIZE))
+out["release"] = code(cu.cuMemRelease(handle))
+out["released_twice"] = code(cu.cuMemRelease(handle))
+out["child_reads_after_release"] = bytes.fromhex(ask(op="read", at=1000, n=6)["data"]).hex()
+out["child_release"] = ask(op="release")["rc"]
+parent.sendall(b'{"op": "exit"}\\n')
+out["child_exit"] = child.wait(30)
+print(json.dumps(out))
+"""
+
+REFUSALS = PRELUDE + """
+out = {}
+plain = ok(cu.cuMemCreate(SIZE, prop(0), 0))
+shareable = ok(cu.cuMemCreate(SIZE, prop(POSIX_FD), 0))
+fd = ctypes.c_int(-7)
+out["not_requested"] = export(ctypes.addressof(fd), int(plain), POSIX_FD, 0)
+out["fabric"] = export(ctypes.addressof(fd), int(shareable), FABRIC, 0)
+out["none_type"] = export(ctypes.addressof(fd), int(shareable), 0, 0)
+out["flags"] = export(ctypes.addressof(fd), int(shareable), POSIX_FD, 1)
+out["null_out"] = export(None, int(shareable), POSIX_FD, 0)
+out["no_such_handle"] = export(ctypes.addressof(fd), 0xdead, POSIX_FD, 0)
+out["untouched"] = fd.value
+out["export"] = export(ctypes.addressof(fd), int(shareable), POSIX_FD, 0)
+token = os.pread(fd.value, 64, 0)
+out["sealed"] = None
+try:
+    os.pwrite(fd.value, b"x", 0)
+except OSError as e:
+    out["sealed"] = e.errno
+forged = []
+for at in (0, 5, 20, 63):  # the tag, the GPU, the secret, the padding
+    changed = bytearray(token); changed[at] ^= 1
+    other = os.memfd_create("forged"); os.write(other, bytes(changed))
+    forged.append(imported(other)[0]); os.close(other)
+out["forged"] = forged
+r, w = os.pipe()
+out["pipe"] = imported(r)[0]
+out["closed_fd"] = imported(w + 100)[0]
+out["devnull"] = imported(os.open("/dev/null", os.O_RDONLY))[0]
+handle = ctypes.c_ulonglong(0)
+out["import_fabric"] = import_(ctypes.byref(handle), ctypes.c_void_p(fd.value), FABRIC)
+out["import_null_out"] = import_(None, ctypes.c_void_p(fd.value), POSIX_FD)
+# after the exporter's own release the descriptor still names the memory (the export holds it)
+ok(cu.cuMemRelease(shareable))
+rc, again = imported(fd.value)
+out["import_after_release"] = rc
+out["imported_props"] = int(ok(cu.cuMemGetAllocationPropertiesFromHandle(again)).requestedHandleTypes) if rc == 0 else -1
+print(json.dumps(out))
+"""
+
+
+def test_shareable_fd_between_processes_over_a_unix_socket(vgpud):
+    served_by_simulator(vgpud)
+    out = run_json(SHARE.replace("sys.argv[1]", repr(IMPORTER), 1), vgpud.env, timeout=120)
+    assert out["export"] == 0 and out["canary"], "an int is written, nothing after it"
+    assert out["is_fd"], "the handle is a real descriptor"
+    assert out["own_import"] == 0 and out["own_import_reads"]
+    assert out["child_import"] == {"rc": 0, "message": "allocation"}
+    assert out["child_reads"], "the importer maps the exporter's bytes exactly"
+    assert out["parent_sees_child_write"] and out["child_sees_parent_write"], "shared both ways"
+    assert out["release"] == 0 and out["released_twice"] == C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["child_reads_after_release"] == "c0ffeec0ffee", "the importer's handle keeps the memory"
+    assert out["child_release"] == 0 and out["child_exit"] == 0
+
+
+def test_shareable_handle_refusals(vgpud):
+    served_by_simulator(vgpud)
+    out = run_json(REFUSALS, vgpud.env, timeout=60)
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["not_requested"] == invalid, "only a handle type requested at cuMemCreate is exported"
+    assert out["fabric"] == out["import_fabric"] == C["CUDA_ERROR_NOT_SUPPORTED"], "no fabric on these GPUs"
+    assert [out["none_type"], out["flags"], out["null_out"], out["no_such_handle"]] == [invalid] * 4
+    assert out["untouched"] == -7
+    assert out["export"] == 0 and out["sealed"] == 1, "the token cannot be rewritten (EPERM: sealed)"
+    assert out["forged"] == [invalid] * 4, "a token vgpud did not make imports nothing"
+    assert [out["pipe"], out["closed_fd"], out["devnull"], out["import_null_out"]] == [invalid] * 4
+    assert out["import_after_release"] == 0
+    assert out["imported_props"] == C["CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR"]
+
+
+POINTER_ATTRIBUTES = PRELUDE + """
+out = {}
+SYNC = cu.CUpointer_attribute.CU_POINTER_ATTRIBUTE_SYNC_MEMOPS
+ptr = ok(cu.cuMemAlloc(1 << 20))
+out["before"] = ok(cu.cuPointerGetAttribute(SYNC, ptr))
+setter = lib.cuPointerSetAttribute
+setter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_ulonglong]
+one, zero = ctypes.c_uint(1), ctypes.c_uint(0)
+out["set"] = setter(ctypes.byref(one), int(SYNC), int(ptr) + 4096)
+out["after_set"] = ok(cu.cuPointerGetAttribute(SYNC, ptr))
+other = ok(cu.cuMemAlloc(1 << 20))
+out["other_allocation"] = ok(cu.cuPointerGetAttribute(SYNC, other))
+out["clear"] = setter(ctypes.byref(zero), int(SYNC), int(ptr))
+out["after_clear"] = ok(cu.cuPointerGetAttribute(SYNC, ptr))
+out["other_attribute"] = setter(ctypes.byref(one), int(cu.CUpointer_attribute.CU_POINTER_ATTRIBUTE_MAPPED), int(ptr))
+out["null_value"] = setter(None, int(SYNC), int(ptr))
+out["wild"] = setter(ctypes.byref(one), int(SYNC), 0x1234)
+print(json.dumps(out))
+"""
+
+
+def test_sync_memops_is_set_and_read_back(vgpud):
+    out = run_json(POINTER_ATTRIBUTES, vgpud.env)
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["before"] == 0 and out["set"] == 0 and out["after_set"] == 1, "an interior pointer names the allocation"
+    assert out["other_allocation"] == 0
+    assert out["clear"] == 0 and out["after_clear"] == 0
+    assert [out["other_attribute"], out["null_value"], out["wild"]] == [invalid] * 3
+
+
+HOST_POINTER_V1 = PRELUDE + """
+out = {}
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+MAP_32BIT = 0x40
+low = libc.mmap(None, 1 << 16, 3, 0x22 | MAP_32BIT, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+high = ctypes.create_string_buffer(1 << 16)
+lib.cuMemHostRegister_v2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+DEVICEMAP = 2
+ok(lib.cuMemHostRegister_v2(low, 1 << 16, DEVICEMAP))
+ok(lib.cuMemHostRegister_v2(ctypes.addressof(high), 1 << 16, DEVICEMAP))
+v1 = lib.cuMemHostGetDevicePointer
+v1.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+def call(p, flags=0):
+    cell = (ctypes.c_uint32 * 2)(0xAAAAAAAA, 0x5A5A5A5A)
+    rc = v1(ctypes.addressof(cell), p, flags)
+    return [rc, cell[0], cell[1]]
+out["low"] = call(low + 100)
+out["low_address"] = low + 100
+out["high"] = call(ctypes.addressof(high))
+out["high_address"] = ctypes.addressof(high)
+out["flags"] = call(low, 1)
+out["unregistered"] = call(0x1000)
+out["null"] = v1(None, low, 0)
+print(json.dumps(out))
+"""
+
+
+def test_v1_host_device_pointer(vgpud):
+    out = run_json(HOST_POINTER_V1, vgpud.env)
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["low_address"] < 1 << 32
+    assert out["low"] == [0, out["low_address"], 0x5A5A5A5A], "four bytes written, the canary after them kept"
+    assert out["high_address"] >= 1 << 32
+    assert out["high"] == [invalid, 0xAAAAAAAA, 0x5A5A5A5A], "an address past 32 bits is never truncated"
+    assert out["flags"] == out["unregistered"] == [invalid, 0xAAAAAAAA, 0x5A5A5A5A]
+    assert out["null"] == invalid
