@@ -266,3 +266,110 @@ def test_v1_host_device_pointer(vgpud):
     assert out["high"] == [invalid, 0xAAAAAAAA, 0x5A5A5A5A], "an address past 32 bits is never truncated"
     assert out["flags"] == out["unregistered"] == [invalid, 0xAAAAAAAA, 0x5A5A5A5A]
     assert out["null"] == invalid
+
+
+#: the importing process of a pool: the pool's descriptor and one allocation's export data arrive
+#: over the socket it was given
+POOL_IMPORTER = PRELUDE + """
+pool_import = lib.cuMemPoolImportFromShareableHandle
+pool_import.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_int, ctypes.c_ulonglong]
+sock = socket.socket(fileno=int(sys.argv[1]))
+message, fds, _, _ = socket.recv_fds(sock, 64, 1)
+raw = ctypes.c_void_p()
+out = {"pool_import": pool_import(ctypes.byref(raw), ctypes.c_void_p(fds[0]), POSIX_FD, 0)}
+os.close(fds[0])
+pool = cu.CUmemoryPool(raw.value)
+data = cu.CUmemPoolPtrExportData()
+ctypes.memmove(data.getPtr(), message, 64)
+stream = ok(cu.cuStreamCreate(0))
+out["alloc_from_imported"] = code(cu.cuMemAllocFromPoolAsync(1 << 16, pool, stream))
+forged = cu.CUmemPoolPtrExportData()
+ctypes.memmove(forged.getPtr(), message[:30] + bytes([message[30] ^ 1]) + message[31:], 64)
+out["forged_pointer"] = code(cu.cuMemPoolImportPointer(pool, forged))
+ptr = int(ok(cu.cuMemPoolImportPointer(pool, data)))
+sock.sendall((json.dumps({**out, "ptr": ptr}) + "\\n").encode())
+for line in sock.makefile("r"):
+    cmd = json.loads(line)
+    if cmd["op"] == "read":
+        reply = {"data": read(ptr + cmd["at"], cmd["n"]).hex()}
+    elif cmd["op"] == "write":
+        ok(cu.cuMemcpyHtoD(ptr + cmd["at"], bytes.fromhex(cmd["data"]), len(cmd["data"]) // 2))
+        reply = {}
+    elif cmd["op"] == "free":
+        reply = {"free": code(cu.cuMemFree(ptr)), "again": code(cu.cuMemFree(ptr)),
+                 "destroy": code(cu.cuMemPoolDestroy(pool))}
+    elif cmd["op"] == "exit":
+        break
+    sock.sendall((json.dumps(reply) + "\\n").encode())
+"""
+
+POOLS = PRELUDE + """
+IMPORTER = sys.argv[1]
+pool_export = lib.cuMemPoolExportToShareableHandle
+pool_export.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_ulonglong]
+def pool_of(types):
+    props = cu.CUmemPoolProps()
+    props.allocType = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+    props.handleTypes = types
+    props.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    props.location.id = 0
+    return ok(cu.cuMemPoolCreate(props))
+out = {}
+stream = ok(cu.cuStreamCreate(0))
+pool = pool_of(POSIX_FD)
+n = 1 << 20
+ptr = int(ok(cu.cuMemAllocFromPoolAsync(n, pool, stream)))
+data = bytes(random.Random(3).getrandbits(8) for _ in range(n))
+ok(cu.cuMemcpyHtoD(ptr, data, n))
+fd = ctypes.c_int(-1)
+out["export"] = pool_export(ctypes.addressof(fd), int(pool), POSIX_FD, 0)
+share = ok(cu.cuMemPoolExportPointer(ptr))
+out["same_data_again"] = ctypes.string_at(ok(cu.cuMemPoolExportPointer(ptr)).getPtr(), 64) == ctypes.string_at(share.getPtr(), 64)
+# refusals: pools not made shareable, the default pool, memory from no pool, fabric handles
+plain = pool_of(0)
+other = int(ok(cu.cuMemAllocFromPoolAsync(4096, plain, stream)))
+spare = ctypes.c_int(-7)
+out["plain_pool"] = pool_export(ctypes.addressof(spare), int(plain), POSIX_FD, 0)
+out["default_pool"] = pool_export(ctypes.addressof(spare), int(ok(cu.cuDeviceGetDefaultMemPool(0))), POSIX_FD, 0)
+out["fabric"] = pool_export(ctypes.addressof(spare), int(pool), FABRIC, 0)
+out["untouched"] = spare.value
+out["plain_pointer"] = code(cu.cuMemPoolExportPointer(other))
+out["no_pool_pointer"] = code(cu.cuMemPoolExportPointer(ok(cu.cuMemAlloc(4096))))
+parent, child_end = socket.socketpair()
+child = subprocess.Popen([sys.executable, "-c", IMPORTER, str(child_end.fileno())], pass_fds=[child_end.fileno()])
+child_end.close()
+socket.send_fds(parent, [ctypes.string_at(share.getPtr(), 64)], [fd.value])
+os.close(fd.value)
+replies = parent.makefile("r")
+def ask(**cmd):
+    if cmd:
+        parent.sendall((json.dumps(cmd) + "\\n").encode())
+    return json.loads(replies.readline())
+first = ask()
+out["child"] = [first["pool_import"], first["alloc_from_imported"], first["forged_pointer"], first["ptr"] == ptr]
+out["child_reads"] = bytes.fromhex(ask(op="read", at=0, n=n)["data"]) == data
+ask(op="write", at=100, data="feed" * 8)
+out["parent_sees_child_write"] = read(ptr + 100, 16) == bytes.fromhex("feed" * 8)
+# the exporter frees first: the importer's bytes stay until it frees its import
+ok(cu.cuMemFreeAsync(ptr, stream)); ok(cu.cuStreamSynchronize(stream))
+out["child_reads_after_free"] = ask(op="read", at=100, n=4)["data"]
+out["child_free"] = ask(op="free")
+parent.sendall(b'{"op": "exit"}\\n')
+out["child_exit"] = child.wait(30)
+print(json.dumps(out))
+"""
+
+
+def test_pool_allocations_shared_between_processes(vgpud):
+    served_by_simulator(vgpud)
+    out = run_json(POOLS.replace("sys.argv[1]", repr(POOL_IMPORTER), 1), vgpud.env, timeout=120)
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["export"] == 0 and out["same_data_again"]
+    assert [out["plain_pool"], out["default_pool"]] == [invalid] * 2, "only pools made shareable export"
+    assert out["fabric"] == C["CUDA_ERROR_NOT_SUPPORTED"] and out["untouched"] == -7
+    assert out["plain_pointer"] == out["no_pool_pointer"] == invalid
+    assert out["child"] == [0, invalid, invalid, True], "an imported pool allocates nothing; same address"
+    assert out["child_reads"] and out["parent_sees_child_write"], "the same bytes both ways"
+    assert out["child_reads_after_free"] == "feedfeed"
+    assert out["child_free"] == {"free": 0, "again": invalid, "destroy": 0}
+    assert out["child_exit"] == 0

@@ -1,9 +1,10 @@
-/* Shareable handles of physical allocations (cuMemExportToShareableHandle,
- * cuMemImportFromShareableHandle) and the v1 name of cuMemHostGetDevicePointer.
+/* Shareable handles of physical allocations and memory pools (cuMemExportToShareableHandle,
+ * cuMemImportFromShareableHandle, cuMemPoolExportToShareableHandle,
+ * cuMemPoolImportFromShareableHandle), cuPointerSetAttribute and the v1 name of cuMemHostGetDevicePointer.
  *
  * A POSIX file descriptor handle is a real descriptor the application may pass to another
  * process (SCM_RIGHTS over a Unix socket, fork, pidfd_getfd): a sealed memfd holding the 64-byte
- * token vgpud issued for the allocation. Importing reads the token back and vgpud answers only a
+ * token vgpud issued for the allocation or pool. Importing reads the token back and vgpud answers only a
  * token it made (src/vgpu/server/cuda_sharing.py). Fabric handles are refused with
  * CUDA_ERROR_NOT_SUPPORTED, as on GPUs without a fabric (CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED
  * reads 0); Windows handle types do not exist on Linux. */
@@ -19,7 +20,8 @@
 
 #include "cuda_shim.h"
 
-extern const vgpu_function vgpu_cuda_fn_cuMemExportToShareableHandle, vgpu_cuda_fn_cuMemImportFromShareableHandle;
+extern const vgpu_function vgpu_cuda_fn_cuMemExportToShareableHandle, vgpu_cuda_fn_cuMemImportFromShareableHandle,
+    vgpu_cuda_fn_cuMemPoolExportToShareableHandle, vgpu_cuda_fn_cuMemPoolImportFromShareableHandle;
 
 /* The code for a handle type other than a POSIX descriptor: fabric and Windows handles are types
  * this driver cannot make, anything else is no type at all. */
@@ -32,25 +34,38 @@ static CUresult other_handle_type(CUmemAllocationHandleType type) {
     }
 }
 
+/* A sealed memfd holding a token vgpud made: the descriptor an export hands out. */
+static CUresult descriptor_of(const CUmemFabricHandle *token, int *out) {
+    int fd = memfd_create("vgpu-shareable-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (pwrite(fd, token->data, sizeof token->data, 0) != (ssize_t)sizeof token->data ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *out = fd;
+    return CUDA_SUCCESS;
+}
+
+/* The token a descriptor (travelling in a pointer's value) holds: only a regular file can hold
+ * one, and reading it never blocks. 0 on success. */
+static int token_of(void *os_handle, CUmemFabricHandle *token) {
+    int fd = (int)(intptr_t)os_handle;
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                   pread(fd, token->data, sizeof token->data, 0) == (ssize_t)sizeof token->data
+               ? 0 : -1;
+}
+
 VGPU_EXPORT CUresult cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle,
                                                   CUmemAllocationHandleType handleType, unsigned long long flags) {
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
     if (!shareableHandle || flags) return CUDA_ERROR_INVALID_VALUE;
     if (handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return other_handle_type(handleType);
-    CUmemFabricHandle token, *where = &token;
-    memset(&token, 0, sizeof token);
+    CUmemFabricHandle token = {{0}}, *where = &token;
     void *const args[] = {(void *)&where, (void *)&handle, (void *)&handleType, (void *)&flags};
     CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemExportToShareableHandle, args);
-    if (rc != CUDA_SUCCESS) return rc;
-    int fd = memfd_create("vgpu-shareable-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
-    if (pwrite(fd, token.data, sizeof token.data, 0) != (ssize_t)sizeof token.data ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-        close(fd);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    *(int *)shareableHandle = fd;
-    return CUDA_SUCCESS;
+    return rc == CUDA_SUCCESS ? descriptor_of(&token, (int *)shareableHandle) : rc;
 }
 
 VGPU_EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
@@ -58,16 +73,32 @@ VGPU_EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
     if (!handle) return CUDA_ERROR_INVALID_VALUE;
     if (shHandleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return other_handle_type(shHandleType);
-    /* the descriptor travels in the pointer's value; only a regular file can hold a token, and
-     * reading one never blocks */
-    int fd = (int)(intptr_t)osHandle;
-    struct stat st;
     CUmemFabricHandle token, *where = &token;
-    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-        pread(fd, token.data, sizeof token.data, 0) != (ssize_t)sizeof token.data)
-        return CUDA_ERROR_INVALID_VALUE;
+    if (token_of(osHandle, &token) != 0) return CUDA_ERROR_INVALID_VALUE;
     void *const args[] = {(void *)&handle, (void *)&where, (void *)&shHandleType};
     return (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemImportFromShareableHandle, args);
+}
+
+VGPU_EXPORT CUresult cuMemPoolExportToShareableHandle(void *handle_out, CUmemoryPool pool,
+                                                      CUmemAllocationHandleType handleType, unsigned long long flags) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!handle_out || flags) return CUDA_ERROR_INVALID_VALUE;
+    if (handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return other_handle_type(handleType);
+    CUmemFabricHandle token = {{0}}, *where = &token;
+    void *const args[] = {(void *)&where, (void *)&pool, (void *)&handleType, (void *)&flags};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemPoolExportToShareableHandle, args);
+    return rc == CUDA_SUCCESS ? descriptor_of(&token, (int *)handle_out) : rc;
+}
+
+VGPU_EXPORT CUresult cuMemPoolImportFromShareableHandle(CUmemoryPool *pool_out, void *handle,
+                                                        CUmemAllocationHandleType handleType, unsigned long long flags) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!pool_out || flags) return CUDA_ERROR_INVALID_VALUE;
+    if (handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return other_handle_type(handleType);
+    CUmemFabricHandle token, *where = &token;
+    if (token_of(handle, &token) != 0) return CUDA_ERROR_INVALID_VALUE;
+    void *const args[] = {(void *)&pool_out, (void *)&where, (void *)&handleType, (void *)&flags};
+    return (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemPoolImportFromShareableHandle, args);
 }
 
 /* The v1 name: the device address of page-locked host memory, which must fit 32 bits (else

@@ -136,6 +136,9 @@ class MemoryPool:
     created: bool = False
     allocations: dict[int, int] = field(default_factory=dict)
     access: dict[int, int] = field(default_factory=dict)
+    #: CUmemAllocationHandleType bits it was created with; the pool it was imported from (cuda_sharing.py)
+    handle_types: int = 0
+    imported_from: Any = None
 
 
 class CudaApi:
@@ -510,6 +513,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         if gpu is None:
             managed = self._free_managed(c, dptr)
             return managed if managed is not None else INVALID_VALUE
+        if self._free_imported_pointer(c, gpu, dptr):
+            return SUCCESS
         try:
             allocation = gpu.memory.free(c.session.id, dptr)
         except InvalidAddress:

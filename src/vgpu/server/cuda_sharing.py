@@ -12,6 +12,12 @@ cuMemMap shows the same bytes in both processes.
 vgpud cannot see when the application closes the descriptor, so an export keeps the memory while
 the exporting process lives (a real driver keeps it while a descriptor is open); imported handles
 keep it after that, until released.
+
+Memory pools made with a POSIX descriptor handle type export the same way
+(cuMemPoolExportToShareableHandle); the importing process gets a pool of its own standing for
+the exporter's, which makes no allocations, and imports the exporter's allocations from it with
+the 64 bytes cuMemPoolExportPointer gives: the same address, reaching the same bytes, until the
+importer frees it (the exporter's free leaves the memory to the importer until then).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ NOT_SUPPORTED = C["CUDA_ERROR_NOT_SUPPORTED"]
 POSIX_FD = C["CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR"]
 #: the token a shareable descriptor holds: tag, GPU index, secret (zeros to 64 bytes)
 TOKEN = struct.Struct("<4sI32s")
-VMM_TAG = b"vgSH"
+VMM_TAG, POOL_TAG, POOL_POINTER_TAG = b"vgSH", b"vgSP", b"vgPP"
 TOKEN_SIZE = C["CU_IPC_HANDLE_SIZE"]
 
 
@@ -48,6 +54,12 @@ class SharedMemory:
     def _init_sharing(self) -> None:
         #: secret -> (the exporter's handle, its tenant)
         self.shareable: dict[bytes, tuple[PhysicalAllocation, str | None]] = {}
+        #: secret -> (an exported pool, its tenant)
+        self.shared_pools: dict[bytes, tuple[Any, str | None]] = {}
+        #: secret -> (the pool, the allocation's address) of an exported pool allocation
+        self.pool_pointers: dict[bytes, tuple[Any, int]] = {}
+        #: (process, GPU index, address) -> how many times the process imported that allocation
+        self.imported_pointers: dict[tuple[int, int, int], int] = {}
         #: (process, GPU index, allocation address) of allocations whose memory operations synchronise
         self.sync_memops: set[tuple[int, int, int]] = set()
 
@@ -55,6 +67,12 @@ class SharedMemory:
         for secret in [s for s, (p, _) in self.shareable.items() if p.owner == session.id]:
             del self.shareable[secret]
         self.sync_memops = {key for key in self.sync_memops if key[0] != session.id}
+        for secret in [s for s, (pool, _) in self.shared_pools.items() if pool.owner == session.id]:
+            del self.shared_pools[secret]
+        for secret in [s for s, (pool, _) in self.pool_pointers.items() if pool.owner == session.id]:
+            del self.pool_pointers[secret]
+        for key in [k for k in self.imported_pointers if k[0] == session.id]:
+            del self.imported_pointers[key]  # the GPU's memory drops the process's grants
 
     def cuMemExportToShareableHandle(self, c: Caller, shareableHandle: Any, handle: int, handleType: int,
                                      flags: int) -> int:
@@ -69,24 +87,17 @@ class SharedMemory:
             secret = secrets.token_bytes(32)
             self.shareable[secret] = (physical, _tenant(c.session))
         physical.exported = True
-        token = TOKEN.pack(VMM_TAG, physical.gpu.index, secret).ljust(TOKEN_SIZE, b"\0")
-        ctypes.memmove(ctypes.addressof(shareableHandle), token, TOKEN_SIZE)
+        _fill(shareableHandle, TOKEN.pack(VMM_TAG, physical.gpu.index, secret))
         return SUCCESS
 
     def cuMemImportFromShareableHandle(self, c: Caller, handle: Any, osHandle: Any, shHandleType: int) -> int:
         """A handle of this process to the memory a token names."""
         if osHandle is None or shHandleType != POSIX_FD:
             return INVALID_VALUE
-        given = ctypes.string_at(ctypes.addressof(osHandle), TOKEN_SIZE)
-        tag, gpu_index, secret = TOKEN.unpack_from(given)
-        found = self.shareable.get(secret) if tag == VMM_TAG else None
-        if found is None:
+        found = _named(self.shareable, VMM_TAG, osHandle, c.session)
+        if found is None or found[0].handle not in self.physical:
             return INVALID_VALUE
-        source, tenant = found
-        expected = TOKEN.pack(VMM_TAG, source.gpu.index, secret).ljust(TOKEN_SIZE, b"\0")
-        if not hmac.compare_digest(given, expected) or tenant != _tenant(c.session) or \
-                source.handle not in self.physical:
-            return INVALID_VALUE
+        source = found[0]
         if source.gpu.index not in self._visible(c):
             return NOT_SUPPORTED  # the memory of a GPU this process does not see
         if c.session.id != source.creator:
@@ -110,3 +121,106 @@ class SharedMemory:
         else:
             self.sync_memops.discard(key)
         return SUCCESS
+
+    # memory pools shared between processes ----------------------------------------------------
+    def cuMemPoolExportToShareableHandle(self, c: Caller, handle_out: Any, pool: Any, handleType: int,
+                                         flags: int) -> int:
+        """The token for the shim's descriptor, for a pool created with that handle type."""
+        if handle_out is None or flags or handleType != POSIX_FD or not pool.handle_types & POSIX_FD or \
+                pool.imported_from is not None:
+            return INVALID_VALUE
+        secret = next((s for s, (p, _) in self.shared_pools.items() if p is pool), None)
+        if secret is None:
+            secret = secrets.token_bytes(32)
+            self.shared_pools[secret] = (pool, _tenant(c.session))
+        _fill(handle_out, TOKEN.pack(POOL_TAG, pool.gpu.index, secret))
+        return SUCCESS
+
+    def cuMemPoolImportFromShareableHandle(self, c: Caller, pool_out: Any, handle: Any, handleType: int,
+                                           flags: int) -> int:
+        """A pool of the calling process standing for the exporter's."""
+        from vgpu.server.cuda_service import MemoryPool  # the service module imports this one
+
+        if handle is None or flags or handleType != POSIX_FD:
+            return INVALID_VALUE
+        found = _named(self.shared_pools, POOL_TAG, handle, c.session)
+        if found is None:
+            return INVALID_VALUE
+        source = found[0]
+        if source.gpu.index not in self._visible(c):
+            return NOT_SUPPORTED
+        imported = MemoryPool(next(self._ids), c.session.id, source.gpu, created=True,
+                              handle_types=source.handle_types, imported_from=source)
+        self.pool_ids[imported.id] = imported
+        pool_out.value = imported
+        return SUCCESS
+
+    def cuMemPoolExportPointer(self, c: Caller, shareData_out: Any, ptr: int) -> int:
+        """Export data for an allocation of one of the caller's shareable pools."""
+        gpu, allocation = self._allocation_at(c, ptr)
+        if shareData_out is None or allocation is None or allocation.owner != c.session.id:
+            return INVALID_VALUE
+        pool = next((p for p in self.pool_ids.values() if p.owner == c.session.id and
+                     allocation.address in p.allocations), None)
+        if pool is None or not pool.handle_types:
+            return INVALID_VALUE  # not from a pool made shareable
+        secret = next((s for s, (p, a) in self.pool_pointers.items() if p is pool and a == allocation.address), None)
+        if secret is None:
+            secret = secrets.token_bytes(32)
+            self.pool_pointers[secret] = (pool, allocation.address)
+        _fill(shareData_out, TOKEN.pack(POOL_POINTER_TAG, gpu.index, secret))
+        return SUCCESS
+
+    def cuMemPoolImportPointer(self, c: Caller, ptr_out: Any, pool: Any, shareData: Any) -> int:
+        """The exporter's address, reachable by this process until it frees it."""
+        if shareData is None or pool.imported_from is None:
+            return INVALID_VALUE
+        given = ctypes.string_at(ctypes.addressof(shareData), TOKEN_SIZE)
+        tag, _, secret = TOKEN.unpack_from(given)
+        found = self.pool_pointers.get(secret) if tag == POOL_POINTER_TAG else None
+        if found is None or found[0] is not pool.imported_from or \
+                not hmac.compare_digest(given, _token(POOL_POINTER_TAG, found[0].gpu.index, secret)):
+            return INVALID_VALUE
+        source, address = found
+        allocation = source.gpu.memory.allocation_at(address)
+        if allocation is None or allocation.owner != source.owner or address not in source.allocations:
+            return INVALID_VALUE  # freed by its process since
+        key = (c.session.id, source.gpu.index, address)
+        if not self.imported_pointers.get(key) and c.session.id != source.owner:
+            source.gpu.memory.grant(address, c.session.id)
+        self.imported_pointers[key] = self.imported_pointers.get(key, 0) + 1
+        ptr_out.value = address
+        return SUCCESS
+
+    def _free_imported_pointer(self, c: Caller, gpu: Any, address: int) -> bool:
+        """cuMemFree of an imported pool allocation: one import fewer (whether it was one)."""
+        key = (c.session.id, gpu.index, address)
+        opens = self.imported_pointers.pop(key, 0)
+        if not opens:
+            return False
+        if opens > 1:
+            self.imported_pointers[key] = opens - 1
+        else:
+            allocation = gpu.memory.allocation_at(address)
+            if allocation is None or allocation.owner != c.session.id:
+                gpu.memory.revoke(address, c.session.id)
+        return True
+
+
+def _token(tag: bytes, gpu_index: int, secret: bytes) -> bytes:
+    return TOKEN.pack(tag, gpu_index, secret).ljust(TOKEN_SIZE, b"\0")
+
+
+def _fill(out: Any, token: bytes) -> None:
+    ctypes.memmove(ctypes.addressof(out), token.ljust(TOKEN_SIZE, b"\0"), TOKEN_SIZE)
+
+
+def _named(table: dict[bytes, tuple[Any, str | None]], tag: bytes, handle: Any, session: Session) -> Any:
+    """The entry a token names, if vgpud made the token whole and it is the caller's tenant's."""
+    given = ctypes.string_at(ctypes.addressof(handle), TOKEN_SIZE)
+    given_tag, _, secret = TOKEN.unpack_from(given)
+    found = table.get(secret) if given_tag == tag else None
+    if found is None or found[1] != _tenant(session) or \
+            not hmac.compare_digest(given, _token(tag, found[0].gpu.index, secret)):
+        return None
+    return found
