@@ -373,3 +373,73 @@ def test_pool_allocations_shared_between_processes(vgpud):
     assert out["child_reads_after_free"] == "feedfeed"
     assert out["child_free"] == {"free": 0, "again": invalid, "destroy": 0}
     assert out["child_exit"] == 0
+
+
+EXTERNAL = PRELUDE + """
+out = {}
+handle = ok(cu.cuMemCreate(2 * SIZE, prop(POSIX_FD), 0))
+size = 2 * SIZE
+va = ok(cu.cuMemAddressReserve(size, 0, 0, 0))
+ok(cu.cuMemMap(va, size, 0, handle, 0))
+access = cu.CUmemAccessDesc()
+access.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+access.location.id = 0
+access.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+ok(cu.cuMemSetAccess(va, size, [access], 1))
+va = int(va)
+data = bytes(random.Random(5).getrandbits(8) for _ in range(1 << 16)) * (size >> 16)
+ok(cu.cuMemcpyHtoD(va, data, size))
+fd = ctypes.c_int(-1)
+ok(export(ctypes.addressof(fd), int(handle), POSIX_FD, 0))
+def desc(fd, kind=cu.CUexternalMemoryHandleType.CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD, flags=0, n=size):
+    d = cu.CUDA_EXTERNAL_MEMORY_HANDLE_DESC()
+    d.type = kind
+    d.handle.fd = fd
+    d.size = n
+    d.flags = flags
+    return d
+def buffer(offset, n, flags=0):
+    b = cu.CUDA_EXTERNAL_MEMORY_BUFFER_DESC()
+    b.offset, b.size, b.flags = offset, n, flags
+    return b
+forged_fd = os.memfd_create("forged"); os.write(forged_fd, b"\\0" * 64)
+out["forged"] = code(cu.cuImportExternalMemory(desc(forged_fd)))
+out["forged_fd_kept"] = os.fstat(forged_fd).st_size == 64
+out["win32"] = code(cu.cuImportExternalMemory(desc(0, cu.CUexternalMemoryHandleType.CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_WIN32)))
+out["bad_flags"] = code(cu.cuImportExternalMemory(desc(os.dup(fd.value), flags=2)))
+out["zero_size"] = code(cu.cuImportExternalMemory(desc(os.dup(fd.value), n=0)))
+given = os.dup(fd.value)
+ext = ok(cu.cuImportExternalMemory(desc(given, flags=1)))
+try:
+    os.fstat(given); out["fd_taken"] = False
+except OSError:
+    out["fd_taken"] = True
+ptr = int(ok(cu.cuExternalMemoryGetMappedBuffer(ext, buffer(3 << 20, 8192))))
+out["buffer_reads"] = read(ptr, 8192) == data[3 << 20:(3 << 20) + 8192]
+ok(cu.cuMemcpyHtoD(ptr + 10, b"through the buffer", 18))
+out["original_sees"] = read(va + (3 << 20) + 10, 18) == b"through the buffer"
+out["past_end"] = code(cu.cuExternalMemoryGetMappedBuffer(ext, buffer(size - 4096, 8192)))
+out["buffer_flags"] = code(cu.cuExternalMemoryGetMappedBuffer(ext, buffer(0, 4096, 1)))
+whole = int(ok(cu.cuExternalMemoryGetMappedBuffer(ext, buffer(0, size))))
+out["destroy"] = code(cu.cuDestroyExternalMemory(ext))
+out["buffer_after_destroy"] = read(whole + (3 << 20) + 10, 18) == b"through the buffer"
+out["frees"] = [code(cu.cuMemFree(ptr)), code(cu.cuMemFree(whole)), code(cu.cuMemFree(ptr))]
+not_external = (ctypes.c_uint64 * 8)()
+out["bogus_handle"] = code(cu.cuDestroyExternalMemory(cu.CUexternalMemory(ctypes.addressof(not_external))))
+print(json.dumps(out))
+"""
+
+
+def test_external_memory_over_an_exported_descriptor(vgpud):
+    served_by_simulator(vgpud)
+    out = run_json(EXTERNAL, vgpud.env)
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["forged"] == invalid and out["forged_fd_kept"], "a refused descriptor stays the caller's"
+    assert out["win32"] == C["CUDA_ERROR_NOT_SUPPORTED"]
+    assert out["bad_flags"] == out["zero_size"] == invalid
+    assert out["fd_taken"], "cuda.h: the driver owns the descriptor once imported"
+    assert out["buffer_reads"] and out["original_sees"], "the buffer is the exported memory at its offset"
+    assert out["past_end"] == out["buffer_flags"] == invalid
+    assert out["destroy"] == 0 and out["buffer_after_destroy"], "buffers outlive the object until freed"
+    assert out["frees"] == [0, 0, invalid]
+    assert out["bogus_handle"] == C["CUDA_ERROR_INVALID_HANDLE"]

@@ -77,3 +77,6 @@ CUresult vgpu_cuda_array_region(CUarray array, size_t x_bytes, size_t y, size_t 
 /* Bytes per element of an array format with its channels: 0 for an invalid pair, SIZE_MAX for a
  * valid format arrays here do not lay out (native/cuda/arrays.c). */
 size_t vgpu_cuda_element_bytes(CUarray_format format, unsigned channels);
+/* cuMemFree of a buffer cuExternalMemoryGetMappedBuffer made: unmapped and its range freed
+ * (whether dptr was one). native/cuda/sharing.c */
+int vgpu_cuda_external_buffer_free(CUdeviceptr dptr);

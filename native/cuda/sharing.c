@@ -12,6 +12,8 @@
 #define __CUDA_API_VERSION_INTERNAL
 #include <cuda.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -123,4 +125,126 @@ VGPU_EXPORT CUresult cuPointerSetAttribute(const void *value, CUpointer_attribut
     memcpy(&flag, value, sizeof flag);
     void *const args[] = {(void *)&where, (void *)&attribute, (void *)&ptr};
     return (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuPointerSetAttribute, args);
+}
+
+/* ---- external memory: a descriptor from cuMemExportToShareableHandle (or any exporter of the
+ * same tokens) imported as CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD; its buffers are mappings
+ * of the imported physical allocation at addresses of their own. ---- */
+
+#define EXTERNAL_MEMORY_MAGIC 0x6578746du /* "extm" */
+#define GRANULARITY (2u << 20)            /* the simulated GPUs' allocation granularity */
+
+typedef struct external_memory {
+    uint32_t magic;
+    CUmemGenericAllocationHandle physical;
+    unsigned long long size;
+    CUdevice device;
+} external_memory;
+
+typedef struct mapped_buffer {
+    CUdeviceptr pointer, base;
+    size_t size;
+    struct mapped_buffer *next;
+} mapped_buffer;
+
+static mapped_buffer *mapped_buffers;
+static pthread_mutex_t external_lock = PTHREAD_MUTEX_INITIALIZER;
+
+VGPU_EXPORT CUresult cuImportExternalMemory(CUexternalMemory *extMem_out, const CUDA_EXTERNAL_MEMORY_HANDLE_DESC *desc) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!extMem_out || !desc || !desc->size || (desc->flags & ~CUDA_EXTERNAL_MEMORY_DEDICATED))
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (desc->type) {
+    case CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD: break;
+    case CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_WIN32: case CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_WIN32_KMT:
+    case CU_EXTERNAL_MEMORY_HANDLE_TYPE_D3D12_HEAP: case CU_EXTERNAL_MEMORY_HANDLE_TYPE_D3D12_RESOURCE:
+    case CU_EXTERNAL_MEMORY_HANDLE_TYPE_D3D11_RESOURCE: case CU_EXTERNAL_MEMORY_HANDLE_TYPE_D3D11_RESOURCE_KMT:
+    case CU_EXTERNAL_MEMORY_HANDLE_TYPE_NVSCIBUF:
+        return CUDA_ERROR_NOT_SUPPORTED; /* Windows and Tegra objects */
+    default:
+        return CUDA_ERROR_INVALID_VALUE; /* a dma-buf of another device names no memory of vgpud's */
+    }
+    CUdevice device;
+    CUresult rc = cuCtxGetDevice(&device);
+    if (rc != CUDA_SUCCESS) return rc;
+    external_memory *made = calloc(1, sizeof *made);
+    if (!made) return CUDA_ERROR_OUT_OF_MEMORY;
+    rc = cuMemImportFromShareableHandle(&made->physical, (void *)(intptr_t)desc->handle.fd,
+                                        CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (rc != CUDA_SUCCESS) {
+        free(made);
+        return rc;
+    }
+    close(desc->handle.fd); /* cuda.h: the driver owns the descriptor once the import succeeded */
+    made->magic = EXTERNAL_MEMORY_MAGIC;
+    made->size = desc->size;
+    made->device = device;
+    *extMem_out = (CUexternalMemory)made;
+    return CUDA_SUCCESS;
+}
+
+static external_memory *external_of(CUexternalMemory handle) {
+    external_memory *found = (external_memory *)handle;
+    return found && found->magic == EXTERNAL_MEMORY_MAGIC ? found : NULL;
+}
+
+VGPU_EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *devPtr, CUexternalMemory extMem,
+                                                     const CUDA_EXTERNAL_MEMORY_BUFFER_DESC *bufferDesc) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    external_memory *memory = external_of(extMem);
+    if (!memory) return CUDA_ERROR_INVALID_HANDLE;
+    if (!devPtr || !bufferDesc || bufferDesc->flags || !bufferDesc->size || bufferDesc->offset > memory->size ||
+        bufferDesc->size > memory->size - bufferDesc->offset)
+        return CUDA_ERROR_INVALID_VALUE;
+    /* the whole object is mapped (a size past its allocation's fails to map), the buffer lies within */
+    size_t span = (memory->size + GRANULARITY - 1) / GRANULARITY * GRANULARITY;
+    mapped_buffer *buffer = calloc(1, sizeof *buffer);
+    if (!buffer) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUdeviceptr base = 0;
+    CUresult rc = cuMemAddressReserve(&base, span, 0, 0, 0);
+    if (rc != CUDA_SUCCESS) {
+        free(buffer);
+        return rc;
+    }
+    CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, memory->device}, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    rc = cuMemMap(base, span, 0, memory->physical, 0);
+    if (rc == CUDA_SUCCESS && (rc = cuMemSetAccess(base, span, &access, 1)) != CUDA_SUCCESS) cuMemUnmap(base, span);
+    if (rc != CUDA_SUCCESS) {
+        cuMemAddressFree(base, span);
+        free(buffer);
+        return rc;
+    }
+    *buffer = (mapped_buffer){base + bufferDesc->offset, base, span, NULL};
+    pthread_mutex_lock(&external_lock);
+    buffer->next = mapped_buffers;
+    mapped_buffers = buffer;
+    pthread_mutex_unlock(&external_lock);
+    *devPtr = buffer->pointer;
+    return CUDA_SUCCESS;
+}
+
+int vgpu_cuda_external_buffer_free(CUdeviceptr dptr) {
+    if (!dptr) return 0;
+    pthread_mutex_lock(&external_lock);
+    mapped_buffer **link = &mapped_buffers;
+    while (*link && (*link)->pointer != dptr) link = &(*link)->next;
+    mapped_buffer *found = *link;
+    if (found) *link = found->next;
+    pthread_mutex_unlock(&external_lock);
+    if (!found) return 0;
+    cuMemUnmap(found->base, found->size);
+    cuMemAddressFree(found->base, found->size);
+    free(found);
+    return 1;
+}
+
+/* The object goes; buffers mapped from it stay until freed (cuda.h), their mappings holding the memory. */
+VGPU_EXPORT CUresult cuDestroyExternalMemory(CUexternalMemory extMem) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    external_memory *memory = external_of(extMem);
+    if (!memory) return CUDA_ERROR_INVALID_HANDLE;
+    memory->magic = 0;
+    CUresult rc = cuMemRelease(memory->physical);
+    free(memory);
+    return rc;
 }
