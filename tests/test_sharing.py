@@ -443,3 +443,82 @@ def test_external_memory_over_an_exported_descriptor(vgpud):
     assert out["destroy"] == 0 and out["buffer_after_destroy"], "buffers outlive the object until freed"
     assert out["frees"] == [0, 0, invalid]
     assert out["bogus_handle"] == C["CUDA_ERROR_INVALID_HANDLE"]
+
+
+SEMAPHORES = PRELUDE + """
+out = {}
+T = cu.CUexternalSemaphoreHandleType
+def semaphore(fd, kind=T.CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD, flags=0):
+    d = cu.CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC()
+    d.type = kind
+    d.handle.fd = fd
+    d.flags = flags
+    return cu.cuImportExternalSemaphore(d)
+def signal(sem, stream, value=0):
+    p = cu.CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS()
+    p.params.fence.value = value
+    return code(cu.cuSignalExternalSemaphoresAsync([sem], [p], 1, stream))
+def wait(sem, stream, value=0):
+    p = cu.CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS()
+    p.params.fence.value = value
+    return code(cu.cuWaitExternalSemaphoresAsync([sem], [p], 1, stream))
+producer, consumer = ok(cu.cuStreamCreate(1)), ok(cu.cuStreamCreate(1))
+src, dst = ok(cu.cuMemAlloc(4096)), ok(cu.cuMemAlloc(4096))
+ok(cu.cuMemsetD8(dst, 0, 4096))
+# a binary semaphore: the consumer's copy waits for the producer's fill and signal
+fd = os.memfd_create("semaphore")
+other_fd = os.dup(fd)  # the same open file: the same semaphore
+binary = ok(semaphore(fd))
+try:
+    os.fstat(fd); out["fd_taken"] = False
+except OSError:
+    out["fd_taken"] = True
+same = ok(semaphore(other_fd))
+out["wait"] = wait(same, consumer)
+ok(cu.cuMemcpyDtoDAsync(dst, src, 4096, consumer))
+out["consumer_before_signal"] = code(cu.cuStreamQuery(consumer))
+ok(cu.cuMemsetD8Async(src, 0x3c, 4096, producer))
+out["signal"] = signal(binary, producer)
+out["consumer_after_signal"] = code(cu.cuStreamSynchronize(consumer))
+got = bytearray(4096); ok(cu.cuMemcpyDtoH(got, dst, 4096))
+out["copy_after_fill"] = bytes(got) == b"\\x3c" * 4096
+# the wait consumed the signal: a second wait holds again
+out["second_wait"] = wait(binary, consumer)
+out["held_again"] = code(cu.cuStreamQuery(consumer))
+signal(same, producer)
+out["released_again"] = code(cu.cuStreamSynchronize(consumer))
+# a timeline semaphore: waits for a value, released by a signal reaching it
+timeline = ok(semaphore(os.memfd_create("timeline"), T.CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD))
+wait(timeline, consumer, 5)
+ok(cu.cuMemsetD8Async(dst, 0x11, 4096, consumer))
+signal(timeline, producer, 3)
+out["timeline_below"] = code(cu.cuStreamQuery(consumer))
+signal(timeline, producer, 7)
+out["timeline_reached"] = code(cu.cuStreamSynchronize(consumer))
+ok(cu.cuMemcpyDtoH(got, dst, 4096))
+out["timeline_work_done"] = bytes(got) == b"\\x11" * 4096
+out["timeline_passed"] = [wait(timeline, consumer, 6), code(cu.cuStreamQuery(consumer))]
+# refusals
+out["win32"] = code(semaphore(0, T.CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_WIN32))
+out["flags"] = code(semaphore(os.memfd_create("x"), flags=1))
+out["closed_fd"] = code(semaphore(987))
+out["destroy"] = [code(cu.cuDestroyExternalSemaphore(binary)), code(cu.cuDestroyExternalSemaphore(same))]
+out["signal_destroyed"] = signal(binary, producer)
+print(json.dumps(out))
+"""
+
+
+def test_external_semaphores_order_work_across_streams(vgpud):
+    served_by_simulator(vgpud)
+    out = run_json(SEMAPHORES, vgpud.env)
+    not_ready, invalid = C["CUDA_ERROR_NOT_READY"], C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["fd_taken"], "cuda.h: the driver owns the descriptor once imported"
+    assert out["wait"] == 0 and out["consumer_before_signal"] == not_ready
+    assert out["signal"] == 0 and out["consumer_after_signal"] == 0
+    assert out["copy_after_fill"], "the copy behind the wait ran after the producer's fill"
+    assert out["second_wait"] == 0 and out["held_again"] == not_ready and out["released_again"] == 0
+    assert out["timeline_below"] == not_ready and out["timeline_reached"] == 0 and out["timeline_work_done"]
+    assert out["timeline_passed"] == [0, 0], "a value already reached holds nothing"
+    assert out["win32"] == C["CUDA_ERROR_NOT_SUPPORTED"]
+    assert out["flags"] == out["closed_fd"] == invalid
+    assert out["destroy"] == [0, 0] and out["signal_destroyed"] == C["CUDA_ERROR_INVALID_HANDLE"]

@@ -248,3 +248,41 @@ VGPU_EXPORT CUresult cuDestroyExternalMemory(CUexternalMemory extMem) {
     free(memory);
     return rc;
 }
+
+/* ---- external semaphores: vgpu has no Vulkan or other driver whose semaphore objects a
+ * descriptor could name, so a semaphore is named by the open file its descriptor refers to
+ * (device and inode, the same in every process the descriptor reaches); vgpud keeps its state
+ * (src/vgpu/server/cuda_sharing.py). ---- */
+
+extern const vgpu_function vgpu_cuda_fn_cuImportExternalSemaphore;
+
+VGPU_EXPORT CUresult cuImportExternalSemaphore(CUexternalSemaphore *extSem_out,
+                                               const CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC *semHandleDesc) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!extSem_out || !semHandleDesc || semHandleDesc->flags) return CUDA_ERROR_INVALID_VALUE;
+    switch (semHandleDesc->type) {
+    case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD: case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD: break;
+    case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_WIN32: case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_WIN32_KMT:
+    case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_D3D12_FENCE: case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_D3D11_FENCE:
+    case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_NVSCISYNC: case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_D3D11_KEYED_MUTEX:
+    case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_D3D11_KEYED_MUTEX_KMT:
+    case CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_WIN32:
+        return CUDA_ERROR_NOT_SUPPORTED; /* Windows and Tegra objects */
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    struct stat st;
+    if (fstat(semHandleDesc->handle.fd, &st) != 0) return CUDA_ERROR_INVALID_VALUE;
+    CUmemFabricHandle key = {{0}}, *where = &key;
+    uint32_t kind = (uint32_t)semHandleDesc->type, flags = semHandleDesc->flags;
+    uint64_t device = (uint64_t)st.st_dev, inode = (uint64_t)st.st_ino;
+    memcpy(key.data, "vgES", 4);
+    memcpy(key.data + 4, &kind, 4);
+    memcpy(key.data + 8, &flags, 4);
+    memcpy(key.data + 12, &device, 8);
+    memcpy(key.data + 20, &inode, 8);
+    void *const args[] = {(void *)&extSem_out, (void *)&where};
+    CUresult rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuImportExternalSemaphore, args);
+    if (rc == CUDA_SUCCESS) close(semHandleDesc->handle.fd); /* cuda.h: the driver owns it now */
+    return rc;
+}

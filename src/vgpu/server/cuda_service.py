@@ -23,7 +23,7 @@ from vgpu.server.cuda_hostmem import HostMemoryServing
 from vgpu.server.cuda_ipc import InterprocessSharing, OpenedEvent
 from vgpu.server.cuda_memops import StreamMemoryOperations
 from vgpu.server.cuda_pools import LegacyNames, MemoryPools
-from vgpu.server.cuda_sharing import SharedMemory
+from vgpu.server.cuda_sharing import ExternalSemaphore, SharedMemory
 from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -281,6 +281,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             found = table[handle_type].get(handle_id)
             owner = getattr(found, "owner", None)
             return found if found is not None and owner in (None, caller.session.id) else None
+        if handle_type == "CUexternalSemaphore":
+            found = self.external_semaphores.get(handle_id)
+            return found if found is not None and found.owner == caller.session.id else None
         if handle_type == "CUcontext" and (handle_id == 0 or handle_id & (PRIMARY_CONTEXT | CREATED_CONTEXT)):
             return handle_id  # a context of the shim's, or NULL for the current one
         return None
@@ -302,6 +305,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             return obj.id
         if isinstance(obj, FunctionRef):
             return obj.module.id << 16 | obj.index
+        if isinstance(obj, ExternalSemaphore):
+            return obj.id
         raise TypeError(f"no handle id for {obj!r}")
 
     @staticmethod

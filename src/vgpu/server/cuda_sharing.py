@@ -26,6 +26,7 @@ import ctypes
 import hmac
 import secrets
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 from vgpu.api.manifest import load
@@ -44,6 +45,34 @@ VMM_TAG, POOL_TAG, POOL_POINTER_TAG = b"vgSH", b"vgSP", b"vgPP"
 TOKEN_SIZE = C["CU_IPC_HANDLE_SIZE"]
 
 
+#: what the shim sends for a semaphore's descriptor: tag, handle type, flags, the open file's
+#: device and inode (the same in every process the descriptor reaches)
+SEMAPHORE_KEY = struct.Struct("<4sIIQQ")
+SEMAPHORE_TAG = b"vgES"
+BINARY = C["CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD"]
+TIMELINE = C["CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD"]
+#: the owner of semaphore words: vgpud itself (each importer is granted access)
+SEMAPHORE_OWNER = -2
+
+
+@dataclass
+class SemaphoreWord:
+    """A semaphore's state: an 8-byte device word (a timeline's value, or 1 while a binary one
+    is signalled), shared by every import of the same file."""
+
+    gpu: Any
+    address: int
+    kind: int
+    importers: set[int] = field(default_factory=set)
+
+
+@dataclass
+class ExternalSemaphore:
+    id: int
+    owner: int
+    word: SemaphoreWord
+
+
 def _tenant(session: Session) -> str | None:
     return session.tenant.name if session.tenant is not None else None
 
@@ -60,6 +89,9 @@ class SharedMemory:
         self.pool_pointers: dict[bytes, tuple[Any, int]] = {}
         #: (process, GPU index, address) -> how many times the process imported that allocation
         self.imported_pointers: dict[tuple[int, int, int], int] = {}
+        #: (tenant, handle type, device, inode) -> the semaphore imported from that file
+        self.semaphore_words: dict[tuple[str | None, int, int, int], SemaphoreWord] = {}
+        self.external_semaphores: dict[int, ExternalSemaphore] = {}
         #: (process, GPU index, allocation address) of allocations whose memory operations synchronise
         self.sync_memops: set[tuple[int, int, int]] = set()
 
@@ -73,6 +105,8 @@ class SharedMemory:
             del self.pool_pointers[secret]
         for key in [k for k in self.imported_pointers if k[0] == session.id]:
             del self.imported_pointers[key]  # the GPU's memory drops the process's grants
+        for semaphore in [e for e in self.external_semaphores.values() if e.owner == session.id]:
+            self._drop_semaphore(semaphore)
 
     def cuMemExportToShareableHandle(self, c: Caller, shareableHandle: Any, handle: int, handleType: int,
                                      flags: int) -> int:
@@ -205,6 +239,88 @@ class SharedMemory:
             if allocation is None or allocation.owner != c.session.id:
                 gpu.memory.revoke(address, c.session.id)
         return True
+
+
+    # external semaphores: signalled and waited for in stream order -------------------------------
+    def cuImportExternalSemaphore(self, c: Caller, extSem_out: Any, semHandleDesc: Any) -> int:
+        """The semaphore of the file the shim's descriptor names (the shim has checked its type)."""
+        tag, kind, flags, device, inode = SEMAPHORE_KEY.unpack_from(
+            ctypes.string_at(ctypes.addressof(semHandleDesc), SEMAPHORE_KEY.size))
+        if tag != SEMAPHORE_TAG or kind not in (BINARY, TIMELINE) or flags:
+            return INVALID_VALUE
+        gpu, rc = self._context_gpu(c)
+        if gpu is None:
+            return rc
+        key = (_tenant(c.session), kind, device, inode)
+        word = self.semaphore_words.get(key)
+        if word is None:
+            word = SemaphoreWord(gpu, gpu.memory.allocate(SEMAPHORE_OWNER, 8).address, kind)
+            self.semaphore_words[key] = word
+        if c.session.id not in word.importers:
+            word.gpu.memory.grant(word.address, c.session.id)
+            word.importers.add(c.session.id)
+        semaphore = ExternalSemaphore(next(self._ids), c.session.id, word)
+        self.external_semaphores[semaphore.id] = semaphore
+        extSem_out.value = semaphore
+        return SUCCESS
+
+    def _drop_semaphore(self, semaphore: ExternalSemaphore) -> None:
+        """One import fewer; the word goes with the last import of the last process."""
+        del self.external_semaphores[semaphore.id]
+        word = semaphore.word
+        if any(e.word is word and e.owner == semaphore.owner for e in self.external_semaphores.values()):
+            return
+        word.importers.discard(semaphore.owner)
+        word.gpu.memory.revoke(word.address, semaphore.owner)
+        if not word.importers:
+            word.gpu.memory.free(SEMAPHORE_OWNER, word.address)
+            for key in [k for k, w in self.semaphore_words.items() if w is word]:
+                del self.semaphore_words[key]
+
+    def cuDestroyExternalSemaphore(self, c: Caller, extSem: Any) -> int:
+        self._drop_semaphore(extSem)
+        return SUCCESS
+
+    def _semaphores(self, semaphores: Any, params: Any, count: int) -> list[tuple[ExternalSemaphore, Any]] | None:
+        found, given = list(semaphores or []), list(params or [])
+        if len(found) < count or len(given) < count or any(s is None for s in found[:count]):
+            return None
+        return list(zip(found[:count], given[:count]))
+
+    def cuSignalExternalSemaphoresAsync(self, c: Caller, extSemArray: Any, paramsArray: Any, numExtSems: int,
+                                        stream: Any) -> int:
+        """Each semaphore signalled when the stream's earlier work is done: a binary one set, a
+        timeline one given its new value."""
+        pairs = self._semaphores(extSemArray, paramsArray, numExtSems)
+        if pairs is None:
+            return C["CUDA_ERROR_INVALID_HANDLE"] if extSemArray is not None else INVALID_VALUE
+        for semaphore, params in pairs:
+            value = params.params.fence.value if semaphore.word.kind == TIMELINE else 1
+            rc = self._write_value(c, stream, semaphore.word.address, value, 8, 0)
+            if rc:
+                return rc
+        return SUCCESS
+
+    def cuWaitExternalSemaphoresAsync(self, c: Caller, extSemArray: Any, paramsArray: Any, numExtSems: int,
+                                      stream: Any) -> int:
+        """The stream's later work waits for each semaphore: a binary one to be signalled (the
+        wait consumes the signal), a timeline one to reach the value."""
+        pairs = self._semaphores(extSemArray, paramsArray, numExtSems)
+        if pairs is None:
+            return C["CUDA_ERROR_INVALID_HANDLE"] if extSemArray is not None else INVALID_VALUE
+        for semaphore, params in pairs:
+            address = semaphore.word.address
+            if semaphore.word.kind == TIMELINE:
+                rc = self._wait_value(c, stream, address, params.params.fence.value, 8, C["CU_STREAM_WAIT_VALUE_GEQ"])
+            else:
+                rc = self._wait_value(c, stream, address, 1, 8, C["CU_STREAM_WAIT_VALUE_EQ"]) or \
+                    self._write_value(c, stream, address, 0, 8, 0)
+            if rc:
+                return rc
+        return SUCCESS
+
+    cuSignalExternalSemaphoresAsync_ptsz = cuSignalExternalSemaphoresAsync
+    cuWaitExternalSemaphoresAsync_ptsz = cuWaitExternalSemaphoresAsync
 
 
 def _token(tag: bytes, gpu_index: int, secret: bytes) -> bytes:
