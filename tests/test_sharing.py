@@ -522,3 +522,56 @@ def test_external_semaphores_order_work_across_streams(vgpud):
     assert out["win32"] == C["CUDA_ERROR_NOT_SUPPORTED"]
     assert out["flags"] == out["closed_fd"] == invalid
     assert out["destroy"] == [0, 0] and out["signal_destroyed"] == C["CUDA_ERROR_INVALID_HANDLE"]
+
+
+MIPMAPPED = PRELUDE + """
+out = {}
+handle = ok(cu.cuMemCreate(SIZE, prop(POSIX_FD), 0))
+va = show(handle)
+fd = ctypes.c_int(-1)
+ok(export(ctypes.addressof(fd), int(handle), POSIX_FD, 0))
+d = cu.CUDA_EXTERNAL_MEMORY_HANDLE_DESC()
+d.type = cu.CUexternalMemoryHandleType.CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD
+d.handle.fd = fd.value
+d.size = SIZE
+ext = ok(cu.cuImportExternalMemory(d))
+def mipmapped(width, height, levels, offset=4096):
+    m = cu.CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC()
+    m.offset = offset
+    m.arrayDesc.Width, m.arrayDesc.Height, m.arrayDesc.Depth = width, height, 0
+    m.arrayDesc.Format = cu.CUarray_format.CU_AD_FORMAT_UNSIGNED_INT8
+    m.arrayDesc.NumChannels = 4
+    m.numLevels = levels
+    return cu.cuExternalMemoryGetMappedMipmappedArray(ext, m)
+mip = ok(mipmapped(64, 32, 3))
+level0 = ok(cu.cuMipmappedArrayGetLevel(mip, 0))
+level1 = ok(cu.cuMipmappedArrayGetLevel(mip, 1))
+desc1 = ok(cu.cuArray3DGetDescriptor(level1))
+out["level1_shape"] = [desc1.Width, desc1.Height]
+# level 0 lies at the offset: bytes written to the exported memory there read back from the array
+row = bytes(range(256))
+ok(cu.cuMemcpyHtoD(va + 4096, row * 32, 256 * 32))
+got = bytearray(256 * 32)
+ok(cu.cuMemcpyAtoH(got, level0, 0, len(got)))
+out["level0_is_the_memory"] = bytes(got) == row * 32
+# and writes into the array reach the exported memory
+ok(cu.cuMemcpyHtoA(level0, 0, b"\\x77" * 256, 256))
+out["array_write_seen"] = read(va + 4096, 256) == b"\\x77" * 256
+out["too_many_levels"] = code(mipmapped(64, 32, 8))
+out["too_large"] = code(mipmapped(1 << 14, 1 << 14, 1))
+out["offset_past_end"] = code(mipmapped(64, 32, 1, SIZE))
+out["destroy"] = code(cu.cuMipmappedArrayDestroy(mip))
+out["destroy_again"] = code(cu.cuDestroyExternalMemory(ext))
+out["memory_still_there"] = read(va + 4096, 4) == b"\\x77" * 4
+print(json.dumps(out))
+"""
+
+
+def test_external_memory_as_a_mipmapped_array(vgpud):
+    served_by_simulator(vgpud)
+    out = run_json(MIPMAPPED, vgpud.env)
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    assert out["level1_shape"] == [32, 16]
+    assert out["level0_is_the_memory"] and out["array_write_seen"], "the array's bytes are the external memory"
+    assert out["too_many_levels"] == out["too_large"] == out["offset_past_end"] == invalid
+    assert out["destroy"] == 0 and out["destroy_again"] == 0 and out["memory_still_there"]

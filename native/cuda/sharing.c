@@ -223,6 +223,23 @@ VGPU_EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *devPtr, CUexte
     return CUDA_SUCCESS;
 }
 
+/* cuda.h: the array's levels lie in the object from the offset on; destroyed with
+ * cuMipmappedArrayDestroy, which frees the mapping under them. */
+VGPU_EXPORT CUresult cuExternalMemoryGetMappedMipmappedArray(CUmipmappedArray *mipmap, CUexternalMemory extMem,
+                                                             const CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC *desc) {
+    if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
+    external_memory *memory = external_of(extMem);
+    if (!memory) return CUDA_ERROR_INVALID_HANDLE;
+    if (!mipmap || !desc || desc->offset >= memory->size) return CUDA_ERROR_INVALID_VALUE;
+    CUDA_EXTERNAL_MEMORY_BUFFER_DESC rest = {desc->offset, memory->size - desc->offset, 0, {0}};
+    CUdeviceptr storage;
+    CUresult rc = cuExternalMemoryGetMappedBuffer(&storage, extMem, &rest);
+    if (rc != CUDA_SUCCESS) return rc;
+    rc = vgpu_cuda_mipmap_over(mipmap, &desc->arrayDesc, desc->numLevels, storage, rest.size);
+    if (rc != CUDA_SUCCESS) vgpu_cuda_external_buffer_free(storage);
+    return rc;
+}
+
 int vgpu_cuda_external_buffer_free(CUdeviceptr dptr) {
     if (!dptr) return 0;
     pthread_mutex_lock(&external_lock);
