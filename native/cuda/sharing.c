@@ -131,14 +131,13 @@ VGPU_EXPORT CUresult cuPointerSetAttribute(const void *value, CUpointer_attribut
  * same tokens) imported as CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD; its buffers are mappings
  * of the imported physical allocation at addresses of their own. ---- */
 
-#define EXTERNAL_MEMORY_MAGIC 0x6578746du /* "extm" */
 #define GRANULARITY (2u << 20)            /* the simulated GPUs' allocation granularity */
 
 typedef struct external_memory {
-    uint32_t magic;
     CUmemGenericAllocationHandle physical;
     unsigned long long size;
     CUdevice device;
+    struct external_memory *next;
 } external_memory;
 
 typedef struct mapped_buffer {
@@ -148,6 +147,7 @@ typedef struct mapped_buffer {
 } mapped_buffer;
 
 static mapped_buffer *mapped_buffers;
+static external_memory *external_objects; /* looked up, never dereferenced unchecked */
 static pthread_mutex_t external_lock = PTHREAD_MUTEX_INITIALIZER;
 
 VGPU_EXPORT CUresult cuImportExternalMemory(CUexternalMemory *extMem_out, const CUDA_EXTERNAL_MEMORY_HANDLE_DESC *desc) {
@@ -176,22 +176,31 @@ VGPU_EXPORT CUresult cuImportExternalMemory(CUexternalMemory *extMem_out, const 
         return rc;
     }
     close(desc->handle.fd); /* cuda.h: the driver owns the descriptor once the import succeeded */
-    made->magic = EXTERNAL_MEMORY_MAGIC;
     made->size = desc->size;
     made->device = device;
+    pthread_mutex_lock(&external_lock);
+    made->next = external_objects;
+    external_objects = made;
+    pthread_mutex_unlock(&external_lock);
     *extMem_out = (CUexternalMemory)made;
     return CUDA_SUCCESS;
 }
 
-static external_memory *external_of(CUexternalMemory handle) {
-    external_memory *found = (external_memory *)handle;
-    return found && found->magic == EXTERNAL_MEMORY_MAGIC ? found : NULL;
+/* The object a handle names, taken out of the list when `take`; NULL for anything else. */
+static external_memory *find_external(CUexternalMemory handle, int take) {
+    pthread_mutex_lock(&external_lock);
+    external_memory **link = &external_objects;
+    while (*link && *link != (external_memory *)handle) link = &(*link)->next;
+    external_memory *found = *link;
+    if (found && take) *link = found->next;
+    pthread_mutex_unlock(&external_lock);
+    return found;
 }
 
 VGPU_EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *devPtr, CUexternalMemory extMem,
                                                      const CUDA_EXTERNAL_MEMORY_BUFFER_DESC *bufferDesc) {
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
-    external_memory *memory = external_of(extMem);
+    external_memory *memory = find_external(extMem, 0);
     if (!memory) return CUDA_ERROR_INVALID_HANDLE;
     if (!devPtr || !bufferDesc || bufferDesc->flags || !bufferDesc->size || bufferDesc->offset > memory->size ||
         bufferDesc->size > memory->size - bufferDesc->offset)
@@ -228,7 +237,7 @@ VGPU_EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *devPtr, CUexte
 VGPU_EXPORT CUresult cuExternalMemoryGetMappedMipmappedArray(CUmipmappedArray *mipmap, CUexternalMemory extMem,
                                                              const CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC *desc) {
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
-    external_memory *memory = external_of(extMem);
+    external_memory *memory = find_external(extMem, 0);
     if (!memory) return CUDA_ERROR_INVALID_HANDLE;
     if (!mipmap || !desc || desc->offset >= memory->size) return CUDA_ERROR_INVALID_VALUE;
     CUDA_EXTERNAL_MEMORY_BUFFER_DESC rest = {desc->offset, memory->size - desc->offset, 0, {0}};
@@ -258,9 +267,8 @@ int vgpu_cuda_external_buffer_free(CUdeviceptr dptr) {
 /* The object goes; buffers mapped from it stay until freed (cuda.h), their mappings holding the memory. */
 VGPU_EXPORT CUresult cuDestroyExternalMemory(CUexternalMemory extMem) {
     if (!vgpu_cuda_initialized()) return CUDA_ERROR_NOT_INITIALIZED;
-    external_memory *memory = external_of(extMem);
+    external_memory *memory = find_external(extMem, 1);
     if (!memory) return CUDA_ERROR_INVALID_HANDLE;
-    memory->magic = 0;
     CUresult rc = cuMemRelease(memory->physical);
     free(memory);
     return rc;
