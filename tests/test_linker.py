@@ -6,7 +6,6 @@ modules' real kernels; legacy launches recorded with their packed parameters."""
 
 from __future__ import annotations
 
-import json
 import struct
 import textwrap
 from pathlib import Path

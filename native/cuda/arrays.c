@@ -43,6 +43,7 @@ typedef struct vgpu_array {
 typedef struct vgpu_mipmap {
     uint32_t magic;
     CUDA_ARRAY3D_DESCRIPTOR desc;
+    CUdeviceptr external; /* the external memory buffer its levels lie in (0: levels own their bytes) */
     unsigned levels;
     vgpu_array *level[MAX_LEVELS];
     struct vgpu_mipmap *next;
@@ -347,10 +348,67 @@ static void free_mipmap(vgpu_mipmap *m) {
     m->magic = 0;
     pthread_mutex_unlock(&lock);
     for (unsigned i = 0; i < m->levels; i++) {
-        m->level[i]->owns_storage = 1;
+        m->level[i]->owns_storage = !m->external;
         free_array(m->level[i]);
     }
+    if (m->external) vgpu_cuda_external_buffer_free(m->external);
     free(m);
+}
+
+/* Whether a mipmapped array of that shape may have that many levels (cuda.h: at most
+ * 1 + log2 of its largest extent; NV12 has none). */
+static int valid_levels(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned count) {
+    int layered = (d->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
+    size_t largest = d->Width > d->Height ? d->Width : d->Height;
+    if (!layered && d->Depth > largest) largest = d->Depth;
+    unsigned most = 0;
+    while (largest >> most) most++;
+    return count && count <= most && count <= MAX_LEVELS && d->Format != CU_AD_FORMAT_NV12;
+}
+
+static CUDA_ARRAY3D_DESCRIPTOR level_shape(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned i) {
+    CUDA_ARRAY3D_DESCRIPTOR level = *d;
+    level.Width = level_size(d->Width, i);
+    level.Height = level_size(d->Height, i);
+    if (!(d->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP))) level.Depth = level_size(d->Depth, i);
+    return level;
+}
+
+static void publish_mipmap(vgpu_mipmap *m, CUmipmappedArray *out) {
+    pthread_mutex_lock(&lock);
+    m->magic = MIPMAP_MAGIC;
+    m->next = mipmaps;
+    mipmaps = m;
+    pthread_mutex_unlock(&lock);
+    *out = (CUmipmappedArray)m;
+}
+
+CUresult vgpu_cuda_mipmap_over(CUmipmappedArray *out, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels,
+                               CUdeviceptr storage, size_t capacity) {
+    size_t element = element_bytes(d->Format, d->NumChannels);
+    if (!element || !valid_levels(d, levels)) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = check_shape(d);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (d->Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING)) return CUDA_ERROR_NOT_SUPPORTED;
+    vgpu_mipmap *m = calloc(1, sizeof *m);
+    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
+    m->desc = *d;
+    size_t offset = 0;
+    for (unsigned i = 0; i < levels; i++) { /* levels one after another, each 512-byte aligned */
+        CUDA_ARRAY3D_DESCRIPTOR level = level_shape(d, i);
+        vgpu_array *a = new_array(&level, element, storage + offset, 0);
+        if (!a || (offset += (array_bytes(a) + 511) / 512 * 512) > capacity) {
+            if (a) free_array(a); /* levels own no bytes: the caller keeps the storage */
+            for (unsigned j = 0; j < m->levels; j++) free_array(m->level[j]);
+            free(m);
+            return a ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        a->from_mipmap = 1;
+        m->level[m->levels++] = a;
+    }
+    m->external = storage;
+    publish_mipmap(m, out);
+    return CUDA_SUCCESS;
 }
 
 VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pMipmappedArrayDesc,
@@ -359,21 +417,12 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUD
     CUresult rc = ready();
     if (rc != CUDA_SUCCESS) return rc;
     const CUDA_ARRAY3D_DESCRIPTOR *d = pMipmappedArrayDesc;
-    int layered = (d->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
-    size_t largest = d->Width > d->Height ? d->Width : d->Height;
-    if (!layered && d->Depth > largest) largest = d->Depth;
-    unsigned most = 0;
-    while (largest >> most) most++;
-    if (!numMipmapLevels || numMipmapLevels > most || numMipmapLevels > MAX_LEVELS || d->Format == CU_AD_FORMAT_NV12)
-        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_levels(d, numMipmapLevels)) return CUDA_ERROR_INVALID_VALUE;
     vgpu_mipmap *m = calloc(1, sizeof *m);
     if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
     m->desc = *d;
     for (unsigned i = 0; i < numMipmapLevels; i++) {
-        CUDA_ARRAY3D_DESCRIPTOR level = *d;
-        level.Width = level_size(d->Width, i);
-        level.Height = level_size(d->Height, i);
-        if (!layered) level.Depth = level_size(d->Depth, i);
+        CUDA_ARRAY3D_DESCRIPTOR level = level_shape(d, i);
         vgpu_array *a = NULL;
         if ((rc = create_array(&level, &a)) != CUDA_SUCCESS) {
             free_mipmap(m);
@@ -383,12 +432,7 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUD
         a->from_mipmap = 1;
         m->level[m->levels++] = a;
     }
-    pthread_mutex_lock(&lock);
-    m->magic = MIPMAP_MAGIC;
-    m->next = mipmaps;
-    mipmaps = m;
-    pthread_mutex_unlock(&lock);
-    *pHandle = (CUmipmappedArray)m;
+    publish_mipmap(m, pHandle);
     return CUDA_SUCCESS;
 }
 

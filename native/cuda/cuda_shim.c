@@ -648,6 +648,7 @@ VGPU_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsig
 
 /* Device and managed memory alike are freed by vgpud; a managed window is then unmapped here. */
 VGPU_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    if (vgpu_cuda_external_buffer_free(dptr)) return CUDA_SUCCESS; /* native/cuda/sharing.c */
     managed_range range;
     int managed = dptr && managed_take(dptr, &range);
     void *const args[] = {(void *)&dptr};

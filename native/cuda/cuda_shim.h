@@ -83,3 +83,10 @@ CUresult vgpu_cuda_array_region(CUarray array, size_t x_bytes, size_t y, size_t 
 /* Bytes per element of an array format with its channels: 0 for an invalid pair, SIZE_MAX for a
  * valid format arrays here do not lay out (native/cuda/arrays.c). */
 size_t vgpu_cuda_element_bytes(CUarray_format format, unsigned channels);
+/* cuMemFree of a buffer cuExternalMemoryGetMappedBuffer made: unmapped and its range freed
+ * (whether dptr was one). native/cuda/sharing.c */
+int vgpu_cuda_external_buffer_free(CUdeviceptr dptr);
+/* A mipmapped array whose levels lie one after another in an external memory buffer at storage
+ * (capacity bytes), which cuMipmappedArrayDestroy frees with it. native/cuda/arrays.c */
+CUresult vgpu_cuda_mipmap_over(CUmipmappedArray *out, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels,
+                               CUdeviceptr storage, size_t capacity);

@@ -57,7 +57,7 @@ class MemoryPools:
         gpu = self._gpu(c, props.location.id)
         if gpu is None:
             return INVALID_VALUE
-        created = MemoryPool(next(self._ids), c.session.id, gpu, created=True)
+        created = MemoryPool(next(self._ids), c.session.id, gpu, created=True, handle_types=props.handleTypes)
         created.settings[C["CU_MEMPOOL_ATTR_RELEASE_THRESHOLD"]] = 0
         self.pool_ids[created.id] = created
         pool.value = created
@@ -98,6 +98,8 @@ class MemoryPools:
         """Memory from ``pool``'s device, whatever the stream's: it exists at once."""
         if hStream is None:  # the default stream, with no current context
             return self._context_gpu(c)[1]
+        if pool.imported_from is not None:
+            return INVALID_VALUE  # cuda.h: an imported pool makes no allocations
         rc = self._allocate_on(c, pool.gpu, dptr, bytesize)
         if rc == SUCCESS:
             self._pool_allocated(pool, dptr.value, bytesize)
@@ -139,8 +141,8 @@ class MemoryPools:
         gpu, rc = self._device_call(c, dev)
         if gpu is None:
             return rc
-        if pool.gpu is not gpu:
-            return INVALID_VALUE  # a pool serves the device it was made for
+        if pool.gpu is not gpu or pool.imported_from is not None:
+            return INVALID_VALUE  # a pool serves the device it was made for; an imported one none
         key = (c.session.id, gpu.index)
         if pool.created:
             self.current_pools[key] = pool

@@ -1111,6 +1111,14 @@ class RealCudaService(CudaApi, LegacyNames):
         owned.ranges.remove(ptr)
         return rc(cu.cuMemAddressFree(ptr, size))
 
+    def cuPointerSetAttribute(self, c: Caller, value: Any, attribute: int, ptr: int) -> int:
+        """SYNC_MEMOPS on the process's own memory (the shim has checked the attribute)."""
+        if value is None or not self._mine(c).ranges.covers(ptr):
+            return INVALID_VALUE
+        self._enter(c)
+        # cuda-python takes the attribute's value itself (a bool for SYNC_MEMOPS), not its address
+        return rc(cu.cuPointerSetAttribute(bool(value.value), cu.CUpointer_attribute(attribute), ptr))
+
     def cuMemCreate(self, c: Caller, handle: Any, size: int, prop: Any, flags: int) -> int:
         converted = self._prop(c, prop)
         if converted is None:

@@ -24,6 +24,7 @@ from vgpu.server.cuda_hostmem import HostMemoryServing
 from vgpu.server.cuda_ipc import InterprocessSharing, OpenedEvent
 from vgpu.server.cuda_memops import StreamMemoryOperations
 from vgpu.server.cuda_pools import LegacyNames, MemoryPools
+from vgpu.server.cuda_sharing import ExternalSemaphore, SharedMemory
 from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, ModuleServing
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
@@ -136,6 +137,9 @@ class MemoryPool:
     created: bool = False
     allocations: dict[int, int] = field(default_factory=dict)
     access: dict[int, int] = field(default_factory=dict)
+    #: CUmemAllocationHandleType bits it was created with; the pool it was imported from (cuda_sharing.py)
+    handle_types: int = 0
+    imported_from: Any = None
 
 
 class CudaApi:
@@ -199,7 +203,7 @@ class CudaApi:
 
 class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServing, InterprocessSharing,
                   StreamMemoryOperations, MemoryPools, LegacyNames, ContextEvents,
-                  ManagedBatches):
+                  ManagedBatches, SharedMemory):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -224,6 +228,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._init_ipc()
         self._init_memops()
         self._init_pools()
+        self._init_sharing()
         state.on_detach.append(self._forget)
 
     def device_count(self, session: Session) -> int:
@@ -247,6 +252,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._forget_ipc(session)
         self._forget_memops(session)
         self._forget_pools(session)
+        self._forget_sharing(session)
 
     def _wait_until(self, c: Caller, moment: float) -> None:
         """The host waited for work that ends at ``moment``."""
@@ -277,6 +283,9 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             found = table[handle_type].get(handle_id)
             owner = getattr(found, "owner", None)
             return found if found is not None and owner in (None, caller.session.id) else None
+        if handle_type == "CUexternalSemaphore":
+            found = self.external_semaphores.get(handle_id)
+            return found if found is not None and found.owner == caller.session.id else None
         if handle_type == "CUcontext" and (handle_id == 0 or handle_id & (PRIMARY_CONTEXT | CREATED_CONTEXT)):
             return handle_id  # a context of the shim's, or NULL for the current one
         return None
@@ -298,6 +307,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             return obj.id
         if isinstance(obj, FunctionRef):
             return obj.module.id << 16 | obj.index
+        if isinstance(obj, ExternalSemaphore):
+            return obj.id
         raise TypeError(f"no handle id for {obj!r}")
 
     @staticmethod
@@ -512,6 +523,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         if gpu is None:
             managed = self._free_managed(c, dptr)
             return managed if managed is not None else INVALID_VALUE
+        if self._free_imported_pointer(c, gpu, dptr):
+            return SUCCESS
         try:
             allocation = gpu.memory.free(c.session.id, dptr)
         except InvalidAddress:
@@ -625,7 +638,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
              for name, value in API.enum("CUpointer_attribute_enum").items()}
         answers = {
             a["CONTEXT"]: PRIMARY_CONTEXT | ordinal, a["MEMORY_TYPE"]: C["CU_MEMORYTYPE_DEVICE"],
-            a["DEVICE_POINTER"]: ptr, a["SYNC_MEMOPS"]: 0, a["BUFFER_ID"]: allocation.address,
+            a["DEVICE_POINTER"]: ptr, a["SYNC_MEMOPS"]: int((c.session.id, gpu.index, allocation.address) in self.sync_memops), a["BUFFER_ID"]: allocation.address,
             a["IS_MANAGED"]: 0, a["DEVICE_ORDINAL"]: ordinal, a["IS_LEGACY_CUDA_IPC_CAPABLE"]: 1,
             a["RANGE_START_ADDR"]: allocation.address, a["RANGE_SIZE"]: allocation.size, a["MAPPED"]: 1,
             a["ALLOWED_HANDLE_TYPES"]: 0, a["IS_GPU_DIRECT_RDMA_CAPABLE"]: 0,

@@ -35,6 +35,12 @@ class PhysicalAllocation:
     #: references: the handle itself until cuMemRelease, and one per retain
     references: int = 1
     mappings: int = 0
+    #: CUmemAllocationHandleType bits requested at cuMemCreate (what it may be exported as)
+    handle_types: int = 0
+    #: the process whose memory this is: the owner, or the exporter of an imported handle
+    creator: int = -1
+    #: exported to a shareable handle: the memory stays while the exporting process lives
+    exported: bool = False
 
 
 class VirtualMemory:
@@ -44,8 +50,9 @@ class VirtualMemory:
         self.physical: dict[int, PhysicalAllocation] = {}
 
     def _forget_vmm(self, session: Session) -> None:
-        for handle in [h for h, p in self.physical.items() if p.owner == session.id]:
-            del self.physical[handle]  # the memory went with the session's allocations
+        for physical in [p for p in self.physical.values() if p.owner == session.id]:
+            physical.references, physical.mappings, physical.exported = 0, 0, False
+            self._free_when_unused(physical)  # memory imported by others stays until they let it go
         for gpu in self.state.gpus:
             gpu.memory.forget_virtual(session.id)
 
@@ -91,17 +98,25 @@ class VirtualMemory:
         except OutOfMemory:
             return C["CUDA_ERROR_OUT_OF_MEMORY"]
         backing = gpu.memory.allocate(c.session.id, size)
-        physical = PhysicalAllocation(next(self._ids), c.session.id, gpu, backing.address, size)
+        physical = PhysicalAllocation(next(self._ids), c.session.id, gpu, backing.address, size,
+                                      handle_types=prop.requestedHandleTypes, creator=c.session.id)
         self.physical[physical.handle] = physical
         handle.value = physical.handle
         return SUCCESS
 
     def _free_when_unused(self, physical: PhysicalAllocation) -> None:
-        """Free the memory once no handle reference and no mapping holds it."""
-        if physical.references <= 0 and physical.mappings == 0:
-            physical.gpu.memory.free(physical.owner, physical.address)
-            physical.gpu.release(physical.owner, physical.size)
-            del self.physical[physical.handle]
+        """Drop a handle once no reference, mapping or export holds it, and free the memory
+        once no handle of any process (imported ones included) names it."""
+        if physical.references > 0 or physical.mappings or physical.exported:
+            return
+        del self.physical[physical.handle]
+        others = [p for p in self.physical.values() if p.gpu is physical.gpu and p.address == physical.address]
+        if physical.owner != physical.creator and not any(p.owner == physical.owner for p in others):
+            physical.gpu.memory.revoke(physical.address, physical.owner)  # an importer's last handle
+        allocation = physical.gpu.memory.allocation_at(physical.address)
+        if not others and allocation is not None and allocation.owner == physical.creator:
+            physical.gpu.memory.free(physical.creator, physical.address)
+            physical.gpu.release(physical.creator, physical.size)
 
     def _own_physical(self, c: Caller, handle: int) -> PhysicalAllocation | None:
         found = self.physical.get(handle)
@@ -175,6 +190,7 @@ class VirtualMemory:
         if physical is None:
             return INVALID_VALUE
         prop.type = C["CU_MEM_ALLOCATION_TYPE_PINNED"]
+        prop.requestedHandleTypes = physical.handle_types
         prop.location.type = C["CU_MEM_LOCATION_TYPE_DEVICE"]
         visible = self._visible(c)
         prop.location.id = visible.index(physical.gpu.index) if physical.gpu.index in visible else -1
