@@ -13,6 +13,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import run_json, wait_for
 from tests.test_cuda_memory import PRELUDE
 from vgpu.api.manifest import load
@@ -88,7 +90,7 @@ def test_page_locked_memory_as_a_device_pointer(vgpud):
     assert {name: codes[name] for name in refused} == refused
 
 
-LAUNCH = PRELUDE + """
+KERNEL = PRELUDE + """
 import ctypes
 from cuda.bindings import nvrtc
 use(0)
@@ -101,10 +103,17 @@ assert int(nvrtc.nvrtcCompileProgram(program, len(options), options)[0]) == 0
 cubin = b" " * ok(nvrtc.nvrtcGetCUBINSize(program))
 ok(nvrtc.nvrtcGetCUBIN(program, cubin))
 kernel = ok(cu.cuModuleGetFunction(ok(cu.cuModuleLoadData(cubin)), b"touch"))
+"""
+
+LAUNCH = KERNEL + """
 pinned = int(ok(cu.cuMemHostAlloc(256, cu.CU_MEMHOSTALLOC_DEVICEMAP)))
 through = int(ok(cu.cuMemHostGetDevicePointer(pinned, 0)))
 managed = cu.cuMemAllocManaged(256, cu.CUmemAttach_flags.CU_MEM_ATTACH_GLOBAL.value)
-pointers = [through] + ([int(managed[1])] if int(managed[0]) == 0 else [])
+registered = ctypes.create_string_buffer(2 * 4096)
+page = (ctypes.addressof(registered) + 4095) // 4096 * 4096
+ok(cu.cuMemHostRegister(page, 4096, cu.CU_MEMHOSTREGISTER_DEVICEMAP))
+pointers = [through, int(ok(cu.cuMemHostGetDevicePointer(page, 0)))]
+pointers += [int(managed[1])] if int(managed[0]) == 0 else []
 for pointer in pointers:
     values = (ctypes.c_uint64(pointer), ctypes.c_int(200))
     args = (ctypes.c_void_p * 2)(*[ctypes.addressof(v) for v in values])
@@ -115,13 +124,156 @@ print(json.dumps({"pid": os.getpid(), "pointers": pointers}))
 
 
 def test_launches_take_page_locked_and_managed_pointers(vgpud):
-    """Kernels do not compute yet: a launch naming such memory is accepted and recorded."""
+    """Kernels do not compute yet: a launch naming such memory (page-locked, registered, managed)
+    is accepted and recorded."""
     out = run_json(LAUNCH, vgpud.env)
-    assert len(out["pointers"]) == (2 if vgpud.through == "local" else 1)
+    assert len(out["pointers"]) == (3 if vgpud.through == "local" else 2)
     launches = [launch for launch in vgpud.control("launches")["launches"] if launch["kernel"] == "touch"]
     recorded = [int.from_bytes(bytes.fromhex(launch["args_hex"])[:8], "little") for launch in launches]
-    assert recorded[-len(out["pointers"]):] == out["pointers"]
+    # joined GPU hosts list their launches host by host: the order across them is not the callers'
+    assert sorted(recorded[-len(out["pointers"]):]) == sorted(out["pointers"])
 
+
+REGISTERED = PRELUDE + """
+import ctypes, mmap
+use(0)
+rng = random.Random(5)
+page = mmap.PAGESIZE
+n = 3 * page
+def aligned(size):
+    raw = ctypes.create_string_buffer(size + page)
+    keep.append(raw)
+    return (ctypes.addressof(raw) + page - 1) // page * page
+keep = []
+base, frozen = aligned(n), aligned(page)
+data = bytes(rng.getrandbits(8) for _ in range(n))
+ctypes.memmove(base, data, n)
+ctypes.memmove(frozen, data[:page], page)
+out = {"codes": {}}
+codes = out["codes"]
+codes["bad_flags"] = int(cu.cuMemHostRegister(base, n, 0x100)[0])
+ok(cu.cuMemHostRegister(base, n, cu.CU_MEMHOSTREGISTER_DEVICEMAP | cu.CU_MEMHOSTREGISTER_PORTABLE))
+ok(cu.cuMemHostRegister(frozen, page, cu.CU_MEMHOSTREGISTER_DEVICEMAP | cu.CU_MEMHOSTREGISTER_READ_ONLY))
+through = int(ok(cu.cuMemHostGetDevicePointer(base, 0)))
+out["same_address"] = through == base
+dev = ok(cu.cuMemAlloc(n))
+ok(cu.cuMemsetD8(dev, 0x5A, n))
+expected = bytearray(data)
+stream = ok(cu.cuStreamCreate(0))
+codes["dtod_from"] = int(cu.cuMemcpyDtoD(dev, through, n)[0])
+back = bytearray(n)
+ok(cu.cuMemcpyDtoH(back, dev, n))
+out["dtod_from"] = bytes(back) == data
+ok(cu.cuMemsetD8(dev, 0x5A, n))
+codes["dtod_to"] = int(cu.cuMemcpyDtoD(base + page, dev, 100)[0])
+expected[page:page + 100] = b"\\x5a" * 100
+codes["memset8"] = int(cu.cuMemsetD8(base + 1, 0x11, 5)[0])
+expected[1:6] = b"\\x11" * 5
+codes["memset16"] = int(cu.cuMemsetD16(base + 8, 0xBEEF, 4)[0])
+expected[8:16] = (0xBEEF).to_bytes(2, "little") * 4
+codes["memset32"] = int(cu.cuMemsetD32(through + 16, 0xDEADBEEF, 3)[0])
+expected[16:28] = (0xDEADBEEF).to_bytes(4, "little") * 3
+codes["memset8_async"] = int(cu.cuMemsetD8Async(base + 200, 0x22, 7, stream)[0])
+expected[200:207] = b"\\x22" * 7
+codes["memset16_async"] = int(cu.cuMemsetD16Async(base + 300, 0x3344, 5, stream)[0])
+expected[300:310] = (0x3344).to_bytes(2, "little") * 5
+codes["memset32_async"] = int(cu.cuMemsetD32Async(base + 2 * page, 0x01020304, page // 4, stream)[0])
+expected[2 * page:] = (0x01020304).to_bytes(4, "little") * (page // 4)
+codes["htod_to"] = int(cu.cuMemcpyHtoD(base + 400, b"written by HtoD", 15)[0])
+expected[400:415] = b"written by HtoD"
+codes["htod_async_to"] = int(cu.cuMemcpyHtoDAsync(base + 500, b"async HtoD", 10, stream)[0])
+expected[500:510] = b"async HtoD"
+codes["dtod_async_to"] = int(cu.cuMemcpyDtoDAsync(base + 600, dev, 32, stream)[0])
+expected[600:632] = b"\\x5a" * 32
+codes["sync"] = int(cu.cuStreamSynchronize(stream)[0])
+out["bytes"] = ctypes.string_at(base, n) == bytes(expected)
+dtoh = bytearray(64)
+codes["dtoh_from"] = int(cu.cuMemcpyDtoH(dtoh, base + 100, 64)[0])
+dtoh_async = bytearray(64)
+codes["dtoh_async_from"] = int(cu.cuMemcpyDtoHAsync(dtoh_async, base + 1000, 64, stream)[0])
+codes["sync2"] = int(cu.cuStreamSynchronize(stream)[0])
+out["dtoh_from"] = bytes(dtoh) == bytes(expected[100:164]) and bytes(dtoh_async) == bytes(expected[1000:1064])
+codes["past_end"] = int(cu.cuMemcpyDtoD(dev, base + n - 10, 11)[0])
+# read-only: the device reads it, writes to it are refused
+codes["readonly_source"] = int(cu.cuMemcpyDtoD(dev, frozen, page)[0])
+ok(cu.cuMemcpyDtoH(back, dev, page))
+out["readonly_source"] = bytes(back[:page]) == data[:page]
+codes["readonly_memset"] = int(cu.cuMemsetD8(frozen, 0, 16)[0])
+codes["readonly_dtod"] = int(cu.cuMemcpyDtoD(frozen, dev, 16)[0])
+codes["readonly_htod"] = int(cu.cuMemcpyHtoD(frozen, b"x" * 16, 16)[0])
+out["readonly_kept"] = ctypes.string_at(frozen, page) == data[:page]
+# unregistered: forgotten on both sides
+ok(cu.cuMemHostUnregister(base))
+ok(cu.cuMemHostUnregister(frozen))
+before = ctypes.string_at(base, 16)
+codes["unregistered_memset"] = int(cu.cuMemsetD8(base, 0, 16)[0])
+codes["unregistered_dtod"] = int(cu.cuMemcpyDtoD(dev, base, 16)[0])
+codes["unregistered_pointer"] = int(cu.cuMemHostGetDevicePointer(base, 0)[0])
+out["untouched_after"] = ctypes.string_at(base, 16) == before
+print(json.dumps(out))
+"""
+
+
+def test_registered_memory_as_a_device_pointer(vgpud):
+    """cuMemHostRegister'd memory is device-side memory of its process where vgpud reaches the
+    client's memory (read and written in place); through a relay and on the cuda backend it is
+    host memory only, refused on the device side as page-locked memory is there."""
+    if vgpud.through == "cuda-backend":
+        pytest.skip("the cuda backend's real GPU cannot reach a client's registered memory")
+    out = run_json(REGISTERED, vgpud.env)
+    codes = out.pop("codes")
+    invalid = C["CUDA_ERROR_INVALID_VALUE"]
+    refused = {"bad_flags", "past_end", "readonly_memset", "readonly_dtod", "readonly_htod",
+               "unregistered_memset", "unregistered_dtod", "unregistered_pointer"}
+    synchronised = {"sync", "sync2"}  # where asynchronous refusals may be reported instead
+    assert out["same_address"] and out["readonly_kept"] and out["untouched_after"], out
+    assert all(codes[name] == invalid for name in refused), codes
+    device_side = set(codes) - refused - synchronised
+    if vgpud.through != "local":  # vgpud cannot reach the client's memory: not device memory there
+        assert all(codes[name] == invalid for name in device_side if "async" not in name), codes
+        assert all(codes[name] in (0, invalid) for name in codes), codes
+        return
+    assert all(codes[name] == 0 for name in synchronised), codes
+    assert all(codes[name] == 0 for name in device_side), codes
+    assert out == {"same_address": True, "dtod_from": True, "bytes": True, "dtoh_from": True,
+                   "readonly_source": True, "readonly_kept": True,
+                   "untouched_after": True}
+
+
+REGISTERED_HOLDER = PRELUDE + """
+import ctypes, mmap, sys
+use(0)
+page = mmap.PAGESIZE
+raw = ctypes.create_string_buffer(2 * page)
+base = (ctypes.addressof(raw) + page - 1) // page * page
+ctypes.memmove(base, b"secret" * 10, 60)
+ok(cu.cuMemHostRegister(base, page, cu.CU_MEMHOSTREGISTER_DEVICEMAP))
+print(json.dumps({"registered": base}), flush=True)
+sys.stdin.readline()
+print(json.dumps({"kept": ctypes.string_at(base, 60) == b"secret" * 10}), flush=True)
+"""
+
+
+def test_registered_memory_is_its_process_own(vgpud):
+    vgpud.local_only("a GPU host does not reach the client's memory")
+    holder = subprocess.Popen([sys.executable, "-c", REGISTERED_HOLDER], env=vgpud.env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        held = json.loads(holder.stdout.readline())["registered"]
+        thief = run_json(PRELUDE + f"""
+use(0)
+stolen = bytearray(60)
+print(json.dumps([int(cu.cuMemcpyDtoH(stolen, {held}, 60)[0]), int(cu.cuMemsetD8({held}, 0, 8)[0]),
+                  bytes(stolen) == bytes(60)]))
+""", vgpud.env)
+        invalid = C["CUDA_ERROR_INVALID_VALUE"]
+        assert thief == [invalid, invalid, True]
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert json.loads(holder.stdout.readline()) == {"kept": True}
+    finally:
+        holder.kill()
+        holder.wait()
 
 MANAGED = PRELUDE + """
 import ctypes

@@ -519,10 +519,26 @@ VGPU_EXPORT CUresult cuMemFreeHost(void *p) {
     return CUDA_SUCCESS;
 }
 
+extern const vgpu_function vgpu_cuda_fn_cuMemHostRegister_v2, vgpu_cuda_fn_cuMemHostUnregister;
+
+/* Registered memory is the caller's own; vgpud is told of it so that, where it reaches this
+ * process's memory, its address works on the device side too (src/vgpu/server/cuda_hostmem.py).
+ * A backend that does not serve that leaves it host memory only. */
 VGPU_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
     if (!p || !bytesize) return CUDA_ERROR_INVALID_VALUE;
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    return host_remember(p, bytesize, Flags, 0, -1);
+    if (Flags & ~(unsigned)(CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_IOMEMORY |
+                            CU_MEMHOSTREGISTER_READ_ONLY))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = host_remember(p, bytesize, Flags, 0, -1);
+    if (rc != CUDA_SUCCESS) return rc;
+    void *const args[] = {(void *)&p, (void *)&bytesize, (void *)&Flags};
+    rc = (CUresult)vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemHostRegister_v2, args);
+    if (rc == CUDA_SUCCESS || rc == CUDA_ERROR_NOT_SUPPORTED) return CUDA_SUCCESS;
+    size_t size;
+    int fd;
+    host_forget(p, 0, &size, &fd);
+    return rc;
 }
 
 VGPU_EXPORT CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags) {
@@ -533,7 +549,10 @@ VGPU_EXPORT CUresult cuMemHostUnregister(void *p) {
     if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
     size_t size;
     int fd;
-    return host_forget(p, 0, &size, &fd) ? CUDA_SUCCESS : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    if (!host_forget(p, 0, &size, &fd)) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    void *const args[] = {(void *)&p};
+    vgpu_cuda_dispatch(&vgpu_cuda_fn_cuMemHostUnregister, args); /* vgpud forgets it too */
+    return CUDA_SUCCESS;
 }
 
 VGPU_EXPORT CUresult cuMemHostGetFlags(unsigned int *pFlags, void *p) {

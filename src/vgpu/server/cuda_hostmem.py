@@ -27,7 +27,7 @@ from vgpu.api.manifest import load
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.memory import Allocation, DeviceMemory, InvalidAddress
 from vgpu.server.dispatch import Caller
-from vgpu.server.windows import Window, Windows
+from vgpu.server.windows import RemoteBuffer, Window, Windows
 
 C = load("cuda").constants
 #: the shim's id of a device's primary context (native/cuda/cuda_shim.c)
@@ -42,8 +42,8 @@ HOST = DEVICE_CPU
 
 
 class WindowMemory:
-    """A process's shared windows with DeviceMemory's accessors, so that copies and memsets
-    treat a window address as they treat device memory."""
+    """A process's shared windows and registered memory with DeviceMemory's accessors, so that
+    copies and memsets treat their addresses as they treat device memory."""
 
     def __init__(self, windows: Windows | None) -> None:
         self.windows = windows
@@ -54,8 +54,29 @@ class WindowMemory:
             raise InvalidAddress(f"[0x{address:x}, +{length}) is outside this process's memory")
         return view
 
+    def _registered(self, address: int, length: int, writing: bool) -> RemoteBuffer | None:
+        """Registered memory holding the range (None for a window); refused where it is read-only
+        and is written."""
+        found = self.windows.registration(address, length) if self.windows is not None else None
+        if found is not None and writing and found.read_only:
+            raise InvalidAddress(f"[0x{address:x}, +{length}) was registered read-only")
+        return found.remote(self.windows.pid, address, length) if found is not None else None
+
+    @staticmethod
+    def _reach(transfer: Any, views: list[memoryview]) -> None:
+        """A transfer with the client's registered memory; memory it unmapped is no one's."""
+        try:
+            transfer(views)
+        except OSError as error:
+            raise InvalidAddress(str(error)) from None
+
     def read(self, owner: int, address: int, length: int, into: Any = None) -> Any:
-        view = self._view(address, length)
+        remote = self._registered(address, length, writing=False)
+        if remote is not None:
+            view = memoryview(bytearray(length))
+            self._reach(remote.copy_to, [view])
+        else:
+            view = self._view(address, length)
         if into is None:
             return bytes(view)  # a copy: the client may change the window at any moment
         if hasattr(into, "copy_from"):
@@ -65,15 +86,26 @@ class WindowMemory:
         return into
 
     def write(self, owner: int, address: int, data: Any) -> None:
-        view = self._view(address, len(data))
+        remote = self._registered(address, len(data), writing=True)
+        view = memoryview(bytearray(len(data))) if remote is not None else self._view(address, len(data))
         if hasattr(data, "copy_to"):
             data.copy_to([view])
         else:
             view[:] = memoryview(data).cast("B")
+        if remote is not None:
+            self._reach(remote.copy_from, [view])
 
     def fill(self, owner: int, address: int, pattern: bytes, count: int) -> None:
-        view = self._view(address, len(pattern) * count)
+        length = len(pattern) * count
+        remote = self._registered(address, length, writing=True)
         block = pattern * max(1, (1 << 20) // len(pattern))
+        if remote is not None:
+            writable = memoryview(bytearray(block))  # process_vm_writev takes a writable buffer's address
+            for start in range(0, length, len(block)):
+                piece = writable[:min(len(block), length - start)]
+                self._reach(RemoteBuffer(remote.pid, address + start, len(piece)).copy_from, [piece])
+            return
+        view = self._view(address, length)
         for start in range(0, len(view), len(block)):
             piece = view[start:start + len(block)]
             piece[:] = block[:len(piece)]
@@ -176,7 +208,8 @@ class HostMemoryServing:
         gpus = [self._gpu_of_address(address) for address in addresses]
         devices = list({id(gpu): gpu for gpu in gpus if gpu is not None}.values())
         windows = c.session.windows
-        if len(devices) > 1 or any(gpu is None and (windows is None or windows.find(address) is None)
+        if len(devices) > 1 or any(gpu is None and (windows is None or (
+                windows.find(address) is None and windows.registration(address) is None))
                                    for gpu, address in zip(gpus, addresses)):
             return None, None
         gpu = devices[0] if devices else None
@@ -196,6 +229,22 @@ class HostMemoryServing:
         if managed is None or address >= window.address + managed.size:
             return None, None
         return self.state.gpus[managed.gpu], Allocation(window.address, managed.size, c.session.id)
+
+    # registered memory ------------------------------------------------------------------------
+    def cuMemHostRegister_v2(self, c: Caller, p: int, bytesize: int, Flags: int) -> int:
+        """The shim has registered [p, p + bytesize): where vgpud reaches the client's memory it
+        becomes device-side memory of this process (else it stays host memory only)."""
+        known = sum(value for name, value in C.items() if name.startswith("CU_MEMHOSTREGISTER_"))
+        if not p or not bytesize or Flags & ~known:
+            return C["CUDA_ERROR_INVALID_VALUE"]
+        if c.session.windows is not None:
+            c.session.windows.register(p, bytesize, bool(Flags & C["CU_MEMHOSTREGISTER_READ_ONLY"]))
+        return C["CUDA_SUCCESS"]
+
+    def cuMemHostUnregister(self, c: Caller, p: int) -> int:
+        if c.session.windows is not None:
+            c.session.windows.unregister(p)
+        return C["CUDA_SUCCESS"]
 
     # allocation ---------------------------------------------------------------------------
     def cuMemAllocManaged(self, c: Caller, dptr: Any, bytesize: int, flags: int) -> int:

@@ -30,6 +30,22 @@ class Window:
         return self.address + self.size
 
 
+@dataclass
+class Registration:
+    """Ordinary memory the client registered (cuMemHostRegister), which vgpud reaches with
+    process_vm_readv/writev (only where ``Windows.direct``); device-side writes are refused
+    when it was registered read-only."""
+
+    address: int
+    size: int
+    read_only: bool
+
+    def remote(self, pid: int, address: int, length: int) -> RemoteBuffer | None:
+        """The registered bytes [address, address + length), if the registration holds them all."""
+        inside = self.address <= address and address + max(length, 1) <= self.address + self.size
+        return RemoteBuffer(pid, address, length) if inside else None
+
+
 class Windows:
     """The windows of one client process."""
 
@@ -39,6 +55,8 @@ class Windows:
         self._windows: dict[int, Window] = {}
         #: vgpud can read and write the client's ordinary memory (checked at the handshake)
         self.direct = False
+        #: registered memory by start address (cuMemHostRegister; few per process)
+        self._registered: dict[int, Registration] = {}
 
     def share(self, address: int, size: int, fd: int) -> int:
         """Map a window; an errno on failure (the client then sends its data through the socket)."""
@@ -84,9 +102,23 @@ class Windows:
         """The client's ordinary memory [address, address + length), if vgpud may reach it."""
         return RemoteBuffer(self.pid, address, length) if self.direct else None
 
+    def register(self, address: int, size: int, read_only: bool) -> bool:
+        """Remember registered memory, where vgpud reaches the client's memory; whether it did."""
+        if self.direct:
+            self._registered[address] = Registration(address, size, read_only)
+        return self.direct
+
+    def unregister(self, address: int) -> None:
+        self._registered.pop(address, None)
+
+    def registration(self, address: int, length: int = 1) -> Registration | None:
+        """The registration holding all of [address, address + length), if one does."""
+        return next((r for r in self._registered.values() if r.remote(self.pid, address, length) is not None), None)
+
     def close(self) -> None:
         for address in list(self._windows):
             self.withdraw(address)
+        self._registered.clear()
 
 
 
