@@ -431,6 +431,17 @@ VGPU_EXPORT CUresult cuCtxPopCurrent(CUcontext *pctx) { return cuCtxPopCurrent_v
 /* ---- page-locked host memory: plain host memory here, remembered so the driver's
  * questions about it (flags, device pointer, registration) get the driver's answers ---- */
 
+/* Memory a memfd backs, mapped here (vgpud maps the same file); NULL when it cannot be made. */
+static void *file_backed(const char *name, size_t bytes, int *fd) {
+    *fd = memfd_create(name, MFD_CLOEXEC);
+    void *p = MAP_FAILED;
+    if (*fd >= 0 && ftruncate(*fd, (off_t)bytes) == 0)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    if (p != MAP_FAILED) return p;
+    if (*fd >= 0) close(*fd);
+    return NULL;
+}
+
 typedef struct host_range {
     char *start;
     size_t size;
@@ -486,14 +497,9 @@ VGPU_EXPORT CUresult cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Fla
         return CUDA_ERROR_INVALID_VALUE;
     /* Memory a file backs, which vgpud maps too: transfers from and to it skip the socket,
      * as DMA skips the staging copy with real page-locked memory. */
-    int fd = memfd_create("vgpu-pinned", MFD_CLOEXEC);
-    void *p = MAP_FAILED;
-    if (fd >= 0 && ftruncate(fd, (off_t)bytesize) == 0)
-        p = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        if (fd >= 0) close(fd);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
+    int fd;
+    void *p = file_backed("vgpu-pinned", bytesize, &fd);
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult rc = host_remember(p, bytesize, Flags, 1, fd);
     if (rc != CUDA_SUCCESS) {
         munmap(p, bytesize);
@@ -633,14 +639,9 @@ VGPU_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsig
         return CUDA_ERROR_INVALID_VALUE;
     CUdevice dev;
     if (context_device(current_context, &dev) < 0) return CUDA_ERROR_INVALID_CONTEXT;
-    int fd = memfd_create("vgpu-managed", MFD_CLOEXEC);
-    void *p = MAP_FAILED;
-    if (fd >= 0 && ftruncate(fd, (off_t)bytesize) == 0)
-        p = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        if (fd >= 0) close(fd);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
+    int fd;
+    void *p = file_backed("vgpu-managed", bytesize, &fd);
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
     managed_range range = {(CUdeviceptr)(uintptr_t)p, bytesize, fd};
     if (vgpu_share(&api, p, bytesize, fd) != VGPU_OK) {
         vgpu_log(1, api.prefix, "cuMemAllocManaged: vgpud cannot map this process's memory (a GPU host over "
