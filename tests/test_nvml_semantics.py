@@ -149,3 +149,26 @@ def test_unimplemented_functions_answer_not_supported(inited, vgpud, monkeypatch
     rc = lib.nvmlDeviceGetSamples(device(lib, 0), 0, ctypes.c_ulonglong(0), ctypes.byref(value_type),
                                   ctypes.byref(samples), None)
     assert rc == C["NVML_ERROR_NOT_SUPPORTED"]
+
+
+def test_a_versioned_struct_is_written_no_further_than_its_version(inited):
+    """nvmlDeviceGetGpuFabricInfoV (XLA asks it) with a caller built against an older nvml.h: a
+    version-2 struct is 4 bytes smaller than version 3, and nothing past it may be written."""
+    lib = inited
+    v2, v3 = API.ctype_named("nvmlGpuFabricInfo_v2_t"), API.ctype_named("nvmlGpuFabricInfo_v3_t")
+    assert ctypes.sizeof(v2) < ctypes.sizeof(v3)
+    guarded = (ctypes.c_uint8 * (ctypes.sizeof(v3) + 8))(*([0xEE] * (ctypes.sizeof(v3) + 8)))
+    older = v2.from_buffer(guarded)
+    older.version = ctypes.sizeof(v2) | (2 << 24)
+    assert lib.nvmlDeviceGetGpuFabricInfoV(device(lib, 0), ctypes.byref(older)) == 0
+    assert older.state == C["NVML_GPU_FABRIC_STATE_COMPLETED"] and older.status == 0
+    assert bytes(guarded[ctypes.sizeof(v2):]) == b"\xee" * (len(guarded) - ctypes.sizeof(v2))
+    current = v3()
+    current.version = ctypes.sizeof(v3) | (3 << 24)
+    assert lib.nvmlDeviceGetGpuFabricInfoV(device(lib, 0), ctypes.byref(current)) == 0
+    assert current.state == C["NVML_GPU_FABRIC_STATE_COMPLETED"]
+    assert current.healthSummary == C["NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED"]
+    assert lib.nvmlDeviceGetGpuFabricInfoV(device(lib, 2), ctypes.byref(current)) == C["NVML_ERROR_NOT_SUPPORTED"]
+    current.version = 1 << 24 | 8  # no version NVML knows
+    assert lib.nvmlDeviceGetGpuFabricInfoV(device(lib, 0), ctypes.byref(current)) == \
+        C["NVML_ERROR_ARGUMENT_VERSION_MISMATCH"]

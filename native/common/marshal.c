@@ -87,6 +87,16 @@ static uint64_t count_of(const vgpu_function *fn, void *const *args, int index) 
     return v;
 }
 
+/* How many bytes of an IN or INOUT struct the caller has: all of it, or for a versioned struct what
+ * its version says (a caller built with an older header has a smaller one), at least the version. */
+static size_t struct_bytes(const vgpu_param *p, const void *ptr) {
+    if (!p->versioned) return p->size;
+    uint32_t version;
+    memcpy(&version, ptr, 4);
+    size_t size = version & 0xffffffu;
+    return size < 4 ? 4 : size < p->size ? size : p->size;
+}
+
 static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *args, out_buf *b) {
     if (api->call_context) {
         uint64_t context = api->call_context();
@@ -119,9 +129,14 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             }
             break;
         case VGPU_K_IN:
-        case VGPU_K_INOUT:
-            err = put_u8(b, ptr != NULL) || (ptr && put(b, ptr, p->size));
+        case VGPU_K_INOUT: {
+            static const uint8_t zeros[256];
+            size_t have = ptr ? struct_bytes(p, ptr) : 0, pad = ptr ? p->size - have : 0;
+            err = put_u8(b, ptr != NULL) || (ptr && put(b, ptr, have));
+            for (; !err && pad; pad -= pad < sizeof zeros ? pad : sizeof zeros) /* the rest reads as zeros */
+                err = put(b, zeros, pad < sizeof zeros ? pad : sizeof zeros);
             break;
+        }
         case VGPU_K_HANDLE_OUT:
             err = put_u8(b, ptr != NULL);
             break;
@@ -199,9 +214,10 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
         if (!ptr) continue;
         if (p->kind == VGPU_K_INOUT) {
             if (pos + p->size > len) return -1;
-            memcpy(ptr, r + pos, p->size);
+            size_t have = struct_bytes(p, ptr); /* never past what the caller's version holds */
+            memcpy(ptr, r + pos, have);
             pos += p->size;
-            for (const vgpu_handle_field *h = p->handle_fields; h && h->offset >= 0; h++) {
+            for (const vgpu_handle_field *h = p->handle_fields; h && h->offset >= 0 && h->offset + 8 <= (int)have; h++) {
                 uint64_t id;
                 memcpy(&id, (uint8_t *)ptr + h->offset, sizeof id);
                 void *handle = vgpu_handle_for(h->type, id);

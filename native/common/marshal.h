@@ -23,6 +23,8 @@ typedef struct vgpu_param {
     uint32_t size;       /* value, pointee or element size; fixed capacity of a BUFFER */
     const vgpu_handle_field *handle_fields; /* INOUT: handles inside the struct travel as ids; or NULL */
     uint8_t record;      /* IN, INOUT: the pointee is a struct (its contents are part of a published key) */
+    uint8_t versioned;   /* IN, INOUT: an NVML struct whose first field gives its size (NVML_STRUCT_VERSION):
+                          * no more of it is read or written than the caller's version holds */
 } vgpu_param;
 
 typedef struct vgpu_function {

@@ -67,9 +67,19 @@ def _descriptor(api: Api, function: Function, index: int) -> str:
     param = function.params[index]
     fields = f"H_{function.name}_{param.name}" if _handle_fields(api, function, index) else "NULL"
     count = param.count if param.count is not None else -1
-    record = int(param.kind in (Kind.IN, Kind.INOUT) and api.resolve(api.resolve(param.type)["to"])["kind"] == "record")
+    pointee = api.resolve(api.resolve(param.type)["to"]) if param.kind in (Kind.IN, Kind.INOUT) else {}
+    record = int(pointee.get("kind") == "record")
     return (f"{{{int(param.kind)}, {handle_index[param.handle] if param.handle else 0}, {count}, "
-            f"{_size_expr(api, function, index)}, {fields}, {record}}}")
+            f"{_size_expr(api, function, index)}, {fields}, {record}, {int(_versioned(api, pointee))}}}")
+
+
+def _versioned(api: Api, pointee: dict) -> bool:
+    """An NVML struct that starts with its version (NVML_STRUCT_VERSION: its size in the low 24 bits),
+    so a caller built with an older header passes a smaller one."""
+    if api.name != "nvml" or pointee.get("kind") != "record":
+        return False
+    fields = api.raw["records"][pointee["name"]]["fields"]
+    return bool(fields) and fields[0]["name"] == "version"
 
 
 def _stub(api: Api, function: Function, prefix: str) -> str:

@@ -592,6 +592,25 @@ class NvmlService:
         capResult.value = int(capability in supported)
         return SUCCESS
 
+    def nvmlDeviceGetGpuFabricInfoV(self, s: Session, device: Gpu, gpuFabricInfo: Any) -> int:
+        """An SXM board registers with the NVSwitch fabric of its HGX system: probe complete and
+        successful, clique 0 of an unnamed cluster (what such systems report outside multi-node
+        NVLink domains), no health data; a board without NVLink is in no fabric. Versions 2 and 3
+        (3 adds the health summary at the end) are answered."""
+        if gpuFabricInfo is None:
+            return INVALID
+        if gpuFabricInfo.version not in (struct_version("nvmlGpuFabricInfo_v2_t", 2),
+                                         struct_version("nvmlGpuFabricInfo_v3_t", 3)):
+            return C["NVML_ERROR_ARGUMENT_VERSION_MISMATCH"]
+        if not device.profile.nvlinks:
+            return NOT_SUPPORTED
+        gpuFabricInfo.state = C["NVML_GPU_FABRIC_STATE_COMPLETED"]
+        gpuFabricInfo.status = SUCCESS
+        gpuFabricInfo.cliqueId = 0
+        gpuFabricInfo.healthMask = 0
+        gpuFabricInfo.healthSummary = C["NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED"]
+        return SUCCESS
+
     def nvmlDeviceGetNvLinkRemoteDeviceType(self, s: Session, device: Gpu, link: int, pNvLinkDeviceType: Any) -> int:
         if not device.profile.nvlinks:
             return NOT_SUPPORTED
