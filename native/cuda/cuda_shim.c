@@ -1056,28 +1056,6 @@ static CUresult host_copy(char *dst, const char *src, size_t bytes, CUstream str
     return CUDA_SUCCESS;
 }
 
-static CUresult copy_unified(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream, int async) {
-    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
-    if (!dst || !src) return CUDA_ERROR_INVALID_VALUE;
-    if (!bytes) return CUDA_SUCCESS;
-    int dst_device = on_device(dst), src_device = on_device(src);
-    void *dst_host = (void *)(uintptr_t)dst, *src_host = (void *)(uintptr_t)src;
-    if (dst_device && src_device)
-        return async ? cuMemcpyDtoDAsync_v2(dst, src, bytes, stream) : cuMemcpyDtoD_v2(dst, src, bytes);
-    if (dst_device)
-        return async ? cuMemcpyHtoDAsync_v2(dst, src_host, bytes, stream) : cuMemcpyHtoD_v2(dst, src_host, bytes);
-    if (src_device)
-        return async ? cuMemcpyDtoHAsync_v2(dst_host, src, bytes, stream) : cuMemcpyDtoH_v2(dst_host, src, bytes);
-    return host_copy(dst_host, src_host, bytes, stream);
-}
-
-VGPU_EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
-    return copy_unified(dst, src, ByteCount, NULL, 0);
-}
-VGPU_EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
-    return copy_unified(dst, src, ByteCount, hStream, 1);
-}
-
 /* ---- 2D and 3D copies: row by row through the 1D copies (one copy when rows are contiguous) ---- */
 
 typedef struct copy_side {
@@ -1088,13 +1066,9 @@ typedef struct copy_side {
     CUarray array;
 } copy_side;
 
-static int side_on_device(const copy_side *side) {
-    return side->type == CU_MEMORYTYPE_DEVICE || (side->type == CU_MEMORYTYPE_UNIFIED && on_device(side->device));
-}
-
 static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_offset, size_t src_offset,
                          size_t bytes, CUstream stream, int async) {
-    int dst_device = side_on_device(dst), src_device = side_on_device(src);
+    int dst_device = dst->type == CU_MEMORYTYPE_DEVICE, src_device = src->type == CU_MEMORYTYPE_DEVICE;
     char *dst_host = dst->host ? dst->host : (char *)(uintptr_t)dst->device;
     char *src_host = src->host ? src->host : (char *)(uintptr_t)src->device;
     if (dst_device && src_device)
@@ -1111,13 +1085,17 @@ static CUresult copy_row(const copy_side *dst, const copy_side *src, size_t dst_
 
 static CUresult copy_box(const copy_side *dst, const copy_side *src, size_t width, size_t height, size_t depth,
                          CUstream stream, int async) {
-    copy_side sides[2] = {*dst, *src}; /* an array side is device memory at its bytes (native/cuda/arrays.c) */
+    /* Each side once as device or host memory: an array side is device memory at its bytes
+     * (native/cuda/arrays.c), a unified one what its address is (on_device), for every row. */
+    copy_side sides[2] = {*dst, *src};
     for (int i = 0; i < 2; i++)
         if (sides[i].type == CU_MEMORYTYPE_ARRAY) {
             CUresult rc = vgpu_cuda_array_region(sides[i].array, sides[i].x, sides[i].y, sides[i].z, width, height, depth,
                                                  &sides[i].device, &sides[i].pitch, &sides[i].height);
             if (rc != CUDA_SUCCESS) return rc;
             sides[i].type = CU_MEMORYTYPE_DEVICE;
+        } else if (sides[i].type == CU_MEMORYTYPE_UNIFIED) {
+            sides[i].type = on_device(sides[i].device) ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
         }
     dst = &sides[0], src = &sides[1];
     if (width > src->pitch || width > dst->pitch) return CUDA_ERROR_INVALID_VALUE;
@@ -1154,6 +1132,22 @@ static CUresult copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async) {
 }
 
 CUresult vgpu_cuda_copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async) { return copy_3d(p, stream, async); }
+
+static CUresult copy_unified(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream, int async) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!dst || !src) return CUDA_ERROR_INVALID_VALUE;
+    if (!bytes) return CUDA_SUCCESS;
+    copy_side to = {CU_MEMORYTYPE_UNIFIED, NULL, dst, 0, 0, 0, bytes, 1, NULL};
+    copy_side from = {CU_MEMORYTYPE_UNIFIED, NULL, src, 0, 0, 0, bytes, 1, NULL};
+    return copy_box(&to, &from, bytes, 1, 1, stream, async);
+}
+
+VGPU_EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
+    return copy_unified(dst, src, ByteCount, NULL, 0);
+}
+VGPU_EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
+    return copy_unified(dst, src, ByteCount, hStream, 1);
+}
 
 VGPU_EXPORT CUresult cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
 VGPU_EXPORT CUresult cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) { return copy_2d(pCopy, NULL, 0); }
