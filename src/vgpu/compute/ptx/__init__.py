@@ -1,0 +1,1 @@
+"""PTX text to a typed syntax tree (``syntax``) through ``parser``."""
