@@ -1,0 +1,100 @@
+"""Special registers (``%tid.x``, ``%laneid``, ``%clock64``...), each lane's value as a
+vector of its natural width."""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from vgpu.compute.lower.lanes import I32, I64, WARP
+from vgpu.compute.lower.registry import Unsupported
+
+V32 = ir.VectorType(I32, WARP)
+
+
+def _block(fl, axis: int) -> ir.Value:
+    return fl._load_field("block", I32, axis)
+
+
+def special_register(fl, name: str) -> ir.Value:
+    b, lanes = fl.b, fl.lanes
+    axis = {"x": 0, "y": 1, "z": 2}.get(name.rsplit(".", 1)[-1]) if "." in name else None
+    base = name.split(".", 1)[0]
+    if base == "%tid":
+        linear = b.add(lanes.splat(b.mul(fl.args["warp"], ir.Constant(I32, WARP))), fl.lane_ids)
+        x, y = lanes.splat(_block(fl, 0)), lanes.splat(_block(fl, 1))
+        if axis == 0:
+            return b.urem(linear, x)
+        if axis == 1:
+            return b.urem(b.udiv(linear, x), y)
+        return b.udiv(linear, b.mul(x, y))
+    if base == "%ntid":
+        return lanes.splat(_block(fl, axis))
+    if base == "%ctaid":
+        return lanes.splat(fl.args[("ctaid_x", "ctaid_y", "ctaid_z")[axis]])
+    if base == "%nctaid":
+        return lanes.splat(fl._load_field("grid", I32, axis))
+    if name == "%laneid":
+        return fl.lane_ids
+    if name == "%warpid":
+        return lanes.splat(fl.args["warp"])
+    if name == "%nwarpid":
+        return lanes.splat(ir.Constant(I32, 64))
+    if name.startswith("%lanemask_"):
+        one = lanes.splat(ir.Constant(I32, 1))
+        bit = b.shl(one, fl.lane_ids)
+        kind = name[len("%lanemask_"):]
+        if kind == "eq":
+            return bit
+        if kind == "lt":
+            return b.sub(bit, one)
+        if kind == "le":
+            return b.or_(bit, b.sub(bit, one))
+        if kind == "gt":
+            return b.not_(b.or_(bit, b.sub(bit, one)))
+        if kind == "ge":
+            return b.not_(b.sub(bit, one))
+    if name in ("%clock", "%clock64", "%clock_hi"):
+        cycles = fl.lanes.intrinsic("llvm.readcyclecounter", I64, [], [])
+        if name == "%clock":
+            return lanes.splat(b.trunc(cycles, I32))
+        if name == "%clock_hi":
+            return lanes.splat(b.trunc(b.lshr(cycles, ir.Constant(I64, 32)), I32))
+        return lanes.splat(cycles)
+    if name in ("%globaltimer", "%globaltimer_lo", "%globaltimer_hi"):
+        value = _realtime_ns(fl)
+        if name == "%globaltimer_lo":
+            return lanes.splat(b.trunc(value, I32))
+        if name == "%globaltimer_hi":
+            return lanes.splat(b.trunc(b.lshr(value, ir.Constant(I64, 32)), I32))
+        return lanes.splat(value)
+    if name == "%smid":
+        linear = b.add(fl.args["ctaid_x"], b.mul(fl._load_field("grid", I32, 0),
+                                                 b.add(fl.args["ctaid_y"], b.mul(fl._load_field("grid", I32, 1),
+                                                                                 fl.args["ctaid_z"]))))
+        return lanes.splat(b.urem(linear, fl._load_field("sm_count", I32)))
+    if name == "%nsmid":
+        return lanes.splat(fl._load_field("sm_count", I32))
+    if name == "%gridid":
+        return lanes.splat(ir.Constant(I64, 1))
+    if name == "%dynamic_smem_size":
+        return lanes.splat(fl._load_field("dynamic_shared", I32))
+    if name == "%total_smem_size":
+        return lanes.splat(b.add(fl._load_field("dynamic_shared", I32),
+                                 ir.Constant(I32, fl.unit.layout.dynamic_shared_offset)))
+    if name.startswith("%envreg") or name.startswith("%pm"):
+        return lanes.splat(ir.Constant(I32, 0))
+    if name == "WARP_SZ":
+        return lanes.splat(ir.Constant(I32, WARP))
+    raise Unsupported(f"the special register {name}")
+
+
+def _realtime_ns(fl) -> ir.Value:
+    """Nanoseconds of the host's real-time clock (a GPU's global timer also counts ns)."""
+    b = fl.b
+    clock_gettime = fl.unit.module.globals.get("clock_gettime") or ir.Function(
+        fl.unit.module, ir.FunctionType(I32, [I32, ir.PointerType()]), "clock_gettime")
+    spec = fl.entry_alloca(ir.ArrayType(I64, 2))
+    b.call(clock_gettime, [ir.Constant(I32, 0), spec])
+    seconds = b.load(b.gep(spec, [ir.Constant(I32, 0), ir.Constant(I32, 0)]), typ=I64)
+    nanos = b.load(b.gep(spec, [ir.Constant(I32, 0), ir.Constant(I32, 1)]), typ=I64)
+    return b.add(b.mul(seconds, ir.Constant(I64, 1_000_000_000)), nanos)
