@@ -268,6 +268,34 @@ static int flush_locked(vgpu_conn *conn) {
 static uint32_t send_frame(vgpu_conn *conn, unsigned op, uint16_t flags, const vgpu_span *spans, int count,
                            long long deadline);
 
+/* A notice vgpud sent unasked (VGPU_OP_NOTICE, sequence 0) where a reply was expected: work the
+ * reply waits for is still running (the wait starts again), or text the process's kernels
+ * printed (written to stdout, as a GPU's printf output appears at a synchronisation).  `data`
+ * holds its payload. */
+static void take_notice(const uint8_t *data, uint32_t len, long long *deadline, int extra_ms) {
+    uint32_t kind = 0;
+    if (len >= 4) memcpy(&kind, data, 4);
+    if (kind == VGPU_NOTICE_BUSY) {
+        *deadline = now_ms() + timeout_ms() + extra_ms;
+    } else if (kind == VGPU_NOTICE_OUTPUT) {
+        size_t done = 4;
+        while (done < len) {
+            ssize_t n = write(STDOUT_FILENO, data + done, len - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            done += (size_t)n;
+        }
+    }
+}
+
+static int is_notice(const uint8_t *header) {
+    uint16_t op;
+    uint32_t seq;
+    memcpy(&op, header + 4, 2);
+    memcpy(&seq, header + 8, 4);
+    return op == VGPU_OP_NOTICE && seq == 0;
+}
+
 /* A ping on another thread's connection (send_lock held): its answer is read here, never into
  * the connection's buffer, where its own thread may still be reading a reply. 0 once answered. */
 static int ping_locked(vgpu_conn *conn, int extra_ms) {
@@ -278,6 +306,25 @@ static int ping_locked(vgpu_conn *conn, int extra_ms) {
     if (!seq || io_all(conn->fd, header, sizeof header, 0, deadline) < 0) return -1;
     uint32_t len, rseq;
     memcpy(&len, header, 4);
+    while (is_notice(header)) { /* read in pieces: printed output may be long */
+        uint8_t piece[4096];
+        uint32_t kind = 0, done = 0;
+        while (done < len) {
+            uint32_t take = len - done < sizeof piece ? len - done : (uint32_t)sizeof piece;
+            if (io_all(conn->fd, piece, take, 0, deadline) < 0) return -1;
+            if (done == 0 && take >= 4) memcpy(&kind, piece, 4);
+            if (done == 0) take_notice(piece, take, &deadline, extra_ms);
+            else if (kind == VGPU_NOTICE_OUTPUT) {
+                uint8_t framed[sizeof piece + 4];
+                memcpy(framed, &kind, 4);
+                memcpy(framed + 4, piece, take);
+                take_notice(framed, take + 4, &deadline, extra_ms);
+            }
+            done += take;
+        }
+        if (io_all(conn->fd, header, sizeof header, 0, deadline) < 0) return -1;
+        memcpy(&len, header, 4);
+    }
     memcpy(&rseq, header + 8, 4);
     if (len != 0 || rseq != seq) return -1;
     mark_settled(conn);
@@ -366,13 +413,24 @@ static int exchange(vgpu_conn *conn, unsigned op, const vgpu_span *spans, int co
     if (reserve(conn, 4096) < 0) return VGPU_NO_MEMORY;
     /* with a landing, no byte past where it starts is read into the buffer */
     size_t first = landing && 12 + landing->at < conn->cap ? 12 + landing->at : conn->cap;
-    while (have < 12) {
-        ssize_t n = recv(conn->fd, conn->buf + have, first - have, 0);
-        if (n > 0) have += (size_t)n;
-        else if (n == 0 || errno != EINTR) return VGPU_LOST;
-        if (have < 12 && now_ms() > deadline) return VGPU_LOST;
-    }
     uint32_t rlen, rseq;
+    for (;;) {
+        while (have < 12) {
+            ssize_t n = recv(conn->fd, conn->buf + have, first - have, 0);
+            if (n > 0) have += (size_t)n;
+            else if (n == 0 || errno != EINTR) return VGPU_LOST;
+            if (have < 12 && now_ms() > deadline) return VGPU_LOST;
+        }
+        if (!is_notice(conn->buf)) break;
+        memcpy(&rlen, conn->buf, 4);
+        if (rlen > VGPU_MAX_PAYLOAD || reserve(conn, 12 + (size_t)rlen) < 0) return VGPU_LOST;
+        if (12 + rlen > have && io_all(conn->fd, conn->buf + have, 12 + rlen - have, 0, deadline) < 0) return VGPU_LOST;
+        if (have < 12 + rlen) have = 12 + rlen;
+        take_notice(conn->buf + 12, rlen, &deadline, extra_ms);
+        memmove(conn->buf, conn->buf + 12 + rlen, have - 12 - rlen);
+        have -= 12 + rlen;
+        first = landing && 12 + landing->at < conn->cap ? 12 + landing->at : conn->cap;
+    }
     uint16_t rop, rflags;
     memcpy(&rlen, conn->buf, 4);
     memcpy(&rop, conn->buf + 4, 2);

@@ -29,13 +29,15 @@ class Launch:
     seconds: float       # modelled duration
     cooperative: bool = False
     graph: bool = False  # launched as part of a graph
+    compute: ComputeOutcome | None = None
 
     def as_json(self) -> dict:
         return {"pid": self.pid, "session": self.session, "time": self.at, "gpu": self.gpu, "kernel": self.kernel,
                 "grid": list(self.grid), "block": list(self.block), "shared_bytes": self.shared_bytes,
                 "stream": self.stream, "args_size": len(self.args), "args_digest": self.digest,
                 "args_hex": self.args.hex(), "start_us": round(self.start * 1e6, 3),
-                "duration_us": round(self.seconds * 1e6, 3), "cooperative": self.cooperative, "graph": self.graph}
+                "duration_us": round(self.seconds * 1e6, 3), "cooperative": self.cooperative, "graph": self.graph,
+                "compute": (self.compute or ComputeOutcome("off")).as_json()}
 
     @property
     def digest(self) -> str:

@@ -78,6 +78,8 @@ class ModuleCode:
     #: (what a link resolves across inputs)
     defines: set[str] = field(default_factory=set)
     needs: set[str] = field(default_factory=set)
+    #: PTX's text, which the compute engine runs (None for a cubin)
+    source: bytes | None = None
 
 
 @dataclass

@@ -61,7 +61,7 @@ def read_ptx(data: bytes) -> ModuleCode:
     target = _TARGET.search(text)
     if target is None:
         raise ImageError("PTX without a .target directive")
-    code = ModuleCode("ptx", int(target.group(1)))
+    code = ModuleCode("ptx", int(target.group(1)), source=data.split(b"\0", 1)[0])
     for match in _FUNC.finditer(text):
         linkage, name, end = match.groups()
         if end == "{":

@@ -105,7 +105,11 @@ def clear(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
 
 #: what every launches reply says, so no reader mistakes a recorded launch for a computed one
 #: (or the other way round)
-NOT_COMPUTED = "the simulator validates, records and times kernel launches; it does not compute their results"
+NOT_COMPUTED = ("vgpud runs with --compute off: the simulator validates, records and times kernel launches; it "
+                "does not compute their results")
+SIMULATED = ("the simulator computes each launch whose module carries PTX for the device, on this host's CPUs "
+             "(\"compute\" says which did and why others did not); durations are the cost model's, host time is "
+             "what computing took")
 COMPUTED = ("the cuda backend runs kernel launches on this host's GPUs, so their results are real; their "
             "durations are not measured (0)")
 
@@ -121,8 +125,8 @@ def launches(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply
               if session.tenant is None or owners.get(launch.session) == session.tenant.name]
     chosen = chosen[-limit:] if limit else chosen
     return {"launches": [launch.as_json() for launch in chosen], "counts": {str(k): v for k, v in log.counts.items()},
-            "computed": daemon.state.backend == "cuda",
-            "note": COMPUTED if daemon.state.backend == "cuda" else NOT_COMPUTED}
+            "computed": daemon.state.backend == "cuda" or daemon.state.compute,
+            "note": COMPUTED if daemon.state.backend == "cuda" else SIMULATED if daemon.state.compute else NOT_COMPUTED}
 
 
 def stop(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:

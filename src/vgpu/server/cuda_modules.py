@@ -92,6 +92,7 @@ class ModuleServing:
         #: (session, launch head) -> what a repeated launch needs (see launch)
         self._launch_cache: dict[tuple[int, bytes], tuple] = {}
         self._last_seconds = 0.0
+        self._last_outcome = ComputeOutcome("off")
 
     # loading ---------------------------------------------------------------------------
     def _instance(self, c: Caller | Session, module: LoadedModule, gpu: Gpu) -> Instance:
@@ -463,18 +464,22 @@ class ModuleServing:
                 raise struct.error(f"a launch record of {args_size} parameter bytes runs past its frame")
             found = quick.get((session.id, payload[at:at + head]))
             if found is not None:  # seen before, and nothing it depends on changed since
-                stream, name, grid, block, shared, seconds, cooperative = found
+                stream, name, grid, block, shared, seconds, cooperative, outcome = found
                 start = host if host > stream.ready_at else stream.ready_at
                 stream.ready_at = start + seconds
                 busy.setdefault(id(stream), [stream, 0.0])[1] += seconds
                 records.append((session.pid, session.id, now, stream.gpu.index, name, grid, block, shared,
-                                stream.id, payload[at + head:end], start, seconds, cooperative, False))
+                                stream.id, payload[at + head:end], start, seconds, cooperative, False, outcome))
             else:
                 self.state.launches.extend(records)
                 records = []
                 rc = struct.unpack_from("<i", self._launch(session, payload[at:end]))[0]
                 first = first or rc
             at = end
+            if session.computing:  # the rest of the frame runs once the kernel has ended
+                if at < size:
+                    session.continuation = bytes(payload[at:])
+                break
         self.state.launches.extend(records)
         for stream, seconds in busy.values():
             stream.gpu.run(stream.owner, seconds)  # NVML's utilisation follows the work
@@ -514,10 +519,11 @@ class ModuleServing:
                 stream, C["CU_GRAPH_NODE_TYPE_KERNEL"],
                 self._replay_of(C["CU_GRAPH_NODE_TYPE_KERNEL"], kernel), signature, kernel))
         rc = self._run_kernel(c, stream, *kernel)
-        if rc == SUCCESS:  # the next launch with the same head takes the quick way (launch)
+        if rc == SUCCESS and self._last_outcome.status in ("off", "not computed"):
+            # the next launch with the same head takes the quick way (launch)
             self._launch_cache[(session.id, bytes(payload[:self.LAUNCH.size]))] = (
                 stream, ref.name, (gx, gy, gz), (bx, by, bz), shared, self._last_seconds,
-                bool(flags & self.LAUNCH_COOPERATIVE))
+                bool(flags & self.LAUNCH_COOPERATIVE), self._last_outcome)
         return struct.pack("<i", rc)
 
     def _forget_launch_shapes(self) -> None:
@@ -539,7 +545,36 @@ class ModuleServing:
         start = max(self.host_time.get(c.session.id, 0.0), stream.ready_at)
         stream.queue(start, seconds)
         session = c.session
+        outcome = self._compute(c, stream.gpu, ref, grid, block, shared, args, graph)
+        self._last_outcome = outcome
         self.state.launches.add((session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
                                  shared, stream.id, args, start, seconds, bool(flags & self.LAUNCH_COOPERATIVE),
-                                 graph))
+                                 graph, outcome))
         return SUCCESS
+
+    def _compute(self, c: Caller, gpu: Gpu, ref: FunctionRef, grid: tuple[int, int, int],
+                 block: tuple[int, int, int], shared: int, args: bytes, graph: bool) -> ComputeOutcome:
+        """Start computing a launch where its module has PTX for the device (the process's
+        later frames wait for it); what became of it."""
+        compute = self.compute
+        if not compute.enabled:
+            return ComputeOutcome("off")
+        if graph:
+            outcome = ComputeOutcome("not computed", "kernels launched in graphs are not computed yet")
+            compute.say_once(ref.name, outcome.reason)
+            return outcome
+        arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
+        prepared = compute.prepare(ref.module.image, arch)
+        if isinstance(prepared, str):
+            compute.say_once(ref.name, prepared)
+            return ComputeOutcome("not computed", prepared)
+        owner = ref.module.owner
+        instance = self._instance(c, ref.module, gpu)
+        limits = self.limits.get((c.session.id, gpu.index), {})
+        outcome = ComputeOutcome()
+        compute.start(c.session, prepared, ref.name, grid, block, shared, args, instance.globals,
+                      write=lambda address, data: gpu.memory.write(owner, address, data),
+                      read=lambda address, length: bytes(gpu.memory.read(c.session.id, address, length)),
+                      stack_bytes=limits.get(C["CU_LIMIT_STACK_SIZE"], 1024),
+                      sm_count=self._attributes[gpu.index].get("MULTIPROCESSOR_COUNT", 1), outcome=outcome)
+        return outcome

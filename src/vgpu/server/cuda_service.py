@@ -222,6 +222,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         #: cuCtxSetCacheConfig's preference per (process, context)
         self.cache_configs: dict[tuple[int, int], int] = {}
         self._ids = itertools.count(STREAM_IDS_FROM)
+        self.compute = KernelCompute(state.compute, self._executor, lambda session, job: state.loop_calls.post(
+            lambda: state.kernel_ended(session, job)))
         self._init_modules()
         self._init_vmm()
         self._init_graphs()

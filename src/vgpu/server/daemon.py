@@ -46,6 +46,11 @@ _PEERCRED = struct.Struct("3i")
 SEND_TIMEOUT_S = 5.0
 #: the rest of a frame longer than this is received straight into a buffer of its own
 LARGE_FRAME = 1 << 20
+#: how often a client waiting behind a computing kernel hears that it still runs
+BUSY_NOTICE_S = 1.0
+CUDA_ERROR_NOT_READY = 600
+#: launch failures a GPU keeps for the rest of the context: illegal address, assert, trap, launch failure
+STICKY_ERRORS = frozenset({700, 710, 715, 719})
 #: the first op of an API call (below: the protocol's own ops)
 API_OPS_FROM = min(OP_BASE.values())
 
@@ -100,11 +105,12 @@ class Connection:
         except (BlockingIOError, ssl.SSLWantReadError):
             return None
 
-    def send(self, frame: Frame, payload: Reply, wait: bool = False) -> None:
-        """A reply. What the socket does not take at once waits in the outbox for the selector
-        (``wait``: on a thread of its own, the sender waits for room instead)."""
-        parts = ([protocol.HEADER.pack(payload.size, frame.op, FLAG_REPLY, frame.seq), *payload]
-                 if isinstance(payload, Pieces) else [protocol.pack_frame(frame.op, payload, frame.seq, FLAG_REPLY)])
+    def send(self, frame: Frame, payload: Reply, wait: bool = False, flags: int = FLAG_REPLY) -> None:
+        """A reply (or, with ``flags`` 0, a notice). What the socket does not take at once waits in
+        the outbox for the selector (``wait``: on a thread of its own, the sender waits for room
+        instead)."""
+        parts = ([protocol.HEADER.pack(payload.size, frame.op, flags, frame.seq), *payload]
+                 if isinstance(payload, Pieces) else [protocol.pack_frame(frame.op, payload, frame.seq, flags)])
         with self.send_lock:
             for part in parts:
                 view = memoryview(part).cast("B")
@@ -198,6 +204,13 @@ class Daemon:
         self.published: Published | None = None
         #: the session published answers are computed in: vgpud itself
         self._own_session = Session(0, os.getpid(), os.getuid(), "vgpud")
+        #: work other threads hand to the selector thread (kernels that ended)
+        self.loop_calls = state.loop_calls
+        #: the ops answered at once while the process computes: "not ready"
+        self.query_ops = {f.op for f in self.apis["cuda"].api.functions if f.name in ("cuStreamQuery", "cuEventQuery")}
+        self._selector: selectors.BaseSelector | None = None
+        self._busy_notices_at = 0.0
+        state.kernel_ended = self.kernel_ended
 
     # lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -230,7 +243,9 @@ class Daemon:
         assert self._listener is not None, "bind() first"
         log.info("vgpud %d serving %d GPU(s) at %s", os.getpid(), len(self.state.gpus), self.socket_path)
         selector = selectors.DefaultSelector()
+        self._selector = selector
         selector.register(self._listener, selectors.EVENT_READ)
+        selector.register(self.loop_calls.wakeup, selectors.EVENT_READ, "calls")
         network = self._network_listener
         if network is not None:
             selector.register(network.wakeup, selectors.EVENT_READ, "network")
@@ -241,6 +256,8 @@ class Daemon:
                 for key, events in selector.select(timeout=protocol.PUBLISHED_REFRESH_MS / 1000):
                     if key.data is None:
                         self._accept(selector)
+                    elif key.data == "calls":
+                        self.loop_calls.run_pending()
                     elif key.data == "network":
                         for sock, peer in network.take():
                             selector.register(sock, selectors.EVENT_READ, Connection(
@@ -251,6 +268,7 @@ class Daemon:
                         if events & selectors.EVENT_READ and key.data.sock.fileno() >= 0:
                             self._readable(selector, key.data)
                 self._drop_stalled(selector)
+                self._tell_waiters()
                 self.published.refresh_if_due()
         finally:
             for key in list(selector.get_map().values()):
@@ -315,16 +333,10 @@ class Daemon:
                         return
                     continue
                 conn.session.calls += 1
-                if frame.flags & protocol.FLAG_NO_REPLY:
-                    self._queued(conn.session, frame)
-                elif frame.op == protocol.OP_FACTS:
-                    if conn.api not in self.apis:
-                        raise ProtocolError(f"facts asked for on a {conn.api!r} connection")
-                    conn.send(frame, self.apis[conn.api].facts(conn.session))
-                elif frame.op in self.waiting_ops:
-                    threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
-                else:
-                    conn.send(frame, self._handle(conn.session, frame))
+                if conn.session.computing or conn.session.held:
+                    self._hold(conn, frame)
+                    continue
+                self._serve(conn, frame)
                 if frame.op == protocol.OP_CONTROL and self.stopping.is_set():
                     return
             if closed:
@@ -342,6 +354,81 @@ class Daemon:
         except Exception:  # a bug of ours: it costs this connection, never the daemon
             log.exception("closing connection of pid %d after an internal error", conn.pid)
             self._close(selector, conn)
+
+    def _serve(self, conn: Connection, frame: Frame) -> None:
+        """Carry out one frame of a connection whose session is not waiting for a kernel."""
+        session = conn.session
+        session.serving = conn
+        if frame.flags & protocol.FLAG_NO_REPLY:
+            self._queued(session, frame)
+        elif frame.op == protocol.OP_FACTS:
+            if conn.api not in self.apis:
+                raise ProtocolError(f"facts asked for on a {conn.api!r} connection")
+            conn.send(frame, self.apis[conn.api].facts(session))
+        elif frame.op in self.waiting_ops:
+            threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
+        else:
+            conn.send(frame, self._handle(session, frame))
+        if session.continuation is not None:  # the rest of the frame waits for the kernel it started
+            session.held.appendleft((conn, Frame(frame.op, frame.flags, frame.seq, session.continuation)))
+            session.continuation = None
+
+    def _hold(self, conn: Connection, frame: Frame) -> None:
+        """A frame of a process whose kernel is computing waits its turn; a stream or event
+        query is answered at once: not ready."""
+        if frame.op in self.query_ops and not frame.flags & protocol.FLAG_NO_REPLY:
+            conn.send(frame, struct.pack("<i", CUDA_ERROR_NOT_READY))
+            return
+        conn.session.held.append((conn, Frame(frame.op, frame.flags, frame.seq, bytes(frame.payload))))
+
+    def kernel_ended(self, session: Session, job: object) -> None:
+        """On the selector thread: a kernel of ``session`` has ended.  Its printed output goes
+        to the connection that launched it; a failure becomes the process's error (sticky
+        where a GPU's is); the frames that waited run."""
+        session.computing = False
+        code = getattr(job, "code", 0)
+        if code:
+            session.deferred_error = session.deferred_error or code
+            if code in STICKY_ERRORS:
+                session.sticky_error = session.sticky_error or code
+        printed = getattr(job, "printed", "")
+        origin = getattr(job, "origin", None)
+        if printed and isinstance(origin, Connection) and origin.sock.fileno() >= 0:
+            origin.send(Frame(protocol.OP_NOTICE, 0, 0, b""),
+                        struct.pack("<I", protocol.NOTICE_OUTPUT) + printed.encode(), flags=0)
+            self._watch_sending(self._selector, origin)
+        self.resume(session)
+
+    def resume(self, session: Session) -> None:
+        """On the selector thread, after a kernel of ``session`` ended: its waiting frames run in
+        order, until one starts another kernel."""
+        while session.held and not session.computing:
+            conn, frame = session.held.popleft()
+            if conn.sock.fileno() < 0 or conn.session is not session:
+                continue  # its connection closed meanwhile
+            try:
+                self._serve(conn, frame)
+                self._watch_sending(self._selector, conn)
+            except (ProtocolError, DecodeError, OSError) as error:
+                log.warning("closing connection of pid %d: %s", conn.pid, error)
+                self._close(self._selector, conn)
+
+    def _tell_waiters(self) -> None:
+        """Clients waiting for a reply behind a computing kernel hear, every second, that it
+        still runs: their wait starts again instead of taking vgpud for lost."""
+        now = time.monotonic()
+        if now - self._busy_notices_at < BUSY_NOTICE_S:
+            return
+        self._busy_notices_at = now
+        notice = struct.pack("<I", protocol.NOTICE_BUSY)
+        for session in self.state.sessions.values():
+            if not session.computing:
+                continue
+            waiting = {id(conn): conn for conn, frame in session.held if not frame.flags & protocol.FLAG_NO_REPLY}
+            for conn in waiting.values():
+                if conn.sock.fileno() >= 0:
+                    conn.send(Frame(protocol.OP_NOTICE, 0, 0, b""), notice, flags=0)
+                    self._watch_sending(self._selector, conn)
 
     def _read_frames(self, conn: Connection) -> tuple[list[Frame], bool]:
         """The frames completed by what has arrived, and whether the peer closed. A small

@@ -21,6 +21,12 @@ _REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
 
 
 @dataclass(frozen=True)
+#: what a process may still ask after a kernel failed (the error stays with its contexts, not
+#: with the devices or the driver)
+_STICKY_EXEMPT = ("cuDevice", "cuDriver", "cuInit", "cuGetErrorName", "cuGetErrorString", "cuGetExportTable",
+                  "cuGetProcAddress", "cuCtxDestroy")
+
+
 class Caller:
     """Who calls, for APIs with per-thread state: the session and the thread's current context id."""
 
@@ -100,6 +106,8 @@ class ApiDispatcher:
             caller = Caller(session, U64.unpack_from(payload)[0])
             payload = memoryview(payload)[8:]  # a bulk transfer's 16 MiB are not copied for it
         args = codec.decode(payload, session.windows)
+        if session.sticky_error and service.CONTEXT_PREFIX and not codec.function.name.startswith(_STICKY_EXEMPT):
+            return codec.encode_reply(session.sticky_error, args, service.handle_id)
         for index, param in enumerate(codec.function.params):
             if param.kind is Kind.HANDLE:
                 obj = service.resolve(param.handle, args[index], caller)

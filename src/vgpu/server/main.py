@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,17 +46,20 @@ from vgpu.wire.protocol import default_socket_path
               help="The CA that signed the GPU host's certificate (backend remote; default: the system's).")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
               help="Seconds before a silent peer counts as gone (network connections).")
+@click.option("--compute", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Run kernels whose modules carry PTX (off: launches are recorded and timed only).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def main(gpus: str, socket_path: Path | None, backend: str, listen: str | None, tls_cert: Path | None,
          tls_key: Path | None, state_dir: Path | None, connect: tuple[str, ...], token: tuple[str, ...],
-         pci_domain: int, ca: Path | None, timeout: float, log_level: str) -> None:
+         pci_domain: int, ca: Path | None, timeout: float, compute: str, log_level: str) -> None:
     """Serve NVIDIA GPUs to the vgpu libraries: simulated ones, or a GPU host's over the network."""
     logging.basicConfig(level=log_level.upper(), format="vgpud[%(process)d] %(levelname)s %(message)s")
     socket_path = socket_path or default_socket_path()
     if backend == "remote":
         server = _relay(socket_path, connect, token, ca, timeout)
     else:
-        server = _daemon(gpus, backend, socket_path, listen, tls_cert, tls_key, state_dir, timeout, pci_domain)
+        server = _daemon(gpus, backend, socket_path, listen, tls_cert, tls_key, state_dir, timeout, pci_domain,
+                         compute == "on")
     try:
         server.bind()
     except (RuntimeError, OSError, RemoteError) as error:
@@ -67,7 +71,7 @@ def main(gpus: str, socket_path: Path | None, backend: str, listen: str | None, 
 
 
 def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert: Path | None, key: Path | None,
-            state_dir: Path | None, timeout: float, pci_domain: int) -> Daemon:
+            state_dir: Path | None, timeout: float, pci_domain: int, compute: bool = True) -> Daemon:
     try:
         gpu_set = gpuset.parse(gpus, pci_domain)
     except (KeyError, ValueError) as error:
@@ -91,7 +95,11 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--listen") from None
         network = NetworkSettings(address, cert, key, TokenStore(state_dir or default_state_dir()), timeout)
-    return Daemon(DaemonState(gpu_set, backend, make_gpu), socket_path, network)
+    if state_dir is not None:  # a system vgpud keeps compiled kernels with its state
+        os.environ.setdefault("VGPU_COMPUTE_CACHE", str(state_dir / "compute"))
+    state = DaemonState(gpu_set, backend, make_gpu)
+    state.compute = compute and backend == "sim"  # a real GPU computes for itself
+    return Daemon(state, socket_path, network)
 
 
 def _relay(socket_path: Path, connect: tuple[str, ...], token: tuple[str, ...], ca: Path | None,

@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,6 +16,7 @@ from vgpu.device.gpu import Gpu
 from vgpu.device.gpuset import GpuSet
 from vgpu.device.launches import LaunchLog
 from vgpu.remote.tokens import Tenant
+from vgpu.server.loop_calls import LoopCalls
 from vgpu.server.windows import Windows
 
 
@@ -43,10 +45,27 @@ class Session:
     peer: str = ""
     #: the daemon's GPU indices behind the process's CUDA ordinals (vgpu.server.cuda_service)
     cuda_visible: list[int] | None = None
+    #: a kernel of this process is computing: its later frames wait in ``held`` (connection,
+    #: frame), in arrival order, and run when it ends (stream order, whatever the thread)
+    computing: bool = False
+    held: deque = field(default_factory=deque)
+    #: the part of the frame being handled that must wait for the kernel just started (a
+    #: launch frame's later records): it runs first when the kernel ends
+    continuation: bytes | None = None
+    #: the connection whose frame vgpud is carrying out (a kernel's printed output goes to it)
+    serving: object = None
+    #: the error a failed kernel left: every later CUDA call of the process returns it, as a
+    #: GPU's sticky errors (illegal address, assert, trap) do
+    sticky_error: int = 0
 
     def __post_init__(self) -> None:
         if self.windows is None:
             self.windows = Windows(self.pid)
+
+
+def _kernel_ended(session: Session, job: object) -> None:
+    """Without a daemon (a service driven directly): the process may go on."""
+    session.computing = False
 
 
 class DaemonState:
@@ -71,6 +90,12 @@ class DaemonState:
         self.session_tenants: dict[int, str] = {}
         #: called with each session that ends, after its memory is freed (services' clean-up)
         self.on_detach: list[Callable[[Session], None]] = []
+        #: whether kernels compute (vgpud --compute on|off)
+        self.compute = True
+        #: work other threads hand to the selector thread, and what it does when a process's
+        #: kernel has ended (the daemon's: run the frames that waited for it)
+        self.loop_calls = LoopCalls()
+        self.kernel_ended: Callable[[Session, object], None] = _kernel_ended
 
     def attach(self, pid: int, uid: int, exe: str, env: dict[str, str] | None = None,
                tenant: Tenant | None = None, peer: str = "") -> Session:

@@ -44,6 +44,8 @@ class Client:
                     from None
         self.sock = sock
         self.seq = 0
+        #: what the session's kernels printed (notices), for whoever reads it
+        self.printed = b""
         self.reader = protocol.FrameReader(self.sock)
         self.token, self.peer = token, peer
         self.session, self.bitmap = self._hello(api, digest)
@@ -76,6 +78,10 @@ class Client:
         self.sock.sendall(protocol.pack_frame(op, payload, self.seq))
         try:
             frame = self.reader.read()
+            while frame.op == protocol.OP_NOTICE and frame.seq == 0:  # unasked: busy, or kernels' output
+                if struct.unpack_from("<I", frame.payload)[0] == protocol.NOTICE_OUTPUT:
+                    self.printed += bytes(frame.payload[4:])
+                frame = self.reader.read()
         except EOFError:
             raise DaemonUnavailable(f"vgpud at {self.path} closed the connection") from None
         if frame.seq != self.seq or not frame.flags & FLAG_REPLY:

@@ -36,6 +36,12 @@ OP_FACTS = 0x0005     # every immutable answer of the connection's API, in one r
                       # u32 answer length, answer; repeated)
 OP_MODULE = 0x0006    # CUDA: load a code image (vgpu.server.cuda_modules.load_module has the layout)
 OP_LAUNCH = 0x0007    # CUDA: a kernel launch, sent without waiting (cuda_modules.launch has the layout)
+OP_NOTICE = 0x0008    # vgpud to a client, unasked (sequence 0): u32 kind, then its data; a client skips it
+                      # wherever it reads a reply
+
+# notice kinds
+NOTICE_BUSY = 1       # work the client's next reply waits for is still running: keep waiting
+NOTICE_OUTPUT = 2     # text the process's kernels printed (device printf): write it to stdout
 
 # handshake answers
 HELLO_OK = 0
@@ -192,7 +198,7 @@ def c_header() -> str:
              f'#define VGPU_SOCKET_ENV "{SOCKET_ENV}"',
              f'#define VGPU_SYSTEM_SOCKET "{SYSTEM_SOCKET}"']
     for name, value in sorted(globals().items()):
-        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_")) and isinstance(value, int):
+        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_", "NOTICE_")) and isinstance(value, int):
             lines.append(f"#define VGPU_{name} {value}")
     for name in ("PUBLISHED_HEADER_SIZE", "PUBLISHED_SLOTS", "PUBLISHED_KEY_MAX", "PUBLISHED_SLOT_SIZE",
                  "PUBLISHED_ANSWER_MAX", "PUBLISHED_PROBES", "PUBLISHED_MAX_AGE_MS"):

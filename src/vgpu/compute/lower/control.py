@@ -47,7 +47,7 @@ def record_failure(fl, mask: ir.Value) -> None:
     b.store(b.urem(linear, x), field("error_thread", 0))
     b.store(b.urem(b.udiv(linear, x), y), field("error_thread", 1))
     b.store(b.udiv(linear, b.mul(x, y)), field("error_thread", 2))
-    b.store_atomic(ir.Constant(I32, 1), field("abort", 0), "monotonic", 4)
+    b.atomic_rmw("xchg", field("abort", 0), ir.Constant(I32, 1), "monotonic")
 
 
 def fail(fl, ins: Instruction, mask: ir.Value, code: int) -> None:
