@@ -22,7 +22,7 @@ from typing import Any, Callable
 from vgpu.api.manifest import load
 from vgpu.device.gpu import OutOfMemory
 from vgpu.server.dispatch import Caller
-from vgpu.server.state import Session
+from vgpu.server.state import Later, Session
 
 API = load("cuda")
 C = API.constants
@@ -1045,7 +1045,7 @@ class Graphs:
     #: grid, block, shared bytes, flags, parameter bytes
     HEAD = struct.Struct("<QQQ3I3IIII")
 
-    def _graph_frame(self, session: Session, payload: bytes) -> bytes:
+    def _graph_frame(self, session: Session, payload: bytes) -> bytes | Later:
         flags = self.HEAD.unpack_from(payload)[10]
         if flags & self.LAUNCH_CAPTURE_HOST:
             return self._capture_host_frame(session, payload)
@@ -1066,7 +1066,7 @@ class Graphs:
         params = API.ctype_named("CUDA_HOST_NODE_PARAMS")(fn, data)
         return struct.pack("<iI", self._capture_node(stream, C["CU_GRAPH_NODE_TYPE_HOST"], None, ("host",), params), 1)
 
-    def _graph_run_frame(self, session: Session, payload: bytes) -> bytes:
+    def _graph_run_frame(self, session: Session, payload: bytes) -> bytes | Later:
         """cuGraphLaunch from the shim (native/cuda/graphs.c): a launch record whose flags hold
         LAUNCH_GRAPH_RUN, then u64 executable graph id and u64 resume token (0 for a new launch). The
         nodes run in dependency order up to a host node, which the shim's host-function worker
@@ -1090,6 +1090,11 @@ class Graphs:
             if refused is not None:
                 return struct.pack("<iQQQ", refused, 0, 0, 0)
             nodes = self._flatten(graph_exec.nodes)
+        return self._graph_nodes(c, graph_exec, stream, nodes)
+
+    def _graph_nodes(self, c: Caller, graph_exec: GraphExec, stream: Any, nodes: list[GraphNode]) -> bytes | Later:
+        """Run a graph launch's nodes up to its next host node (see _graph_run_frame); a kernel
+        that computes holds the rest until it has ended."""
         for index, node in enumerate(nodes):
             if node.type == C["CU_GRAPH_NODE_TYPE_HOST"]:
                 token = next(self._ids)
@@ -1099,6 +1104,9 @@ class Graphs:
                 rc = node.replay(c, stream)
                 if rc != SUCCESS:
                     return struct.pack("<iQQQ", rc, 0, 0, 0)
+                if c.session.computing:
+                    rest = nodes[index + 1:]
+                    return Later(lambda: self._graph_nodes(c, graph_exec, stream, rest))
         return struct.pack("<iQQQ", SUCCESS, 0, 0, 0)
 
     def _flatten(self, nodes: list[GraphNode]) -> list[GraphNode]:

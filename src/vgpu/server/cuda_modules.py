@@ -22,10 +22,11 @@ from typing import Any
 
 from vgpu.api.manifest import load
 from vgpu.device.gpu import Gpu, OutOfMemory
+from vgpu.device.launches import ComputeOutcome
 from vgpu.device.kernels import SHARED_UNIT, FunctionState, blocks_per_multiprocessor, launch_seconds
 from vgpu.images import CodeImage, ImageError, ModuleCode, NoBinaryForGpu, PtxTooNew, read_image
 from vgpu.server.dispatch import Caller
-from vgpu.server.state import Session
+from vgpu.server.state import Later, Session
 from vgpu.wire import protocol
 
 log = logging.getLogger("vgpud")
@@ -438,7 +439,7 @@ class ModuleServing:
     LAUNCH_NODE_PARAMS = LAUNCH_NODE_SET | LAUNCH_NODE_GET
     LAUNCH_GRAPH_FRAMES = LAUNCH_NODE_PARAMS | LAUNCH_GRAPH_RUN | LAUNCH_CAPTURE_HOST
 
-    def launch(self, session: Session, payload: bytes) -> bytes:
+    def launch(self, session: Session, payload: bytes) -> bytes | Later:
         """OP_LAUNCH: launch records back to back (the shim sends a thread's consecutive
         launches in one frame, without waiting); the reply is the first failure's code.  A
         record: u64 context, u64 function id, u64 stream id, grid x/y/z, block x/y/z, u32
@@ -476,10 +477,12 @@ class ModuleServing:
                 rc = struct.unpack_from("<i", self._launch(session, payload[at:end]))[0]
                 first = first or rc
             at = end
-            if session.computing:  # the rest of the frame runs once the kernel has ended
-                if at < size:
-                    session.continuation = bytes(payload[at:])
-                break
+            if session.computing and at < size:  # the rest of the frame runs once the kernel has ended
+                self.state.launches.extend(records)
+                for stream, seconds in busy.values():
+                    stream.gpu.run(stream.owner, seconds)
+                rest = bytes(payload[at:])
+                return Later(lambda: self.launch(session, rest))
         self.state.launches.extend(records)
         for stream, seconds in busy.values():
             stream.gpu.run(stream.owner, seconds)  # NVML's utilisation follows the work
@@ -545,7 +548,7 @@ class ModuleServing:
         start = max(self.host_time.get(c.session.id, 0.0), stream.ready_at)
         stream.queue(start, seconds)
         session = c.session
-        outcome = self._compute(c, stream.gpu, ref, grid, block, shared, args, graph)
+        outcome = self._compute(c, stream.gpu, ref, grid, block, shared, args)
         self._last_outcome = outcome
         self.state.launches.add((session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
                                  shared, stream.id, args, start, seconds, bool(flags & self.LAUNCH_COOPERATIVE),
@@ -553,16 +556,12 @@ class ModuleServing:
         return SUCCESS
 
     def _compute(self, c: Caller, gpu: Gpu, ref: FunctionRef, grid: tuple[int, int, int],
-                 block: tuple[int, int, int], shared: int, args: bytes, graph: bool) -> ComputeOutcome:
+                 block: tuple[int, int, int], shared: int, args: bytes) -> ComputeOutcome:
         """Start computing a launch where its module has PTX for the device (the process's
         later frames wait for it); what became of it."""
         compute = self.compute
         if not compute.enabled:
             return ComputeOutcome("off")
-        if graph:
-            outcome = ComputeOutcome("not computed", "kernels launched in graphs are not computed yet")
-            compute.say_once(ref.name, outcome.reason)
-            return outcome
         arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
         prepared = compute.prepare(ref.module.image, arch)
         if isinstance(prepared, str):

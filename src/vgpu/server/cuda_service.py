@@ -18,6 +18,7 @@ from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull
+from vgpu.server.cuda_compute import KernelCompute
 from vgpu.server.cuda_extras import ContextEvents, ManagedBatches
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
 from vgpu.server.cuda_hostmem import HostMemoryServing

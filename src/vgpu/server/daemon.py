@@ -34,7 +34,7 @@ from vgpu.server.cuda_service import CudaService
 from vgpu.server.dispatch import ApiDispatcher
 from vgpu.server.nvml_service import NvmlService
 from vgpu.server.published import Published
-from vgpu.server.state import DaemonState, Session
+from vgpu.server.state import DaemonState, Later, Session
 from vgpu.server.windows import can_reach
 from vgpu.wire import protocol
 from vgpu.wire.codec import DecodeError, Pieces, Reply
@@ -360,18 +360,30 @@ class Daemon:
         session = conn.session
         session.serving = conn
         if frame.flags & protocol.FLAG_NO_REPLY:
-            self._queued(session, frame)
+            reply = self._queued(session, frame)
         elif frame.op == protocol.OP_FACTS:
             if conn.api not in self.apis:
                 raise ProtocolError(f"facts asked for on a {conn.api!r} connection")
-            conn.send(frame, self.apis[conn.api].facts(session))
+            reply = self.apis[conn.api].facts(session)
         elif frame.op in self.waiting_ops:
             threading.Thread(target=self._answer, args=(conn, frame), daemon=True).start()
+            return
         else:
-            conn.send(frame, self._handle(session, frame))
-        if session.continuation is not None:  # the rest of the frame waits for the kernel it started
-            session.held.appendleft((conn, Frame(frame.op, frame.flags, frame.seq, session.continuation)))
-            session.continuation = None
+            reply = self._handle(session, frame)
+        self._deliver(conn, frame, reply)
+
+    def _deliver(self, conn: Connection, frame: Frame, reply: object) -> None:
+        """A frame's answer: sent, noted (the first error of posted work waits for the next
+        synchronising call), or, when the frame waits for a kernel, kept with it."""
+        session = conn.session
+        if isinstance(reply, Later):
+            session.held.appendleft((conn, frame, reply))
+        elif frame.flags & protocol.FLAG_NO_REPLY:
+            rc = struct.unpack_from("<i", reply)[0] if reply else 0
+            if rc and not session.deferred_error:
+                session.deferred_error = rc
+        else:
+            conn.send(frame, reply)
 
     def _hold(self, conn: Connection, frame: Frame) -> None:
         """A frame of a process whose kernel is computing waits its turn; a stream or event
@@ -379,7 +391,7 @@ class Daemon:
         if frame.op in self.query_ops and not frame.flags & protocol.FLAG_NO_REPLY:
             conn.send(frame, struct.pack("<i", CUDA_ERROR_NOT_READY))
             return
-        conn.session.held.append((conn, Frame(frame.op, frame.flags, frame.seq, bytes(frame.payload))))
+        conn.session.held.append((conn, Frame(frame.op, frame.flags, frame.seq, bytes(frame.payload)), None))
 
     def kernel_ended(self, session: Session, job: object) -> None:
         """On the selector thread: a kernel of ``session`` has ended.  Its printed output goes
@@ -403,11 +415,15 @@ class Daemon:
         """On the selector thread, after a kernel of ``session`` ended: its waiting frames run in
         order, until one starts another kernel."""
         while session.held and not session.computing:
-            conn, frame = session.held.popleft()
+            conn, frame, later = session.held.popleft()
             if conn.sock.fileno() < 0 or conn.session is not session:
                 continue  # its connection closed meanwhile
             try:
-                self._serve(conn, frame)
+                if later is None:
+                    self._serve(conn, frame)
+                else:
+                    session.serving = conn
+                    self._deliver(conn, frame, later.finish())
                 self._watch_sending(self._selector, conn)
             except (ProtocolError, DecodeError, OSError) as error:
                 log.warning("closing connection of pid %d: %s", conn.pid, error)
@@ -424,7 +440,7 @@ class Daemon:
         for session in self.state.sessions.values():
             if not session.computing:
                 continue
-            waiting = {id(conn): conn for conn, frame in session.held if not frame.flags & protocol.FLAG_NO_REPLY}
+            waiting = {id(conn): conn for conn, frame, _ in session.held if not frame.flags & protocol.FLAG_NO_REPLY}
             for conn in waiting.values():
                 if conn.sock.fileno() >= 0:
                     conn.send(Frame(protocol.OP_NOTICE, 0, 0, b""), notice, flags=0)
@@ -493,21 +509,17 @@ class Daemon:
         conn.lent = bulk.buffer
         return Frame(bulk.op, bulk.flags, bulk.seq, bulk.view if bulk.op >= API_OPS_FROM else bytes(bulk.view))
 
-    def _queued(self, session: Session, frame: Frame) -> None:
-        """Work sent without waiting: its first error waits for the next synchronising call.
-        A ping sent this way does nothing (the benchmarks' floor of empty sends)."""
+    def _queued(self, session: Session, frame: Frame) -> object:
+        """Work sent without waiting: its answer (whose error waits for the next synchronising
+        call).  A ping sent this way does nothing (the benchmarks' floor of empty sends)."""
         session.posted += 1
         if frame.op in self.private_ops:
-            reply = self._private(session, frame)
-        elif frame.op == protocol.OP_PING:
-            return
-        elif frame.op in self.dispatchers:
-            reply = self._handle(session, frame)
-        else:
-            raise ProtocolError(f"op 0x{frame.op:04x} cannot be sent without a reply")
-        rc = struct.unpack_from("<i", reply)[0]
-        if rc and not session.deferred_error:
-            session.deferred_error = rc
+            return self._private(session, frame)
+        if frame.op == protocol.OP_PING:
+            return b""
+        if frame.op in self.dispatchers:
+            return self._handle(session, frame)
+        raise ProtocolError(f"op 0x{frame.op:04x} cannot be sent without a reply")
 
     def _answer(self, conn: Connection, frame: Frame) -> None:
         """A call that may wait, on its own thread; a failure closes the socket, and the selector the rest."""

@@ -20,13 +20,13 @@ log = logging.getLogger("vgpud")
 _REQUIRED_OUTPUTS = (Kind.INOUT, Kind.HANDLE_OUT, Kind.BUFFER)
 
 
-@dataclass(frozen=True)
 #: what a process may still ask after a kernel failed (the error stays with its contexts, not
 #: with the devices or the driver)
 _STICKY_EXEMPT = ("cuDevice", "cuDriver", "cuInit", "cuGetErrorName", "cuGetErrorString", "cuGetExportTable",
                   "cuGetProcAddress", "cuCtxDestroy")
 
 
+@dataclass(frozen=True)
 class Caller:
     """Who calls, for APIs with per-thread state: the session and the thread's current context id."""
 

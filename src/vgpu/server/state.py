@@ -48,10 +48,8 @@ class Session:
     #: a kernel of this process is computing: its later frames wait in ``held`` (connection,
     #: frame), in arrival order, and run when it ends (stream order, whatever the thread)
     computing: bool = False
+    #: (connection, frame, Later or None): a Later is the rest of a frame already begun
     held: deque = field(default_factory=deque)
-    #: the part of the frame being handled that must wait for the kernel just started (a
-    #: launch frame's later records): it runs first when the kernel ends
-    continuation: bytes | None = None
     #: the connection whose frame vgpud is carrying out (a kernel's printed output goes to it)
     serving: object = None
     #: the error a failed kernel left: every later CUDA call of the process returns it, as a
@@ -61,6 +59,15 @@ class Session:
     def __post_init__(self) -> None:
         if self.windows is None:
             self.windows = Windows(self.pid)
+
+
+@dataclass
+class Later:
+    """What a service answers when a frame's rest must wait for the kernel it started (a
+    launch frame's later records, a graph's later nodes): ``finish`` carries it on when the
+    kernel has ended and gives the frame's reply, or another Later."""
+
+    finish: Callable[[], object]
 
 
 def _kernel_ended(session: Session, job: object) -> None:

@@ -80,6 +80,7 @@ class FunctionLowering:
                     self.register_types[reg] = statement.type
             elif isinstance(statement, Variable) and statement.space == "param":
                 self.param_vars[statement.name] = statement
+        self._entry_values: dict[str, ir.Value] = {}
         self.own_params = {p.name: (i, p) for i, p in enumerate(list(function.returns) + list(function.params))}
 
     # -- setup ----------------------------------------------------------------------------
@@ -128,7 +129,16 @@ class FunctionLowering:
             from vgpu.compute.lower.control import stack_check
             stack_check(self)
         self.dispatch = fn.append_basic_block("dispatch")
+        setup_end = b.block
         self.ir_blocks = [fn.append_basic_block(f"b{block.index}") for block in self.blocks]
+        # each block's active lanes, and whether they are all the lanes that may run: from the
+        # dispatcher, or from a block whose lanes all branched here together
+        self.mask_phis, self.alone_phis = [], []
+        for ir_block in self.ir_blocks:
+            b.position_at_end(ir_block)
+            self.mask_phis.append(b.phi(ir.VectorType(I1, WARP), name="mask"))
+            self.alone_phis.append(b.phi(I1, name="alone"))
+        b.position_at_end(setup_end)
         b.branch(self.dispatch)
         self._emit_dispatch()
         for block in self.blocks:
@@ -142,6 +152,17 @@ class FunctionLowering:
             self.b.position_before(entry.instructions[0])
             slot = self.b.alloca(typ, name=name)
         return slot
+
+    def entry_value(self, key: str, make: Callable[[], ir.Value]) -> ir.Value:
+        """A value computed once, in the entry block (special registers: each block that reads
+        one would compute it again)."""
+        if key not in self._entry_values:
+            entry = self.fn.entry_basic_block
+            with self.b.goto_block(entry):
+                if entry.is_terminated:
+                    self.b.position_before(entry.terminator)
+                self._entry_values[key] = make()
+        return self._entry_values[key]
 
     def _reg_vector(self, name: str) -> ir.VectorType:
         return ir.VectorType(ir.IntType(bit_width(self.register_types[name])), WARP)
@@ -178,7 +199,12 @@ class FunctionLowering:
         else:
             b.unreachable()
         b.position_at_end(run)
-        self.mask = b.icmp_unsigned("==", pc, self.lanes.splat(low))
+        mask = b.icmp_unsigned("==", pc, self.lanes.splat(low))
+        runnable = b.icmp_unsigned("<", pc, self._splat32(WAIT))
+        alone = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [b.and_(runnable, b.not_(mask))]))
+        for mask_phi, alone_phi in zip(self.mask_phis, self.alone_phis):
+            mask_phi.add_incoming(mask, run)
+            alone_phi.add_incoming(alone, run)
         unreachable = self.fn.append_basic_block("bad_pc")
         switch = b.switch(low, unreachable)
         for block in self.blocks:
@@ -190,14 +216,31 @@ class FunctionLowering:
     def _emit_block(self, block: cfg.Block) -> None:
         b = self.b
         b.position_at_end(self.ir_blocks[block.index])
+        self.mask = self.mask_phis[block.index]
+        self.alone = self.alone_phis[block.index]
         nxt = block.index + 1 if block.index + 1 < len(self.blocks) else EXIT
         for ins in block.instructions:
             if ins is block.last and cfg.ends_block(ins):
                 self._terminator(ins, nxt)
                 return
             self._instruction(ins)
+        if nxt != EXIT:
+            self._jump_if(self.alone, nxt)
         self._go(self.mask, nxt)
         b.branch(self.dispatch)
+
+    def _jump_if(self, condition: ir.Value, target: int) -> None:
+        """When ``condition`` holds, every lane that may run goes to block ``target`` together:
+        branch there directly, its lanes unchanged (no dispatch, and LLVM sees the loop)."""
+        b = self.b
+        jump = self.fn.append_basic_block()
+        stay = self.fn.append_basic_block()
+        b.cbranch(condition, jump, stay)
+        b.position_at_end(jump)
+        self.mask_phis[target].add_incoming(self.mask, jump)
+        self.alone_phis[target].add_incoming(ir.Constant(I1, 1), jump)
+        b.branch(self.ir_blocks[target])
+        b.position_at_end(stay)
 
     def _go(self, lanes: ir.Value, target: int | ir.Value) -> None:
         """Lanes in ``lanes`` continue at block ``target``."""
@@ -217,7 +260,16 @@ class FunctionLowering:
         taken = self.guard_mask(ins)
         not_taken = b.and_(self.mask, b.not_(taken))
         if ins.opcode == "bra":
-            self._go(taken, self.labels[ins.operands[0].name])
+            target = self.labels[ins.operands[0].name]
+            if ins.guard is None:
+                self._jump_if(self.alone, target)
+            else:
+                all_taken = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [not_taken]))
+                self._jump_if(b.and_(self.alone, all_taken), target)
+                if nxt != EXIT:
+                    none_taken = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [taken]))
+                    self._jump_if(b.and_(self.alone, none_taken), nxt)
+            self._go(taken, target)
             self._go(not_taken, nxt)
         elif ins.opcode == "brx":
             from vgpu.compute.lower.control import branch_indexed
@@ -264,7 +316,6 @@ class FunctionLowering:
     def read(self, operand: object, ptx_type: str) -> ir.Value:
         """An operand's value in every lane, as the PTX type's LLVM type."""
         b = self.b
-        value_type = element_type(ptx_type)
         if isinstance(operand, Negated):
             return b.not_(self.read(operand.register, "pred"))
         if isinstance(operand, Immediate):

@@ -9,6 +9,8 @@ offsets in each lane's own stack; a kernel's ``.param`` space is its packed para
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llvmlite import ir
 
 from vgpu.compute.lower.lanes import I1, I8, I32, I64, WARP
@@ -53,62 +55,101 @@ def kernel_param_address(fl, name: str, offset: int) -> ir.Value:
     return b.gep(params, [ir.Constant(I64, offsets[name] + offset)], source_etype=I8)
 
 
-def addresses(fl, operand: Address, space: str) -> tuple[ir.Value, bool]:
-    """Each lane's host address for a memory operand, and whether it is the same in every lane
-    (then the vector is a splat and a scalar access serves)."""
+@dataclass(frozen=True)
+class Where:
+    """Each lane's address for an access: ``base`` plus ``offsets`` (32-bit offsets in a
+    shared block or a lane's stack: half the vector work of 64-bit addresses), or, without a
+    base, absolute 64-bit addresses; ``uniform`` when every lane's is the same."""
+
+    base: ir.Value | None
+    offsets: ir.Value
+    uniform: bool = False
+
+    def shifted(self, fl, by: int) -> "Where":
+        if not by:
+            return self
+        width = self.offsets.type.element
+        return Where(self.base, fl.b.add(self.offsets, fl.lanes.splat(ir.Constant(width, by))), self.uniform)
+
+    def pointer(self, fl, offset: ir.Value) -> ir.Value:
+        """The address of one lane (its offset given)."""
+        if self.base is None:
+            return fl.b.inttoptr(offset, PTR)
+        return fl.b.gep(self.base, [offset], source_etype=I8)
+
+    def pointers(self, fl) -> ir.Value:
+        if self.base is None:
+            return fl.b.inttoptr(self.offsets, ir.VectorType(PTR, WARP))
+        vector = fl.b.gep(self.base, [self.offsets], source_etype=I8)
+        vector.type = ir.VectorType(PTR, WARP)  # llvmlite types a GEP by its base; a vector index makes a vector
+        return vector
+
+
+def addresses(fl, operand: Address, space: str) -> Where:
+    """Each lane's address for a memory operand in a state space."""
     b, lanes = fl.b, fl.lanes
     base, offset = operand.base, operand.offset
-    const = ir.Constant(I64, offset)
     if isinstance(base, Symbol):
         name = base.name
         if name in fl.unit.layout.shared_offset:
-            at = b.add(b.ptrtoint(fl.args["shared"], I64), ir.Constant(I64, fl.unit.layout.shared_offset[name] + offset))
-            return lanes.splat(at), True
+            at = ir.Constant(I32, fl.unit.layout.shared_offset[name] + offset)
+            return Where(fl.args["shared"], lanes.splat(at), True)
         if name in fl.unit.layout.symbol_index:
-            return b.add(fl.symbol_address(name), lanes.splat(const)), True
+            return Where(None, b.add(fl.symbol_address(name), lanes.splat(ir.Constant(I64, offset))), True)
         if name in fl.local_offsets:
-            at = b.add(fl.sp, ir.Constant(I64, fl.local_offsets[name] + offset))
-            return b.add(fl.lane_local, lanes.splat(at)), False
+            at = b.trunc(b.add(fl.sp, ir.Constant(I64, fl.local_offsets[name] + offset)), I32)
+            return _local(fl, lanes.splat(at))
         if name in fl.own_params:
             if fl.kernel:
-                return lanes.splat(b.ptrtoint(kernel_param_address(fl, name, offset), I64)), True
+                at = b.ptrtoint(kernel_param_address(fl, name, offset), I64)
+                return Where(None, lanes.splat(at), True)
             index, variable = fl.own_params[name]
             table = fl.args["params"]
             start = b.load(b.gep(table, [ir.Constant(I64, index)], source_etype=PTR), typ=PTR)
-            return _per_lane(fl, start, variable.size, offset), False
+            return _per_lane(fl, start, variable.size, offset)
         if name in fl.call_buffers:
-            return _per_lane(fl, fl.call_buffers[name], fl.param_vars[name].size, offset), False
+            return _per_lane(fl, fl.call_buffers[name], fl.param_vars[name].size, offset)
         raise Unsupported(f"the address [{name}+{offset}]")
-    if base is None:
-        value = lanes.splat(const)
-        uniform = True
-    else:
-        value = fl.read(base, "u64")
-        value = b.add(value, lanes.splat(const))
-        uniform = False
-    if space == "shared":
-        value = b.add(b.and_(value, lanes.splat(ir.Constant(I64, 0xFFFF_FFFF))),
-                      lanes.splat(b.ptrtoint(fl.args["shared"], I64)))
-    elif space == "local":
-        value = b.add(fl.lane_local, value)
-        uniform = False
-    elif space == "param" and not fl.kernel:
+    if space in ("shared", "local"):
+        value = lanes.splat(ir.Constant(I32, offset)) if base is None else \
+            b.add(fl.read(base, "u32"), lanes.splat(ir.Constant(I32, offset)))
+        return Where(fl.args["shared"], value, base is None) if space == "shared" else _local(fl, value)
+    if space == "param" and not fl.kernel:
         raise Unsupported("a .param access through a register in a device function")
-    return value, uniform
+    if base is None:
+        return Where(None, lanes.splat(ir.Constant(I64, offset)), True)
+    return Where(None, b.add(fl.read(base, "u64"), lanes.splat(ir.Constant(I64, offset))))
 
 
-def _per_lane(fl, start: ir.Value, size: int, offset: int) -> ir.Value:
+def _local(fl, offsets: ir.Value) -> Where:
+    """Local-window offsets: each lane's own stack (lane i's starts i stacks into the area)."""
     b = fl.b
-    stride = ir.Constant(I64, max(size, 1))
-    lane_bytes = b.mul(b.zext(fl.lane_ids, V64), fl.lanes.splat(stride))
-    return b.add(b.add(lane_bytes, fl.lanes.splat(b.ptrtoint(start, I64))), fl.lanes.splat(ir.Constant(I64, offset)))
+    lane_start = b.mul(fl.lane_ids, fl.lanes.splat(b.trunc(fl.stack_bytes, I32)))
+    return Where(fl.args["local"], b.add(lane_start, offsets))
+
+
+def _per_lane(fl, start: ir.Value, size: int, offset: int) -> Where:
+    b = fl.b
+    lane_bytes = b.mul(fl.lane_ids, fl.lanes.splat(ir.Constant(I32, max(size, 1))))
+    return Where(start, b.add(lane_bytes, fl.lanes.splat(ir.Constant(I32, offset))))
 
 
 def _any(fl, mask: ir.Value) -> ir.Value:
     return fl.lanes.intrinsic("llvm.vector.reduce.or", I1, [mask])
 
 
-def load(fl, where: ir.Value, uniform: bool, element: ir.IntType, mask: ir.Value) -> ir.Value:
+def _contiguous(fl, where: Where, size: int, mask: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """Whether the active lanes' addresses follow each other ``size`` bytes apart from lane
+    0's, and lane 0's offset."""
+    b, lanes = fl.b, fl.lanes
+    width = where.offsets.type.element
+    first = b.extract_element(where.offsets, ir.Constant(I32, 0))
+    steps = ir.Constant(where.offsets.type, [ir.Constant(width, i * size) for i in range(WARP)])
+    same = b.icmp_unsigned("==", where.offsets, b.add(lanes.splat(first), steps))
+    return lanes.intrinsic("llvm.vector.reduce.and", I1, [b.or_(same, b.not_(mask))]), first
+
+
+def load(fl, where: Where, element: ir.IntType, mask: ir.Value) -> ir.Value:
     """Each active lane's ``element`` at its address (inactive lanes: undefined)."""
     b, lanes = fl.b, fl.lanes
     vector = ir.VectorType(element, WARP)
@@ -118,10 +159,10 @@ def load(fl, where: ir.Value, uniform: bool, element: ir.IntType, mask: ir.Value
     fast = fl.fn.append_basic_block()
     slow = fl.fn.append_basic_block()
     join = fl.fn.append_basic_block()
-    if uniform:
+    if where.uniform:
         b.cbranch(_any(fl, mask), fast, join)
         b.position_at_end(fast)
-        scalar = b.load(b.inttoptr(b.extract_element(where, ir.Constant(I32, 0)), PTR), typ=element)
+        scalar = b.load(where.pointer(fl, b.extract_element(where.offsets, ir.Constant(I32, 0))), typ=element)
         scalar.align = size
         fast_value = lanes.splat(scalar)
         fast_end = b.block
@@ -133,19 +174,15 @@ def load(fl, where: ir.Value, uniform: bool, element: ir.IntType, mask: ir.Value
         phi.add_incoming(fast_value, fast_end)
         phi.add_incoming(undef, before)
         return phi
-    first = b.extract_element(where, ir.Constant(I32, 0))
-    steps = ir.Constant(V64, [ir.Constant(I64, i * size) for i in range(WARP)])
-    expected = b.add(lanes.splat(first), steps)
-    contiguous = lanes.intrinsic("llvm.vector.reduce.and", I1,
-                                 [b.or_(b.icmp_unsigned("==", where, expected), b.not_(mask))])
+    contiguous, first = _contiguous(fl, where, size, mask)
     b.cbranch(contiguous, fast, slow)
     b.position_at_end(fast)
     fast_value = lanes.intrinsic("llvm.masked.load", vector,
-                                 [b.inttoptr(first, PTR), ir.Constant(I32, size), mask, undef], [vector, PTR])
+                                 [where.pointer(fl, first), ir.Constant(I32, size), mask, undef], [vector, PTR])
     fast_end = b.block
     b.branch(join)
     b.position_at_end(slow)
-    pointers = b.inttoptr(where, ir.VectorType(PTR, WARP))
+    pointers = where.pointers(fl)
     slow_value = lanes.intrinsic("llvm.masked.gather", vector, [pointers, ir.Constant(I32, size), mask, undef],
                                  [vector, pointers.type])
     slow_end = b.block
@@ -157,20 +194,16 @@ def load(fl, where: ir.Value, uniform: bool, element: ir.IntType, mask: ir.Value
     return phi
 
 
-def store(fl, where: ir.Value, value: ir.Value, mask: ir.Value) -> None:
+def store(fl, where: Where, value: ir.Value, mask: ir.Value) -> None:
     b, lanes = fl.b, fl.lanes
-    element = value.type.element
-    size = element.width // 8
-    first = b.extract_element(where, ir.Constant(I32, 0))
-    steps = ir.Constant(V64, [ir.Constant(I64, i * size) for i in range(WARP)])
-    contiguous = lanes.intrinsic("llvm.vector.reduce.and", I1,
-                                 [b.or_(b.icmp_unsigned("==", where, b.add(lanes.splat(first), steps)), b.not_(mask))])
+    size = value.type.element.width // 8
+    contiguous, first = _contiguous(fl, where, size, mask)
     with b.if_else(contiguous) as (fast, slow):
         with fast:
             lanes.intrinsic("llvm.masked.store", ir.VoidType(),
-                            [value, b.inttoptr(first, PTR), ir.Constant(I32, size), mask], [value.type, PTR])
+                            [value, where.pointer(fl, first), ir.Constant(I32, size), mask], [value.type, PTR])
         with slow:
-            pointers = b.inttoptr(where, ir.VectorType(PTR, WARP))
+            pointers = where.pointers(fl)
             lanes.intrinsic("llvm.masked.scatter", ir.VoidType(), [value, pointers, ir.Constant(I32, size), mask],
                             [value.type, pointers.type])
 
@@ -188,14 +221,13 @@ def ld(fl, ins: Instruction) -> None:
     if not isinstance(source, Address):
         raise Unsupported(f"ld from {source!r}")
     mask = fl.guard_mask(ins)
-    where, uniform = addresses(fl, source, space)
+    where = addresses(fl, source, space)
     if ins.has("acquire"):
         fl.b.fence("acquire")
     targets = fl.vector_elements(destination)
     size = element.width // 8
     for k, register in enumerate(targets):
-        at = where if k == 0 else fl.b.add(where, fl.lanes.splat(ir.Constant(I64, k * size)))
-        value = load(fl, at, uniform, element, mask)
+        value = load(fl, where.shifted(fl, k * size), element, mask)
         if isinstance(register, Register):
             fl.write(register, ptx_type, value, mask)
 
@@ -208,7 +240,7 @@ def st(fl, ins: Instruction) -> None:
     if not isinstance(target, Address):
         raise Unsupported(f"st to {target!r}")
     mask = fl.guard_mask(ins)
-    where, _ = addresses(fl, target, space)
+    where = addresses(fl, target, space)
     if ins.has("release"):
         fl.b.fence("release")
     size = element.width // 8
@@ -216,9 +248,7 @@ def st(fl, ins: Instruction) -> None:
     for k, operand in enumerate(fl.vector_elements(source)):
         if operand is None:
             continue
-        value = fl.read(operand, bits_type)
-        at = where if k == 0 else fl.b.add(where, fl.lanes.splat(ir.Constant(I64, k * size)))
-        store(fl, at, value, mask)
+        store(fl, where.shifted(fl, k * size), fl.read(operand, bits_type), mask)
 
 
 # atomics ----------------------------------------------------------------------------------
@@ -259,7 +289,7 @@ def atom(fl, ins: Instruction) -> None:
             any(m in ("v2", "v4", "v8") for m in ins.modifiers):
         raise Unsupported(f"{ins.opcode}.{'.'.join(ins.modifiers)}")
     operands = ins.operands if reduction else ins.operands[1:]
-    where, _ = addresses(fl, operands[0], space)
+    where = addresses(fl, operands[0], space)
     mask = fl.guard_mask(ins)
     b = fl.b
     from vgpu.compute.lower.lanes import element_type
@@ -272,7 +302,7 @@ def atom(fl, ins: Instruction) -> None:
     ordering = "seq_cst" if any(m in ("acquire", "release", "acq_rel") for m in ins.modifiers) else "monotonic"
 
     def one(lane: ir.Value) -> None:
-        pointer = b.inttoptr(b.extract_element(where, lane), PTR)
+        pointer = where.pointer(fl, b.extract_element(where.offsets, lane))
         value = b.extract_element(values, lane)
         if operation == "cas":
             compare = b.bitcast(value, integer) if scalar != integer else value
@@ -379,19 +409,18 @@ def cp_async(fl, ins: Instruction) -> None:
     if copied not in (4, 8, 16):
         raise Unsupported("cp.async with a copy size that is not 4, 8 or 16")
     mask = fl.guard_mask(ins)
-    to, _ = addresses(fl, destination, "shared")
-    frm, uniform = addresses(fl, source, "global")
+    to = addresses(fl, destination, "shared")
+    frm = addresses(fl, source, "global")
     valid = None
     if len(ins.operands) > 3:  # src-size: bytes beyond it are zero-filled
         valid = fl.read(ins.operands[3], "u32")
     b = fl.b
     for k in range(copied // 4):
-        offset = fl.lanes.splat(ir.Constant(I64, 4 * k))
-        word = load(fl, b.add(frm, offset), False, I32, mask)
+        word = load(fl, Where(frm.base, frm.shifted(fl, 4 * k).offsets), I32, mask)
         if valid is not None:
             keep = b.icmp_unsigned(">", valid, fl.lanes.splat(ir.Constant(I32, 4 * k)))
             word = b.select(keep, word, fl.lanes.splat(ir.Constant(I32, 0)))
-        store(fl, b.add(to, offset), word, mask)
+        store(fl, to.shifted(fl, 4 * k), word, mask)
 
 
 def fence(fl, ins: Instruction) -> None:

@@ -20,13 +20,7 @@ def special_register(fl, name: str) -> ir.Value:
     axis = {"x": 0, "y": 1, "z": 2}.get(name.rsplit(".", 1)[-1]) if "." in name else None
     base = name.split(".", 1)[0]
     if base == "%tid":
-        linear = b.add(lanes.splat(b.mul(fl.args["warp"], ir.Constant(I32, WARP))), fl.lane_ids)
-        x, y = lanes.splat(_block(fl, 0)), lanes.splat(_block(fl, 1))
-        if axis == 0:
-            return b.urem(linear, x)
-        if axis == 1:
-            return b.urem(b.udiv(linear, x), y)
-        return b.udiv(linear, b.mul(x, y))
+        return _thread_index(fl, axis)
     if base == "%ntid":
         return lanes.splat(_block(fl, axis))
     if base == "%ctaid":
@@ -98,3 +92,30 @@ def _realtime_ns(fl) -> ir.Value:
     seconds = b.load(b.gep(spec, [ir.Constant(I32, 0), ir.Constant(I32, 0)]), typ=I64)
     nanos = b.load(b.gep(spec, [ir.Constant(I32, 0), ir.Constant(I32, 1)]), typ=I64)
     return b.add(b.mul(seconds, ir.Constant(I64, 1_000_000_000)), nanos)
+
+
+def divide(fl, values: ir.Value, divisor: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """Quotient and remainder of each lane's value (below 2**24) by a positive divisor the
+    same in every lane, without integer division (x86 has none for vectors): through a float
+    reciprocal, then one correction each way."""
+    b, lanes = fl.b, fl.lanes
+    d = lanes.splat(divisor)
+    floats = ir.VectorType(ir.FloatType(), WARP)
+    reciprocal = b.fdiv(ir.Constant(ir.FloatType(), 1.0), b.uitofp(divisor, ir.FloatType()))
+    q = b.fptosi(b.fmul(b.sitofp(values, floats), lanes.splat(reciprocal)), V32)
+    r = b.sub(values, b.mul(q, d))
+    one = lanes.splat(ir.Constant(I32, 1))
+    low = b.icmp_signed("<", r, lanes.splat(ir.Constant(I32, 0)))
+    q, r = b.select(low, b.sub(q, one), q), b.select(low, b.add(r, d), r)
+    high = b.icmp_signed(">=", r, d)
+    return b.select(high, b.add(q, one), q), b.select(high, b.sub(r, d), r)
+
+
+def _thread_index(fl, axis: int) -> ir.Value:
+    b, lanes = fl.b, fl.lanes
+    linear = b.add(lanes.splat(b.mul(fl.args["warp"], ir.Constant(I32, WARP))), fl.lane_ids)
+    rows, x = divide(fl, linear, _block(fl, 0))
+    if axis == 0:
+        return x
+    z, y = divide(fl, rows, _block(fl, 1))
+    return y if axis == 1 else z
