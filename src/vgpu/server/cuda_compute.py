@@ -28,7 +28,7 @@ from vgpu.compute.lower.registry import Unsupported
 from vgpu.compute.printf import format_records
 from vgpu.compute.ptx.syntax import Module
 from vgpu.device.launches import ComputeOutcome
-from vgpu.images.model import CodeImage
+from vgpu.images.model import LIBRARY_MEMBER, CodeImage
 
 log = logging.getLogger("vgpud")
 PRINTF_CAPACITY = 1 << 20
@@ -45,19 +45,48 @@ class PreparedModule:
     arch: int
 
 
-def choose_ptx(image: CodeImage, arch: int) -> tuple[bytes | None, str]:
+def choose_ptx(image: CodeImage, arch: int) -> tuple[list[bytes], str]:
     """The PTX a device of ``arch`` runs: the highest architecture not above it, preferred to
-    any SASS (host code picks kernels by the architectures it was built for); or None and why."""
+    any SASS (host code picks kernels by the architectures it was built for); for a linked
+    program, that of each input.  Empty, and why, when there is none."""
+    if image.link_inputs is not None:
+        sources = []
+        for index in sorted(set(image.link_inputs)):
+            codes = [c for c, i in zip(image.codes, image.link_inputs) if i == index]
+            found = [c for c in codes if c.kind == "ptx" and c.arch <= arch and c.source]
+            if found:
+                sources.append(max(found, key=lambda c: c.arch).source)
+            elif not index & LIBRARY_MEMBER:
+                return [], f"a linked program with an input that is SASS only ({_sass(codes)})"
+        return sources, ""
     candidates = [c for c in image.codes if c.kind == "ptx" and c.arch <= arch and c.source]
     if candidates:
-        return max(candidates, key=lambda c: c.arch).source, ""
-    if image.link_inputs is not None:
-        return None, "a linked image (computing linked programs is not supported yet)"
-    sass = sorted({c.arch for c in image.codes if c.kind == "cubin"})
+        return [max(candidates, key=lambda c: c.arch).source], ""
     newer = sorted({c.arch for c in image.codes if c.kind == "ptx" and c.arch > arch})
     if newer:
-        return None, f"PTX only for compute_{', compute_'.join(map(str, newer))}, newer than the device"
-    return None, f"SASS only, {', '.join(f'sm_{a}' for a in sass) or 'no code'}"
+        return [], f"PTX only for compute_{', compute_'.join(map(str, newer))}, newer than the device"
+    return [], f"SASS only, {_sass(image.codes)}"
+
+
+def _sass(codes: list) -> str:
+    return ", ".join(f"sm_{a}" for a in sorted({c.arch for c in codes if c.kind == "cubin"})) or "no code"
+
+
+def merged(modules: list[Module]) -> Module:
+    """Linked PTX modules as one: a definition wins over a declaration of the same name."""
+    result = Module(modules[0].version, modules[0].target, modules[0].address_size)
+    variables: dict[str, object] = {}
+    functions: dict[str, object] = {}
+    for module in modules:
+        for variable in module.variables:
+            if variable.name not in variables or variables[variable.name].linkage == "extern":
+                variables[variable.name] = variable
+        for function in module.functions:
+            if function.name not in functions or functions[function.name].body is None:
+                functions[function.name] = function
+    result.variables = list(variables.values())
+    result.functions = list(functions.values())
+    return result
 
 
 class KernelCompute:
@@ -78,14 +107,15 @@ class KernelCompute:
         key = (id(image), arch)
         found = self._prepared.get(key)
         if found is None:
-            source, reason = choose_ptx(image, arch)
-            if source is None:
+            sources, reason = choose_ptx(image, arch)
+            if not sources:
                 found = reason
             else:
                 from vgpu.compute.ptx.parser import PtxSyntaxError, parse
-                text = source.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+                texts = [source.split(b"\0", 1)[0].decode("utf-8", errors="replace") for source in sources]
                 try:
-                    found = PreparedModule(text, parse(text), arch)
+                    modules = [parse(text) for text in texts]
+                    found = PreparedModule("\n".join(texts), modules[0] if len(modules) == 1 else merged(modules), arch)
                 except PtxSyntaxError as error:
                     found = f"PTX the engine cannot read: {error}"
             self._prepared[key] = found
