@@ -31,6 +31,9 @@ from vgpu.compute.ptx.syntax import Module
 ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
 PRINTF_BUFFER = 1 << 20
 DEFAULT_STACK = 1024
+#: each device-function activation is a host call: room for the deepest recursion a lane's
+#: stack allows (reserved address space, used only as deep as the recursion goes)
+HOST_STACK = 256 << 20
 _SCALAR = {"u8": "<B", "s8": "<b", "b8": "<B", "u16": "<H", "s16": "<h", "b16": "<H", "u32": "<I", "s32": "<i",
            "b32": "<I", "u64": "<Q", "s64": "<q", "b64": "<Q", "f32": "<f", "f64": "<d", "f16": "<e"}
 
@@ -113,8 +116,6 @@ def run_ctas(entry: Any, launch: int, ctas: int, threads: int | None = None) -> 
     """Run every CTA of a launch over ``threads`` host threads (default: the usable cores);
     the first error code, or 0."""
     threads = max(1, min(threads or len(os.sched_getaffinity(0)), ctas))
-    if threads == 1:
-        return entry(launch, 0, ctas)
     chunk = max(1, min(64, ctas // (threads * 8) or 1))
     state = {"next": 0, "code": 0}
     lock = threading.Lock()
@@ -132,9 +133,13 @@ def run_ctas(entry: Any, launch: int, ctas: int, threads: int | None = None) -> 
                     state["code"] = state["code"] or code
                 return
 
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
+    previous = threading.stack_size(HOST_STACK)
+    try:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+    finally:
+        threading.stack_size(previous)
     for worker in workers:
         worker.join()
     return state["code"]

@@ -63,15 +63,21 @@ class ModuleLayout:
         return layout
 
 
+#: the least stack a device function's activation takes (a GPU keeps the return address there
+#: too): runaway recursion exhausts the stack and fails the launch instead of the host's stack
+MIN_FRAME = 16
+
+
 def local_frame(function: Function) -> tuple[dict[str, int], int]:
-    """Offsets of a function's ``.local`` variables in its frame, and the frame's size."""
+    """Offsets of a function's ``.local`` variables in its frame, and the frame's size (at
+    least MIN_FRAME for a device function)."""
     offsets, at = {}, 0
     for statement in function.body or []:
         if isinstance(statement, Variable) and statement.space == "local":
             at = align_up(at, _alignment(statement))
             offsets[statement.name] = at
             at += max(statement.size, 1)
-    return offsets, align_up(at, 16)
+    return offsets, max(align_up(at, 16), 0 if function.is_kernel else MIN_FRAME)
 
 
 def param_layout(params: list[Variable]) -> tuple[dict[str, int], int]:

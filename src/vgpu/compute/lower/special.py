@@ -75,7 +75,9 @@ def special_register(fl, name: str) -> ir.Value:
     if name == "%total_smem_size":
         return lanes.splat(b.add(fl._load_field("dynamic_shared", I32),
                                  ir.Constant(I32, fl.unit.layout.dynamic_shared_offset)))
-    if name.startswith("%envreg") or name.startswith("%pm"):
+    if name.startswith("%envreg"):  # the driver's own values: the grid barrier of cooperative launches
+        raise Unsupported(f"{name} (grid-wide synchronisation of cooperative launches)")
+    if name.startswith("%pm"):  # performance counters
         return lanes.splat(ir.Constant(I32, 0))
     if name == "WARP_SZ":
         return lanes.splat(ir.Constant(I32, WARP))
