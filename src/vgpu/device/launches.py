@@ -13,6 +13,20 @@ from dataclasses import dataclass
 HISTORY = 200_000
 
 
+@dataclass
+class ComputeOutcome:
+    """Whether a launch's results were computed: "pending" while it runs, "computed",
+    "failed" (it ended in a CUDA error), "not computed" (``reason`` says why) or "off"
+    (vgpud runs with --compute off); ``host_seconds``: the host time computing took."""
+
+    status: str = "pending"
+    reason: str = ""
+    host_seconds: float = 0.0
+
+    def as_json(self) -> dict:
+        return {"status": self.status, "reason": self.reason, "host_us": round(self.host_seconds * 1e6, 1)}
+
+
 @dataclass(frozen=True)
 class Launch:
     pid: int

@@ -563,7 +563,11 @@ class ModuleServing:
         if not compute.enabled:
             return ComputeOutcome("off")
         arch = gpu.profile.compute_capability[0] * 10 + gpu.profile.compute_capability[1]
-        prepared = compute.prepare(ref.module.image, arch)
+        try:
+            prepared = compute.prepare(ref.module.image, arch)
+        except Exception as error:  # a bug of ours costs the launch its results, not the process its connection
+            log.exception("reading the PTX of %s failed in vgpud", ref.name)
+            prepared = f"internal error: {error}"
         if isinstance(prepared, str):
             compute.say_once(ref.name, prepared)
             return ComputeOutcome("not computed", prepared)

@@ -18,6 +18,7 @@ from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull
+from vgpu.compute.lower.registry import Unsupported
 from vgpu.server.cuda_compute import KernelCompute
 from vgpu.server.cuda_extras import ContextEvents, ManagedBatches
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
@@ -236,6 +237,10 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
 
     def device_count(self, session: Session) -> int:
         return len(self._visible(Caller(session, 0)))
+
+    def _executor(self, session: Session) -> object:
+        """The process's executor: where its kernels run (see vgpu.compute.executor)."""
+        raise Unsupported("no executor for kernels in this vgpud")
 
     def _forget(self, session: Session) -> None:
         """A process ended: its streams and events go with it."""

@@ -15,6 +15,7 @@ from llvmlite import ir
 
 from vgpu.compute.launch import PRINTF_ARGS_MAX
 from vgpu.compute.launch import offset as launch_offset
+from vgpu.compute.lower import ops  # noqa: F401 - fills the registry of lane-wise instructions
 from vgpu.compute.lower.function import AT_BARRIER, EXIT, WAIT, FunctionLowering, Unit
 from vgpu.compute.lower.lanes import I8, I32, I64, WARP
 from vgpu.compute.lower.layout import ModuleLayout, local_frame, param_layout
