@@ -34,6 +34,8 @@ DEFAULT_STACK = 1024
 #: each device-function activation is a host call: room for the deepest recursion a lane's
 #: stack allows (reserved address space, used only as deep as the recursion goes)
 HOST_STACK = 256 << 20
+#: CTAs of a cooperative launch that run at once (each on a host thread)
+MAX_COOPERATIVE_CTAS = 1024
 _SCALAR = {"u8": "<B", "s8": "<b", "b8": "<B", "u16": "<H", "s16": "<h", "b16": "<H", "u32": "<I", "s32": "<i",
            "b32": "<I", "u64": "<Q", "s64": "<q", "b64": "<Q", "f32": "<f", "f64": "<d", "f16": "<e"}
 
@@ -85,7 +87,10 @@ class Kernel:
         return bytes(buffer)
 
     def launch(self, grid: Sequence[int], block: Sequence[int], args: Sequence[Any], shared: int = 0,
-               threads: int | None = None, symbols: Sequence[int] | None = None) -> LaunchResult:
+               threads: int | None = None, symbols: Sequence[int] | None = None,
+               cooperative: bool = False) -> LaunchResult:
+        """Run the kernel over a grid (``cooperative``: every CTA at once, each on a thread of
+        its own, so grid-wide barriers work); KernelError when it fails."""
         facts = self.compile()
         grid = tuple(grid) + (1,) * (3 - len(grid))
         block = tuple(block) + (1,) * (3 - len(block))
@@ -102,8 +107,14 @@ class Kernel:
         launch.stack_bytes = max(DEFAULT_STACK, (facts.local_bytes + 15) // 16 * 16)
         launch.printf_buffer = ctypes.addressof(printf)
         launch.printf_capacity = PRINTF_BUFFER
+        barrier = ctypes.create_string_buffer(16)
+        if cooperative:
+            if math.prod(grid) > MAX_COOPERATIVE_CTAS:
+                raise KernelError(720, f"a cooperative launch of {math.prod(grid)} CTAs: at most "
+                                       f"{MAX_COOPERATIVE_CTAS} run at once here")
+            launch.grid_barrier = ctypes.addressof(barrier)
         started = time.perf_counter()
-        code = run_ctas(self._entry, ctypes.addressof(launch), math.prod(grid), threads)
+        code = run_ctas(self._entry, ctypes.addressof(launch), math.prod(grid), threads, cooperative)
         seconds = time.perf_counter() - started
         printed = format_records(printf.raw[:min(launch.printf_used, PRINTF_BUFFER)], block, _read_string)
         if code:
@@ -112,11 +123,11 @@ class Kernel:
         return LaunchResult(printed, seconds)
 
 
-def run_ctas(entry: Any, launch: int, ctas: int, threads: int | None = None) -> int:
-    """Run every CTA of a launch over ``threads`` host threads (default: the usable cores);
-    the first error code, or 0."""
-    threads = max(1, min(threads or len(os.sched_getaffinity(0)), ctas))
-    chunk = max(1, min(64, ctas // (threads * 8) or 1))
+def run_ctas(entry: Any, launch: int, ctas: int, threads: int | None = None, cooperative: bool = False) -> int:
+    """Run every CTA of a launch over ``threads`` host threads (default: the usable cores;
+    cooperative: one per CTA); the first error code, or 0."""
+    threads = ctas if cooperative else max(1, min(threads or len(os.sched_getaffinity(0)), ctas))
+    chunk = 1 if cooperative else max(1, min(64, ctas // (threads * 8) or 1))
     state = {"next": 0, "code": 0}
     lock = threading.Lock()
 

@@ -4,7 +4,9 @@ offsets) and whoever starts a launch (the in-process engine, vgpud's executor).
 A kernel's entry point is ``int32_t entry(Launch *launch, uint32_t first_cta, uint32_t count)``:
 it runs CTAs [first_cta, first_cta + count) in order and returns 0 or a CUDA error code.
 Several threads may run disjoint CTA ranges of one launch at once: ``printf_used`` and
-``abort`` are updated atomically.
+``abort`` are updated atomically.  A cooperative launch runs each CTA on a thread of its own,
+all at once (its CTAs wait for each other at grid-wide barriers, through ``grid_barrier``,
+which the kernel reads as ``%envreg1:%envreg2``, as the driver hands it over on a GPU).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Launch(ctypes.Structure):
         ("error_cta", ctypes.c_uint32 * 3),   # where the first failure happened (710, 715, 700)
         ("error_thread", ctypes.c_uint32 * 3),
         ("error_address", ctypes.c_uint64),   # the address of a failed access, when known
+        ("grid_barrier", ctypes.c_uint64),    # a cooperative launch's grid barrier (16 zeroed bytes), else 0
     ]
 
 

@@ -75,8 +75,13 @@ def special_register(fl, name: str) -> ir.Value:
     if name == "%total_smem_size":
         return lanes.splat(b.add(fl._load_field("dynamic_shared", I32),
                                  ir.Constant(I32, fl.unit.layout.dynamic_shared_offset)))
-    if name.startswith("%envreg"):  # the driver's own values: the grid barrier of cooperative launches
-        raise Unsupported(f"{name} (grid-wide synchronisation of cooperative launches)")
+    if name in ("%envreg1", "%envreg2"):  # the grid barrier of a cooperative launch: high and low halves
+        barrier = fl._load_field("grid_barrier", I64)
+        if name == "%envreg1":
+            barrier = b.lshr(barrier, ir.Constant(I64, 32))
+        return lanes.splat(b.trunc(barrier, I32))
+    if name.startswith("%envreg"):
+        raise Unsupported(f"the driver's register {name}")
     if name.startswith("%pm"):  # performance counters
         return lanes.splat(ir.Constant(I32, 0))
     if name == "WARP_SZ":
