@@ -184,6 +184,12 @@ def status(as_json: bool) -> None:
         held = ", ".join(f"GPU {k}: {v >> 20} MiB" for k, v in s["held"].items()) or "-"
         sessions.add_row(str(s["id"]), str(s["pid"]), s["exe"], str(s["connections"]), str(s["calls"]), held)
     console.print(sessions)
+    compute = state.get("compute")
+    if compute:
+        counts = compute["launches"]
+        said = ", ".join(f"{counts[k]} {k}" for k in ("computed", "not computed", "failed", "pending") if counts.get(k))
+        console.print(f"kernels compute: {'on' if compute['enabled'] else 'off'}"
+                      + (f"; launches kept: {said} (`vgpu launches` says why)" if said else ""))
 
 
 @main.command()
@@ -352,7 +358,7 @@ def ps(everything: bool, watch: bool, interval: float, seconds: float | None, as
 @click.option("--last", type=int, default=None, help="Only the most recent N.")
 @click.option("--json", "as_json", is_flag=True, help="Print vgpud's record as JSON.")
 def launches(pid: int | None, last: int | None, as_json: bool) -> None:
-    """Kernels each process launched on the simulated GPUs (validated and timed, not computed)."""
+    """Kernels each process launched on the simulated GPUs: timed, and computed or why not."""
     from vgpu.smi import launches as view
 
     with _client() as client:

@@ -83,6 +83,16 @@ class LaunchLog:
             for record in records:
                 self.counts[record[0]] = self.counts.get(record[0], 0) + 1
 
+    def compute_counts(self) -> dict[str, int]:
+        """Launches kept, by what became of their results (ComputeOutcome.status)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            outcomes = [r[14] if len(r) > 14 else None for r in self.records]
+        for outcome in outcomes:
+            status = outcome.status if outcome is not None else "off"
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     def select(self, pid: int | None = None, limit: int | None = None) -> list[Launch]:
         with self._lock:
             chosen = [r for r in self.records if pid is None or r[0] == pid]

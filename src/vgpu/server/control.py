@@ -58,7 +58,8 @@ def status(daemon: Daemon, session: Session, request: dict[str, Any]) -> Reply:
     } for s in list(state.sessions.values()) if _sees(session, s)]
     return {"pid": state.pid, "version": _package_version(), "backend": state.backend, "socket": str(daemon.socket_path),
             "started": state.started, "spec": state.gpuset.spec, "driver_version": state.gpuset.driver_version,
-            "cuda_version": state.gpuset.cuda_version, "gpus": gpus, "sessions": sessions, "you": session.id}
+            "cuda_version": state.gpuset.cuda_version, "gpus": gpus, "sessions": sessions, "you": session.id,
+            "compute": {"enabled": state.compute, "launches": state.launches.compute_counts()}}
 
 
 def _sees(viewer: Session, other: Session) -> bool:

@@ -133,7 +133,7 @@ class KernelCompute:
     def start(self, session: Any, prepared: PreparedModule, kernel: str, grid: tuple[int, int, int],
               block: tuple[int, int, int], shared: int, params: bytes, globals_: dict[str, tuple[int, int]],
               write: Callable[[int, bytes], None], read: Callable[[int, int], bytes], stack_bytes: int,
-              sm_count: int, outcome: ComputeOutcome) -> None:
+              sm_count: int, cooperative: bool, outcome: ComputeOutcome) -> None:
         """Compile (once) and run a launch in the process's executor; the process waits."""
         session.computing = True
         job = _Job(session, outcome, write, read)
@@ -156,7 +156,7 @@ class KernelCompute:
                     key=cache.key(prepared.text, kernel, compiler.host_id()), object_code=object_code,
                     entry=ENTRY, launch=launch, params=params,
                     symbols=[globals_[name][0] for name, _ in facts.symbols],
-                    ctas=math.prod(grid), printf_capacity=PRINTF_CAPACITY)
+                    ctas=math.prod(grid), cooperative=cooperative, printf_capacity=PRINTF_CAPACITY)
                 job.code, job.seconds = result.code, result.seconds
                 job.printed = format_records(result.printf, block, job.read_string)
                 if result.code:

@@ -548,7 +548,7 @@ class ModuleServing:
         start = max(self.host_time.get(c.session.id, 0.0), stream.ready_at)
         stream.queue(start, seconds)
         session = c.session
-        outcome = self._compute(c, stream.gpu, ref, grid, block, shared, args)
+        outcome = self._compute(c, stream.gpu, ref, grid, block, shared, args, bool(flags & self.LAUNCH_COOPERATIVE))
         self._last_outcome = outcome
         self.state.launches.add((session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
                                  shared, stream.id, args, start, seconds, bool(flags & self.LAUNCH_COOPERATIVE),
@@ -556,7 +556,7 @@ class ModuleServing:
         return SUCCESS
 
     def _compute(self, c: Caller, gpu: Gpu, ref: FunctionRef, grid: tuple[int, int, int],
-                 block: tuple[int, int, int], shared: int, args: bytes) -> ComputeOutcome:
+                 block: tuple[int, int, int], shared: int, args: bytes, cooperative: bool) -> ComputeOutcome:
         """Start computing a launch where its module has PTX for the device (the process's
         later frames wait for it); what became of it."""
         compute = self.compute
@@ -579,5 +579,6 @@ class ModuleServing:
                       write=lambda address, data: gpu.memory.write(owner, address, data),
                       read=lambda address, length: bytes(gpu.memory.read(c.session.id, address, length)),
                       stack_bytes=limits.get(C["CU_LIMIT_STACK_SIZE"], 1024),
-                      sm_count=self._attributes[gpu.index].get("MULTIPROCESSOR_COUNT", 1), outcome=outcome)
+                      sm_count=self._attributes[gpu.index].get("MULTIPROCESSOR_COUNT", 1), cooperative=cooperative,
+                      outcome=outcome)
         return outcome
