@@ -9,13 +9,13 @@ memory, the warps' frames and the lanes' stacks come from one ``malloc`` per cal
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from llvmlite import ir
 
 from vgpu.compute.launch import PRINTF_ARGS_MAX
 from vgpu.compute.launch import offset as launch_offset
-from vgpu.compute.lower import ops  # noqa: F401 - fills the registry of lane-wise instructions
 from vgpu.compute.lower.function import AT_BARRIER, EXIT, WAIT, FunctionLowering, Unit
 from vgpu.compute.lower.lanes import I8, I32, I64, WARP
 from vgpu.compute.lower.layout import ModuleLayout, local_frame, param_layout
@@ -44,6 +44,7 @@ class KernelFacts:
 
 
 def lower_kernel(ptx: Module, name: str) -> tuple[ir.Module, KernelFacts]:
+    importlib.import_module("vgpu.compute.lower.ops")  # the lane-wise instructions fill the registry
     kernel = ptx.function(name)
     if not kernel.is_kernel:
         raise Unsupported(f"{name} is a device function, not a kernel")
