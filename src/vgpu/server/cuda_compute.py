@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,8 @@ from typing import Any, Callable
 
 from vgpu.compute import cache, compiler
 from vgpu.compute.initializers import initial_bytes
-from vgpu.compute.launch import Launch
+from vgpu.compute.jobs import Buffer, Job
+from vgpu.compute.launch import Launch, offset
 from vgpu.compute.lower.kernel import ENTRY, KernelFacts, lower_kernel
 from vgpu.compute.lower.registry import Unsupported
 from vgpu.compute.printf import format_records
@@ -152,15 +154,22 @@ class KernelCompute:
                 launch.dynamic_shared = shared
                 launch.sm_count = sm_count
                 launch.stack_bytes = max(stack_bytes, (facts.local_bytes + 15) // 16 * 16)
-                result = self._executors(session).run(
-                    key=cache.key(prepared.text, kernel, compiler.host_id()), object_code=object_code,
-                    entry=ENTRY, launch=launch, params=params,
-                    symbols=[globals_[name][0] for name, _ in facts.symbols],
-                    ctas=math.prod(grid), cooperative=cooperative, printf_capacity=PRINTF_CAPACITY)
+                launch.printf_capacity = PRINTF_CAPACITY
+                symbols = struct.pack(f"<{len(facts.symbols)}Q", *(globals_[name][0] for name, _ in facts.symbols))
+                buffers = [Buffer(offset("params"), max(len(params), 8), params),
+                           Buffer(offset("symbols"), max(len(symbols), 8), symbols),
+                           Buffer(offset("printf_buffer"), PRINTF_CAPACITY, returned=True,
+                                  used_at=offset("printf_used"))]
+                if cooperative:
+                    buffers.append(Buffer(offset("grid_barrier"), 16))
+                ctas = math.prod(grid)
+                result = self._executors(session).run(Job(
+                    key=cache.key(prepared.text, kernel, compiler.host_id()), object=object_code, entry=ENTRY,
+                    launch=bytes(launch), ctas=ctas, threads=ctas if cooperative else None, buffers=tuple(buffers)))
                 job.code, job.seconds = result.code, result.seconds
-                job.printed = format_records(result.printf, block, job.read_string)
+                job.printed = format_records(result.outputs[0] if result.outputs else b"", block, job.read_string)
                 if result.code:
-                    job.reason = result.message or f"CUDA error {result.code}"
+                    job.reason = result.detail or f"CUDA error {result.code}"
                 outcome.status = "computed" if not result.code else "failed"
             except Unsupported as error:
                 outcome.status, outcome.reason = "not computed", str(error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull
-from vgpu.compute.lower.registry import Unsupported
+from vgpu.compute.executor import Executor
 from vgpu.server.cuda_compute import KernelCompute
 from vgpu.server.cuda_extras import ContextEvents, ManagedBatches
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
@@ -224,6 +225,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         #: cuCtxSetCacheConfig's preference per (process, context)
         self.cache_configs: dict[tuple[int, int], int] = {}
         self._ids = itertools.count(STREAM_IDS_FROM)
+        self.executors: dict[int, Executor] = {}
+        self._executors_lock = threading.Lock()
         self.compute = KernelCompute(state.compute, self._executor, lambda session, job: state.loop_calls.post(
             lambda: state.kernel_ended(session, job)))
         self._init_modules()
@@ -238,9 +241,14 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
     def device_count(self, session: Session) -> int:
         return len(self._visible(Caller(session, 0)))
 
-    def _executor(self, session: Session) -> object:
-        """The process's executor: where its kernels run (see vgpu.compute.executor)."""
-        raise Unsupported("no executor for kernels in this vgpud")
+    def _executor(self, session: Session) -> Executor:
+        """The process's executor: a worker that maps only this process's device memory
+        (made on its first computed launch, ended with the process)."""
+        with self._executors_lock:
+            executor = self.executors.get(session.id)
+            if executor is None:
+                executor = self.executors[session.id] = Executor([gpu.memory for gpu in self.state.gpus], session.id)
+            return executor
 
     def _forget(self, session: Session) -> None:
         """A process ended: its streams and events go with it."""
@@ -254,6 +262,10 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             del self.pool_ids[key]
         self.host_time.pop(session.id, None)
         self.peer_access.pop(session.id, None)
+        with self._executors_lock:
+            executor = self.executors.pop(session.id, None)
+        if executor is not None:
+            executor.close()
         self._forget_modules(session)
         self._forget_vmm(session)
         self._forget_graphs(session)
