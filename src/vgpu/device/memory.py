@@ -1,19 +1,24 @@
 """A GPU's device memory: allocations in a unified address range, and their exact contents.
 
-Contents are kept sparsely in 64 KiB pages, created on first write: an 80 GB allocation
-that is never written costs nothing, and unwritten memory reads as zeros.  Every access
-names its owner: a session reaches only the allocations it made, and those another process
-shared with it (CUDA IPC: grant and revoke).
+Each allocation's bytes live in a memfd of its own, as large as the allocation's footprint
+and mapped once in vgpud: untouched pages cost nothing and read as zeros, and the process
+that executes a client's kernels maps the same memfds at their device addresses
+(``backing``), so kernels and copies see one memory.  Every access names its owner: a
+session reaches only the allocations it made, and those another process shared with it
+(CUDA IPC: grant and revoke).
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
+import itertools
+import mmap
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-PAGE = 1 << 20
 #: where each GPU's allocations start: GPUs never share an address (unified addressing), nor
 #: do the GPUs of simulators in different PCI domains (GPU hosts one relay joins)
 BASE = 0x2000_0000_0000
@@ -21,12 +26,101 @@ SPAN = 1 << 38
 #: address slots: 32 GPUs in each of 8 domains
 SLOTS_PER_DOMAIN = 32
 DOMAINS = 8
-ZEROS = bytes(PAGE)
-ZERO_VIEW = memoryview(ZEROS)
-#: stands for unwritten pages when they are read through a client buffer (never written)
-ZERO_PAGE = bytearray(PAGE)
+#: where every GPU's device addresses lie, all domains together
+DEVICE_RANGE = (BASE, BASE + DOMAINS * SLOTS_PER_DOMAIN * SPAN)
 SMALL_ALIGNMENT = 512
 LARGE_ALIGNMENT = 2 << 20
+#: allocations start on a host page of their own, so that each can be mapped by itself
+#: wherever kernels run (a real driver packs small ones at 512 bytes)
+HOST_PAGE = mmap.PAGESIZE
+#: CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+ACCESS_READWRITE = 3
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+MAP_FAILED = ctypes.c_void_p(-1).value
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+#: zero-filling at least this much punches a hole (the pages go) instead of writing zeros
+PUNCH_FROM = 1 << 20
+
+
+class OutOfBacking(MemoryError):
+    """The host gave no memfd or mapping for an allocation (file descriptors or mappings ran
+    out): the allocation fails as out of memory."""
+
+
+class Store:
+    """One allocation's bytes: a sparse memfd, mapped read-write in this process.  ``view`` is
+    used under the DeviceMemory's lock only, so that ``close`` never unmaps memory in use."""
+
+    _serials = itertools.count(1)
+
+    def __init__(self, size: int) -> None:
+        self.size = _round_up(max(size, 1), HOST_PAGE)
+        try:
+            self.fd = os.memfd_create("vgpu-device-memory", os.MFD_CLOEXEC)
+        except OSError as error:
+            raise OutOfBacking(f"no memfd for {size} bytes: {error.strerror}") from None
+        address = MAP_FAILED
+        try:
+            os.ftruncate(self.fd, self.size)
+            address = _libc.mmap(None, self.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, self.fd, 0)
+        finally:
+            if address == MAP_FAILED:
+                os.close(self.fd)
+        if address == MAP_FAILED:
+            raise OutOfBacking(f"no mapping for {size} bytes: {os.strerror(ctypes.get_errno())}")
+        self.address = address
+        self.view = memoryview((ctypes.c_char * self.size).from_address(address)).cast("B")
+        self.serial = next(Store._serials)
+        self._lock = threading.Lock()
+
+    def zero(self, offset: int, length: int) -> None:
+        """Zeros over [offset, offset + length): whole pages of a large range are given back."""
+        first = _round_up(offset, HOST_PAGE)
+        last = (offset + length) // HOST_PAGE * HOST_PAGE
+        if length >= PUNCH_FROM and last > first and _libc.fallocate(
+                self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, first, last - first) == 0:
+            self.view[offset:first] = bytes(first - offset)
+            self.view[last:offset + length] = bytes(offset + length - last)
+            return
+        self.view[offset:offset + length] = bytes(length)
+
+    def duplicate(self) -> int | None:
+        """A new descriptor of the memfd for another process, or None once closed."""
+        with self._lock:
+            return os.dup(self.fd) if self.fd >= 0 else None
+
+    def close(self) -> None:
+        """The allocation went: unmap it here and close the memfd (its pages go once no
+        other process maps it)."""
+        with self._lock:
+            if self.fd < 0:
+                return
+            self.view.release()
+            _libc.munmap(self.address, self.size)
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True)
+class Region:
+    """Device addresses [address, address + size) show ``store``'s bytes from ``offset``."""
+
+    address: int
+    size: int
+    offset: int
+    writable: bool
+    store: Store
+
+    @property
+    def key(self) -> tuple[int, int, int, bool, int]:
+        """What identifies this view of memory across calls (memfd numbers may be reused)."""
+        return self.address, self.size, self.offset, self.writable, self.store.serial
 
 
 #: the legacy window: allocations made through the v1 entry points (cuMemAlloc, cuMemAllocPitch)
@@ -90,7 +184,10 @@ class DeviceMemory:
         self._next = self.base
         self._starts: list[int] = []
         self._allocations: dict[int, Allocation] = {}
-        self._pages: dict[int, bytearray] = {}
+        #: allocation address -> its bytes
+        self._stores: dict[int, Store] = {}
+        #: grows whenever what some owner may reach changes (see backing)
+        self.generation = 0
         self._lock = threading.RLock()
         self._next_reserved = self.base + RESERVED_FROM
         #: reserved virtual ranges: start -> (size, owner)
@@ -106,28 +203,34 @@ class DeviceMemory:
         """What an allocation of ``size`` bytes takes from the GPU."""
         return _round_up(size, LARGE_ALIGNMENT if size >= LARGE_ALIGNMENT else SMALL_ALIGNMENT)
 
+    @classmethod
+    def _extent(cls, size: int) -> int:
+        """The addresses an allocation takes: whole host pages."""
+        return _round_up(max(cls.footprint(size), 1), HOST_PAGE)
+
     def allocate(self, owner: int, size: int, legacy: bool = False) -> Allocation:
         """A new allocation; ``legacy`` places it in the GPU's window below 4 GiB (first fit)."""
         with self._lock:
-            alignment = LARGE_ALIGNMENT if size >= LARGE_ALIGNMENT else SMALL_ALIGNMENT
-            if legacy:
-                address = self._legacy_gap(size, alignment)
-            else:
-                address = _round_up(self._next, alignment)
-                self._next = address + self.footprint(size)
+            alignment = LARGE_ALIGNMENT if size >= LARGE_ALIGNMENT else HOST_PAGE
+            address = self._legacy_gap(size, alignment) if legacy else _round_up(self._next, alignment)
+            store = Store(self.footprint(size))
+            if not legacy:
+                self._next = address + self._extent(size)
             allocation = Allocation(address, size, owner)
             bisect.insort(self._starts, address)
             self._allocations[address] = allocation
+            self._stores[address] = store
+            self.generation += 1
             return allocation
 
     def _legacy_gap(self, size: int, alignment: int) -> int:
         end = self.legacy_base + LEGACY_SPAN
         candidate = _round_up(self.legacy_base, alignment)
         for start in self._starts[bisect.bisect_left(self._starts, self.legacy_base):]:
-            if start >= end or candidate + self.footprint(size) <= start:
+            if start >= end or candidate + self._extent(size) <= start:
                 break
-            candidate = _round_up(start + self.footprint(self._allocations[start].size), alignment)
-        if candidate + self.footprint(size) > end:
+            candidate = _round_up(start + self._extent(self._allocations[start].size), alignment)
+        if candidate + self._extent(size) > end:
             raise LegacyWindowFull(f"no {size} bytes free below 4 GiB")
         return candidate
 
@@ -138,13 +241,17 @@ class DeviceMemory:
             allocation = self._allocations.get(address)
             if allocation is None or allocation.owner != owner:
                 raise InvalidAddress(f"0x{address:x} is not the start of an allocation of this process")
+            self.generation += 1
             if self._shared.get(address):
                 self._allocations[address] = Allocation(address, allocation.size, RELEASED)
                 return allocation
-            del self._allocations[address]
-            self._starts.pop(bisect.bisect_left(self._starts, address))
-            self._drop_pages(address, allocation.size)
+            self._drop(address)
             return allocation
+
+    def _drop(self, address: int) -> None:
+        del self._allocations[address]
+        self._starts.pop(bisect.bisect_left(self._starts, address))
+        self._stores.pop(address).close()
 
     def free_owned_by(self, owner: int) -> list[Allocation]:
         """A process ended: its allocations go, and so do the ones it had open."""
@@ -160,20 +267,20 @@ class DeviceMemory:
         """Let another process reach the allocation at ``address`` (it opened an IPC handle)."""
         with self._lock:
             self._shared.setdefault(address, set()).add(owner)
+            self.generation += 1
 
     def revoke(self, address: int, owner: int) -> None:
         """Withdraw a grant; an allocation freed by its process goes with its last grant."""
         with self._lock:
             owners = self._shared.get(address, set())
             owners.discard(owner)
+            self.generation += 1
             if owners:
                 return
             self._shared.pop(address, None)
             allocation = self._allocations.get(address)
             if allocation is not None and allocation.owner == RELEASED:
-                del self._allocations[address]
-                self._starts.pop(bisect.bisect_left(self._starts, address))
-                self._drop_pages(address, allocation.size)
+                self._drop(address)
 
     def allocation_at(self, address: int) -> Allocation | None:
         """The allocation starting at ``address``, whoever holds it."""
@@ -245,6 +352,7 @@ class DeviceMemory:
                 raise InvalidAddress(f"[0x{mapping.address:x}, +{mapping.size}) is already mapped")
             bisect.insort(self._mapping_starts, mapping.address)
             self.mappings[mapping.address] = mapping
+            self.generation += 1
 
     def unmap(self, owner: int, address: int, size: int) -> list[Mapping]:
         """Remove the mappings in [address, address + size): they must lie wholly inside it
@@ -256,6 +364,7 @@ class DeviceMemory:
             for mapping in touched:
                 del self.mappings[mapping.address]
                 self._mapping_starts.remove(mapping.address)
+            self.generation += 1
             return touched
 
     def forget_virtual(self, owner: int) -> None:
@@ -266,6 +375,7 @@ class DeviceMemory:
                 self._mapping_starts.remove(address)
             for address in [a for a, (_, who) in self.reservations.items() if who == owner]:
                 del self.reservations[address]
+            self.generation += 1
 
     def _physical(self, owner: int, address: int, length: int) -> list[tuple[int, int]]:
         """Where [address, address + length) lives: pieces (physical address, length), one per
@@ -284,20 +394,10 @@ class DeviceMemory:
             return pieces
 
     # contents -------------------------------------------------------------------------
-    def _spans(self, address: int, length: int, create: bool) -> list[memoryview]:
-        """The page slices holding [address, address + length); unwritten pages are made when
-        ``create``, else read as zeros."""
-        spans = []
-        done = 0
-        while done < length:
-            page, offset = divmod(address + done, PAGE)
-            chunk = min(PAGE - offset, length - done)
-            stored = self._pages.get(page)
-            if stored is None and create:
-                stored = self._pages[page] = bytearray(PAGE)
-            spans.append(memoryview(stored if stored is not None else ZERO_PAGE)[offset:offset + chunk])
-            done += chunk
-        return spans
+    def _store_at(self, owner: int, address: int, length: int) -> tuple[Store, int]:
+        """The store holding the caller's [address, address + length), and the offset in it."""
+        allocation = self.find(owner, address, length)
+        return self._stores[allocation.address], address - allocation.address
 
     def write(self, owner: int, address: int, data: Any) -> None:
         """Copy bytes in; ``data`` is bytes-like, or a client buffer that fills the pages itself."""
@@ -313,27 +413,13 @@ class DeviceMemory:
                 self.write(owner, physical, view[done:done + length])
                 done += length
             return
-        self.find(owner, address, len(data))
-        if hasattr(data, "copy_to"):
-            with self._lock:
-                data.copy_to(self._spans(address, len(data), create=True))
-            return
         with self._lock:
-            view = memoryview(data).cast("B")
-            done = 0
-            while done < len(view):
-                page, offset = divmod(address + done, PAGE)
-                chunk = min(PAGE - offset, len(view) - done)
-                stored = self._pages.get(page)
-                if stored is None:
-                    # bytes() first: comparing a memoryview with bytes goes element by element
-                    if bytes(view[done:done + chunk]) == ZEROS[:chunk]:
-                        done += chunk
-                        continue  # zeros over unwritten memory: nothing to keep
-                    stored = self._pages[page] = bytearray(PAGE)
-                # through a memoryview: a bytearray slice assignment would copy the source first
-                memoryview(stored)[offset:offset + chunk] = view[done:done + chunk]
-                done += chunk
+            store, offset = self._store_at(owner, address, len(data))
+            target = store.view[offset:offset + len(data)]
+            if hasattr(data, "copy_to"):
+                data.copy_to([target])
+            else:
+                target[:] = memoryview(data).cast("B")
 
     def read(self, owner: int, address: int, length: int, into: Any = None) -> Any:
         """Copy bytes out, into a new buffer, a writable buffer, or a client buffer."""
@@ -349,21 +435,15 @@ class DeviceMemory:
             else:
                 memoryview(into).cast("B")[:length] = out
             return into
-        self.find(owner, address, length)
-        if hasattr(into, "copy_from"):
-            with self._lock:
-                into.copy_from(self._spans(address, length, create=False))
-            return into
-        out = memoryview(into).cast("B") if into is not None else memoryview(bytearray(length))
         with self._lock:
-            done = 0
-            while done < length:
-                page, offset = divmod(address + done, PAGE)
-                chunk = min(PAGE - offset, length - done)
-                stored = self._pages.get(page)
-                out[done:done + chunk] = memoryview(stored)[offset:offset + chunk] if stored is not None else ZERO_VIEW[:chunk]
-                done += chunk
-        return out
+            store, offset = self._store_at(owner, address, length)
+            source = store.view[offset:offset + length]
+            if hasattr(into, "copy_from"):
+                into.copy_from([source])
+                return into
+            out = memoryview(into).cast("B") if into is not None else memoryview(bytearray(length))
+            out[:length] = source
+            return out
 
     def fill(self, owner: int, address: int, pattern: bytes, count: int) -> None:
         """Write ``pattern`` ``count`` times from ``address`` (memsets of 8, 16 and 32 bits)."""
@@ -372,37 +452,48 @@ class DeviceMemory:
         if len(pieces) > 1 or pieces[0][0] != address:
             self.write(owner, address, pattern * count)
             return
-        self.find(owner, address, length)
-        if not any(pattern):
-            with self._lock:
-                self._zero(address, length)
-            return
-        block = pattern * max(1, (1 << 20) // len(pattern))
-        done = 0
-        while done < length:
-            chunk = min(len(block), length - done)
-            self.write(owner, address + done, block[:chunk])
-            done += chunk
+        with self._lock:
+            store, offset = self._store_at(owner, address, length)
+            if not any(pattern):
+                store.zero(offset, length)
+                return
+            block = pattern * max(1, (1 << 20) // len(pattern))
+            done = 0
+            while done < length:
+                chunk = min(len(block), length - done)
+                store.view[offset + done:offset + done + chunk] = block[:chunk]
+                done += chunk
 
     def copy(self, owner: int, destination: int, source: int, length: int) -> None:
-        self.write(owner, destination, self.read(owner, source, length))
+        """Device to device: one copy between the stores where both sides are plain memory."""
+        to, frm = self._physical(owner, destination, length), self._physical(owner, source, length)
+        if len(to) > 1 or len(frm) > 1 or to[0][0] != destination or frm[0][0] != source:
+            self.write(owner, destination, self.read(owner, source, length))
+            return
+        with self._lock:
+            target, at = self._store_at(owner, destination, length)
+            origin, start = self._store_at(owner, source, length)
+            if target is origin and at < start + length and start < at + length:
+                target.view[at:at + length] = bytes(origin.view[start:start + length])  # overlapping
+            else:
+                target.view[at:at + length] = origin.view[start:start + length]
 
-    def _stored_pages(self, address: int, length: int) -> list[int]:
-        """The stored pages that [address, address + length) touches, cheaply for huge ranges."""
-        first, last = address // PAGE, (address + length - 1) // PAGE
-        if last - first < len(self._pages):
-            return [page for page in range(first, last + 1) if page in self._pages]
-        return [page for page in self._pages if first <= page <= last]
+    # what compiled kernels may reach -------------------------------------------------------
+    def changed(self) -> None:
+        """Say that what some owner may reach changed (the executor compares ``generation``)."""
+        self.generation += 1
 
-    def _zero(self, address: int, length: int) -> None:
-        for page in self._stored_pages(address, length):
-            start = max(address, page * PAGE) - page * PAGE
-            end = min(address + length, (page + 1) * PAGE) - page * PAGE
-            self._pages[page][start:end] = ZEROS[:end - start]
-
-    def _drop_pages(self, address: int, length: int) -> None:
-        """Forget the pages of a freed range (a neighbour may share its first or last page)."""
-        self._zero(address, length)
-        for page in self._stored_pages(address, length):
-            if self._pages[page] == ZEROS:
-                del self._pages[page]
+    def backing(self, owner: int) -> list[Region]:
+        """Everything ``owner``'s kernels may reach, where it lives: its allocations, the ones
+        it opened through IPC, and its VMM mappings with access, at their virtual addresses."""
+        with self._lock:
+            regions = [Region(a.address, self._stores[a.address].size, 0, True, self._stores[a.address])
+                       for a in self._allocations.values() if self._reaches(a, owner)]
+            for mapping in self.mappings.values():
+                if mapping.owner != owner or not mapping.access:
+                    continue
+                index = bisect.bisect_right(self._starts, mapping.physical) - 1
+                physical = self._allocations[self._starts[index]]
+                regions.append(Region(mapping.address, mapping.size, mapping.physical - physical.address,
+                                      mapping.access == ACCESS_READWRITE, self._stores[physical.address]))
+            return regions

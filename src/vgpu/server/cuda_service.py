@@ -18,7 +18,7 @@ from vgpu.api.manifest import load
 from vgpu.device.cuda_attributes import attributes
 from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
-from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull
+from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull, OutOfBacking
 from vgpu.compute.executor import Executor
 from vgpu.server.cuda_compute import KernelCompute
 from vgpu.server.cuda_extras import ContextEvents, ManagedBatches
@@ -491,7 +491,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
             return C["CUDA_ERROR_OUT_OF_MEMORY"]
         try:
             dptr.value = gpu.memory.allocate(c.session.id, bytesize, legacy=legacy).address
-        except LegacyWindowFull:
+        except (LegacyWindowFull, OutOfBacking):
             gpu.release(c.session.id, footprint)
             return C["CUDA_ERROR_OUT_OF_MEMORY"]
         return SUCCESS

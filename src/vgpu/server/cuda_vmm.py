@@ -14,7 +14,7 @@ from typing import Any
 
 from vgpu.api.manifest import load
 from vgpu.device.gpu import Gpu, OutOfMemory
-from vgpu.device.memory import InvalidAddress, Mapping
+from vgpu.device.memory import InvalidAddress, Mapping, OutOfBacking
 from vgpu.server.dispatch import Caller
 from vgpu.server.state import Session
 
@@ -97,7 +97,11 @@ class VirtualMemory:
             gpu.hold(c.session.id, size, cuda=True)
         except OutOfMemory:
             return C["CUDA_ERROR_OUT_OF_MEMORY"]
-        backing = gpu.memory.allocate(c.session.id, size)
+        try:
+            backing = gpu.memory.allocate(c.session.id, size)
+        except OutOfBacking:
+            gpu.release(c.session.id, size)
+            return C["CUDA_ERROR_OUT_OF_MEMORY"]
         physical = PhysicalAllocation(next(self._ids), c.session.id, gpu, backing.address, size,
                                       handle_types=prop.requestedHandleTypes, creator=c.session.id)
         self.physical[physical.handle] = physical
@@ -175,6 +179,7 @@ class VirtualMemory:
             return INVALID_VALUE  # the whole range must be mapped
         for mapping in covered:
             mapping.access = flags
+        gpu.memory.changed()
         return SUCCESS
 
     def cuMemGetAccess(self, c: Caller, flags: Any, location: Any, ptr: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -76,6 +77,7 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
         gpu_set = gpuset.parse(gpus, pci_domain)
     except (KeyError, ValueError) as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--gpus") from None
+    raise_file_limit()
     make_gpu = Gpu
     if backend == "cuda":  # NVML's GPUs are the real ones (their UUIDs, buses and readings), with --gpus's profile
         from vgpu.device.measured import MeasuredGpu
@@ -100,6 +102,14 @@ def _daemon(gpus: str, backend: str, socket_path: Path, listen: str | None, cert
     state = DaemonState(gpu_set, backend, make_gpu)
     state.compute = compute and backend == "sim"  # a real GPU computes for itself
     return Daemon(state, socket_path, network)
+
+
+def raise_file_limit() -> None:
+    """Each device allocation holds a memfd: let vgpud open as many as the hard limit allows
+    (past it, allocations fail with CUDA_ERROR_OUT_OF_MEMORY)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _relay(socket_path: Path, connect: tuple[str, ...], token: tuple[str, ...], ca: Path | None,
