@@ -461,7 +461,9 @@ class JoinedConnection:
                 return None
             while True:
                 answer = self.readers[host].read()
-                if answer.seq == frame.seq:
+                if answer.op == protocol.OP_NOTICE and answer.seq == 0:  # a kernel still runs, or printed
+                    self.client.sendall(protocol.pack_frame(answer.op, answer.payload, 0, 0))
+                elif answer.seq == frame.seq:
                     return answer.payload
         except (OSError, EOFError, ProtocolError) as error:
             self.gone.add(host)

@@ -47,7 +47,7 @@ SEND_TIMEOUT_S = 5.0
 #: the rest of a frame longer than this is received straight into a buffer of its own
 LARGE_FRAME = 1 << 20
 #: how often a client waiting behind a computing kernel hears that it still runs
-BUSY_NOTICE_S = 1.0
+BUSY_NOTICE_S = 0.2
 CUDA_ERROR_NOT_READY = 600
 #: launch failures a GPU keeps for the rest of the context: illegal address, assert, trap, launch failure
 STICKY_ERRORS = frozenset({700, 710, 715, 719})
@@ -430,7 +430,7 @@ class Daemon:
                 self._close(self._selector, conn)
 
     def _tell_waiters(self) -> None:
-        """Clients waiting for a reply behind a computing kernel hear, every second, that it
+        """Clients waiting for a reply behind a computing kernel hear, five times a second, that it
         still runs: their wait starts again instead of taking vgpud for lost."""
         now = time.monotonic()
         if now - self._busy_notices_at < BUSY_NOTICE_S:
