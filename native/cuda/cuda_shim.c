@@ -432,11 +432,32 @@ VGPU_EXPORT CUresult cuCtxPopCurrent(CUcontext *pctx) { return cuCtxPopCurrent_v
  * questions about it (flags, device pointer, registration) get the driver's answers ---- */
 
 /* Memory a memfd backs, mapped here (vgpud maps the same file); NULL when it cannot be made. */
+/* Page-locked and managed memory go where kernels can reach them too: a range above every
+ * device address that vgpud's kernel worker maps at the same addresses (VGPU_HOST_WINDOWS_*),
+ * each at a fresh place in it; elsewhere (an old kernel, the range used up) the memory works
+ * for copies only. */
+static uintptr_t next_window = VGPU_HOST_WINDOWS_BASE;
+
+static void *window_address(size_t bytes) {
+    size_t span = (bytes + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    uintptr_t at = __atomic_fetch_add(&next_window, span, __ATOMIC_SEQ_CST);
+    return at + span <= VGPU_HOST_WINDOWS_BASE + VGPU_HOST_WINDOWS_SPAN ? (void *)at : NULL;
+}
+
 static void *file_backed(const char *name, size_t bytes, int *fd) {
     *fd = memfd_create(name, MFD_CLOEXEC);
     void *p = MAP_FAILED;
-    if (*fd >= 0 && ftruncate(*fd, (off_t)bytes) == 0)
-        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    if (*fd >= 0 && ftruncate(*fd, (off_t)bytes) == 0) {
+        void *want = window_address(bytes);
+        if (want) {
+            p = mmap(want, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, *fd, 0);
+            if (p != MAP_FAILED && p != want) { /* a kernel without MAP_FIXED_NOREPLACE took it as a hint */
+                munmap(p, bytes);
+                p = MAP_FAILED;
+            }
+        }
+        if (p == MAP_FAILED) p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    }
     if (p != MAP_FAILED) return p;
     if (*fd >= 0) close(*fd);
     return NULL;

@@ -39,6 +39,12 @@ OP_LAUNCH = 0x0007    # CUDA: a kernel launch, sent without waiting (cuda_module
 OP_NOTICE = 0x0008    # vgpud to a client, unasked (sequence 0): u32 kind, then its data; a client skips it
                       # wherever it reads a reply
 
+#: where the CUDA library places page-locked and managed host memory it makes (memfd windows
+#: vgpud maps too): one range above every device address, which the kernel worker maps at the
+#: same addresses, so a kernel dereferences such pointers as a GPU does
+HOST_WINDOWS_BASE = 0x6000_0000_0000
+HOST_WINDOWS_SPAN = 1 << 44
+
 # notice kinds
 NOTICE_BUSY = 1       # work the client's next reply waits for is still running: keep waiting
 NOTICE_OUTPUT = 2     # text the process's kernels printed (device printf): write it to stdout
@@ -198,7 +204,8 @@ def c_header() -> str:
              f'#define VGPU_SOCKET_ENV "{SOCKET_ENV}"',
              f'#define VGPU_SYSTEM_SOCKET "{SYSTEM_SOCKET}"']
     for name, value in sorted(globals().items()):
-        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_", "NOTICE_")) and isinstance(value, int):
+        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_", "NOTICE_", "HOST_WINDOWS_")) \
+                and isinstance(value, int):
             lines.append(f"#define VGPU_{name} {value}")
     for name in ("PUBLISHED_HEADER_SIZE", "PUBLISHED_SLOTS", "PUBLISHED_KEY_MAX", "PUBLISHED_SLOT_SIZE",
                  "PUBLISHED_ANSWER_MAX", "PUBLISHED_PROBES", "PUBLISHED_MAX_AGE_MS"):
