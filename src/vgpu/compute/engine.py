@@ -113,6 +113,8 @@ class Kernel:
                 raise KernelError(720, f"a cooperative launch of {math.prod(grid)} CTAs: at most "
                                        f"{MAX_COOPERATIVE_CTAS} run at once here")
             launch.grid_barrier = ctypes.addressof(barrier)
+        if not facts.observable:  # nothing it does can be seen
+            return LaunchResult("", 0.0)
         started = time.perf_counter()
         code = run_ctas(self._entry, ctypes.addressof(launch), math.prod(grid), threads, cooperative)
         seconds = time.perf_counter() - started

@@ -25,7 +25,7 @@ from vgpu.compute import cache, compiler
 from vgpu.compute.initializers import initial_bytes
 from vgpu.compute.jobs import Buffer, Job
 from vgpu.compute.launch import Launch, offset
-from vgpu.compute.lower.kernel import ENTRY, KernelFacts, lower_kernel
+from vgpu.compute.lower.kernel import ENTRY, KernelFacts, lower_kernel, observable
 from vgpu.compute.lower.registry import Unsupported
 from vgpu.compute.printf import format_records
 from vgpu.compute.ptx.syntax import Module
@@ -126,6 +126,13 @@ class KernelCompute:
     def forget(self, image: CodeImage) -> None:
         for key in [k for k in self._prepared if k[0] == id(image)]:
             del self._prepared[key]
+
+    def observable(self, prepared: PreparedModule, kernel: str) -> bool:
+        """Whether running the kernel can be seen at all (an empty kernel cannot: it needs no run)."""
+        try:
+            return observable(prepared.module.function(kernel))
+        except KeyError:
+            return True  # no body to look at: the compiler will say why
 
     def say_once(self, kernel: str, reason: str) -> None:
         if (kernel, reason) not in self._said:

@@ -522,8 +522,9 @@ class ModuleServing:
                 stream, C["CU_GRAPH_NODE_TYPE_KERNEL"],
                 self._replay_of(C["CU_GRAPH_NODE_TYPE_KERNEL"], kernel), signature, kernel))
         rc = self._run_kernel(c, stream, *kernel)
-        if rc == SUCCESS and self._last_outcome.status in ("off", "not computed"):
-            # the next launch with the same head takes the quick way (launch)
+        if rc == SUCCESS and not session.computing:
+            # nothing to run (not computed, or nothing to see): the next launch with the same
+            # head takes the quick way (launch)
             self._launch_cache[(session.id, bytes(payload[:self.LAUNCH.size]))] = (
                 stream, ref.name, (gx, gy, gz), (bx, by, bz), shared, self._last_seconds,
                 bool(flags & self.LAUNCH_COOPERATIVE), self._last_outcome)
@@ -571,6 +572,8 @@ class ModuleServing:
         if isinstance(prepared, str):
             compute.say_once(ref.name, prepared)
             return ComputeOutcome("not computed", prepared)
+        if not compute.observable(prepared, ref.name):
+            return ComputeOutcome("computed")  # nothing it does can be seen: done as soon as launched
         owner = ref.module.owner
         instance = self._instance(c, ref.module, gpu)
         limits = self.limits.get((c.session.id, gpu.index), {})

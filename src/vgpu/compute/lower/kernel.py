@@ -20,7 +20,7 @@ from vgpu.compute.lower.function import AT_BARRIER, EXIT, WAIT, FunctionLowering
 from vgpu.compute.lower.lanes import I8, I32, I64, WARP
 from vgpu.compute.lower.layout import ModuleLayout, local_frame, param_layout
 from vgpu.compute.lower.registry import Unsupported
-from vgpu.compute.ptx.syntax import Module
+from vgpu.compute.ptx.syntax import Function, Instruction, Module
 
 PTR = ir.PointerType()
 ENTRY = "vgpu_entry"
@@ -41,6 +41,9 @@ class KernelFacts:
     local_bytes: int
     #: the module's .global/.const variables, in symbol-table order: (name, size)
     symbols: tuple[tuple[str, int], ...]
+    #: whether running it can be seen: it touches memory outside its CTAs, calls, prints or
+    #: traps (a kernel that cannot, an empty one, needs no running)
+    observable: bool = True
 
 
 def lower_kernel(ptx: Module, name: str) -> tuple[ir.Module, KernelFacts]:
@@ -72,7 +75,7 @@ def lower_kernel(ptx: Module, name: str) -> tuple[ir.Module, KernelFacts]:
         name=name, param_offsets=offsets, param_bytes=size, param_types=tuple(p.type for p in kernel.params),
         static_shared=layout.static_shared, dynamic_shared_offset=layout.dynamic_shared_offset,
         local_bytes=sum(local_frame(f)[1] for f in ptx.functions if f.body is not None),
-        symbols=tuple((v.name, v.size) for v in layout.globals_))
+        symbols=tuple((v.name, v.size) for v in layout.globals_), observable=observable(kernel))
     return module, facts
 
 
@@ -208,3 +211,20 @@ def _entry_slot(b: ir.IRBuilder, fn: ir.Function, typ: ir.Type) -> ir.Value:
     with b.goto_block(entry):
         b.position_before(entry.instructions[0])
         return b.alloca(typ)
+
+
+#: instructions whose effects reach beyond the CTA's own shared and local memory
+_OUTSIDE = frozenset({"st", "ld", "ldu", "atom", "red", "call", "trap", "brkpt", "cp", "prefetch", "mbarrier",
+                      "tex", "tld4", "suld", "sust", "sured", "multimem", "stmatrix", "wmma", "griddepcontrol"})
+
+
+def observable(kernel: Function) -> bool:
+    """Whether a kernel's run can be observed: memory beyond its CTA's shared and local
+    memory, calls (printf, device functions), traps.  An unknown instruction counts."""
+    for statement in kernel.body or []:
+        if isinstance(statement, Instruction) and statement.opcode in _OUTSIDE:
+            if statement.opcode in ("st", "ld", "atom", "red") and \
+                    any(m in ("shared", "local", "param") or m.startswith("shared::") for m in statement.modifiers):
+                continue
+            return True
+    return False
