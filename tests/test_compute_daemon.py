@@ -69,6 +69,16 @@ for step in sys.argv[2:]:
         out["sync"] = code(cu.cuStreamSynchronize(stream))
         out["waited"] = time.monotonic() - started
         out["spin"] = read(32)
+    elif step == "host":  # managed and mapped page-locked memory, written by kernels
+        managed = ok(cu.cuMemAllocManaged(1024 * 4, 1))
+        pinned = ok(cu.cuMemHostAlloc(1024 * 4, 2))  # CU_MEMHOSTALLOC_DEVICEMAP
+        views = [(ctypes.c_int * 1024).from_address(int(managed)), (ctypes.c_int * 1024).from_address(int(pinned))]
+        for view, start in zip(views, (100, 200)):
+            view[:] = [start] * 1024
+        launch("add_one", 4, 256, int(managed))
+        launch("add_one", 4, 256, int(ok(cu.cuMemHostGetDevicePointer(pinned, 0))))
+        out["sync"] = code(cu.cuStreamSynchronize(stream))
+        out["host"] = [sorted(set(view)) for view in views]
     elif step == "fail":
         out["launch"] = launch("fail", 1, 32, int(buf))
         out["sync"] = code(cu.cuCtxSynchronize())
@@ -116,6 +126,12 @@ def _run(vgpud: Vgpud, image: Path, *steps: str, env: dict[str, str] | None = No
                             env=vgpud.env | (env or {}), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_kernels_reach_managed_and_mapped_page_locked_memory(vgpud, ptx):
+    vgpud.local_only("managed and page-locked memory are the client's own, on its host")
+    out = _run(vgpud, ptx, "host")
+    assert out["sync"] == 0 and out["host"] == [[101], [201]]
 
 
 def test_a_long_kernel_is_waited_for_and_queries_say_not_ready(vgpud, ptx):

@@ -26,11 +26,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from vgpu.compute import jobs
 from vgpu.compute.jobs import Job, JobResult
-from vgpu.device.memory import DeviceMemory, Region
+from vgpu.device.memory import Region
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,20 @@ def kernel_timeout() -> float | None:
         return None
 
 
+class Reachable(Protocol):
+    """Memory an executor maps: the regions an owner may reach, and a counter of changes."""
+
+    generation: int
+
+    def backing(self, owner: int) -> list[Region]: ...
+
+
 class Executor:
     """Runs one owner's jobs, one at a time, in a worker process that maps its memory."""
 
-    def __init__(self, memories: Sequence[DeviceMemory], owner: int, timeout: float | None = None) -> None:
+    def __init__(self, memories: Sequence[Reachable], owner: int, timeout: float | None = None) -> None:
+        """``memories``: what the owner's kernels may reach (the GPUs' device memory, the
+        process's page-locked and managed windows)."""
         self.memories = list(memories)
         self.owner = owner
         self.timeout = timeout if timeout is not None else kernel_timeout()

@@ -247,7 +247,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         with self._executors_lock:
             executor = self.executors.get(session.id)
             if executor is None:
-                executor = self.executors[session.id] = Executor([gpu.memory for gpu in self.state.gpus], session.id)
+                executor = self.executors[session.id] = Executor(
+                    [*(gpu.memory for gpu in self.state.gpus), session.windows], session.id)
             return executor
 
     def _forget(self, session: Session) -> None:

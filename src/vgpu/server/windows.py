@@ -11,10 +11,33 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import itertools
 import mmap
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from vgpu.device.memory import Region
+from vgpu.wire.protocol import HOST_WINDOWS_BASE, HOST_WINDOWS_SPAN
+
+
+class WindowFile:
+    """The file behind a window, kept open so the process's kernel worker can map it too
+    (the executor asks for a descriptor of its own: ``duplicate``)."""
+
+    _serials = itertools.count(1)
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        self.serial = next(WindowFile._serials)
+
+    def duplicate(self) -> int | None:
+        return os.dup(self.fd) if self.fd is not None else None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 @dataclass
@@ -24,6 +47,7 @@ class Window:
     map: mmap.mmap
     #: what the window holds when it is managed memory (vgpu.server.cuda_hostmem), else None
     managed: Any = None
+    file: WindowFile | None = None
 
     @property
     def end(self) -> int:
@@ -57,23 +81,41 @@ class Windows:
         self.direct = False
         #: registered memory by start address (cuMemHostRegister; few per process)
         self._registered: dict[int, Registration] = {}
+        #: counts changes to what kernels may reach (the executor compares it)
+        self.generation = 0
 
     def share(self, address: int, size: int, fd: int) -> int:
         """Map a window; an errno on failure (the client then sends its data through the socket)."""
         try:
             with open(f"/proc/{self.pid}/fd/{fd}", "r+b") as handle:
                 mapping = mmap.mmap(handle.fileno(), size)
+                file = WindowFile(os.dup(handle.fileno())) if self._reachable(address, size) else None
         except (OSError, ValueError) as error:
             return getattr(error, "errno", None) or 22
         self.withdraw(address)
         bisect.insort(self._starts, address)
-        self._windows[address] = Window(address, size, mapping)
+        self._windows[address] = Window(address, size, mapping, file=file)
+        self.generation += 1
         return 0
+
+    @staticmethod
+    def _reachable(address: int, size: int) -> bool:
+        """Whether kernels can reach a window: it lies where the library places the page-locked
+        and managed memory it makes (memory registered in place does not)."""
+        return HOST_WINDOWS_BASE <= address and address + size <= HOST_WINDOWS_BASE + HOST_WINDOWS_SPAN
+
+    def backing(self, owner: int) -> list[Region]:
+        """The windows the process's kernels may reach, at the process's own addresses (the
+        executor maps them beside its device memory)."""
+        return [Region(w.address, w.size, 0, True, w.file) for w in self._windows.values() if w.file is not None]
 
     def withdraw(self, address: int) -> None:
         window = self._windows.pop(address, None)
         if window is not None:
             self._starts.pop(bisect.bisect_left(self._starts, address))
+            if window.file is not None:
+                window.file.close()
+                self.generation += 1
             try:
                 window.map.close()
             except BufferError:
