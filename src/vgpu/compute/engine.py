@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import struct
 import threading
 import time
@@ -25,15 +24,13 @@ from vgpu.compute import cache, compiler
 from vgpu.compute.launch import Launch
 from vgpu.compute.lower.kernel import ENTRY, KernelFacts, lower_kernel
 from vgpu.compute.printf import format_records
+from vgpu.compute.runner import run_ctas
 from vgpu.compute.ptx.parser import parse
 from vgpu.compute.ptx.syntax import Module
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
 PRINTF_BUFFER = 1 << 20
 DEFAULT_STACK = 1024
-#: each device-function activation is a host call: room for the deepest recursion a lane's
-#: stack allows (reserved address space, used only as deep as the recursion goes)
-HOST_STACK = 256 << 20
 #: CTAs of a cooperative launch that run at once (each on a host thread)
 MAX_COOPERATIVE_CTAS = 1024
 _SCALAR = {"u8": "<B", "s8": "<b", "b8": "<B", "u16": "<H", "s16": "<h", "b16": "<H", "u32": "<I", "s32": "<i",
@@ -116,46 +113,14 @@ class Kernel:
         if not facts.observable:  # nothing it does can be seen
             return LaunchResult("", 0.0)
         started = time.perf_counter()
-        code = run_ctas(self._entry, ctypes.addressof(launch), math.prod(grid), threads, cooperative)
+        ctas = math.prod(grid)
+        code = run_ctas(self._entry, ctypes.addressof(launch), ctas, ctas if cooperative else threads)
         seconds = time.perf_counter() - started
         printed = format_records(printf.raw[:min(launch.printf_used, PRINTF_BUFFER)], block, _read_string)
         if code:
             where = f" (block {tuple(launch.error_cta)}, thread {tuple(launch.error_thread)})"
             raise KernelError(code, f"{self.name} failed with CUDA error {code}{where}", printed)
         return LaunchResult(printed, seconds)
-
-
-def run_ctas(entry: Any, launch: int, ctas: int, threads: int | None = None, cooperative: bool = False) -> int:
-    """Run every CTA of a launch over ``threads`` host threads (default: the usable cores;
-    cooperative: one per CTA); the first error code, or 0."""
-    threads = ctas if cooperative else max(1, min(threads or len(os.sched_getaffinity(0)), ctas))
-    chunk = 1 if cooperative else max(1, min(64, ctas // (threads * 8) or 1))
-    state = {"next": 0, "code": 0}
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                start = state["next"]
-                if start >= ctas or state["code"]:
-                    return
-                state["next"] = start + chunk
-            code = entry(launch, start, min(chunk, ctas - start))
-            if code:
-                with lock:
-                    state["code"] = state["code"] or code
-                return
-
-    previous = threading.stack_size(HOST_STACK)
-    try:
-        workers = [threading.Thread(target=work) for _ in range(threads)]
-        for worker in workers:
-            worker.start()
-    finally:
-        threading.stack_size(previous)
-    for worker in workers:
-        worker.join()
-    return state["code"]
 
 
 def _read_string(address: int) -> str:

@@ -18,11 +18,11 @@ import resource
 import signal
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
 from vgpu.compute import jobs
+from vgpu.compute.runner import run_ctas
 from vgpu.device.memory import DEVICE_RANGE, LEGACY_BASE
 
 PR_SET_PDEATHSIG = 1
@@ -41,39 +41,6 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 MAP_FAILED = ctypes.c_void_p(-1).value
 ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
 LAUNCH_FAILED = 719
-
-
-def run_ctas(entry: Any, launch: int, ctas: int, threads: int | None = None) -> int:
-    """Run CTAs [0, ctas) of a launch on ``threads`` threads (default: the cores this process
-    may use), handed out in chunks from a shared counter; none is handed out after the first
-    error.  The first error code, or 0.  (ctypes releases the GIL for the call, so the threads
-    run on all cores.)"""
-    threads = max(1, min(threads or len(os.sched_getaffinity(0)), ctas))
-    if threads == 1:
-        return entry(launch, 0, ctas)
-    chunk = max(1, min(64, ctas // (threads * 8)))
-    lock = threading.Lock()
-    state = {"next": 0, "code": 0}
-
-    def work() -> None:
-        while True:
-            with lock:
-                start = state["next"]
-                if start >= ctas or state["code"]:
-                    return
-                state["next"] = start + chunk
-            code = entry(launch, start, min(chunk, ctas - start))
-            if code:
-                with lock:
-                    state["code"] = state["code"] or code
-                return
-
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return state["code"]
 
 
 def _mmap(address: int, size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:

@@ -43,7 +43,7 @@ def record_failure(fl, mask: ir.Value) -> None:
     for axis, arg in enumerate(("ctaid_x", "ctaid_y", "ctaid_z")):
         b.store(fl.args[arg], field("error_cta", axis))
     linear = _thread_linear(fl, lane)
-    x, y = fl._load_field("block", I32, 0), fl._load_field("block", I32, 1)
+    x, y = fl.load_field("block", I32, 0), fl.load_field("block", I32, 1)
     b.store(b.urem(linear, x), field("error_thread", 0))
     b.store(b.urem(b.udiv(linear, x), y), field("error_thread", 1))
     b.store(b.udiv(linear, b.mul(x, y)), field("error_thread", 2))
@@ -64,12 +64,12 @@ def branch_indexed(fl, ins: Instruction, lanes: ir.Value) -> None:
     from vgpu.compute.lower.cfg import branch_tables
     table = branch_tables(fl.ptx)[ins.operands[1].name]
     index = fl.read(ins.operands[0], "u32")
-    target = fl._splat32(0)
+    target = fl.splat32(0)
     b = fl.b
     for position, label in enumerate(table):
         hit = b.icmp_unsigned("==", index, fl.lanes.splat(ir.Constant(I32, position)))
-        target = b.select(hit, fl._splat32(fl.labels[label]), target)
-    fl._go(lanes, target)
+        target = b.select(hit, fl.splat32(fl.labels[label]), target)
+    fl.go(lanes, target)
 
 
 def call(fl, ins: Instruction) -> None:
@@ -143,8 +143,8 @@ def _reserve(fl, size: int) -> ir.Value:
     b = fl.b
     used = b.gep(fl.launch, [ir.Constant(I64, launch_offset("printf_used"))], source_etype=I8)
     start = b.atomic_rmw("add", used, ir.Constant(I64, size), "monotonic")
-    capacity = fl._load_field("printf_capacity", I64)
-    buffer = fl._load_field("printf_buffer", I64)
+    capacity = fl.load_field("printf_capacity", I64)
+    buffer = fl.load_field("printf_buffer", I64)
     fits = b.icmp_unsigned("<=", b.add(start, ir.Constant(I64, size)), capacity)
     return b.select(fits, b.inttoptr(b.add(buffer, start), PTR), ir.Constant(PTR, None))
 

@@ -25,7 +25,7 @@ from vgpu.compute.lower import cfg
 from vgpu.compute.lower.lanes import I1, I8, I32, I64, WARP, Lanes, bit_width, element_type, is_float
 from vgpu.compute.lower.layout import ModuleLayout, local_frame
 from vgpu.compute.lower.registry import SEMANTICS, Unsupported
-from vgpu.compute.ptx.syntax import (Function, Immediate, Instruction, Negated, Register, RegisterDecl,
+from vgpu.compute.ptx.syntax import (Function, Immediate, Instruction, Module, Negated, Register, RegisterDecl,
                                      Symbol, Variable, VectorOperand)
 
 EXIT = 0x8000_0000
@@ -44,7 +44,7 @@ class Unit:
     layout and its device functions (lowered on first call)."""
 
     module: ir.Module
-    ptx: object  # syntax.Module
+    ptx: Module
     layout: ModuleLayout
     functions: dict[str, ir.Function]
     function_ids: dict[str, int]
@@ -80,7 +80,6 @@ class FunctionLowering:
                     self.register_types[reg] = statement.type
             elif isinstance(statement, Variable) and statement.space == "param":
                 self.param_vars[statement.name] = statement
-        self._entry_values: dict[str, ir.Value] = {}
         self.own_params = {p.name: (i, p) for i, p in enumerate(list(function.returns) + list(function.params))}
 
     # -- setup ----------------------------------------------------------------------------
@@ -98,7 +97,7 @@ class FunctionLowering:
         for buffer in self.call_buffers.values():
             buffer.align = 16
         self.launch = self.args["launch"]
-        self.stack_bytes = b.zext(self._load_field("stack_bytes", I32), I64)
+        self.stack_bytes = b.zext(self.load_field("stack_bytes", I32), I64)
         self.lane_local = b.add(self.lanes.splat(b.ptrtoint(self.args["local"], I64)),
                                 b.mul(b.zext(self.lane_ids, ir.VectorType(I64, WARP)), self.lanes.splat(self.stack_bytes)))
         self.sp = self.args["sp"] if not self.kernel else ir.Constant(I64, 0)
@@ -125,7 +124,7 @@ class FunctionLowering:
             self.frame_size = (at + 127) // 128 * 128
         else:
             mask = self.args["mask"]
-            b.store(b.select(mask, self._splat32(0), self._splat32(EXIT)), self.pc)
+            b.store(b.select(mask, self.splat32(0), self.splat32(EXIT)), self.pc)
             from vgpu.compute.lower.control import stack_check
             stack_check(self)
         self.dispatch = fn.append_basic_block("dispatch")
@@ -153,24 +152,13 @@ class FunctionLowering:
             slot = self.b.alloca(typ, name=name)
         return slot
 
-    def entry_value(self, key: str, make: Callable[[], ir.Value]) -> ir.Value:
-        """A value computed once, in the entry block (special registers: each block that reads
-        one would compute it again)."""
-        if key not in self._entry_values:
-            entry = self.fn.entry_basic_block
-            with self.b.goto_block(entry):
-                if entry.is_terminated:
-                    self.b.position_before(entry.terminator)
-                self._entry_values[key] = make()
-        return self._entry_values[key]
-
     def _reg_vector(self, name: str) -> ir.VectorType:
         return ir.VectorType(ir.IntType(bit_width(self.register_types[name])), WARP)
 
-    def _splat32(self, value: int) -> ir.Constant:
+    def splat32(self, value: int) -> ir.Constant:
         return ir.Constant(ir.VectorType(I32, WARP), [ir.Constant(I32, value)] * WARP)
 
-    def _load_field(self, field: str, typ: ir.Type, index: int = 0) -> ir.Value:
+    def load_field(self, field: str, typ: ir.Type, index: int = 0) -> ir.Value:
         at = launch_offset(field) + index * (typ.width // 8)
         return self.b.load(self.b.gep(self.launch, [ir.Constant(I64, at)], source_etype=I8), typ=typ)
 
@@ -200,7 +188,7 @@ class FunctionLowering:
             b.unreachable()
         b.position_at_end(run)
         mask = b.icmp_unsigned("==", pc, self.lanes.splat(low))
-        runnable = b.icmp_unsigned("<", pc, self._splat32(WAIT))
+        runnable = b.icmp_unsigned("<", pc, self.splat32(WAIT))
         alone = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [b.and_(runnable, b.not_(mask))]))
         for mask_phi, alone_phi in zip(self.mask_phis, self.alone_phis):
             mask_phi.add_incoming(mask, run)
@@ -226,7 +214,7 @@ class FunctionLowering:
             self._instruction(ins)
         if nxt != EXIT:
             self._jump_if(self.alone, nxt)
-        self._go(self.mask, nxt)
+        self.go(self.mask, nxt)
         b.branch(self.dispatch)
 
     def _jump_if(self, condition: ir.Value, target: int) -> None:
@@ -242,9 +230,9 @@ class FunctionLowering:
         b.branch(self.ir_blocks[target])
         b.position_at_end(stay)
 
-    def _go(self, lanes: ir.Value, target: int | ir.Value) -> None:
+    def go(self, lanes: ir.Value, target: int | ir.Value) -> None:
         """Lanes in ``lanes`` continue at block ``target``."""
-        value = self._splat32(target) if isinstance(target, int) else target
+        value = self.splat32(target) if isinstance(target, int) else target
         self.b.store(self.b.select(lanes, value, self.b.load(self.pc)), self.pc)
 
     def guard_mask(self, ins: Instruction) -> ir.Value:
@@ -269,26 +257,26 @@ class FunctionLowering:
                 if nxt != EXIT:
                     none_taken = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [taken]))
                     self._jump_if(b.and_(self.alone, none_taken), nxt)
-            self._go(taken, target)
-            self._go(not_taken, nxt)
+            self.go(taken, target)
+            self.go(not_taken, nxt)
         elif ins.opcode == "brx":
             from vgpu.compute.lower.control import branch_indexed
             branch_indexed(self, ins, taken)
-            self._go(not_taken, nxt)
+            self.go(not_taken, nxt)
         elif ins.opcode in ("ret", "exit"):
-            self._go(taken, EXIT)
+            self.go(taken, EXIT)
             if ins.opcode == "exit" and not self.kernel:
                 raise Unsupported(f"exit inside the device function {self.ptx.name}")
-            self._go(not_taken, nxt)
+            self.go(not_taken, nxt)
         elif ins.opcode == "trap":
             from vgpu.compute.lower.control import fail
             fail(self, ins, taken, 715)
-            self._go(not_taken, nxt)
+            self.go(not_taken, nxt)
         else:  # a CTA barrier
             from vgpu.compute.lower.control import barrier
             barrier(self, ins, taken)
-            self._go(taken, nxt | WAIT if nxt != EXIT else EXIT)
-            self._go(not_taken, nxt)
+            self.go(taken, nxt | WAIT if nxt != EXIT else EXIT)
+            self.go(not_taken, nxt)
         b.branch(self.dispatch)
 
     def _instruction(self, ins: Instruction) -> None:
@@ -386,7 +374,7 @@ class FunctionLowering:
         layout = self.unit.layout
         b = self.b
         if name in layout.symbol_index:
-            symbols = b.inttoptr(self._load_field("symbols", I64), PTR)
+            symbols = b.inttoptr(self.load_field("symbols", I64), PTR)
             at = b.gep(symbols, [ir.Constant(I64, layout.symbol_index[name])], source_etype=I64)
             return self.lanes.splat(b.load(at, typ=I64))
         if name in layout.shared_offset:

@@ -51,7 +51,7 @@ def vector_count(ins: Instruction) -> int:
 def kernel_param_address(fl, name: str, offset: int) -> ir.Value:
     offsets, _ = param_layout(fl.ptx.params)
     b = fl.b
-    params = b.inttoptr(fl._load_field("params", I64), PTR)
+    params = b.inttoptr(fl.load_field("params", I64), PTR)
     return b.gep(params, [ir.Constant(I64, offsets[name] + offset)], source_etype=I8)
 
 
@@ -380,7 +380,7 @@ def isspacep(fl, ins: Instruction) -> None:
     space = ins.modifiers[0]
     value = fl.read(ins.operands[1], "u64")
     shared_start = lanes.splat(b.ptrtoint(fl.args["shared"], I64))
-    shared_bytes = b.zext(fl._load_field("dynamic_shared", I32), I64)
+    shared_bytes = b.zext(fl.load_field("dynamic_shared", I32), I64)
     shared_end = b.add(shared_start, lanes.splat(b.add(shared_bytes, ir.Constant(I64, fl.unit.layout.dynamic_shared_offset))))
     in_shared = b.and_(b.icmp_unsigned(">=", value, shared_start), b.icmp_unsigned("<", value, shared_end))
     local_start = lanes.splat(b.ptrtoint(fl.args["local"], I64))

@@ -12,7 +12,7 @@ V32 = ir.VectorType(I32, WARP)
 
 
 def _block(fl, axis: int) -> ir.Value:
-    return fl._load_field("block", I32, axis)
+    return fl.load_field("block", I32, axis)
 
 
 def special_register(fl, name: str) -> ir.Value:
@@ -26,7 +26,7 @@ def special_register(fl, name: str) -> ir.Value:
     if base == "%ctaid":
         return lanes.splat(fl.args[("ctaid_x", "ctaid_y", "ctaid_z")[axis]])
     if base == "%nctaid":
-        return lanes.splat(fl._load_field("grid", I32, axis))
+        return lanes.splat(fl.load_field("grid", I32, axis))
     if name == "%laneid":
         return fl.lane_ids
     if name == "%warpid":
@@ -62,21 +62,21 @@ def special_register(fl, name: str) -> ir.Value:
             return lanes.splat(b.trunc(b.lshr(value, ir.Constant(I64, 32)), I32))
         return lanes.splat(value)
     if name == "%smid":
-        linear = b.add(fl.args["ctaid_x"], b.mul(fl._load_field("grid", I32, 0),
-                                                 b.add(fl.args["ctaid_y"], b.mul(fl._load_field("grid", I32, 1),
+        linear = b.add(fl.args["ctaid_x"], b.mul(fl.load_field("grid", I32, 0),
+                                                 b.add(fl.args["ctaid_y"], b.mul(fl.load_field("grid", I32, 1),
                                                                                  fl.args["ctaid_z"]))))
-        return lanes.splat(b.urem(linear, fl._load_field("sm_count", I32)))
+        return lanes.splat(b.urem(linear, fl.load_field("sm_count", I32)))
     if name == "%nsmid":
-        return lanes.splat(fl._load_field("sm_count", I32))
+        return lanes.splat(fl.load_field("sm_count", I32))
     if name == "%gridid":
         return lanes.splat(ir.Constant(I64, 1))
     if name == "%dynamic_smem_size":
-        return lanes.splat(fl._load_field("dynamic_shared", I32))
+        return lanes.splat(fl.load_field("dynamic_shared", I32))
     if name == "%total_smem_size":
-        return lanes.splat(b.add(fl._load_field("dynamic_shared", I32),
+        return lanes.splat(b.add(fl.load_field("dynamic_shared", I32),
                                  ir.Constant(I32, fl.unit.layout.dynamic_shared_offset)))
     if name in ("%envreg1", "%envreg2"):  # the grid barrier of a cooperative launch: high and low halves
-        barrier = fl._load_field("grid_barrier", I64)
+        barrier = fl.load_field("grid_barrier", I64)
         if name == "%envreg1":
             barrier = b.lshr(barrier, ir.Constant(I64, 32))
         return lanes.splat(b.trunc(barrier, I32))
