@@ -154,7 +154,7 @@ def test_smi_says_what_the_gpus_are(vgpud_factory, tmp_path):
     """`vgpu smi` notes simulated GPUs on the simulator, and real ones on the cuda backend
     (here with vgpu's own driver over a simulator standing in for the GPU)."""
     from tests.conftest import start_vgpud
-    from vgpu.smi.render import REAL_NOTE, SIM_NOTE
+    from vgpu.smi.render import REAL_NOTE
 
     simulated = vgpud_factory("l4")
     backend = start_vgpud("l4", tmp_path / "cuda", "cuda-backend")
@@ -166,6 +166,7 @@ def test_smi_says_what_the_gpus_are(vgpud_factory, tmp_path):
             assert shown.returncode == 0, shown.stderr
             assert "NVIDIA L4" in shown.stdout
             notes.append(shown.stdout.strip().splitlines()[-1])
-        assert notes == [SIM_NOTE, REAL_NOTE]
+        assert notes == ["vgpu: simulated GPUs; kernels with PTX compute on the host's CPUs (0 launches computed, "
+                         "0 not: `vgpu launches`)", REAL_NOTE]
     finally:
         backend.stop()

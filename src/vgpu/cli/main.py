@@ -252,10 +252,10 @@ def _backend_note() -> str:
 
     try:
         with Client(timeout=2) as client:
-            backend = client.control("status").get("backend")
+            status = client.control("status")
     except (DaemonUnavailable, OSError, ControlFailed):
-        backend = None
-    return render.REAL_NOTE if backend == "cuda" else render.SIM_NOTE
+        status = {}
+    return render.REAL_NOTE if status.get("backend") == "cuda" else render.sim_note(status.get("compute"))
 
 
 @main.group()

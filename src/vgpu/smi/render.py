@@ -9,6 +9,15 @@ from vgpu.smi.snapshot import MIB, GpuSnapshot, Snapshot
 
 NA = "N/A"
 SIM_NOTE = "vgpu: simulated GPUs; kernels are validated and timed, not computed"
+
+
+def sim_note(compute: dict | None) -> str:
+    """What the simulated GPUs do with kernels, with vgpud's counts (its status's "compute")."""
+    if not compute or not compute.get("enabled"):
+        return SIM_NOTE
+    counts = compute.get("launches", {})
+    return (f"vgpu: simulated GPUs; kernels with PTX compute on the host's CPUs "
+            f"({counts.get('computed', 0)} launches computed, {counts.get('not computed', 0)} not: `vgpu launches`)")
 REAL_NOTE = "vgpu: real GPUs behind vgpud's cuda backend; kernels run on them"
 
 
