@@ -15,6 +15,12 @@ COMPILER_ID = f"llvmlite-{llvmlite.__version__}-llvm-{'.'.join(map(str, llvm.llv
 
 @functools.cache
 def target_machine() -> llvm.TargetMachine:
+    """The compiler's target: this host's CPU (shared; an engine gets one of its own)."""
+    return new_target_machine()
+
+
+def new_target_machine() -> llvm.TargetMachine:
+    """A target machine of its own: an execution engine owns (and frees) the one it is given."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_default_triple()
@@ -59,7 +65,7 @@ def load_engine_symbols() -> None:
 def load_object(object_code: bytes, entry: str) -> tuple[llvm.ExecutionEngine, int]:
     """Load an object into an engine of its own: the engine (keep it alive) and the entry's address."""
     load_engine_symbols()
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine())
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), new_target_machine())
     engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
     engine.finalize_object()
     return engine, engine.get_function_address(entry)

@@ -69,17 +69,25 @@ class Kernel:
             return self._facts
 
     def pack(self, args: Sequence[Any]) -> bytes:
+        """Parameters as the kernel's ``.param`` list lays them out: arrays by their data's
+        address, numpy scalars and bytes as their bytes, Python numbers in the PTX type."""
         facts = self.compile()
         if len(args) != len(facts.param_types):
             raise TypeError(f"{self.name} takes {len(facts.param_types)} parameters, {len(args)} given")
         buffer = bytearray(facts.param_bytes)
         for (name, at), ptx_type, value in zip(facts.param_offsets.items(), facts.param_types, args):
-            if hasattr(value, "__array_interface__"):
+            if getattr(value, "shape", None) == ():  # a numpy scalar: its bytes
+                value = value.tobytes()
+            elif hasattr(value, "__array_interface__"):  # an array: its data's address
                 value = value.__array_interface__["data"][0]
             if isinstance(value, (bytes, bytearray, memoryview)):
                 data = bytes(value)
             else:
-                data = struct.pack(_SCALAR.get(ptx_type, "<Q"), value)
+                size = struct.calcsize(_SCALAR.get(ptx_type, "<Q"))
+                if isinstance(value, float) or ptx_type[0] == "f":  # a float of the parameter's width
+                    data = struct.pack({2: "<e", 4: "<f"}.get(size, "<d"), value)
+                else:  # an integer in the parameter's width, whatever its sign
+                    data = (int(value) & ((1 << 8 * size) - 1)).to_bytes(size, "little")
             buffer[at:at + len(data)] = data
         return bytes(buffer)
 
