@@ -37,6 +37,7 @@ from cuda.bindings import driver as cu
 from vgpu.api.manifest import load
 from vgpu.device.gpu import OutOfMemory
 from vgpu.device.kernels import FunctionState
+from vgpu.device.launches import ComputeOutcome
 from vgpu.images import ImageError, NoBinaryForGpu, read_image
 from vgpu.server.cuda_modules import ModuleServing
 from vgpu.server.cuda_pools import LegacyNames
@@ -51,6 +52,8 @@ C = API.constants
 SUCCESS = C["CUDA_SUCCESS"]
 INVALID_VALUE = C["CUDA_ERROR_INVALID_VALUE"]
 LAUNCH = ModuleServing.LAUNCH
+#: what became of a launch's results on this backend: the GPU ran it
+ON_THE_GPU = ComputeOutcome("computed", "run by the GPU")
 UPDATE_RESULT_INFO = API.ctype({"kind": "name", "name": "CUgraphExecUpdateResultInfo"})
 #: the device attributes a kernel's launch limits depend on
 LIMIT_ATTRIBUTES = [(name, getattr(cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}")) for name in (
@@ -1256,7 +1259,7 @@ class RealCudaService(CudaApi, LegacyNames):
             now, session = time.time(), c.session
             for name, grid, block, shared, args, cooperative in self._records.get(hGraphExec[0], []):
                 self.state.launches.add((session.pid, session.id, now, ordinal or 0, name, grid, block, shared,
-                                         hStream[0], args, 0.0, 0.0, cooperative, True))
+                                         hStream[0], args, 0.0, 0.0, cooperative, True, ON_THE_GPU))
         return code
 
     def cuGraphUpload(self, c: Caller, hGraphExec: Any, hStream: Any) -> int:
@@ -1644,7 +1647,7 @@ class RealCudaService(CudaApi, LegacyNames):
                     captured.append(shape)
                 else:
                     self.state.launches.add((session.pid, session.id, start, ordinal or 0, *shape[:4], stream_id,
-                                             args, 0.0, 0.0, cooperative, False))
+                                             args, 0.0, 0.0, cooperative, False, ON_THE_GPU))
             first = first or result
         return struct.pack("<i", first)
 
