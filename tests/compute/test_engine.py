@@ -1,6 +1,6 @@
 """The in-process engine's own behaviour: compiled kernels cached on disk, kernels whose run
 cannot be seen skipped, instructions it does not know named, parameters packed as the PTX
-lays them out, the lowering's scheduling of diverged lanes and barriers."""
+lays them out, the lowering's scheduling of diverged lanes, barriers and spin locks."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ extern "C" __global__ void diverge(int *out, int rounds) {
     __syncthreads();
   }
   out[t] = v + total[t % 4];
+}
+// a spin lock every thread takes: in a warp, the lane holding it runs ahead of those spinning
+extern "C" __global__ void locked(int *lock, int *counter) {
+  while (atomicCAS(lock, 0, 1) != 0) {}
+  *counter += 1;
+  __threadfence();
+  atomicExch(lock, 0);
 }
 // a half-precision tensor-core product: not in the engine yet
 #include <mma.h>
@@ -118,6 +125,14 @@ def test_diverged_lanes_meet_at_barriers_in_loops(engine, ptx):
         expected[t] = v + [14, 7, 7, 7][t % 4]  # seven warps add 1 to total[r % 4] in each of the rounds 0-4
     assert out[:224].tolist() == expected[:224].tolist()
     assert (out[224:] == 0).all()
+
+
+def test_a_spin_lock_held_by_a_lane_of_the_same_warp_is_let_go(engine, ptx):
+    """Lanes spinning on a lock run first (they are behind), but now and then the lane
+    holding it runs, as a GPU's independent thread scheduling lets it."""
+    lock, counter = np.zeros(1, np.int32), np.zeros(1, np.int32)
+    engine.Program.from_ptx(ptx).kernel("locked").launch((4,), (64,), [lock, counter])
+    assert counter[0] == 256 and lock[0] == 0
 
 
 def test_instructions_not_in_the_engine_are_named(engine, ptx):

@@ -31,6 +31,8 @@ from vgpu.compute.ptx.syntax import (Function, Immediate, Instruction, Module, N
 EXIT = 0x8000_0000
 WAIT = 0x4000_0000
 AT_BARRIER = 1
+#: every this many dispatches, the furthest lanes run first (a power of two)
+YIELD_EVERY = 1024
 PTR = ir.PointerType()
 
 CTX_ARGS = ("launch", "frame", "shared", "local", "ctaid_x", "ctaid_y", "ctaid_z", "warp")
@@ -92,6 +94,8 @@ class FunctionLowering:
         self.lane_ids = ir.Constant(ir.VectorType(I32, WARP), [ir.Constant(I32, i) for i in range(WARP)])
         self.registers = {name: b.alloca(self._reg_vector(name), name=name.lstrip("%")) for name in self.register_types}
         self.pc = b.alloca(ir.VectorType(I32, WARP), name="pc")
+        self.rounds = b.alloca(I32, name="rounds")
+        b.store(ir.Constant(I32, 0), self.rounds)
         self.call_buffers = {name: b.alloca(ir.ArrayType(I8, max(v.size, 1) * WARP), name=name)
                              for name, v in self.param_vars.items()}
         for buffer in self.call_buffers.values():
@@ -187,8 +191,15 @@ class FunctionLowering:
         else:
             b.unreachable()
         b.position_at_end(run)
-        mask = b.icmp_unsigned("==", pc, self.lanes.splat(low))
         runnable = b.icmp_unsigned("<", pc, self.splat32(WAIT))
+        # now and then the lanes furthest on run first: a lane spinning on a lock that a lane
+        # further on holds (as a GPU's independent thread scheduling allows) lets it go on
+        rounds = b.add(b.load(self.rounds), ir.Constant(I32, 1))
+        b.store(rounds, self.rounds)
+        high = self.lanes.intrinsic("llvm.vector.reduce.umax", I32, [b.select(runnable, pc, self.splat32(0))])
+        yield_now = b.icmp_unsigned("==", b.and_(rounds, ir.Constant(I32, YIELD_EVERY - 1)), ir.Constant(I32, 0))
+        low = b.select(yield_now, high, low)
+        mask = b.icmp_unsigned("==", pc, self.lanes.splat(low))
         alone = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [b.and_(runnable, b.not_(mask))]))
         for mask_phi, alone_phi in zip(self.mask_phis, self.alone_phis):
             mask_phi.add_incoming(mask, run)
