@@ -43,6 +43,10 @@ STACKS: dict[str, tuple[str, ...]] = {
                          "numba-cuda[cu13]==0.30.4"),
     # the CUDA 13 plugin and PJRT with their nvidia wheels
     "jax": ("jax[cuda13]==0.10.2",),
+    # numba-cuda without nvJitLink: it then links through the driver (cuLink*), which hands
+    # vgpud its PTX (with nvJitLink installed, as above, the driver gets SASS)
+    "numba-driver-link": ("numba-cuda==0.30.4", "cuda-bindings==13.5.0", "nvidia-nvvm==13.5.37",
+                          "nvidia-cuda-nvrtc==13.5.37", "nvidia-cuda-runtime==13.5.37", "numpy"),
 }
 
 #: the folder holding the environments; see the module's docstring

@@ -1,7 +1,10 @@
-"""numba-cuda 0.30 (with its cu13 extra: cuda-bindings, NVVM 13.5) on a simulated H100, in the
-cupy-onnxruntime stack environment (tests/stack_envs.py): start-up, exact copies, a compiled
-kernel and a cooperative one (grid sync) reaching vgpud's launch log. Kernels are recorded,
-not computed, so results are not checked."""
+"""numba-cuda 0.30 on a simulated H100. With its cu13 extra (cupy-onnxruntime stack
+environment, tests/stack_envs.py), nvJitLink links kernels to SASS: start-up, exact copies,
+a compiled kernel and a cooperative one (grid sync) reach vgpud's launch log, not computed,
+and say why. Without nvJitLink (numba-driver-link environment) numba links through the
+driver, which gets its PTX: elementwise, shared-memory and atomic kernels compute, checked
+against numpy (a grid-synchronising kernel needs the device runtime library, whose link
+through the driver is not served yet)."""
 
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ def test_kernel_and_copies(vgpud, tmp_path):
     out, launches = run(vgpud, tmp_path, SCRIPT)
     doubled = [launch for launch in launches if "double_it" in launch["kernel"]]
     assert len(doubled) == 1 and doubled[0]["grid"] == [4096, 1, 1] and not doubled[0]["cooperative"]
+    assert doubled[0]["compute"] == {"status": "not computed", "reason": "SASS only, sm_90", "host_us": 0.0}
 
 
 def test_cooperative_kernel(vgpud, tmp_path):
@@ -64,3 +68,63 @@ def test_cooperative_kernel(vgpud, tmp_path):
     synced = [launch for launch in launches if "grid_synced" in launch["kernel"]]
     assert len(synced) == 1 and synced[0]["cooperative"], "a grid-synchronising kernel launches cooperatively"
     assert synced[0]["grid"] == [8, 1, 1] and synced[0]["block"] == [128, 1, 1]
+
+
+COMPUTED = """
+import json, os
+import numpy as np
+from numba import cuda, float32, int32
+
+rng = np.random.default_rng(3)
+out = {"pid": os.getpid()}
+
+@cuda.jit
+def axpy(r, a, x, y):
+    i = cuda.grid(1)
+    if i < r.size:
+        r[i] = a * x[i] + y[i]
+
+@cuda.jit
+def block_sums(out, x):
+    s = cuda.shared.array(256, float32)
+    t = cuda.threadIdx.x
+    i = cuda.grid(1)
+    s[t] = x[i] if i < x.size else 0
+    cuda.syncthreads()
+    k = 128
+    while k > 0:
+        if t < k:
+            s[t] += s[t + k]
+        cuda.syncthreads()
+        k //= 2
+    if t == 0:
+        out[cuda.blockIdx.x] = s[0]
+
+@cuda.jit
+def histogram(bins, data):
+    i = cuda.grid(1)
+    if i < data.size:
+        cuda.atomic.add(bins, data[i] % bins.size, 1)
+
+x, y = rng.random(10_000, dtype=np.float32), rng.random(10_000, dtype=np.float32)
+r = cuda.device_array_like(x)
+axpy[40, 256](r, np.float32(2.5), cuda.to_device(x), cuda.to_device(y))
+fused = (np.float64(2.5) * x.astype(np.float64) + y).astype(np.float32)  # NVVM contracts a * x + y to an fma
+out["axpy"] = bool((r.copy_to_host() == fused).all())
+data = rng.random(64 * 256, dtype=np.float32)
+sums = cuda.device_array(64, np.float32)
+block_sums[64, 256](sums, cuda.to_device(data))
+out["block_sums"] = float(np.abs(sums.copy_to_host() - data.reshape(64, 256).sum(1)).max())
+values = rng.integers(0, 1000, 50_000).astype(np.int32)
+bins = cuda.to_device(np.zeros(17, np.int32))
+histogram[200, 256](bins, cuda.to_device(values))
+out["histogram"] = bool((bins.copy_to_host() == np.bincount(values % 17, minlength=17)).all())
+"""
+
+
+def test_kernels_compute_when_numba_links_through_the_driver(vgpud, tmp_path):
+    out = answer("numba-driver-link", COMPUTED + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
+    assert out["axpy"] and out["histogram"], out
+    assert out["block_sums"] < 1e-3  # the tree adds in another order than numpy's pairwise sum
+    launches = vgpud.control("launches", pid=out["pid"])["launches"]
+    assert launches and all(launch["compute"]["status"] == "computed" for launch in launches), launches

@@ -18,7 +18,7 @@ _PARAM = re.compile(r"\.param\s+(?:\.ptr\s*\.\w+\s*)?(?:\.align\s+(\d+)\s+)?\.(\
 _DIMS = re.compile(r"\.(maxntid|reqntid)\s+(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*(\d+))?")
 _REG = re.compile(r"\.reg\s+\.(\w+)\s+%\w+<(\d+)>")
 _SHARED = re.compile(r"\.shared\s+(?:\.align\s+(\d+)\s+)?\.(\w+)\s+[\w$]+(?:\[(\d+)\])?\s*;")
-_VARIABLE = re.compile(r"^\s*(\.visible\s+|\.extern\s+|\.weak\s+)?\.(global|const)\s+(?:\.align\s+(\d+)\s+)?\.(\w+)\s+"
+_VARIABLE = re.compile(r"^\s*(\.visible\s+|\.extern\s+|\.weak\s+|\.common\s+)?\.(global|const)\s+(?:\.align\s+(\d+)\s+)?\.(\w+)\s+"
                        r"([\w$]+)(?:\[(\d*)\])?\s*(?:=\s*(\{[^}]*\}|[^;]+))?;", re.M)
 #: a device function: defined when a body follows, else declared (.extern: defined elsewhere)
 _FUNC = re.compile(r"^\s*(\.extern\s+|\.visible\s+|\.weak\s+)?\.func\s+(?:\([^)]*\)\s*)?([\w$]+)\s*"
