@@ -145,7 +145,8 @@ class Variable:
 
     ``dims``: array dimensions (None for an unsized ``[]``); ``initializer``: the flat list of
     element values (ints, floats, or Symbol for an address such as ``generic(gvar)+8``, kept
-    as ``(Symbol, offset)`` tuples), None when absent.
+    as ``(Symbol, offset)`` tuples; one byte of an address, ``0xFF00(generic(gvar))``, as
+    ``(Symbol, offset, mask)``), None when absent.
     """
 
     space: str
