@@ -1,0 +1,125 @@
+"""Robustness and speed of the PTX parser over the PTX that real binaries ship.
+
+Finds fat binaries in shared libraries (``.nv_fatbin`` sections: cuBLAS, cuBLASLt, cuDNN,
+ggml-cuda builds...) or takes ``.ptx`` files, extracts every PTX entry with the project's
+fat-binary reader, parses each one fully (every body) and reports failures and speed:
+
+    python bench/ptx_parse_bench.py                       # the libraries of the CI stacks
+    python bench/ptx_parse_bench.py libggml-cuda.so x.ptx --limit-mb 50
+
+Not a test: the inputs may be absent on a machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from typing import Iterator
+
+from elftools.elf.elffile import ELFFile
+
+from vgpu.compute.ptx.parser import PtxSyntaxError, parse
+from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, HEADER, KIND_PTX, _payload, \
+    is_fatbin
+
+DEFAULT_GLOBS = [os.path.expanduser("~/.cache/vgpu-ci/stacks/*/lib/python3*/site-packages/nvidia/*/lib/lib*.so*"),
+                 os.path.expanduser("~/.cache/vgpu-ci/stacks/*/lib/python3*/site-packages/nvidia/cudnn/lib/lib*.so*")]
+
+
+def fatbin_ptx(data: bytes) -> Iterator[tuple[int, str]]:
+    """(architecture, PTX text) of every PTX entry of the fat binaries packed in ``data``."""
+    at = 0
+    while at + HEADER.size <= len(data):
+        if not is_fatbin(data[at:at + HEADER.size]):
+            at = data.find(b"\x50\xed\x55\xba", at + 1)
+            if at < 0:
+                return
+            continue
+        _magic, _version, header_size, size = HEADER.unpack_from(data, at)
+        entry, end = at + header_size, at + header_size + size
+        while entry + ENTRY.size <= end:
+            (kind, _v, entry_header, payload_size, compressed_size, _a, _b, _c, arch, _n, _s, flags, _d,
+             uncompressed) = ENTRY.unpack_from(data, entry)
+            raw = data[entry + entry_header:entry + entry_header + payload_size]
+            if flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD) and 0 < compressed_size <= payload_size:
+                raw = raw[:compressed_size]
+            if kind == KIND_PTX:
+                text = _payload(raw, flags, uncompressed)
+                yield arch, text.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            entry += entry_header + payload_size
+        at = max(end, at + 1)
+
+
+def images(path: str) -> Iterator[tuple[str, str]]:
+    """(label, PTX text) for a .ptx file, or each PTX entry of a library's fat binaries."""
+    if path.endswith(".ptx"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield path, f.read()
+        return
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        section = elf.get_section_by_name(".nv_fatbin")
+        if section is None:
+            return
+        data = section.data()
+    for index, (arch, text) in enumerate(fatbin_ptx(data)):
+        yield f"{os.path.basename(path)}#{index}(compute_{arch})", text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", help="libraries with .nv_fatbin sections, or .ptx files")
+    parser.add_argument("--limit-mb", type=float, default=0, help="stop after this much PTX per library")
+    args = parser.parse_args()
+    paths = args.paths or sorted({p for pattern in DEFAULT_GLOBS for p in glob.glob(pattern)
+                                  if not os.path.islink(p)}, key=os.path.basename)
+    seen: set[str] = set()
+    total_bytes = total_lines = total_functions = total_instructions = 0
+    split_seconds = body_seconds = 0.0
+    failures: list[str] = []
+    for path in paths:
+        name = os.path.basename(path)
+        if name in seen:  # the same library in several stacks
+            continue
+        seen.add(name)
+        library_bytes = 0
+        for label, text in images(path):
+            if args.limit_mb and library_bytes > args.limit_mb * 1e6:
+                break
+            library_bytes += len(text)
+            started = time.perf_counter()
+            try:
+                module = parse(text)
+                split = time.perf_counter()
+                for function in module.functions:
+                    body = function.body
+                    total_instructions += len(body) if body else 0
+                total_functions += len(module.functions)
+            except PtxSyntaxError as error:
+                split = time.perf_counter()
+                failures.append(f"{label}: {error}")
+                print(f"FAIL {label}: {error}", file=sys.stderr)
+            done = time.perf_counter()
+            split_seconds += split - started
+            body_seconds += done - split
+            total_bytes += len(text)
+            total_lines += text.count("\n")
+        if library_bytes:
+            print(f"{name}: {library_bytes / 1e6:.1f} MB of PTX", file=sys.stderr)
+    seconds = split_seconds + body_seconds
+    print(f"{total_bytes / 1e6:.1f} MB, {total_lines} lines, {total_functions} functions, "
+          f"{total_instructions} body statements, {len(failures)} failures")
+    if seconds:
+        print(f"full parse: {seconds:.1f} s = {total_bytes / 1e6 / seconds:.2f} MB/s, "
+              f"{total_lines / seconds:,.0f} lines/s; module split alone (lazy parse): "
+              f"{total_bytes / 1e6 / max(split_seconds, 1e-9):.1f} MB/s")
+    for failure in failures[:50]:
+        print("  " + failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
