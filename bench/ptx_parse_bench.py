@@ -5,7 +5,7 @@ ggml-cuda builds...) or takes ``.ptx`` files, extracts every PTX entry with the 
 fat-binary reader, parses each one fully (every body) and reports failures and speed:
 
     python bench/ptx_parse_bench.py                       # the libraries of the CI stacks
-    python bench/ptx_parse_bench.py libggml-cuda.so x.ptx --limit-mb 50
+    python bench/ptx_parse_bench.py libggml-cuda.so x.ptx --limit-mb 50 --check
 
 Not a test: the inputs may be absent on a machine.
 """
@@ -22,6 +22,8 @@ from typing import Iterator
 from elftools.elf.elffile import ELFFile
 
 from vgpu.compute.ptx.parser import PtxSyntaxError, parse
+from vgpu.compute.ptx.syntax import (Address, BracketList, CallTargets, Function, Instruction, Label, Negated,
+                                     PredicatePair, Register, RegisterDecl, Symbol, Variable, VectorOperand)
 from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, HEADER, KIND_PTX, _payload, \
     is_fatbin
 
@@ -53,6 +55,50 @@ def fatbin_ptx(data: bytes) -> Iterator[tuple[int, str]]:
         at = max(end, at + 1)
 
 
+SPECIAL = ("%tid", "%ntid", "%ctaid", "%nctaid", "%laneid", "%warpid", "%nwarpid", "%smid", "%nsmid", "%lanemask",
+           "%clock", "%globaltimer", "%envreg", "%dynamic_smem_size", "%total_smem_size", "%gridid", "%pm",
+           "%cluster", "%is_explicit_cluster", "%aggr_smem_size", "%reserved_smem", "%current_graph_exec", "WARP_SZ")
+
+
+def _registers(operand: object) -> list[Register]:
+    if isinstance(operand, Register):
+        return [operand]
+    if isinstance(operand, Negated):
+        return [operand.register]
+    if isinstance(operand, PredicatePair):
+        return [operand.first] + ([operand.second] if operand.second else [])
+    if isinstance(operand, Address) and isinstance(operand.base, Register):
+        return [operand.base]
+    if isinstance(operand, (VectorOperand, BracketList)):
+        return [r for e in operand.elements if e is not None for r in _registers(e)]
+    if isinstance(operand, CallTargets):
+        return _registers(operand.callee) + [r for a in operand.arguments for r in _registers(a)]
+    return []
+
+
+def unresolved(function: Function) -> str | None:
+    """The first name in a parsed body that does not resolve (a sign of a misparse), or None."""
+    body = function.body or []
+    registers = {n for s in body if isinstance(s, RegisterDecl) for n in s.names}
+    registers |= {p.name for p in function.params + function.returns if p.space == "reg"}
+    labels = {s.name for s in body if isinstance(s, Label)}
+    params = {s.name for s in body if isinstance(s, Variable) and s.space == "param"}
+    for ins in (s for s in body if isinstance(s, Instruction)):
+        uses = [r for op in ins.operands for r in _registers(op)] + ([ins.guard.register] if ins.guard else [])
+        for register in uses:
+            if register.name not in registers and register.name.split(".")[0] not in registers \
+                    and not register.name.startswith(SPECIAL):
+                return f"line {ins.line}: undeclared register {register.name}"
+        if ins.opcode == "bra" and not (isinstance(ins.operands[0], Symbol) and ins.operands[0].name in labels):
+            return f"line {ins.line}: branch to an unknown label {ins.operands[0]}"
+        if ins.opcode == "call":
+            targets = ins.operands[0]
+            for name in targets.returns + targets.arguments:
+                if isinstance(name, Symbol) and name.name not in params:
+                    return f"line {ins.line}: call operand {name.name} is not a .param variable"
+    return None
+
+
 def images(path: str) -> Iterator[tuple[str, str]]:
     """(label, PTX text) for a .ptx file, or each PTX entry of a library's fat binaries."""
     if path.endswith(".ptx"):
@@ -72,6 +118,8 @@ def images(path: str) -> Iterator[tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", help="libraries with .nv_fatbin sections, or .ptx files")
+    parser.add_argument("--check", action="store_true",
+                        help="also check that every register, label and call operand of each body resolves")
     parser.add_argument("--limit-mb", type=float, default=0, help="stop after this much PTX per library")
     args = parser.parse_args()
     paths = args.paths or sorted({p for pattern in DEFAULT_GLOBS for p in glob.glob(pattern)
@@ -98,6 +146,12 @@ def main() -> int:
                     body = function.body
                     total_instructions += len(body) if body else 0
                 total_functions += len(module.functions)
+                if args.check:
+                    for function in module.functions:
+                        problem = unresolved(function)
+                        if problem:
+                            failures.append(f"{label} {function.name}: {problem}")
+                            print(f"FAIL {label} {function.name}: {problem}", file=sys.stderr)
             except PtxSyntaxError as error:
                 split = time.perf_counter()
                 failures.append(f"{label}: {error}")

@@ -119,7 +119,7 @@ def check_consistent(module: Module) -> None:
                     assert targets.prototype in tables
             else:
                 for name in (n for op in ins.operands for n in symbols_of(op)):
-                    assert name in variables or name in module_names or name in labels, \
+                    assert name in variables or name in module_names or name in labels or name == "_", \
                         f"{function.name}: {name} line {ins.line}"
 
 
@@ -402,14 +402,16 @@ $L__BB0_2:
 	add.u64 	%rd4, %tmp, 1;
 	}
 $L__BB0_3:
+	mbarrier.arrive.expect_tx.shared::cta.b64 	_, [%r2], 16;
 	@%p3 ret;
 	exit;
 }
 """
 
 
-def test_hand_written_llvm_style_module():
-    module = parse(HAND_WRITTEN, lazy=False)
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_hand_written_llvm_style_module(newline):
+    module = parse(HAND_WRITTEN.replace("\n", newline), lazy=False)
     assert module.version == (8, 4) and module.target == ["sm_80", "debug"]
     check_consistent(module)
     check_params_match_reader(module, HAND_WRITTEN)
@@ -496,20 +498,21 @@ def test_hand_written_llvm_style_module():
     inner, after = at("\tmov.u64 \t%tmp, 1;"), at("\tadd.u64 \t%rd4, %tmp, 1;")
     assert inner.operands[0] == Register("%tmp$3") and after.operands[1] == Register("%tmp$2")
     assert at("\tmov.u64 \t%tmp, add_one;").operands == [Register("%tmp$2"), Symbol("add_one")]
+    assert instructions(kern, "mbarrier")[0].operands == [Symbol("_"), Address(Register("%r2")), Immediate(16)]
     assert instructions(kern)[-2].guard == Guard(Register("%p3")) and instructions(kern)[-1].opcode == "exit"
 
 
 def test_bodies_are_parsed_on_first_access():
     text = (".version 8.0\n.target sm_80\n.address_size 64\n"
-            ".visible .entry good()\n{\n\tret;\n}\n"
-            ".visible .entry bad()\n{\n\tret\n}\n")
+            ".visible .entry bad()\n{\n\tret\n}\n"
+            ".visible .entry good()\n{\n\tret;\n}\n")
     module = parse(text)
-    assert [f.name for f in module.functions] == ["good", "bad"]
-    assert module.function("good").body == [Instruction("ret", (), [], None, 6)]
-    assert module.functions[1].defined
-    with pytest.raises(PtxSyntaxError, match=r"line 10: expected ';'"):
-        module.functions[1].body
-    with pytest.raises(PtxSyntaxError, match="line 10"):
+    assert [f.name for f in module.functions] == ["bad", "good"]
+    assert module.functions[0].defined  # known without parsing the body
+    assert module.function("good").body == [Instruction("ret", (), [], None, 10)]
+    with pytest.raises(PtxSyntaxError, match=r"line 6: expected ';'"):
+        module.functions[0].body
+    with pytest.raises(PtxSyntaxError, match="line 6"):
         parse(text, lazy=False)
 
 
