@@ -5,8 +5,10 @@ lowering reads; malformed input gives PtxSyntaxError with its line."""
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -282,6 +284,7 @@ HAND_WRITTEN = r"""
 .global .align 8 .u64 fn_and_offsets[3] = {add_one, data-4, generic(data+12)};
 .global .align 4 .f32 floats[3] = {0f3F800000, 1.5, -0F40000000};
 .global .align 8 .f64 dv = 0d400921FB54442D18;
+.global .align 8 .f64 widened[2] = {0f3F800000, -0d4000000000000000};
 .global .align 4 .u32 grid[2][3] = {{1, 2, 3}, {4, 5, 6}};
 .global .align 1 .b8 unsized[] = {1, 2, 3};
 .const .align 4 .u32 numbers[6] = {0x10, 010, 0b11, 42U, -7, 1};
@@ -409,6 +412,18 @@ $L__BB0_3:
 """
 
 
+def test_lazy_module_survives_pickling_and_threads():
+    module = pickle.loads(pickle.dumps(parse(HAND_WRITTEN)))  # what a worker process receives
+    bodies: list = []
+    threads = [threading.Thread(target=lambda: bodies.append(module.function("kern").body)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(bodies) == 4 and all(b is bodies[0] for b in bodies)
+    assert bodies[0] == parse(HAND_WRITTEN, lazy=False).function("kern").body
+
+
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_hand_written_llvm_style_module(newline):
     module = parse(HAND_WRITTEN.replace("\n", newline), lazy=False)
@@ -420,8 +435,10 @@ def test_hand_written_llvm_style_module(newline):
     assert v["bytes_of_ptr"].initializer == [(Symbol("data"), 0, 0xFF), (Symbol("data"), 4, 0xFF00), 0x0A, 0x12]
     assert initial_bytes(v["bytes_of_ptr"], {"data": 0x11223344}.__getitem__) == bytes([0x44, 0x33, 0x0A, 0x12])
     assert v["fn_and_offsets"].initializer == [(Symbol("add_one"), 0), (Symbol("data"), -4), (Symbol("data"), 12)]
-    assert v["floats"].initializer == [0x3F800000, 1.5, -2.0]
+    assert v["floats"].initializer == [0x3F800000, 1.5, 0xC0000000]
+    assert initial_bytes(v["floats"], {}.__getitem__) == struct.pack("<3f", 1.0, 1.5, -2.0)
     assert v["dv"].initializer == [0x400921FB54442D18]
+    assert v["widened"].initializer == [1.0, 0xC000000000000000]  # an f32 literal of an f64 is its value
     assert v["grid"].dims == [2, 3] and v["grid"].initializer == [1, 2, 3, 4, 5, 6] and v["grid"].size == 24
     assert v["unsized"].dims == [3] and v["unsized"].size == 3
     assert v["numbers"].initializer == [16, 8, 3, 42, -7, 1]
@@ -510,8 +527,10 @@ def test_bodies_are_parsed_on_first_access():
     assert [f.name for f in module.functions] == ["bad", "good"]
     assert module.functions[0].defined  # known without parsing the body
     assert module.function("good").body == [Instruction("ret", (), [], None, 10)]
-    with pytest.raises(PtxSyntaxError, match=r"line 6: expected ';'"):
-        module.functions[0].body
+    for _ in range(2):  # a body that does not parse stays a body: the error comes again
+        with pytest.raises(PtxSyntaxError, match=r"line 6: expected ';'"):
+            module.functions[0].body
+    assert module.functions[0].defined
     with pytest.raises(PtxSyntaxError, match="line 6"):
         parse(text, lazy=False)
 

@@ -3,14 +3,15 @@
 The module level is split cheaply (directives, variables, function headers; each function's
 body is found by brace matching); a function's body is parsed the first time something reads
 ``Function.body``, so loading a module of thousands of kernels to launch one of them parses
-one body.  ``parse(text, lazy=False)`` parses everything at once (and reports every syntax
-error at once).
+one body.  ``parse(text, lazy=False)`` parses every body at once (a syntax error anywhere is
+raised then).
 
 Comments (``//``, ``/* */``), ``.file``/``.loc`` line information and ``.section`` debug
 blocks are skipped.  Registers, ``.param``/``.local``/``.shared`` variables and labels
 declared inside a nested ``{ }`` block are renamed ``name$N`` (N counts the function's
 blocks) together with every use inside that block, and the block's statements are flattened
-into the function body.
+into the function body.  A lone ``_`` operand (a sink) is ``Symbol("_")``; ``sym+8`` outside
+brackets is ``Address(Symbol("sym"), 8)``.
 
 Module-variable initialisers are flat lists: ints (the element's bits: a ``0f``/``0d``
 literal whose width is the element's is kept as its exact bits), floats (decimal literals, or
@@ -24,11 +25,12 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 
 from vgpu.compute.ptx.syntax import (Address, BracketList, BranchTargets, CallPrototype, CallTargets, Function,
                                      Guard, Immediate, Instruction, Label, Module, Negated, Operand, Pragma,
-                                     PredicatePair, Register, RegisterDecl, Statement, Symbol, Variable,
-                                     VectorOperand)
+                                     PredicatePair, Register, RegisterDecl, Statement, Symbol, TYPE_SIZES,
+                                     Variable, VectorOperand)
 
 
 class PtxSyntaxError(ValueError):
@@ -47,9 +49,10 @@ _REG_RANGE = re.compile(r"(%?[A-Za-z_$][\w$]*)\s*<\s*(\d+)\s*>\Z")
 _DECL_NAME = re.compile(r"(%?[A-Za-z_$][\w$]*)\s*((?:\[\s*\w*\s*\]\s*)*)\Z")
 _REG_DECL = re.compile(r"\s*\.reg\s*(?:\.v([248])\s*)?\.(\w+)\s*(.*)\Z", re.S)
 _DIM = re.compile(r"\[\s*(\w*)\s*\]")
-#: a statement of a function body: a label, a block's braces, or anything up to ``;`` (braces
-#: inside it are vector operands)
-_BODY_ITEM = re.compile(r"\s*(?:\.(?:loc|file)\b[^\n]*|([A-Za-z_$][\w$]*)[ \t]*:(?!:)|(\{)|(\})|([^;{}]*(?:\{[^{}]*\}[^;{}]*)*);)")
+#: an item of a function body: a ``.loc``/``.file`` line (no group), a label (1), a block's
+#: braces (2, 3), or a statement up to ``;`` (4; braces inside it are vector operands)
+_BODY_ITEM = re.compile(r"\s*(?:\.(?:loc|file)\b[^\n]*|([A-Za-z_$][\w$]*)[ \t]*:(?!:)|(\{)|(\})"
+                        r"|([^;{}]*(?:\{[^{}]*\}[^;{}]*)*);)")
 _BRACES = re.compile(r"[{}]")
 _SPACE = re.compile(r"\s*")
 _REGISTER = re.compile(r"%[\w$]+(?:\.[\w$]+)?\Z")
@@ -151,8 +154,6 @@ class _FunctionParser:
     def __init__(self, cache: dict[str, Operand]) -> None:
         self.cache = cache
         self.plain: set[str] = set()
-        self.function: Function | None = None
-        self.declared: set[str] = set()
 
     # -- operands -------------------------------------------------------------------------
     def operand(self, text: str, line: int) -> Operand:
@@ -197,8 +198,6 @@ class _FunctionParser:
         if "+" in text or "-" in text:  # sym+8 outside brackets
             return self._address("[" + text + "]", line)
         if _IDENT.match(text) is None:
-            if text.startswith("WARP_SZ"):
-                return Register(text)
             raise PtxSyntaxError(line, f"expected an operand, found {text!r}")
         if text in self.plain or text == "WARP_SZ":
             return Register(text)
@@ -306,7 +305,7 @@ def _directive_values(word: str, text: str, line: int) -> tuple[int, ...]:
     return values
 
 
-def _variable(text: str, line: int, *, param_names: bool = False) -> Variable:
+def _variable(text: str, line: int) -> Variable:
     """A variable declaration: ``[linkage] .space [.attribute(..)] [.align N] [.vN] .type
     [.ptr [.space] [.align N]] name[dims] [= initialiser]``."""
     init_text = None
@@ -382,8 +381,7 @@ def _initializer(text: str, variable: Variable, line: int) -> list:
         return []
     items = flat.split(",")
     out: list = []
-    size = variable.element_size if variable.type in ("b8", "u8", "s8", "b16", "u16", "s16", "f16", "bf16", "b32",
-                                                       "u32", "s32", "f32", "b64", "u64", "s64", "f64") else 0
+    size = TYPE_SIZES.get(variable.type, 0)  # of one scalar element
     append = out.append
     for item in items:
         try:
@@ -400,7 +398,7 @@ def _initializer(text: str, variable: Variable, line: int) -> list:
         first = item[0]
         if (first.isdigit() or first in "-+.") and "(" not in item:
             value = _immediate(item.lstrip("+"), line)
-            if value.bits is not None and len(item) - 2 == size * 2:
+            if value.bits is not None and (4 if item.lstrip("+-")[1] in "fF" else 8) == size:
                 append(value.bits)
             else:
                 append(value.value)
@@ -498,23 +496,33 @@ def _prototype_params(text: str, line: int) -> tuple[list[Variable], list[Variab
 
 
 class _Body:
-    """A function's body text, parsed on first access."""
+    """A function's body text, parsed on first access (once, whichever thread reads first)."""
 
-    __slots__ = ("text", "line", "cache")
+    __slots__ = ("text", "line", "cache", "lock")
 
     def __init__(self, text: str, line: int, cache: dict[str, Operand]) -> None:
         self.text, self.line, self.cache = text, line, cache
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> tuple[str, int, dict[str, Operand]]:
+        return self.text, self.line, self.cache
+
+    def __setstate__(self, state: tuple[str, int, dict[str, Operand]]) -> None:
+        self.__init__(*state)
 
 
 class LazyFunction(Function):
-    """A Function whose body is parsed the first time it is read."""
+    """A Function whose body is parsed the first time it is read.  A syntax error in it is
+    raised on every read."""
 
     @property  # type: ignore[override]
     def body(self) -> list[Statement] | None:
         pending = self.__dict__.get("_pending")
         if pending is not None:
-            del self.__dict__["_pending"]
-            self.__dict__["_body"] = _parse_body(self, pending)
+            with pending.lock:
+                if "_pending" in self.__dict__:
+                    self.__dict__["_body"] = _parse_body(self, pending)
+                    del self.__dict__["_pending"]
         return self.__dict__.get("_body")
 
     @body.setter
