@@ -21,9 +21,11 @@ from typing import Iterator
 
 from elftools.elf.elffile import ELFFile
 
+from vgpu.compute.lower.layout import param_layout
 from vgpu.compute.ptx.parser import PtxSyntaxError, parse
 from vgpu.compute.ptx.syntax import (Address, BracketList, CallTargets, Function, Instruction, Label, Negated,
                                      PredicatePair, Register, RegisterDecl, Symbol, Variable, VectorOperand)
+from vgpu.images.ptx import read_ptx
 from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, HEADER, KIND_PTX, _payload, \
     is_fatbin
 
@@ -99,6 +101,20 @@ def unresolved(function: Function) -> str | None:
     return None
 
 
+def layout_mismatches(module, text: str) -> list[str]:
+    """Kernels whose parameter layout differs from what the image reader (vgpu.images.ptx) says."""
+    code = read_ptx(text.encode())
+    found = []
+    for function in (f for f in module.functions if f.is_kernel):
+        offsets, _ = param_layout(function.params)
+        mine = [(offsets[p.name], p.size) for p in function.params]
+        reader = code.kernels.get(function.name)
+        theirs = None if reader is None else [(p.offset, p.size) for p in reader.params]
+        if mine != theirs:
+            found.append(f"{function.name}: parameters {mine} here, {theirs} from read_ptx")
+    return found
+
+
 def images(path: str) -> Iterator[tuple[str, str]]:
     """(label, PTX text) for a .ptx file, or each PTX entry of a library's fat binaries."""
     if path.endswith(".ptx"):
@@ -119,7 +135,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", help="libraries with .nv_fatbin sections, or .ptx files")
     parser.add_argument("--check", action="store_true",
-                        help="also check that every register, label and call operand of each body resolves")
+                        help="also check that every register, label and call operand of each body resolves, "
+                             "and that kernels' parameter layouts agree with vgpu.images.ptx.read_ptx")
     parser.add_argument("--limit-mb", type=float, default=0, help="stop after this much PTX per library")
     args = parser.parse_args()
     paths = args.paths or sorted({p for pattern in DEFAULT_GLOBS for p in glob.glob(pattern)
@@ -147,6 +164,9 @@ def main() -> int:
                     total_instructions += len(body) if body else 0
                 total_functions += len(module.functions)
                 if args.check:
+                    for problem in layout_mismatches(module, text):
+                        failures.append(f"{label} {problem}")
+                        print(f"FAIL {label} {problem}", file=sys.stderr)
                     for function in module.functions:
                         problem = unresolved(function)
                         if problem:
