@@ -17,6 +17,9 @@ def initial_bytes(variable: Variable, address_of: Callable[[str], int]) -> bytes
     for value in variable.initializer or []:
         if isinstance(value, tuple) and value and isinstance(value[0], Symbol):
             number = address_of(value[0].name) + (value[1] if len(value) > 1 else 0)
+            if len(value) > 2:  # one slice of the address: 0xFF00(generic(a)) is its second byte
+                mask = value[2]
+                number = (number & mask) >> ((mask & -mask).bit_length() - 1)
             out += (number & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         elif isinstance(value, Symbol):
             out += (address_of(value.name) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")

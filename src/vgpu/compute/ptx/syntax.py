@@ -88,8 +88,16 @@ class LabelList:
     labels: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class BracketList:
+    """A bracketed operand list: texture, surface and tensor-copy operands
+    (``[tex, {%f1, %f2}]``, ``[%rd1, {%r1, %r2}]``)."""
+
+    elements: tuple
+
+
 Operand = Union[Register, Immediate, Symbol, Address, VectorOperand, Negated, PredicatePair,
-                CallTargets, LabelList]
+                CallTargets, LabelList, BracketList]
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,8 @@ class Variable:
 
     ``dims``: array dimensions (None for an unsized ``[]``); ``initializer``: the flat list of
     element values (ints, floats, or Symbol for an address such as ``generic(gvar)+8``, kept
-    as ``(Symbol, offset)`` tuples), None when absent.
+    as ``(Symbol, offset)`` tuples; one byte of an address, ``0xFF00(generic(gvar))``, as
+    ``(Symbol, offset, mask)``), None when absent.
     """
 
     space: str
@@ -151,6 +160,8 @@ class Variable:
     #: ``.ptr`` attributes of a kernel parameter (``.ptr .global .align 16``)
     ptr_space: str | None = None
     ptr_align: int | None = None
+    #: ``.attribute(.managed)`` and the like, without dots
+    attributes: tuple[str, ...] = ()
 
     @property
     def element_size(self) -> int:
@@ -210,6 +221,12 @@ class Function:
     def is_kernel(self) -> bool:
         return self.kind == "entry"
 
+    @property
+    def defined(self) -> bool:
+        """Whether the function has a body here (not a declaration); unlike reading ``body``,
+        this does not parse a body the parser left for later."""
+        return self.body is not None
+
 
 @dataclass
 class Module:
@@ -218,10 +235,12 @@ class Module:
     address_size: int = 64
     variables: list[Variable] = field(default_factory=list)
     functions: list[Function] = field(default_factory=list)
+    #: ``.alias name, target;``
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def function(self, name: str) -> Function:
         for function in self.functions:
-            if function.name == name and function.body is not None:
+            if function.name == name and function.defined:
                 return function
         raise KeyError(name)
 
@@ -229,4 +248,5 @@ class Module:
 TYPE_SIZES = {"b8": 1, "u8": 1, "s8": 1, "b16": 2, "u16": 2, "s16": 2, "f16": 2, "bf16": 2,
               "b32": 4, "u32": 4, "s32": 4, "f32": 4, "f16x2": 4, "bf16x2": 4, "tf32": 4,
               "b64": 8, "u64": 8, "s64": 8, "f64": 8, "b128": 16, "pred": 1,
-              "e4m3": 1, "e5m2": 1, "e4m3x2": 2, "e5m2x2": 2}
+              "e4m3": 1, "e5m2": 1, "e4m3x2": 2, "e5m2x2": 2,
+              "texref": 8, "samplerref": 8, "surfref": 8}
