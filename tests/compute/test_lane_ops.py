@@ -252,3 +252,210 @@ def test_mad_carry_chain() -> None:
     for lane, (x, y, l, h) in enumerate(zip(a, b, low, high)):
         total = (x * y + (h << 64) + l) & ((1 << 128) - 1)
         assert (got_low[lane], got_high[lane]) == (total & ((1 << 64) - 1), total >> 64), lane
+
+
+# -- bits --------------------------------------------------------------------------------------
+def bits_of(values: list[int], bits: int) -> list[int]:
+    return [v & ((1 << bits) - 1) for v in values]
+
+
+@pytest.mark.parametrize("ptx_type", ["b16", "b32", "b64"])
+def test_logic(ptx_type: str) -> None:
+    bits = width(ptx_type)
+    u = "u" + ptx_type[1:]
+    a, b = (bits_of(v, bits) for v in pairs(u, "logic"))
+    A, B = array(a, u), array(b, u)
+    mask = (1 << bits) - 1
+    assert bits_of(as_ints(run(f"and.{ptx_type}", A, B)), bits) == [x & y for x, y in zip(a, b)]
+    assert bits_of(as_ints(run(f"or.{ptx_type}", A, B)), bits) == [x | y for x, y in zip(a, b)]
+    assert bits_of(as_ints(run(f"xor.{ptx_type}", A, B)), bits) == [x ^ y for x, y in zip(a, b)]
+    assert bits_of(as_ints(run(f"not.{ptx_type}", A)), bits) == [x ^ mask for x in a]
+    assert bits_of(as_ints(run(f"cnot.{ptx_type}", A)), bits) == [int(x == 0) for x in a]
+
+
+def test_logic_on_predicates() -> None:
+    p = np.array([False, False, True, True] * 8)
+    q = np.array([False, True, False, True] * 8)
+    assert list(run("and.pred", p, q)) == list(p & q)
+    assert list(run("or.pred", p, q)) == list(p | q)
+    assert list(run("xor.pred", p, q)) == list(p ^ q)
+    assert list(run("not.pred", p)) == list(~p)
+
+
+def _lop3(x: int, y: int, z: int, table: int) -> int:
+    value = 0
+    for bit in range(32):
+        index = ((x >> bit) & 1) << 2 | ((y >> bit) & 1) << 1 | ((z >> bit) & 1)
+        value |= ((table >> index) & 1) << bit
+    return value
+
+
+def test_lop3_every_table() -> None:
+    """All 256 tables, each lane its own (a table in a register), and immediate tables as the
+    lowering passes them (constant vectors LLVM folds)."""
+    a, b = (bits_of(v, 32) for v in pairs("u32", "lop3"))
+    c = bits_of(integers("u32", len(a), "c"), 32)
+    tables = [lane % 256 for lane in range(len(a))]
+    compiled = compile_instruction(instruction("lop3.b32", 4))
+    got = as_ints(compiled(array(a, "u32"), array(b, "u32"), array(c, "u32"), np.array(tables, np.uint32))[0])
+    assert got == [_lop3(x, y, z, t) for x, y, z, t in zip(a, b, c, tables)]
+    for table in (0x00, 0xFF, 0x96, 0xE8, 0xF0, 0xCA, 0x80, 0x3C):
+        ins = Instruction("lop3", ("b32",), [Register("%d"), Register("%a"), Register("%b"), Register("%c"),
+                                               Immediate(table)])
+        constant = Compiled(lambda lanes, v, ins=ins, t=table: SEMANTICS["lop3"].emit(lanes, ins, v + [lanes.constant("b32", t)]),
+                            ["b32"] * 3, ["b32"])
+        got = as_ints(constant(array(a, "u32"), array(b, "u32"), array(c, "u32"))[0])
+        assert got == [_lop3(x, y, z, table) for x, y, z in zip(a, b, c)], table
+
+
+@pytest.mark.parametrize("ptx_type", ["b16", "b32", "b64", "u16", "s16", "u32", "s32", "u64", "s64"])
+def test_shifts(ptx_type: str) -> None:
+    bits = width(ptx_type)
+    kind = "s" if ptx_type[0] == "s" else "u"
+    t = kind + str(bits)
+    values = integers(t, 1024, "shift")
+    amounts = [int(x) for x in rng("amount", ptx_type).integers(0, bits + 8, size=len(values))]
+    amounts[:6] = [0, bits - 1, bits, bits + 1, 0xFFFFFFFF, 1 << 31]
+    V, S = array(values, t), np.array(amounts, dtype=np.uint32)
+    left = bits_of(as_ints(run(f"shl.{ptx_type}", V, S)), bits)
+    assert left == [(v << s) & ((1 << bits) - 1) if s < bits else 0 for v, s in zip(bits_of(values, bits), amounts)]
+    right = as_ints(run(f"shr.{ptx_type}", V, S))
+    if kind == "s":
+        assert right == [v >> min(s, bits - 1) for v, s in zip(values, amounts)]
+    else:
+        assert bits_of(right, bits) == [v >> s if s < bits else 0 for v, s in zip(bits_of(values, bits), amounts)]
+
+
+@pytest.mark.parametrize("direction", ["l", "r"])
+@pytest.mark.parametrize("mode", ["wrap", "clamp"])
+def test_funnel_shift(direction: str, mode: str) -> None:
+    a, b = (bits_of(v, 32) for v in pairs("u32", "shf"))
+    n = [int(x) for x in rng("shf").integers(0, 70, size=len(a))]
+    n[:4] = [0, 31, 32, 0xFFFFFFFF]
+    got = as_ints(run(f"shf.{direction}.{mode}.b32", array(a, "u32"), array(b, "u32"), np.array(n, np.uint32)))
+    want = []
+    for low, high, amount in zip(a, b, n):
+        amount = amount & 31 if mode == "wrap" else min(amount, 32)
+        pair = high << 32 | low
+        want.append((pair << amount) >> 32 & 0xFFFFFFFF if direction == "l" else (pair >> amount) & 0xFFFFFFFF)
+    assert got == want
+
+
+PRMT_TABLES = {  # result bytes 3..2..1..0 for c & 3 = 0..3, as the PTX ISA tabulates them
+    "f4e": ["3210", "4321", "5432", "6543"], "b4e": ["5670", "6701", "7012", "0123"],
+    "rc8": ["0000", "1111", "2222", "3333"], "ecl": ["3210", "3211", "3222", "3333"],
+    "ecr": ["0000", "1110", "2210", "3210"], "rc16": ["1010", "3232", "1010", "3232"],
+}
+
+
+@pytest.mark.parametrize("mode", [None, *PRMT_TABLES])
+def test_prmt(mode: str | None) -> None:
+    a, b = (bits_of(v, 32) for v in pairs("u32", "prmt"))
+    c = bits_of(integers("u32", len(a), "control"), 32)
+    got = as_ints(run("prmt.b32" + (f".{mode}" if mode else ""), array(a, "u32"), array(b, "u32"), array(c, "u32")))
+    want = []
+    for x, y, control in zip(a, b, c):
+        pool = (y << 32 | x).to_bytes(8, "little")
+        value = 0
+        for byte in range(4):
+            if mode is None:
+                selector = (control >> (4 * byte)) & 0xF
+                picked = pool[selector & 7]
+                if selector & 8:
+                    picked = 0xFF if picked & 0x80 else 0
+            else:
+                picked = pool[int(PRMT_TABLES[mode][control & 3][3 - byte])]
+            value |= picked << (8 * byte)
+        want.append(value)
+    assert got == want
+
+
+def _bfe(value: int, position: int, length: int, bits: int, is_signed: bool) -> int:
+    position, length = position & 0xFF, length & 0xFF
+    msb = bits - 1
+    sign = (value >> min(position + length - 1, msb)) & 1 if is_signed and length else 0
+    result = 0
+    for i in range(bits):
+        bit = (value >> (position + i)) & 1 if i < length and position + i <= msb else sign
+        result |= bit << i
+    return result
+
+
+@pytest.mark.parametrize("ptx_type", ["u32", "s32", "u64", "s64"])
+def test_bfe(ptx_type: str) -> None:
+    bits = width(ptx_type)
+    values = bits_of(integers(ptx_type, 1024, "bfe"), bits)
+    generator = rng("bfe", ptx_type)
+    positions = [int(x) for x in generator.integers(0, bits + 4, size=len(values))]
+    lengths = [int(x) for x in generator.integers(0, bits + 4, size=len(values))]
+    positions[:6], lengths[:6] = [0, 0, bits - 1, bits, 0x1F05, 3], [0, bits, 1, 5, 0x1F03, 0x300]
+    got = bits_of(as_ints(run(f"bfe.{ptx_type}", array(values, "u" + str(bits)), np.array(positions, np.uint32),
+                              np.array(lengths, np.uint32))), bits)
+    assert got == [_bfe(v, p, n, bits, signed(ptx_type)) for v, p, n in zip(values, positions, lengths)]
+
+
+@pytest.mark.parametrize("ptx_type", ["b32", "b64"])
+def test_bfi(ptx_type: str) -> None:
+    bits = width(ptx_type)
+    u = "u" + str(bits)
+    a, b = (bits_of(v, bits) for v in pairs(u, "bfi"))
+    generator = rng("bfi", ptx_type)
+    positions = [int(x) for x in generator.integers(0, bits + 4, size=len(a))]
+    lengths = [int(x) for x in generator.integers(0, bits + 4, size=len(a))]
+    positions[:4], lengths[:4] = [0, bits - 1, bits, 0x105], [bits, 4, 3, 0x204]
+    got = bits_of(as_ints(run(f"bfi.{ptx_type}", array(a, u), array(b, u), np.array(positions, np.uint32),
+                              np.array(lengths, np.uint32))), bits)
+    want = []
+    for insert, base, position, length in zip(a, b, positions, lengths):
+        position, length = position & 0xFF, length & 0xFF
+        for i in range(length):
+            if position + i > bits - 1:
+                break
+            base = base & ~(1 << (position + i)) | ((insert >> i) & 1) << (position + i)
+        want.append(base)
+    assert got == want
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_bit_counts(bits: int) -> None:
+    u, s = f"u{bits}", f"s{bits}"
+    values = bits_of(integers(u, COUNT, "counts"), bits)
+    signed_values = [wrap(v, s) for v in values]
+    assert bits_of(as_ints(run(f"brev.b{bits}", array(values, u))), bits) == \
+        [int(format(v, f"0{bits}b")[::-1], 2) for v in values]
+    assert as_ints(run(f"popc.b{bits}", array(values, u))) == [bin(v).count("1") for v in values]
+    assert as_ints(run(f"clz.b{bits}", array(values, u))) == [bits - v.bit_length() for v in values]
+    found = [v.bit_length() - 1 if v else 0xFFFFFFFF for v in values]
+    assert as_ints(run(f"bfind.u{bits}", array(values, u))) == found
+    assert as_ints(run(f"bfind.shiftamt.u{bits}", array(values, u))) == \
+        [bits - 1 - f if f != 0xFFFFFFFF else f for f in found]
+    found_signed = [(~v if v < 0 else v).bit_length() - 1 if v not in (0, -1) else 0xFFFFFFFF for v in signed_values]
+    assert as_ints(run(f"bfind.s{bits}", array(signed_values, s))) == found_signed
+
+
+@pytest.mark.parametrize("types", [("u32", "u32"), ("u32", "s32"), ("s32", "u32"), ("s32", "s32")])
+def test_dot_products(types: tuple[str, str]) -> None:
+    a, b = (bits_of(v, 32) for v in pairs("u32", "dp", *types))
+    c = bits_of(integers("u32", len(a), "c"), 32)
+    result = "u32" if types == ("u32", "u32") else "s32"
+
+    def parts(value: int, size: int, count: int, is_signed: bool) -> list[int]:
+        out = []
+        for i in range(count):
+            piece = (value >> (size * i)) & ((1 << size) - 1)
+            out.append(piece - (1 << size) if is_signed and piece >> (size - 1) else piece)
+        return out
+
+    A, B, C = array(a, "u32"), array(b, "u32"), array(c, "u32")
+    got = bits_of(as_ints(run(f"dp4a.{types[0]}.{types[1]}", A, B, C)), 32)
+    want = [(z + sum(x * y for x, y in zip(parts(p, 8, 4, types[0] == "s32"), parts(q, 8, 4, types[1] == "s32"))))
+            & 0xFFFFFFFF for p, q, z in zip(a, b, c)]
+    assert got == want
+    for half in ("lo", "hi"):
+        got = bits_of(as_ints(run(f"dp2a.{half}.{types[0]}.{types[1]}", A, B, C)), 32)
+        first = 2 if half == "hi" else 0
+        want = [(z + sum(x * y for x, y in zip(parts(p, 16, 2, types[0] == "s32"),
+                                                 parts(q, 8, 4, types[1] == "s32")[first:first + 2]))) & 0xFFFFFFFF
+                for p, q, z in zip(a, b, c)]
+        assert got == want, half
+    del result
