@@ -459,3 +459,225 @@ def test_dot_products(types: tuple[str, str]) -> None:
                 for p, q, z in zip(a, b, c)]
         assert got == want, half
     del result
+
+
+# -- floating point: an exact oracle -----------------------------------------------------------
+#: precision (significant bits), lowest normal exponent, highest exponent
+FORMATS = {"f16": (11, -14, 15), "bf16": (8, -126, 127), "f32": (24, -126, 127), "f64": (53, -1022, 1023)}
+BITS = {"f16": np.uint16, "bf16": np.uint16, "f32": np.uint32, "f64": np.uint64}
+
+
+def to_floats(raw: np.ndarray, t: str) -> list[float]:
+    """Float bits (any numpy view) to Python floats."""
+    raw = np.asarray(raw).view(BITS[t])
+    with np.errstate(invalid="ignore"):
+        return _to_floats(raw, t)
+
+
+def _to_floats(raw: np.ndarray, t: str) -> list[float]:
+    if t == "bf16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64).tolist()
+    return raw.view({"f16": np.float16, "f32": np.float32, "f64": np.float64}[t]).astype(np.float64).tolist()
+
+
+def to_bits(values: list[float], t: str) -> np.ndarray:
+    """Python floats exactly representable in ``t`` to its bits."""
+    if t == "bf16":
+        return (np.array(values, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return np.array(values, dtype=np.float64).astype({"f16": np.float16, "f32": np.float32, "f64": np.float64}[t]).view(BITS[t])
+
+
+def round_fraction(x: Fraction, t: str, mode: str) -> float:
+    """The exact value x rounded to format t (IEEE 754, with subnormals) in a PTX rounding mode."""
+    precision, lowest, highest = FORMATS[t]
+    negative = x < 0
+    magnitude = -x if negative else x
+    exponent = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    if Fraction(2) ** exponent > magnitude:
+        exponent -= 1
+    exponent = max(exponent, lowest)
+    quantum = Fraction(2) ** (exponent - precision + 1)
+    scaled = magnitude / quantum
+    whole = scaled.numerator // scaled.denominator
+    rest = scaled - whole
+    up = {"rn": rest > Fraction(1, 2) or (rest == Fraction(1, 2) and whole % 2 == 1),
+          "rz": False, "rm": negative and rest > 0, "rp": (not negative) and rest > 0}[mode]
+    value = (whole + up) * quantum
+    largest = (2 - Fraction(2) ** (1 - precision)) * Fraction(2) ** highest
+    if value > largest:
+        to_infinity = {"rn": True, "rz": False, "rm": negative, "rp": not negative}[mode]
+        value = None if to_infinity else largest
+    result = math.inf if value is None else float(value)
+    return -result if negative else result
+
+
+def exact_zero_sign(addends: list[float], mode: str) -> float:
+    """IEEE's sign of an exactly zero sum."""
+    if all(v == 0 for v in addends) and len({math.copysign(1, v) for v in addends}) == 1:
+        return addends[0]
+    return -0.0 if mode == "rm" else 0.0
+
+
+def flushed(value: float, t: str) -> float:
+    precision, lowest, _ = FORMATS[t]
+    return math.copysign(0.0, value) if value != 0 and abs(value) < 2.0 ** lowest else value
+
+
+def reference(op: str, t: str, mode: str, xs: list[float]) -> float:
+    """What PTX computes for one lane (NaN where the result is a NaN, of any payload)."""
+    if any(math.isnan(x) for x in xs):
+        return math.nan
+    if op == "rcp":
+        op, xs = "div", [1.0, xs[0]]
+    if not all(math.isfinite(x) for x in xs):
+        with np.errstate(all="ignore"):
+            a = [np.float64(x) for x in xs]
+            return float({"add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+                          "fma": lambda: a[0] * a[1] + a[2], "div": lambda: a[0] / a[1],
+                          "sqrt": lambda: np.sqrt(a[0])}[op]())
+    f = [Fraction(x) for x in xs]
+    if op == "sqrt":
+        if xs[0] < 0:
+            return math.nan
+        if xs[0] == 0:
+            return xs[0]
+        nearest = round_fraction(Fraction(math.sqrt(xs[0])), t, "rn") if t != "f64" else math.sqrt(xs[0])
+        if mode == "rn":
+            return nearest
+        square = Fraction(nearest) ** 2
+        if square == f[0]:
+            return nearest
+        tiny = Fraction(1, 2 ** 1100)
+        if square > f[0]:  # nearest is above the root
+            return round_fraction(Fraction(nearest) - tiny, t, "rm") if mode in ("rz", "rm") else nearest
+        return round_fraction(Fraction(nearest) + tiny, t, "rp") if mode == "rp" else nearest
+    if op == "div":
+        if xs[1] == 0:
+            with np.errstate(all="ignore"):
+                return float(np.float64(xs[0]) / np.float64(xs[1]))
+        exact = f[0] / f[1]
+        if exact == 0:
+            return math.copysign(0.0, xs[0]) * math.copysign(1, xs[1])
+        return round_fraction(exact, t, mode)
+    if op == "mul":
+        exact = f[0] * f[1]
+        if exact == 0:
+            return math.copysign(1, xs[0]) * math.copysign(1, xs[1]) * 0.0
+        return round_fraction(exact, t, mode)
+    if op in ("add", "sub"):
+        y = xs[1] if op == "add" else -xs[1]
+        exact = f[0] + Fraction(y)
+        return exact_zero_sign([xs[0], y], mode) if exact == 0 else round_fraction(exact, t, mode)
+    product = f[0] * f[1]
+    product_value = math.copysign(1, xs[0]) * math.copysign(1, xs[1]) * 0.0 if product == 0 else 1.0
+    exact = product + f[2]
+    return exact_zero_sign([product_value, xs[2]], mode) if exact == 0 else round_fraction(exact, t, mode)
+
+
+def float_inputs(t: str, count: int, *salt: object) -> list[float]:
+    """Special values (zeros, subnormals, extremes, infinities, NaN), values near 1, and random
+    bit patterns, as Python floats of format t."""
+    precision, lowest, highest = FORMATS[t]
+    smallest = 2.0 ** (lowest - precision + 1)
+    largest = float((2 - Fraction(2) ** (1 - precision)) * Fraction(2) ** highest)
+    specials = [0.0, -0.0, smallest, -smallest, 2.0 ** lowest - smallest, 2.0 ** lowest, -(2.0 ** lowest), largest,
+                -largest, math.inf, -math.inf, math.nan, 1.0, -1.0, 0.5, 3.0, 1.0 + 2.0 ** (1 - precision)]
+    generator = rng(t, *salt)
+    raw = generator.integers(0, 1 << 63, size=count, dtype=np.uint64)
+    raw = raw.astype(BITS[t]) if t != "f64" else raw ^ (raw << np.uint64(1))
+    random = to_floats(raw, t)
+    moderate = [round_fraction(Fraction(float(x)), t, "rn") for x in generator.normal(0, 4, size=count // 2)]
+    values = specials + moderate + random
+    return values[:count]
+
+
+def combos(t: str, sources: int, *salt: object) -> list[list[float]]:
+    """Operand lists: the special values against each other, then random ones."""
+    columns = [float_inputs(t, 1500, "operand", k, *salt) for k in range(sources)]
+    specials = columns[0][:17]
+    if sources == 1:
+        return [specials + columns[0]]
+    grid = [(x, y) for x in specials for y in specials]
+    out = [[g[0] for g in grid] + columns[0], [g[1] for g in grid] + columns[1]]
+    if sources == 3:
+        out.append(columns[2][:len(grid)] + columns[2])
+        # cancellation: c near -a*b
+        for lane in range(len(grid), len(grid) + 200):
+            a, b = out[0][lane], out[1][lane]
+            if math.isfinite(a * b) and a * b != 0:
+                out[2][lane] = round_fraction(-Fraction(a) * Fraction(b), t, "rz")
+    elif sources == 2:
+        for lane in range(len(grid), len(grid) + 200):  # near cancellation in add/sub
+            out[1][lane] = -out[0][lane] if lane % 2 else out[0][lane]
+    return out
+
+
+def same(got: list[float], want: list[float]) -> list[int]:
+    """Lanes where the results differ (bit for bit: -0 is not +0; any NaN matches a NaN)."""
+    return [i for i, (g, w) in enumerate(zip(got, want))
+            if not ((math.isnan(g) and math.isnan(w)) or (g == w and math.copysign(1, g) == math.copysign(1, w)))]
+
+
+SOURCES_OF = {"add": 2, "sub": 2, "mul": 2, "fma": 3, "div": 2, "sqrt": 1, "rcp": 1}
+ROUNDED_CASES = [(t, op, mode) for t in ("f32", "f64", "f16", "bf16") for op in SOURCES_OF
+                 for mode in ("rn", "rz", "rm", "rp")
+                 if not (t in ("f16", "bf16") and op in ("div", "sqrt", "rcp")) and not (t == "f64" and op == "fma" and mode != "rn")]
+
+
+@pytest.mark.parametrize("t,op,mode", ROUNDED_CASES)
+def test_float_rounded(t: str, op: str, mode: str) -> None:
+    """add sub mul fma div sqrt rcp in every rounding mode, bit for bit against exact arithmetic."""
+    operands = combos(t, SOURCES_OF[op], op)
+    got = to_floats(run(f"{op}.{mode}.{t}", *[to_bits(column, t) for column in operands]), t)
+    want = [reference(op, t, mode, list(xs)) for xs in zip(*operands)]
+    wrong = same(got, want)
+    assert not wrong, [(list(zip(*operands))[i], got[i], want[i]) for i in wrong[:5]]
+
+
+def test_f64_fma_directed_is_refused() -> None:
+    with pytest.raises(Unsupported):
+        compile_instruction(instruction("fma.rz.f64"))
+
+
+@pytest.mark.parametrize("t", ["f32", "f16"])
+@pytest.mark.parametrize("op", ["add", "mul", "fma"])
+def test_float_ftz_sat(t: str, op: str) -> None:
+    """.ftz flushes subnormal inputs and results to signed zero; .sat clamps to [0, 1], NaN to 0."""
+    operands = combos(t, SOURCES_OF[op], op, "ftz")
+    inputs = [to_bits(column, t) for column in operands]
+    for modifiers in ("ftz", "sat", "ftz.sat"):
+        got = to_floats(run(f"{op}.rn.{modifiers}.{t}", *inputs), t)
+        want = []
+        for xs in zip(*operands):
+            xs = [flushed(x, t) for x in xs] if "ftz" in modifiers else list(xs)
+            value = reference(op, t, "rn", xs)
+            if "ftz" in modifiers:
+                value = flushed(value, t)
+            if "sat" in modifiers:
+                value = 0.0 if math.isnan(value) or value <= 0 else min(value, 1.0)
+            want.append(value)
+        wrong = same(got, want)
+        assert not wrong, (modifiers, [(list(zip(*operands))[i], got[i], want[i]) for i in wrong[:5]])
+
+
+@pytest.mark.parametrize("t", ["f16x2", "bf16x2"])
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "fma", "fma.relu", "min", "max", "neg", "abs"])
+def test_packed_halves(t: str, op: str) -> None:
+    """Packed f16x2/bf16x2 compute each half as the scalar instruction does."""
+    half = t[:-2]
+    base = op.split(".")[0]
+    count = {"fma": 3, "neg": 1, "abs": 1}.get(base, 2)
+    low = combos(half, count, op, "low")
+    high = [list(reversed(column)) for column in combos(half, count, op, "high")]
+    packed = [(to_bits(h, half).astype(np.uint32) << 16) | to_bits(l, half).astype(np.uint32) for l, h in zip(low, high)]
+    modifiers = op.split(".")[1:]
+    rounding = [] if base in ("min", "max", "neg", "abs") else ["rn"]
+    got = run(".".join([base, *rounding, *modifiers, t]), *packed)
+    for columns, shift in ((low, 0), (high, 16)):
+        part = to_floats(((np.asarray(got).view(np.uint32) >> shift) & 0xFFFF).astype(np.uint16), half)
+        scalar = to_floats(run(".".join([base, *rounding, *modifiers, half]), *[to_bits(c, half) for c in columns]), half)
+        assert not same(part, scalar)
+    if base in ("add", "fma"):  # and the scalar form itself is right
+        scalar = to_floats(run(f"{base}.rn.{half}", *[to_bits(c, half) for c in low]), half)
+        want = [reference(base, half, "rn", list(xs)) for xs in zip(*low)]
+        assert not same(scalar, want)

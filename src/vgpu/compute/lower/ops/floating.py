@@ -203,7 +203,18 @@ def _rounded(lanes: Lanes, ins: Instruction, op: str, ptx_type: str, sources: li
         addends = (x[0], y)
     elif op == "mul":
         d = b.fmul(x[0], x[1])
-        err = lanes.intrinsic("llvm.fma", d.type, [x[0], x[1], b.fneg(d)]) if ptx_type == "f64" else zero
+        if ptx_type == "f64":  # scaled where the error could fall below the subnormals
+            tiny = _tiny(lanes, d)
+            first, product = _scaled(lanes, tiny, x[0], 128), _scaled(lanes, tiny, d, 128)
+            err = lanes.intrinsic("llvm.fma", d.type, [first, x[1], b.fneg(product)])
+            # a product that underflowed to zero lies on the side of its sign
+            one = float_const(DOUBLE, 1.0)
+            sign = b.fmul(lanes.intrinsic("llvm.copysign", d.type, [one, x[0]]),
+                          lanes.intrinsic("llvm.copysign", d.type, [one, x[1]]))
+            nonzero = b.and_(b.fcmp_ordered("!=", x[0], zero), b.fcmp_ordered("!=", x[1], zero))
+            err = b.select(b.and_(b.fcmp_ordered("==", d, zero), nonzero), sign, err)
+        else:
+            err = zero
     elif op == "fma":
         if ptx_type == "f64":
             raise unsupported(ins, "directed rounding of an f64 fma")
@@ -214,11 +225,15 @@ def _rounded(lanes: Lanes, ins: Instruction, op: str, ptx_type: str, sources: li
     elif op in ("div", "rcp"):
         dividend, divisor = (x[0], x[1]) if op == "div" else (float_const(DOUBLE, 1.0), x[0])
         d = b.fdiv(dividend, divisor)
-        remainder = lanes.intrinsic("llvm.fma", d.type, [b.fneg(d), divisor, dividend])
+        tiny = b.or_(_tiny(lanes, d), _tiny(lanes, dividend))
+        remainder = lanes.intrinsic("llvm.fma", d.type, [b.fneg(_scaled(lanes, tiny, d, 128)), divisor,
+                                                         _scaled(lanes, tiny, dividend, 128)])
         err = b.select(b.fcmp_ordered("<", divisor, zero), b.fneg(remainder), remainder)
     else:
         d = lanes.intrinsic("llvm.sqrt", x[0].type, [x[0]])
-        err = lanes.intrinsic("llvm.fma", d.type, [b.fneg(d), d, x[0]])
+        tiny = _tiny(lanes, x[0])
+        root = _scaled(lanes, tiny, d, 64)
+        err = lanes.intrinsic("llvm.fma", d.type, [b.fneg(root), root, _scaled(lanes, tiny, x[0], 128)])
     result = fp.round_exact(lanes, d, err, ptx_type, mode)
     if mode == "rm" and addends is not None:
         # an exact zero sum is -0 when rounding down, unless both addends are +0
@@ -227,6 +242,17 @@ def _rounded(lanes: Lanes, ins: Instruction, op: str, ptx_type: str, sources: li
         negative_zero = fp.from_bits(lanes, int_const(fp.WIDTH[ptx_type], 1 << (fp.WIDTH[ptx_type] - 1)), ptx_type)
         result = b.select(b.and_(exact_zero, b.not_(both_positive_zero)), negative_zero, result)
     return result
+
+
+def _tiny(lanes: Lanes, value: ir.Value) -> ir.Value:
+    """Lanes whose double is so small that an error term next to it could underflow."""
+    magnitude = lanes.intrinsic("llvm.fabs", value.type, [value])
+    return lanes.builder.fcmp_ordered("<", magnitude, float_const(DOUBLE, 2.0 ** -900))
+
+
+def _scaled(lanes: Lanes, tiny: ir.Value, value: ir.Value, exponent: int) -> ir.Value:
+    """value * 2^exponent in the tiny lanes (exact there), value elsewhere."""
+    return lanes.builder.select(tiny, lanes.builder.fmul(value, float_const(DOUBLE, 2.0 ** exponent)), value)
 
 
 def _overflowed(lanes: Lanes, result: ir.Value, operands: list[ir.Value]) -> ir.Value:
