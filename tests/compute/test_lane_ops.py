@@ -681,3 +681,129 @@ def test_packed_halves(t: str, op: str) -> None:
         scalar = to_floats(run(f"{base}.rn.{half}", *[to_bits(c, half) for c in low]), half)
         want = [reference(base, half, "rn", list(xs)) for xs in zip(*low)]
         assert not same(scalar, want)
+
+
+def _ptx_min_max(values: list[float], op: str, propagate: bool) -> float:
+    """PTX min/max: -0 < +0; NaN loses (or, with .NaN, wins); no number gives NaN."""
+    if propagate and any(math.isnan(v) for v in values):
+        return math.nan
+    numbers = [v for v in values if not math.isnan(v)]
+    if not numbers:
+        return math.nan
+    key = lambda v: (v, math.copysign(1, v))  # noqa: E731
+    return min(numbers, key=key) if op == "min" else max(numbers, key=key)
+
+
+@pytest.mark.parametrize("t", ["f32", "f64", "f16", "bf16"])
+@pytest.mark.parametrize("op", ["min", "max"])
+def test_float_min_max(t: str, op: str) -> None:
+    a, b = combos(t, 2, op)
+    A, B = to_bits(a, t), to_bits(b, t)
+    got = to_floats(run(f"{op}.{t}", A, B), t)
+    assert not same(got, [_ptx_min_max([x, y], op, False) for x, y in zip(a, b)])
+    got = to_floats(run(f"{op}.NaN.{t}", A, B), t)
+    assert not same(got, [_ptx_min_max([x, y], op, True) for x, y in zip(a, b)])
+    nan_bits = np.asarray(run(f"{op}.{t}", to_bits([math.nan] * 32, t), to_bits([math.nan] * 32, t))).view(BITS[t])
+    assert int(nan_bits[0]) == {"f16": 0x7FFF, "bf16": 0x7FFF, "f32": 0x7FFFFFFF, "f64": 0x7FFFFFFFFFFFFFFF}[t]
+    if t in ("f16", "bf16"):
+        got = to_floats(run(f"{op}.relu.{t}", A, B), t)
+        want = []
+        for x, y in zip(a, b):
+            value = _ptx_min_max([x, y], op, False)
+            want.append(0.0 if value < 0 else value)
+        assert not same(got, want)
+    if t == "f32":  # three sources (PTX 8.8)
+        c = list(reversed(a))
+        got = to_floats(compile_instruction(instruction(f"{op}.f32", 3))(A, B, to_bits(c, t))[0], t)
+        assert not same(got, [_ptx_min_max([x, y, z], op, False) for x, y, z in zip(a, b, c)])
+
+
+@pytest.mark.parametrize("t", ["f32", "f64", "f16", "bf16"])
+def test_sign_operations(t: str) -> None:
+    a, b = combos(t, 2, "sign")
+    A, B = to_bits(a, t), to_bits(b, t)
+    width_bits = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}[t]
+    sign = 1 << (width_bits - 1)
+    raw_a = [int(v) for v in np.asarray(A).view(BITS[t])]
+    raw_b = [int(v) for v in np.asarray(B).view(BITS[t])]
+    assert [int(v) for v in np.asarray(run(f"neg.{t}", A)).view(BITS[t])] == [v ^ sign for v in raw_a]
+    assert [int(v) for v in np.asarray(run(f"abs.{t}", A)).view(BITS[t])] == [v & ~sign for v in raw_a]
+    if t in ("f32", "f64"):
+        got = [int(v) for v in np.asarray(run(f"copysign.{t}", A, B)).view(BITS[t])]
+        assert got == [(y & ~sign) | (x & sign) for x, y in zip(raw_a, raw_b)]
+        flushed_abs = to_floats(run(f"abs.ftz.{t}", A), t) if t == "f32" else None
+        if flushed_abs is not None:
+            assert not same(flushed_abs, [abs(flushed(x, t)) for x in a])
+
+
+@pytest.mark.parametrize("t", ["f32", "f64"])
+def test_testp(t: str) -> None:
+    (a,) = combos(t, 1, "testp")
+    lowest = 2.0 ** FORMATS[t][1]
+    checks = {"finite": math.isfinite, "infinite": math.isinf, "number": lambda v: not math.isnan(v),
+              "notanumber": math.isnan, "normal": lambda v: math.isfinite(v) and abs(v) >= lowest,
+              "subnormal": lambda v: v != 0 and abs(v) < lowest}
+    for name, check in checks.items():
+        assert list(run(f"testp.{name}.{t}", to_bits(a, t))) == [check(v) for v in a], name
+
+
+APPROX_CASES = [("sin", "f32"), ("cos", "f32"), ("lg2", "f32"), ("ex2", "f32"), ("tanh", "f32"), ("rsqrt", "f32"),
+                ("rcp", "f32"), ("sqrt", "f32"), ("ex2", "f16"), ("ex2", "bf16"), ("tanh", "f16"), ("tanh", "bf16"),
+                ("rcp", "f64"), ("rsqrt", "f64")]
+
+
+@pytest.mark.parametrize("op,t", APPROX_CASES)
+def test_approx_functions(op: str, t: str) -> None:
+    """.approx results within PTX's documented bounds of the exact function (numpy in double),
+    with the documented special values."""
+    (a,) = combos(t, 1, "approx", op)
+    a = [x for x in a if not (op in ("sin", "cos") and math.isfinite(x) and abs(x) > 100 * math.pi)]
+    a += {"lg2": [0.0, -0.0, -1.0, math.inf], "ex2": [-math.inf, 200.0, -200.0], "rsqrt": [-1.0, 0.0, -0.0, math.inf],
+          "tanh": [50.0, -50.0], "rcp": [0.0, -0.0]}.get(op, [])
+    a = [round_fraction(Fraction(x), t, "rn") if math.isfinite(x) else x for x in a]
+    ftz = ".ftz" if t == "f64" else ""
+    got = to_floats(run(f"{op}.approx{ftz}.{t}", to_bits(a, t)), t)
+    exact = {"sin": np.sin, "cos": np.cos, "lg2": np.log2, "ex2": np.exp2, "tanh": np.tanh,
+             "rsqrt": lambda v: 1 / np.sqrt(v), "rcp": lambda v: 1 / v, "sqrt": np.sqrt}[op]
+    precision = FORMATS[t][0]
+    for x, g in zip(a, got):
+        if t == "f64" and x != 0 and abs(x) < 2.0 ** -1022:
+            x = math.copysign(0.0, x)  # .ftz on f64
+        with np.errstate(all="ignore"):
+            w = float(exact(np.float64(x)))
+        if math.isfinite(w) and w != 0:
+            w = round_fraction(Fraction(w), t, "rn")  # overflows to infinity as the format does
+        if math.isnan(w):
+            assert math.isnan(g), (x, g)
+        elif math.isinf(w) or w == 0:
+            assert g == w and math.copysign(1, g) == math.copysign(1, w) or abs(g) < 2.0 ** -126, (x, g, w)
+        elif op in ("sin", "cos"):
+            assert abs(g - w) <= 2.0 ** -20.5, (x, g, w)
+        else:
+            # 2 ulp of the format (tanh: 2^-11 relative, PTX's bound for tanh.approx.f32)
+            bound = 2.0 ** -10.98 if op == "tanh" else 2.0 ** (2 - precision)
+            if abs(w) < 2.0 ** FORMATS[t][1]:
+                continue  # results in the subnormal range: flushed or within an absolute ulp
+            assert abs(g - w) <= bound * abs(w), (op, x, g, w)
+
+
+def test_div_approx_and_full() -> None:
+    a, b = combos("f32", 2, "div")
+    A, B = to_bits(a, "f32"), to_bits(b, "f32")
+    full = to_floats(run("div.full.f32", A, B), "f32")
+    approx = to_floats(run("div.approx.f32", A, B), "f32")
+    for x, y, f, g in zip(a, b, full, approx):
+        with np.errstate(all="ignore"):
+            w = float(np.float64(x) / np.float64(y))
+        if math.isfinite(w) and w != 0:
+            w = round_fraction(Fraction(w), "f32", "rn")
+        if 2.0 ** 126 < abs(y) < math.inf:  # documented: the reciprocal underflows
+            assert (math.isnan(g) if math.isinf(x) or math.isnan(x) else g == 0), (x, y, g)
+            continue
+        for result in (f, g):
+            if math.isnan(w):
+                assert math.isnan(result)
+            elif math.isinf(w) or abs(w) < 2.0 ** -126:
+                assert result == w or abs(result) <= 2.0 ** -126 or math.isinf(result) == math.isinf(w)
+            else:
+                assert abs(result - w) <= 2.0 ** -22 * abs(w), (x, y, result, w)
