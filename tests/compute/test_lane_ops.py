@@ -807,3 +807,98 @@ def test_div_approx_and_full() -> None:
                 assert result == w or abs(result) <= 2.0 ** -126 or math.isinf(result) == math.isinf(w)
             else:
                 assert abs(result - w) <= 2.0 ** -22 * abs(w), (x, y, result, w)
+
+
+# -- comparison and selection ------------------------------------------------------------------
+INTEGER_RELATIONS = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+                     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+UNSIGNED_RELATIONS = {"lo": "lt", "ls": "le", "hi": "gt", "hs": "ge"}
+
+
+@pytest.mark.parametrize("ptx_type", ["s16", "u16", "b16", "s32", "u32", "b32", "s64", "u64", "b64"])
+def test_setp_integers(ptx_type: str) -> None:
+    kind = "s" if ptx_type[0] == "s" else "u"
+    t = kind + ptx_type[1:]
+    a, b = pairs(t, "setp")
+    A, B = array(a, t), array(b, t)
+    relations = dict(INTEGER_RELATIONS)
+    if kind != "s":
+        relations.update({name: INTEGER_RELATIONS[base] for name, base in UNSIGNED_RELATIONS.items()})
+    for name, relation in relations.items():
+        if ptx_type[0] == "b" and name not in ("eq", "ne", "lo", "ls", "hi", "hs"):
+            continue
+        assert list(run(f"setp.{name}.{ptx_type}", A, B)) == [relation(x, y) for x, y in zip(a, b)], name
+    if kind == "s":  # lo/hi compare signed values as unsigned
+        got = list(run(f"setp.lo.{ptx_type}", A, B))
+        assert got == [(x % (1 << width(t))) < (y % (1 << width(t))) for x, y in zip(a, b)]
+
+
+FLOAT_RELATIONS = {
+    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b and not (math.isnan(a) or math.isnan(b)),
+    "lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+    "equ": lambda a, b: a == b or math.isnan(a) or math.isnan(b), "neu": lambda a, b: not a == b,
+    "ltu": lambda a, b: not a >= b, "leu": lambda a, b: not a > b, "gtu": lambda a, b: not a <= b,
+    "geu": lambda a, b: not a < b, "num": lambda a, b: not (math.isnan(a) or math.isnan(b)),
+    "nan": lambda a, b: math.isnan(a) or math.isnan(b),
+}
+
+
+@pytest.mark.parametrize("t", ["f32", "f64", "f16", "bf16"])
+def test_setp_floats(t: str) -> None:
+    a, b = combos(t, 2, "setp")
+    A, B = to_bits(a, t), to_bits(b, t)
+    for name, relation in FLOAT_RELATIONS.items():
+        assert list(run(f"setp.{name}.{t}", A, B)) == [relation(x, y) for x, y in zip(a, b)], name
+    if t == "f32":  # .ftz: subnormals compare as zero
+        got = list(run("setp.eq.ftz.f32", A, B))
+        assert got == [flushed(x, t) == flushed(y, t) for x, y in zip(a, b)]
+
+
+@pytest.mark.parametrize("combine", ["and", "or", "xor"])
+def test_setp_combined_and_pair(combine: str) -> None:
+    """setp.lt.and.s32 p|q, a, b, c: p = (a<b) AND c, q = !(a<b) AND c; a negated c comes in
+    already negated (the lowering applies ``!``)."""
+    a, b = pairs("s32", "pair")
+    c = [bool(i % 3) for i in range(len(a))]
+    ins = Instruction("setp", ("lt", combine, "s32"), [PredicatePair(Register("%p"), Register("%q")),
+                                                      Register("%a"), Register("%b"), Register("%c")])
+    assert SEMANTICS["setp"].signature(ins).destinations == ("pred", "pred")
+    p, q = compile_instruction(ins)(array(a, "s32"), array(b, "s32"), np.array(c))
+    operation = {"and": lambda x, y: x and y, "or": lambda x, y: x or y, "xor": lambda x, y: x != y}[combine]
+    assert list(p) == [operation(x < y, z) for x, y, z in zip(a, b, c)]
+    assert list(q) == [operation(not x < y, z) for x, y, z in zip(a, b, c)]
+    single = Instruction("setp", ("lt", "s32"), [Register("%p"), Register("%a"), Register("%b")])
+    assert SEMANTICS["setp"].signature(single).destinations == ("pred",)
+
+
+@pytest.mark.parametrize("t", ["f16x2", "bf16x2"])
+def test_setp_packed(t: str) -> None:
+    """setp.f16x2 p|q: p compares the low halves, q the high ones."""
+    half = t[:-2]
+    a, b = combos(half, 2, "packed setp")
+    c, d = list(reversed(a)), list(reversed(b))
+    A = (to_bits(c, half).astype(np.uint32) << 16) | to_bits(a, half).astype(np.uint32)
+    B = (to_bits(d, half).astype(np.uint32) << 16) | to_bits(b, half).astype(np.uint32)
+    for name in ("lt", "equ", "ne", "geu"):
+        p, q = run(f"setp.{name}.{t}", A, B)
+        relation = FLOAT_RELATIONS[name]
+        assert list(p) == [relation(x, y) for x, y in zip(a, b)] and list(q) == [relation(x, y) for x, y in zip(c, d)]
+
+
+def test_set_selp_slct() -> None:
+    a, b = pairs("s32", "set")
+    A, B = array(a, "s32"), array(b, "s32")
+    assert as_ints(run("set.lt.u32.s32", A, B)) == [0xFFFFFFFF if x < y else 0 for x, y in zip(a, b)]
+    assert as_ints(run("set.ge.s32.s32", A, B)) == [-1 if x >= y else 0 for x, y in zip(a, b)]
+    x32, y32 = combos("f32", 2, "set")
+    got = run("set.gtu.f32.f32", to_bits(x32, "f32"), to_bits(y32, "f32")).tolist()
+    assert got == [1.0 if FLOAT_RELATIONS["gtu"](x, y) else 0.0 for x, y in zip(x32, y32)]
+    p = np.array([bool(i % 2) for i in range(len(a))])
+    assert as_ints(run("selp.s32", A, B, p)) == [x if c else y for x, y, c in zip(a, b, p)]
+    assert not same(to_floats(run("selp.f64", to_bits(x32, "f64"), to_bits(y32, "f64"), p[:len(x32)]), "f64"),
+                    [x if c else y for x, y, c in zip(x32, y32, p)])
+    c = integers("s32", len(a), "slct")
+    assert as_ints(run("slct.s32.s32", A, B, array(c, "s32"))) == [x if z >= 0 else y for x, y, z in zip(a, b, c)]
+    cf = x32 + [0.0] * (len(a) - len(x32))
+    got = as_ints(run("slct.u32.f32", A, B, to_bits(cf, "f32")))
+    assert got == [(x if z >= 0 else y) & 0xFFFFFFFF for x, y, z in zip(a, b, cf)]

@@ -80,7 +80,7 @@ def setp(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Val
     if combine:
         operation = {"and": builder.and_, "or": builder.or_, "xor": builder.xor}[combine]
         results = [operation(value, sources[2]) for value in results]
-    return results
+    return results[:len(_setp_signature(ins).destinations)]
 
 
 def _set_signature(ins: Instruction) -> Signature:
