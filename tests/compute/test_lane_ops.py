@@ -902,3 +902,179 @@ def test_set_selp_slct() -> None:
     cf = x32 + [0.0] * (len(a) - len(x32))
     got = as_ints(run("slct.u32.f32", A, B, to_bits(cf, "f32")))
     assert got == [(x if z >= 0 else y) & 0xFFFFFFFF for x, y, z in zip(a, b, cf)]
+
+
+# -- conversion --------------------------------------------------------------------------------
+INTS = ["s8", "s16", "s32", "s64", "u8", "u16", "u32", "u64"]
+FLOATS = ["f16", "bf16", "f32", "f64"]
+
+
+def _range(t: str) -> tuple[int, int]:
+    bits = width(t)
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed(t) else (0, (1 << bits) - 1)
+
+
+@pytest.mark.parametrize("destination", INTS)
+def test_cvt_integer_to_integer(destination: str) -> None:
+    for source in INTS:
+        values = integers(source, 512, "cvt", destination)
+        V = array(values, source)
+        got = as_ints(run(f"cvt.{destination}.{source}", V))
+        assert got == [wrap(v, destination) for v in values], source
+        low, high = _range(destination)
+        got = as_ints(run(f"cvt.sat.{destination}.{source}", V))
+        assert got == [min(max(v, low), high) for v in values], source
+
+
+def _round_integral(x: float, mode: str) -> int:
+    exact = Fraction(x)
+    floor = exact.numerator // exact.denominator
+    rest = exact - floor
+    if mode == "rzi":
+        return floor if x >= 0 or rest == 0 else floor + 1
+    if mode == "rmi":
+        return floor
+    if mode == "rpi":
+        return floor + (rest > 0)
+    return floor + (rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor % 2 == 1))
+
+
+FLOAT_TO_INT = [(s, d, m) for s in FLOATS for d in INTS for m in ("rzi", "rni")] + \
+    [(s, d, m) for s, d in (("f32", "s32"), ("f64", "u64"), ("f32", "u8"), ("f64", "s64")) for m in ("rmi", "rpi")]
+
+
+@pytest.mark.parametrize("source,destination,mode", FLOAT_TO_INT)
+def test_cvt_float_to_integer(source: str, destination: str, mode: str) -> None:
+    """Rounded to an integer, saturated to the destination's range; NaN gives 0."""
+    (values,) = combos(source, 1, "cvt", destination)
+    values += [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 255.5, 65535.0, -129.0, 2.0 ** 31, -(2.0 ** 31), 2.0 ** 63, 2.0 ** 64]
+    values = [round_fraction(Fraction(v), source, "rn") if math.isfinite(v) else v for v in values]
+    got = as_ints(run(f"cvt.{mode}.{destination}.{source}", to_bits(values, source)))
+    low, high = _range(destination)
+    want = []
+    for v in values:
+        if math.isnan(v):
+            want.append(0)
+        elif math.isinf(v):
+            want.append(high if v > 0 else low)
+        else:
+            want.append(min(max(_round_integral(v, mode), low), high))
+    assert got == want
+
+
+FLOAT_TO_FLOAT = [(s, d, m) for s in FLOATS for d in FLOATS if s != d for m in ("rn", "rz", "rm", "rp")]
+
+
+@pytest.mark.parametrize("source,destination,mode", FLOAT_TO_FLOAT)
+def test_cvt_float_to_float(source: str, destination: str, mode: str) -> None:
+    (values,) = combos(source, 1, "cvt", destination)
+    got = to_floats(run(f"cvt.{mode}.{destination}.{source}", to_bits(values, source)), destination)
+    want = [v if not math.isfinite(v) or v == 0 else round_fraction(Fraction(v), destination, mode) for v in values]
+    assert not same(got, want)
+
+
+@pytest.mark.parametrize("t", FLOATS)
+@pytest.mark.parametrize("mode", ["rni", "rzi", "rmi", "rpi"])
+def test_cvt_round_to_integral(t: str, mode: str) -> None:
+    (values,) = combos(t, 1, "integral")
+    values += [0.5, -0.5, 1.5, 2.5, -2.5, 0.25, -0.75]
+    got = to_floats(run(f"cvt.{mode}.{t}.{t}", to_bits(values, t)), t)
+    want = []
+    for v in values:
+        if not math.isfinite(v) or v == 0:
+            want.append(v)
+        else:
+            rounded = float(_round_integral(v, mode))
+            want.append(math.copysign(rounded, v) if rounded == 0 else rounded)
+    assert not same(got, want)
+
+
+INT_TO_FLOAT = [(s, d, m) for s in ("s32", "u32", "s64", "u64") for d in FLOATS for m in ("rn", "rz", "rm", "rp")] + \
+    [(s, d, "rn") for s in ("s8", "u8", "s16", "u16") for d in FLOATS]
+
+
+@pytest.mark.parametrize("source,destination,mode", INT_TO_FLOAT)
+def test_cvt_integer_to_float(source: str, destination: str, mode: str) -> None:
+    values = integers(source, 1024, "to float", destination)
+    values += [wrap((1 << 24) + 1, source), wrap((1 << 53) + 1, source), wrap(0x7FFFFF80_00000001, source),
+               wrap(65520, source), wrap(65519, source)]
+    got = to_floats(run(f"cvt.{mode}.{destination}.{source}", array(values, source)), destination)
+    want = [round_fraction(Fraction(v), destination, mode) if v else 0.0 for v in values]
+    assert not same(got, want)
+
+
+def test_cvt_ftz_sat_relu() -> None:
+    (values,) = combos("f64", 1, "ftz sat")
+    got = to_floats(run("cvt.rn.ftz.f32.f64", to_bits(values, "f64")), "f32")
+    want = [flushed(round_fraction(Fraction(v), "f32", "rn"), "f32") if math.isfinite(v) and v else v for v in values]
+    assert not same(got, want)
+    got = to_floats(run("cvt.rn.sat.f16.f64", to_bits(values, "f64")), "f16")
+    want = []
+    for v in values:
+        value = round_fraction(Fraction(v), "f16", "rn") if math.isfinite(v) and v else v
+        want.append(0.0 if math.isnan(value) or value <= 0 else min(value, 1.0))
+    assert not same(got, want)
+    (singles,) = combos("f32", 1, "relu")
+    got = to_floats(run("cvt.rn.relu.bf16.f32", to_bits(singles, "f32")), "bf16")
+    want = []
+    for v in singles:
+        value = round_fraction(Fraction(v), "bf16", "rn") if math.isfinite(v) and v else v
+        want.append(0.0 if value < 0 else value)
+    assert not same(got, want)
+    got = to_floats(run("cvt.ftz.f64.f32", to_bits(singles, "f32")), "f64")
+    assert not same(got, [flushed(v, "f32") for v in singles])
+
+
+@pytest.mark.parametrize("t", ["f16x2", "bf16x2"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_cvt_pack_two_floats(t: str, relu: bool) -> None:
+    """cvt.rn.f16x2.f32 d, a, b: a converted into the upper half, b into the lower."""
+    half = t[:-2]
+    a, b = combos("f32", 2, "pack")
+    got = np.asarray(run(f"cvt.rn{'.relu' if relu else ''}.{t}.f32", to_bits(a, "f32"), to_bits(b, "f32"))).view(np.uint32)
+    for values, shift in ((a, 16), (b, 0)):
+        part = to_floats(((got >> shift) & 0xFFFF).astype(np.uint16), half)
+        want = [round_fraction(Fraction(v), half, "rn") if math.isfinite(v) and v else v for v in values]
+        if relu:
+            want = [0.0 if w < 0 else w for w in want]
+        assert not same(part, want)
+
+
+@pytest.mark.parametrize("mode", ["rna", "rn", "rz"])
+def test_cvt_tf32(mode: str) -> None:
+    (values,) = combos("f32", 1, "tf32")
+    got = to_floats(run(f"cvt.{mode}.tf32.f32", to_bits(values, "f32")), "f32")
+    want = []
+    for v in values:
+        if not math.isfinite(v) or v == 0:
+            want.append(v)
+            continue
+        exact = Fraction(v)
+        if mode == "rna":  # ties away from zero: a nearest rounding whose ties go up in magnitude
+            precision_quantum = Fraction(2) ** (max(math.frexp(abs(v))[1] - 1, -126) - 10)
+            truncated = (abs(exact) // precision_quantum) * precision_quantum
+            remainder = abs(exact) - truncated
+            magnitude = truncated + (precision_quantum if remainder >= precision_quantum / 2 else 0)
+            value = float(magnitude) if magnitude < Fraction(2) ** 128 else math.inf
+            want.append(math.copysign(value, v))
+        else:
+            quantum = Fraction(2) ** (max(math.frexp(abs(v))[1] - 1, -126) - 10)
+            scaled = abs(exact) / quantum
+            whole = scaled.numerator // scaled.denominator
+            rest = scaled - whole
+            if mode == "rn" and (rest > Fraction(1, 2) or (rest == Fraction(1, 2) and whole % 2)):
+                whole += 1
+            magnitude = whole * quantum
+            want.append(math.copysign(float(magnitude) if magnitude < Fraction(2) ** 128 else math.inf, v))
+    assert not same(got, want)
+
+
+def test_unsupported_forms_are_refused() -> None:
+    """What is not implemented says so instead of computing something else."""
+    for text in ("cvt.rn.satfinite.e4m3x2.f32", "lop3.or.b32", "fma.rz.f64", "shf.l.b64",
+                 "add.u16x2", "min.xorsign.abs.f32", "cvt.pack.sat.s8.s32.b32"):
+        with pytest.raises(Unsupported):
+            ins = instruction(text)
+            semantics = SEMANTICS[ins.opcode]
+            signature = semantics.signature(ins)
+            Compiled(lambda lanes, v, ins=ins: semantics.emit(lanes, ins, v), signature.sources, signature.destinations)

@@ -40,7 +40,7 @@ def logic(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Va
 
 
 def _lop3_signature(ins: Instruction) -> Signature:
-    if instruction_type(ins) != "b32" or source_count(ins, 4) != 4:
+    if ins.modifiers != ("b32",) or source_count(ins, 4) != 4:
         raise unsupported(ins, "only the b32 form without a predicate")
     return Signature(("b32",), ("b32",) * 4)
 

@@ -33,6 +33,9 @@ def _types(ins: Instruction) -> tuple[str, str]:
 
 
 def _signature(ins: Instruction) -> Signature:
+    for modifier in ("satfinite", "pack"):
+        if ins.has(modifier):
+            raise unsupported(ins)
     destination, source = _types(ins)
     if destination in PACKED:
         if source != "f32":
@@ -51,9 +54,6 @@ def _signature(ins: Instruction) -> Signature:
 @semantics("cvt", signature=_signature)
 def cvt(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Value]:
     destination, source = _types(ins)
-    for modifier in ("satfinite", "pack"):
-        if ins.has(modifier):
-            raise unsupported(ins)
     if destination in PACKED:  # the first source fills the upper half
         half = PACKED[destination]
         high = convert(lanes, ins, half, "f32", sources[0])
