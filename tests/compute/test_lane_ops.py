@@ -1078,3 +1078,19 @@ def test_unsupported_forms_are_refused() -> None:
             semantics = SEMANTICS[ins.opcode]
             signature = semantics.signature(ins)
             Compiled(lambda lanes, v, ins=ins: semantics.emit(lanes, ins, v), signature.sources, signature.destinations)
+
+
+@pytest.mark.parametrize("t,nan", [("f32", 0x7FFFFFFF), ("f16", 0x7FFF), ("bf16", 0x7FFF)])
+def test_nan_results_are_canonical(t: str, nan: int) -> None:
+    """A GPU has a single NaN in these formats: invalid operations and NaN operands give it,
+    whatever the payload (x86 gives 0xFFC00000 for inf - inf and keeps payloads)."""
+    storage_type = BITS[t]
+    infinity = to_bits([math.inf] * 32, t)
+    payload = np.full(32, {"f32": 0xFFC01234, "f16": 0xFE12, "bf16": 0xFF92}[t], dtype=storage_type)
+    one = to_bits([1.0] * 32, t)
+    for text, inputs in ((f"sub.rn.{t}", (infinity, infinity)), (f"add.rn.{t}", (payload, one)),
+                         (f"mul.rz.{t}", (payload, one)), (f"fma.rn.{t}", (payload, one, one))):
+        assert set(np.asarray(run(text, *inputs)).view(storage_type).tolist()) == {nan}, text
+    if t == "f32":
+        assert set(np.asarray(run("cvt.rn.f32.f64", np.full(32, 0xFFF8000000001234, np.uint64))).view(np.uint32).tolist()) == {nan}
+        assert set(np.asarray(run("sqrt.rn.f32", to_bits([-1.0] * 32, t))).view(np.uint32).tolist()) == {nan}

@@ -81,6 +81,8 @@ def convert(lanes: Lanes, ins: Instruction, destination: str, source: str, value
         negative = lanes.builder.fcmp_ordered("<", fp.widen(lanes, result, destination, FLOAT),
                                               float_const(FLOAT, 0.0))
         result = lanes.builder.select(negative, fp.from_bits(lanes, int_const(fp.WIDTH[destination], 0), destination), result)
+    if destination in ("f32", "f16"):
+        result = fp.canonical_nans(lanes, result, destination)
     if ftz and destination == "f32":
         result = fp.flush(lanes, result, "f32")
     if ins.has("sat"):

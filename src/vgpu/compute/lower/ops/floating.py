@@ -5,7 +5,8 @@ neg, min, max, copysign and testp.
 Round-to-nearest f32/f64 (and f16 except fma) map onto LLVM's own operations, which round
 once.  Other rounding modes, bf16 and f16 fma compute the exact result as a double and its
 residual and round it with ``fp.round_exact``.  ``.approx`` functions compute libm-quality
-results, which lie within PTX's documented error bounds.
+results, which lie within PTX's documented error bounds.  NaN results in f32, f16 and bf16
+are the GPU's single canonical NaN (0x7FFFFFFF, 0x7FFF); f64 NaNs are left as the host makes them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def _scalar(lanes: Lanes, ins: Instruction, op: str, ptx_type: str, sources: lis
         result = _approximate(lanes, ins, op, ptx_type, sources)
     else:
         result = _rounded(lanes, ins, op, ptx_type, sources)
+    if ptx_type in ("f32", "f16"):  # a GPU has one NaN in these formats (bf16's is made canonical too)
+        result = fp.canonical_nans(lanes, result, ptx_type)
     if ins.has("relu"):
         negative = lanes.builder.fcmp_ordered("<", fp.widen(lanes, result, ptx_type, FLOAT)
                                               if ptx_type == "bf16" else result,
@@ -115,9 +118,7 @@ def _min_max(lanes: Lanes, ins: Instruction, op: str, ptx_type: str, sources: li
     result = values[0]
     for value in values[1:]:
         result = lanes.intrinsic(name, result.type, [result, value])
-    result = b.select(b.fcmp_unordered("uno", result, result),
-                      fp.canonical_nan(lanes, "f32") if ptx_type == "bf16" else fp.canonical_nan(lanes, ptx_type),
-                      result)
+    result = fp.canonical_nans(lanes, result, "f32" if ptx_type == "bf16" else ptx_type)
     if ptx_type == "bf16":
         return fp.f32_to_bf16(lanes, result)
     return result

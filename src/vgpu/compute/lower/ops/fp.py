@@ -201,6 +201,17 @@ def is_nan(lanes: Lanes, value: ir.Value, ptx_type: str) -> ir.Value:
     return lanes.builder.fcmp_unordered("uno", value, value)
 
 
+def canonical_nans(lanes: Lanes, value: ir.Value, ptx_type: str) -> ir.Value:
+    """NaN lanes replaced by the canonical NaN.  Done on the bits: LLVM may treat every NaN as
+    any other and drop a float select between a NaN constant and a NaN-producing operation."""
+    b = lanes.builder
+    width = WIDTH[ptx_type]
+    raw = bits(lanes, value, ptx_type)
+    magnitude = b.and_(raw, int_const(width, (1 << (width - 1)) - 1))
+    nan = b.icmp_unsigned(">", magnitude, int_const(width, EXPONENT_MASK[ptx_type]))
+    return from_bits(lanes, b.select(nan, int_const(width, CANONICAL_NAN[ptx_type]), raw), ptx_type)
+
+
 def canonical_nan(lanes: Lanes, ptx_type: str) -> ir.Value:
     return from_bits(lanes, int_const(WIDTH[ptx_type], CANONICAL_NAN[ptx_type]), ptx_type)
 
@@ -221,5 +232,5 @@ def pack_halves(lanes: Lanes, low: ir.Value, high: ir.Value, half_type: str) -> 
 
 
 __all__ = ["FLOAT_TYPES", "WIDTH", "rounding", "bits", "from_bits", "widen", "f32_to_bf16", "narrow_rn",
-           "to_odd", "round_exact", "step", "two_sum_error", "flush", "saturate", "is_nan", "canonical_nan",
+           "to_odd", "round_exact", "step", "two_sum_error", "flush", "saturate", "is_nan", "canonical_nan", "canonical_nans",
            "packed_halves", "pack_halves", "HALF", "I1"]
