@@ -1,5 +1,6 @@
 """Compiled kernels on disk, so a second run starts without compiling: one file per kernel,
-keyed by the PTX text, the kernel's name and the code generator (``compiler.host_id``).
+keyed by the PTX text, the kernel's name, the code generator and the host's CPU
+(``compiler.host_id``) and the engine's own source (``engine_version``).
 
 Where: ``$VGPU_COMPUTE_CACHE``, else ``$XDG_CACHE_HOME/vgpu/compute`` (``~/.cache/vgpu/compute``).
 ``VGPU_COMPUTE_CACHE=off`` turns it off.  A file that cannot be read is compiled again.  A file holds ``{u32 n}``, n bytes of JSON
@@ -10,6 +11,7 @@ loaded, as any compiled code is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -19,8 +21,17 @@ from pathlib import Path
 
 from vgpu.compute.lower.kernel import KernelFacts
 
-#: bump when the lowering changes what it emits
-FORMAT = 1
+
+
+@functools.cache
+def engine_version() -> str:
+    """A digest of the code generator's own source (the lowering, its instruction families,
+    the launch record): a changed engine never takes an object an older one compiled."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*package.glob("lower/**/*.py"), package / "launch.py", package / "compiler.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def directory() -> Path | None:
@@ -34,7 +45,7 @@ def directory() -> Path | None:
 
 def key(ptx: str, kernel: str, host: str) -> str:
     digest = hashlib.sha256()
-    for part in (str(FORMAT), host, kernel, ptx):
+    for part in (engine_version(), host, kernel, ptx):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
