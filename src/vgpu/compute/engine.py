@@ -23,6 +23,7 @@ import llvmlite.binding as llvm
 from vgpu.compute import cache, compiler
 from vgpu.compute.launch import Launch
 from vgpu.compute.lower.kernel import ENTRY, KernelFacts, lower_kernel
+from vgpu.compute.lower.layout import function_ids
 from vgpu.compute.printf import format_records
 from vgpu.compute.runner import run_ctas
 from vgpu.compute.ptx.parser import parse
@@ -169,7 +170,9 @@ class Program:
         return self._variables[name]
 
     def address_of(self, name: str) -> int:
-        return ctypes.addressof(self.variable(name))
+        """A variable's address, or a device function's (its number: see layout.function_ids)."""
+        ids = function_ids(self.module)
+        return ids[name] if name in ids else ctypes.addressof(self.variable(name))
 
     def symbol_addresses(self, facts: KernelFacts) -> list[int]:
         return [self.address_of(name) for name, _ in facts.symbols]

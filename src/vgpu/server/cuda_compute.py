@@ -26,6 +26,7 @@ from vgpu.compute.initializers import initial_bytes
 from vgpu.compute.jobs import Buffer, Job
 from vgpu.compute.launch import Launch, offset
 from vgpu.compute.lower.kernel import ENTRY, KernelFacts, lower_kernel, observable
+from vgpu.compute.lower.layout import function_ids
 from vgpu.compute.lower.registry import Unsupported
 from vgpu.compute.printf import format_records
 from vgpu.compute.ptx.syntax import Module
@@ -84,7 +85,7 @@ def merged(modules: list[Module]) -> Module:
             if variable.name not in variables or variables[variable.name].linkage == "extern":
                 variables[variable.name] = variable
         for function in module.functions:
-            if function.name not in functions or functions[function.name].body is None:
+            if function.name not in functions or not functions[function.name].defined:
                 functions[function.name] = function
     result.variables = list(variables.values())
     result.functions = list(functions.values())
@@ -220,7 +221,8 @@ class KernelCompute:
         for variable in prepared.module.variables:
             if variable.name in globals_ and variable.initializer and any(
                     isinstance(v, tuple) for v in variable.initializer):
-                data = initial_bytes(variable, lambda name: globals_[name][0])
+                ids = function_ids(prepared.module)
+                data = initial_bytes(variable, lambda name: ids[name] if name in ids else globals_[name][0])
                 job.write(globals_[variable.name][0], data)
 
 

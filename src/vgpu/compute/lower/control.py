@@ -114,7 +114,7 @@ def call(fl, ins: Instruction) -> None:
 
 def _arity(fl, name: str) -> tuple[int, int]:
     for function in fl.unit.ptx.functions:
-        if function.name == name and function.body is not None:
+        if function.name == name and function.defined:
             return len(function.returns), len(function.params)
     return -1, -1
 

@@ -18,7 +18,7 @@ from vgpu.compute.launch import PRINTF_ARGS_MAX
 from vgpu.compute.launch import offset as launch_offset
 from vgpu.compute.lower.function import AT_BARRIER, EXIT, WAIT, FunctionLowering, Unit
 from vgpu.compute.lower.lanes import I8, I32, I64, WARP
-from vgpu.compute.lower.layout import ModuleLayout, local_frame, param_layout
+from vgpu.compute.lower.layout import ModuleLayout, function_ids, local_frame, param_layout
 from vgpu.compute.lower.registry import Unsupported
 from vgpu.compute.ptx.syntax import Function, Instruction, Module
 
@@ -52,15 +52,16 @@ def lower_kernel(ptx: Module, name: str) -> tuple[ir.Module, KernelFacts]:
     if not kernel.is_kernel:
         raise Unsupported(f"{name} is a device function, not a kernel")
     module = ir.Module(name=name)
-    layout = ModuleLayout.of(ptx)
-    bodies = [f for f in ptx.functions if f.body is not None and not f.is_kernel]
-    unit = Unit(module, ptx, layout, {}, {f.name: index + 1 for index, f in enumerate(bodies)}, None)
+    layout = ModuleLayout.of(ptx, kernel)
+    unit = Unit(module, ptx, layout, {}, function_ids(ptx), None)
+    lowered: list[Function] = [kernel]
 
     def lower_function(callee: str) -> ir.Function:
         if callee not in unit.functions:
-            function = next((f for f in bodies if f.name == callee), None)
+            function = next((f for f in ptx.functions if f.name == callee and f.defined and not f.is_kernel), None)
             if function is None:
                 raise Unsupported(f"a call to {callee}, which this module does not define")
+            lowered.append(function)
             lowering = FunctionLowering(unit, function, f"func_{len(unit.functions)}")
             unit.functions[callee] = lowering.fn
             lowering.lower()
@@ -74,7 +75,7 @@ def lower_kernel(ptx: Module, name: str) -> tuple[ir.Module, KernelFacts]:
     facts = KernelFacts(
         name=name, param_offsets=offsets, param_bytes=size, param_types=tuple(p.type for p in kernel.params),
         static_shared=layout.static_shared, dynamic_shared_offset=layout.dynamic_shared_offset,
-        local_bytes=sum(local_frame(f)[1] for f in ptx.functions if f.body is not None),
+        local_bytes=sum(local_frame(f)[1] for f in lowered),
         symbols=tuple((v.name, v.size) for v in layout.globals_), observable=observable(kernel))
     return module, facts
 

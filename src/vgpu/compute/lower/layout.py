@@ -38,7 +38,9 @@ class ModuleLayout:
     dynamic_shared_offset: int = 0
 
     @classmethod
-    def of(cls, module: Module) -> ModuleLayout:
+    def of(cls, module: Module, kernel: Function | None = None) -> ModuleLayout:
+        """The layout for running ``kernel``: the module's variables, and the shared variables
+        declared in the kernel's own body (other functions' bodies are not read)."""
         layout = cls()
         for variable in module.variables:
             if variable.space in ("global", "const"):
@@ -47,8 +49,8 @@ class ModuleLayout:
         at = 0
         dynamic = []
         shared = [v for v in module.variables if v.space == "shared"]
-        for function in module.functions:
-            shared += [s for s in function.body or [] if isinstance(s, Variable) and s.space == "shared"]
+        if kernel is not None:
+            shared += [s for s in kernel.body or [] if isinstance(s, Variable) and s.space == "shared"]
         for variable in shared:
             if variable.size == 0 and variable.dims and variable.dims[0] is None:
                 dynamic.append(variable)
@@ -88,3 +90,10 @@ def param_layout(params: list[Variable]) -> tuple[dict[str, int], int]:
         offsets[param.name] = at
         at += param.size
     return offsets, at
+
+
+def function_ids(module: Module) -> dict[str, int]:
+    """The number each device function's address is (what ``mov.u64 %rd, func`` gives and an
+    indirect call compares): its place among the module's defined device functions, from 1."""
+    defined = [f for f in module.functions if f.defined and not f.is_kernel]
+    return {function.name: index + 1 for index, function in enumerate(defined)}
