@@ -638,8 +638,14 @@ def test_warp_collectives_under_divergence(corpus):
     keys[:32] = 2 * rng.integers(0, 100, 32) + 1   # a warp with every lane odd
     keys[32:64] = 2 * rng.integers(0, 100, 32)     # every lane even
     keys[64:96] = 1                                # all equal
+    next_odd = np.zeros(threads, np.int32)
+    for w in range(threads // 32):
+        odd_lanes = [k for k in range(32) if keys[32 * w + k] & 1]
+        for lane in odd_lanes:
+            later = [k for k in odd_lanes if k > lane]
+            next_odd[32 * w + lane] = later[0] if later else odd_lanes[0]
     out = np.zeros(6 * threads, np.uint32)
-    run(corpus("warp"), "warp_divergent", threads, [keys, out], block=128)
+    run(corpus("warp"), "warp_divergent", threads, [keys, next_odd, out], block=128)
     want = []
     for w in range(threads // 32):
         warp = keys[32 * w:32 * w + 32].tolist()
@@ -648,8 +654,7 @@ def test_warp_collectives_under_divergence(corpus):
         odd, even = _mask(v & 1 for v in warp), _mask(not v & 1 for v in warp)
         for lane, key in enumerate(warp):
             if key & 1:
-                later = [k for k in odd_lanes if k > lane]
-                nxt = later[0] if later else odd_lanes[0]
+                nxt = next_odd[32 * w + lane]
                 want += [odd, sum(warp[k] for k in odd_lanes), _mask(k in odd_lanes and warp[k] > 100 for k in range(32)),
                          _mask(k in odd_lanes and warp[k] % 4 == key % 4 for k in range(32)), warp[nxt],
                          max(warp[k] for k in odd_lanes)]
@@ -694,7 +699,7 @@ def test_warp_partial_masks(corpus, active):
             offset //= 2
         for lane in range(active):
             want[2 * (32 * w + lane)] = v[lane]
-            want[2 * (32 * w + lane) + 1] = active
+            want[2 * (32 * w + lane) + 1] = (1 << active) - 1 if active < 32 else -1  # __activemask()
     assert_equal(out, want, f"partial warp of {active} lanes")
 
 
@@ -926,8 +931,15 @@ def test_special_registers(corpus, grid, block):
                     for ty in range(block[1]):
                         for tx in range(block[0]):
                             linear = (tz * block[1] + ty) * block[0] + tx
-                            want += [tx, ty, tz, *block, bx, by, bz, *grid, linear % 32, linear // 32, 32, 0xABCD]
+                            want += [tx, ty, tz, *block, bx, by, bz, *grid, linear % 32, linear // 32, 0x1234,
+                                     0xABCD]
     assert_equal(out, want, "special registers")
+
+
+def test_warp_size(corpus):
+    out = np.zeros(64, np.uint32)
+    corpus("grids").kernel("warp_size").launch(grid=(1,), block=(64,), args=[out])
+    assert_equal(out, np.full(64, 32), "warpSize")
 
 
 # --- parameters ------------------------------------------------------------------------------------

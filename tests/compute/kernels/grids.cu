@@ -31,7 +31,7 @@ extern "C" __global__ void stencil3d(int nx, int ny, int nz, const int *in, int 
   out[at] = 6 * in[at] - in[at - 1] - in[at + 1] - in[at - nx] - in[at + nx] - in[at - nx * ny] - in[at + nx * ny];
 }
 
-// every thread writes its coordinates: tid, ntid, ctaid, nctaid, laneid, warpid-in-block
+// every thread writes its coordinates: tid, ntid, ctaid, nctaid, laneid, warp in the block
 extern "C" __global__ void coordinates(unsigned *out) {
   unsigned block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
   unsigned thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
@@ -42,5 +42,8 @@ extern "C" __global__ void coordinates(unsigned *out) {
   o[3] = blockDim.x; o[4] = blockDim.y; o[5] = blockDim.z;
   o[6] = blockIdx.x; o[7] = blockIdx.y; o[8] = blockIdx.z;
   o[9] = gridDim.x; o[10] = gridDim.y; o[11] = gridDim.z;
-  o[12] = lane; o[13] = thread / 32; o[14] = warpSize; o[15] = 0xabcd;
+  o[12] = lane; o[13] = thread / 32; o[14] = 0x1234; o[15] = 0xabcd;
 }
+
+// warpSize reads the PTX constant WARP_SZ
+extern "C" __global__ void warp_size(unsigned *out) { out[threadIdx.x] = warpSize; }

@@ -56,7 +56,9 @@ extern "C" __global__ void warp_votes(const int *flags, unsigned *out) {
 }
 
 // under divergence: lanes whose key is odd take one branch and see only each other
-extern "C" __global__ void warp_divergent(const int *keys, unsigned *out) {
+// (next_odd: per thread, the next odd lane of its warp, wrapping: computed by the test, so that
+// this kernel needs no bit intrinsics)
+extern "C" __global__ void warp_divergent(const int *keys, const int *next_odd, unsigned *out) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   int key = keys[i];
   unsigned odd = __ballot_sync(FULL, key & 1);
@@ -65,11 +67,7 @@ extern "C" __global__ void warp_divergent(const int *keys, unsigned *out) {
     out[6 * i + 1] = __reduce_add_sync(odd, (unsigned)key);
     out[6 * i + 2] = __ballot_sync(odd, key > 100);
     out[6 * i + 3] = __match_any_sync(odd, key % 4);
-    // sum over the odd lanes with shuffles: read from the next odd lane (wrapping)
-    int lane = threadIdx.x & 31;
-    unsigned higher = odd & ~((2u << lane) - 1);
-    int next = higher ? __ffs(higher) - 1 : __ffs(odd) - 1;
-    out[6 * i + 4] = __shfl_sync(odd, key, next);
+    out[6 * i + 4] = __shfl_sync(odd, key, next_odd[i]);  // from the next odd lane
     out[6 * i + 5] = __reduce_max_sync(odd, (unsigned)key);
   } else {
     out[6 * i] = __activemask();
@@ -94,6 +92,6 @@ extern "C" __global__ void warp_partial(int active, const int *x, int *out) {
       if ((lane ^ offset) < active) v += other;
     }
     out[2 * i] = v;
-    out[2 * i + 1] = __popc(__activemask());
+    out[2 * i + 1] = __activemask();
   }
 }
