@@ -14,7 +14,7 @@ import pytest
 from tests.compute.corpus_support import assert_equal, assert_same_floats, nvcc
 
 EVERY_WAY = True  # also through a relay, two joined GPU hosts and the cuda backend (conftest)
-VGPUD_GPUS = "h100"
+VGPUD_GPUS = "2xh100"  # two: the joined mode splits them between two GPU hosts
 PROGRAMS = Path(__file__).parent / "programs"
 
 
