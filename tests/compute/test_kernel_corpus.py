@@ -795,7 +795,7 @@ def test_dynamic_shared_two_arrays(corpus):
 
 
 def test_local_array_dynamic_index(corpus):
-    threads = 1000
+    threads = 1024  # a whole number of CTAs: the kernel has no bounds check
     rng = np.random.default_rng(31)
     x = rng.integers(-10 ** 6, 10 ** 6, threads).astype(np.int32)
     index = rng.integers(0, 10 ** 6, threads).astype(np.int32)
