@@ -70,7 +70,11 @@ def round_exact(value: Fraction, kind: str) -> float:
     """An exact rational rounded once to ``kind`` (nearest, ties to even), as a Python float."""
     if value == 0:
         return 0.0
-    guess = bits_of(float(value), kind)  # within an ulp: the neighbours settle double rounding
+    try:
+        nearest_double = float(value)
+    except OverflowError:  # beyond the f64 range: rounds to an infinity
+        return float("inf") if value > 0 else float("-inf")
+    guess = bits_of(nearest_double, kind)  # within an ulp: the neighbours settle double rounding
     width = 16 if kind in ("f16", "bf16") else 32 if kind == "f32" else 64
     candidates = []
     for bits in (guess - 1, guess, guess + 1):

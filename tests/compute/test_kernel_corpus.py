@@ -218,9 +218,9 @@ F32_EDGES = [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5
              1.8446743e19, 16777217.0, 0.99999994]
 
 
-def _saturate(value: float, low: int, high: int) -> int:
+def _saturate(value: float, low: int, high: int, nan: int) -> int:
     if math.isnan(value):
-        return 0
+        return nan
     if value <= low:
         return low
     if value >= high:
@@ -233,8 +233,12 @@ def _round_mode(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _to_integers(values: np.ndarray, mode: str, bits: int, signed: bool) -> list[int]:
+    """cvt.rXi: saturating; a NaN gives 0, except from f64 or into 64 bits, where it gives
+    1 << (bits - 1) (the PTX ISA's rule since PTX 9.0: MININT for signed types)."""
     low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    return [_saturate(v, low, high) for v in _round_mode(values, mode).tolist()]
+    nan = 1 << (bits - 1) if values.dtype == np.float64 or bits == 64 else 0
+    nan = wrap(nan, bits, signed)
+    return [_saturate(v, low, high, nan) for v in _round_mode(values, mode).tolist()]
 
 
 def _directed_f16(x: np.ndarray, mode: str) -> np.ndarray:
