@@ -182,6 +182,22 @@ def load(fl, where: Where, element: ir.IntType, mask: ir.Value) -> ir.Value:
     fast_end = b.block
     b.branch(join)
     b.position_at_end(slow)
+    # every active lane reading one address (a row of a tile all lanes share): one load
+    lane = lanes.intrinsic("llvm.cttz", I32, [b.bitcast(mask, I32), ir.Constant(I1, 0)], [I32])
+    shared = b.extract_element(where.offsets, lane)
+    same = lanes.intrinsic("llvm.vector.reduce.and", I1, [
+        b.or_(b.icmp_unsigned("==", where.offsets, lanes.splat(shared)), b.not_(mask))])
+    same = b.select(_any(fl, mask), same, ir.Constant(I1, 0))  # (no lane active: no address to trust)
+    one = fl.fn.append_basic_block()
+    gather = fl.fn.append_basic_block()
+    b.cbranch(same, one, gather)
+    b.position_at_end(one)
+    scalar = b.load(where.pointer(fl, shared), typ=element)
+    scalar.align = size
+    one_value = lanes.splat(scalar)
+    one_end = b.block
+    b.branch(join)
+    b.position_at_end(gather)
     pointers = where.pointers(fl)
     slow_value = lanes.intrinsic("llvm.masked.gather", vector, [pointers, ir.Constant(I32, size), mask, undef],
                                  [vector, pointers.type])
@@ -190,6 +206,7 @@ def load(fl, where: Where, element: ir.IntType, mask: ir.Value) -> ir.Value:
     b.position_at_end(join)
     phi = b.phi(vector)
     phi.add_incoming(fast_value, fast_end)
+    phi.add_incoming(one_value, one_end)
     phi.add_incoming(slow_value, slow_end)
     return phi
 
