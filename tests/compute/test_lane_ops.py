@@ -348,26 +348,36 @@ PRMT_TABLES = {  # result bytes 3..2..1..0 for c & 3 = 0..3, as the PTX ISA tabu
 }
 
 
+def _prmt(x: int, y: int, control: int, mode: str | None) -> int:
+    pool = (y << 32 | x).to_bytes(8, "little")
+    value = 0
+    for byte in range(4):
+        if mode is None:
+            selector = (control >> (4 * byte)) & 0xF
+            picked = pool[selector & 7]
+            if selector & 8:
+                picked = 0xFF if picked & 0x80 else 0
+        else:
+            picked = pool[int(PRMT_TABLES[mode][control & 3][3 - byte])]
+        value |= picked << (8 * byte)
+    return value
+
+
 @pytest.mark.parametrize("mode", [None, *PRMT_TABLES])
 def test_prmt(mode: str | None) -> None:
+    """Selectors in a register (each lane its own), and immediate ones as the lowering passes
+    them (constant vectors: a byte shuffle)."""
     a, b = (bits_of(v, 32) for v in pairs("u32", "prmt"))
     c = bits_of(integers("u32", len(a), "control"), 32)
-    got = as_ints(run("prmt.b32" + (f".{mode}" if mode else ""), array(a, "u32"), array(b, "u32"), array(c, "u32")))
-    want = []
-    for x, y, control in zip(a, b, c):
-        pool = (y << 32 | x).to_bytes(8, "little")
-        value = 0
-        for byte in range(4):
-            if mode is None:
-                selector = (control >> (4 * byte)) & 0xF
-                picked = pool[selector & 7]
-                if selector & 8:
-                    picked = 0xFF if picked & 0x80 else 0
-            else:
-                picked = pool[int(PRMT_TABLES[mode][control & 3][3 - byte])]
-            value |= picked << (8 * byte)
-        want.append(value)
-    assert got == want
+    text = "prmt.b32" + (f".{mode}" if mode else "")
+    got = as_ints(run(text, array(a, "u32"), array(b, "u32"), array(c, "u32")))
+    assert got == [_prmt(x, y, z, mode) for x, y, z in zip(a, b, c)]
+    ins = instruction(text)
+    for control in ((0x5140, 0x3210, 0x7654, 0x8888, 0xF1E2, 0x0000) if mode is None else (0, 1, 2, 3)):
+        constant = Compiled(lambda lanes, v, k=control: SEMANTICS["prmt"].emit(lanes, ins, v + [lanes.constant("b32", k)]),
+                            ["b32"] * 2, ["b32"])
+        got = as_ints(constant(array(a, "u32"), array(b, "u32"))[0])
+        assert got == [_prmt(x, y, control, mode) for x, y in zip(a, b)], hex(control)
 
 
 def _bfe(value: int, position: int, length: int, bits: int, is_signed: bool) -> int:

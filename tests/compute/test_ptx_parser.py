@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import struct
 import subprocess
 import threading
@@ -560,3 +561,24 @@ def test_malformed_ptx_names_the_line(text, line, expected):
     with pytest.raises(PtxSyntaxError, match=f"line {line}: {expected}") as raised:
         parse(text, lazy=False)
     assert raised.value.line == line and "\n" not in str(raised.value)
+
+
+def test_damaged_ptx_raises_only_syntax_errors():
+    """Random deletions, insertions and repeats in valid PTX: each text parses or raises
+    PtxSyntaxError with one line; no other exception escapes the parser."""
+    rng = random.Random(13)
+    for _ in range(1500):
+        text = HAND_WRITTEN
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(text))
+            change = rng.randrange(3)
+            if change == 0:
+                text = text[:at] + text[at + 1:]
+            elif change == 1:
+                text = text[:at] + rng.choice(";{}[]()%.,@!-0xf_|<>:= \n\"") + text[at:]
+            else:
+                text = text[:at] + text[at:at + rng.randint(1, 20)] + text[at:]
+        try:
+            parse(text, lazy=False)
+        except PtxSyntaxError as error:
+            assert "\n" not in str(error) and error.line >= 1

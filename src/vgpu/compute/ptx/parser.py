@@ -104,6 +104,8 @@ def _integer(text: str, line: int) -> int:
 def _immediate(text: str, line: int) -> Immediate:
     if text[:1] == "-" and text[1:3] in ("0f", "0F", "0d", "0D"):
         positive = _immediate(text[1:], line)
+        if positive.bits is None:
+            raise PtxSyntaxError(line, f"expected a hex float literal, found {text!r}")
         sign = 1 << (31 if len(text) == 11 else 63)
         return Immediate(-positive.value, positive.bits ^ sign)
     head = text[:2]
@@ -119,6 +121,12 @@ def _immediate(text: str, line: int) -> Immediate:
         except ValueError:
             raise PtxSyntaxError(line, f"expected a number, found {text!r}") from None
     return Immediate(_integer(text, line))
+
+
+def _first_line(text: str) -> str:
+    """The start of some text, for an error message."""
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text.strip()
 
 
 def _hex(digits: str, text: str, line: int) -> int:
@@ -157,7 +165,7 @@ class _FunctionParser:
 
     # -- operands -------------------------------------------------------------------------
     def operand(self, text: str, line: int) -> Operand:
-        if self.plain and text[0] not in "%0123456789-":  # a name may be a register here only
+        if self.plain and text[:1] not in "%0123456789-":  # a name may be a register here only
             return self._operand(text, line)
         found = self.cache.get(text)
         if found is None:
@@ -254,7 +262,7 @@ class _FunctionParser:
         pieces = head.split(".")
         opcode = pieces[0]
         if not opcode or not (opcode[0].isalpha() or opcode[0] == "_"):
-            raise PtxSyntaxError(line, f"expected an instruction, found {text.splitlines()[0]!r}")
+            raise PtxSyntaxError(line, f"expected an instruction, found {_first_line(text)!r}")
         if len(parts) == 1:
             operands: list[Operand] = []
         elif opcode == "call":
@@ -482,7 +490,9 @@ def _prototype_params(text: str, line: int) -> tuple[list[Variable], list[Variab
     text = text.strip()
     returns: list[Variable] = []
     if text.startswith("("):
-        close = text.index(")")
+        close = text.find(")")
+        if close < 0:
+            raise PtxSyntaxError(line, f"expected ')' in the call prototype, found {text!r}")
         returns = _params(text[1:close], line)
         text = text[close + 1:].strip()
     if not text.startswith("_"):
@@ -490,8 +500,11 @@ def _prototype_params(text: str, line: int) -> tuple[list[Variable], list[Variab
     text = text[1:].strip()
     params: list[Variable] = []
     if text.startswith("("):
-        close = text.rindex(")")
-        params = _params(text[1:close], line)
+        if not text.endswith(")"):
+            raise PtxSyntaxError(line, f"expected ')' to end the call prototype, found {text!r}")
+        params = _params(text[1:-1], line)
+    elif text:
+        raise PtxSyntaxError(line, f"expected the call prototype's parameters, found {text!r}")
     return returns, params
 
 
@@ -550,7 +563,7 @@ def _parse_body(function: Function, pending: _Body) -> list[Statement]:
             space = _SPACE.match(text, position).end()
             if space < end:
                 line += count("\n", position, space)
-                raise PtxSyntaxError(line, f"expected ';' after {text[space:].strip().splitlines()[0]!r}")
+                raise PtxSyntaxError(line, f"expected ';' after {_first_line(text[space:])!r}")
             break
         kind = match.lastindex
         if kind is not None:
@@ -638,6 +651,8 @@ class _Statements:
             self.out.append(self.label)
             return
         text = text.strip()
+        if not text:  # an empty statement
+            return
         if text[:1] != ".":
             ins = self.parser.instruction(text, line)
             self.out.append(_rename_instruction(ins, renames) if renames else ins)
@@ -786,7 +801,7 @@ def parse(text: str, lazy: bool = True) -> Module:
         brace = text.find("{", position)
         stop = semicolon if brace < 0 or (0 <= semicolon < brace) else brace
         if stop < 0:
-            raise PtxSyntaxError(line, f"expected ';' after {text[position:].strip().splitlines()[0]!r}")
+            raise PtxSyntaxError(line, f"expected ';' after {_first_line(text[position:])!r}")
         head = text[position:stop]
         start_line = line
         if text[stop] == ";":
@@ -815,7 +830,7 @@ def parse(text: str, lazy: bool = True) -> Module:
         line += text.count("\n", position, stop)
         if header is None:
             raise PtxSyntaxError(start_line, f"expected a directive, a variable or a function, found "
-                                             f"{head.strip().splitlines()[0]!r}")
+                                             f"{_first_line(head)!r}")
         close = _closing_brace(text, stop, line)
         function = _function(header, start_line)
         function.body = _Body(text[stop + 1:close - 1], line, cache)
@@ -839,7 +854,7 @@ def _function(header: re.Match, line: int) -> LazyFunction:
     while rest:
         directive = _DIRECTIVE.match(rest)
         if directive is None:
-            raise PtxSyntaxError(line, f"expected a performance directive or a body, found {rest.splitlines()[0]!r}")
+            raise PtxSyntaxError(line, f"expected a performance directive or a body, found {_first_line(rest)!r}")
         word, values = directive.groups()
         if word == "pragma":
             break

@@ -51,6 +51,9 @@ def lop3(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Val
     (a, b, c) = bits 2, 1, 0 of i.  With an immediate table LLVM folds the unused terms."""
     b = lanes.builder
     a_value, b_value, c_value, table = sources
+    known = uniform_constant(table)
+    if known is not None:
+        return [_lop3_known(lanes, a_value, b_value, c_value, known & 0xFF)]
     result = int_const(32, 0)
     for index in range(8):
         selected = b.sub(int_const(32, 0), b.and_(b.lshr(table, int_const(32, index)), int_const(32, 1)))
@@ -59,6 +62,45 @@ def lop3(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Val
             term = b.and_(term, value if index & bit else b.not_(value))
         result = b.or_(result, term)
     return [result]
+
+
+def uniform_constant(value: ir.Value) -> int | None:
+    """The integer in every lane of a constant vector (an immediate operand), else None."""
+    if not isinstance(value, ir.Constant) or not isinstance(value.constant, (list, tuple)):
+        return None
+    numbers = {element.constant for element in value.constant}
+    if len(numbers) != 1:
+        return None
+    number = numbers.pop()
+    return number if isinstance(number, int) else None
+
+
+def _two_input(lanes: Lanes, table: int, x: ir.Value, y: ir.Value) -> ir.Value:
+    """A function of two inputs given by its 4-entry truth table (bit 2*x+y)."""
+    b = lanes.builder
+    ones = int_const(32, -1)
+    forms = {
+        0b0000: lambda: int_const(32, 0), 0b1111: lambda: ones,
+        0b1000: lambda: b.and_(x, y), 0b0100: lambda: b.and_(x, b.not_(y)),
+        0b0010: lambda: b.and_(b.not_(x), y), 0b0001: lambda: b.not_(b.or_(x, y)),
+        0b1100: lambda: x, 0b1010: lambda: y, 0b0011: lambda: b.not_(x), 0b0101: lambda: b.not_(y),
+        0b0110: lambda: b.xor(x, y), 0b1001: lambda: b.not_(b.xor(x, y)),
+        0b1110: lambda: b.or_(x, y), 0b0111: lambda: b.not_(b.and_(x, y)),
+        0b1101: lambda: b.or_(x, b.not_(y)), 0b1011: lambda: b.or_(b.not_(x), y),
+    }
+    return forms[table]()
+
+
+def _lop3_known(lanes: Lanes, a: ir.Value, b_value: ir.Value, c: ir.Value, table: int) -> ir.Value:
+    """An immediate table: split on a (f = a ? f1(b, c) : f0(b, c)), each half one or two
+    operations."""
+    b = lanes.builder
+    low, high = table & 0xF, table >> 4  # a = 0: entries 0-3; a = 1: entries 4-7
+    f0 = _two_input(lanes, low, b_value, c)
+    if low == high:
+        return f0
+    f1 = _two_input(lanes, high, b_value, c)
+    return b.xor(f0, b.and_(a, b.xor(f0, f1)))
 
 
 def _shift_signature(ins: Instruction) -> Signature:
@@ -132,6 +174,9 @@ def prmt(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Val
     mode = next((m for m in ins.modifiers if m in PRMT_MODES), None)
     if mode is None and any(m not in ("b32",) for m in ins.modifiers):
         raise unsupported(ins)
+    known = uniform_constant(control)
+    if known is not None:
+        return [_prmt_known(lanes, a_value, b_value, _prmt_plan(mode, known))]
     result = int_const(32, 0)
     for byte in range(4):
         if mode is None:
@@ -148,6 +193,38 @@ def prmt(lanes: Lanes, ins: Instruction, sources: list[ir.Value]) -> list[ir.Val
             picked = b.select(replicate, b.select(sign, int_const(32, 0xFF), int_const(32, 0)), picked)
         result = b.or_(result, b.shl(picked, int_const(32, 8 * byte)))
     return [result]
+
+
+def _prmt_plan(mode: str | None, control: int) -> list[tuple[int, bool]]:
+    """For result bytes 0..3: (source byte 0-7, replicate its sign)."""
+    if mode is None:
+        selectors = [(control >> (4 * byte)) & 0xF for byte in range(4)]
+        return [(selector & 7, bool(selector & 8)) for selector in selectors]
+    return [(source, False) for source in PRMT_MODES[mode][control & 3]]
+
+
+def _prmt_known(lanes: Lanes, a_value: ir.Value, b_value: ir.Value, plan: list[tuple[int, bool]]) -> ir.Value:
+    """A constant selector: one byte shuffle across the warp's a and b bytes (and one of their
+    sign bytes where the plan replicates signs)."""
+    b = lanes.builder
+    byte_vector = ir.VectorType(ir.IntType(8), 4 * 32)
+    a_bytes, b_bytes = b.bitcast(a_value, byte_vector), b.bitcast(b_value, byte_vector)
+
+    def mask() -> ir.Constant:
+        indices = []
+        for lane in range(32):
+            for source, _ in plan:
+                indices.append(lane * 4 + source if source < 4 else 4 * 32 + lane * 4 + source - 4)
+        return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices)
+
+    picked = b.shuffle_vector(a_bytes, b_bytes, mask())
+    if any(replicate for _, replicate in plan):
+        seven = ir.Constant(byte_vector, [ir.Constant(ir.IntType(8), 7)] * (4 * 32))
+        signs = b.shuffle_vector(b.ashr(a_bytes, seven), b.ashr(b_bytes, seven), mask())
+        choose = ir.Constant(ir.VectorType(ir.IntType(1), 4 * 32),
+                             [ir.Constant(ir.IntType(1), int(replicate)) for _ in range(32) for _, replicate in plan])
+        picked = b.select(choose, signs, picked)
+    return b.bitcast(picked, ints(32))
 
 
 def _bfe_signature(ins: Instruction) -> Signature:

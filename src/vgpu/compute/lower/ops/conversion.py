@@ -81,7 +81,7 @@ def convert(lanes: Lanes, ins: Instruction, destination: str, source: str, value
         negative = lanes.builder.fcmp_ordered("<", fp.widen(lanes, result, destination, FLOAT),
                                               float_const(FLOAT, 0.0))
         result = lanes.builder.select(negative, fp.from_bits(lanes, int_const(fp.WIDTH[destination], 0), destination), result)
-    if destination in ("f32", "f16"):
+    if destination in ("f32", "f16") and source in fp.FLOAT_TYPES:
         result = fp.canonical_nans(lanes, result, destination)
     if ftz and destination == "f32":
         result = fp.flush(lanes, result, "f32")
@@ -117,8 +117,13 @@ def _float_to_float(lanes: Lanes, ins: Instruction, destination: str, source: st
         return value
     if (source, destination) in EXACT_WIDENINGS:
         return fp.widen(lanes, value, source, element_type(destination))
+    mode = fp.rounding(ins.modifiers)
+    if mode == "rn" and destination in ("f16", "f32") and (source, destination) != ("f64", "f16"):
+        # one rounding from a format that holds the value exactly: LLVM's own conversion
+        wide = fp.widen(lanes, value, source, DOUBLE if source == "f64" else FLOAT)
+        return b.fptrunc(wide, lanes.of(destination)) if wide.type.element != element_type(destination) else wide
     exact = fp.widen(lanes, value, source)
-    return fp.round_exact(lanes, exact, float_const(DOUBLE, 0.0), destination, fp.rounding(ins.modifiers))
+    return fp.round_exact(lanes, exact, float_const(DOUBLE, 0.0), destination, mode)
 
 
 def _integer_to_float(lanes: Lanes, ins: Instruction, destination: str, source: str, value: ir.Value) -> ir.Value:
@@ -126,6 +131,9 @@ def _integer_to_float(lanes: Lanes, ins: Instruction, destination: str, source: 
     signed = is_signed(source)
     width = bit_width(source)
     double = lanes.vector(DOUBLE)
+    mode = fp.rounding(ins.modifiers)
+    if mode == "rn" and destination != "bf16":  # LLVM's conversion rounds once, to nearest even
+        return (b.sitofp if signed else b.uitofp)(value, lanes.of(destination))
     if width <= 32:
         exact = (b.sitofp if signed else b.uitofp)(value, double)
         error = float_const(DOUBLE, 0.0)
@@ -135,7 +143,7 @@ def _integer_to_float(lanes: Lanes, ins: Instruction, destination: str, source: 
         low = b.uitofp(b.and_(value, int_const(64, 0xFFFFFFFF)), double)
         exact = b.fadd(high, low)
         error = fp.two_sum_error(lanes, high, low, exact)
-    return fp.round_exact(lanes, exact, error, destination, fp.rounding(ins.modifiers))
+    return fp.round_exact(lanes, exact, error, destination, mode)
 
 
 def _integer_to_integer(lanes: Lanes, ins: Instruction, destination: str, source: str, value: ir.Value) -> ir.Value:
