@@ -3,7 +3,8 @@
 ``.ftz``, ``.sat`` and ``.relu``; the two-source packing forms ``cvt.rn.f16x2.f32`` and
 ``cvt.rn.bf16x2.f32``; and ``cvt.{rna,rn,rz}.tf32.f32``.
 
-Float to integer conversions always saturate to the destination's range, NaN giving 0.
+Float to integer conversions always saturate to the destination's range; NaN gives 0, except
+from f64 or into a 64-bit integer, where it gives 1 << (bits - 1) (the PTX ISA's rule).
 Conversions to a float pass the exact source value to ``fp.round_exact``; a 64-bit integer's
 exact value is the sum of its two halves as doubles.
 """
@@ -100,8 +101,13 @@ def _float_to_integer(lanes: Lanes, ins: Instruction, destination: str, source: 
     mode = _integral_rounding(ins) or "rzi"
     rounded = lanes.intrinsic(INTEGRAL_ROUNDINGS[mode], wide.type, [wide])
     name = "llvm.fptosi.sat" if is_signed(destination) else "llvm.fptoui.sat"
-    target = ints(bit_width(destination))
-    return lanes.intrinsic(name, target, [rounded], types=[target, rounded.type])
+    bits = bit_width(destination)
+    target = ints(bits)
+    result = lanes.intrinsic(name, target, [rounded], types=[target, rounded.type])
+    if source != "f64" and bits != 64:
+        return result  # NaN: 0, as LLVM's saturating conversion gives it
+    is_nan = b.fcmp_unordered("uno", rounded, rounded)
+    return b.select(is_nan, int_const(bits, 1 << (bits - 1)), result)
 
 
 def _float_to_float(lanes: Lanes, ins: Instruction, destination: str, source: str, value: ir.Value) -> ir.Value:
