@@ -16,6 +16,7 @@ from llvmlite import ir
 from vgpu.compute.lower.lanes import I1, I8, I32, I64, WARP
 from vgpu.compute.lower.layout import param_layout
 from vgpu.compute.lower.registry import TYPES, Unsupported
+from vgpu.compute.lower.scattered import load_scattered, store_scattered
 from vgpu.compute.ptx.syntax import Address, Instruction, Register, Symbol
 
 PTR = ir.PointerType()
@@ -77,12 +78,9 @@ class Where:
             return fl.b.inttoptr(offset, PTR)
         return fl.b.gep(self.base, [offset], source_etype=I8)
 
-    def pointers(self, fl) -> ir.Value:
-        if self.base is None:
-            return fl.b.inttoptr(self.offsets, ir.VectorType(PTR, WARP))
-        vector = fl.b.gep(self.base, [self.offsets], source_etype=I8)
-        vector.type = ir.VectorType(PTR, WARP)  # llvmlite types a GEP by its base; a vector index makes a vector
-        return vector
+    def base_pointer(self) -> ir.Value:
+        """What the offsets count from (null: they are absolute addresses)."""
+        return self.base if self.base is not None else ir.Constant(PTR, None)
 
 
 def addresses(fl, operand: Address, space: str) -> Where:
@@ -182,31 +180,12 @@ def load(fl, where: Where, element: ir.IntType, mask: ir.Value) -> ir.Value:
     fast_end = b.block
     b.branch(join)
     b.position_at_end(slow)
-    # every active lane reading one address (a row of a tile all lanes share): one load
-    lane = lanes.intrinsic("llvm.cttz", I32, [b.bitcast(mask, I32), ir.Constant(I1, 0)], [I32])
-    shared = b.extract_element(where.offsets, lane)
-    same = lanes.intrinsic("llvm.vector.reduce.and", I1, [
-        b.or_(b.icmp_unsigned("==", where.offsets, lanes.splat(shared)), b.not_(mask))])
-    same = b.select(_any(fl, mask), same, ir.Constant(I1, 0))  # (no lane active: no address to trust)
-    one = fl.fn.append_basic_block()
-    gather = fl.fn.append_basic_block()
-    b.cbranch(same, one, gather)
-    b.position_at_end(one)
-    scalar = b.load(where.pointer(fl, shared), typ=element)
-    scalar.align = size
-    one_value = lanes.splat(scalar)
-    one_end = b.block
-    b.branch(join)
-    b.position_at_end(gather)
-    pointers = where.pointers(fl)
-    slow_value = lanes.intrinsic("llvm.masked.gather", vector, [pointers, ir.Constant(I32, size), mask, undef],
-                                 [vector, pointers.type])
+    slow_value = load_scattered(b, where.base_pointer(), where.offsets, mask, element)
     slow_end = b.block
     b.branch(join)
     b.position_at_end(join)
     phi = b.phi(vector)
     phi.add_incoming(fast_value, fast_end)
-    phi.add_incoming(one_value, one_end)
     phi.add_incoming(slow_value, slow_end)
     return phi
 
@@ -220,9 +199,7 @@ def store(fl, where: Where, value: ir.Value, mask: ir.Value) -> None:
             lanes.intrinsic("llvm.masked.store", ir.VoidType(),
                             [value, where.pointer(fl, first), ir.Constant(I32, size), mask], [value.type, PTR])
         with slow:
-            pointers = where.pointers(fl)
-            lanes.intrinsic("llvm.masked.scatter", ir.VoidType(), [value, pointers, ir.Constant(I32, size), mask],
-                            [value.type, pointers.type])
+            store_scattered(b, where.base_pointer(), where.offsets, value, mask)
 
 
 def _bits(ptx_type: str) -> ir.IntType:
