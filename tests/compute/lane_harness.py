@@ -5,17 +5,18 @@ the engine's own optimiser and JIT."""
 from __future__ import annotations
 
 import ctypes
+import importlib
 from typing import Callable, Sequence
 
 import numpy as np
-from llvmlite import binding as llvm
 from llvmlite import ir
 
-import vgpu.compute.lower.ops  # noqa: F401  (fills the registry)
 from vgpu.compute import compiler
 from vgpu.compute.lower.lanes import WARP, I64, Lanes, bit_width, element_type
 from vgpu.compute.lower.registry import SEMANTICS
 from vgpu.compute.ptx.syntax import Immediate, Instruction, Register
+
+importlib.import_module("vgpu.compute.lower.ops")  # the lane-wise instructions fill the registry
 
 STORAGE = {1: np.uint8, 8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 NATURAL = {"f16": np.float16, "f32": np.float32, "f64": np.float64, "bf16": np.uint16, "pred": np.bool_,
@@ -81,7 +82,7 @@ class Compiled:
         builder.position_at_end(done)
         builder.ret_void()
         self.ir = str(module)
-        self.engine, address = load(compiler.compile_object(module), "lanes")
+        self.engine, address = compiler.load_object(compiler.compile_object(module), "lanes")
         self.function = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * (len(arguments) - 1) + [ctypes.c_int64]))(address)
 
     @staticmethod
@@ -120,19 +121,6 @@ class Compiled:
         self.function(*pointers, padded // WARP)
         return [out[:count].view(natural(t)) if t != "pred" else out[:count].astype(bool)
                 for out, t in zip(outputs, self.destinations)]
-
-
-def load(object_code: bytes, entry: str) -> tuple[llvm.ExecutionEngine, int]:
-    """Like ``compiler.load_object``, but the engine gets a target machine of its own: an MCJIT
-    engine frees the target machine it was given when it is collected, and
-    ``compiler.target_machine()`` is a shared, cached one."""
-    compiler.load_engine_symbols()
-    machine = llvm.Target.from_default_triple().create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="pic")
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
-    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
-    engine.finalize_object()
-    return engine, engine.get_function_address(entry)
 
 
 _CACHE: dict[tuple, Compiled] = {}

@@ -5,7 +5,6 @@ integers, numpy, and exact rational arithmetic rounded in each PTX rounding mode
 from __future__ import annotations
 
 import math
-import time
 from fractions import Fraction
 
 import numpy as np

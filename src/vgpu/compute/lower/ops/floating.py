@@ -111,7 +111,6 @@ def _copysign(lanes: Lanes, ptx_type: str, sign_source: ir.Value, magnitude_sour
 def _min_max(lanes: Lanes, ins: Instruction, op: str, ptx_type: str, sources: list[ir.Value]) -> ir.Value:
     """min/max: -0.0 below +0.0; a NaN operand loses to a number (``.NaN``: wins); two NaNs (or
     a NaN under ``.NaN``) give the canonical NaN."""
-    b = lanes.builder
     values = [fp.widen(lanes, v, "bf16", FLOAT) for v in sources] if ptx_type == "bf16" else list(sources)
     name = ("llvm.minimum" if op == "min" else "llvm.maximum") if ins.has("NaN") else \
         ("llvm.minimumnum" if op == "min" else "llvm.maximumnum")
