@@ -379,3 +379,63 @@ print(json.dumps({"back": back.decode()}))
 
 def test_zero_byte_copies_into_a_mapping(vgpud):
     assert run_json(ZERO_BYTES_IN_A_MAPPING, vgpud.env) == {"back": "vgpu"}
+
+
+CLIENT_COPIES = PRELUDE + """
+use(0)
+n = 8 << 20
+driver = ctypes.CDLL("libcuda.so.1")
+def legacy_alloc(size):  # the v1 entry point: first fit below 4 GiB, so a freed address comes back
+    pointer = ctypes.c_uint32()
+    if driver.cuMemAlloc(ctypes.byref(pointer), ctypes.c_size_t(size)) == 0:
+        return pointer.value
+    return int(ok(cu.cuMemAlloc(size)))  # (the cuda backend has no such window)
+def mapped():  # the memfds of vgpud's device memory this process maps, to copy through them
+    return sum(1 for line in open("/proc/self/maps") if "vgpu-device-memory" in line)
+out = {"before": mapped()}
+a = legacy_alloc(n)
+data = bytearray(os.urandom(n))
+ok(cu.cuMemcpyHtoD(a, data, n))
+back = bytearray(n)
+ok(cu.cuMemcpyDtoH(back, a, n))
+out["round_trip"] = back == data
+out["after"] = mapped()
+part = bytearray(n // 2)
+ok(cu.cuMemcpyDtoH(part, int(a) + 4096, n // 2))
+out["part"] = part == data[4096:4096 + n // 2]
+out["past_end"] = code(cu.cuMemcpyDtoH(bytearray(n), int(a) + 4096, n))
+# freed, and a new allocation at the same address: what the first one held is not read back
+ok(cu.cuMemFree(a))
+b = legacy_alloc(n)
+out["same_address"] = b == a
+fresh = bytearray(os.urandom(n))
+ok(cu.cuMemcpyHtoD(b, fresh, n))
+back = bytearray(n)
+ok(cu.cuMemcpyDtoH(back, b, n))
+out["reused"] = back == fresh
+# vgpud's own copy on the device, then the process's: in order
+c = ok(cu.cuMemAlloc(n))
+ok(cu.cuMemcpyDtoD(c, b, n))
+back = bytearray(n)
+ok(cu.cuMemcpyDtoH(back, c, n))
+out["after_device_copy"] = back == fresh
+ok(cu.cuMemsetD8(c, 0x5A, n))
+ok(cu.cuMemcpyDtoH(back, c, n))
+out["after_memset"] = back == b"\\x5a" * n
+print(json.dumps(out))
+"""
+
+
+def test_large_synchronous_copies_are_made_by_the_process_itself(vgpud):
+    """A local simulator lets the library map the memory of the allocations it copies to and
+    from: a synchronous copy is then one memcpy in the process, after vgpud has ordered it
+    (here after a device-to-device copy and a memset of vgpud's); an allocation freed and made
+    again at the same address is never read or written through the old one's mapping. Other
+    ways (a relay, the cuda backend) keep sending the data."""
+    out = run_json(CLIENT_COPIES, vgpud.env)
+    local = vgpud.through == "local"
+    assert out.pop("before") == 0
+    assert (out.pop("after") > 0) == local
+    assert out.pop("same_address") or not local
+    assert out == {"round_trip": True, "part": True, "past_end": C["CUDA_ERROR_INVALID_VALUE"],
+                   "reused": True, "after_device_copy": True, "after_memset": True}

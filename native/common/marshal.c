@@ -164,6 +164,12 @@ static int encode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
         case VGPU_K_ARRAY_IN:
         case VGPU_K_ARRAY_OUT: {
             uint64_t n = ptr ? count_of(fn, args, p->count) : 0;
+            uint64_t serial = p->kind != VGPU_K_ARRAY && n ? vgpu_client_copy_serial(ptr, n * p->size) : 0;
+            if (serial) { /* the process copies it itself, through its mapping of the allocation (4) */
+                uint64_t address = (uintptr_t)ptr;
+                err = put_u8(b, 4) || put_u32(b, (uint32_t)n) || put(b, &address, 8) || put(b, &serial, 8);
+                break;
+            }
             if (p->kind != VGPU_K_ARRAY && n && vgpu_in_place(api, ptr, n * p->size)) {
                 /* vgpud reads or writes it in place: through a shared window (2) or directly (3) */
                 uint64_t address = (uintptr_t)ptr;
@@ -251,7 +257,9 @@ static int decode(const vgpu_api *api, const vgpu_function *fn, void *const *arg
             pos += 4;
             size_t unit = p->kind == VGPU_K_BUFFER ? 1 : p->size;
             if (n > caps[i]) return -1;
-            if (p->kind == VGPU_K_ARRAY_OUT && n && vgpu_in_place(api, ptr, caps[i] * unit)) continue; /* written in place */
+            if (p->kind == VGPU_K_ARRAY_OUT && n &&
+                (vgpu_in_place(api, ptr, caps[i] * unit) || vgpu_client_copy_serial(ptr, caps[i] * unit)))
+                continue; /* written in place, or copied by the process itself */
             if (landing && landing->landed && ptr == landing->data) {
                 if ((size_t)n * unit != landing->len) return -1;
                 continue; /* received where it belongs */
@@ -400,6 +408,7 @@ static int returns_nothing(const vgpu_api *api, const vgpu_function *fn, void *c
             return 0;
         if (p->kind == VGPU_K_ARRAY_IN || p->kind == VGPU_K_ARRAY_OUT) {
             size_t bytes = count_of(fn, args, p->count) * p->size;
+            if (vgpu_client_copy_serial(ptr, bytes)) return 0; /* the process copies once answered */
             /* vgpud reaching ordinary memory by address must do so before the call returns: the
              * caller may reuse a pageable buffer at once (only page-locked memory may wait) */
             if (!vgpu_shared(ptr, bytes) && (p->kind == VGPU_K_ARRAY_OUT || vgpu_in_place(api, ptr, bytes))) return 0;
@@ -432,7 +441,7 @@ static int landing_for(const vgpu_api *api, const vgpu_function *fn, void *const
         else if (p->kind != VGPU_K_ARRAY_OUT) return 0;
         else {
             size_t size = count_of(fn, args, p->count) * p->size;
-            if (size < OUTSIDE_MIN || vgpu_in_place(api, ptr, size)) return 0;
+            if (size < OUTSIDE_MIN || vgpu_in_place(api, ptr, size) || vgpu_client_copy_serial(ptr, size)) return 0;
             *landing = (vgpu_landing){ptr, at + 4, size, 0};
         }
     }

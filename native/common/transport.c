@@ -576,6 +576,7 @@ static int handshake(vgpu_api *api, vgpu_conn *conn) {
     }
     pthread_mutex_lock(&api_lock);
     api->direct = (capabilities & VGPU_CAP_DIRECT_MEMORY) != 0;
+    api->client_copies = (capabilities & VGPU_CAP_CLIENT_COPIES) != 0;
     if (!api->implemented) api->implemented = calloc((api->op_count + 7) / 8, 1);
     if (api->implemented) {
         size_t n = bitmap_len < (api->op_count + 7) / 8 ? bitmap_len : (api->op_count + 7) / 8;
@@ -879,6 +880,30 @@ int vgpu_shared(const void *address, size_t size) {
         found = p >= windows[i].start && p + size <= windows[i].start + windows[i].size;
     pthread_mutex_unlock(&window_lock);
     return found;
+}
+
+static __thread struct {
+    const void *address;
+    size_t size;
+    uint64_t serial;
+} client_copy;
+
+void vgpu_set_client_copy(const void *address, size_t size, uint64_t serial) {
+    client_copy.address = address;
+    client_copy.size = size;
+    client_copy.serial = serial;
+}
+
+uint64_t vgpu_client_copy_serial(const void *address, size_t size) {
+    return client_copy.serial && address == client_copy.address && size == client_copy.size ? client_copy.serial : 0;
+}
+
+int vgpu_daemon_pid(vgpu_api *api) {
+    vgpu_conn *conn;
+    if (ready_conn(api, &conn) != VGPU_OK) return 0;
+    struct ucred peer;
+    socklen_t len = sizeof peer;
+    return getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 ? (int)peer.pid : 0;
 }
 
 int vgpu_in_place(const vgpu_api *api, const void *address, size_t size) {

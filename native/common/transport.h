@@ -29,6 +29,7 @@ typedef struct vgpu_api {
     uint64_t (*call_context)(void);
     struct vgpu_memo *memo;    /* answers to immutable calls, kept by the marshaller */
     int direct;                /* vgpud reads and writes this process's memory itself */
+    int client_copies;         /* this process may map device memory and copy through it */
 } vgpu_api;
 
 /* Log levels from VGPU_LOG: 0 off, 1 warn (default), 2 info, 3 debug. */
@@ -78,6 +79,14 @@ int vgpu_shared(const void *address, size_t size);
 /* Whether vgpud reads or writes a buffer in place (a shared window, or direct access to a
  * large enough ordinary buffer) instead of receiving or sending its bytes. */
 int vgpu_in_place(const vgpu_api *api, const void *address, size_t size);
+/* Mark the array at `address` (`size` bytes) in this thread's next requests as copied by the
+ * process itself, through its mapping of the allocation with `serial` (0 ends it): the request
+ * names the serial instead of carrying the bytes. */
+void vgpu_set_client_copy(const void *address, size_t size, uint64_t serial);
+/* The serial an array of the thread's request is marked with (vgpu_set_client_copy), or 0. */
+uint64_t vgpu_client_copy_serial(const void *address, size_t size);
+/* vgpud's process id as this process sees it (from this thread's connection), or 0. */
+int vgpu_daemon_pid(vgpu_api *api);
 /* Queue one request without waiting for an answer (vgpud keeps the first error for the next
  * synchronising call).  Posts wait in the thread's connection and travel together: before
  * any call of any thread, when a batch fills, at thread and process exit; so they stay

@@ -125,8 +125,15 @@ def _per_thread_forward(api: Api, function: Function) -> str:
 def _chunked_stub(api: Api, function: Function, prefix: str, params_c: str, chunked: dict[str, Any]) -> str:
     """An export that sends a large transfer as pieces of VGPU_BULK_CHUNK bytes, advancing
     its addresses (integers or pointers) piece by piece; the first failure ends it."""
-    lines = [f"VGPU_EXPORT {c_decl(function.returns, function.name)}({params_c}) {{",
-             f"    size_t vgpu_total = {chunked['count']}, vgpu_done = 0;",
+    lines = [f"VGPU_EXPORT {c_decl(function.returns, function.name)}({params_c}) {{"]
+    mine = api.annotations.get("client_copies", {}).get(function.name)
+    if mine:  # the library may copy it itself, through its mapping of the device memory
+        whole = ", ".join(f"(void *)&{p.name}" for p in function.params)
+        lines += [f"    void *const vgpu_whole[] = {{{whole}}};",
+                  f"    int vgpu_mine = {prefix}_client_copy(&{prefix}_fn_{function.name}, vgpu_whole, {mine['device']}, "
+                  f"(void *){mine['host']}, {chunked['count']}, {int(mine['to_device'])});",
+                  f"    if (vgpu_mine >= 0) return ({c_decl(function.returns)})vgpu_mine;"]
+    lines += [f"    size_t vgpu_total = {chunked['count']}, vgpu_done = 0;",
              "    for (;;) {",
              "        size_t vgpu_step = vgpu_total - vgpu_done < VGPU_BULK_CHUNK ? vgpu_total - vgpu_done : VGPU_BULK_CHUNK;"]
     names = []

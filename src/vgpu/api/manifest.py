@@ -288,6 +288,7 @@ def _check_annotations(api: str, notes: dict[str, Any], functions: dict[str, dic
         unknown += [f"{table}: {n}" for n in notes.get(table, []) if n not in functions]
     unknown += [f"blocking: {n}" for n in notes.get("blocking", {}) if n not in functions]
     unknown += [f"chunked: {n}" for n in notes.get("chunked", {}) if n not in functions]
+    unknown += [f"client_copies: {n}" for n in notes.get("client_copies", {}) if n not in notes.get("chunked", {})]
     unknown += [f"refused_by_real_drivers: {n}" for group in notes.get("refused_by_real_drivers", [])
                 for n in group["functions"] if n not in functions]
     for table in ("buffers", "arrays", "arrays_out", "retype", "optional", "as_value", "handle_arrays",

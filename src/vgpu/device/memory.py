@@ -41,6 +41,9 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 MAP_FAILED = ctypes.c_void_p(-1).value
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+FALLOC_FL_KEEP_SIZE = 0x1
+FALLOC_FL_PUNCH_HOLE = 0x2
 
 
 class OutOfBacking(MemoryError):
@@ -72,6 +75,9 @@ class Store:
         self.address = address
         self.view = memoryview((ctypes.c_char * self.size).from_address(address)).cast("B")
         self.serial = next(Store._serials)
+        #: a client process maps the memfd too (its own host-device copies): on close the
+        #: pages are given back at once, not when the client's mapping goes
+        self.client_mapped = False
         self._lock = threading.Lock()
 
     def zero(self, offset: int, length: int) -> None:
@@ -104,6 +110,8 @@ class Store:
                 return
             self.view.release()
             _libc.munmap(self.address, self.size)
+            if self.client_mapped:
+                _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, self.size)
             os.close(self.fd)
             self.fd = -1
 
@@ -306,6 +314,19 @@ class DeviceMemory:
                     address + max(length, 1) > allocation.end:
                 raise InvalidAddress(f"[0x{address:x}, +{length}) is outside this process's allocations")
             return allocation
+
+    def client_store(self, owner: int, address: int, length: int = 1) -> tuple[Store, int] | None:
+        """The store of the caller's allocation holding [address, address + length), and the
+        device address of the store's first byte, for the client to map and copy through;
+        None where it may not (outside its allocations, or a VMM mapping)."""
+        with self._lock:
+            if self.mapping_at(address) is not None:
+                return None
+            try:
+                allocation = self.find(owner, address, length)
+            except InvalidAddress:
+                return None
+            return self._stores[allocation.address], allocation.address
 
     def owns(self, address: int) -> bool:
         with self._lock:

@@ -20,6 +20,7 @@ from vgpu.device.gpu import Gpu, OutOfMemory
 from vgpu.device.gpuset import parse_pci_bus_id
 from vgpu.device.memory import Allocation, InvalidAddress, LegacyWindowFull, OutOfBacking
 from vgpu.compute.executor import Executor
+from vgpu.server.cuda_client_copies import ClientCopies
 from vgpu.server.cuda_compute import KernelCompute
 from vgpu.server.cuda_extras import ContextEvents, ManagedBatches
 from vgpu.server.cuda_graphs import Graph, GraphExec, GraphNode, Graphs
@@ -32,7 +33,7 @@ from vgpu.server.cuda_modules import GREEN_CONTEXT, FunctionRef, LoadedModule, M
 from vgpu.server.cuda_vmm import VirtualMemory
 from vgpu.server.dispatch import Caller, implemented
 from vgpu.server.state import DaemonState, Session
-from vgpu.wire.codec import Buffer
+from vgpu.wire.codec import Buffer, ClientCopy
 
 API = load("cuda")
 C = API.constants
@@ -206,7 +207,7 @@ class CudaApi:
 
 class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServing, InterprocessSharing,
                   StreamMemoryOperations, MemoryPools, LegacyNames, ContextEvents,
-                  ManagedBatches, SharedMemory):
+                  ManagedBatches, SharedMemory, ClientCopies):
     """The CUDA driver functions vgpud serves from the simulated GPUs."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -236,6 +237,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._init_memops()
         self._init_pools()
         self._init_sharing()
+        self._init_client_copies()
         state.on_detach.append(self._forget)
 
     def device_count(self, session: Session) -> int:
@@ -743,6 +745,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
                              hStream: Stream | None = None) -> int:
         if srcHost is None:
             return INVALID_VALUE
+        if isinstance(srcHost, ClientCopy):
+            return self._client_copy(c, hStream, dstDevice, srcHost)
         if self.capturing(hStream) is not None and not isinstance(srcHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
         if not isinstance(srcHost, memoryview) and self._held(hStream) is not None:
@@ -754,6 +758,8 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
                              hStream: Stream | None = None) -> int:
         if dstHost is None:
             return INVALID_VALUE
+        if isinstance(dstHost, ClientCopy):
+            return self._client_copy(c, hStream, srcDevice, dstHost)
         if self.capturing(hStream) is not None and not isinstance(dstHost, memoryview):
             return self._invalidate(self.capturing(hStream))  # only page-locked memory can be captured
         if not isinstance(dstHost, memoryview) and self._held(hStream) is not None:

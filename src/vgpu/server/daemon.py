@@ -590,6 +590,9 @@ class Daemon:
                 except ValueError:
                     session.windows.direct = False
             capabilities |= protocol.CAP_DIRECT_MEMORY if session.windows.direct else 0
+        if session is not None and conn.peer is None and protocol.OP_MAP_MEMORY in self.private_ops \
+                and not session.peer:
+            capabilities |= protocol.CAP_CLIENT_COPIES
         text = message.encode()
         reply = protocol.HELLO_REPLY.pack(status, session.id if session else 0,
                                           session.connections if session else 0, len(bitmap), capabilities)

@@ -6,6 +6,8 @@ u8 present, then the object's bytes (IN, INOUT).  BUFFER: u8 present, u32
 capacity.  ARRAY, ARRAY_IN: u8 present, u32 count, the elements.  ARRAY_OUT: u8 present,
 u32 count.  An ARRAY_IN or ARRAY_OUT inside a shared-memory window has present = 2,
 u32 count and its u64 address instead (vgpu.server.windows); its reply is the count alone.
+One the client copies itself through its mapping of the device memory has present = 4, u32
+count, u64 address and the u64 serial of the allocation it mapped (a ClientCopy).
 Reply: i32 return code, then for each present INOUT the object, for each
 HANDLE_OUT a u64 id, for each BUFFER u32 length and bytes, for each ARRAY and
 ARRAY_OUT u32 count and elements.  An API whose calls carry the caller's current context
@@ -33,12 +35,27 @@ NULL_STRING = 0xFFFFFFFF
 SHARED = b"\x02"
 #: the presence byte of an array vgpud reads or writes in the client's memory directly
 DIRECT = b"\x03"
+#: the presence byte of an array the client copies itself, through its mapping of the device
+#: memory (u32 count, u64 address, u64 the allocation's serial): vgpud only confirms the copy
+CLIENT = b"\x04"
 #: the largest output array a request may ask for: its reply must fit in a frame
 MAX_ARRAY_BYTES = MAX_PAYLOAD - 4096
 #: arrays from this many bytes on are not copied on their way through vgpud: an input is read
 #: where its frame holds it, an output is filled in a buffer the thread reuses and sent from
 #: there (Pieces)
 LARGE_ARRAY = 1 << 20
+
+
+@dataclass(frozen=True)
+class ClientCopy:
+    """An array the client copies itself between its memory and its mapping of an allocation:
+    ``size`` bytes, into or out of the allocation whose serial is ``serial``."""
+
+    size: int
+    serial: int
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class Pieces(list):
@@ -182,6 +199,10 @@ class FunctionCodec:
             elif kind is Kind.CSTRING:
                 length = reader.unpack(U32)
                 args.append(None if length == NULL_STRING else bytes(reader.take(length)))
+            elif kind in (Kind.ARRAY_IN, Kind.ARRAY_OUT) and payload[reader.pos:reader.pos + 1] == CLIENT:
+                reader.pos += 1
+                count, _, serial = reader.unpack(U32), reader.unpack(U64), reader.unpack(U64)
+                args.append(ClientCopy(count * ctypes.sizeof(ctype), serial))
             elif kind in (Kind.ARRAY_IN, Kind.ARRAY_OUT) and payload[reader.pos:reader.pos + 1] in (SHARED, DIRECT):
                 direct = payload[reader.pos:reader.pos + 1] == DIRECT
                 reader.pos += 1
@@ -244,6 +265,8 @@ class FunctionCodec:
             elif kind is Kind.BUFFER:
                 data = b"" if arg.value is None or not arg.capacity else arg.value[: arg.capacity - 1] + b"\0"
                 out.append(U32.pack(len(data)) + data)
+            elif kind is Kind.ARRAY_OUT and isinstance(arg, ClientCopy):
+                out.append(U32.pack(arg.size // ctypes.sizeof(self.types[index])))  # the client copies
             elif kind is Kind.ARRAY_OUT and (isinstance(arg, memoryview) or hasattr(arg, "copy_from")):
                 out.append(U32.pack(len(arg) // ctypes.sizeof(self.types[index])))  # written in place
             elif kind in (Kind.ARRAY, Kind.ARRAY_OUT):

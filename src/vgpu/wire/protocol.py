@@ -38,6 +38,8 @@ OP_MODULE = 0x0006    # CUDA: load a code image (vgpu.server.cuda_modules.load_m
 OP_LAUNCH = 0x0007    # CUDA: a kernel launch, sent without waiting (cuda_modules.launch has the layout)
 OP_NOTICE = 0x0008    # vgpud to a client, unasked (sequence 0): u32 kind, then its data; a client skips it
                       # wherever it reads a reply
+OP_MAP_MEMORY = 0x0009  # CUDA: which memfd of vgpud's holds a device address, for the client to map
+                        # (MAP_MEMORY_REQUEST, MAP_MEMORY_REPLY)
 
 #: where the CUDA library places page-locked and managed host memory it makes (memfd windows
 #: vgpud maps too): one range above every device address, which the kernel worker maps at the
@@ -72,6 +74,17 @@ HELLO_REPLY = struct.Struct("<iQIII")
 CAP_DIRECT_MEMORY = 0x1
 #: below this many bytes, data travels in the frame even when vgpud could reach it
 DIRECT_MIN = 64 << 10
+#: capability: the client copies between host and device memory itself, through its own
+#: mapping of the allocation's memfd (OP_MAP_MEMORY; the CUDA simulator, local clients)
+CAP_CLIENT_COPIES = 0x2
+#: MAP_MEMORY request: a device address; reply: errno (0 ok), the memfd's descriptor number in
+#: vgpud (the client opens /proc/VGPUD/fd/N), its inode (checked once opened), the device
+#: address its first byte holds, its size, and the allocation's serial (named by each copy)
+MAP_MEMORY_REQUEST = struct.Struct("<Q")
+MAP_MEMORY_REPLY = struct.Struct("<iiQQQQ")
+#: what a copy made by the client answers when vgpud cannot confirm it (the allocation is not
+#: the one mapped, or the copy must wait behind other work): the client sends the data instead
+CLIENT_COPY_REFUSED = 0x7647_0001
 
 #: Published answers (vgpu.server.published): a file of fixed slots, each a seqlock-guarded
 #: (key, answer) pair with the time it was computed.
@@ -204,7 +217,7 @@ def c_header() -> str:
              f'#define VGPU_SOCKET_ENV "{SOCKET_ENV}"',
              f'#define VGPU_SYSTEM_SOCKET "{SYSTEM_SOCKET}"']
     for name, value in sorted(globals().items()):
-        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_", "NOTICE_", "HOST_WINDOWS_")) \
+        if name.startswith(("FLAG_", "OP_", "HELLO_", "CAP_", "DIRECT_", "NOTICE_", "HOST_WINDOWS_", "CLIENT_")) \
                 and isinstance(value, int):
             lines.append(f"#define VGPU_{name} {value}")
     for name in ("PUBLISHED_HEADER_SIZE", "PUBLISHED_SLOTS", "PUBLISHED_KEY_MAX", "PUBLISHED_SLOT_SIZE",
@@ -214,4 +227,5 @@ def c_header() -> str:
     lines.append(f"#define VGPU_HELLO_REQUEST_SIZE {HELLO_REQUEST.size}")
     lines.append(f"#define VGPU_SHARE_REQUEST_SIZE {SHARE_REQUEST.size}")
     lines.append(f"#define VGPU_HELLO_REPLY_SIZE {HELLO_REPLY.size}")
+    lines.append(f"#define VGPU_MAP_MEMORY_REPLY_SIZE {MAP_MEMORY_REPLY.size}")
     return "\n".join(lines) + "\n"
