@@ -70,6 +70,7 @@ def lower_kernel(ptx: Module, name: str) -> tuple[ir.Module, KernelFacts]:
     unit.lower_function = lower_function
     warp = FunctionLowering(unit, kernel, "warp")
     warp.lower()
+    warp.fn.attributes.add("alwaysinline")  # called from the entry's CTA loop alone
     _entry(module, warp, layout)
     offsets, size = param_layout(kernel.params)
     facts = KernelFacts(
