@@ -21,7 +21,6 @@ import ctypes
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.compute.corpus_support import nvcc  # noqa: E402
+from harness import median_seconds  # noqa: E402
 
 #: the host threads the engine runs CTAs on (its default), and so the C reference's
 THREADS = len(os.sched_getaffinity(0))
@@ -62,14 +62,9 @@ def pointer(array: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(array.ctypes.data)
 
 
-def median_seconds(action: Callable[[], None], repeats: int) -> float:
+def warm_median_seconds(action: Callable[[], None], repeats: int) -> float:
     action()  # warm: compile, fault the pages in
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return median_seconds(action, repeats)
 
 
 def throughput(ptx: str, reference: ctypes.CDLL, repeats: int) -> dict:
@@ -81,8 +76,8 @@ def throughput(ptx: str, reference: ctypes.CDLL, repeats: int) -> dict:
 
     def compare(name: str, engine: Callable[[], np.ndarray], c: Callable[[], np.ndarray], exact: bool,
                 work: str, reset: Callable[[], None] = lambda: None) -> None:
-        engine_seconds = median_seconds(engine, repeats)
-        c_seconds = median_seconds(c, repeats)
+        engine_seconds = warm_median_seconds(engine, repeats)
+        c_seconds = warm_median_seconds(c, repeats)
         reset()  # both sides start again from the same inputs for the comparison
         got, want = engine(), c()
         agree = bool(np.array_equal(got, want) if exact else np.allclose(got, want, rtol=1e-4, atol=1e-4))

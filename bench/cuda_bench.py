@@ -17,13 +17,11 @@ import argparse
 import ctypes
 import json
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from harness import pinned_vgpud, socket_floor
+from harness import median_seconds, pinned_vgpud, socket_floor
 
 from vgpu import launcher
 
@@ -33,15 +31,6 @@ COUNT_PROGRAM = r"""
 #include <cuda_runtime.h>
 int main() { int n = 0; cudaGetDeviceCount(&n); printf("%d\n", n); return n == 8 ? 0 : 1; }
 """
-
-
-def median_seconds(action, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def check(rc: int, what: str) -> None:

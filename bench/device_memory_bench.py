@@ -11,23 +11,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import statistics
-import time
 
-from harness import pin_client
+from harness import median_seconds, pin_client
 
 from vgpu.device.memory import DeviceMemory
 
 SIZES = {"64MiB": 64 << 20, "1GiB": 1 << 30}
-
-
-def median_seconds(action, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> None:

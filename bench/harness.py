@@ -35,6 +35,16 @@ while True:
 CPUS = sorted(os.sched_getaffinity(0))
 
 
+def median_seconds(action, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``action``."""
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
 def pin_client(pid: int = 0) -> None:
     """The benchmark (or ``pid``) on the first CPU, before any server starts; servers on the
     second (pin_server).  Left to the scheduler, client and server drift between sharing a

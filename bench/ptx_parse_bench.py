@@ -23,8 +23,7 @@ from elftools.elf.elffile import ELFFile
 
 from vgpu.compute.lower.layout import param_layout
 from vgpu.compute.ptx.parser import PtxSyntaxError, parse
-from vgpu.compute.ptx.syntax import (Address, BracketList, CallTargets, Function, Instruction, Label, Negated,
-                                     PredicatePair, Register, RegisterDecl, Symbol, Variable, VectorOperand)
+from vgpu.compute.ptx.syntax import Function, Instruction, Label, RegisterDecl, Symbol, Variable, registers_in
 from vgpu.images.ptx import read_ptx
 from vgpu.images.fatbin import ENTRY, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, HEADER, KIND_PTX, _payload, \
     is_fatbin
@@ -62,20 +61,6 @@ SPECIAL = ("%tid", "%ntid", "%ctaid", "%nctaid", "%laneid", "%warpid", "%nwarpid
            "%cluster", "%is_explicit_cluster", "%aggr_smem_size", "%reserved_smem", "%current_graph_exec", "WARP_SZ")
 
 
-def _registers(operand: object) -> list[Register]:
-    if isinstance(operand, Register):
-        return [operand]
-    if isinstance(operand, Negated):
-        return [operand.register]
-    if isinstance(operand, PredicatePair):
-        return [operand.first] + ([operand.second] if operand.second else [])
-    if isinstance(operand, Address) and isinstance(operand.base, Register):
-        return [operand.base]
-    if isinstance(operand, (VectorOperand, BracketList)):
-        return [r for e in operand.elements if e is not None for r in _registers(e)]
-    if isinstance(operand, CallTargets):
-        return _registers(operand.callee) + [r for a in operand.arguments for r in _registers(a)]
-    return []
 
 
 def unresolved(function: Function) -> str | None:
@@ -86,7 +71,7 @@ def unresolved(function: Function) -> str | None:
     labels = {s.name for s in body if isinstance(s, Label)}
     params = {s.name for s in body if isinstance(s, Variable) and s.space == "param"}
     for ins in (s for s in body if isinstance(s, Instruction)):
-        uses = [r for op in ins.operands for r in _registers(op)] + ([ins.guard.register] if ins.guard else [])
+        uses = [r for op in ins.operands for r in registers_in(op)] + ([ins.guard.register] if ins.guard else [])
         for register in uses:
             if register.name not in registers and register.name.split(".")[0] not in registers \
                     and not register.name.startswith(SPECIAL):

@@ -19,7 +19,7 @@ from vgpu.compute.lower.layout import param_layout
 from vgpu.compute.ptx.parser import PtxSyntaxError, parse
 from vgpu.compute.ptx.syntax import (Address, BracketList, BranchTargets, CallPrototype, CallTargets, Function,
                                      Guard, Immediate, Instruction, Label, Module, Negated, Pragma, PredicatePair,
-                                     Register, RegisterDecl, Symbol, Variable, VectorOperand)
+                                     Register, RegisterDecl, Symbol, Variable, VectorOperand, registers_in)
 from vgpu.images.ptx import read_ptx
 
 NVCC = "/usr/local/cuda-13.0/bin/nvcc"
@@ -54,20 +54,6 @@ def instructions(function: Function, opcode: str | None = None) -> list[Instruct
     return [s for s in function.body if isinstance(s, Instruction) and (opcode is None or s.opcode == opcode)]
 
 
-def registers_of(operand: object) -> list[Register]:
-    if isinstance(operand, Register):
-        return [operand]
-    if isinstance(operand, Negated):
-        return [operand.register]
-    if isinstance(operand, PredicatePair):
-        return [operand.first] + ([operand.second] if operand.second else [])
-    if isinstance(operand, Address) and isinstance(operand.base, Register):
-        return [operand.base]
-    if isinstance(operand, (VectorOperand, BracketList)):
-        return [r for e in operand.elements if e is not None for r in registers_of(e)]
-    if isinstance(operand, CallTargets):
-        return registers_of(operand.callee) + [r for a in operand.arguments for r in registers_of(a)]
-    return []
 
 
 def symbols_of(operand: object) -> list[str]:
@@ -100,7 +86,7 @@ def check_consistent(module: Module) -> None:
             assert set(table.labels) <= labels
         for ins in instructions(function):
             assert ins.line > 0 and ins.opcode.isidentifier()
-            uses = [r for op in ins.operands for r in registers_of(op)]
+            uses = [r for op in ins.operands for r in registers_in(op)]
             if ins.guard is not None:
                 assert isinstance(ins.guard, Guard)
                 uses.append(ins.guard.register)
@@ -245,7 +231,7 @@ def test_warp_collectives_atomics_half_and_inline_asm(compiled, arch):
     declared_plain = {n.split("$")[0] for n in scoped}
     assert {"p", "t"} <= declared_plain
     for ins in instructions(kernel):  # no use of an unrenamed block-local name survives
-        for register in (r for op in ins.operands for r in registers_of(op)):
+        for register in (r for op in ins.operands for r in registers_in(op)):
             assert register.name not in declared_plain
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vgpu.compute.ptx.syntax import (Address, BranchTargets, CallTargets, Function, Instruction, Label,
-                                     Negated, PredicatePair, Register, VectorOperand)
+from vgpu.compute.ptx.syntax import (Address, BranchTargets, Function, Instruction, Label, PredicatePair, Register,
+                                     VectorOperand, registers_in)
 
 #: opcodes whose first operand is never a destination register
 NO_DESTINATION = frozenset({"st", "red", "bar", "barrier", "bra", "brx", "call", "ret", "exit", "trap",
@@ -99,24 +99,9 @@ def sources(ins: Instruction) -> list[Register]:
     found: list[Register] = []
     skip = 0 if ins.opcode in NO_DESTINATION else 1
 
-    def visit(operand: object) -> None:
-        if isinstance(operand, Register):
-            found.append(operand)
-        elif isinstance(operand, Negated):
-            found.append(operand.register)
-        elif isinstance(operand, Address) and isinstance(operand.base, Register):
-            found.append(operand.base)
-        elif isinstance(operand, VectorOperand):
-            for element in operand.elements:
-                visit(element)
-        elif isinstance(operand, CallTargets):
-            visit(operand.callee)
-            for argument in operand.arguments:
-                visit(argument)
-
     for position, operand in enumerate(ins.operands):
         if position >= skip or isinstance(operand, Address):
-            visit(operand)
+            found.extend(registers_in(operand))
     if ins.guard is not None:
         found.append(ins.guard.register)
     return found

@@ -100,6 +100,24 @@ Operand = Union[Register, Immediate, Symbol, Address, VectorOperand, Negated, Pr
                 CallTargets, LabelList, BracketList]
 
 
+def registers_in(operand: object) -> list[Register]:
+    """The registers an operand names, in order: itself, a negated predicate, a pair, an
+    address's base, a vector's or bracket list's elements, a call's callee and arguments."""
+    if isinstance(operand, Register):
+        return [operand]
+    if isinstance(operand, Negated):
+        return [operand.register]
+    if isinstance(operand, PredicatePair):
+        return [operand.first] + ([operand.second] if operand.second else [])
+    if isinstance(operand, Address) and isinstance(operand.base, Register):
+        return [operand.base]
+    if isinstance(operand, (VectorOperand, BracketList)):
+        return [r for e in operand.elements if e is not None for r in registers_in(e)]
+    if isinstance(operand, CallTargets):
+        return registers_in(operand.callee) + [r for a in operand.arguments for r in registers_in(a)]
+    return []
+
+
 @dataclass(frozen=True)
 class Guard:
     """``@%p`` or ``@!%p`` before an instruction."""
