@@ -42,12 +42,12 @@ module = ok(cu.cuModuleLoadData(open(sys.argv[1], "rb").read()))
 fn = lambda name: ok(cu.cuModuleGetFunction(module, name.encode()))
 buf = ok(cu.cuMemAlloc(4096))
 stream = ok(cu.cuStreamCreate(0))
-def launch(name, grid, block, *args):
+def launch(name, grid, block, *args, on=None):
     types = [ctypes.c_longlong if isinstance(a, int) and a > 2**31 else ctypes.c_int if isinstance(a, int)
              else ctypes.c_void_p for a in args]
     values = [t(int(a)) for t, a in zip(types, args)]
     pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    return code(cu.cuLaunchKernel(fn(name), grid, 1, 1, block, 1, 1, 0, stream, ctypes.addressof(pointers), 0))
+    return code(cu.cuLaunchKernel(fn(name), grid, 1, 1, block, 1, 1, 0, on or stream, ctypes.addressof(pointers), 0))
 def read(n):
     host = (ctypes.c_int * n)()
     rc = code(cu.cuMemcpyDtoH(ctypes.addressof(host), buf, 4 * n))
@@ -79,6 +79,23 @@ for step in sys.argv[2:]:
         launch("add_one", 4, 256, int(ok(cu.cuMemHostGetDevicePointer(pinned, 0))))
         out["sync"] = code(cu.cuStreamSynchronize(stream))
         out["host"] = [sorted(set(view)) for view in views]
+    elif step == "held":  # a kernel behind a stream memory wait computes once the wait is met
+        flag, copy = ok(cu.cuMemAlloc(4)), ok(cu.cuMemAlloc(4096))
+        ok(cu.cuMemsetD32(flag, 0, 1))
+        ok(cu.cuMemsetD32(buf, 5, 1024))
+        held, other = ok(cu.cuStreamCreate(1)), ok(cu.cuStreamCreate(1))  # non-blocking: the legacy stream goes on
+        ok(cu.cuStreamWaitValue32(held, flag, 1, 0))  # until *flag >= 1
+        out["launch"] = launch("add_one", 4, 256, int(buf), on=held)
+        ok(cu.cuMemcpyDtoDAsync(copy, buf, 4096, held))  # kept behind the kernel
+        ok(cu.cuMemsetD32(buf, 10, 1024))  # what the kernel must see: the memory when the wait is met
+        out["query"] = code(cu.cuStreamQuery(held))
+        ok(cu.cuStreamWriteValue32(other, flag, 1, 0))
+        out["sync"] = code(cu.cuStreamSynchronize(held))
+        values = (ctypes.c_int * 1024)()
+        ok(cu.cuMemcpyDtoH(ctypes.addressof(values), copy, 4096))
+        out["copy"] = sorted(set(values))
+        rc, values = read(1024)
+        out["buf"] = [rc, sorted(set(values))]
     elif step == "fail":
         out["launch"] = launch("fail", 1, 32, int(buf))
         out["sync"] = code(cu.cuCtxSynchronize())
@@ -149,6 +166,15 @@ def test_a_long_kernel_is_waited_for_and_queries_say_not_ready(vgpud, ptx):
     assert out["query"] == 600  # CUDA_ERROR_NOT_READY
     assert out["sync"] == 0 and out["waited"] > 0.7
     assert out["spin"] == [0, list(range(1, 33))]
+
+
+def test_a_kernel_behind_a_stream_memory_wait_computes_when_the_wait_is_met(vgpud, ptx):
+    """cuStreamWaitValue32 holds a stream: a kernel launched behind it runs once another
+    stream's write meets the condition, on the memory as it is then (the host rewrote it
+    meanwhile), and the copy behind the kernel sees the kernel's results."""
+    simulator_only(vgpud)
+    out = _run(vgpud, ptx, "held")
+    assert out == {"launch": 0, "query": 600, "sync": 0, "copy": [11], "buf": [0, [11]]}
 
 
 def test_a_trap_is_sticky_for_the_process(vgpud, ptx):

@@ -8,7 +8,10 @@ hold yet holds the stream: its later copies, memsets, memory operations, event r
 event waits are kept, in order, and done the moment a write (a stream write, a copy or a
 memset, by any process of this vgpud, into device memory or memory opened through IPC)
 makes the condition true.  Events recorded behind a hold read as not ready, and a stream
-that waits for such an event is held until it is recorded.
+that waits for such an event is held until it is recorded.  Kernel launches are kept too, and
+compute when they are released, on the memory as it is then; the stream's work kept after
+such a kernel waits, held again, until the kernel has ended (vgpud's other requests of the
+process wait for it anyway).
 
 Page-locked and managed memory can hold the waited values too (vgpu.server.cuda_hostmem); as
 vgpud does not see the host write into them, conditions are checked again whenever a
@@ -18,8 +21,7 @@ vgpud never blocks on a hold.  A call that has to wait for held work (cuStreamSy
 cuCtxSynchronize, cuEventSynchronize, a synchronous copy, a copy into pageable host memory)
 answers CUDA_ERROR_TIMEOUT at once, and vgpud logs which wait holds the stream: a real GPU
 would wait, for ever if nothing is left to satisfy the condition.  cuStreamQuery and
-cuEventQuery answer CUDA_ERROR_NOT_READY.  Not held: kernel launches (their work is recorded,
-not computed, so holding them changes no contents), host functions and graph launches.
+cuEventQuery answer CUDA_ERROR_NOT_READY.  Not held: host functions and graph launches.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ class StreamMemoryOperations:
             return self._refuse_held(hold)
         hold.work.append(work)
         return SUCCESS
+
+    def _hold_behind_kernel(self, c: Caller, stream: Any) -> None:
+        """While a kernel of the process computes, hold ``stream`` (if nothing holds it yet):
+        its kept work goes on once the kernel has ended (see CudaService's kernel end)."""
+        if self._held(stream) is None and c.session.computing:
+            session = c.session
+            self.holds[id(stream)] = Hold(stream, c, lambda: not session.computing,
+                                          "a kernel of the process that still computes")
 
     @staticmethod
     def _refuse_held(hold: Hold) -> int:

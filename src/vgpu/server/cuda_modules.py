@@ -522,7 +522,7 @@ class ModuleServing:
                 stream, C["CU_GRAPH_NODE_TYPE_KERNEL"],
                 self._replay_of(C["CU_GRAPH_NODE_TYPE_KERNEL"], kernel), signature, kernel))
         rc = self._run_kernel(c, stream, *kernel)
-        if rc == SUCCESS and not session.computing:
+        if rc == SUCCESS and not session.computing and self._held(stream) is None:
             # nothing to run (not computed, or nothing to see): the next launch with the same
             # head takes the quick way (launch)
             self._launch_cache[(session.id, bytes(payload[:self.LAUNCH.size]))] = (
@@ -542,6 +542,12 @@ class ModuleServing:
             return rc
         if ref.module.home is not None and stream.gpu.index != ref.module.home:
             return C["CUDA_ERROR_INVALID_CONTEXT"]
+        if self._held(stream) is not None or (self._releasing and c.session.computing):
+            # behind a stream memory wait (cuda_memops), or released from one while another
+            # kernel of the process computes: it runs, on the memory as it is then, in its turn
+            self._hold_behind_kernel(c, stream)
+            return self._hold_work(c, stream, lambda: self._run_kernel(c, stream, ref, grid, block, shared, args,
+                                                                       flags, graph))
         green_sms = (c.context >> GREEN_SM_SHIFT) & 0xFFF if c.context & GREEN_CONTEXT else None
         seconds = launch_seconds(function, grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2], shared,
                                  green_sms)
@@ -551,6 +557,8 @@ class ModuleServing:
         session = c.session
         outcome = self._compute(c, stream.gpu, ref, grid, block, shared, args, bool(flags & self.LAUNCH_COOPERATIVE))
         self._last_outcome = outcome
+        if self._releasing and session.computing:  # the stream's work kept after it waits for it
+            self._hold_behind_kernel(c, stream)
         self.state.launches.add((session.pid, session.id, time.time(), stream.gpu.index, ref.name, grid, block,
                                  shared, stream.id, args, start, seconds, bool(flags & self.LAUNCH_COOPERATIVE),
                                  graph, outcome))

@@ -159,6 +159,12 @@ class CudaApi:
     NOT_SUPPORTED = C["CUDA_ERROR_NOT_SUPPORTED"]
     INTERNAL_ERROR = C["CUDA_ERROR_UNKNOWN"]
 
+    def _kernel_ended(self, session: Session, job: object) -> None:
+        """On the selector thread: the process goes on (its waiting requests run), and so does
+        the stream work kept behind the kernel (cuda_memops)."""
+        self.state.kernel_ended(session, job)
+        self._release_ready()
+
     def device_count(self, session: Session) -> int:
         raise NotImplementedError
 
@@ -229,7 +235,7 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self.executors: dict[int, Executor] = {}
         self._executors_lock = threading.Lock()
         self.compute = KernelCompute(state.compute, self._executor, lambda session, job: state.loop_calls.post(
-            lambda: state.kernel_ended(session, job)))
+            lambda: self._kernel_ended(session, job)))
         self._init_modules()
         self._init_vmm()
         self._init_graphs()
@@ -239,6 +245,12 @@ class CudaService(CudaApi, ModuleServing, VirtualMemory, Graphs, HostMemoryServi
         self._init_sharing()
         self._init_client_copies()
         state.on_detach.append(self._forget)
+
+    def _kernel_ended(self, session: Session, job: object) -> None:
+        """On the selector thread: the process goes on (its waiting requests run), and so does
+        the stream work kept behind the kernel (cuda_memops)."""
+        self.state.kernel_ended(session, job)
+        self._release_ready()
 
     def device_count(self, session: Session) -> int:
         return len(self._visible(Caller(session, 0)))
