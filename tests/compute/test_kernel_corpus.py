@@ -1011,3 +1011,21 @@ def test_cooperative_grid_sync(corpus, blocks, block):
     want = 2 * (n - 1 - np.arange(n)) + 1
     assert_equal(out, want, "values written by other CTAs before the grid barrier")
     assert total[0] == want.sum()
+
+
+def test_barrier_votes(corpus):
+    """__syncthreads_count, _and and _or (bar.red): every thread gets the CTA's answer, round
+    after round of a loop the answers end."""
+    rng = np.random.default_rng(61)
+    blocks = 6
+    x = rng.integers(0, 9, blocks * 256).astype(np.int32)
+    x[256:512] = 5  # a CTA whose threads all agree
+    out = np.zeros(3 * blocks * 256, np.int32)
+    corpus("reduce").kernel("barrier_votes").launch(grid=(blocks,), block=(256,), args=[x, out])
+    want = []
+    for cta in x.reshape(blocks, 256):
+        rounds = int(cta.max()) + 1  # the loop ends after the first round nobody's value exceeds
+        count = sum(int((cta > r).sum()) for r in range(rounds))
+        every = sum(int((cta > r).all()) for r in range(rounds))
+        want += [count, every, rounds] * 256
+    assert_equal(out, np.array(want), "barrier_votes")

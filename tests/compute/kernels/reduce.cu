@@ -77,3 +77,20 @@ extern "C" __global__ void block_scan_i32(const int *x, int *out) {
   }
   out[blockIdx.x * BLOCK + t] = buffer[t];
 }
+
+// __syncthreads_count/_and/_or (bar.red), in a loop whose rounds each thread's answer decides
+extern "C" __global__ void barrier_votes(const int *x, int *out) {
+  int t = threadIdx.x;
+  int value = x[blockIdx.x * BLOCK + t];
+  int count = 0, all = 0, any = 0, rounds = 0;
+#pragma unroll 1
+  do {
+    count += __syncthreads_count(value > rounds);
+    all += __syncthreads_and(value > rounds);
+    any = __syncthreads_or(value > rounds);
+    ++rounds;
+  } while (any);
+  out[3 * (blockIdx.x * BLOCK + t)] = count;
+  out[3 * (blockIdx.x * BLOCK + t) + 1] = all;
+  out[3 * (blockIdx.x * BLOCK + t) + 2] = rounds;
+}

@@ -17,13 +17,56 @@ TRAP = 715
 LAUNCH_FAILED = 719
 
 
+#: bytes before a CTA's warp frames for what all its warps share: the lanes a ``bar.red``
+#: counted with its predicate true and false (BARRIER_COUNTS words), then the totals of the
+#: last barrier, which the warps read on resuming (the CTA loop moves them at each release)
+CTA_WORDS = 128
+BARRIER_COUNTS = 2
+
+
 def barrier(fl, ins: Instruction, lanes: ir.Value) -> None:
-    """Checks what a CTA barrier asks for; the waiting itself is the warp function's."""
-    reduction = ins.has("red")
-    if reduction or ins.has("arrive"):
-        raise Unsupported(f"{ins.opcode}.{'.'.join(ins.modifiers)} (barrier reductions and arrivals)")
-    if len(ins.operands) > 1:
+    """What a CTA barrier does before its warp waits: ``bar.red`` adds its lanes' predicates to
+    the CTA's counts (the warps of a CTA run on one host thread: no atomics needed)."""
+    if ins.has("arrive"):
+        raise Unsupported(f"{ins.opcode}.{'.'.join(ins.modifiers)} (barrier arrivals)")
+    expected = 3 if ins.has("red") else 1
+    if len(ins.operands) > expected:
         raise Unsupported(f"{ins.opcode} with a thread count (named barriers for part of a CTA)")
+    if not ins.has("red"):
+        return
+    b = fl.b
+    predicate = fl.read(ins.operands[2], "pred")
+    words = _cta_words(fl)
+    for word, chosen in enumerate((b.and_(lanes, predicate), b.and_(lanes, b.not_(predicate)))):
+        count = fl.lanes.intrinsic("llvm.ctpop", I32, [b.bitcast(chosen, I32)])
+        slot = b.gep(words, [ir.Constant(I64, 4 * word)], source_etype=I8)
+        b.store(b.add(b.load(slot, typ=I32), count), slot)
+
+
+def barrier_result(fl, ins: Instruction) -> None:
+    """On resuming after ``bar.red``: its result from the CTA's totals, in the waiting lanes."""
+    b = fl.b
+    words = _cta_words(fl)
+    trues, falses = (b.load(b.gep(words, [ir.Constant(I64, 4 * (BARRIER_COUNTS + word))], source_etype=I8), typ=I32)
+                     for word in range(BARRIER_COUNTS))
+    if ins.has("popc"):
+        fl.write(ins.operands[0], "u32", fl.lanes.splat(trues), fl.mask)
+        return
+    if ins.has("and"):
+        value = b.icmp_unsigned("==", falses, ir.Constant(I32, 0))
+    elif ins.has("or"):
+        value = b.icmp_unsigned("!=", trues, ir.Constant(I32, 0))
+    else:
+        raise Unsupported(f"{ins.opcode}.{'.'.join(ins.modifiers)}")
+    fl.write(ins.operands[0], "pred", fl.lanes.splat(value), fl.mask)
+
+
+def _cta_words(fl) -> ir.Value:
+    """The CTA's shared words, just before warp 0's frame."""
+    b = fl.b
+    warp_bytes = b.mul(b.zext(fl.args["warp"], I64), ir.Constant(I64, fl.frame_size))
+    start = b.sub(b.sub(b.ptrtoint(fl.args["frame"], I64), warp_bytes), ir.Constant(I64, CTA_WORDS))
+    return b.inttoptr(start, PTR)
 
 
 def _thread_linear(fl, lane: ir.Value) -> ir.Value:

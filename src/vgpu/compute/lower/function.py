@@ -217,6 +217,12 @@ class FunctionLowering:
         b.position_at_end(self.ir_blocks[block.index])
         self.mask = self.mask_phis[block.index]
         self.alone = self.alone_phis[block.index]
+        before = self.blocks[block.index - 1].last if block.index else None
+        if before is not None and cfg.is_barrier(before) and before.has("red"):
+            from vgpu.compute.lower.control import barrier_result
+            if block.index in self.labels.values():
+                raise Unsupported(f"a branch to the instruction after {before.opcode}.red")
+            barrier_result(self, before)
         nxt = block.index + 1 if block.index + 1 < len(self.blocks) else EXIT
         for ins in block.instructions:
             if ins is block.last and cfg.ends_block(ins):

@@ -16,6 +16,7 @@ from llvmlite import ir
 
 from vgpu.compute.launch import PRINTF_ARGS_MAX
 from vgpu.compute.launch import offset as launch_offset
+from vgpu.compute.lower.control import BARRIER_COUNTS, CTA_WORDS
 from vgpu.compute.lower.function import AT_BARRIER, EXIT, WAIT, FunctionLowering, Unit
 from vgpu.compute.lower.lanes import I8, I32, I64, WARP
 from vgpu.compute.lower.layout import ModuleLayout, function_ids, local_frame, param_layout
@@ -102,13 +103,15 @@ def _entry(module: ir.Module, warp: FunctionLowering, layout: ModuleLayout) -> N
     stack = b.zext(field("stack_bytes", I32), I64)
     frames_room = b.mul(warps64, ir.Constant(I64, warp.frame_size))
     local_room = b.mul(warps64, b.mul(stack, ir.Constant(I64, WARP)))
-    total = b.add(b.add(b.add(shared_room, frames_room), local_room), ir.Constant(I64, 128 + PRINTF_ARGS_MAX))
+    total = b.add(b.add(b.add(shared_room, frames_room), local_room),
+                  ir.Constant(I64, 128 + CTA_WORDS + PRINTF_ARGS_MAX))
     scratch = b.call(malloc, [total])
     with b.if_then(b.icmp_unsigned("==", scratch, ir.Constant(PTR, None)), likely=False):
         b.ret(ir.Constant(I32, OUT_OF_MEMORY))
     base = b.and_(b.add(b.ptrtoint(scratch, I64), ir.Constant(I64, 127)), ir.Constant(I64, ~127))
     shared = b.inttoptr(base, PTR)
-    frames = b.add(base, shared_room)
+    cta_words = b.inttoptr(b.add(base, shared_room), PTR)  # the CTA's barrier reductions (control.py)
+    frames = b.add(b.add(base, shared_room), ir.Constant(I64, CTA_WORDS))
     locals_ = b.add(frames, frames_room)
     done = b.alloca(ir.ArrayType(I8, WARP))
     result = b.alloca(I32)
@@ -153,6 +156,9 @@ def _entry(module: ir.Module, warp: FunctionLowering, layout: ModuleLayout) -> N
         cy = b.urem(b.udiv(cta, grid[0]), grid[1])
         cx = b.urem(cta, grid[0])
 
+        for word in range(2 * BARRIER_COUNTS):
+            b.store(ir.Constant(I32, 0), b.gep(cta_words, [ir.Constant(I64, 4 * word)], source_etype=I8))
+
         def start_warp(w: ir.Value) -> None:
             def splat(value: ir.Value) -> ir.Value:
                 one = b.insert_element(ir.Constant(v32, ir.Undefined), value, ir.Constant(I32, 0))
@@ -191,6 +197,13 @@ def _entry(module: ir.Module, warp: FunctionLowering, layout: ModuleLayout) -> N
         next_cta = fn.append_basic_block()
         b.cbranch(b.icmp_unsigned("!=", b.load(waiting), ir.Constant(I32, 0)), release, next_cta)
         b.position_at_end(release)
+
+        # what the warps' bar.red counted becomes the result they read on resuming
+        for word in range(BARRIER_COUNTS):
+            count = b.gep(cta_words, [ir.Constant(I64, 4 * word)], source_etype=I8)
+            b.store(b.load(count, typ=I32), b.gep(cta_words, [ir.Constant(I64, 4 * (BARRIER_COUNTS + word))],
+                                                  source_etype=I8))
+            b.store(ir.Constant(I32, 0), count)
 
         def open_barrier(w: ir.Value) -> None:
             pc = b.load(frame_of(w), typ=v32)
