@@ -106,6 +106,14 @@ def histogram(bins, data):
     if i < data.size:
         cuda.atomic.add(bins, data[i] % bins.size, 1)
 
+@cuda.jit
+def votes(out, x):
+    i = cuda.grid(1)
+    above = 1 if x[i] > 0.5 else 0
+    out[i, 0] = cuda.syncthreads_count(above)
+    out[i, 1] = cuda.syncthreads_and(above)
+    out[i, 2] = cuda.syncthreads_or(above)
+
 x, y = rng.random(10_000, dtype=np.float32), rng.random(10_000, dtype=np.float32)
 r = cuda.device_array_like(x)
 axpy[40, 256](r, np.float32(2.5), cuda.to_device(x), cuda.to_device(y))
@@ -119,12 +127,19 @@ values = rng.integers(0, 1000, 50_000).astype(np.int32)
 bins = cuda.to_device(np.zeros(17, np.int32))
 histogram[200, 256](bins, cuda.to_device(values))
 out["histogram"] = bool((bins.copy_to_host() == np.bincount(values % 17, minlength=17)).all())
+cast = rng.random(4 * 128, dtype=np.float32)
+cast[128:256] = 0.75  # a CTA whose threads all agree
+answers = cuda.device_array((4 * 128, 3), np.int32)
+votes[4, 128](answers, cuda.to_device(cast))
+ctas = (cast > 0.5).reshape(4, 128)
+want = np.repeat(np.stack([ctas.sum(1), ctas.all(1), ctas.any(1)], 1), 128, axis=0)
+out["votes"] = bool((answers.copy_to_host() == want).all())
 """
 
 
 def test_kernels_compute_when_numba_links_through_the_driver(vgpud, tmp_path):
     out = answer("numba-driver-link", COMPUTED + "\nprint(json.dumps(out))\n", vgpud, tmp_path)
-    assert out["axpy"] and out["histogram"], out
+    assert out["axpy"] and out["histogram"] and out["votes"], out
     assert out["block_sums"] < 1e-3  # the tree adds in another order than numpy's pairwise sum
     launches = vgpud.control("launches", pid=out["pid"])["launches"]
     assert launches and all(launch["compute"]["status"] == "computed" for launch in launches), launches
