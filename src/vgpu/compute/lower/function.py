@@ -196,14 +196,24 @@ class FunctionLowering:
         # further on holds (as a GPU's independent thread scheduling allows) lets it go on
         rounds = b.add(b.load(self.rounds), ir.Constant(I32, 1))
         b.store(rounds, self.rounds)
-        high = self.lanes.intrinsic("llvm.vector.reduce.umax", I32, [b.select(runnable, pc, self.splat32(0))])
         yield_now = b.icmp_unsigned("==", b.and_(rounds, ir.Constant(I32, YIELD_EVERY - 1)), ir.Constant(I32, 0))
-        low = b.select(yield_now, high, low)
+        before = b.block
+        furthest = self.fn.append_basic_block("furthest")
+        chosen = self.fn.append_basic_block("chosen")
+        b.cbranch(yield_now, furthest, chosen).set_weights([1, YIELD_EVERY - 1])
+        b.position_at_end(furthest)
+        high = self.lanes.intrinsic("llvm.vector.reduce.umax", I32, [b.select(runnable, pc, self.splat32(0))])
+        b.branch(chosen)
+        b.position_at_end(chosen)
+        picked = b.phi(I32)
+        picked.add_incoming(low, before)
+        picked.add_incoming(high, furthest)
+        low = picked
         mask = b.icmp_unsigned("==", pc, self.lanes.splat(low))
         alone = b.not_(self.lanes.intrinsic("llvm.vector.reduce.or", I1, [b.and_(runnable, b.not_(mask))]))
         for mask_phi, alone_phi in zip(self.mask_phis, self.alone_phis):
-            mask_phi.add_incoming(mask, run)
-            alone_phi.add_incoming(alone, run)
+            mask_phi.add_incoming(mask, chosen)
+            alone_phi.add_incoming(alone, chosen)
         unreachable = self.fn.append_basic_block("bad_pc")
         switch = b.switch(low, unreachable)
         for block in self.blocks:

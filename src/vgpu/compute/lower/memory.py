@@ -22,6 +22,9 @@ from vgpu.compute.ptx.syntax import Address, Instruction, Register, Symbol
 PTR = ir.PointerType()
 SPACES = ("global", "shared", "local", "const", "param", "generic")
 V64 = ir.VectorType(I64, WARP)
+#: branch weights of "the lanes' addresses follow each other": the common case, so that the
+#: register allocator keeps the warp's registers out of the way of the scattered path's call
+CONTIGUOUS_WEIGHTS = [8, 1]
 
 
 def space_of(ins: Instruction) -> str:
@@ -173,7 +176,7 @@ def load(fl, where: Where, element: ir.IntType, mask: ir.Value) -> ir.Value:
         phi.add_incoming(undef, before)
         return phi
     contiguous, first = _contiguous(fl, where, size, mask)
-    b.cbranch(contiguous, fast, slow)
+    b.cbranch(contiguous, fast, slow).set_weights(CONTIGUOUS_WEIGHTS)
     b.position_at_end(fast)
     fast_value = lanes.intrinsic("llvm.masked.load", vector,
                                  [where.pointer(fl, first), ir.Constant(I32, size), mask, undef], [vector, PTR])
@@ -195,6 +198,7 @@ def store(fl, where: Where, value: ir.Value, mask: ir.Value) -> None:
     size = value.type.element.width // 8
     contiguous, first = _contiguous(fl, where, size, mask)
     with b.if_else(contiguous) as (fast, slow):
+        b.block.terminator.set_weights(CONTIGUOUS_WEIGHTS)
         with fast:
             lanes.intrinsic("llvm.masked.store", ir.VoidType(),
                             [value, where.pointer(fl, first), ir.Constant(I32, size), mask], [value.type, PTR])
