@@ -68,12 +68,15 @@ class Where:
     base: ir.Value | None
     offsets: ir.Value
     uniform: bool = False
+    #: readable whatever the lanes (a kernel's parameters): no check that a lane is active
+    readable: bool = False
 
     def shifted(self, fl, by: int) -> "Where":
         if not by:
             return self
         width = self.offsets.type.element
-        return Where(self.base, fl.b.add(self.offsets, fl.lanes.splat(ir.Constant(width, by))), self.uniform)
+        return Where(self.base, fl.b.add(self.offsets, fl.lanes.splat(ir.Constant(width, by))), self.uniform,
+                     self.readable)
 
     def pointer(self, fl, offset: ir.Value) -> ir.Value:
         """The address of one lane (its offset given)."""
@@ -103,7 +106,7 @@ def addresses(fl, operand: Address, space: str) -> Where:
         if name in fl.own_params:
             if fl.kernel:
                 at = b.ptrtoint(kernel_param_address(fl, name, offset), I64)
-                return Where(None, lanes.splat(at), True)
+                return Where(None, lanes.splat(at), True, readable=True)
             index, variable = fl.own_params[name]
             table = fl.args["params"]
             start = b.load(b.gep(table, [ir.Constant(I64, index)], source_etype=PTR), typ=PTR)
@@ -156,6 +159,10 @@ def load(fl, where: Where, element: ir.IntType, mask: ir.Value) -> ir.Value:
     vector = ir.VectorType(element, WARP)
     size = element.width // 8
     undef = ir.Constant(vector, ir.Undefined)
+    if where.uniform and where.readable:  # one value for every lane, read whoever is active
+        scalar = b.load(where.pointer(fl, b.extract_element(where.offsets, ir.Constant(I32, 0))), typ=element)
+        scalar.align = size
+        return lanes.splat(scalar)
     before = b.block
     fast = fl.fn.append_basic_block()
     slow = fl.fn.append_basic_block()

@@ -119,10 +119,26 @@ def divide(fl, values: ir.Value, divisor: ir.Value) -> tuple[ir.Value, ir.Value]
 
 
 def _thread_index(fl, axis: int) -> ir.Value:
+    """A lane's place in its block along ``axis``: in a one-dimensional block, its linear
+    index (or 0) at once; otherwise worked out by dividing by the block's extents."""
     b, lanes = fl.b, fl.lanes
     linear = b.add(lanes.splat(b.mul(fl.args["warp"], ir.Constant(I32, WARP))), fl.lane_ids)
+    flat = b.icmp_unsigned("==", b.mul(_block(fl, 1), _block(fl, 2)), ir.Constant(I32, 1))
+    before = b.block
+    divided = fl.fn.append_basic_block("divided")
+    join = fl.fn.append_basic_block("thread_index")
+    b.cbranch(flat, join, divided)
+    b.position_at_end(divided)
     rows, x = divide(fl, linear, _block(fl, 0))
     if axis == 0:
-        return x
-    z, y = divide(fl, rows, _block(fl, 1))
-    return y if axis == 1 else z
+        value = x
+    else:
+        z, y = divide(fl, rows, _block(fl, 1))
+        value = y if axis == 1 else z
+    divided_end = b.block
+    b.branch(join)
+    b.position_at_end(join)
+    index = b.phi(V32)
+    index.add_incoming(linear if axis == 0 else lanes.splat(ir.Constant(I32, 0)), before)
+    index.add_incoming(value, divided_end)
+    return index
