@@ -27,7 +27,7 @@ def load_scattered(builder: ir.IRBuilder, base: ir.Value, offsets: ir.Value, mas
                    element: ir.IntType) -> ir.Value:
     """Each active lane's ``element`` at ``base + offset`` (inactive lanes: undefined)."""
     helper = _helper(builder.module, "load", element, offsets.type.element)
-    return builder.call(helper, [base, offsets, mask])
+    return builder.call(helper, [base, offsets, builder.bitcast(mask, I32)])
 
 
 def store_scattered(builder: ir.IRBuilder, base: ir.Value, offsets: ir.Value, value: ir.Value,
@@ -35,7 +35,7 @@ def store_scattered(builder: ir.IRBuilder, base: ir.Value, offsets: ir.Value, va
     """Each active lane's value to ``base + offset``; lanes of a half-warp that share an
     address leave the highest such lane's value, as a scatter does."""
     helper = _helper(builder.module, "store", value.type.element, offsets.type.element)
-    builder.call(helper, [base, offsets, mask, value])
+    builder.call(helper, [base, offsets, builder.bitcast(mask, I32), value])
 
 
 def _helper(module: ir.Module, kind: str, element: ir.IntType, width: ir.IntType) -> ir.Function:
@@ -43,7 +43,7 @@ def _helper(module: ir.Module, kind: str, element: ir.IntType, width: ir.IntType
     existing = module.globals.get(name)
     if existing is not None:
         return existing
-    arguments = [PTR, ir.VectorType(width, WARP), ir.VectorType(I1, WARP)]
+    arguments = [PTR, ir.VectorType(width, WARP), I32]  # the mask as bits: a vector of i1 goes through memory
     if kind == "store":
         arguments.append(ir.VectorType(element, WARP))
     result = ir.VectorType(element, WARP) if kind == "load" else ir.VoidType()
@@ -71,7 +71,8 @@ class _Halves:
         for half in range(2):
             lanes = [half * HALF + i for i in range(HALF)]
             part_offsets = self._pick(offsets, lanes)
-            part_mask = self._pick(mask, lanes)
+            bits = self.b.trunc(self.b.lshr(mask, ir.Constant(I32, half * HALF)), ir.IntType(HALF))
+            part_mask = self.b.bitcast(bits, ir.VectorType(I1, HALF))
             part_value = self._pick(self.fn.args[3], lanes) if self.kind == "store" else None
             halves.append(self._half(base, part_offsets, part_mask, part_value))
         if self.kind == "load":
