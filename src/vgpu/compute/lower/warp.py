@@ -5,6 +5,8 @@ instruction's member mask."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from llvmlite import ir
 
 from vgpu.compute.lower.lanes import I1, I32, I64, WARP
@@ -70,13 +72,56 @@ def shfl(fl, ins: Instruction) -> None:
                 j = b.or_(b.and_(lane, segmask), b.and_(bval, not_seg))
             pval = b.icmp_signed("<=", j, max_lane)
         j = b.select(pval, j, lane)
-        moved = permute(fl, a, j)
+        moved, pval = _common_shifts(fl, mode, a, bval, cval, lambda: permute(fl, a, j), pval)
     if isinstance(destination, PredicatePair):
         fl.write(destination.first, "b32", moved, mask)
         if destination.second is not None:
             fl.write(destination.second, "pred", pval, mask)
     else:
         fl.write(destination, "b32", moved, mask)
+
+
+#: the shuffle distances warp reductions and scans use (nvcc keeps them in registers): with
+#: such a distance in every lane and a whole warp's clamp, a shfl is one constant shuffle
+COMMON_DISTANCES = (1, 2, 4, 8, 16)
+
+
+def _common_shifts(fl, mode: str, a: ir.Value, bval: ir.Value, cval: ir.Value, general: Callable[[], ir.Value],
+                   valid: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """What ``general()`` makes (a gather), unless every lane asks for one of COMMON_DISTANCES
+    over the whole warp: then the constant shuffle for it, chosen at run time."""
+    if mode == "idx":
+        return general(), valid
+    b, lanes = fl.b, fl.lanes
+    clamp = 0 if mode == "up" else 31
+    first_b = b.extract_element(bval, ir.Constant(I32, 0))
+    first_c = b.extract_element(cval, ir.Constant(I32, 0))
+    uniform = b.and_(lanes.intrinsic("llvm.vector.reduce.and", I1, [b.icmp_unsigned("==", bval, lanes.splat(first_b))]),
+                     lanes.intrinsic("llvm.vector.reduce.and", I1, [b.icmp_unsigned("==", cval, lanes.splat(first_c))]))
+    key = b.select(uniform, b.or_(first_b, b.shl(first_c, ir.Constant(I32, 8))), ir.Constant(I32, -1))
+    gathered = fl.fn.append_basic_block("gathered")
+    join = fl.fn.append_basic_block("shuffled")
+    switch = b.switch(key, gathered)
+    moved_phi, valid_phi = [], []
+    for distance in COMMON_DISTANCES:
+        case = fl.fn.append_basic_block(f"shift_{distance}")
+        switch.add_case(ir.Constant(I32, distance | clamp << 8), case)
+        b.position_at_end(case)
+        source, ok = _constant_sources(mode, distance, clamp)
+        moved_phi.append((b.shuffle_vector(a, ir.Constant(V32, ir.Undefined),
+                                           ir.Constant(V32, [ir.Constant(I32, j) for j in source])), case))
+        valid_phi.append((ir.Constant(V1, [ir.Constant(I1, v) for v in ok]), case))
+        b.branch(join)
+    b.position_at_end(gathered)
+    moved_phi.append((general(), b.block))
+    valid_phi.append((valid, b.block))
+    b.branch(join)
+    b.position_at_end(join)
+    moved, ok = b.phi(a.type), b.phi(V1)
+    for (value, block), (flags, _) in zip(moved_phi, valid_phi):
+        moved.add_incoming(value, block)
+        ok.add_incoming(flags, block)
+    return moved, ok
 
 
 def _constant_sources(mode: str, bval: int, cval: int) -> tuple[list[int], list[bool]]:
