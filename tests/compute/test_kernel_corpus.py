@@ -1029,3 +1029,27 @@ def test_barrier_votes(corpus):
         every = sum(int((cta > r).all()) for r in range(rounds))
         want += [count, every, rounds] * 256
     assert_equal(out, np.array(want), "barrier_votes")
+
+
+def test_shuffles_with_distances_in_registers(corpus):
+    """Warps whose lanes all ask for a distance warp reductions use (1 to 16, whole warp: a
+    constant shuffle), for another one, for one each, or over segments of 8 and 16 lanes."""
+    warps = [(1, 32), (2, 32), (4, 32), (8, 32), (16, 32), (3, 32), (None, 32), (2, 8), (4, 16), (None, 16)]
+    rng = np.random.default_rng(88)
+    x = rng.integers(-1000, 1000, 32 * len(warps)).astype(np.int32)
+    distance = np.concatenate([np.full(32, d) if d is not None else rng.integers(0, 32, 32)
+                               for d, _ in warps]).astype(np.int32)
+    width = np.array([w for _, w in warps], np.int32)
+    out = np.zeros(3 * x.size, np.int32)
+    corpus("warp").kernel("warp_shift_modes").launch(grid=(1,), block=(x.size,), args=[x, distance, width, out])
+    want = []
+    for lane_global in range(x.size):
+        w = int(width[lane_global // 32])
+        lane, d = lane_global % 32, int(distance[lane_global]) & 31
+        start = lane - lane % w
+        base = lane_global - lane
+        down = lane + d if lane + d < start + w else lane
+        up = lane - d if lane - d >= start else lane
+        xor = lane ^ d if (lane ^ d) < start + w else lane
+        want += [int(x[base + down]), int(x[base + up]), int(x[base + xor])]
+    assert_equal(out, np.array(want), "shuffles")

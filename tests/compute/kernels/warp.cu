@@ -95,3 +95,13 @@ extern "C" __global__ void warp_partial(int active, const int *x, int *out) {
     out[2 * i + 1] = __activemask();
   }
 }
+
+// shfl.down/up/bfly with the distance and width in registers: per warp, one distance for every
+// lane (one warp reductions use, or another) or a distance per lane
+extern "C" __global__ void warp_shift_modes(const int *x, const int *distance, const int *width, int *out) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  int w = width[i / 32];
+  out[3 * i] = __shfl_down_sync(FULL, x[i], distance[i], w);
+  out[3 * i + 1] = __shfl_up_sync(FULL, x[i], distance[i], w);
+  out[3 * i + 2] = __shfl_xor_sync(FULL, x[i], distance[i], w);
+}
