@@ -422,6 +422,14 @@ out["after_device_copy"] = back == fresh
 ok(cu.cuMemsetD8(c, 0x5A, n))
 ok(cu.cuMemcpyDtoH(back, c, n))
 out["after_memset"] = back == b"\\x5a" * n
+# asynchronous copies with pageable memory are done with the buffer when they return
+stream = ok(cu.cuStreamCreate(0))
+source = bytearray(os.urandom(n))
+kept = bytes(source)
+ok(cu.cuMemcpyHtoDAsync(c, source, n, stream))
+source[:] = bytes(n)
+ok(cu.cuMemcpyDtoHAsync(back, c, n, stream))
+out["async"] = back == kept
 print(json.dumps(out))
 """
 
@@ -438,4 +446,4 @@ def test_large_synchronous_copies_are_made_by_the_process_itself(vgpud):
     assert (out.pop("after") > 0) == local
     assert out.pop("same_address") or not local
     assert out == {"round_trip": True, "part": True, "past_end": C["CUDA_ERROR_INVALID_VALUE"],
-                   "reused": True, "after_device_copy": True, "after_memset": True}
+                   "reused": True, "after_device_copy": True, "after_memset": True, "async": True}

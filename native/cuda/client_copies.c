@@ -1,4 +1,6 @@
-/* Synchronous host-device copies this process makes itself (cuMemcpyHtoD, cuMemcpyDtoH).
+/* Host-device copies this process makes itself: the synchronous ones (cuMemcpyHtoD, cuMemcpyDtoH),
+ * and the asynchronous ones with pageable host memory, which are done with the host buffer when
+ * they return as well (the driver stages them).
  *
  * vgpud keeps each allocation's bytes in a memfd. Where it says so at the handshake (a local
  * simulator), the library maps the memfd of an allocation it copies to or from (VGPU_OP_MAP_MEMORY
@@ -115,10 +117,10 @@ static int map_allocation(CUdeviceptr device) {
 }
 
 int vgpu_cuda_client_copy(const vgpu_function *fn, void *const *args, CUdeviceptr device, void *host, size_t bytes,
-                          int to_device) {
+                          int to_device, int pageable_only) {
     vgpu_api *api = vgpu_cuda_api();
     if (bytes < VGPU_DIRECT_MIN || !host || !api->client_copies || __atomic_load_n(&unavailable, __ATOMIC_RELAXED) ||
-        !vgpu_cuda_initialized())
+        !vgpu_cuda_initialized() || (pageable_only && vgpu_shared(host, bytes)))
         return -1;
     uint64_t serial = 0;
     for (int attempt = 0; attempt < 2 && !serial; attempt++) {

@@ -73,11 +73,11 @@ int vgpu_cuda_dispatch(const vgpu_function *fn, void *const *args);
 /* One piece of a large copy: pieces before the last are sent without waiting when nothing
  * comes back from them; the last is an ordinary call (it reports the first failure). */
 int vgpu_cuda_dispatch_piece(const vgpu_function *fn, void *const *args, int last);
-/* A synchronous copy between host memory and device memory made by the process itself, through
- * its mapping of the allocation (native/cuda/client_copies.c): the call's result, or -1 when
- * the data must travel to vgpud instead. */
+/* A copy between host memory and device memory made by the process itself, through its mapping
+ * of the allocation (native/cuda/client_copies.c): the call's result, or -1 when the data must
+ * travel to vgpud instead (always for page-locked memory when `pageable_only`). */
 int vgpu_cuda_client_copy(const vgpu_function *fn, void *const *args, CUdeviceptr device, void *host, size_t bytes,
-                          int to_device);
+                          int to_device, int pageable_only);
 /* A 3D copy as cuMemcpy3D_v2 (async: on `stream`, as cuMemcpy3DAsync_v2). */
 CUresult vgpu_cuda_copy_3d(const CUDA_MEMCPY3D *p, CUstream stream, int async);
 /* Where an array's box of bytes lies: its first byte, its row pitch and rows per slice, or

@@ -131,7 +131,7 @@ def _chunked_stub(api: Api, function: Function, prefix: str, params_c: str, chun
         whole = ", ".join(f"(void *)&{p.name}" for p in function.params)
         lines += [f"    void *const vgpu_whole[] = {{{whole}}};",
                   f"    int vgpu_mine = {prefix}_client_copy(&{prefix}_fn_{function.name}, vgpu_whole, {mine['device']}, "
-                  f"(void *){mine['host']}, {chunked['count']}, {int(mine['to_device'])});",
+                  f"(void *){mine['host']}, {chunked['count']}, {int(mine['to_device'])}, {int(mine['pageable_only'])});",
                   f"    if (vgpu_mine >= 0) return ({c_decl(function.returns)})vgpu_mine;"]
     lines += [f"    size_t vgpu_total = {chunked['count']}, vgpu_done = 0;",
              "    for (;;) {",

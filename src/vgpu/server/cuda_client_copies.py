@@ -2,7 +2,8 @@
 
 Each allocation's bytes are a memfd of vgpud's.  A local client maps the memfd of an
 allocation it copies to or from (``OP_MAP_MEMORY`` names it; the client opens it through
-/proc), and then a synchronous copy is one memcpy in the client: vgpud receives the call as
+/proc), and then a synchronous copy (or an asynchronous one with pageable host memory, which
+is done with its buffer when it returns) is one memcpy in the client: vgpud receives the call as
 usual, with the array marked as copied by the client (a ``ClientCopy``), orders and times
 it as any copy, and answers once the work before it is done; the client copies after the
 answer.  vgpud refuses (``CLIENT_COPY_REFUSED``) where it cannot vouch for the copy: the
@@ -46,14 +47,15 @@ class ClientCopies:
         return protocol.MAP_MEMORY_REPLY.pack(0, store.fd, os.fstat(store.fd).st_ino, start, store.size, store.serial)
 
     def _client_copy(self, c: Caller, stream: Any, address: int, copy: ClientCopy) -> int:
-        """A synchronous copy the client makes itself: ordered and timed like any copy on the
-        default stream, the bytes left to the client, once vgpud has checked that the
-        allocation is still the one the client mapped."""
+        """A copy the client makes itself (synchronous, or asynchronous with pageable memory, done
+        when the call returns): ordered and timed like any copy on its stream, the bytes left to
+        the client, once vgpud has checked that the allocation is still the one the client
+        mapped."""
         gpu = self._gpu_of_address(address)
-        queue_on = self._default_stream(c)
-        if stream is not None or gpu is None or queue_on is None or self._held(queue_on) is not None:
+        queue_on = stream if stream is not None else self._default_stream(c)
+        if gpu is None or queue_on is None or self._held(queue_on) is not None or self.capturing(stream) is not None:
             return protocol.CLIENT_COPY_REFUSED
         found = gpu.memory.client_store(c.session.id, address, copy.size)
         if found is None or found[0].serial != copy.serial:
             return protocol.CLIENT_COPY_REFUSED
-        return self._timed(c, None, self._pcie_seconds(gpu, copy.size), lambda memory: None, address)
+        return self._timed(c, stream, self._pcie_seconds(gpu, copy.size), lambda memory: None, address)
