@@ -127,6 +127,32 @@ def test_diverged_lanes_meet_at_barriers_in_loops(engine, ptx):
     assert (out[224:] == 0).all()
 
 
+def test_kernels_compile_on_several_threads_at_once(engine, ptx):
+    """vgpud compiles the kernels of different processes on a pool of threads: each thread
+    has a target machine of its own, and every kernel comes out right."""
+    import threading
+
+    program = engine.Program.from_ptx(ptx)
+    names = ["scale", "diverge", "locked"]
+    failures: list[BaseException] = []
+
+    def compile_one(name: str) -> None:
+        try:
+            program.kernel(name).compile()
+        except BaseException as error:  # noqa: B036 (reported below)
+            failures.append(error)
+
+    threads = [threading.Thread(target=compile_one, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    x = np.ones(32, np.float32)
+    program.kernel("scale").launch((1,), (32,), [x, np.float16(2.0), 0.5, 1])
+    assert (x == 3.5).all()
+
+
 def test_a_spin_lock_held_by_a_lane_of_the_same_warp_is_let_go(engine, ptx):
     """Lanes spinning on a lock run first (they are behind), but now and then the lane
     holding it runs, as a GPU's independent thread scheduling lets it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -13,10 +14,17 @@ from llvmlite import ir
 COMPILER_ID = f"llvmlite-{llvmlite.__version__}-llvm-{'.'.join(map(str, llvm.llvm_version_info))}"
 
 
-@functools.cache
+_per_thread = threading.local()
+
+
 def target_machine() -> llvm.TargetMachine:
-    """The compiler's target: this host's CPU (shared; an engine gets one of its own)."""
-    return new_target_machine()
+    """The compiler's target: this host's CPU, one per thread (vgpud compiles kernels on several
+    threads at once, and LLVM does not promise that one target machine serves two at a time; an
+    engine gets one of its own)."""
+    machine = getattr(_per_thread, "machine", None)
+    if machine is None:
+        machine = _per_thread.machine = new_target_machine()
+    return machine
 
 
 def new_target_machine() -> llvm.TargetMachine:
