@@ -71,6 +71,33 @@ def test_cubin_and_ptx_agree_on_the_parameter_layout(images):
     assert cubin.globals["table"].initial[:12] == struct.pack("<3f", 1, 2, 3) and cubin.globals["table"].constant
 
 
+def test_ptx_register_estimates_are_near_what_ptxas_allocates(tmp_path):
+    """A PTX kernel's register count is an estimate (the driver would compile it first): for
+    the compute corpus's kernels it stays within 16 of ptxas's allocation for sm_90, and no
+    kernel ptxas fits in 32 registers is estimated above 64 (a 1,024-thread block fits)."""
+    import re
+
+    from vgpu.images.ptx import read_ptx
+
+    source = Path(__file__).parent / "compute" / "kernels" / "elementwise.cu"
+    ptx = tmp_path / "k.ptx"
+    nvcc("-ptx", "-arch=compute_90", "-O3", "-o", str(ptx), str(source))
+    usage = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "-O3", "--resource-usage", "-o", str(tmp_path / "k.cubin"),
+                            str(source)], capture_output=True, text=True, check=True).stderr
+    allocated, kernel = {}, None
+    for line in usage.splitlines():
+        named = re.search(r"(?:Compiling entry function|Function properties for) '?(\w+)", line)
+        kernel = named.group(1) if named else kernel
+        used = re.search(r"Used (\d+) registers", line)
+        if used and kernel:
+            allocated[kernel] = int(used.group(1))
+    estimates = {name: k.registers for name, k in read_ptx(ptx.read_bytes()).kernels.items()}
+    assert set(allocated) == set(estimates) and len(estimates) >= 10
+    for name, registers in allocated.items():
+        assert abs(estimates[name] - registers) <= 16, (name, estimates[name], registers)
+        assert registers > 32 or estimates[name] <= 64, (name, estimates[name], registers)
+
+
 def test_fat_binary_choice_follows_the_device(images):
     image = read_image(images["mixed.fatbin"].read_bytes())
     assert image.compressed and image.architectures == ["sm_80", "compute_90"]

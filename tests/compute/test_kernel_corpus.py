@@ -7,6 +7,7 @@ CUDA's documented ulp bounds for the math library."""
 from __future__ import annotations
 
 import math
+import os
 import struct
 from fractions import Fraction
 
@@ -26,10 +27,13 @@ def corpus(tmp_path_factory):
     """corpus("reduce") -> the Program of tests/compute/kernels/reduce.cu (built once a session)."""
     folder = tmp_path_factory.mktemp("corpus_ptx")
     programs: dict[str, Program] = {}
+    kind = Program
+    if os.environ.get("VGPU_CORPUS_ON") == "driver":  # through the CUDA driver API (tests/real_gpu)
+        from tests.real_gpu.driver_program import Program as kind
 
     def load(name: str) -> Program:
         if name not in programs:
-            programs[name] = Program.from_ptx(build_ptx(KERNELS / f"{name}.cu", folder))
+            programs[name] = kind.from_ptx(build_ptx(KERNELS / f"{name}.cu", folder))
         return programs[name]
 
     return load

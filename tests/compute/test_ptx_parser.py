@@ -54,8 +54,6 @@ def instructions(function: Function, opcode: str | None = None) -> list[Instruct
     return [s for s in function.body if isinstance(s, Instruction) and (opcode is None or s.opcode == opcode)]
 
 
-
-
 def symbols_of(operand: object) -> list[str]:
     if isinstance(operand, Symbol):
         return [operand.name]

@@ -38,6 +38,31 @@ _SCALAR = {"u8": "<B", "s8": "<b", "b8": "<B", "u16": "<H", "s16": "<h", "b16": 
            "b32": "<I", "u64": "<Q", "s64": "<q", "b64": "<Q", "f32": "<f", "f64": "<d", "f16": "<e"}
 
 
+def pack_parameters(kernel: str, offsets: dict[str, int], types: Sequence[str], size: int, args: Sequence[Any],
+                    address: Any = None) -> bytes:
+    """Parameters as a kernel's ``.param`` list lays them out: arrays by ``address(array)`` (by
+    default their data's address), numpy scalars and bytes as their bytes, Python numbers in
+    the PTX type."""
+    if len(args) != len(types):
+        raise TypeError(f"{kernel} takes {len(types)} parameters, {len(args)} given")
+    buffer = bytearray(size)
+    for (name, at), ptx_type, value in zip(offsets.items(), types, args):
+        if getattr(value, "shape", None) == ():  # a numpy scalar: its bytes
+            value = value.tobytes()
+        elif hasattr(value, "__array_interface__"):  # an array: where its data is
+            value = address(value) if address is not None else value.__array_interface__["data"][0]
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        else:
+            width = struct.calcsize(_SCALAR.get(ptx_type, "<Q"))
+            if isinstance(value, float) or ptx_type[0] == "f":  # a float of the parameter's width
+                data = struct.pack({2: "<e", 4: "<f"}.get(width, "<d"), value)
+            else:  # an integer in the parameter's width, whatever its sign
+                data = (int(value) & ((1 << 8 * width) - 1)).to_bytes(width, "little")
+        buffer[at:at + len(data)] = data
+    return bytes(buffer)
+
+
 class KernelError(RuntimeError):
     """A launch ended with a CUDA error (``code``): 700 illegal address, 710 assert, 715 trap..."""
 
@@ -70,27 +95,9 @@ class Kernel:
             return self._facts
 
     def pack(self, args: Sequence[Any]) -> bytes:
-        """Parameters as the kernel's ``.param`` list lays them out: arrays by their data's
-        address, numpy scalars and bytes as their bytes, Python numbers in the PTX type."""
+        """Parameters as the kernel's ``.param`` list lays them out (see pack_parameters)."""
         facts = self.compile()
-        if len(args) != len(facts.param_types):
-            raise TypeError(f"{self.name} takes {len(facts.param_types)} parameters, {len(args)} given")
-        buffer = bytearray(facts.param_bytes)
-        for (name, at), ptx_type, value in zip(facts.param_offsets.items(), facts.param_types, args):
-            if getattr(value, "shape", None) == ():  # a numpy scalar: its bytes
-                value = value.tobytes()
-            elif hasattr(value, "__array_interface__"):  # an array: its data's address
-                value = value.__array_interface__["data"][0]
-            if isinstance(value, (bytes, bytearray, memoryview)):
-                data = bytes(value)
-            else:
-                size = struct.calcsize(_SCALAR.get(ptx_type, "<Q"))
-                if isinstance(value, float) or ptx_type[0] == "f":  # a float of the parameter's width
-                    data = struct.pack({2: "<e", 4: "<f"}.get(size, "<d"), value)
-                else:  # an integer in the parameter's width, whatever its sign
-                    data = (int(value) & ((1 << 8 * size) - 1)).to_bytes(size, "little")
-            buffer[at:at + len(data)] = data
-        return bytes(buffer)
+        return pack_parameters(self.name, facts.param_offsets, facts.param_types, facts.param_bytes, args)
 
     def launch(self, grid: Sequence[int], block: Sequence[int], args: Sequence[Any], shared: int = 0,
                threads: int | None = None, symbols: Sequence[int] | None = None,
