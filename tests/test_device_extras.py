@@ -84,7 +84,7 @@ ok(cu.cuCtxSetCurrent(other))
 before, after = ok(cu.cuEventCreate(0)), ok(cu.cuEventCreate(0))
 ok(cu.cuCtxSetCurrent(primary))
 stream = ok(cu.cuStreamCreate(0))
-size = 1 << 30
+size = 256 << 20
 buf = ok(cu.cuMemAlloc(size))
 ok(cu.cuCtxRecordEvent(primary, before))
 ok(cu.cuMemsetD8Async(buf, 7, size, stream))  # a blocking stream's work: the context's too
@@ -103,7 +103,7 @@ print(json.dumps(out))
 
 def test_a_context_event_captures_all_its_streams_work(vgpud):
     out = run_json(CONTEXT_EVENTS, vgpud.env)
-    assert out["elapsed_ms"] > 0.1  # 1 GiB of memset lies between the two records
+    assert out["elapsed_ms"] > 0.05  # 256 MiB of memset (0.08 ms on an H100) lies between the two records
     assert out["no_context"] == 201 and out["no_event"] == 400 and out["current"]
 
 
