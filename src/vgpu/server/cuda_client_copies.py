@@ -33,16 +33,13 @@ class ClientCopies:
         """Where the client finds the memfd holding a device address: its descriptor number in
         vgpud, inode, first byte's device address, size and serial; or an errno."""
         (address,) = protocol.MAP_MEMORY_REQUEST.unpack(payload)
-        refused = protocol.MAP_MEMORY_REPLY.pack(errno.EOPNOTSUPP, -1, 0, 0, 0, 0)
-        if session.peer:
-            return refused  # memory on another host cannot be mapped
+        if session.peer:  # memory on another host cannot be mapped
+            return protocol.MAP_MEMORY_REPLY.pack(errno.EOPNOTSUPP, -1, 0, 0, 0, 0)
         gpu = self._gpu_of_address(address)
         found = gpu.memory.client_store(session.id, address) if gpu is not None else None
-        if found is None:
+        if found is None or found[0].fd < 0:
             return protocol.MAP_MEMORY_REPLY.pack(errno.EFAULT, -1, 0, 0, 0, 0)
         store, start = found
-        if store.fd < 0:
-            return protocol.MAP_MEMORY_REPLY.pack(errno.EFAULT, -1, 0, 0, 0, 0)
         store.client_mapped = True
         return protocol.MAP_MEMORY_REPLY.pack(0, store.fd, os.fstat(store.fd).st_ino, start, store.size, store.serial)
 

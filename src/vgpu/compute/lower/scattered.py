@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from vgpu.compute.lower.lanes import I1, I8, I32, WARP, mangled
+from vgpu.compute.lower.lanes import I1, I8, I32, WARP, Lanes, mangled
 
 PTR = ir.PointerType()
 HALF = WARP // 2
@@ -64,6 +64,7 @@ class _Halves:
         self.width = width
         self.size = element.width // 8
         self.b = ir.IRBuilder(function.append_basic_block("entry"))
+        self.lanes = Lanes(self.b)  # (its intrinsic calls; the helper's vectors are half-warps)
 
     def build(self) -> None:
         base, offsets, mask = self.fn.args[:3]
@@ -89,26 +90,14 @@ class _Halves:
 
     def _all(self, condition: ir.Value, mask: ir.Value) -> ir.Value:
         """Whether ``condition`` holds in every active lane."""
-        return self._reduce("and", self.b.or_(condition, self.b.not_(mask)))
-
-    def _reduce(self, operation: str, vector: ir.Value) -> ir.Value:
-        name = f"llvm.vector.reduce.{operation}.{mangled(vector.type)}"
-        function = self.fn.module.globals.get(name) or \
-            ir.Function(self.fn.module, ir.FunctionType(I1, [vector.type]), name)
-        return self.b.call(function, [vector])
-
-    def _intrinsic(self, name: str, types: list[ir.Type], result: ir.Type, args: list[ir.Value]) -> ir.Value:
-        full = ".".join([name, *(mangled(t) for t in types)])
-        function = self.fn.module.globals.get(full) or \
-            ir.Function(self.fn.module, ir.FunctionType(result, [a.type for a in args]), full)
-        return self.b.call(function, args)
+        return self.lanes.intrinsic("llvm.vector.reduce.and", I1, [self.b.or_(condition, self.b.not_(mask))])
 
     def _half(self, base: ir.Value, offsets: ir.Value, mask: ir.Value, value: ir.Value | None) -> ir.Value | None:
         """One half-warp: contiguous from its first active lane, all at one address, or neither."""
         b = self.b
         vector = ir.VectorType(self.element, HALF)
         bits = b.bitcast(mask, ir.IntType(HALF))
-        first_lane = self._intrinsic("llvm.cttz", [bits.type], bits.type, [bits, ir.Constant(I1, 0)])
+        first_lane = self.lanes.intrinsic("llvm.cttz", bits.type, [bits, ir.Constant(I1, 0)], [bits.type])
         first = b.extract_element(offsets, first_lane)
         size = ir.Constant(self.width, self.size)
         start = b.sub(first, b.mul(b.zext(first_lane, self.width), size))
@@ -134,10 +123,10 @@ class _Halves:
         b.position_at_end(row)
         row_pointer = b.gep(base, [start], source_etype=I8)
         if value is None:
-            row_value = self._intrinsic("llvm.masked.load", [vector, PTR], vector,
-                                        [row_pointer, align, mask, ir.Constant(vector, ir.Undefined)])
+            row_value = self.lanes.intrinsic("llvm.masked.load", vector,
+                                             [row_pointer, align, mask, ir.Constant(vector, ir.Undefined)], [vector, PTR])
         else:
-            self._intrinsic("llvm.masked.store", [vector, PTR], ir.VoidType(), [value, row_pointer, align, mask])
+            self.lanes.intrinsic("llvm.masked.store", ir.VoidType(), [value, row_pointer, align, mask], [vector, PTR])
         b.branch(join)
 
         b.position_at_end(one)
@@ -148,7 +137,7 @@ class _Halves:
             one_value = self._splat(scalar, vector)
         else:  # the highest active lane's value, as a scatter leaves it
             last = b.sub(ir.Constant(bits.type, HALF - 1),
-                         self._intrinsic("llvm.ctlz", [bits.type], bits.type, [bits, ir.Constant(I1, 0)]))
+                         self.lanes.intrinsic("llvm.ctlz", bits.type, [bits, ir.Constant(I1, 0)], [bits.type]))
             stored = b.store(b.extract_element(value, last), pointer)
             stored.align = self.size
         b.branch(join)
@@ -157,11 +146,12 @@ class _Halves:
         pointers = b.gep(base, [offsets], source_etype=I8)
         pointers.type = ir.VectorType(PTR, HALF)  # llvmlite types a GEP by its base; a vector index makes a vector
         if value is None:
-            each_value = self._intrinsic("llvm.masked.gather", [vector, pointers.type], vector,
-                                         [pointers, align, mask, ir.Constant(vector, ir.Undefined)])
+            each_value = self.lanes.intrinsic("llvm.masked.gather", vector,
+                                              [pointers, align, mask, ir.Constant(vector, ir.Undefined)],
+                                              [vector, pointers.type])
         else:
-            self._intrinsic("llvm.masked.scatter", [vector, pointers.type], ir.VoidType(),
-                            [value, pointers, align, mask])
+            self.lanes.intrinsic("llvm.masked.scatter", ir.VoidType(), [value, pointers, align, mask],
+                                 [vector, pointers.type])
         b.branch(join)
 
         b.position_at_end(join)

@@ -50,9 +50,7 @@ def shfl(fl, ins: Instruction) -> None:
     mask = _members(fl, ins, member)
     a = fl.read(a_op, "b32")
     if isinstance(b_op, Immediate) and isinstance(c_op, Immediate):
-        source, valid = _constant_sources(mode, int(b_op.value) & 31, int(c_op.value))
-        moved = b.shuffle_vector(a, ir.Constant(V32, ir.Undefined), ir.Constant(V32, [ir.Constant(I32, j) for j in source]))
-        pval = ir.Constant(V1, [ir.Constant(I1, v) for v in valid])
+        moved, pval = _constant_shuffle(b, mode, a, int(b_op.value) & 31, int(c_op.value))
     else:
         bval = b.and_(fl.read(b_op, "b32"), lanes.splat(ir.Constant(I32, 31)))
         cval = fl.read(c_op, "b32")
@@ -107,10 +105,9 @@ def _common_shifts(fl, mode: str, a: ir.Value, bval: ir.Value, cval: ir.Value, g
         case = fl.fn.append_basic_block(f"shift_{distance}")
         switch.add_case(ir.Constant(I32, distance | clamp << 8), case)
         b.position_at_end(case)
-        source, ok = _constant_sources(mode, distance, clamp)
-        moved_phi.append((b.shuffle_vector(a, ir.Constant(V32, ir.Undefined),
-                                           ir.Constant(V32, [ir.Constant(I32, j) for j in source])), case))
-        valid_phi.append((ir.Constant(V1, [ir.Constant(I1, v) for v in ok]), case))
+        moved, ok = _constant_shuffle(b, mode, a, distance, clamp)
+        moved_phi.append((moved, case))
+        valid_phi.append((ok, case))
         b.branch(join)
     b.position_at_end(gathered)
     moved_phi.append((general(), b.block))
@@ -122,6 +119,13 @@ def _common_shifts(fl, mode: str, a: ir.Value, bval: ir.Value, cval: ir.Value, g
         moved.add_incoming(value, block)
         ok.add_incoming(flags, block)
     return moved, ok
+
+
+def _constant_shuffle(b: ir.IRBuilder, mode: str, a: ir.Value, bval: int, cval: int) -> tuple[ir.Value, ir.Value]:
+    """A shfl whose distance and clamp are known: one shuffle, and the constant valid lanes."""
+    source, valid = _constant_sources(mode, bval, cval)
+    moved = b.shuffle_vector(a, ir.Constant(V32, ir.Undefined), ir.Constant(V32, [ir.Constant(I32, j) for j in source]))
+    return moved, ir.Constant(V1, [ir.Constant(I1, v) for v in valid])
 
 
 def _constant_sources(mode: str, bval: int, cval: int) -> tuple[list[int], list[bool]]:
